@@ -1,0 +1,45 @@
+# Nomad dev agent: the settings shared by `make dev` (deploy/dev/up) and the
+# Go test helper (internal/testcluster). Both add a generated file with the
+# data dir, ports, plugin dir, Consul and Vault addresses of their own instance
+# (and the plugin "nomad-driver-modelbox" block when that binary exists).
+log_level            = "INFO"
+disable_update_check = true
+
+client {
+  options = {
+    # The cloud fingerprinters probe metadata addresses; the AWS one kills the
+    # dev agent on this kind of machine.
+    "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
+    "driver.denylist"      = "docker,qemu,java"
+  }
+}
+
+plugin "raw_exec" {
+  config {
+    enabled = true
+  }
+}
+
+# Consul integration through workload identities: each service logs in to
+# Consul's "nomad-workloads" JWT auth method and may register only itself.
+consul {
+  service_identity {
+    aud = ["consul.io"]
+    ttl = "1h"
+  }
+  task_identity {
+    aud = ["consul.io"]
+    ttl = "1h"
+  }
+}
+
+# Vault integration through workload identities: tasks with a vault block log
+# in to Vault's jwt-nomad backend (deploy/vault/setup) with this identity.
+vault {
+  enabled               = true
+  jwt_auth_backend_path = "jwt-nomad"
+  default_identity {
+    aud = ["vault.io"]
+    ttl = "1h"
+  }
+}

@@ -1,0 +1,18 @@
+# runner: attached to the Vault token a model runner's task receives through
+# Nomad workload identity (JWT auth role "runner", see deploy/vault/setup).
+#
+# The PKI role "runner" only issues names derived from the job the token was
+# issued to (identity templating on the JWT alias metadata), so this policy can
+# stay a plain path grant: a runner can obtain a certificate for its own job and
+# for nothing else.
+
+# Issue a fresh key pair and server certificate (consul-template's pkiCert).
+path "pki_int/issue/runner" {
+  capabilities = ["update"]
+}
+
+# Sign a CSR for a long-lived per-model key: the cruncher's delegation covers the
+# runner's public key, so the key must survive certificate renewals.
+path "pki_int/sign/runner" {
+  capabilities = ["update"]
+}

@@ -1,0 +1,270 @@
+package testcluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+	vaultapi "github.com/hashicorp/vault/api"
+)
+
+// ConsulAgent is a Consul dev agent with ACLs enabled (default deny).
+type ConsulAgent struct {
+	Addr     string // HTTP address, host:port
+	GRPCAddr string // host:port
+	DNSAddr  string // host:port (UDP and TCP)
+	// Token is the management token. The anonymous token may read services
+	// and nodes, so DNS answers without one.
+	Token  string
+	Bin    string
+	Client *consulapi.Client // authenticated with Token
+}
+
+// VaultAgent is a Vault dev server configured by deploy/vault/setup.
+type VaultAgent struct {
+	Addr   string // http://host:port
+	Token  string // root token
+	Bin    string
+	Client *vaultapi.Client // authenticated with Token
+}
+
+// NomadAgent is a Nomad dev agent (server and client) with raw_exec enabled
+// and Consul and Vault integrated through workload identities.
+type NomadAgent struct {
+	Addr   string // http://host:port
+	Bin    string
+	Client *nomadapi.Client
+	// DataDir is the agent's data dir; allocations live in DataDir/alloc.
+	DataDir string
+}
+
+func randomToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// launch starts an agent and waits until ready answers true, failing early
+// (with the tail of its log) when the agent exits.
+func (c *Cluster) launch(ctx context.Context, name, bin string, args []string, ready func(context.Context) bool) error {
+	dir := filepath.Join(c.Dir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	p, err := startProcess(name, dir, bin, args, c.scriptEnv())
+	if err != nil {
+		return err
+	}
+	c.procs = append(c.procs, p)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if ready(ctx) {
+			return nil
+		}
+		select {
+		case <-p.done:
+			tail := p.tail(25)
+			err := fmt.Errorf("%s exited before it was ready (%v); last lines of %s:\n%s", name, p.err, p.logPath, tail)
+			if strings.Contains(tail, "address already in use") {
+				err = fmt.Errorf("%w: %w", errPortTaken, err)
+			}
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready within %s; last lines of %s:\n%s", name, readyTimeout, p.logPath, p.tail(25))
+		case <-tick.C:
+		}
+	}
+}
+
+func writeConfig(path, text string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(text), 0o600)
+}
+
+func (c *Cluster) startConsul(ctx context.Context, bin string) error {
+	ports, err := freePorts(6)
+	if err != nil {
+		return err
+	}
+	c.ports = append(c.ports, ports...)
+	httpPort, dns, grpc, serfLAN, serfWAN, server := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
+	token := randomToken()
+	dir := filepath.Join(c.Dir, "consul")
+	local := filepath.Join(dir, "local.hcl")
+	if err := writeConfig(local, fmt.Sprintf(`data_dir    = %q
+bind_addr   = "127.0.0.1"
+client_addr = "127.0.0.1"
+ports {
+  http     = %d
+  https    = -1
+  dns      = %d
+  grpc     = %d
+  grpc_tls = -1
+  serf_lan = %d
+  serf_wan = %d
+  server   = %d
+}
+acl {
+  tokens {
+    initial_management = %q
+    agent              = %q
+  }
+}
+`, filepath.Join(dir, "data"), httpPort, dns, grpc, serfLAN, serfWAN, server, token, token)); err != nil {
+		return err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+	client, err := consulapi.NewClient(&consulapi.Config{Address: addr, Token: token})
+	if err != nil {
+		return fmt.Errorf("consul client: %w", err)
+	}
+	c.Consul = &ConsulAgent{
+		Addr: addr, GRPCAddr: fmt.Sprintf("127.0.0.1:%d", grpc), DNSAddr: fmt.Sprintf("127.0.0.1:%d", dns),
+		Token: token, Bin: bin, Client: client,
+	}
+	args := []string{"agent", "-dev",
+		"-config-file=" + filepath.Join(c.root, "deploy", "dev", "consul.hcl"), "-config-file=" + local}
+	return c.launch(ctx, "consul", bin, args, func(context.Context) bool {
+		leader, err := client.Status().Leader()
+		return err == nil && leader != ""
+	})
+}
+
+func (c *Cluster) startVault(ctx context.Context, bin string) error {
+	port, err := freePortPair()
+	if err != nil {
+		return err
+	}
+	c.ports = append(c.ports, port, port+1)
+	token := randomToken()
+	addr := fmt.Sprintf("http://127.0.0.1:%d", port)
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = addr
+	client, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		return fmt.Errorf("vault client: %w", err)
+	}
+	client.SetToken(token)
+	c.Vault = &VaultAgent{Addr: addr, Token: token, Bin: bin, Client: client}
+	args := []string{"server", "-dev", fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", port),
+		"-dev-root-token-id=" + token, "-dev-no-store-token"}
+	return c.launch(ctx, "vault", bin, args, func(ctx context.Context) bool {
+		h, err := client.Sys().HealthWithContext(ctx)
+		return err == nil && h.Initialized && !h.Sealed
+	})
+}
+
+func (c *Cluster) startNomad(ctx context.Context, bin string) error {
+	ports, err := freePorts(3)
+	if err != nil {
+		return err
+	}
+	c.ports = append(c.ports, ports...)
+	dir := filepath.Join(c.Dir, "nomad")
+	dataDir := filepath.Join(dir, "data")
+	local := filepath.Join(dir, "local.hcl")
+	pluginDir := filepath.Join(c.root, "bin")
+	plugin := ""
+	if isExecutable(filepath.Join(pluginDir, "nomad-driver-modelbox")) {
+		plugin = fmt.Sprintf("plugin %q {\n  config {\n    runner_path = %q\n  }\n}\n",
+			"nomad-driver-modelbox", filepath.Join(pluginDir, "model-runner"))
+	}
+	if err := writeConfig(local, fmt.Sprintf(`data_dir   = %q
+bind_addr  = "127.0.0.1"
+plugin_dir = %q
+ports {
+  http = %d
+  rpc  = %d
+  serf = %d
+}
+consul {
+  address      = %q
+  grpc_address = %q
+  token        = %q
+}
+vault {
+  address = %q
+}
+%s`, dataDir, pluginDir, ports[0], ports[1], ports[2],
+		c.Consul.Addr, c.Consul.GRPCAddr, c.Consul.Token, c.Vault.Addr, plugin)); err != nil {
+		return err
+	}
+	addr := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	client, err := nomadapi.NewClient(&nomadapi.Config{Address: addr})
+	if err != nil {
+		return fmt.Errorf("nomad client: %w", err)
+	}
+	c.Nomad = &NomadAgent{Addr: addr, Bin: bin, Client: client, DataDir: dataDir}
+	args := []string{"agent", "-dev",
+		"-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
+	return c.launch(ctx, "nomad", bin, args, func(context.Context) bool {
+		return nomadNodeReady(client)
+	})
+}
+
+// nomadNodeReady is true once the dev agent's client node is ready with
+// raw_exec healthy and Consul and Vault fingerprinted: before that, jobs that
+// use them would be blocked or placed on a node that cannot run them yet.
+func nomadNodeReady(client *nomadapi.Client) bool {
+	stubs, _, err := client.Nodes().List(nil)
+	if err != nil || len(stubs) == 0 || stubs[0].Status != "ready" {
+		return false
+	}
+	node, _, err := client.Nodes().Info(stubs[0].ID, nil)
+	if err != nil {
+		return false
+	}
+	d := node.Drivers["raw_exec"]
+	return d != nil && d.Healthy && node.Attributes["consul.version"] != "" &&
+		node.Attributes["vault.accessible"] == "true"
+}
+
+// RunScript runs a script of this repository (path relative to its root, e.g.
+// "deploy/vault/setup") with the cluster's environment and returns its
+// stdout; on failure the error carries its stderr.
+func (c *Cluster) RunScript(ctx context.Context, rel string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.root, rel), args...)
+	// 2048-bit CA keys keep setup fast; production uses the default 4096.
+	cmd.Env = c.scriptEnv("PKI_KEY_BITS=2048")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%s %s: %w\n%s", rel, strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+// CACertPEM returns the root CA of the model-call PKI (pki), the trust
+// anchor coordinators and runners verify each other against.
+func (v *VaultAgent) CACertPEM(ctx context.Context) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.Addr+"/v1/pki/ca/pem", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("read root CA: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("read root CA: status %d: %s", resp.StatusCode, b)
+	}
+	return b, nil
+}
