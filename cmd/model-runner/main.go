@@ -1,0 +1,226 @@
+// Command model-runner makes one model callable over gRPC, wire-compatible
+// with CrunchDAO's model runner. It runs the participant's code in a separate
+// worker process and never loads it itself.
+//
+//	model-runner serve --model-dir ./my-model --listen 127.0.0.1:50051 \
+//	    --tls-cert server.crt --tls-key server.key --tls-client-ca ca.crt
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/modelnodes/modelnodes/internal/envflag"
+	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/runner"
+	"github.com/modelnodes/modelnodes/runner/pyhost"
+	"github.com/modelnodes/modelnodes/runner/worker"
+)
+
+const envPrefix = "MODEL_RUNNER"
+
+const usage = `model-runner: serve one model over gRPC (CrunchDAO model runner protocol).
+
+Usage:
+  model-runner serve --model-dir DIR [--listen ADDR] (--tls-cert F --tls-key F [--tls-client-ca F] | --plaintext)
+  model-runner python-host > host.py     print the embedded Python worker host
+
+The model runs in a worker process started by the runner: with --runtime python
+the submission directory is loaded by the embedded host (main.py or its
+modules); with --runtime executable, --entry names a program that speaks the
+worker protocol on fd 3 (docs/worker-protocol.md).
+`
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(map[bool]int{true: 0, false: 2}[len(os.Args) >= 2])
+	}
+	switch os.Args[1] {
+	case "serve":
+		if err := serve(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "model-runner:", err)
+			os.Exit(1)
+		}
+	case "python-host":
+		_, _ = os.Stdout.Write(pyhost.Script())
+	default:
+		fmt.Fprintf(os.Stderr, "model-runner: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+}
+
+type options struct {
+	listen, metricsListen            string
+	modelDir, runtime, entry, python string
+	certFile, keyFile, caFile        string
+	plaintext                        bool
+	tlsReload                        time.Duration
+	callTimeout, startTimeout, drain time.Duration
+	maxRecv, maxQueue                int
+	logLevel                         string
+	logJSON                          bool
+}
+
+func parse(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("model-runner serve", flag.ContinueOnError)
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:50051", "address to serve gRPC on")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "address to serve Prometheus /metrics on (off when empty)")
+	fs.StringVar(&o.modelDir, "model-dir", "", "the submission's directory (required)")
+	fs.StringVar(&o.runtime, "runtime", "python", "how to run the model: python or executable")
+	fs.StringVar(&o.entry, "entry", "", "python: module to import first (default main, else every module); executable: the program, relative to --model-dir")
+	fs.StringVar(&o.python, "python", "python3", "python interpreter for --runtime python")
+	fs.StringVar(&o.certFile, "tls-cert", "", "server certificate (PEM); reloaded when it changes on disk")
+	fs.StringVar(&o.keyFile, "tls-key", "", "server private key (PEM)")
+	fs.StringVar(&o.caFile, "tls-client-ca", "", "CA bundle (PEM) that client certificates must chain to: enables mTLS")
+	fs.BoolVar(&o.plaintext, "plaintext", false, "serve without TLS (development only)")
+	fs.DurationVar(&o.tlsReload, "tls-reload-interval", 5*time.Second, "how often to check the TLS files for changes (SIGHUP checks at once)")
+	fs.DurationVar(&o.callTimeout, "call-timeout", 5*time.Minute, "longest a call may run, whatever the caller's deadline")
+	fs.DurationVar(&o.startTimeout, "start-timeout", 2*time.Minute, "longest the model may take to load")
+	fs.DurationVar(&o.drain, "drain-timeout", 10*time.Second, "on shutdown, how long in-flight calls may take to finish")
+	fs.IntVar(&o.maxRecv, "max-recv-bytes", runner.DefaultMaxRecvBytes, "largest request accepted")
+	fs.IntVar(&o.maxQueue, "max-queue", 128, "calls that may wait for a busy model; more are refused with RESOURCE_EXHAUSTED")
+	fs.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.BoolVar(&o.logJSON, "log-json", false, "write logs as JSON")
+	fs.Usage = envflag.Usage(fs, envPrefix, usage)
+	if err := envflag.Parse(fs, envPrefix, args); err != nil {
+		return nil, err
+	}
+	switch {
+	case o.modelDir == "":
+		return nil, errors.New("--model-dir is required")
+	case o.runtime != "python" && o.runtime != "executable":
+		return nil, fmt.Errorf("--runtime %q: want python or executable", o.runtime)
+	case o.runtime == "executable" && o.entry == "":
+		return nil, errors.New("--runtime executable needs --entry, the program to run")
+	case o.plaintext && (o.certFile != "" || o.keyFile != "" || o.caFile != ""):
+		return nil, errors.New("--plaintext conflicts with the --tls-* flags")
+	case !o.plaintext && (o.certFile == "" || o.keyFile == ""):
+		return nil, errors.New("refusing to serve without TLS: pass --tls-cert and --tls-key (and --tls-client-ca for mTLS), or --plaintext")
+	}
+	return o, nil
+}
+
+func serve(args []string) error {
+	o, err := parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "model-runner", Level: hclog.LevelFromString(o.logLevel), JSONFormat: o.logJSON})
+
+	modelDir, err := filepath.Abs(o.modelDir)
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(modelDir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("--model-dir %s is not a directory", o.modelDir)
+	}
+	command, cleanup, err := workerCommand(o, modelDir)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg := runner.Config{
+		MaxRecvBytes: o.maxRecv,
+		CallTimeout:  o.callTimeout,
+		Logger:       log,
+		Registerer:   reg,
+		Worker: worker.Config{
+			Command:      command,
+			Dir:          modelDir,
+			StartTimeout: o.startTimeout,
+			MaxQueue:     o.maxQueue,
+		},
+	}
+	var srv *runner.Server
+	if !o.plaintext {
+		cfg.TLS, err = tlsfiles.New(tlsfiles.Files{CertFile: o.certFile, KeyFile: o.keyFile, CAFile: o.caFile},
+			func(err error) { srv.TLSReloaded(err) })
+		if err != nil {
+			return err
+		}
+		if o.caFile == "" {
+			log.Warn("serving TLS without client authentication: any caller may call the model (pass --tls-client-ca for mTLS)")
+		}
+	} else {
+		log.Warn("serving plaintext: no TLS, no caller authentication")
+	}
+	srv = runner.New(cfg)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if cfg.TLS != nil {
+		go cfg.TLS.Watch(ctx, o.tlsReload)
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		go func() {
+			for range hup {
+				log.Info("SIGHUP: checking the TLS files")
+				_, _ = cfg.TLS.Reload()
+			}
+		}()
+	}
+	if o.metricsListen != "" {
+		ml, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		go func() { _ = http.Serve(ml, mux) }()
+		log.Info("metrics serving", "address", ml.Addr().String())
+	}
+	lis, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	return srv.Serve(ctx, lis, o.drain)
+}
+
+// workerCommand returns the worker's argv for the chosen runtime.
+func workerCommand(o *options, modelDir string) ([]string, func(), error) {
+	if o.runtime == "executable" {
+		prog := o.entry
+		if !filepath.IsAbs(prog) {
+			prog = filepath.Join(modelDir, prog)
+		}
+		if fi, err := os.Stat(prog); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return nil, nil, fmt.Errorf("--entry %s is not an executable file", prog)
+		}
+		return []string{prog}, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "model-runner-host-")
+	if err != nil {
+		return nil, nil, err
+	}
+	host, err := pyhost.Install(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := []string{o.python, "-B", host, "--model-dir", modelDir}
+	if o.entry != "" {
+		cmd = append(cmd, "--entry", o.entry)
+	}
+	return cmd, func() { _ = os.RemoveAll(dir) }, nil
+}

@@ -1,0 +1,51 @@
+package runner
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the runner's Prometheus series, registered on the registry the
+// caller passes (so tests and several runners in one process don't collide).
+type metrics struct {
+	calls    *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	restarts prometheus.Counter
+	up       prometheus.Gauge
+	inflight prometheus.Gauge
+	tlsLoads *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modelnodes_runner_calls_total",
+			Help: "Model calls by RPC and outcome (a CrunchDAO status code such as SUCCESS or MODEL_FAILED, or a gRPC code such as DEADLINE_EXCEEDED).",
+		}, []string{"rpc", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "modelnodes_runner_call_duration_seconds",
+			Help: "Time from a call's arrival to its answer, by RPC.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
+				5, 10, 30, 60},
+		}, []string{"rpc"}),
+		restarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "modelnodes_runner_worker_restarts_total",
+			Help: "Times the model worker was started again after it exited, hung or broke the protocol.",
+		}),
+		up: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "modelnodes_runner_worker_up",
+			Help: "1 while a model worker is ready to take calls.",
+		}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "modelnodes_runner_calls_in_flight",
+			Help: "Calls being handled or queued for the model worker.",
+		}),
+		tlsLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modelnodes_runner_tls_reloads_total",
+			Help: "Reloads of the TLS files after they changed on disk, by result (ok or error).",
+		}, []string{"result"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.calls, m.latency, m.restarts, m.up, m.inflight, m.tlsLoads)
+	}
+	return m
+}

@@ -1,0 +1,270 @@
+// Package runner is the trusted half of a model node: a gRPC server that makes
+// one model callable, wire-compatible with CrunchDAO's model runner protocol
+// (DynamicSubclassService, TrainInferService, TrainInferStreamService), plus
+// the standard health and reflection services. The model itself runs in a
+// separate worker process (package worker); the runner holds the TLS key, which
+// the worker never sees.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
+	tipb "github.com/modelnodes/modelnodes/proto/train_infer"
+	"github.com/modelnodes/modelnodes/runner/frame"
+	"github.com/modelnodes/modelnodes/runner/worker"
+)
+
+// DefaultMaxRecvBytes is the largest request accepted: CrunchDAO's runner
+// takes 64 MiB (grpc-go's own default is 4 MiB).
+const DefaultMaxRecvBytes = 64 << 20
+
+// Service names, as health checks and reflection know them.
+const (
+	ServiceDynamicSubclass  = "dynamic_subclass.DynamicSubclassService"
+	ServiceTrainInfer       = "train_infer.TrainInferService"
+	ServiceTrainInferStream = "train_infer.TrainInferStreamService"
+)
+
+// Config configures a runner.
+type Config struct {
+	// TLS is the server's certificate; nil serves plaintext (only with an
+	// explicit choice: see cmd/model-runner's --plaintext). With a CA file,
+	// callers must present a client certificate that chains to it.
+	TLS *tlsfiles.Reloader
+	// MaxRecvBytes bounds a request; DefaultMaxRecvBytes when 0.
+	MaxRecvBytes int
+	// CallTimeout caps every call, whatever deadline the caller set; a
+	// request still running on the worker past it means the worker hung
+	// (it is killed and restarted). Default 5 minutes.
+	CallTimeout time.Duration
+	// Worker says how to run the model worker.
+	Worker worker.Config
+	// Logger receives structured logs.
+	Logger hclog.Logger
+	// Registerer receives the Prometheus metrics; nil keeps them private.
+	Registerer prometheus.Registerer
+}
+
+// Server is a running model runner.
+type Server struct {
+	cfg     Config
+	log     hclog.Logger
+	grpc    *grpc.Server
+	health  *health.Server
+	sup     *worker.Supervisor
+	metrics *metrics
+}
+
+// New builds a runner; Serve starts it.
+func New(cfg Config) *Server {
+	if cfg.MaxRecvBytes <= 0 {
+		cfg.MaxRecvBytes = DefaultMaxRecvBytes
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 5 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer(), metrics: newMetrics(cfg.Registerer)}
+
+	wc := cfg.Worker
+	if wc.Logger == nil {
+		wc.Logger = cfg.Logger.Named("worker")
+	}
+	// A request outliving the longest call anybody may wait for is a hang.
+	wc.HangTimeout = cfg.CallTimeout + 5*time.Second
+	wc.MaxFrame = max(wc.MaxFrame, cfg.MaxRecvBytes+1<<20)
+	wc.OnState = s.workerState
+	wc.OnRestart = s.metrics.restarts.Inc
+	s.sup = worker.New(wc)
+	s.workerState(nil)
+
+	creds := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		creds = credentials.NewTLS(cfg.TLS.ServerConfig())
+	}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(creds),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
+		grpc.MaxSendMsgSize(1<<31-1),
+		// CrunchDAO's client pings every 300 s; grpc-go's default
+		// enforcement (5 min) allows it, so keep it.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Minute, PermitWithoutStream: true}),
+	)
+	dspb.RegisterDynamicSubclassServiceServer(s.grpc, &dynamicSubclass{s: s})
+	tipb.RegisterTrainInferServiceServer(s.grpc, &trainInferUnary{trainInfer: trainInfer{s: s}})
+	tipb.RegisterTrainInferStreamServiceServer(s.grpc, &trainInferStream{trainInfer: trainInfer{s: s, stream: true}})
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	return s
+}
+
+// TLSReloaded records the outcome of a TLS reload (for metrics and logs).
+func (s *Server) TLSReloaded(err error) {
+	if err != nil {
+		s.metrics.tlsLoads.WithLabelValues("error").Inc()
+		s.log.Error("TLS files changed but cannot be used; keeping the previous ones", "error", err)
+		return
+	}
+	s.metrics.tlsLoads.WithLabelValues("ok").Inc()
+	s.log.Info("TLS files reloaded")
+}
+
+// Serve runs the worker and serves lis until ctx ends, then stops gracefully:
+// health turns NOT_SERVING, in-flight calls get up to drain to finish.
+func (s *Server) Serve(ctx context.Context, lis net.Listener, drain time.Duration) error {
+	wctx, stopWorker := context.WithCancel(context.Background())
+	workerDone := make(chan struct{})
+	go func() {
+		defer close(workerDone)
+		s.sup.Run(wctx)
+	}()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- s.grpc.Serve(lis) }()
+	s.log.Info("model runner serving", "address", lis.Addr().String(), "tls", s.cfg.TLS != nil)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	s.health.Shutdown()
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(drain):
+		s.grpc.Stop()
+	}
+	stopWorker()
+	<-workerDone
+	return err
+}
+
+// workerState turns the worker's hello into health statuses: "" is SERVING
+// whenever a worker takes calls; a service is SERVING when the model loaded
+// and implements it.
+func (s *Server) workerState(h *frame.Hello) {
+	up := h != nil
+	s.metrics.up.Set(b2f(up))
+	s.health.SetServingStatus("", servingStatus(up))
+	has := map[string]bool{}
+	if up && h.LoadError == "" {
+		for _, svc := range h.Services {
+			has[svc] = true
+		}
+	}
+	s.health.SetServingStatus(ServiceDynamicSubclass, servingStatus(has["dynamic_subclass"]))
+	s.health.SetServingStatus(ServiceTrainInfer, servingStatus(has["train_infer"]))
+	s.health.SetServingStatus(ServiceTrainInferStream, servingStatus(has["train_infer_stream"]))
+}
+
+func servingStatus(ok bool) healthpb.HealthCheckResponse_ServingStatus {
+	if ok {
+		return healthpb.HealthCheckResponse_SERVING
+	}
+	return healthpb.HealthCheckResponse_NOT_SERVING
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// do sends one request to the worker under the call timeout, accounting for
+// it in the metrics. A nil result comes with a gRPC status error.
+func (s *Server) do(ctx context.Context, rpc string, req *frame.Request) (*frame.Result, error) {
+	start := time.Now()
+	s.metrics.inflight.Inc()
+	defer s.metrics.inflight.Dec()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+	defer cancel()
+	res, err := s.sup.Do(ctx, req)
+	outcome := ""
+	switch {
+	case err == nil:
+		outcome = res.Code
+	case errors.Is(err, worker.ErrWorkerDied):
+		// The model's fault: answered as a status, like any model failure.
+		res = &frame.Result{Code: frame.CodeUnknown, Message: fmt.Sprintf("%v; the model worker is being restarted", err)}
+		outcome, err = res.Code, nil
+	default:
+		err = grpcError(err)
+		outcome = codeName(status.Code(err))
+	}
+	s.metrics.calls.WithLabelValues(rpc, outcome).Inc()
+	s.metrics.latency.WithLabelValues(rpc).Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.log.Debug("call refused", "rpc", rpc, "error", err)
+	}
+	return res, err
+}
+
+func grpcError(err error) error {
+	switch {
+	case errors.Is(err, worker.ErrUnavailable):
+		return status.Error(codes.Unavailable, "the model worker is not running; retry shortly")
+	case errors.Is(err, worker.ErrBusy):
+		return status.Error(codes.ResourceExhausted, "the model's call queue is full; retry shortly")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "the model did not answer before the deadline")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "the call was cancelled")
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// codeName spells a gRPC code the way CrunchDAO's status codes are spelled.
+func codeName(c codes.Code) string {
+	var b strings.Builder
+	for i, r := range c.String() {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+	}
+	return strings.ToUpper(b.String())
+}
+
+// checkArgs validates every variant before it reaches the model, so a
+// malformed value gets the same INVALID_ARGUMENT from any runtime.
+func checkArgs(args []*commonspb.Argument, kwargs []*commonspb.KwArgument) *commonspb.Status {
+	for _, a := range args {
+		if err := a.GetData().Validate(); err != nil {
+			return &commonspb.Status{Code: frame.CodeInvalidArgument, Message: fmt.Sprintf("argument %d: %v", a.GetPosition(), err)}
+		}
+	}
+	for _, k := range kwargs {
+		if err := k.GetData().Validate(); err != nil {
+			return &commonspb.Status{Code: frame.CodeInvalidArgument, Message: fmt.Sprintf("argument %q: %v", k.GetKeyword(), err)}
+		}
+	}
+	return nil
+}
+
+func resultStatus(r *frame.Result) *commonspb.Status {
+	return &commonspb.Status{Code: r.Code, Message: r.Message}
+}

@@ -1,0 +1,534 @@
+// Package worker runs and supervises the model worker: the process that holds
+// the participant's code. The runner never runs model code itself; it talks to
+// the worker over a socketpair whose other end the worker inherits as fd 3,
+// with the frames of package frame.
+//
+// The supervisor restarts a worker that exits, hangs or breaks the protocol,
+// with exponential backoff, and replays the requests that built the model's
+// state (Setup) so a restart is invisible to a coordinator beyond the calls
+// that were in flight.
+package worker
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/modelnodes/modelnodes/runner/frame"
+)
+
+// Errors returned by Do. Each says why the worker gave no answer.
+var (
+	// ErrUnavailable: no worker is running (starting, restarting or stopped).
+	ErrUnavailable = errors.New("model worker is not running")
+	// ErrBusy: the queue in front of the worker is full.
+	ErrBusy = errors.New("model worker queue is full")
+	// ErrWorkerDied: the worker exited or was killed while handling the request.
+	ErrWorkerDied = errors.New("model worker died during the request")
+)
+
+// Config says how to run the worker.
+type Config struct {
+	// Command is the worker's argv. The worker finds its socket in fd 3
+	// (also named by MODELNODES_WORKER_FD).
+	Command []string
+	// Env is added to the runner's environment for the worker.
+	Env []string
+	// Dir is the worker's working directory.
+	Dir string
+	// StartTimeout bounds the time from start to the worker's hello
+	// (loading a large model takes a while). Default 2 minutes.
+	StartTimeout time.Duration
+	// HangTimeout is the longest a request may run on the worker. A worker
+	// that exceeds it is considered hung, killed and restarted. Default 10 minutes.
+	HangTimeout time.Duration
+	// MaxQueue is how many requests may wait for the worker beyond those it
+	// is handling; one more is refused with ErrBusy. Default 128.
+	MaxQueue int
+	// MaxFrame bounds one frame in either direction. Default frame.DefaultMaxFrame.
+	MaxFrame int
+	// MinBackoff and MaxBackoff bound the delay between restarts; the delay
+	// doubles after each quick failure. Defaults 100 ms and 30 s.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger receives the supervisor's events and the worker's output.
+	Logger hclog.Logger
+	// OnState is called with the worker's hello when it is ready, and with nil
+	// when it goes down.
+	OnState func(*frame.Hello)
+	// OnRestart is called each time a worker is started after the first.
+	OnRestart func()
+}
+
+const (
+	maxConcurrency = 1024
+	// stableAfter: a worker that ran this long resets the backoff.
+	stableAfter = time.Minute
+	stopGrace   = 3 * time.Second
+)
+
+// Supervisor runs one worker at a time and routes requests to it.
+type Supervisor struct {
+	cfg Config
+	log hclog.Logger
+
+	cur    atomic.Pointer[conn] // nil while no worker is ready
+	queued atomic.Int64         // requests admitted and not yet answered
+
+	stickyMu sync.Mutex
+	sticky   []stickyReq // replayed in order on every new worker
+}
+
+type stickyReq struct {
+	key string
+	req frame.Request
+}
+
+// New returns a supervisor; Run starts the worker.
+func New(cfg Config) *Supervisor {
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 2 * time.Minute
+	}
+	if cfg.HangTimeout <= 0 {
+		cfg.HangTimeout = 10 * time.Minute
+	}
+	if cfg.MaxQueue <= 0 {
+		cfg.MaxQueue = 128
+	}
+	if cfg.MaxFrame <= 0 {
+		cfg.MaxFrame = frame.DefaultMaxFrame
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(30*time.Second, cfg.MinBackoff)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	return &Supervisor{cfg: cfg, log: cfg.Logger}
+}
+
+// Hello returns the running worker's hello, or nil when none is ready.
+func (s *Supervisor) Hello() *frame.Hello {
+	if c := s.cur.Load(); c != nil {
+		return c.hello
+	}
+	return nil
+}
+
+// Remember marks req as part of the model's state under key: every worker
+// started from now on gets it replayed before it takes calls. A later
+// Remember with the same key replaces it.
+func (s *Supervisor) Remember(key string, req *frame.Request) {
+	s.stickyMu.Lock()
+	defer s.stickyMu.Unlock()
+	s.forgetLocked(key)
+	s.sticky = append(s.sticky, stickyReq{key: key, req: *req})
+}
+
+// Forget drops what Remember stored under key.
+func (s *Supervisor) Forget(key string) {
+	s.stickyMu.Lock()
+	defer s.stickyMu.Unlock()
+	s.forgetLocked(key)
+}
+
+func (s *Supervisor) forgetLocked(key string) {
+	kept := s.sticky[:0]
+	for _, r := range s.sticky {
+		if r.key != key {
+			kept = append(kept, r)
+		}
+	}
+	s.sticky = kept
+}
+
+// Run starts the worker and keeps one running until ctx ends; then it stops
+// the worker (closing its socket, then SIGKILL after a grace period) and
+// returns.
+func (s *Supervisor) Run(ctx context.Context) {
+	backoff := s.cfg.MinBackoff
+	for first := true; ; first = false {
+		if !first && s.cfg.OnRestart != nil {
+			s.cfg.OnRestart()
+		}
+		started := time.Now()
+		err := s.runOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(started) > stableAfter {
+			backoff = s.cfg.MinBackoff
+		}
+		s.log.Warn("model worker stopped; restarting", "error", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, s.cfg.MaxBackoff)
+	}
+}
+
+// runOnce starts one worker, serves it until it dies, and reports why.
+func (s *Supervisor) runOnce(ctx context.Context) error {
+	if len(s.cfg.Command) == 0 {
+		return errors.New("no worker command configured")
+	}
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socketpair: %w", err)
+	}
+	local := os.NewFile(uintptr(fds[0]), "worker-socket")
+	remote := os.NewFile(uintptr(fds[1]), "worker-socket-remote")
+	nc, err := net.FileConn(local)
+	_ = local.Close()
+	if err != nil {
+		_ = remote.Close()
+		return fmt.Errorf("worker socket: %w", err)
+	}
+
+	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
+	cmd.Env = append(append(os.Environ(), s.cfg.Env...), "MODELNODES_WORKER_FD=3")
+	cmd.Dir = s.cfg.Dir
+	cmd.ExtraFiles = []*os.File{remote}
+	// Its own process group, so a kill reaches everything the model forked;
+	// and it dies with the runner.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	stdout, _ := cmd.StdoutPipe()
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		_ = remote.Close()
+		_ = nc.Close()
+		return fmt.Errorf("start worker %q: %w", s.cfg.Command[0], err)
+	}
+	_ = remote.Close()
+	pid := cmd.Process.Pid
+	log := s.log.With("worker_pid", pid)
+	log.Info("model worker started", "command", s.cfg.Command)
+
+	var outputs sync.WaitGroup
+	outputs.Add(2)
+	go s.forward(&outputs, log, "stdout", stdout)
+	go s.forward(&outputs, log, "stderr", stderr)
+	exited := make(chan error, 1)
+	go func() {
+		outputs.Wait() // Wait closes the pipes: read them to the end first
+		exited <- cmd.Wait()
+	}()
+
+	c := newConn(nc, s.cfg.MaxFrame, func() { killGroup(pid) })
+	defer c.close(ErrWorkerDied)
+	// When the worker dies, stop routing calls to it and report it down
+	// before the calls in flight learn of it.
+	c.onDead = func() { s.down(c) }
+
+	// Hello, then the replay, before any call may reach the worker.
+	helloErr := make(chan error, 1)
+	go func() { helloErr <- c.readHello() }()
+	timer := time.NewTimer(s.cfg.StartTimeout)
+	defer timer.Stop()
+	select {
+	case err = <-helloErr:
+	case <-timer.C:
+		err = fmt.Errorf("no hello within %s", s.cfg.StartTimeout)
+	case err = <-exited:
+		err = fmt.Errorf("exited before its hello: %s", exitReason(err))
+		return err
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		killGroup(pid)
+		<-exited
+		return err
+	}
+	go c.readLoop()
+	log.Info("model worker ready", "runtime", c.hello.Runtime, "concurrency", c.hello.Concurrency,
+		"services", c.hello.Services, "load_error", c.hello.LoadError)
+	if err := s.replay(ctx, c); err != nil {
+		log.Warn("replaying the model's setup failed", "error", err)
+	}
+	s.cur.Store(c)
+	if s.cfg.OnState != nil {
+		s.cfg.OnState(c.hello)
+	}
+	defer s.down(c)
+
+	select {
+	case err := <-exited:
+		c.close(fmt.Errorf("%w: %s", ErrWorkerDied, exitReason(err)))
+		return fmt.Errorf("exited: %s", exitReason(err))
+	case <-c.dead:
+		// Protocol error or hang: the conn already killed the group.
+		reason := c.err()
+		<-exited
+		return reason
+	case <-ctx.Done():
+		s.down(c)
+		_ = c.nc.(*net.UnixConn).CloseWrite() // EOF: a polite worker exits
+		select {
+		case <-exited:
+		case <-time.After(stopGrace):
+			killGroup(pid)
+			<-exited
+		}
+		return ctx.Err()
+	}
+}
+
+// down stops routing calls to c; the first call for a conn reports it.
+func (s *Supervisor) down(c *conn) {
+	if s.cur.CompareAndSwap(c, nil) && s.cfg.OnState != nil {
+		s.cfg.OnState(nil)
+	}
+}
+
+// replay sends the remembered requests to a fresh worker, dropping those that
+// fail (the coordinator will see FAILED_PRECONDITION and set up again).
+func (s *Supervisor) replay(ctx context.Context, c *conn) error {
+	s.stickyMu.Lock()
+	reqs := append([]stickyReq(nil), s.sticky...)
+	s.stickyMu.Unlock()
+	var errs []error
+	for _, r := range reqs {
+		req := r.req
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.HangTimeout)
+		res, err := c.do(rctx, &req, s.cfg.HangTimeout)
+		cancel()
+		if err == nil && res.Code != frame.CodeSuccess {
+			err = fmt.Errorf("%s: %s", res.Code, res.Message)
+		}
+		if err != nil {
+			s.Forget(r.key)
+			errs = append(errs, fmt.Errorf("%s: %w", r.key, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Do sends req to the worker and waits for its result, ctx's end, or the
+// worker's death. A request whose caller gave up still occupies the worker
+// until the worker answers it: the model is busy either way.
+func (s *Supervisor) Do(ctx context.Context, req *frame.Request) (*frame.Result, error) {
+	c := s.cur.Load()
+	if c == nil {
+		return nil, ErrUnavailable
+	}
+	limit := int64(c.hello.Concurrency + s.cfg.MaxQueue)
+	if s.queued.Add(1) > limit {
+		s.queued.Add(-1)
+		return nil, ErrBusy
+	}
+	defer s.queued.Add(-1)
+	return c.do(ctx, req, s.cfg.HangTimeout)
+}
+
+// forward copies the worker's output into the log, line by line, cutting
+// lines at 4 KiB so a model cannot flood one log entry.
+func (s *Supervisor) forward(wg *sync.WaitGroup, log hclog.Logger, stream string, r io.Reader) {
+	defer wg.Done()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 4096)
+	for {
+		for sc.Scan() {
+			log.Info("model output", "stream", stream, "line", sc.Text())
+		}
+		if !errors.Is(sc.Err(), bufio.ErrTooLong) {
+			return
+		}
+		log.Info("model output", "stream", stream, "line", "[line longer than 4 KiB cut]")
+		sc = bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 4096), 4096)
+	}
+}
+
+func killGroup(pid int) { _ = syscall.Kill(-pid, syscall.SIGKILL) }
+
+func exitReason(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+// conn is the runner's end of one worker's socket.
+type conn struct {
+	nc    net.Conn
+	rd    *frame.Reader
+	kill  func()
+	hello *frame.Hello
+	slots chan struct{} // one per request the worker takes at once
+
+	wmu  sync.Mutex
+	wbuf []byte
+
+	mu      sync.Mutex
+	pending map[uint32]chan *frame.Result
+	nextID  uint32
+	reason  error
+	dead    chan struct{}
+	onDead  func() // called once, before pending requests are failed
+}
+
+func newConn(nc net.Conn, maxFrame int, kill func()) *conn {
+	return &conn{
+		nc:      nc,
+		rd:      frame.NewReader(nc, maxFrame),
+		kill:    kill,
+		pending: map[uint32]chan *frame.Result{},
+		dead:    make(chan struct{}),
+	}
+}
+
+func (c *conn) readHello() error {
+	k, _, body, err := c.rd.Next()
+	if err != nil {
+		return fmt.Errorf("read hello: %w", err)
+	}
+	if k != frame.KindHello {
+		return fmt.Errorf("%w: first frame is %s, want hello", frame.ErrProtocol, k)
+	}
+	var h frame.Hello
+	if err := json.Unmarshal(body, &h); err != nil {
+		return fmt.Errorf("%w: hello: %v", frame.ErrProtocol, err)
+	}
+	if h.Protocol != frame.ProtocolVersion {
+		return fmt.Errorf("%w: worker speaks protocol %d, runner %d", frame.ErrProtocol, h.Protocol, frame.ProtocolVersion)
+	}
+	h.Concurrency = min(max(h.Concurrency, 1), maxConcurrency)
+	c.hello = &h
+	c.slots = make(chan struct{}, h.Concurrency)
+	return nil
+}
+
+func (c *conn) readLoop() {
+	for {
+		k, id, body, err := c.rd.Next()
+		if err != nil {
+			c.fail(fmt.Errorf("read from worker: %w", err))
+			return
+		}
+		if k != frame.KindResult {
+			c.fail(fmt.Errorf("%w: unexpected %s frame from worker", frame.ErrProtocol, k))
+			return
+		}
+		res, err := frame.DecodeResult(id, body)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		c.mu.Lock()
+		ch, ok := c.pending[id]
+		delete(c.pending, id)
+		c.mu.Unlock()
+		if !ok {
+			c.fail(fmt.Errorf("%w: result for unknown request %d", frame.ErrProtocol, id))
+			return
+		}
+		<-c.slots
+		ch <- res
+	}
+}
+
+// fail kills the worker because of err and fails every pending request.
+func (c *conn) fail(err error) {
+	c.mu.Lock()
+	alive := c.reason == nil
+	c.mu.Unlock()
+	if alive { // never signal a process group that may already be gone
+		c.kill()
+	}
+	c.close(fmt.Errorf("%w: %v", ErrWorkerDied, err))
+}
+
+func (c *conn) close(reason error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reason != nil {
+		return
+	}
+	c.reason = reason
+	if c.onDead != nil {
+		c.onDead()
+	}
+	for id, ch := range c.pending {
+		delete(c.pending, id)
+		close(ch)
+	}
+	close(c.dead)
+	_ = c.nc.Close()
+}
+
+func (c *conn) err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reason
+}
+
+func (c *conn) do(ctx context.Context, req *frame.Request, hang time.Duration) (*frame.Result, error) {
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-c.dead:
+		return nil, ErrUnavailable
+	}
+	ch := make(chan *frame.Result, 1)
+	c.mu.Lock()
+	if c.reason != nil {
+		c.mu.Unlock()
+		<-c.slots
+		return nil, ErrUnavailable
+	}
+	c.nextID++
+	r := *req
+	r.ID = c.nextID
+	c.pending[r.ID] = ch
+	c.mu.Unlock()
+
+	c.wmu.Lock()
+	c.wbuf = frame.AppendRequest(c.wbuf[:0], &r)
+	_, err := c.nc.Write(c.wbuf)
+	if cap(c.wbuf) > 1<<20 {
+		c.wbuf = nil // don't pin a large request's buffer
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("write to worker: %w", err))
+		return nil, c.err()
+	}
+
+	hung := time.AfterFunc(hang, func() {
+		c.fail(fmt.Errorf("request %s ran longer than %s: worker hung", req.Kind, hang))
+	})
+	select {
+	case res, ok := <-ch:
+		hung.Stop()
+		if !ok {
+			return nil, c.err()
+		}
+		return res, nil
+	case <-ctx.Done():
+		// The worker still owns the slot; the hang timer still watches it.
+		go func() {
+			if _, ok := <-ch; ok {
+				hung.Stop()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
