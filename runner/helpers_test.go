@@ -112,7 +112,7 @@ type harness struct {
 type option func(*runner.Config)
 
 func withCallTimeout(d time.Duration) option { return func(c *runner.Config) { c.CallTimeout = d } }
-func withMaxQueue(n int) option            { return func(c *runner.Config) { c.Worker.MaxQueue = n } }
+func withMaxQueue(n int) option              { return func(c *runner.Config) { c.Worker.MaxQueue = n } }
 
 // start runs a runner in this process on a loopback port, with the worker
 // command given, and waits until its worker is ready (unless the worker is
