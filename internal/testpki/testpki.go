@@ -1,0 +1,160 @@
+// Package testpki makes throwaway certificate authorities and certificates
+// for tests of TLS and mTLS paths. Production certificates come from Vault.
+package testpki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// CA is a certificate authority.
+type CA struct {
+	Cert *x509.Certificate
+	key  crypto.Signer
+}
+
+// NewCA returns a fresh self-signed CA.
+func NewCA(t testing.TB, name string) *CA {
+	t.Helper()
+	key := ecKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(t),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &CA{Cert: cert, key: key}
+}
+
+// Leaf describes a certificate to issue.
+type Leaf struct {
+	CommonName string
+	DNSNames   []string
+	IPs        []net.IP
+	Client     bool // client auth instead of server auth
+	RSA        bool // an RSA key (CrunchDAO's client accepts only RSA servers)
+	NotBefore  time.Time
+	NotAfter   time.Time
+}
+
+// Issued is a certificate with its key, in PEM.
+type Issued struct {
+	Cert              *x509.Certificate
+	CertPEM, KeyPEM   []byte
+	CertFile, KeyFile string
+}
+
+// Issue signs a leaf certificate and writes cert and key into dir.
+func (ca *CA) Issue(t testing.TB, dir string, l Leaf) *Issued {
+	t.Helper()
+	var key crypto.Signer = ecKey(t)
+	if l.RSA {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key = k
+	}
+	if l.NotBefore.IsZero() {
+		l.NotBefore = time.Now().Add(-time.Hour)
+	}
+	if l.NotAfter.IsZero() {
+		l.NotAfter = time.Now().Add(12 * time.Hour)
+	}
+	usage := x509.ExtKeyUsageServerAuth
+	if l.Client {
+		usage = x509.ExtKeyUsageClientAuth
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(t),
+		Subject:      pkix.Name{CommonName: l.CommonName},
+		DNSNames:     l.DNSNames,
+		IPAddresses:  l.IPs,
+		NotBefore:    l.NotBefore,
+		NotAfter:     l.NotAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is := &Issued{
+		Cert:    cert,
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+	}
+	if dir != "" {
+		name := l.CommonName
+		is.CertFile = filepath.Join(dir, name+".crt")
+		is.KeyFile = filepath.Join(dir, name+".key")
+		WriteFile(t, is.CertFile, is.CertPEM)
+		WriteFile(t, is.KeyFile, is.KeyPEM)
+	}
+	return is
+}
+
+// PEM returns the CA certificate in PEM.
+func (ca *CA) PEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
+}
+
+// WriteCA writes the CA certificate to dir/name and returns the path.
+func (ca *CA) WriteCA(t testing.TB, dir, name string) string {
+	p := filepath.Join(dir, name)
+	WriteFile(t, p, ca.PEM())
+	return p
+}
+
+// WriteFile replaces path atomically, as Nomad's template runner does.
+func WriteFile(t testing.TB, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ecKey(t testing.TB) *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func serial(t testing.TB) *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
