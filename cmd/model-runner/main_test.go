@@ -22,7 +22,7 @@ import (
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 )
 
-func binary(t *testing.T) string {
+func binary(t testing.TB) string {
 	t.Helper()
 	if dir := os.Getenv("MODELNODES_BIN"); dir != "" {
 		if p := filepath.Join(dir, "model-runner"); fileExists(p) {
@@ -38,7 +38,7 @@ func binary(t *testing.T) string {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
