@@ -238,9 +238,15 @@ func nomadNodeReady(client *nomadapi.Client) bool {
 // "deploy/vault/setup") with the cluster's environment and returns its
 // stdout; on failure the error carries its stderr.
 func (c *Cluster) RunScript(ctx context.Context, rel string, args ...string) (string, error) {
+	return c.RunScriptEnv(ctx, nil, rel, args...)
+}
+
+// RunScriptEnv is RunScript with extra environment entries, which win over
+// the cluster's (e.g. VAULT_TOKEN=<an operator's token>).
+func (c *Cluster) RunScriptEnv(ctx context.Context, env []string, rel string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(c.root, rel), args...)
 	// 2048-bit CA keys keep setup fast; production uses the default 4096.
-	cmd.Env = c.scriptEnv("PKI_KEY_BITS=2048")
+	cmd.Env = append(c.scriptEnv("PKI_KEY_BITS=2048"), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr

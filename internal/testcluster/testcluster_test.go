@@ -1,15 +1,18 @@
 package testcluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -44,10 +47,12 @@ func TestConsulACLs(t *testing.T) {
 	}
 }
 
-// Vault alone: deploy/vault/setup ran (policies from deploy/vault/policies,
-// a root and an intermediate CA), and a coordinator onboarded for one crunch
-// gets a client certificate for that crunch only.
-func TestVaultCoordinatorCertificates(t *testing.T) {
+// Vault alone: deploy/vault/setup ran (the policies of deploy/vault/policies,
+// a root and an intermediate CA). Then the security team's day, with an
+// operator token and no code: onboard a crunch's coordinator, which gets a
+// client certificate for its crunch only; rotate the intermediate (old
+// certificates keep validating); revoke the coordinator.
+func TestVaultCoordinatorLifecycle(t *testing.T) {
 	c := Start(t, Vault)
 	ctx := t.Context()
 	files, _ := filepath.Glob(filepath.Join(c.root, "deploy", "vault", "policies", "*.hcl"))
@@ -63,23 +68,30 @@ func TestVaultCoordinatorCertificates(t *testing.T) {
 		}
 	}
 
-	out, err := c.RunScript(ctx, "deploy/vault/setup", "coordinator", "alpha")
+	opToken, err := c.Vault.Client.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
+		Policies: []string{"operator"}, TTL: "1h",
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		k, v, _ := strings.Cut(line, "=")
-		creds[k] = v
+	asOperator := []string{"VAULT_TOKEN=" + opToken.Auth.ClientToken}
+	operator := clientWithToken(t, c, opToken.Auth.ClientToken)
+	if _, err := c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup"); err != nil {
+		t.Fatalf("operator re-running setup: %v", err)
 	}
+	if err := operator.Sys().PutPolicyWithContext(ctx, "everything", `path "*" { capabilities = ["sudo", "read"] }`); err == nil {
+		t.Error("the operator policy may write arbitrary policies")
+	}
+
+	out, err := c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup", "coordinator", "alpha")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := keyValues(out)
 	if creds["role_id"] == "" || creds["secret_id"] == "" {
 		t.Fatalf("setup coordinator printed no credentials: %q", out)
 	}
-	coord, err := c.Vault.Client.Clone()
-	if err != nil {
-		t.Fatal(err)
-	}
-	coord.ClearToken()
+	coord := clientWithToken(t, c, "")
 	login, err := coord.Logical().WriteWithContext(ctx, "auth/approle/login", map[string]any{
 		"role_id": creds["role_id"], "secret_id": creds["secret_id"],
 	})
@@ -89,18 +101,14 @@ func TestVaultCoordinatorCertificates(t *testing.T) {
 	coord.SetToken(login.Auth.ClientToken)
 
 	roots := rootPool(t, c)
-	cert, err := signCoordinator(ctx, coord, "alpha")
+	before, err := signCoordinator(ctx, coord, "alpha")
 	if err != nil {
 		t.Fatalf("coordinator alpha signing its own CSR: %v", err)
 	}
-	if got := cert.leaf.URIs; len(got) != 1 || got[0].String() != "spiffe://modelnodes/crunch/alpha" {
+	if got := before.leaf.URIs; len(got) != 1 || got[0].String() != "spiffe://modelnodes/crunch/alpha" {
 		t.Errorf("URI SANs = %v, want spiffe://modelnodes/crunch/alpha", got)
 	}
-	if _, err := cert.leaf.Verify(x509.VerifyOptions{
-		Roots: roots, Intermediates: cert.intermediates, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
-		t.Errorf("coordinator certificate does not chain to the root CA as a client certificate: %v", err)
-	}
+	verifyClientCert(t, before, roots)
 	if _, err := signCoordinator(ctx, coord, "beta"); err == nil {
 		t.Error("coordinator of crunch alpha obtained a certificate for crunch beta")
 	}
@@ -109,11 +117,81 @@ func TestVaultCoordinatorCertificates(t *testing.T) {
 	}); err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Errorf("coordinator token issuing a runner certificate: got %v, want permission denied", err)
 	}
+
+	// Rotation: a new intermediate issues from now on; the old one's
+	// certificates still chain to the (unchanged) root.
+	out, err = c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup", "rotate-intermediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot := keyValues(out)
+	after, err := signCoordinator(ctx, coord, "alpha")
+	if err != nil {
+		t.Fatalf("signing after rotation: %v", err)
+	}
+	if bytes.Equal(after.leaf.AuthorityKeyId, before.leaf.AuthorityKeyId) {
+		t.Errorf("after rotate-intermediate (%v) the certificate is still signed by the old intermediate", rot)
+	}
+	verifyClientCert(t, after, roots)
+	verifyClientCert(t, before, roots)
+
+	// Revocation: both certificates land on the CRL, the coordinator's
+	// token stops working.
+	args := []string{"revoke-coordinator", "alpha"}
+	if _, err := exec.LookPath("openssl"); err != nil {
+		args = append(args, before.serial, after.serial) // the script finds them itself with openssl
+	}
+	out, err = c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup", args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, serial := range []string{before.serial, after.serial} {
+		sec, err := c.Vault.Client.Logical().ReadWithContext(ctx, "pki_int/cert/"+serial)
+		if err != nil || sec == nil {
+			t.Fatalf("read certificate %s: %v", serial, err)
+		}
+		if rt, _ := sec.Data["revocation_time"].(json.Number).Int64(); rt == 0 {
+			t.Errorf("certificate %s not revoked; revoke-coordinator printed %q", serial, out)
+		}
+	}
+	if _, err := signCoordinator(ctx, coord, "alpha"); err == nil {
+		t.Error("a revoked coordinator's token still obtains certificates")
+	}
+}
+
+func clientWithToken(t *testing.T, c *Cluster, token string) *vaultapi.Client {
+	t.Helper()
+	client, err := c.Vault.Client.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.SetToken(token)
+	return client
+}
+
+func keyValues(out string) map[string]string {
+	m := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func verifyClientCert(t *testing.T, cert *issued, roots *x509.CertPool) {
+	t.Helper()
+	if _, err := cert.leaf.Verify(x509.VerifyOptions{
+		Roots: roots, Intermediates: cert.intermediates, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		t.Errorf("coordinator certificate %s does not chain to the root CA as a client certificate: %v", cert.serial, err)
+	}
 }
 
 type issued struct {
 	leaf          *x509.Certificate
 	intermediates *x509.CertPool
+	serial        string // Vault's form, aa:bb:...
 }
 
 func signCoordinator(ctx context.Context, client *vaultapi.Client, crunch string) (*issued, error) {
@@ -143,7 +221,7 @@ func signCoordinator(ctx context.Context, client *vaultapi.Client, crunch string
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(sec.Data["issuing_ca"].(string)))
-	return &issued{leaf: leaf, intermediates: pool}, nil
+	return &issued{leaf: leaf, intermediates: pool, serial: sec.Data["serial_number"].(string)}, nil
 }
 
 func parseCert(pemBytes []byte) (*x509.Certificate, error) {
@@ -192,5 +270,42 @@ func TestNomadNode(t *testing.T) {
 		if strings.Contains(attr, "platform.aws") || strings.Contains(attr, "platform.gce") {
 			t.Errorf("cloud fingerprinter ran despite the denylist: %s", attr)
 		}
+	}
+}
+
+// An agent that fails to start is named, with the tail of its log, and the
+// agents already started are stopped.
+func TestStartReportsFailedAgent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real Consul agent; skipped with -short")
+	}
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	versions, err := pinnedVersions(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := findBinary("consul", versions["consul"]); err != nil {
+		t.Skip("testcluster: " + err.Error())
+	}
+	fake := filepath.Join(t.TempDir(), "vault")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'error: storage is on fire' >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VAULT_BIN", fake)
+	dir := t.TempDir()
+	_, err = start(dir, Consul|Vault, t.Logf)
+	if err == nil {
+		t.Fatal("start succeeded with a Vault that exits at once")
+	}
+	for _, want := range []string{"vault exited before it was ready", "storage is on fire"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if pids := killProcessesUnder(dir); len(pids) > 0 {
+		t.Errorf("Consul was left running after Vault failed: pids %v", pids)
 	}
 }

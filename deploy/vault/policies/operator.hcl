@@ -51,7 +51,11 @@ path "identity/entity-alias" {
 path "identity/entity-alias/id/*" {
   capabilities = ["read", "delete"]
 }
+# Listing mounts and reading the accessors deploy/vault/setup templates with.
 path "sys/auth" {
+  capabilities = ["read"]
+}
+path "sys/mounts" {
   capabilities = ["read"]
 }
 
