@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -72,6 +74,7 @@ type options struct {
 	tlsReload                        time.Duration
 	callTimeout, startTimeout, drain time.Duration
 	maxRecv, maxQueue                int
+	hostDir, workerWrapper           string
 	logLevel                         string
 	logJSON                          bool
 }
@@ -95,6 +98,8 @@ func parse(args []string) (*options, error) {
 	fs.DurationVar(&o.drain, "drain-timeout", 10*time.Second, "on shutdown, how long in-flight calls may take to finish")
 	fs.IntVar(&o.maxRecv, "max-recv-bytes", runner.DefaultMaxRecvBytes, "largest request accepted")
 	fs.IntVar(&o.maxQueue, "max-queue", 128, "calls that may wait for a busy model; more are refused with RESOURCE_EXHAUSTED")
+	fs.StringVar(&o.hostDir, "host-dir", "", "where to write the Python host script (default: a private temp dir); a sandboxing wrapper must show it to the worker")
+	fs.StringVar(&o.workerWrapper, "worker-wrapper", "", "command prefixed to the worker's argv, e.g. a sandbox (a JSON array, or words split on spaces); the Nomad driver sets it")
 	fs.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.BoolVar(&o.logJSON, "log-json", false, "write logs as JSON")
 	fs.Usage = envflag.Usage(fs, envPrefix, usage)
@@ -138,6 +143,11 @@ func serve(args []string) error {
 		return err
 	}
 	defer cleanup()
+	wrapper, err := splitCommand(o.workerWrapper)
+	if err != nil {
+		return fmt.Errorf("--worker-wrapper: %w", err)
+	}
+	command = append(wrapper, command...)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -210,17 +220,36 @@ func workerCommand(o *options, modelDir string) ([]string, func(), error) {
 		}
 		return []string{prog}, func() {}, nil
 	}
-	dir, err := os.MkdirTemp("", "model-runner-host-")
-	if err != nil {
-		return nil, nil, err
+	dir, cleanup := o.hostDir, func() {}
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "model-runner-host-")
+		if err != nil {
+			return nil, nil, err
+		}
+		dir, cleanup = tmp, func() { _ = os.RemoveAll(tmp) }
 	}
 	host, err := pyhost.Install(dir)
 	if err != nil {
+		cleanup()
 		return nil, nil, err
 	}
 	cmd := []string{o.python, "-B", host, "--model-dir", modelDir}
 	if o.entry != "" {
 		cmd = append(cmd, "--entry", o.entry)
 	}
-	return cmd, func() { _ = os.RemoveAll(dir) }, nil
+	return cmd, cleanup, nil
+}
+
+// splitCommand reads a command prefix: a JSON array of strings, or words
+// separated by spaces.
+func splitCommand(s string) ([]string, error) {
+	s = strings.TrimSpace(s)
+	if strings.HasPrefix(s, "[") {
+		var argv []string
+		if err := json.Unmarshal([]byte(s), &argv); err != nil {
+			return nil, fmt.Errorf("not a JSON array of strings: %w", err)
+		}
+		return argv, nil
+	}
+	return strings.Fields(s), nil
 }
