@@ -163,8 +163,18 @@ func (c *Cluster) startVault(ctx context.Context, bin string) error {
 	c.Vault = &VaultAgent{Addr: addr, Token: token, Bin: bin, Client: client}
 	args := []string{"server", "-dev", fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", port),
 		"-dev-root-token-id=" + token, "-dev-no-store-token"}
+	// The readiness probe must not sit in the client's retry backoff while
+	// Vault is still binding its port.
+	probeCfg := vaultapi.DefaultConfig()
+	probeCfg.Address = addr
+	probeCfg.MaxRetries = 0
+	probeCfg.Timeout = 2 * time.Second
+	probe, err := vaultapi.NewClient(probeCfg)
+	if err != nil {
+		return fmt.Errorf("vault client: %w", err)
+	}
 	return c.launch(ctx, "vault", bin, args, func(ctx context.Context) bool {
-		h, err := client.Sys().HealthWithContext(ctx)
+		h, err := probe.Sys().HealthWithContext(ctx)
 		return err == nil && h.Initialized && !h.Sealed
 	})
 }

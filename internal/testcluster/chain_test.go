@@ -100,6 +100,16 @@ func TestChainNomadConsulVault(t *testing.T) {
 	}
 	alloc := runningAlloc(ctx, t, c.Nomad.Client, jobID)
 
+	// Consul DNS answers coordinators without a token (dns-read on the
+	// anonymous token) with the runner's port.
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, c.Consul.DNSAddr)
+	}}
+	_, srvs, err := resolver.LookupSRV(ctx, "", "", jobID+".service.consul")
+	if err != nil || len(srvs) != 1 || int(srvs[0].Port) != entry.Service.Port {
+		t.Errorf("Consul DNS SRV for %s: %v %+v, want port %d", jobID, err, srvs, entry.Service.Port)
+	}
+
 	// Vault: the certificate the template rendered chains to the dev root
 	// CA and names the job. The alloc fs API hands out the public copy ...
 	published := catAllocFile(t, c.Nomad.Client, alloc, "runner/local/tls.crt")

@@ -88,9 +88,11 @@ func Start(t testing.TB, agents Agent) *Cluster {
 		t.Fatalf("testcluster: %v", err)
 	}
 	t.Cleanup(func() {
+		t0 := time.Now()
 		if err := c.Stop(); err != nil {
 			t.Errorf("testcluster: %v", err)
 		}
+		t.Logf("testcluster: stopped %s in %.1fs", c.agents, time.Since(t0).Seconds())
 	})
 	return c
 }
