@@ -1,0 +1,359 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"github.com/shoenig/go-landlock"
+	"golang.org/x/sys/unix"
+
+	"github.com/modelnodes/modelnodes/driver/cgroup"
+)
+
+// Main runs a hidden subcommand if args (os.Args[1:]) name one, and never
+// returns then; otherwise it returns false.
+func Main(args []string) bool {
+	if len(args) < 4 || (args[0] != CmdStage1 && args[0] != CmdStage2) || args[2] != "--" {
+		return false
+	}
+	var err error
+	if args[0] == CmdStage1 {
+		err = stage1(args[1], args[3:])
+	} else {
+		err = stage2(args[1], args[3:])
+	}
+	fmt.Fprintf(os.Stderr, "modelbox %s: %v\n", args[0], err)
+	os.Exit(126)
+	return true
+}
+
+// stage1 joins the worker cgroup, then runs stage 2 in new namespaces and
+// exits as it does.
+func stage1(specFile string, argv []string) error {
+	spec, err := Load(specFile)
+	if err != nil {
+		return err
+	}
+	if len(spec.WorkerCgroup) > 0 {
+		if err := cgroup.JoinWorker(spec.WorkerCgroup, os.Getpid()); err != nil {
+			return fmt.Errorf("join the worker cgroup: %w", err)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, append([]string{CmdStage2, specFile, "--"}, argv...)...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{os.NewFile(3, "worker-socket")}
+	cmd.Env = []string{}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC |
+			syscall.CLONE_NEWUTS | syscall.CLONE_NEWNET,
+		Pdeathsig: syscall.SIGKILL,
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the sandbox: %w", err)
+	}
+	go func() {
+		for s := range sigs {
+			_ = cmd.Process.Signal(s)
+		}
+	}()
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			os.Exit(128 + int(ws.Signal()))
+		}
+		os.Exit(ee.ExitCode())
+	}
+	if err != nil {
+		return err
+	}
+	os.Exit(0)
+	return nil
+}
+
+// stage2 runs as pid 1 of the new namespaces, still root: it builds the
+// private root, confines itself and executes the worker.
+func stage2(specFile string, argv []string) error {
+	// no_new_privs and Landlock bind the calling thread, and exec keeps the
+	// calling thread's: do all of it on one thread.
+	runtime.LockOSThread()
+	spec, err := Load(specFile)
+	if err != nil {
+		return err
+	}
+	if err := buildRoot(spec); err != nil {
+		return err
+	}
+	if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
+		return fmt.Errorf("sethostname: %w", err)
+	}
+	if err := loopbackUp(); err != nil {
+		return err
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
+		return fmt.Errorf("disable core dumps: %w", err)
+	}
+	if err := applyLandlock(spec); err != nil {
+		return err
+	}
+	if err := dropPrivileges(spec.UID, spec.GID); err != nil {
+		return err
+	}
+	wd := spec.WorkDir
+	if wd == "" {
+		wd = "/tmp"
+	}
+	if err := os.Chdir(wd); err != nil {
+		return fmt.Errorf("chdir %s: %w", wd, err)
+	}
+	env := append(append([]string{}, spec.Env...), "MODELNODES_WORKER_FD=3")
+	if !hasVar(env, "PATH") {
+		env = append(env, "PATH=/usr/local/bin:/usr/bin:/bin")
+	}
+	if !hasVar(env, "HOME") {
+		env = append(env, "HOME=/tmp")
+	}
+	prog, err := lookPath(argv[0], env)
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("exec %s: %w", prog, unix.Exec(prog, argv, env))
+}
+
+func hasVar(env []string, name string) bool {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, name+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// lookPath resolves prog against the worker's PATH, inside the sandbox.
+func lookPath(prog string, env []string) (string, error) {
+	if strings.Contains(prog, "/") {
+		return prog, nil
+	}
+	for _, kv := range env {
+		if p, ok := strings.CutPrefix(kv, "PATH="); ok {
+			for _, dir := range filepath.SplitList(p) {
+				cand := filepath.Join(dir, prog)
+				if fi, err := os.Stat(cand); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+					return cand, nil
+				}
+			}
+		}
+	}
+	return "", fmt.Errorf("%s: not found in the sandbox's PATH", prog)
+}
+
+// buildRoot mounts a tmpfs on spec.Root, shows the listed host paths in it,
+// adds /dev, /tmp and /proc, and pivots into it.
+func buildRoot(spec *Spec) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	root := spec.Root
+	if err := unix.Mount("modelbox", root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=16m"); err != nil {
+		return fmt.Errorf("mount the sandbox root: %w", err)
+	}
+	// /tmp first: host paths that live under /tmp are shown on top of it.
+	if spec.TmpDir != "" {
+		if err := bind(root, spec.TmpDir, "/tmp", false); err != nil {
+			return err
+		}
+	} else if err := mkdirMount(root, "/tmp", "tmpfs", "mode=1777,size=64m"); err != nil {
+		return err
+	}
+	for _, p := range spec.ReadOnly {
+		if err := bind(root, p, p, true); err != nil {
+			return err
+		}
+	}
+	for _, p := range spec.Writable {
+		if err := bind(root, p, p, false); err != nil {
+			return err
+		}
+	}
+	if err := buildDev(root); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(root, "proc"), 0o555); err != nil {
+		return err
+	}
+	old := filepath.Join(root, ".old-root")
+	if err := os.MkdirAll(old, 0o700); err != nil {
+		return err
+	}
+	if err := unix.PivotRoot(root, old); err != nil {
+		return fmt.Errorf("pivot_root: %w", err)
+	}
+	if err := os.Chdir("/"); err != nil {
+		return err
+	}
+	if err := unix.Unmount("/.old-root", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach the host root: %w", err)
+	}
+	if err := os.Remove("/.old-root"); err != nil {
+		return err
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount /proc: %w", err)
+	}
+	// Nothing may be created at the top of the root.
+	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("make the sandbox root read-only: %w", err)
+	}
+	return nil
+}
+
+// bind shows host path src at dst inside root.
+func bind(root, src, dst string, readOnly bool) error {
+	fi, err := os.Stat(src)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	target := filepath.Join(root, dst)
+	if fi.IsDir() {
+		err = os.MkdirAll(target, 0o755)
+	} else {
+		if err = os.MkdirAll(filepath.Dir(target), 0o755); err == nil {
+			var f *os.File
+			if f, err = os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+				err = f.Close()
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("mount point for %s: %w", dst, err)
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s: %w", src, err)
+	}
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
+	if readOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount("", target, "", flags, ""); err != nil {
+		return fmt.Errorf("remount %s: %w", dst, err)
+	}
+	return nil
+}
+
+func mkdirMount(root, dst, fstype, data string) error {
+	target := filepath.Join(root, dst)
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(fstype, target, fstype, unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", fstype, dst, err)
+	}
+	return nil
+}
+
+// buildDev gives the worker the harmless device nodes and nothing else.
+func buildDev(root string) error {
+	if err := mkdirMount(root, "/dev", "tmpfs", "mode=0755,size=64k"); err != nil {
+		return err
+	}
+	for _, d := range []string{"null", "zero", "full", "random", "urandom"} {
+		target := filepath.Join(root, "dev", d)
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o666)
+		if err != nil {
+			return err
+		}
+		_ = f.Close()
+		if err := unix.Mount("/dev/"+d, target, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind /dev/%s: %w", d, err)
+		}
+	}
+	for name, to := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
+		if err := os.Symlink(to, filepath.Join(root, "dev", name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loopbackUp brings up lo, the only interface of the new network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring up loopback: %w", err)
+	}
+	return nil
+}
+
+// applyLandlock allows reading everywhere the root shows, writing only in
+// the writable paths, /tmp and the harmless devices.
+func applyLandlock(spec *Spec) error {
+	if spec.Landlock == LandlockOff {
+		return nil
+	}
+	paths := []*landlock.Path{landlock.Dir("/", "rx"), landlock.Dir("/tmp", "rwc"), landlock.Dir("/dev", "rw")}
+	for _, p := range spec.Writable {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			paths = append(paths, landlock.Dir(p, "rwc"))
+		}
+	}
+	safety := landlock.OnlyAvailable
+	if spec.Landlock == LandlockRequired {
+		safety = landlock.Mandatory
+	}
+	if err := landlock.New(paths...).Lock(safety); err != nil {
+		return fmt.Errorf("landlock: %w", err)
+	}
+	return nil
+}
+
+// dropPrivileges sets no_new_privs, empties the capability bounding set and
+// becomes uid:gid with no supplementary groups. Setting a non-zero uid then
+// clears the permitted and effective capabilities.
+func dropPrivileges(uid, gid int) error {
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	for c := 0; c <= unix.CAP_LAST_CAP; c++ {
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("drop capability %d: %w", c, err)
+		}
+	}
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := syscall.Setresgid(gid, gid, gid); err != nil {
+		return fmt.Errorf("setresgid %d: %w", gid, err)
+	}
+	if err := syscall.Setresuid(uid, uid, uid); err != nil {
+		return fmt.Errorf("setresuid %d: %w", uid, err)
+	}
+	return nil
+}

@@ -1,0 +1,109 @@
+// Package sandbox runs the model worker isolated from the host. The driver
+// writes a Spec and puts Command in front of the worker's argv; the runner
+// then starts the worker through it. The plugin binary re-executes itself as
+// two hidden subcommands:
+//
+//   - "sandbox" (stage 1) moves itself into the task's worker cgroup and starts
+//     stage 2 in new mount, pid, ipc, uts and network namespaces, then relays
+//     signals and the exit status;
+//   - "sandbox-init" (stage 2, pid 1 of the new pid namespace) builds a private
+//     root holding only what the Spec lists (read-only system paths, the model
+//     read-only, a writable scratch dir, a minimal /dev, its own /proc),
+//     brings up loopback as the only network interface, applies Landlock,
+//     sets no_new_privs, drops every capability, becomes the unprivileged user
+//     and executes the worker.
+//
+// When the worker (pid 1 of its namespace) exits, the kernel kills everything
+// it left behind; the task's cgroup catches the rest.
+package sandbox
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+)
+
+// Hidden subcommands of the plugin binary.
+const (
+	CmdStage1 = "sandbox"
+	CmdStage2 = "sandbox-init"
+)
+
+// Landlock modes.
+const (
+	LandlockOff        = "off"
+	LandlockBestEffort = "best-effort" // applied where the kernel supports it
+	LandlockRequired   = "required"    // the worker does not start without it
+)
+
+// Spec describes one task's sandbox. Host paths appear inside at the same
+// path, so the runner's argv for the worker needs no translation.
+type Spec struct {
+	// UID and GID the worker runs as; never 0.
+	UID, GID int
+	// Hostname inside the UTS namespace.
+	Hostname string
+	// Root is an empty directory, private to the driver, on which the
+	// sandbox mounts its root.
+	Root string
+	// ReadOnly lists host paths shown read-only (system paths, the model, the
+	// runtime, the Python host script). Missing ones are skipped.
+	ReadOnly []string
+	// Writable lists host directories shown read-write (scratch).
+	Writable []string
+	// TmpDir is a host directory shown read-write at /tmp.
+	TmpDir string
+	// WorkDir is the worker's working directory.
+	WorkDir string
+	// WorkerCgroup is the worker leaf to join (cgroup.State.Worker).
+	WorkerCgroup map[string]string
+	// Landlock is LandlockOff, LandlockBestEffort or LandlockRequired.
+	Landlock string
+	// Env is the worker's whole environment besides MODELNODES_WORKER_FD:
+	// nothing of the runner's environment (which may hold tokens) passes.
+	Env []string
+}
+
+// Validate rejects specs that would not isolate the worker.
+func (s *Spec) Validate() error {
+	switch {
+	case s.UID <= 0 || s.GID <= 0:
+		return fmt.Errorf("sandbox: the worker must run as an unprivileged user, not uid %d gid %d", s.UID, s.GID)
+	case s.Root == "":
+		return fmt.Errorf("sandbox: no root directory")
+	case s.Landlock != LandlockOff && s.Landlock != LandlockBestEffort && s.Landlock != LandlockRequired:
+		return fmt.Errorf("sandbox: landlock mode %q: want off, best-effort or required", s.Landlock)
+	}
+	return nil
+}
+
+// Write stores the spec at path (root-only readable).
+func (s *Spec) Write(path string) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+// Load reads a spec written by Write.
+func Load(path string) (*Spec, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var s Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("sandbox spec %s: %w", path, err)
+	}
+	return &s, s.Validate()
+}
+
+// Command returns the argv prefix that runs a worker in the sandbox of the
+// spec at specFile; self is the plugin binary.
+func Command(self, specFile string) []string {
+	return []string{self, CmdStage1, specFile, "--"}
+}
