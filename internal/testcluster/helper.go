@@ -22,7 +22,7 @@ import (
 )
 
 // The test binary doubles as a tiny workload for Nomad jobs: a raw_exec task
-// re-executes it (os.Args[0]) with helperEnv set, and Main (or
+// re-executes it (os.Executable) with helperEnv set, and Main (or
 // RunHelperIfRequested in a custom TestMain) turns the process into a
 // grpc-go health server instead of running tests. This keeps every `main`
 // in cmd/ while letting integration tests run real gRPC services in Nomad.
@@ -49,9 +49,13 @@ const (
 // health server (grpc.health.v1, service "" SERVING). Add env entries from
 // the Helper*Env constants to configure it.
 func HelperTask(name string) *nomadapi.Task {
+	self, err := os.Executable() // absolute, unlike os.Args[0] after `go test -c`
+	if err != nil {
+		self = os.Args[0]
+	}
 	task := nomadapi.NewTask(name, "raw_exec")
 	task.Config = map[string]any{
-		"command": os.Args[0],
+		"command": self,
 		// No test may run in the workload even if the helper returns.
 		"args": []string{"-test.run=^$"},
 	}
