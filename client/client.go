@@ -1,0 +1,304 @@
+// Package client is the coordinator's side of Model Nodes: it keeps one
+// long-lived gRPC connection to every model of a crunch as models join and
+// leave (package discovery), and fans one call out to all of them at once,
+// returning one Result per model by the deadline whatever the models do.
+//
+//	c, err := client.New(client.Config{Source: src, TLS: material})
+//	go c.Run(ctx)
+//	c.WaitMembership(ctx)
+//	results := c.Call(ctx, "predict", client.Request{Args: client.Same(args)})
+//
+// Membership changes are safe during calls: a fan-out calls the models known
+// when it starts; a new model joins the next fan-out; a removed model's
+// connection is closed once the calls using it have finished.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/modelnodes/modelnodes/client/credentials"
+	"github.com/modelnodes/modelnodes/client/discovery"
+	"github.com/modelnodes/modelnodes/client/failures"
+)
+
+// Config configures a Client.
+type Config struct {
+	// Source says which models exist; required.
+	Source discovery.Source
+	// TLS is the coordinator's certificate and CA; required unless
+	// Plaintext.
+	TLS credentials.Material
+	// Plaintext allows calling runners without TLS (laptops, tests).
+	Plaintext bool
+	// Concurrency bounds calls in flight per fan-out; default 1024.
+	Concurrency int
+	// Timeout is each model's deadline when a Request sets none; 0 leaves
+	// only the caller's context deadline.
+	Timeout time.Duration
+	// FailureThreshold and OnFailing: see failures.Config.
+	FailureThreshold int
+	OnFailing        func(model string, s failures.Stats)
+	// Registerer receives the metrics; nil keeps them private.
+	Registerer prometheus.Registerer
+	// Logger receives membership changes.
+	Logger hclog.Logger
+	// DialOptions are appended to the client's own (tests, tuning).
+	DialOptions []grpc.DialOption
+}
+
+// Client is a coordinator client. Its methods are safe for concurrent use.
+type Client struct {
+	cfg      Config
+	log      hclog.Logger
+	failures *failures.Tracker
+	models   prometheus.Gauge
+
+	mu      sync.Mutex
+	members map[string]*member
+	known   chan struct{} // closed at the first membership
+	gotOne  bool
+	changed chan struct{} // closed and replaced at every membership change
+	closed  bool
+}
+
+// New checks cfg and returns a Client; Run starts following membership.
+func New(cfg Config) (*Client, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("client: a discovery source is needed")
+	}
+	if cfg.TLS == nil && !cfg.Plaintext {
+		return nil, errors.New("client: TLS material is needed (or Plaintext, explicitly)")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 1024
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	c := &Client{
+		cfg: cfg,
+		log: cfg.Logger,
+		failures: failures.New(failures.Config{
+			Threshold: cfg.FailureThreshold, OnFailing: cfg.OnFailing, Registerer: cfg.Registerer,
+		}),
+		models: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "modelnodes_client_models",
+			Help: "Models in the current membership.",
+		}),
+		members: map[string]*member{},
+		known:   make(chan struct{}),
+		changed: make(chan struct{}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(c.models)
+	}
+	return c, nil
+}
+
+// Run follows the source until ctx ends, then closes every connection.
+func (c *Client) Run(ctx context.Context) error {
+	err := c.cfg.Source.Watch(ctx, c.update)
+	c.Close()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// WaitMembership returns once the source reported a first membership.
+func (c *Client) WaitMembership(ctx context.Context) error {
+	select {
+	case <-c.known:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("client: no membership yet: %w", ctx.Err())
+	}
+}
+
+// Changed returns a channel closed at the next membership change.
+func (c *Client) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+// Member is one model of the current membership.
+type Member struct {
+	discovery.Model
+	// State is the connection's state (READY, CONNECTING,
+	// TRANSIENT_FAILURE, IDLE).
+	State connectivity.State
+	// Stats is the model's call accounting.
+	Stats failures.Stats
+}
+
+// Members returns the current membership, sorted by model id.
+func (c *Client) Members() []Member {
+	c.mu.Lock()
+	ms := make([]Member, 0, len(c.members))
+	for _, m := range c.members {
+		ms = append(ms, Member{Model: m.model, State: m.cc.GetState()})
+	}
+	c.mu.Unlock()
+	for i := range ms {
+		ms[i].Stats = c.failures.Stats(ms[i].ID)
+	}
+	slices.SortFunc(ms, func(a, b Member) int { return compare(a.ID, b.ID) })
+	return ms
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Stats returns one model's call accounting.
+func (c *Client) Stats(model string) failures.Stats { return c.failures.Stats(model) }
+
+// Close closes every connection (after the calls using them finish).
+func (c *Client) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.closed = true
+	for id, m := range c.members {
+		m.retire()
+		delete(c.members, id)
+	}
+	c.models.Set(0)
+}
+
+// update applies a membership: dial new models, retire removed ones, and
+// replace a model whose address or name changed.
+func (c *Client) update(models []discovery.Model) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	seen := make(map[string]bool, len(models))
+	var added, removed int
+	for _, md := range models {
+		seen[md.ID] = true
+		old := c.members[md.ID]
+		if old != nil && old.model.Equal(md) {
+			old.model.Meta = md.Meta
+			continue
+		}
+		m, err := c.dial(md)
+		if err != nil {
+			c.log.Error("cannot dial model; leaving it out", "model", md.ID, "target", md.Target, "error", err)
+			continue
+		}
+		if old != nil {
+			old.retire()
+		}
+		c.members[md.ID] = m
+		added++
+	}
+	for id, m := range c.members {
+		if !seen[id] {
+			m.retire()
+			delete(c.members, id)
+			c.failures.Forget(id)
+			removed++
+		}
+	}
+	c.models.Set(float64(len(c.members)))
+	if added+removed > 0 || !c.gotOne {
+		c.log.Info("membership", "models", len(c.members), "added", added, "removed", removed)
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
+	if !c.gotOne {
+		c.gotOne = true
+		close(c.known)
+	}
+}
+
+// dialOptions are the options of every model connection.
+func (c *Client) dialOptions(md discovery.Model) []grpc.DialOption {
+	creds := insecure.NewCredentials()
+	if c.cfg.TLS != nil {
+		creds = credentials.Transport(c.cfg.TLS, md.TLSName())
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		// The runner enforces grpc-go's default minimum ping interval
+		// (5 minutes, which CrunchDAO's client also uses): pinging more
+		// often would get the connection closed with too_many_pings.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 5 * time.Minute, Timeout: 20 * time.Second, PermitWithoutStream: true}),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 30 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+		// Static HTTP/2 windows: no BDP probing pings on every quiet
+		// connection (measured: fan-out p50 −25 % at 1,000 models).
+		grpc.WithInitialWindowSize(1 << 20),
+		grpc.WithInitialConnWindowSize(1 << 20),
+		// Small per-connection buffers: most connections are idle
+		// between fan-outs, and memory per model counts at 1,000 models.
+		grpc.WithReadBufferSize(4 << 10),
+		grpc.WithWriteBufferSize(4 << 10),
+		grpc.WithSharedWriteBuffer(true),
+		// Keep connections up between fan-outs (grpc-go would go idle
+		// after 30 minutes and pay a handshake on the next call).
+		grpc.WithIdleTimeout(0),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(64<<20)),
+	}
+	return append(opts, c.cfg.DialOptions...)
+}
+
+func (c *Client) dial(md discovery.Model) (*member, error) {
+	cc, err := grpc.NewClient(md.Target, c.dialOptions(md)...)
+	if err != nil {
+		return nil, err
+	}
+	cc.Connect() // pre-dial: the first fan-out should not pay handshakes
+	return newMember(md, cc), nil
+}
+
+// snapshot takes a reference on the members to call (all, or those named),
+// in model id order. Release each with release.
+func (c *Client) snapshot(only []string) []*member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ms []*member
+	if only == nil {
+		ms = make([]*member, 0, len(c.members))
+		for _, m := range c.members {
+			ms = append(ms, m)
+		}
+	} else {
+		for _, id := range only {
+			if m := c.members[id]; m != nil {
+				ms = append(ms, m)
+			}
+		}
+	}
+	slices.SortFunc(ms, func(a, b *member) int { return compare(a.model.ID, b.model.ID) })
+	for _, m := range ms {
+		m.acquire()
+	}
+	return ms
+}

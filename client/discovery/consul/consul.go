@@ -1,0 +1,162 @@
+// Package consul discovers the models of a crunch through Consul's health
+// API: one service per crunch, one instance per model, only instances whose
+// checks all pass. Membership follows blocking queries, so a registration,
+// deregistration or failed check reaches the caller within one query round
+// (no polling interval to wait out).
+package consul
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/modelnodes/modelnodes/client/discovery"
+)
+
+// Service meta keys written by the scheduler's job builder. Consul
+// lowercases service names and Nomad limits them, so the full base58 ids
+// live here and never in a name or tag.
+const (
+	MetaModelID  = "model_id" // short lowercase id: names the job and the certificate
+	MetaModel    = "model"    // full on-chain model id
+	MetaCrunch   = "crunch"   // full on-chain crunch id
+	MetaCruncher = "cruncher" // the cruncher's wallet
+)
+
+// ServiceName returns the Consul service of a crunch's models.
+func ServiceName(crunch string) string { return "crunch-" + crunch }
+
+// Source watches one service.
+type Source struct {
+	// Client talks to the local Consul agent.
+	Client *consulapi.Client
+	// Service is the crunch's service (ServiceName).
+	Service string
+	// Tag, if set, keeps only instances carrying it.
+	Tag string
+	// Wait bounds one blocking query (Consul caps it at 10 minutes);
+	// default 5 minutes.
+	Wait time.Duration
+	// MaxBackoff bounds the wait between failed queries; default 30 s.
+	MaxBackoff time.Duration
+	// Logger receives query failures.
+	Logger hclog.Logger
+}
+
+// Watch implements discovery.Source.
+func (s *Source) Watch(ctx context.Context, update func([]discovery.Model)) error {
+	log := s.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	wait := s.Wait
+	if wait <= 0 {
+		wait = 5 * time.Minute
+	}
+	maxBackoff := s.MaxBackoff
+	if maxBackoff <= 0 {
+		maxBackoff = 30 * time.Second
+	}
+	var (
+		index    uint64
+		backoff  time.Duration
+		reported bool
+	)
+	for {
+		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+		entries, meta, err := s.Client.Health().Service(s.Service, s.Tag, true, q)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			// Fail static: keep the last membership, retry with backoff.
+			backoff = min(max(2*backoff, 100*time.Millisecond), maxBackoff)
+			log.Warn("consul health query failed; keeping the last membership", "service", s.Service, "error", err, "retry_in", backoff)
+			index = 0
+			if !sleep(ctx, backoff) {
+				return ctx.Err()
+			}
+			continue
+		}
+		backoff = 0
+		switch {
+		case meta.LastIndex < index:
+			// The index went backwards (a Consul restore or leader
+			// change): start over rather than block on a future index.
+			index = 0
+		case meta.LastIndex == index && reported:
+			// The wait elapsed without a change.
+			continue
+		default:
+			index = meta.LastIndex
+		}
+		// Consul may answer a blocking query early with index 0 or 1:
+		// never spin on it.
+		if index <= 1 {
+			index = 0
+			if reported && !sleep(ctx, time.Second) {
+				return ctx.Err()
+			}
+		}
+		update(Models(entries))
+		reported = true
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// Models turns health entries into models: the id from MetaModelID (the
+// Consul service id when absent), the address from the service (the node's
+// when the service has none). When a model has several passing instances
+// (a Nomad deployment in progress), the most recently registered one wins.
+func Models(entries []*consulapi.ServiceEntry) []discovery.Model {
+	byID := map[string]*consulapi.ServiceEntry{}
+	for _, e := range entries {
+		if e.Service == nil {
+			continue
+		}
+		id := modelID(e)
+		if old, ok := byID[id]; !ok || e.Service.CreateIndex > old.Service.CreateIndex {
+			byID[id] = e
+		}
+	}
+	models := make([]discovery.Model, 0, len(byID))
+	for id, e := range byID {
+		addr := e.Service.Address
+		if addr == "" && e.Node != nil {
+			addr = e.Node.Address
+		}
+		models = append(models, discovery.Model{
+			ID:     id,
+			Target: net.JoinHostPort(addr, strconv.Itoa(e.Service.Port)),
+			Meta:   e.Service.Meta,
+		})
+	}
+	ms, err := discovery.Normalize(models)
+	if err != nil {
+		// Unreachable: ids are map keys and targets are never empty.
+		panic(fmt.Sprintf("consul: %v", err))
+	}
+	return ms
+}
+
+func modelID(e *consulapi.ServiceEntry) string {
+	if id := e.Service.Meta[MetaModelID]; id != "" {
+		return id
+	}
+	return e.Service.ID
+}
