@@ -63,7 +63,7 @@ func (c *Cluster) launch(ctx context.Context, name, bin string, args []string, r
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	p, err := startProcess(name, dir, bin, args, c.scriptEnv())
+	p, err := startProcess(name, dir, bin, args, baseEnv())
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,17 @@
 // scripts), and stopped with nothing left running or listening.
 //
 // A test starts its own cluster with Start; tests of one package can share
-// one through Shared when the package's TestMain calls Main. Binaries come
+// one through Shared when the package's TestMain calls Main:
+//
+//	func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
+//
+//	func TestDiscovery(t *testing.T) {
+//		c := testcluster.Shared(t, testcluster.All)
+//		c.Nomad.Client.Jobs().Register(job, nil) // job: see HelperTask
+//		c.Consul.Client.Health().Service(...)
+//	}
+//
+// Naming, PKI roles and policies are those of docs/vault.md. Binaries come
 // from $NOMAD_BIN/$CONSUL_BIN/$VAULT_BIN (make test sets them), the cache of
 // deploy/hashistack/install, or PATH; when none is found the test is skipped
 // with the reason and the way to get them (make hashistack).
@@ -205,6 +215,12 @@ func (c *Cluster) Env() []string {
 // scriptEnv is the test's environment without any variable that could point
 // a script or agent at another cluster, plus this cluster's.
 func (c *Cluster) scriptEnv(extra ...string) []string {
+	return append(append(baseEnv(), c.Env()...), extra...)
+}
+
+// baseEnv is the test's environment without CONSUL_*, VAULT_* and NOMAD_*
+// variables; the agents themselves run with it.
+func baseEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
@@ -213,7 +229,7 @@ func (c *Cluster) scriptEnv(extra ...string) []string {
 		}
 		env = append(env, kv)
 	}
-	return append(append(env, c.Env()...), extra...)
+	return env
 }
 
 // Stop stops every agent, then removes what Nomad may leave behind (task
