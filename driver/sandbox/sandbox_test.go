@@ -218,4 +218,3 @@ func mkdir(t *testing.T, base, name string, mode os.FileMode) string {
 	}
 	return p
 }
-

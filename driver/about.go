@@ -1,0 +1,104 @@
+// Package driver is the modelbox Nomad task driver: it runs a model as two
+// processes, the trusted runner (which holds the TLS key and listens on the
+// allocated port) and the model worker, sandboxed by package sandbox and
+// limited by package cgroup. Nobody may exec into a model task.
+package driver
+
+import (
+	"github.com/hashicorp/nomad/plugins/base"
+	"github.com/hashicorp/nomad/plugins/drivers"
+	"github.com/hashicorp/nomad/plugins/drivers/fsisolation"
+	"github.com/hashicorp/nomad/plugins/shared/hclspec"
+)
+
+// Static plugin metadata, all in one place.
+const (
+	// Name is what jobs write in `driver = "..."`.
+	Name = "modelbox"
+	// Version is the plugin's version.
+	Version = "0.1.0"
+	// taskHandleVersion versions the encoded DriverState.
+	taskHandleVersion = 1
+)
+
+var pluginInfo = &base.PluginInfoResponse{
+	Type:              base.PluginTypeDriver,
+	PluginApiVersions: []string{drivers.ApiVersion010},
+	PluginVersion:     Version,
+	Name:              Name,
+}
+
+// configSpec is the plugin block of the Nomad client's configuration:
+//
+//	plugin "nomad-driver-modelbox" {
+//	  config {
+//	    runner_path      = "/usr/local/bin/model-runner"
+//	    python           = "/usr/bin/python3"
+//	    allowed_runtimes = ["python", "executable"]
+//	    readonly_paths   = ["/usr", "/lib", "/lib64", "/bin", "/etc/ssl"]
+//	    uid_range        = "64000-64999"
+//	    worker_pids_limit        = 256
+//	    runner_memory_reserve_mb = 48
+//	    landlock         = "best-effort"
+//	  }
+//	}
+var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
+	"runner_path": hclspec.NewDefault(hclspec.NewAttr("runner_path", "string", false),
+		hclspec.NewLiteral(`"model-runner"`)),
+	"python": hclspec.NewDefault(hclspec.NewAttr("python", "string", false),
+		hclspec.NewLiteral(`"/usr/bin/python3"`)),
+	"allowed_runtimes": hclspec.NewDefault(hclspec.NewAttr("allowed_runtimes", "list(string)", false),
+		hclspec.NewLiteral(`["python", "executable"]`)),
+	"readonly_paths": hclspec.NewDefault(hclspec.NewAttr("readonly_paths", "list(string)", false),
+		hclspec.NewLiteral(`["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"]`)),
+	"uid_range": hclspec.NewDefault(hclspec.NewAttr("uid_range", "string", false),
+		hclspec.NewLiteral(`"64000-64999"`)),
+	"worker_pids_limit": hclspec.NewDefault(hclspec.NewAttr("worker_pids_limit", "number", false),
+		hclspec.NewLiteral(`256`)),
+	"runner_memory_reserve_mb": hclspec.NewDefault(hclspec.NewAttr("runner_memory_reserve_mb", "number", false),
+		hclspec.NewLiteral(`48`)),
+	"landlock": hclspec.NewDefault(hclspec.NewAttr("landlock", "string", false),
+		hclspec.NewLiteral(`"best-effort"`)),
+})
+
+// taskConfigSpec is the task's config block:
+//
+//	config {
+//	  model_dir = "local/model"      # relative to the task dir, or absolute
+//	  runtime   = "python"           # or "executable"
+//	  entry     = ""                 # python: module; executable: program in model_dir
+//	  port      = "grpc"             # the network port label the runner listens on
+//	  tls {
+//	    cert      = "secrets/runner.crt"
+//	    key       = "secrets/runner.key"
+//	    client_ca = "secrets/ca.crt"
+//	  }
+//	  plaintext    = false
+//	  call_timeout = "5m"
+//	  max_queue    = 128
+//	}
+var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
+	"model_dir": hclspec.NewAttr("model_dir", "string", true),
+	"runtime":   hclspec.NewDefault(hclspec.NewAttr("runtime", "string", false), hclspec.NewLiteral(`"python"`)),
+	"entry":     hclspec.NewAttr("entry", "string", false),
+	"port":      hclspec.NewDefault(hclspec.NewAttr("port", "string", false), hclspec.NewLiteral(`"grpc"`)),
+	"tls": hclspec.NewBlock("tls", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"cert":      hclspec.NewAttr("cert", "string", true),
+		"key":       hclspec.NewAttr("key", "string", true),
+		"client_ca": hclspec.NewAttr("client_ca", "string", false),
+	})),
+	"plaintext":    hclspec.NewAttr("plaintext", "bool", false),
+	"call_timeout": hclspec.NewAttr("call_timeout", "string", false),
+	"max_queue":    hclspec.NewAttr("max_queue", "number", false),
+})
+
+var capabilities = &drivers.Capabilities{
+	SendSignals: true,
+	// No exec: nobody may read model code through `nomad alloc exec`.
+	Exec: false,
+	// The driver isolates the worker itself; Nomad must not build a chroot
+	// copy of the host for the task.
+	FSIsolation:          fsisolation.None,
+	NetIsolationModes:    []drivers.NetIsolationMode{drivers.NetIsolationModeHost, drivers.NetIsolationModeGroup},
+	DynamicWorkloadUsers: true,
+}

@@ -1,0 +1,113 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/modelnodes/modelnodes/driver/sandbox"
+)
+
+// Config is the plugin block.
+type Config struct {
+	RunnerPath            string   `codec:"runner_path"`
+	Python                string   `codec:"python"`
+	AllowedRuntimes       []string `codec:"allowed_runtimes"`
+	ReadonlyPaths         []string `codec:"readonly_paths"`
+	UIDRange              string   `codec:"uid_range"`
+	WorkerPidsLimit       int64    `codec:"worker_pids_limit"`
+	RunnerMemoryReserveMB int64    `codec:"runner_memory_reserve_mb"`
+	Landlock              string   `codec:"landlock"`
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	for _, r := range c.AllowedRuntimes {
+		if r != "python" && r != "executable" {
+			errs = append(errs, fmt.Errorf("allowed_runtimes: unknown runtime %q (want python or executable)", r))
+		}
+	}
+	for _, p := range c.ReadonlyPaths {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("readonly_paths: %q is not absolute", p))
+		}
+	}
+	if _, _, err := parseRange(c.UIDRange); err != nil {
+		errs = append(errs, err)
+	}
+	switch c.Landlock {
+	case sandbox.LandlockOff, sandbox.LandlockBestEffort, sandbox.LandlockRequired:
+	default:
+		errs = append(errs, fmt.Errorf("landlock = %q: want off, best-effort or required", c.Landlock))
+	}
+	if c.WorkerPidsLimit < 0 || c.RunnerMemoryReserveMB < 0 {
+		errs = append(errs, errors.New("worker_pids_limit and runner_memory_reserve_mb must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// parseRange reads "MIN-MAX" of unprivileged ids.
+func parseRange(s string) (int, int, error) {
+	lo, hi, ok := strings.Cut(s, "-")
+	a, err1 := strconv.Atoi(strings.TrimSpace(lo))
+	b, err2 := strconv.Atoi(strings.TrimSpace(hi))
+	if !ok || err1 != nil || err2 != nil || a < 1000 || b < a {
+		return 0, 0, fmt.Errorf("uid_range = %q: want MIN-MAX with 1000 <= MIN <= MAX", s)
+	}
+	return a, b, nil
+}
+
+// TaskConfig is a task's config block.
+type TaskConfig struct {
+	ModelDir    string     `codec:"model_dir"`
+	Runtime     string     `codec:"runtime"`
+	Entry       string     `codec:"entry"`
+	Port        string     `codec:"port"`
+	TLS         *TLSConfig `codec:"tls"`
+	Plaintext   bool       `codec:"plaintext"`
+	CallTimeout string     `codec:"call_timeout"`
+	MaxQueue    int        `codec:"max_queue"`
+}
+
+// TLSConfig names the runner's TLS files, relative to the task dir (where
+// Nomad templates render them, e.g. secrets/) or absolute.
+type TLSConfig struct {
+	Cert     string `codec:"cert"`
+	Key      string `codec:"key"`
+	ClientCA string `codec:"client_ca"`
+}
+
+func (tc *TaskConfig) validate(plugin *Config) error {
+	var errs []error
+	if tc.ModelDir == "" {
+		errs = append(errs, errors.New("model_dir is required"))
+	}
+	if !slices.Contains(plugin.AllowedRuntimes, tc.Runtime) {
+		errs = append(errs, fmt.Errorf("runtime %q is not allowed on this node (allowed: %s)", tc.Runtime, strings.Join(plugin.AllowedRuntimes, ", ")))
+	}
+	if tc.Runtime == "executable" && tc.Entry == "" {
+		errs = append(errs, errors.New(`runtime "executable" needs entry, the program in model_dir`))
+	}
+	if tc.Runtime == "executable" && (filepath.IsAbs(tc.Entry) || strings.Contains(tc.Entry, "..")) {
+		errs = append(errs, fmt.Errorf("entry %q must name a program inside model_dir", tc.Entry))
+	}
+	if tc.TLS == nil && !tc.Plaintext {
+		errs = append(errs, errors.New("a tls block is required (or plaintext = true, for development only)"))
+	}
+	if tc.TLS != nil && tc.Plaintext {
+		errs = append(errs, errors.New("tls and plaintext = true exclude each other"))
+	}
+	if tc.CallTimeout != "" {
+		if _, err := time.ParseDuration(tc.CallTimeout); err != nil {
+			errs = append(errs, fmt.Errorf("call_timeout: %w", err))
+		}
+	}
+	if tc.MaxQueue < 0 {
+		errs = append(errs, errors.New("max_queue must not be negative"))
+	}
+	return errors.Join(errs...)
+}

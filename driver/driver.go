@@ -1,0 +1,515 @@
+package driver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/nomad/drivers/shared/eventer"
+	"github.com/hashicorp/nomad/helper/users/dynamic"
+	"github.com/hashicorp/nomad/plugins/base"
+	"github.com/hashicorp/nomad/plugins/drivers"
+	"github.com/hashicorp/nomad/plugins/shared/hclspec"
+	"golang.org/x/sys/unix"
+
+	"github.com/modelnodes/modelnodes/driver/cgroup"
+)
+
+// ErrExecRefused answers every exec into a model task.
+var ErrExecRefused = errors.New("modelbox: exec into a model task is refused: nobody may read model code through `nomad alloc exec`")
+
+// Driver is the modelbox task driver.
+type Driver struct {
+	log      hclog.Logger
+	eventer  *eventer.Eventer
+	ctx      context.Context
+	cancel   context.CancelFunc
+	isolator Isolator
+
+	mu     sync.RWMutex
+	config *Config
+	tasks  map[string]*taskHandle
+	uids   map[int]string // worker uids in use from uid_range, by task id
+}
+
+// New returns the driver with the real isolation (cgroups and the sandbox).
+func New(log hclog.Logger) *Driver {
+	iso, err := newHostIsolator()
+	if err != nil {
+		log.Error("cannot locate the plugin binary for the sandbox", "error", err)
+	}
+	return NewWithIsolator(log, iso)
+}
+
+// NewWithIsolator returns the driver with the given isolation (tests).
+func NewWithIsolator(log hclog.Logger, iso Isolator) *Driver {
+	ctx, cancel := context.WithCancel(context.Background())
+	log = log.Named(Name)
+	return &Driver{
+		log:      log,
+		eventer:  eventer.NewEventer(ctx, log),
+		ctx:      ctx,
+		cancel:   cancel,
+		isolator: iso,
+		tasks:    map[string]*taskHandle{},
+		uids:     map[int]string{},
+	}
+}
+
+func (d *Driver) PluginInfo() (*base.PluginInfoResponse, error) { return pluginInfo, nil }
+func (d *Driver) ConfigSchema() (*hclspec.Spec, error)          { return configSpec, nil }
+func (d *Driver) TaskConfigSchema() (*hclspec.Spec, error)      { return taskConfigSpec, nil }
+func (d *Driver) Capabilities() (*drivers.Capabilities, error)  { return capabilities, nil }
+
+func (d *Driver) SetConfig(c *base.Config) error {
+	var cfg Config
+	if len(c.PluginConfig) != 0 {
+		if err := base.MsgPackDecode(c.PluginConfig, &cfg); err != nil {
+			return fmt.Errorf("modelbox: plugin config: %w", err)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("modelbox: plugin config: %w", err)
+	}
+	d.mu.Lock()
+	d.config = &cfg
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *Driver) cfg() *Config {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.config == nil {
+		return defaultConfig()
+	}
+	return d.config
+}
+
+// defaultConfig is the plugin block's defaults, for a driver never configured.
+func defaultConfig() *Config {
+	return &Config{RunnerPath: "model-runner", Python: "/usr/bin/python3", AllowedRuntimes: []string{"python", "executable"},
+		ReadonlyPaths: []string{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"},
+		UIDRange:      "64000-64999", WorkerPidsLimit: 256, RunnerMemoryReserveMB: 48, Landlock: "best-effort"}
+}
+
+func (d *Driver) TaskEvents(ctx context.Context) (<-chan *drivers.TaskEvent, error) {
+	return d.eventer.TaskEvents(ctx)
+}
+
+func (d *Driver) emit(cfg *drivers.TaskConfig, msg string, annotations map[string]string) {
+	_ = d.eventer.EmitEvent(&drivers.TaskEvent{TaskID: cfg.ID, AllocID: cfg.AllocID, TaskName: cfg.Name,
+		Timestamp: time.Now(), Message: msg, Annotations: annotations})
+}
+
+func (d *Driver) task(id string) (*taskHandle, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	h, ok := d.tasks[id]
+	if !ok {
+		return nil, drivers.ErrTaskNotFound
+	}
+	return h, nil
+}
+
+// StartTask starts the runner, which starts the sandboxed worker.
+func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drivers.DriverNetwork, error) {
+	if _, err := d.task(cfg.ID); err == nil {
+		return nil, nil, fmt.Errorf("modelbox: task %s is already started", cfg.ID)
+	}
+	if d.isolator == nil {
+		return nil, nil, errors.New("modelbox: isolation is unavailable (see the plugin's log)")
+	}
+	plugin := d.cfg()
+	var tc TaskConfig
+	if err := cfg.DecodeDriverConfig(&tc); err != nil {
+		return nil, nil, fmt.Errorf("modelbox: task config: %w", err)
+	}
+	if err := tc.validate(plugin); err != nil {
+		return nil, nil, fmt.Errorf("modelbox: task config: %w", err)
+	}
+	runner, err := exec.LookPath(plugin.RunnerPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("modelbox: runner_path %q: %w", plugin.RunnerPath, err)
+	}
+	taskDir := cfg.TaskDir().Dir
+	listen, err := listenAddress(cfg, tc.Port)
+	if err != nil {
+		return nil, nil, err
+	}
+	modelDir := inTaskDir(taskDir, tc.ModelDir)
+	if fi, err := os.Stat(modelDir); err != nil || !fi.IsDir() {
+		return nil, nil, fmt.Errorf("modelbox: model_dir %s is not a directory", modelDir)
+	}
+	uid, gid, err := d.workerUser(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	release := func() { d.releaseUID(uid) }
+
+	private := filepath.Join(taskDir, "private", "modelbox")
+	hostDir := filepath.Join(private, "host")
+	if err := os.MkdirAll(hostDir, 0o755); err != nil {
+		release()
+		return nil, nil, fmt.Errorf("modelbox: %w", err)
+	}
+	_ = os.Chmod(private, 0o711) // the worker's bind mounts need no listing rights
+	python, _ := filepath.EvalSymlinks(plugin.Python)
+	readOnly := append(append([]string{}, plugin.ReadonlyPaths...), modelDir, hostDir)
+	if python != "" {
+		readOnly = append(readOnly, filepath.Dir(python))
+	}
+	iso, err := d.isolator.Prepare(&IsolationRequest{
+		ID: cfg.AllocID + "." + cfg.Name, UID: uid, GID: gid, PrivateDir: private,
+		ReadOnly: readOnly, Landlock: plugin.Landlock,
+		Env:    []string{"LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"},
+		Limits: limitsOf(cfg, plugin),
+	})
+	if err != nil {
+		release()
+		return nil, nil, fmt.Errorf("modelbox: %w", err)
+	}
+
+	args := []string{"serve", "--listen", listen, "--model-dir", modelDir, "--runtime", tc.Runtime,
+		"--python", plugin.Python, "--host-dir", hostDir, "--log-json"}
+	if tc.Entry != "" {
+		args = append(args, "--entry", tc.Entry)
+	}
+	if w := iso.WorkerWrapper(); len(w) > 0 {
+		wj, _ := json.Marshal(w)
+		args = append(args, "--worker-wrapper", string(wj))
+	}
+	if tc.Plaintext {
+		args = append(args, "--plaintext")
+	} else {
+		args = append(args, "--tls-cert", inTaskDir(taskDir, tc.TLS.Cert), "--tls-key", inTaskDir(taskDir, tc.TLS.Key))
+		if tc.TLS.ClientCA != "" {
+			args = append(args, "--tls-client-ca", inTaskDir(taskDir, tc.TLS.ClientCA))
+		}
+	}
+	if tc.CallTimeout != "" {
+		args = append(args, "--call-timeout", tc.CallTimeout)
+	}
+	if tc.MaxQueue > 0 {
+		args = append(args, "--max-queue", strconv.Itoa(tc.MaxQueue))
+	}
+
+	proc, err := startRunner(runner, args, cfg)
+	if err != nil {
+		_ = iso.Destroy()
+		release()
+		return nil, nil, fmt.Errorf("modelbox: start the runner: %w", err)
+	}
+	if err := iso.AddRunner(proc.Pid); err != nil {
+		_ = proc.Kill()
+		_, _ = proc.Wait()
+		_ = iso.KillAll(5 * time.Second)
+		_ = iso.Destroy()
+		release()
+		return nil, nil, fmt.Errorf("modelbox: %w", err)
+	}
+	ticks, _ := procStartTicks(proc.Pid)
+	h := &taskHandle{
+		log: d.log.With("task_id", cfg.ID, "runner_pid", proc.Pid), cfg: cfg, pid: proc.Pid, startTick: ticks,
+		uid: uid, iso: iso, proc: proc, state: drivers.TaskStateRunning, startedAt: time.Now(), done: make(chan struct{}),
+	}
+	handle := drivers.NewTaskHandle(taskHandleVersion)
+	handle.Config = cfg
+	if err := handle.SetDriverState(h.encodeState()); err != nil {
+		_ = iso.KillAll(5 * time.Second)
+		_ = iso.Destroy()
+		release()
+		return nil, nil, fmt.Errorf("modelbox: encode task state: %w", err)
+	}
+	d.mu.Lock()
+	d.tasks[cfg.ID] = h
+	d.mu.Unlock()
+	go h.watch()
+	go d.watchOOM(h)
+	d.emit(cfg, "Model runner started; the worker runs sandboxed", map[string]string{
+		"listen": listen, "runtime": tc.Runtime, "worker_uid": strconv.Itoa(uid)})
+	h.log.Info("model task started", "listen", listen, "worker_uid", uid)
+	return handle, nil, nil
+}
+
+// startRunner starts the runner in its own session (so it survives a plugin
+// restart), writing to the task's log fifos.
+func startRunner(path string, args []string, cfg *drivers.TaskConfig) (*os.Process, error) {
+	stdout, err := openLog(cfg.StdoutPath)
+	if err != nil {
+		return nil, err
+	}
+	defer stdout.Close()
+	stderr, err := openLog(cfg.StderrPath)
+	if err != nil {
+		return nil, err
+	}
+	defer stderr.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	return os.StartProcess(path, append([]string{path}, args...), &os.ProcAttr{
+		Dir:   cfg.TaskDir().Dir,
+		Env:   cfg.EnvList(),
+		Files: []*os.File{devnull, stdout, stderr},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	})
+}
+
+func openLog(path string) (*os.File, error) {
+	if path == "" {
+		return os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	}
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+}
+
+// listenAddress is the host address of the task's port label.
+func listenAddress(cfg *drivers.TaskConfig, label string) (string, error) {
+	if cfg.Resources != nil && cfg.Resources.Ports != nil {
+		if p, ok := cfg.Resources.Ports.Get(label); ok {
+			ip := p.HostIP
+			if ip == "" {
+				ip = "127.0.0.1"
+			}
+			return fmt.Sprintf("%s:%d", ip, p.Value), nil
+		}
+	}
+	return "", fmt.Errorf("modelbox: the task has no network port labelled %q (add `network { port %q {} }` to its group)", label, label)
+}
+
+func inTaskDir(taskDir, p string) string {
+	if filepath.IsAbs(p) {
+		return filepath.Clean(p)
+	}
+	return filepath.Join(taskDir, p)
+}
+
+// limitsOf maps the task's resources onto cgroup limits.
+func limitsOf(cfg *drivers.TaskConfig, plugin *Config) cgroup.Limits {
+	l := cgroup.Limits{WorkerPids: plugin.WorkerPidsLimit, RunnerReserveBytes: plugin.RunnerMemoryReserveMB << 20}
+	if cfg.Resources == nil {
+		return l
+	}
+	if lr := cfg.Resources.LinuxResources; lr != nil {
+		l.MemoryBytes = lr.MemoryLimitBytes
+		l.CPUShares = uint64(max(lr.CPUShares, 0))
+		if lr.CPUQuota > 0 && lr.CPUPeriod > 0 {
+			l.CPUQuotaMicros, l.CPUPeriodMicros = lr.CPUQuota, uint64(lr.CPUPeriod)
+		}
+	}
+	if nr := cfg.Resources.NomadResources; nr != nil {
+		if nr.Memory.MemoryMaxMB > 0 {
+			l.MemoryBytes = nr.Memory.MemoryMaxMB << 20
+		} else if l.MemoryBytes == 0 && nr.Memory.MemoryMB > 0 {
+			l.MemoryBytes = nr.Memory.MemoryMB << 20
+		}
+		if l.CPUShares == 0 && nr.Cpu.CpuShares > 0 {
+			l.CPUShares = uint64(nr.Cpu.CpuShares)
+		}
+	}
+	return l
+}
+
+// workerUser picks the worker's uid and gid: Nomad's dynamic workload user
+// when it gave one, else a free id from uid_range. Root is refused.
+func (d *Driver) workerUser(cfg *drivers.TaskConfig) (int, int, error) {
+	if cfg.User != "" {
+		if ugid, err := dynamic.Parse(cfg.User); err == nil {
+			return int(ugid), int(ugid), nil
+		}
+		uid, gid, _, err := dynamic.LookupUser(cfg.User)
+		if err != nil {
+			return 0, 0, fmt.Errorf("modelbox: user %q: %w", cfg.User, err)
+		}
+		if uid == 0 || gid == 0 {
+			return 0, 0, fmt.Errorf("modelbox: refusing to run a model as %q (uid %d): model workers never run as root", cfg.User, uid)
+		}
+		return uid, gid, nil
+	}
+	lo, hi, err := parseRange(d.cfg().UIDRange)
+	if err != nil {
+		return 0, 0, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id := lo; id <= hi; id++ {
+		if _, used := d.uids[id]; !used {
+			d.uids[id] = cfg.ID
+			return id, id, nil
+		}
+	}
+	return 0, 0, fmt.Errorf("modelbox: uid_range %s is exhausted", d.cfg().UIDRange)
+}
+
+func (d *Driver) releaseUID(uid int) {
+	d.mu.Lock()
+	delete(d.uids, uid)
+	d.mu.Unlock()
+}
+
+// RecoverTask reattaches a running task after the plugin restarted; it never
+// starts anything.
+func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
+	if handle == nil {
+		return errors.New("modelbox: no task handle to recover")
+	}
+	if _, err := d.task(handle.Config.ID); err == nil {
+		return nil // still known: nothing to do
+	}
+	var st taskState
+	if err := handle.GetDriverState(&st); err != nil {
+		return fmt.Errorf("modelbox: decode task state: %w", err)
+	}
+	ticks, err := procStartTicks(st.Pid)
+	if err != nil || ticks != st.StartTicks {
+		return fmt.Errorf("modelbox: the task's runner (pid %d) is gone", st.Pid)
+	}
+	if st.Isolation == nil || d.isolator == nil {
+		return errors.New("modelbox: the task state has no isolation to restore")
+	}
+	iso, err := d.isolator.Restore(st.Isolation)
+	if err != nil {
+		return fmt.Errorf("modelbox: %w", err)
+	}
+	cfg := handle.Config
+	if st.TaskConfig != nil {
+		cfg = st.TaskConfig
+	}
+	h := &taskHandle{
+		log: d.log.With("task_id", cfg.ID, "runner_pid", st.Pid), cfg: cfg, pid: st.Pid, startTick: st.StartTicks,
+		uid: st.UID, iso: iso, state: drivers.TaskStateRunning, startedAt: st.StartedAt, done: make(chan struct{}),
+	}
+	d.mu.Lock()
+	d.tasks[cfg.ID] = h
+	if lo, hi, err := parseRange(d.cfg().UIDRange); err == nil && st.UID >= lo && st.UID <= hi {
+		d.uids[st.UID] = cfg.ID
+	}
+	d.mu.Unlock()
+	go h.watch()
+	go d.watchOOM(h)
+	h.log.Info("model task recovered")
+	return nil
+}
+
+func (d *Driver) WaitTask(ctx context.Context, id string) (<-chan *drivers.ExitResult, error) {
+	h, err := d.task(id)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan *drivers.ExitResult, 1)
+	go func() {
+		defer close(ch)
+		select {
+		case <-h.done:
+			ch <- h.exitResult()
+		case <-ctx.Done():
+		case <-d.ctx.Done():
+		}
+	}()
+	return ch, nil
+}
+
+// StopTask asks the runner to stop (signal, default SIGTERM), waits up to
+// timeout, then kills every process of the task.
+func (d *Driver) StopTask(id string, timeout time.Duration, signal string) error {
+	h, err := d.task(id)
+	if err != nil {
+		return err
+	}
+	if signal == "" {
+		signal = "SIGTERM"
+	}
+	sig := unix.SignalNum(signal)
+	if sig == 0 {
+		return fmt.Errorf("modelbox: unknown signal %q", signal)
+	}
+	if h.running() {
+		_ = syscall.Kill(h.pid, sig)
+	}
+	select {
+	case <-h.done:
+		return nil
+	case <-time.After(timeout):
+	}
+	h.log.Warn("model runner did not stop in time; killing the task", "timeout", timeout)
+	if err := h.iso.KillAll(10 * time.Second); err != nil {
+		return fmt.Errorf("modelbox: %w", err)
+	}
+	select {
+	case <-h.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return errors.New("modelbox: the task did not exit after SIGKILL")
+	}
+}
+
+func (d *Driver) DestroyTask(id string, force bool) error {
+	h, err := d.task(id)
+	if err != nil {
+		return err
+	}
+	if h.running() {
+		if !force {
+			return errors.New("modelbox: cannot destroy a running task (stop it first, or force)")
+		}
+		if err := d.StopTask(id, 0, "SIGKILL"); err != nil {
+			return err
+		}
+	}
+	if err := h.iso.Destroy(); err != nil {
+		h.log.Warn("could not remove the task's cgroups", "error", err)
+	}
+	d.releaseUID(h.uid)
+	d.mu.Lock()
+	delete(d.tasks, id)
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *Driver) InspectTask(id string) (*drivers.TaskStatus, error) {
+	h, err := d.task(id)
+	if err != nil {
+		return nil, err
+	}
+	return h.status(), nil
+}
+
+// SignalTask signals the runner: SIGHUP makes it re-read its TLS files
+// (a template's change_mode = "signal").
+func (d *Driver) SignalTask(id string, signal string) error {
+	h, err := d.task(id)
+	if err != nil {
+		return err
+	}
+	sig := unix.SignalNum(signal)
+	if sig == 0 {
+		return fmt.Errorf("modelbox: unknown signal %q", signal)
+	}
+	if !h.running() {
+		return fmt.Errorf("modelbox: task %s is not running", id)
+	}
+	return syscall.Kill(h.pid, sig)
+}
+
+func (d *Driver) ExecTask(string, []string, time.Duration) (*drivers.ExecTaskResult, error) {
+	return nil, ErrExecRefused
+}
+
+// ExecTaskStreaming refuses too: `nomad alloc exec` reaches this.
+func (d *Driver) ExecTaskStreaming(context.Context, string, *drivers.ExecOptions) (*drivers.ExitResult, error) {
+	return nil, ErrExecRefused
+}
+
+// Shutdown stops the driver's background work (not the tasks).
+func (d *Driver) Shutdown() { d.cancel() }

@@ -1,0 +1,142 @@
+package driver
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/driver/sandbox"
+)
+
+// Isolator sets up what keeps a task's model worker apart from the host and
+// from the runner. The driver's own logic only talks to this interface, so it
+// is testable without root; the real one (cgroups and the sandbox) is tested
+// as root.
+type Isolator interface {
+	// Prepare creates the isolation of a new task. Preconditions: the task's
+	// directories exist; req.UID is not 0.
+	Prepare(req *IsolationRequest) (Isolation, error)
+	// Restore finds the isolation of a task recovered after a plugin
+	// restart, from what Isolation.State returned.
+	Restore(state *IsolationState) (Isolation, error)
+}
+
+// Isolation is one task's isolation.
+type Isolation interface {
+	// WorkerWrapper is the argv prefix the runner puts in front of the
+	// worker's command.
+	WorkerWrapper() []string
+	// AddRunner places the runner process (pid) in the task's limits.
+	AddRunner(pid int) error
+	// Usage reads the task's resource use.
+	Usage() (*cgroup.Usage, error)
+	// KillAll kills every process of the task and waits for them to go.
+	KillAll(timeout time.Duration) error
+	// Destroy removes what Prepare created; the task has no process left.
+	Destroy() error
+	// State is saved in the task's driver state for Restore.
+	State() *IsolationState
+}
+
+// IsolationRequest describes a task to isolate.
+type IsolationRequest struct {
+	// ID is unique per task (alloc id and task name).
+	ID       string
+	UID, GID int
+	// PrivateDir is the driver's directory in the task dir (root only).
+	PrivateDir string
+	// ReadOnly lists host paths the worker may read.
+	ReadOnly []string
+	Limits   cgroup.Limits
+	Landlock string
+	Env      []string
+}
+
+// IsolationState is what Restore needs; it is msgpack-encoded in the task's
+// driver state.
+type IsolationState struct {
+	Cgroup     cgroup.State
+	SpecFile   string
+	PluginPath string
+}
+
+// hostIsolator is the real isolation: cgroups v1/v2 plus the sandbox.
+type hostIsolator struct {
+	// self is the plugin binary, re-executed as the sandbox.
+	self string
+}
+
+func newHostIsolator() (*hostIsolator, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return &hostIsolator{self: self}, nil
+}
+
+func (h *hostIsolator) Prepare(req *IsolationRequest) (Isolation, error) {
+	if req.UID == 0 || req.GID == 0 {
+		return nil, fmt.Errorf("isolation: refusing to run a model worker as root")
+	}
+	root := filepath.Join(req.PrivateDir, "root")
+	scratch := filepath.Join(req.PrivateDir, "scratch")
+	tmp := filepath.Join(req.PrivateDir, "tmp")
+	for _, d := range []string{root, scratch, tmp} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("isolation: %w", err)
+		}
+	}
+	for _, d := range []string{scratch, tmp} {
+		if err := os.Chown(d, req.UID, req.GID); err != nil {
+			return nil, fmt.Errorf("isolation: %w", err)
+		}
+	}
+	group, err := cgroup.Create(req.ID, req.Limits)
+	if err != nil {
+		return nil, fmt.Errorf("isolation: %w", err)
+	}
+	spec := &sandbox.Spec{
+		UID: req.UID, GID: req.GID,
+		Hostname:     "model",
+		Root:         root,
+		ReadOnly:     req.ReadOnly,
+		Writable:     []string{scratch},
+		TmpDir:       tmp,
+		WorkerCgroup: group.State().Worker,
+		Landlock:     req.Landlock,
+		Env:          append([]string{"MODELNODES_SCRATCH=" + scratch}, req.Env...),
+	}
+	specFile := filepath.Join(req.PrivateDir, "sandbox.json")
+	if err := spec.Write(specFile); err != nil {
+		_ = group.Destroy()
+		return nil, fmt.Errorf("isolation: %w", err)
+	}
+	return &hostIsolation{group: group, specFile: specFile, self: h.self}, nil
+}
+
+func (h *hostIsolator) Restore(st *IsolationState) (Isolation, error) {
+	group, err := cgroup.Open(st.Cgroup)
+	if err != nil {
+		return nil, fmt.Errorf("isolation: %w", err)
+	}
+	return &hostIsolation{group: group, specFile: st.SpecFile, self: st.PluginPath}, nil
+}
+
+type hostIsolation struct {
+	group    *cgroup.Task
+	specFile string
+	self     string
+}
+
+func (i *hostIsolation) WorkerWrapper() []string { return sandbox.Command(i.self, i.specFile) }
+func (i *hostIsolation) AddRunner(pid int) error { return i.group.AddRunner(pid) }
+func (i *hostIsolation) Usage() (*cgroup.Usage, error) {
+	return i.group.Usage()
+}
+func (i *hostIsolation) KillAll(timeout time.Duration) error { return i.group.Kill(timeout) }
+func (i *hostIsolation) Destroy() error                      { return i.group.Destroy() }
+func (i *hostIsolation) State() *IsolationState {
+	return &IsolationState{Cgroup: i.group.State(), SpecFile: i.specFile, PluginPath: i.self}
+}
