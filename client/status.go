@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"unicode"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -42,24 +43,37 @@ func (s Status) String() string {
 // FAILED_PRECONDITION, UNIMPLEMENTED and UNKNOWN are the model's doing.
 func classify(err error) (Status, string) {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return Timeout, codes.DeadlineExceeded.String()
+		return Timeout, codeName(codes.DeadlineExceeded)
 	}
 	st, _ := status.FromError(err)
 	code := st.Code()
 	switch code {
 	case codes.DeadlineExceeded, codes.Canceled:
-		return Timeout, code.String()
+		return Timeout, codeName(code)
 	case codes.Unauthenticated, codes.PermissionDenied:
-		return Unauthenticated, code.String()
+		return Unauthenticated, codeName(code)
 	case codes.Unavailable:
 		if isTLSFailure(st.Message()) {
-			return Unauthenticated, codes.Unauthenticated.String()
+			return Unauthenticated, codeName(codes.Unauthenticated)
 		}
-		return Unavailable, code.String()
+		return Unavailable, codeName(code)
 	case codes.ResourceExhausted:
-		return Unavailable, code.String()
+		return Unavailable, codeName(code)
 	}
-	return ModelError, code.String()
+	return ModelError, codeName(code)
+}
+
+// codeName spells a gRPC code as the protocol does (DEADLINE_EXCEEDED), the
+// same style as CrunchDAO's status codes beside it.
+func codeName(c codes.Code) string {
+	var b strings.Builder
+	for i, r := range c.String() {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToUpper(r))
+	}
+	return b.String()
 }
 
 // isTLSFailure recognizes handshake refusals, which grpc-go reports as

@@ -1,0 +1,118 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/modelnodes/modelnodes/client"
+	"github.com/modelnodes/modelnodes/client/discovery"
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+)
+
+// What each kind of answer looks like to the coordinator.
+func TestResultStatuses(t *testing.T) {
+	r := startRunner(t, nil)
+	// A port nobody listens on.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := lis.Addr().String()
+	lis.Close()
+
+	ctx := ctxTimeout(t, time.Minute)
+	c, err := client.New(client.Config{Plaintext: true, Source: discovery.Static{
+		{ID: "ok", Target: r.addr},
+		{ID: "dead", Target: dead},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = c.Run(runCtx) }()
+	if err := c.WaitMembership(ctx); err != nil {
+		t.Fatal(err)
+	}
+	only := []string{"ok"}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		h := c.Health(ctx, client.Request{Models: only, Timeout: time.Second})[0]
+		if h.OK() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("runner never healthy: %s %s", h.Status, h.Message)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	one := func(rs []client.Result) client.Result {
+		t.Helper()
+		if len(rs) != 1 {
+			t.Fatalf("%d results, want 1", len(rs))
+		}
+		return rs[0]
+	}
+	check := func(what string, r client.Result, status client.Status, code string) {
+		t.Helper()
+		if r.Status != status || r.Code != code {
+			t.Errorf("%s: %s %s (%q), want %s %s", what, r.Status, r.Code, r.Message, status, code)
+		}
+	}
+	req := client.Request{Models: only, Timeout: 5 * time.Second}
+
+	check("call before setup", one(c.Call(ctx, "echo", req)), client.ModelError, "FAILED_PRECONDITION")
+	check("setup", one(c.Setup(ctx, "test.Model", req)), client.Success, "SUCCESS")
+	echo := req
+	echo.Args = client.Same(client.Args{Positional: []*commonspb.Variant{commonspb.Double(2.5)}})
+	r1 := one(c.Call(ctx, "echo", echo))
+	check("echo", r1, client.Success, "SUCCESS")
+	if v, err := r1.Value.AsDouble(); err != nil || v != 2.5 {
+		t.Errorf("echo returned %v (%v), want 2.5", v, err)
+	}
+	if r1.Latency <= 0 || r1.Latency > 5*time.Second {
+		t.Errorf("echo latency %v", r1.Latency)
+	}
+	none := one(c.Call(ctx, "echo", req))
+	check("method returning None", none, client.Success, "SUCCESS")
+	if none.Value != nil {
+		t.Errorf("a method returning nothing gave value %v", none.Value)
+	}
+	failed := one(c.Call(ctx, "fail", req))
+	check("method raised", failed, client.ModelError, "MODEL_FAILED")
+	if failed.Message == "" {
+		t.Error("MODEL_FAILED without the model's message")
+	}
+	check("unknown method", one(c.Call(ctx, "nope", req)), client.ModelError, "BAD_IMPLEMENTATION")
+	bad := req
+	bad.Args = func(discovery.Model) (client.Args, error) { return client.Args{}, errors.New("no data for this model") }
+	check("argument function failed", one(c.Call(ctx, "echo", bad)), client.ModelError, "INVALID_ARGUMENT")
+
+	infer := req
+	infer.Args = client.Positional(commonspb.String("x"))
+	check("infer setup", one(c.InferSetup(ctx, req)), client.Success, "SUCCESS")
+	ri := one(c.Infer(ctx, infer))
+	check("infer", ri, client.Success, "SUCCESS")
+	if s, _ := ri.Value.AsString(); s != "x" {
+		t.Errorf("infer returned %q, want x", s)
+	}
+	check("rest", one(c.Rest(ctx, req)), client.Success, "SUCCESS")
+	check("unknown model id", one(c.Call(ctx, "echo", client.Request{Models: []string{"ghost"}})), client.Unavailable, "NOT_FOUND")
+
+	// Nobody listening: unavailable at once, not at the deadline.
+	t0 := time.Now()
+	check("nothing listening", one(c.Call(ctx, "echo", client.Request{Models: []string{"dead"}, Timeout: 10 * time.Second})), client.Unavailable, "UNAVAILABLE")
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Errorf("a refused connection took %v to report", took)
+	}
+	if s := c.Stats("dead"); s.ConsecutiveFailures != 1 || s.LastError == "" {
+		t.Errorf("stats of the dead model: %+v", s)
+	}
+	ms := c.Members()
+	if len(ms) != 2 || ms[0].ID != "dead" || ms[1].ID != "ok" || ms[1].State.String() != "READY" {
+		t.Errorf("members: %+v", ms)
+	}
+}
