@@ -12,14 +12,17 @@ client {
 # Nomad only loads plugin binaries named in a plugin block below.
 plugin_dir = "/opt/nomad/plugins"
 
-# Our task driver: starts the trusted runner and the sandboxed model worker.
-# The keys are documented in driver/README.md.
+# Our task driver ("modelbox"): starts the trusted runner and the sandboxed
+# model worker. All keys and their defaults: driver/about.go (configSpec).
 plugin "nomad-driver-modelbox" {
   config {
     # The runner binary (cmd/model-runner) the driver starts for each model.
     runner_path = "/opt/modelnodes/bin/model-runner"
-    # Model runtimes a job may ask for.
-    allowed_runtimes = ["python3"]
+    # Interpreter for runtime = "python".
+    python = "/usr/bin/python3"
+    # Model runtimes a job may ask for; "executable" runs a program shipped
+    # with the model, so leave it out unless you need it.
+    allowed_runtimes = ["python"]
   }
 }
 

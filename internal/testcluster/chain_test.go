@@ -60,6 +60,10 @@ func TestChainNomadConsulVault(t *testing.T) {
 		EmbeddedTmpl: new(runnerTemplate),
 		DestPath:     new("secrets/tls.pem"),
 		Perms:        new("0600"),
+	}, {
+		// The CA coordinators' certificates chain to, as docs/vault.md shows.
+		EmbeddedTmpl: new(`{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}`),
+		DestPath:     new("local/ca.crt"),
 	}}
 	task.Resources = &nomadapi.Resources{CPU: new(100), MemoryMB: new(64)}
 
@@ -123,6 +127,13 @@ func TestChainNomadConsulVault(t *testing.T) {
 	}
 	if _, ok := leaf.PublicKey.(*rsa.PublicKey); !ok {
 		t.Errorf("runner key is %T; CrunchDAO's client needs RSA", leaf.PublicKey)
+	}
+	caPEM, err := c.Vault.CACertPEM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := catAllocFile(t, c.Nomad.Client, alloc, "runner/local/ca.crt"); !bytes.Equal(bytes.TrimSpace(got), bytes.TrimSpace(caPEM)) {
+		t.Errorf("rendered local/ca.crt is not the root CA:\n%s", got)
 	}
 	// ... while the rendered bundle, which holds the key, stays unreadable.
 	// (nomad/api's Cat reports Nomad's refusal as the body, not as an error.)
