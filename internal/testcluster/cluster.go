@@ -98,6 +98,9 @@ func Start(t testing.TB, agents Agent) *Cluster {
 		t.Fatalf("testcluster: %v", err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(c.logTails(40))
+		}
 		t0 := time.Now()
 		if err := c.Stop(); err != nil {
 			t.Errorf("testcluster: %v", err)
@@ -230,6 +233,16 @@ func baseEnv() []string {
 		env = append(env, kv)
 	}
 	return env
+}
+
+// logTails returns the last n lines of each agent's log: the cluster's dir
+// goes away with the test, so a failing test shows them.
+func (c *Cluster) logTails(n int) string {
+	var b strings.Builder
+	for _, p := range c.procs {
+		fmt.Fprintf(&b, "testcluster: last lines of %s:\n%s\n", p.logPath, p.tail(n))
+	}
+	return b.String()
 }
 
 // Stop stops every agent, then removes what Nomad may leave behind (task

@@ -33,6 +33,9 @@ func Main(m *testing.M) int {
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.cluster != nil {
+		if code != 0 {
+			fmt.Fprint(os.Stderr, shared.cluster.logTails(40))
+		}
 		if err := shared.cluster.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "testcluster: stopping the shared cluster: %v\n", err)
 			if code == 0 {
