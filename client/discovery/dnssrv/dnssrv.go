@@ -18,6 +18,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -66,6 +67,9 @@ func Models(dnsAddr, service string, ids ...string) discovery.Static {
 // priority then weight (as net.LookupSRV orders them) .
 func Lookup(ctx context.Context, dnsAddr, name string) ([]string, error) {
 	r := newResolver(dnsAddr)
+	if !strings.HasSuffix(name, ".") {
+		name += "." // fully qualified: no search domains
+	}
 	_, srvs, err := r.LookupSRV(ctx, "", "", name)
 	if err != nil {
 		return nil, fmt.Errorf("dnssrv: SRV %s: %w", name, err)

@@ -1,0 +1,134 @@
+package consul_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+
+	"github.com/modelnodes/modelnodes/client/discovery"
+	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/internal/testcluster"
+)
+
+func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
+
+// Against a real Consul agent: every registration, deregistration and check
+// failure reaches the watcher within one blocking-query round (the query
+// waits up to a minute; each change must arrive in well under that).
+func TestMembershipFollowsConsul(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Consul)
+	agent := cl.Consul.Client.Agent()
+	service := consul.ServiceName("alpha")
+
+	src := &consul.Source{Client: cl.Consul.Client, Service: service, Wait: time.Minute}
+	updates := make(chan []discovery.Model, 16)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	go func() { _ = src.Watch(ctx, func(ms []discovery.Model) { updates <- ms }) }()
+
+	// expect waits for a membership naming exactly ids.
+	expect := func(what string, ids ...string) []discovery.Model {
+		t.Helper()
+		t0 := time.Now()
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case ms := <-updates:
+				var got []string
+				for _, m := range ms {
+					got = append(got, m.ID)
+				}
+				if slices.Equal(got, ids) || (len(got) == 0 && len(ids) == 0) {
+					t.Logf("%s: membership %v after %v", what, got, time.Since(t0).Round(time.Millisecond))
+					return ms
+				}
+			case <-timeout:
+				t.Fatalf("%s: membership %v not reported within 5s (a blocking query round is 1 min)", what, ids)
+			}
+		}
+	}
+	register := func(id string, port int) {
+		t.Helper()
+		err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
+			ID: "model-node-" + id, Name: service, Tags: []string{id}, Address: "127.0.0.1", Port: port,
+			Meta: map[string]string{
+				consul.MetaModelID: id, consul.MetaModel: "Model" + id + "FullBase58Id",
+				consul.MetaCrunch: "AlphaCrunchBase58", consul.MetaCruncher: "Wallet" + id,
+			},
+			Check: &consulapi.AgentServiceCheck{CheckID: "check-" + id, TTL: "10m", Status: consulapi.HealthPassing},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	expect("nothing registered")
+	register("m1", 7001)
+	ms := expect("m1 registered", "m1")
+	if ms[0].Target != "127.0.0.1:7001" || ms[0].Meta[consul.MetaModel] != "Modelm1FullBase58Id" || ms[0].TLSName() != "model-node-m1.crunchdao.internal" {
+		t.Errorf("m1 reported as %+v", ms[0])
+	}
+	register("m2", 7002)
+	expect("m2 registered", "m1", "m2")
+	if err := agent.UpdateTTL("check-m2", "model down", consulapi.HealthCritical); err != nil {
+		t.Fatal(err)
+	}
+	expect("m2 check failing", "m1")
+	if err := agent.UpdateTTL("check-m2", "back", consulapi.HealthPassing); err != nil {
+		t.Fatal(err)
+	}
+	expect("m2 check passing again", "m1", "m2")
+	if err := agent.ServiceDeregister("model-node-m1"); err != nil {
+		t.Fatal(err)
+	}
+	expect("m1 deregistered", "m2")
+	// Another crunch's models never appear.
+	if err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{ID: "other", Name: consul.ServiceName("beta"), Port: 7003}); err != nil {
+		t.Fatal(err)
+	}
+	register("m3", 7004)
+	expect("m3 registered beside another crunch's model", "m2", "m3")
+}
+
+// A Consul the watcher cannot reach does not empty the membership (fail
+// static); the watcher catches up once Consul answers again.
+func TestUnreachableConsulKeepsMembership(t *testing.T) {
+	cfg := consulapi.DefaultConfig()
+	cfg.Address = "127.0.0.1:1" // nothing listens on port 1
+	cl, err := consulapi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &consul.Source{Client: cl, Service: "crunch-x", MaxBackoff: 50 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	n := 0
+	err = src.Watch(ctx, func([]discovery.Model) { n++ })
+	if n != 0 {
+		t.Errorf("an unreachable Consul produced %d membership updates", n)
+	}
+	if err != context.DeadlineExceeded {
+		t.Errorf("Watch returned %v, want the context's error", err)
+	}
+}
+
+func TestModelsPrefersNewestInstance(t *testing.T) {
+	e := func(id, addr string, idx uint64) *consulapi.ServiceEntry {
+		return &consulapi.ServiceEntry{Node: &consulapi.Node{Address: "10.0.0.9"}, Service: &consulapi.AgentService{
+			ID: fmt.Sprintf("%s-%d", id, idx), Address: addr, Port: 9000, CreateIndex: idx, Meta: map[string]string{consul.MetaModelID: id}}}
+	}
+	ms := consul.Models([]*consulapi.ServiceEntry{e("b", "10.0.0.2", 5), e("a", "10.0.0.1", 7), e("a", "10.0.0.3", 9), e("c", "", 1)})
+	want := []string{"a=10.0.0.3:9000", "b=10.0.0.2:9000", "c=10.0.0.9:9000"}
+	var got []string
+	for _, m := range ms {
+		got = append(got, m.ID+"="+m.Target)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("models %v, want %v (newest instance per model, node address as fallback)", got, want)
+	}
+}
