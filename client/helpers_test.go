@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner"
@@ -26,7 +27,7 @@ func TestMain(m *testing.M) {
 		modelMain()
 		return
 	}
-	os.Exit(m.Run())
+	os.Exit(testcluster.Main(m))
 }
 
 // modelMain is a Go model whose methods let a test choose each model's
