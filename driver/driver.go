@@ -71,7 +71,9 @@ func (d *Driver) TaskConfigSchema() (*hclspec.Spec, error)      { return taskCon
 func (d *Driver) Capabilities() (*drivers.Capabilities, error)  { return capabilities, nil }
 
 func (d *Driver) SetConfig(c *base.Config) error {
-	var cfg Config
+	// Nomad fills the schema's defaults; start from them anyway, so a
+	// config that names only some keys (tests, other callers) is complete.
+	cfg := *defaultConfig()
 	if len(c.PluginConfig) != 0 {
 		if err := base.MsgPackDecode(c.PluginConfig, &cfg); err != nil {
 			return fmt.Errorf("modelbox: plugin config: %w", err)
@@ -337,7 +339,8 @@ func (d *Driver) workerUser(cfg *drivers.TaskConfig) (int, int, error) {
 		}
 		return uid, gid, nil
 	}
-	lo, hi, err := parseRange(d.cfg().UIDRange)
+	uidRange := d.cfg().UIDRange
+	lo, hi, err := parseRange(uidRange)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -349,7 +352,7 @@ func (d *Driver) workerUser(cfg *drivers.TaskConfig) (int, int, error) {
 			return id, id, nil
 		}
 	}
-	return 0, 0, fmt.Errorf("modelbox: uid_range %s is exhausted", d.cfg().UIDRange)
+	return 0, 0, fmt.Errorf("modelbox: uid_range %s is exhausted", uidRange)
 }
 
 func (d *Driver) releaseUID(uid int) {
@@ -390,9 +393,10 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 		log: d.log.With("task_id", cfg.ID, "runner_pid", st.Pid), cfg: cfg, pid: st.Pid, startTick: st.StartTicks,
 		uid: st.UID, iso: iso, state: drivers.TaskStateRunning, startedAt: st.StartedAt, done: make(chan struct{}),
 	}
+	lo, hi, rangeErr := parseRange(d.cfg().UIDRange)
 	d.mu.Lock()
 	d.tasks[cfg.ID] = h
-	if lo, hi, err := parseRange(d.cfg().UIDRange); err == nil && st.UID >= lo && st.UID <= hi {
+	if rangeErr == nil && st.UID >= lo && st.UID <= hi {
 		d.uids[st.UID] = cfg.ID
 	}
 	d.mu.Unlock()

@@ -180,16 +180,22 @@ func serve(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// SIGHUP (a Nomad template's change_mode = "signal") re-reads the TLS
+	// files; it never stops the runner.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			if cfg.TLS == nil {
+				log.Info("SIGHUP: no TLS files to reload")
+				continue
+			}
+			log.Info("SIGHUP: checking the TLS files")
+			_, _ = cfg.TLS.Reload()
+		}
+	}()
 	if cfg.TLS != nil {
 		go cfg.TLS.Watch(ctx, o.tlsReload)
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		go func() {
-			for range hup {
-				log.Info("SIGHUP: checking the TLS files")
-				_, _ = cfg.TLS.Reload()
-			}
-		}()
 	}
 	if o.metricsListen != "" {
 		ml, err := net.Listen("tcp", o.metricsListen)

@@ -1,0 +1,81 @@
+"""A model that tries to escape its sandbox. Each method attempts one thing
+and returns what happened as text, so the test can assert the attempt failed
+inside the sandbox while the runner kept serving."""
+
+import ctypes
+import os
+import socket
+import subprocess
+import time
+
+
+class Base:
+    pass
+
+
+class Hostile(Base):
+    def connect(self, host, port):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(2)
+        try:
+            s.connect((host, int(port)))
+            return "connected"
+        except OSError as exc:
+            return "refused: %s" % exc
+        finally:
+            s.close()
+
+    def read(self, path):
+        try:
+            with open(path, "rb") as f:
+                return "read %d bytes" % len(f.read())
+        except OSError as exc:
+            return "refused: %s" % exc
+
+    def write(self, path):
+        try:
+            with open(path, "w") as f:
+                f.write("pwned")
+            return "wrote"
+        except OSError as exc:
+            return "refused: %s" % exc
+
+    def ptrace(self, pid):
+        libc = ctypes.CDLL(None, use_errno=True)
+        PTRACE_ATTACH = 16
+        if libc.ptrace(PTRACE_ATTACH, int(pid), None, None) == 0:
+            return "attached"
+        return "refused: errno %d" % ctypes.get_errno()
+
+    def balloon(self, mb):
+        chunks = []
+        for _ in range(int(mb)):
+            chunks.append(bytearray(1 << 20))
+        return "allocated %d MiB" % len(chunks)
+
+    def forkbomb(self, n):
+        children = 0
+        try:
+            for _ in range(int(n)):
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                children += 1
+            return "forked %d" % children
+        except OSError as exc:
+            return "stopped after %d: %s" % (children, exc)
+
+    def spin(self, seconds):
+        end = time.time() + float(seconds)
+        t0 = os.times()
+        while time.time() < end:
+            pass
+        t1 = os.times()
+        return (t1.user - t0.user) + (t1.system - t0.system)
+
+    def daemon(self):
+        subprocess.Popen(["sleep", "1000"], start_new_session=True)
+        return "left a daemon behind"
+
+    def whoami(self):
+        return {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "hostname": socket.gethostname()}
