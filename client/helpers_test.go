@@ -27,6 +27,10 @@ func TestMain(m *testing.M) {
 		modelMain()
 		return
 	}
+	if os.Getenv(fleetEnv) != "" {
+		fleetMain()
+		return
+	}
 	os.Exit(testcluster.Main(m))
 }
 
