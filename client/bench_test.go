@@ -6,8 +6,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"net"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -439,4 +439,3 @@ func fleetMain() {
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	os.Exit(0)
 }
-
