@@ -201,6 +201,8 @@ func call(t *testing.T, c dspb.DynamicSubclassServiceClient, method string, args
 	return res
 }
 
+func callReq(method string) *dspb.CallRequest { return &dspb.CallRequest{MethodName: method} }
+
 func setup(t *testing.T, c dspb.DynamicSubclassServiceClient, className string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -8,9 +8,7 @@ import socket
 import subprocess
 import time
 
-
-class Base:
-    pass
+from base import Base
 
 
 class Hostile(Base):

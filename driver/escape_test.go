@@ -1,0 +1,160 @@
+package driver_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/nomad/plugins/drivers"
+
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+)
+
+func str(t *testing.T, res interface {
+	GetMethodResponse() *commonspb.Variant
+}) string {
+	t.Helper()
+	s, err := res.GetMethodResponse().AsString()
+	if err != nil {
+		t.Fatalf("result: %v", err)
+	}
+	return s
+}
+
+// A hostile model tries each way out of its sandbox. Every attempt fails
+// inside the sandbox, and the runner keeps serving throughout.
+func TestHostileModelStaysInItsSandbox(t *testing.T) {
+	res := &drivers.LinuxResources{MemoryLimitBytes: 256 << 20, CPUShares: 100, CPUQuota: 20000, CPUPeriod: 100000}
+	e := newEnv(t, "testdata/hostile", res, map[string]any{"worker_pids_limit": 64})
+	// Things the model must never reach: the runner's key in the secrets
+	// dir, and another allocation's files.
+	key := filepath.Join(e.task.TaskDir().SecretsDir, "runner.key")
+	if err := os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(filepath.Dir(e.task.AllocDir), "other-alloc-secret")
+	if err := os.WriteFile(other, []byte("another model's weights"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(other)
+
+	events, err := e.h.TaskEvents(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	c := e.client()
+	setup(t, c, "base.Base")
+	_, port, _ := strings.Cut(e.addr, ":")
+	status, _ := e.h.InspectTask(e.task.ID)
+	runnerPid := status.DriverAttributes["pid"]
+
+	who, err := call(t, c, "whoami").GetMethodResponse().AsJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := who.(map[string]any)
+	if uid := w["uid"].(float64); uid < 64000 || uid > 64999 {
+		t.Errorf("the worker runs as uid %v, want one from uid_range", uid)
+	}
+	if w["hostname"] != "model" || w["pid"] != 1.0 {
+		t.Errorf("the worker sees hostname %v, pid %v: want its own uts and pid namespaces", w["hostname"], w["pid"])
+	}
+
+	for _, tc := range []struct {
+		name, method string
+		args         []*commonspb.Variant
+		want         string
+	}{
+		{"connect to the runner's port on the host's loopback", "connect", []*commonspb.Variant{commonspb.String("127.0.0.1"), commonspb.String(port)}, "Connection refused"},
+		{"connect outside (no route: nothing is sent)", "connect", []*commonspb.Variant{commonspb.String("192.0.2.1"), commonspb.Int(443)}, "Network is unreachable"},
+		{"read the runner's TLS key", "read", []*commonspb.Variant{commonspb.String(key)}, "No such file"},
+		{"read another allocation's files", "read", []*commonspb.Variant{commonspb.String(other)}, "No such file"},
+		{"read the host's shadow file", "read", []*commonspb.Variant{commonspb.String("/etc/shadow")}, "No such file"},
+		{"change the model", "write", []*commonspb.Variant{commonspb.String(filepath.Join(e.task.TaskDir().LocalDir, "model", "main.py"))}, "Read-only file system"},
+		{"write outside scratch", "write", []*commonspb.Variant{commonspb.String("/usr/evil")}, "Read-only file system"},
+		{"ptrace the runner", "ptrace", []*commonspb.Variant{commonspb.String(runnerPid)}, "errno 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := str(t, call(t, c, tc.method, tc.args...))
+			if !strings.HasPrefix(got, "refused") || !strings.Contains(got, tc.want) {
+				t.Errorf("%s: %q, want refused with %q", tc.method, got, tc.want)
+			}
+		})
+	}
+	if got := str(t, call(t, c, "write", commonspb.String("/tmp/scratch-file"))); got != "wrote" {
+		t.Errorf("writing scratch: %q", got)
+	}
+
+	t.Run("spin the CPU: throttled to its quota", func(t *testing.T) {
+		used, err := call(t, c, "spin", commonspb.Double(2)).GetMethodResponse().AsDouble()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A 20% quota over 2 s allows 0.4 s of CPU; leave room for noise.
+		if used > 0.8 {
+			t.Errorf("the model used %.2fs of CPU in 2s with a 20%% quota", used)
+		}
+	})
+
+	t.Run("fork bomb: capped by the pids limit", func(t *testing.T) {
+		got := str(t, call(t, c, "forkbomb", commonspb.Int(500)))
+		if !strings.HasPrefix(got, "stopped after") {
+			t.Errorf("forkbomb(500): %q, want it stopped by the pids limit (64)", got)
+		}
+	})
+
+	t.Run("balloon past the memory limit: killed and reported", func(t *testing.T) {
+		res := call(t, c, "balloon", commonspb.Int(400))
+		if res.GetStatus().GetCode() != "UNKNOWN" {
+			t.Errorf("balloon(400 MiB) under a 256 MiB task: %v, want the worker killed (UNKNOWN)", res.GetStatus())
+		}
+		deadline := time.After(15 * time.Second)
+		for found := false; !found; {
+			select {
+			case ev := <-events:
+				found = ev.TaskID == e.task.ID && strings.Contains(ev.Message, "out of memory")
+			case <-deadline:
+				t.Fatal("no task event reported the out-of-memory kill")
+			}
+		}
+	})
+
+	// The runner survived all of it and the model answers again (the
+	// runner restarted the worker and replayed Setup).
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		res, err := c.Call(ctx, callReq("whoami"))
+		if err == nil && res.GetStatus().GetCode() == "SUCCESS" {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the model never answered again: %v %v", res, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st, _ := e.h.InspectTask(e.task.ID); st.DriverAttributes["pid"] != runnerPid || st.State != drivers.TaskStateRunning {
+		t.Fatalf("the runner changed or stopped: %+v", st)
+	}
+
+	t.Run("a background process does not outlive the task", func(t *testing.T) {
+		if got := str(t, call(t, c, "daemon")); got != "left a daemon behind" {
+			t.Fatalf("daemon(): %q", got)
+		}
+		pids := taskPIDs(t, e)
+		if err := e.h.StopTask(e.task.ID, 5*time.Second, "SIGTERM"); err != nil {
+			t.Fatal(err)
+		}
+		for _, pid := range pids {
+			if alive(pid) {
+				cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+				t.Errorf("process %d (%q) outlived the stopped task", pid, cmdline)
+			}
+		}
+	})
+}
