@@ -1,0 +1,185 @@
+package driver_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/modelnodes/modelnodes/internal/testcluster"
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
+)
+
+// The driver in a real Nomad agent: jobs run a Python model and a Go model,
+// their allocations turn healthy, `nomad alloc exec` is refused, and a client
+// outside calls each model through its runner's port.
+func TestE2ENomadRunsModels(t *testing.T) {
+	requireRoot(t)
+	repo, _ := filepath.Abs("..")
+	bin := filepath.Join(repo, "bin")
+	for _, b := range []string{"nomad-driver-modelbox", "model-runner", "example-model"} {
+		if !fileExists(filepath.Join(bin, b)) {
+			t.Skipf("bin/%s is missing: run `make build` first (make test does)", b)
+		}
+	}
+	c := testcluster.Start(t, testcluster.Nomad)
+	nomad := c.Nomad.Client
+	waitDriverHealthy(t, nomad)
+
+	models := t.TempDir()
+	if err := os.Chmod(models, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pyDir := filepath.Join(models, "python")
+	copyDir(t, "../runner/testdata/pymodel", pyDir)
+	goDir := filepath.Join(models, "go")
+	copyDir(t, bin, goDir) // brings example-model (and the other binaries: harmless)
+	if err := os.Chmod(filepath.Join(goDir, "example-model"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, m := range []struct {
+		job, runtime, dir, entry, class string
+	}{
+		{"model-node-python", "python", pyDir, "", "crunch_base.Tracker"},
+		{"model-node-go", "executable", goDir, "example-model", "tracker.Base"},
+	} {
+		t.Run(m.runtime, func(t *testing.T) {
+			job := modelJob(m.job, m.runtime, m.dir, m.entry)
+			if _, _, err := nomad.Jobs().Register(job, nil); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _, _, _ = nomad.Jobs().Deregister(m.job, true, nil) }()
+			alloc := waitHealthyAlloc(t, nomad, m.job)
+
+			// `nomad alloc exec` must not open a shell next to the model.
+			cmd := exec.Command(c.Nomad.Bin, "alloc", "exec", "-task", "model", alloc.ID, "/bin/cat", m.dir+"/main.py")
+			cmd.Env = append(os.Environ(), "NOMAD_ADDR="+c.Nomad.Addr)
+			out, err := cmd.CombinedOutput()
+			if err == nil || strings.Contains(string(out), "class ") || strings.Contains(string(out), "ELF") {
+				t.Fatalf("nomad alloc exec was not refused (err %v): %s", err, out)
+			}
+			t.Logf("nomad alloc exec refused: %s", strings.TrimSpace(string(out)))
+
+			// A client outside calls the model through the runner's port.
+			var addr string
+			for _, p := range alloc.AllocatedResources.Shared.Ports {
+				if p.Label == "grpc" {
+					addr = fmt.Sprintf("%s:%d", p.HostIP, p.Value)
+				}
+			}
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			ds := dspb.NewDynamicSubclassServiceClient(conn)
+			setup(t, ds, m.class)
+			res := call(t, ds, "echo", commonspb.String("through nomad"))
+			if s, _ := res.GetMethodResponse().AsString(); s != "through nomad" {
+				t.Fatalf("echo through the runner: %v", res)
+			}
+		})
+	}
+}
+
+func modelJob(name, runtime, modelDir, entry string) *nomadapi.Job {
+	job := nomadapi.NewServiceJob(name, name, "global", 50)
+	job.Datacenters = []string{"*"}
+	tg := nomadapi.NewTaskGroup("model", 1)
+	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: "grpc"}}}}
+	tg.Update = &nomadapi.UpdateStrategy{HealthCheck: ptr("checks"), MinHealthyTime: ptr(time.Second),
+		HealthyDeadline: ptr(time.Minute), ProgressDeadline: ptr(2 * time.Minute)}
+	tg.RestartPolicy = &nomadapi.RestartPolicy{Attempts: ptr(0), Mode: ptr("fail")}
+	tg.ReschedulePolicy = &nomadapi.ReschedulePolicy{Attempts: ptr(0), Unlimited: ptr(false)}
+	cfg := map[string]any{"model_dir": modelDir, "runtime": runtime, "port": "grpc", "plaintext": true}
+	if entry != "" {
+		cfg["entry"] = entry
+	}
+	task := nomadapi.NewTask("model", "modelbox").SetConfig("model_dir", modelDir)
+	task.Config = cfg
+	task.Resources = &nomadapi.Resources{CPU: ptr(200), MemoryMB: ptr(256)}
+	task.Services = []*nomadapi.Service{{
+		Name: name, PortLabel: "grpc", Provider: "nomad",
+		Checks: []nomadapi.ServiceCheck{{Type: "tcp", Interval: time.Second, Timeout: time.Second}},
+	}}
+	tg.AddTask(task)
+	job.AddTaskGroup(tg)
+	return job
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func waitDriverHealthy(t *testing.T, nomad *nomadapi.Client) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if nodes, _, err := nomad.Nodes().List(nil); err == nil && len(nodes) > 0 {
+			if node, _, err := nomad.Nodes().Info(nodes[0].ID, nil); err == nil {
+				if d := node.Drivers["modelbox"]; d != nil && d.Healthy {
+					return
+				} else if d != nil {
+					t.Logf("modelbox driver: detected=%v healthy=%v %s", d.Detected, d.Healthy, d.HealthDescription)
+				}
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatal("the modelbox driver never became healthy on the Nomad node")
+}
+
+func waitHealthyAlloc(t *testing.T, nomad *nomadapi.Client, job string) *nomadapi.Allocation {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	for {
+		stubs, _, err := nomad.Jobs().Allocations(job, false, nil)
+		if err == nil {
+			for _, s := range stubs {
+				if s.ClientStatus == "failed" {
+					a, _, _ := nomad.Allocations().Info(s.ID, nil)
+					t.Fatalf("allocation %s failed: %s", s.ID, allocEvents(a))
+				}
+				if s.ClientStatus == "running" && s.DeploymentStatus != nil && s.DeploymentStatus.Healthy != nil && *s.DeploymentStatus.Healthy {
+					a, _, err := nomad.Allocations().Info(s.ID, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return a
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			var detail string
+			for _, s := range stubs {
+				a, _, _ := nomad.Allocations().Info(s.ID, nil)
+				detail += allocEvents(a)
+			}
+			t.Fatalf("job %s has no healthy allocation after 90s: %s", job, detail)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func allocEvents(a *nomadapi.Allocation) string {
+	if a == nil {
+		return ""
+	}
+	var b strings.Builder
+	for task, st := range a.TaskStates {
+		for _, e := range st.Events {
+			fmt.Fprintf(&b, "\n  %s: %s %s %s", task, e.Type, e.DisplayMessage, e.Details["driver_message"])
+		}
+	}
+	return b.String()
+}
