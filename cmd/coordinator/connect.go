@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/modelnodes/modelnodes/client"
+	"github.com/modelnodes/modelnodes/client/credentials"
+	"github.com/modelnodes/modelnodes/client/discovery"
+	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/client/discovery/dnssrv"
+	"github.com/modelnodes/modelnodes/client/vaultpki"
+	"github.com/modelnodes/modelnodes/internal/envflag"
+	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+)
+
+// common are the flags every command shares: where the models are and how
+// to authenticate.
+type common struct {
+	crunch, service, models, dns, modelIDs string
+	consulAddr, consulToken               string
+	certFile, keyFile, caFile             string
+	plaintext                             bool
+	vaultAddr, vaultToken                 string
+	vaultRoleID, vaultSecretID            string
+	vaultMount, vaultRole                 string
+	connectTimeout                        time.Duration
+	logLevel                              string
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.crunch, "crunch", "", "the crunch: its models are Consul service crunch-NAME; names the Vault certificate")
+	fs.StringVar(&c.service, "service", "", "Consul service to watch instead of crunch-NAME")
+	fs.StringVar(&c.models, "models", "", "a fixed list of models, id=host:port,… (instead of Consul)")
+	fs.StringVar(&c.dns, "dns", "", "Consul DNS address (host:port): resolve --model-ids through SRV records")
+	fs.StringVar(&c.modelIDs, "model-ids", "", "with --dns: the model ids to resolve, comma separated")
+	fs.StringVar(&c.consulAddr, "consul-addr", "", "Consul HTTP address (default: $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&c.certFile, "tls-cert", "", "client certificate (PEM), reloaded when it changes")
+	fs.StringVar(&c.keyFile, "tls-key", "", "client key (PEM)")
+	fs.StringVar(&c.caFile, "tls-ca", "", "CA that runner certificates must chain to (PEM)")
+	fs.BoolVar(&c.plaintext, "plaintext", false, "call runners without TLS (laptops and tests only)")
+	fs.StringVar(&c.vaultAddr, "vault-addr", "", "get the client certificate from Vault PKI at this address")
+	fs.StringVar(&c.vaultToken, "vault-token", "", "Vault token (instead of AppRole)")
+	fs.StringVar(&c.vaultRoleID, "vault-role-id", "", "AppRole role id (deploy/vault/setup coordinator CRUNCH prints it)")
+	fs.StringVar(&c.vaultSecretID, "vault-secret-id", "", "AppRole secret id")
+	fs.StringVar(&c.vaultMount, "vault-pki-mount", "pki_int", "Vault PKI mount that signs coordinator certificates")
+	fs.StringVar(&c.vaultRole, "vault-pki-role", "coordinator", "Vault PKI role")
+	fs.DurationVar(&c.connectTimeout, "connect-timeout", 10*time.Second, "how long to wait for the first membership")
+	fs.StringVar(&c.logLevel, "log-level", "warn", "log level (trace, debug, info, warn, error)")
+}
+
+// parse parses args with environment fallbacks; synopsis heads --help.
+func parse(fs *flag.FlagSet, args []string, synopsis string, stderr io.Writer) ([]string, error) {
+	fs.SetOutput(stderr)
+	fs.Usage = envflag.Usage(fs, envPrefix, synopsis)
+	// Flags may follow positional arguments (call METHOD --args …).
+	var pos []string
+	for {
+		if err := envflag.Parse(fs, envPrefix, args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageError{err}
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// open starts a client following the configured source; stop it with the
+// returned function.
+func (c *common) open(ctx context.Context, stderr io.Writer) (*client.Client, func(), error) {
+	log := hclog.New(&hclog.LoggerOptions{Name: "coordinator", Level: hclog.LevelFromString(c.logLevel), Output: stderr})
+	src, err := c.source(log)
+	if err != nil {
+		return nil, nil, err
+	}
+	mat, err := c.material(ctx, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := client.Config{Source: src, Plaintext: c.plaintext, Logger: log}
+	if mat != nil {
+		cfg.TLS = mat
+	}
+	cl, err := client.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- cl.Run(runCtx) }()
+	stop := func() { cancel(); <-done }
+	wctx, wcancel := context.WithTimeout(ctx, c.connectTimeout)
+	defer wcancel()
+	if err := cl.WaitMembership(wctx); err != nil {
+		stop()
+		select {
+		case e := <-done:
+			if e != nil {
+				return nil, nil, e
+			}
+		default:
+		}
+		return nil, nil, err
+	}
+	return cl, stop, nil
+}
+
+func (c *common) serviceName() string {
+	if c.service != "" {
+		return c.service
+	}
+	if c.crunch != "" {
+		return consul.ServiceName(c.crunch)
+	}
+	return ""
+}
+
+func (c *common) source(log hclog.Logger) (discovery.Source, error) {
+	switch {
+	case c.models != "":
+		return discovery.ParseStatic(c.models)
+	case c.dns != "":
+		if c.serviceName() == "" || c.modelIDs == "" {
+			return nil, usageError{errors.New("--dns needs --crunch (or --service) and --model-ids")}
+		}
+		return dnssrv.Models(c.dns, c.serviceName(), splitList(c.modelIDs)...), nil
+	case c.serviceName() != "":
+		cfg := consulapi.DefaultConfig()
+		if c.consulAddr != "" {
+			cfg.Address = c.consulAddr
+		}
+		if c.consulToken != "" {
+			cfg.Token = c.consulToken
+		}
+		cl, err := consulapi.NewClient(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("consul: %w", err)
+		}
+		return &consul.Source{Client: cl, Service: c.serviceName(), Logger: log}, nil
+	}
+	return nil, usageError{errors.New("say where the models are: --crunch, --models or --dns")}
+}
+
+// material returns the TLS material, or nil with --plaintext.
+func (c *common) material(ctx context.Context, log hclog.Logger) (credentials.Material, error) {
+	if c.plaintext {
+		if c.certFile != "" || c.vaultAddr != "" {
+			return nil, usageError{errors.New("--plaintext and TLS flags exclude each other")}
+		}
+		return nil, nil
+	}
+	if c.vaultAddr != "" {
+		return c.vault(ctx, log)
+	}
+	if c.certFile == "" || c.keyFile == "" || c.caFile == "" {
+		return nil, usageError{errors.New("mTLS needs --tls-cert, --tls-key and --tls-ca (or --vault-addr, or --plaintext)")}
+	}
+	r, err := tlsfiles.New(tlsfiles.Files{CertFile: c.certFile, KeyFile: c.keyFile, CAFile: c.caFile}, func(err error) {
+		if err != nil {
+			log.Error("TLS files changed but cannot be used; keeping the previous ones", "error", err)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	go r.Watch(ctx, 5*time.Second)
+	return r, nil
+}
+
+func (c *common) vault(ctx context.Context, log hclog.Logger) (credentials.Material, error) {
+	if c.crunch == "" {
+		return nil, usageError{errors.New("--vault-addr needs --crunch (the certificate names it)")}
+	}
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = c.vaultAddr
+	vc, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	vc.SetToken(c.vaultToken)
+	cn, uris := vaultpki.CoordinatorNames(c.crunch)
+	vcfg := vaultpki.Config{Client: vc, Mount: c.vaultMount, Role: c.vaultRole, CommonName: cn, URISANs: uris, Logger: log}
+	if c.vaultRoleID != "" {
+		vcfg.Login = vaultpki.AppRole{RoleID: c.vaultRoleID, SecretID: c.vaultSecretID}
+	}
+	if c.caFile != "" {
+		if vcfg.CAPEM, err = os.ReadFile(c.caFile); err != nil {
+			return nil, err
+		}
+	}
+	iss, err := vaultpki.New(ctx, vcfg)
+	if err != nil {
+		return nil, err
+	}
+	go iss.Run(ctx)
+	return iss, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
