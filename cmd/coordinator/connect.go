@@ -28,14 +28,14 @@ import (
 // to authenticate.
 type common struct {
 	crunch, service, models, dns, modelIDs string
-	consulAddr, consulToken               string
-	certFile, keyFile, caFile             string
-	plaintext                             bool
-	vaultAddr, vaultToken                 string
-	vaultRoleID, vaultSecretID            string
-	vaultMount, vaultRole                 string
-	connectTimeout                        time.Duration
-	logLevel                              string
+	consulAddr, consulToken                string
+	certFile, keyFile, caFile              string
+	plaintext                              bool
+	vaultAddr, vaultToken                  string
+	vaultRoleID, vaultSecretID             string
+	vaultMount, vaultRole                  string
+	connectTimeout                         time.Duration
+	logLevel                               string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
