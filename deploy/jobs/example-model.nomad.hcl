@@ -1,13 +1,10 @@
 # One model on the modelbox driver, by hand. The scheduler (scheduler/, jobs/)
 # writes jobs of this shape for every authorized model; this one is for
 # operators trying the driver. The job id is the runner's identity for Vault:
-# "model-node-<model_id>" (see docs/vault.md).
+# "model-node-<model_id>" (see docs/vault.md), so copy this file and rename
+# the job (HCL cannot compute a job's id) when the model is not "example".
 #
-#   nomad job run -var model_id=abc123 -var model_dir=/srv/models/abc123 deploy/jobs/example-model.nomad.hcl
-
-variable "model_id" {
-  type = string
-}
+#   nomad job run -var model_dir=/srv/models/example deploy/jobs/example-model.nomad.hcl
 
 variable "model_dir" {
   type        = string
@@ -19,7 +16,7 @@ variable "crunch" {
   default = "demo"
 }
 
-job "model-node-${var.model_id}" {
+job "model-node-example" {
   type = "service"
 
   group "model" {
@@ -51,19 +48,19 @@ job "model-node-${var.model_id}" {
       vault {}
 
       template {
-        destination = "secrets/tls.pem"
-        change_mode = "signal"
+        destination   = "secrets/tls.pem"
+        change_mode   = "signal"
         change_signal = "SIGHUP"
-        data = <<-EOT
+        data          = <<-EOT
         {{ with pkiCert "pki_int/issue/runner" (printf "common_name=%s.crunchdao.internal" (env "NOMAD_JOB_ID")) "ttl=24h" }}{{ .Cert }}{{ .CA }}{{ .Key }}{{ end }}
         EOT
       }
 
       template {
-        destination = "secrets/ca.pem"
-        change_mode = "signal"
+        destination   = "secrets/ca.pem"
+        change_mode   = "signal"
         change_signal = "SIGHUP"
-        data = <<-EOT
+        data          = <<-EOT
         {{ with secret "pki_int/cert/ca_chain" }}{{ .Data.ca_chain }}{{ end }}
         EOT
       }
@@ -78,7 +75,7 @@ job "model-node-${var.model_id}" {
         name     = "crunch-${var.crunch}"
         port     = "grpc"
         meta {
-          model_id = var.model_id
+          model_id = "example"
         }
         check {
           type            = "grpc"
