@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -252,7 +253,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+// alive reports a running process; a zombie (dead, not yet reaped by its
+// parent: here the first driver instance of a recovery test) is not.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
 
 // The harness's lifecycle: start → wait → recover (a new driver instance, as
 // after a plugin restart, reattaches without restarting) → stop → destroy.
