@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoenig/go-landlock"
 	"golang.org/x/sys/unix"
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
@@ -147,7 +148,7 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 		Writable:     []string{scratch},
 		TmpDir:       tmp,
 		WorkerCgroup: group.State().Worker,
-		Landlock:     LandlockBestEffort,
+		Landlock:     landlockMode(),
 		Env:          []string{"LANG=C.UTF-8"},
 	}
 	if err := spec.Write(specFile); err != nil {
@@ -195,6 +196,15 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	check("can write /tmp and scratch", r.WriteTmp == "ok" && r.WriteScratch == "ok")
 	check("gets the worker socket as fd 3", r.HasFD3)
 	check("inherits none of the runner's environment", !strings.Contains(strings.Join(r.Env, " "), "VAULT_TOKEN"))
+}
+
+// landlockMode demands Landlock where the kernel has it, so the test proves
+// the sandbox starts with it applied.
+func landlockMode() string {
+	if landlock.Available() {
+		return LandlockRequired
+	}
+	return LandlockBestEffort
 }
 
 func TestSpecRefusesRoot(t *testing.T) {
