@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -361,7 +362,7 @@ func (c *cleanups) run() {
 // memNow returns live heap + goroutine stacks (after a GC) and RSS, in bytes.
 func memNow() (uint64, uint64) {
 	runtime.GC()
-	runtime.GC()
+	debug.FreeOSMemory() // so RSS drops what the previous run freed
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	statm, _ := os.ReadFile("/proc/self/statm")
