@@ -8,8 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/modelnodes/modelnodes/driver"
+	"github.com/modelnodes/modelnodes/internal/procfs"
 )
 
 // benchTask builds a task config with its own alloc dir holding the Python
@@ -212,23 +211,13 @@ func pluginRSS(b *testing.B, pluginBin, runner string, tasks int) float64 {
 		waitServing(b, addr)
 	}
 	time.Sleep(time.Second) // let start-up garbage settle
-	return vmRSSMiB(b, client.ReattachConfig().Pid)
-}
-
-func vmRSSMiB(b *testing.B, pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	rss, err := procfs.RSSMiB(client.ReattachConfig().Pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	b.Fatal("no VmRSS")
-	return 0
+	return rss
 }
+
 
 func modelRunnerB(b *testing.B) string {
 	repo, _ := filepath.Abs("..")

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/internal/procfs"
 )
 
 // ErrExecRefused answers every exec into a model task.
@@ -219,7 +220,8 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		release()
 		return nil, nil, fmt.Errorf("modelbox: %w", err)
 	}
-	ticks, _ := procStartTicks(proc.Pid)
+	st, _ := procfs.ReadStat(proc.Pid)
+	ticks := st.StartTicks
 	h := &taskHandle{
 		log: d.log.With("task_id", cfg.ID, "runner_pid", proc.Pid), cfg: cfg, pid: proc.Pid, startTick: ticks,
 		uid: uid, iso: iso, proc: proc, state: drivers.TaskStateRunning, startedAt: time.Now(), done: make(chan struct{}),
@@ -374,8 +376,7 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 	if err := handle.GetDriverState(&st); err != nil {
 		return fmt.Errorf("modelbox: decode task state: %w", err)
 	}
-	ticks, err := procStartTicks(st.Pid)
-	if err != nil || ticks != st.StartTicks {
+	if ps, err := procfs.ReadStat(st.Pid); err != nil || ps.StartTicks != st.StartTicks || ps.State == 'Z' {
 		return fmt.Errorf("modelbox: the task's runner (pid %d) is gone", st.Pid)
 	}
 	if st.Isolation == nil || d.isolator == nil {

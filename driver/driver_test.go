@@ -7,10 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +24,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/driver"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
+	"github.com/modelnodes/modelnodes/internal/procfs"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 )
@@ -253,20 +252,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// alive reports a running process; a zombie (dead, not yet reaped by its
-// parent: here the first driver instance of a recovery test) is not.
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
-}
+func alive(pid int) bool { return procfs.Running(pid) }
 
 // The harness's lifecycle: start → wait → recover (a new driver instance, as
 // after a plugin restart, reattaches without restarting) → stop → destroy.

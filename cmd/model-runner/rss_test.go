@@ -2,12 +2,9 @@ package main_test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +13,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/modelnodes/modelnodes/internal/procfs"
 )
 
 // The test binary doubles as the RSS baseline: an idle grpc-go server with
@@ -89,23 +88,13 @@ func idleRSS(b *testing.B, mk func(addr string) *exec.Cmd) float64 {
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(500 * time.Millisecond) // let start-up garbage settle
-	return vmRSS(b, cmd.Process.Pid)
-}
-
-func vmRSS(b *testing.B, pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	rss, err := procfs.RSSMiB(cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	b.Fatal("no VmRSS")
-	return 0
+	return rss
 }
+
 
 func exampleModelBinary(b *testing.B) string {
 	if dir := os.Getenv("MODELNODES_BIN"); dir != "" && fileExists(dir+"/example-model") {
