@@ -30,6 +30,7 @@ import (
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	tipb "github.com/modelnodes/modelnodes/proto/train_infer"
+	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/runner/frame"
 	"github.com/modelnodes/modelnodes/runner/worker"
 )
@@ -57,6 +58,10 @@ type Config struct {
 	// request still running on the worker past it means the worker hung
 	// (it is killed and restarted). Default 5 minutes.
 	CallTimeout time.Duration
+	// Authorizer, when set, admits only the crunch's coordinator to the
+	// model's services (health and reflection stay open to any caller that
+	// passed the TLS handshake). Needs TLS with a client CA.
+	Authorizer *authz.Authorizer
 	// Worker says how to run the model worker.
 	Worker worker.Config
 	// Logger receives structured logs.
@@ -104,8 +109,13 @@ func New(cfg Config) *Server {
 	if cfg.TLS != nil {
 		creds = credentials.NewTLS(cfg.TLS.ServerConfig())
 	}
+	var interceptors []grpc.UnaryServerInterceptor
+	if cfg.Authorizer != nil {
+		interceptors = append(interceptors, cfg.Authorizer.UnaryInterceptor(IsModelMethod))
+	}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(creds),
+		grpc.ChainUnaryInterceptor(interceptors...),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.MaxSendMsgSize(1<<31-1),
 		// CrunchDAO's client pings every 300 s; grpc-go's default
@@ -118,6 +128,25 @@ func New(cfg Config) *Server {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	return s
+}
+
+// IsModelMethod reports whether a full gRPC method name belongs to the
+// model's services (as opposed to health or reflection).
+func IsModelMethod(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/dynamic_subclass.") || strings.HasPrefix(fullMethod, "/train_infer.")
+}
+
+// ServeHealth serves only the health service on lis until ctx ends: a port
+// for Consul's gRPC checks that opens nothing of the model.
+func (s *Server) ServeHealth(ctx context.Context, lis net.Listener) error {
+	hs := grpc.NewServer()
+	healthpb.RegisterHealthServer(hs, s.health)
+	go func() {
+		<-ctx.Done()
+		hs.Stop()
+	}()
+	s.log.Info("health-only endpoint serving", "address", lis.Addr().String())
+	return hs.Serve(lis)
 }
 
 // TLSReloaded records the outcome of a TLS reload (for metrics and logs).

@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -51,6 +52,7 @@ type Leaf struct {
 	CommonName string
 	DNSNames   []string
 	IPs        []net.IP
+	URIs       []string
 	Client     bool // client auth instead of server auth
 	RSA        bool // an RSA key (CrunchDAO's client accepts only RSA servers)
 	NotBefore  time.Time
@@ -64,7 +66,7 @@ type Issued struct {
 	CertFile, KeyFile string
 }
 
-// Issue signs a leaf certificate and writes cert and key into dir.
+// Issue signs a leaf certificate for a fresh key and writes cert and key into dir.
 func (ca *CA) Issue(t testing.TB, dir string, l Leaf) *Issued {
 	t.Helper()
 	var key crypto.Signer = ecKey(t)
@@ -75,6 +77,26 @@ func (ca *CA) Issue(t testing.TB, dir string, l Leaf) *Issued {
 		}
 		key = k
 	}
+	return ca.issue(t, dir, l, key)
+}
+
+// IssueForKey signs a leaf certificate for an existing key (PKCS#8 PEM, as
+// Issued.KeyPEM): a renewal that keeps the key.
+func (ca *CA) IssueForKey(t testing.TB, dir string, l Leaf, keyPEM []byte) *Issued {
+	t.Helper()
+	block, _ := pem.Decode(keyPEM)
+	if block == nil {
+		t.Fatal("testpki: no PEM key")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca.issue(t, dir, l, k.(crypto.Signer))
+}
+
+func (ca *CA) issue(t testing.TB, dir string, l Leaf, key crypto.Signer) *Issued {
+	t.Helper()
 	if l.NotBefore.IsZero() {
 		l.NotBefore = time.Now().Add(-time.Hour)
 	}
@@ -90,6 +112,7 @@ func (ca *CA) Issue(t testing.TB, dir string, l Leaf) *Issued {
 		Subject:      pkix.Name{CommonName: l.CommonName},
 		DNSNames:     l.DNSNames,
 		IPAddresses:  l.IPs,
+		URIs:         parseURIs(t, l.URIs),
 		NotBefore:    l.NotBefore,
 		NotAfter:     l.NotAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
@@ -117,6 +140,40 @@ func (ca *CA) Issue(t testing.TB, dir string, l Leaf) *Issued {
 		WriteFile(t, is.KeyFile, is.KeyPEM)
 	}
 	return is
+}
+
+func parseURIs(t testing.TB, raw []string) []*url.URL {
+	var out []*url.URL
+	for _, r := range raw {
+		u, err := url.Parse(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, u)
+	}
+	return out
+}
+
+// WriteCRL writes a PEM revocation list signed by ca that revokes the given
+// certificates, and returns its path.
+func (ca *CA) WriteCRL(t testing.TB, dir, name string, revoked ...*x509.Certificate) string {
+	t.Helper()
+	tmpl := &x509.RevocationList{
+		Number:     serial(t),
+		ThisUpdate: time.Now().Add(-time.Minute),
+		NextUpdate: time.Now().Add(time.Hour),
+	}
+	for _, c := range revoked {
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
+			x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now()})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	WriteFile(t, p, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}))
+	return p
 }
 
 // PEM returns the CA certificate in PEM.
