@@ -29,6 +29,7 @@ import (
 	"github.com/modelnodes/modelnodes/internal/envflag"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
 	"github.com/modelnodes/modelnodes/runner"
+	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/runner/pyhost"
 	"github.com/modelnodes/modelnodes/runner/worker"
 )
@@ -75,6 +76,8 @@ type options struct {
 	callTimeout, startTimeout, drain time.Duration
 	maxRecv, maxQueue                int
 	hostDir, workerWrapper           string
+	crunch, certHashes, authzFile    string
+	crlFile, healthListen            string
 	logLevel                         string
 	logJSON                          bool
 }
@@ -98,6 +101,11 @@ func parse(args []string) (*options, error) {
 	fs.DurationVar(&o.drain, "drain-timeout", 10*time.Second, "on shutdown, how long in-flight calls may take to finish")
 	fs.IntVar(&o.maxRecv, "max-recv-bytes", runner.DefaultMaxRecvBytes, "largest request accepted")
 	fs.IntVar(&o.maxQueue, "max-queue", 128, "calls that may wait for a busy model; more are refused with RESOURCE_EXHAUSTED")
+	fs.StringVar(&o.crunch, "crunch", "", "admit only coordinators whose certificate names this crunch (URI SAN spiffe://modelnodes/crunch/NAME); needs --tls-client-ca")
+	fs.StringVar(&o.certHashes, "coordinator-cert-hash", "", "on-chain hashes (primary,secondary) of the coordinator's public key: SHA-256 of its SubjectPublicKeyInfo DER, hex")
+	fs.StringVar(&o.authzFile, "authz-file", "", `JSON {"crunch": ..., "coordinator_cert_hashes": [...]}, re-read when it changes (instead of --crunch and --coordinator-cert-hash)`)
+	fs.StringVar(&o.crlFile, "tls-crl", "", "the CA's revocation list (PEM or DER); revoked coordinators are refused; re-read when it changes")
+	fs.StringVar(&o.healthListen, "health-listen", "", "also serve only the gRPC health service, without TLS, on this address (for Consul checks)")
 	fs.StringVar(&o.hostDir, "host-dir", "", "where to write the Python host script (default: a private temp dir); a sandboxing wrapper must show it to the worker")
 	fs.StringVar(&o.workerWrapper, "worker-wrapper", "", "command prefixed to the worker's argv, e.g. a sandbox (a JSON array, or words split on spaces); the Nomad driver sets it")
 	fs.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
@@ -117,6 +125,10 @@ func parse(args []string) (*options, error) {
 		return nil, errors.New("--plaintext conflicts with the --tls-* flags")
 	case !o.plaintext && (o.certFile == "" || o.keyFile == ""):
 		return nil, errors.New("refusing to serve without TLS: pass --tls-cert and --tls-key (and --tls-client-ca for mTLS), or --plaintext")
+	case (o.crunch != "" || o.certHashes != "" || o.authzFile != "" || o.crlFile != "") && o.caFile == "":
+		return nil, errors.New("--crunch, --coordinator-cert-hash, --authz-file and --tls-crl check client certificates: they need --tls-client-ca")
+	case o.authzFile != "" && (o.crunch != "" || o.certHashes != ""):
+		return nil, errors.New("--authz-file replaces --crunch and --coordinator-cert-hash: use one or the other")
 	}
 	return o, nil
 }
@@ -176,6 +188,24 @@ func serve(args []string) error {
 	} else {
 		log.Warn("serving plaintext: no TLS, no caller authentication")
 	}
+	if o.crunch != "" || o.certHashes != "" || o.authzFile != "" || o.crlFile != "" {
+		var hashes []string
+		for _, h := range strings.Split(o.certHashes, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				hashes = append(hashes, h)
+			}
+		}
+		cfg.Authorizer, err = authz.New(authz.Config{
+			Static:     authz.Policy{Crunch: o.crunch, CoordinatorCertHashes: hashes},
+			PolicyFile: o.authzFile, CRLFile: o.crlFile, CAFile: o.caFile, Logger: log.Named("authz"),
+		})
+		if err != nil {
+			return err
+		}
+		if cfg.Authorizer.Policy().Crunch == "" {
+			log.Warn("no crunch to check: any coordinator with a certificate from the CA may call the model")
+		}
+	}
 	srv = runner.New(cfg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -190,12 +220,25 @@ func serve(args []string) error {
 				log.Info("SIGHUP: no TLS files to reload")
 				continue
 			}
-			log.Info("SIGHUP: checking the TLS files")
+			log.Info("SIGHUP: checking the TLS and authorization files")
 			_, _ = cfg.TLS.Reload()
+			if cfg.Authorizer != nil {
+				_, _ = cfg.Authorizer.Reload()
+			}
 		}
 	}()
 	if cfg.TLS != nil {
 		go cfg.TLS.Watch(ctx, o.tlsReload)
+	}
+	if cfg.Authorizer != nil {
+		go cfg.Authorizer.Watch(ctx, o.tlsReload)
+	}
+	if o.healthListen != "" {
+		hl, err := net.Listen("tcp", o.healthListen)
+		if err != nil {
+			return fmt.Errorf("--health-listen: %w", err)
+		}
+		go func() { _ = srv.ServeHealth(ctx, hl) }()
 	}
 	if o.metricsListen != "" {
 		ml, err := net.Listen("tcp", o.metricsListen)

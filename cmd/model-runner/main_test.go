@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
@@ -72,10 +74,10 @@ func TestServeOnALaptop(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil {
 		t.Skip("python3 is not installed")
 	}
-	addr, metricsAddr := freePort(t), freePort(t)
+	addr, metricsAddr, healthAddr := freePort(t), freePort(t), freePort(t)
 	var logs bytes.Buffer
 	cmd := exec.Command(binary(t), "serve", "--model-dir", "../../runner/testdata/pymodel",
-		"--listen", addr, "--plaintext", "--metrics-listen", metricsAddr, "--log-json")
+		"--listen", addr, "--plaintext", "--metrics-listen", metricsAddr, "--health-listen", healthAddr, "--log-json")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -111,6 +113,19 @@ func TestServeOnALaptop(t *testing.T) {
 	workerPid, _ := r.GetMethodResponse().AsInt()
 	if _, err := ds.Call(ctx, &dspb.CallRequest{MethodName: "noisy", MethodArguments: []*commonspb.Argument{}}); err != nil {
 		t.Fatal(err)
+	}
+
+	// The health-only port (for Consul checks) answers health and nothing of the model.
+	hconn, err := grpc.NewClient(healthAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hconn.Close()
+	if res, err := healthpb.NewHealthClient(hconn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || res.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health-only port: %v %v", res, err)
+	}
+	if _, err := dspb.NewDynamicSubclassServiceClient(hconn).Call(ctx, &dspb.CallRequest{MethodName: "pid"}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("a model call on the health-only port: %v, want Unimplemented", err)
 	}
 
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
