@@ -158,7 +158,7 @@ func (c *Client) fan(ctx context.Context, rpc string, req Request, do func(conte
 	// Models asked for by id but not in the membership.
 	if req.Models != nil {
 		for _, id := range req.Models {
-			if !slices.ContainsFunc(members, func(m *member) bool { return m.model.ID == id }) {
+			if !slices.ContainsFunc(members, func(t target) bool { return t.model.ID == id }) {
 				results = append(results, Result{Model: discovery.Model{ID: id}, Status: Unavailable, Code: "NOT_FOUND", Message: "no such model in the membership"})
 			}
 		}
@@ -195,7 +195,7 @@ func (c *Client) fan(ctx context.Context, rpc string, req Request, do func(conte
 				return r
 			}
 		}
-		ans := do(ctx, m, a)
+		ans := do(ctx, m.member, a)
 		r.Latency = time.Since(t0)
 		switch {
 		case ans.err != nil:

@@ -289,27 +289,34 @@ func (c *Client) dial(md discovery.Model) (*member, error) {
 	return newMember(md, cc), nil
 }
 
+// target is a member as a fan-out sees it: the model as it was when the
+// fan-out started (update may change member.model's meta under c.mu).
+type target struct {
+	*member
+	model discovery.Model
+}
+
 // snapshot takes a reference on the members to call (all, or those named),
 // in model id order. Release each with release.
-func (c *Client) snapshot(only []string) []*member {
+func (c *Client) snapshot(only []string) []target {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var ms []*member
+	var ts []target
 	if only == nil {
-		ms = make([]*member, 0, len(c.members))
+		ts = make([]target, 0, len(c.members))
 		for _, m := range c.members {
-			ms = append(ms, m)
+			ts = append(ts, target{m, m.model})
 		}
 	} else {
 		for _, id := range only {
 			if m := c.members[id]; m != nil {
-				ms = append(ms, m)
+				ts = append(ts, target{m, m.model})
 			}
 		}
 	}
-	slices.SortFunc(ms, func(a, b *member) int { return compare(a.model.ID, b.model.ID) })
-	for _, m := range ms {
-		m.acquire()
+	slices.SortFunc(ts, func(a, b target) int { return compare(a.model.ID, b.model.ID) })
+	for _, t := range ts {
+		t.acquire()
 	}
-	return ms
+	return ts
 }

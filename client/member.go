@@ -14,7 +14,7 @@ import (
 // member is one model's connection. Fan-outs hold a reference while they
 // call it; a retired member closes its connection when the last one goes.
 type member struct {
-	model  discovery.Model
+	model  discovery.Model // guarded by Client.mu (its Meta may change)
 	cc     *grpc.ClientConn
 	ds     dspb.DynamicSubclassServiceClient
 	ti     tipb.TrainInferServiceClient
