@@ -262,7 +262,7 @@ func BenchmarkFanOut(b *testing.B) {
 func grpcDefaults() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithInitialWindowSize(0), grpc.WithInitialConnWindowSize(0),
-		grpc.WithReadBufferSize(32 << 10), grpc.WithWriteBufferSize(32 << 10), grpc.WithSharedWriteBuffer(false),
+		grpc.WithReadBufferSize(32 << 10), grpc.WithWriteBufferSize(32 << 10),
 	}
 }
 

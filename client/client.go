@@ -259,10 +259,10 @@ func (c *Client) dialOptions(md discovery.Model) []grpc.DialOption {
 		// No idle per-connection buffers: most connections are idle
 		// between fan-outs, and memory per model counts at 1,000 models.
 		// Reads need no bufio (crypto/tls already holds a decrypted
-		// record); the write buffer comes from a pool for each flush.
+		// record); the write buffer comes from a pool for each flush
+		// (grpc-go's default since 1.7x).
 		grpc.WithReadBufferSize(readBufferSize(c.cfg.TLS != nil)),
 		grpc.WithWriteBufferSize(32 << 10),
-		grpc.WithSharedWriteBuffer(true),
 		// Keep connections up between fan-outs (grpc-go would go idle
 		// after 30 minutes and pay a handshake on the next call).
 		grpc.WithIdleTimeout(0),

@@ -242,8 +242,7 @@ func (i *Issuer) pool(ctx context.Context, c *vaultapi.Client) (*x509.CertPool, 
 		if old := i.cur.Load(); old != nil {
 			return old.pool, nil // the trust anchor is fetched once
 		}
-		r := c.NewRequest("GET", "/v1/"+i.cfg.CAMount+"/ca/pem")
-		resp, err := c.RawRequestWithContext(ctx, r) //nolint:staticcheck // the one API for a raw PEM body
+		resp, err := c.Logical().ReadRawWithContext(ctx, i.cfg.CAMount+"/ca/pem")
 		if err != nil {
 			return nil, fmt.Errorf("vaultpki: reading %s/ca/pem: %w", i.cfg.CAMount, err)
 		}
