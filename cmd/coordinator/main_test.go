@@ -7,12 +7,17 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/internal/testcluster"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/gomodel"
@@ -30,7 +35,7 @@ func TestMain(m *testing.M) {
 		})
 		return
 	}
-	os.Exit(m.Run())
+	os.Exit(testcluster.Main(m))
 }
 
 type model struct{}
@@ -191,4 +196,78 @@ func TestWatchPrintsMembership(t *testing.T) {
 			t.Errorf("watch output lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// Against a real Consul agent: models of crunch alpha come from the health
+// API with their full ids, and watch prints a model that joins.
+func TestConsulCrunch(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Consul)
+	agent := cl.Consul.Client.Agent()
+	register := func(id, addr string) {
+		t.Helper()
+		host, port, _ := net.SplitHostPort(addr)
+		p, _ := strconv.Atoi(port)
+		err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
+			ID: "model-node-" + id, Name: consul.ServiceName("alpha"), Tags: []string{id}, Address: host, Port: p,
+			Meta:  map[string]string{consul.MetaModelID: id, consul.MetaModel: "Full" + id},
+			Check: &consulapi.AgentServiceCheck{TTL: "10m", Status: consulapi.HealthPassing},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startRunner(t)
+	register("a", a)
+	waitServing(t, "a="+a, 1)
+	t.Setenv("COORDINATOR_CONSUL_ADDR", cl.Consul.Addr)
+	t.Setenv("COORDINATOR_CONSUL_TOKEN", cl.Consul.Token)
+	code, out, stderr := runCLI(t, "models", "--crunch", "alpha", "--plaintext")
+	if code != 0 || !strings.Contains(out, a) || !strings.Contains(out, " SERVING ") || !strings.Contains(out, "Fulla") {
+		t.Errorf("models of crunch alpha: exit %d\n%s%s", code, out, stderr)
+	}
+
+	var buf syncBuffer
+	done := make(chan int)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() { done <- run(ctx, []string{"watch", "--crunch", "alpha", "--plaintext"}, &buf, &buf) }()
+	waitFor(t, &buf, "+ a "+a)
+	register("b", "127.0.0.1:7777")
+	waitFor(t, &buf, "+ b 127.0.0.1:7777")
+	if err := agent.ServiceDeregister("model-node-a"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, &buf, "- a "+a)
+	cancel() // as Ctrl-C does
+	if code := <-done; code != 0 {
+		t.Errorf("watch ended with exit %d:\n%s", code, buf.String())
+	}
+}
+
+func waitFor(t *testing.T, buf *syncBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(buf.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("watch never printed %q:\n%s", want, buf.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
