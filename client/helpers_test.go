@@ -83,11 +83,18 @@ type testRunner struct {
 // (plaintext).
 func startRunner(t testing.TB, tls *tlsfiles.Reloader) *testRunner {
 	t.Helper()
+	return startRunnerAt(t, tls, "127.0.0.1:0")
+}
+
+// startRunnerAt is startRunner on a given address (a runner restarted
+// where it was).
+func startRunnerAt(t testing.TB, tls *tlsfiles.Reloader, addr string) *testRunner {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -116,3 +116,44 @@ func TestResultStatuses(t *testing.T) {
 		t.Errorf("members: %+v", ms)
 	}
 }
+
+// A runner that goes away and comes back on the same address is called
+// again on the same long-lived connection's reconnect, without the
+// membership changing.
+func TestReconnectsWhenRunnerReturns(t *testing.T) {
+	r := startRunner(t, nil)
+	ctx := ctxTimeout(t, time.Minute)
+	c, err := client.New(client.Config{Plaintext: true, Source: discovery.Static{{ID: "m", Target: r.addr}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.Run(ctx) }()
+	if err := c.WaitMembership(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitAllServing(t, c, 1)
+	req := client.Request{Timeout: 2 * time.Second}
+	if res := c.Setup(ctx, "test.Model", req)[0]; !res.OK() {
+		t.Fatalf("setup: %s %s", res.Status, res.Message)
+	}
+	r.kill(t)
+	if res := c.Call(ctx, "echo", req)[0]; res.Status != client.Unavailable {
+		t.Errorf("call while the runner is gone: %s %s, want unavailable", res.Status, res.Message)
+	}
+	startRunnerAt(t, nil, r.addr)
+	t0 := time.Now()
+	for {
+		res := c.Setup(ctx, "test.Model", req)[0]
+		if res.OK() {
+			break
+		}
+		if time.Since(t0) > 20*time.Second {
+			t.Fatalf("never reconnected: %s %s", res.Status, res.Message)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("called again %v after the runner came back", time.Since(t0).Round(time.Millisecond))
+	if res := c.Call(ctx, "echo", req)[0]; !res.OK() {
+		t.Errorf("call after reconnecting: %s %s", res.Status, res.Message)
+	}
+}
