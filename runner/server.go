@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/modelnodes/modelnodes/internal/delegation"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
@@ -62,6 +63,9 @@ type Config struct {
 	// model's services (health and reflection stay open to any caller that
 	// passed the TLS handshake). Needs TLS with a client CA.
 	Authorizer *authz.Authorizer
+	// Delegation, when set, returns the cruncher's wallet delegation, which
+	// the runner sends as response headers on every model call.
+	Delegation func() *delegation.Proof
 	// Worker says how to run the model worker.
 	Worker worker.Config
 	// Logger receives structured logs.
@@ -113,6 +117,9 @@ func New(cfg Config) *Server {
 	if cfg.Authorizer != nil {
 		interceptors = append(interceptors, cfg.Authorizer.UnaryInterceptor(IsModelMethod))
 	}
+	if cfg.Delegation != nil {
+		interceptors = append(interceptors, delegationHeaders(cfg.Delegation))
+	}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(creds),
 		grpc.ChainUnaryInterceptor(interceptors...),
@@ -134,6 +141,17 @@ func New(cfg Config) *Server {
 // model's services (as opposed to health or reflection).
 func IsModelMethod(fullMethod string) bool {
 	return strings.HasPrefix(fullMethod, "/dynamic_subclass.") || strings.HasPrefix(fullMethod, "/train_infer.")
+}
+
+// delegationHeaders sends the wallet delegation with every model call's
+// response headers, as CrunchDAO's runner does.
+func delegationHeaders(proof func() *delegation.Proof) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if p := proof(); p != nil && IsModelMethod(info.FullMethod) {
+			_ = grpc.SetHeader(ctx, p.Headers())
+		}
+		return handler(ctx, req)
+	}
 }
 
 // ServeHealth serves only the health service on lis until ctx ends: a port

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/modelnodes/modelnodes/internal/delegation"
 	"github.com/modelnodes/modelnodes/internal/envflag"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
 	"github.com/modelnodes/modelnodes/runner"
@@ -41,6 +42,7 @@ const usage = `model-runner: serve one model over gRPC (CrunchDAO model runner p
 Usage:
   model-runner serve --model-dir DIR [--listen ADDR] (--tls-cert F --tls-key F [--tls-client-ca F] | --plaintext)
   model-runner python-host > host.py     print the embedded Python worker host
+  model-runner delegation sign ...       sign a wallet delegation for a runner's key (crunchers)
 
 The model runs in a worker process started by the runner: with --runtime python
 the submission directory is loaded by the embedded host (main.py or its
@@ -61,6 +63,11 @@ func main() {
 		}
 	case "python-host":
 		_, _ = os.Stdout.Write(pyhost.Script())
+	case "delegation":
+		if err := delegationCmd(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "model-runner delegation:", err)
+			os.Exit(1)
+		}
 	default:
 		fmt.Fprintf(os.Stderr, "model-runner: unknown command %q\n\n%s", os.Args[1], usage)
 		os.Exit(2)
@@ -78,6 +85,7 @@ type options struct {
 	hostDir, workerWrapper           string
 	crunch, certHashes, authzFile    string
 	crlFile, healthListen            string
+	delegationFile                   string
 	logLevel                         string
 	logJSON                          bool
 }
@@ -106,6 +114,7 @@ func parse(args []string) (*options, error) {
 	fs.StringVar(&o.authzFile, "authz-file", "", `JSON {"crunch": ..., "coordinator_cert_hashes": [...]}, re-read when it changes (instead of --crunch and --coordinator-cert-hash)`)
 	fs.StringVar(&o.crlFile, "tls-crl", "", "the CA's revocation list (PEM or DER); revoked coordinators are refused; re-read when it changes")
 	fs.StringVar(&o.healthListen, "health-listen", "", "also serve only the gRPC health service, without TLS, on this address (for Consul checks)")
+	fs.StringVar(&o.delegationFile, "delegation", "", "the cruncher's wallet delegation (from `model-runner delegation sign`), sent with every model call; re-read when it changes")
 	fs.StringVar(&o.hostDir, "host-dir", "", "where to write the Python host script (default: a private temp dir); a sandboxing wrapper must show it to the worker")
 	fs.StringVar(&o.workerWrapper, "worker-wrapper", "", "command prefixed to the worker's argv, e.g. a sandbox (a JSON array, or words split on spaces); the Nomad driver sets it")
 	fs.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
@@ -206,6 +215,14 @@ func serve(args []string) error {
 			log.Warn("no crunch to check: any coordinator with a certificate from the CA may call the model")
 		}
 	}
+	var deleg *delegation.Reloader
+	if o.delegationFile != "" {
+		if deleg, err = delegation.NewReloader(o.delegationFile); err != nil {
+			return fmt.Errorf("--delegation: %w", err)
+		}
+		cfg.Delegation = deleg.Proof
+		checkDelegation(log, deleg.Proof(), cfg.TLS)
+	}
 	srv = runner.New(cfg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -233,6 +250,11 @@ func serve(args []string) error {
 	if cfg.Authorizer != nil {
 		go cfg.Authorizer.Watch(ctx, o.tlsReload)
 	}
+	if deleg != nil {
+		go deleg.Watch(ctx, o.tlsReload, func(err error) {
+			log.Error("the delegation file changed but cannot be used; keeping the previous one", "error", err)
+		})
+	}
 	if o.healthListen != "" {
 		hl, err := net.Listen("tcp", o.healthListen)
 		if err != nil {
@@ -255,6 +277,22 @@ func serve(args []string) error {
 		return fmt.Errorf("--listen: %w", err)
 	}
 	return srv.Serve(ctx, lis, o.drain)
+}
+
+// checkDelegation warns when the delegation cannot satisfy a coordinator: it
+// covers another key than the runner's, or it has expired.
+func checkDelegation(log hclog.Logger, p *delegation.Proof, tlsr *tlsfiles.Reloader) {
+	m, err := p.Decode()
+	if err != nil {
+		log.Error("the delegation message is unreadable", "error", err)
+		return
+	}
+	if time.Now().Unix() >= m.ExpiresAt {
+		log.Error("the delegation has expired: coordinators will refuse this runner", "expires_at", time.Unix(m.ExpiresAt, 0).UTC())
+	}
+	if tlsr != nil && m.CertPub != delegation.CertPub(tlsr.Certificate().Leaf.RawSubjectPublicKeyInfo) {
+		log.Error("the delegation covers another TLS key than this runner's: coordinators will refuse it")
+	}
 }
 
 // workerCommand returns the worker's argv for the chosen runtime.

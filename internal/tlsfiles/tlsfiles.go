@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/modelnodes/modelnodes/internal/filewatch"
 )
 
 // Files names the PEM files. CAFile is optional: for a server it enables and
@@ -64,24 +66,15 @@ func (r *Reloader) Reload() (bool, error) {
 
 // Watch polls the files every interval until ctx ends.
 func (r *Reloader) Watch(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_, _ = r.Reload()
-		}
-	}
+	filewatch.Every(ctx, interval, func() { _, _ = r.Reload() })
 }
 
 func (r *Reloader) reload() (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	stamp, err := r.stamp()
+	stamp, err := filewatch.Stamp(r.files.CertFile, r.files.KeyFile, r.files.CAFile)
 	if err != nil {
-		return false, r.remember(err)
+		return false, r.remember(fmt.Errorf("tls: %w", err))
 	}
 	if old := r.cur.Load(); old != nil && old.stamp == stamp {
 		return false, r.remember(nil)
@@ -111,23 +104,6 @@ func (r *Reloader) reload() (bool, error) {
 func (r *Reloader) remember(err error) error {
 	r.lastErr = err
 	return err
-}
-
-// stamp summarizes size, mtime and inode of each file, so a rewrite in place
-// and an atomic rename are both noticed.
-func (r *Reloader) stamp() (string, error) {
-	s := ""
-	for _, name := range []string{r.files.CertFile, r.files.KeyFile, r.files.CAFile} {
-		if name == "" {
-			continue
-		}
-		fi, err := os.Stat(name)
-		if err != nil {
-			return "", fmt.Errorf("tls: %w", err)
-		}
-		s += fmt.Sprintf("%s:%d:%d:%v;", name, fi.Size(), fi.ModTime().UnixNano(), inode(fi))
-	}
-	return s, nil
 }
 
 // Certificate returns the certificate in use.

@@ -37,6 +37,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/modelnodes/modelnodes/internal/filewatch"
 )
 
 // CrunchURIPrefix starts the URI SAN that names a coordinator's crunch.
@@ -174,24 +176,12 @@ func (a *Authorizer) Reload() (bool, error) {
 
 // Watch re-reads changed files every interval until ctx ends.
 func (a *Authorizer) Watch(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_, _ = a.Reload()
-		}
-	}
+	filewatch.Every(ctx, interval, func() { _, _ = a.Reload() })
 }
 
 func stamp(path string) string {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return ""
-	}
-	return fmt.Sprintf("%d:%d", fi.Size(), fi.ModTime().UnixNano())
+	s, _ := filewatch.Stamp(path)
+	return s
 }
 
 func (a *Authorizer) fileChanged(path string) bool {
