@@ -1,0 +1,265 @@
+package jobs
+
+import (
+	"fmt"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+)
+
+// Job meta keys. The first four are those client/discovery/consul reads on
+// the Consul service as well.
+const (
+	MetaModelID  = "model_id" // ShortID: names the job and the certificate
+	MetaModel    = "model"    // full model id
+	MetaCrunch   = "crunch"   // crunch id (base58) or name
+	MetaCruncher = "cruncher" // cruncher's wallet
+
+	MetaCrunchName  = "crunch_name"
+	MetaHotkey      = "hotkey"
+	MetaSubmission  = "submission_id"
+	MetaCoordinator = "coordinator"
+	MetaCertHash    = "coordinator_cert_hash"
+	MetaCertHash2   = "coordinator_cert_hash_secondary"
+	// MetaManaged marks the jobs the scheduler owns; MetaSpec is SpecHash.
+	MetaManaged = "modelnodes_managed"
+	MetaSpec    = "modelnodes_spec"
+	MetaSource  = "modelnodes_source"
+)
+
+// Options are the deployment's choices, the same for every model.
+type Options struct {
+	Region      string   `json:"region,omitempty"`
+	Namespace   string   `json:"namespace,omitempty"`
+	Datacenters []string `json:"datacenters,omitempty"` // default ["*"]
+	Priority    int      `json:"priority,omitempty"`    // default 50
+	// Driver is the name the modelbox plugin reports (default "modelbox").
+	Driver string `json:"driver,omitempty"`
+	// VaultRole is the JWT role runners log in with (default "runner");
+	// PKIIssuePath the PKI endpoint (default "pki_int/issue/runner");
+	// CertTTL the certificate's lifetime (default "24h").
+	VaultRole    string `json:"vault_role,omitempty"`
+	PKIIssuePath string `json:"pki_issue_path,omitempty"`
+	CertTTL      string `json:"cert_ttl,omitempty"`
+	// CheckTLSSkipVerify lets Consul's gRPC check skip verifying the
+	// runner's certificate (for a Consul agent without the model CA).
+	CheckTLSSkipVerify bool `json:"check_tls_skip_verify,omitempty"`
+	// Plaintext runs runners without TLS and without Vault (tests and
+	// laptops only: CrunchDAO's client refuses it in secure mode).
+	Plaintext bool `json:"plaintext,omitempty"`
+	// GPUNodeClass, when set, also constrains GPU models to nodes of this
+	// node class (besides requesting the "gpu" device).
+	GPUNodeClass string `json:"gpu_node_class,omitempty"`
+}
+
+func (o *Options) withDefaults() Options {
+	r := *o
+	if len(r.Datacenters) == 0 {
+		r.Datacenters = []string{"*"}
+	}
+	if r.Priority == 0 {
+		r.Priority = 50
+	}
+	if r.Driver == "" {
+		r.Driver = "modelbox"
+	}
+	if r.VaultRole == "" {
+		r.VaultRole = "runner"
+	}
+	if r.PKIIssuePath == "" {
+		r.PKIIssuePath = "pki_int/issue/runner"
+	}
+	if r.CertTTL == "" {
+		r.CertTTL = "24h"
+	}
+	return r
+}
+
+// Names inside every job.
+const (
+	GroupName = "model"
+	TaskName  = "model"
+	PortLabel = "grpc"
+	// TLSBundle holds certificate, chain and key (one pkiCert template: two
+	// would issue two key pairs); ClientCA the root coordinators chain to.
+	TLSBundle = "secrets/tls.pem"
+	ClientCA  = "secrets/ca.crt"
+)
+
+// CertTemplate renders the runner's bundle as docs/vault.md prescribes; the
+// common name is derived from the job id, which Vault's runner role binds.
+func CertTemplate(issuePath, ttl string) string {
+	return fmt.Sprintf(`{{ with pkiCert %q (printf "common_name=%%s.crunchdao.internal" (env "NOMAD_JOB_ID")) "ttl=%s" }}
+{{- .Cert }}
+{{ .CA }}
+{{ .Key }}
+{{ end }}`, issuePath, ttl)
+}
+
+// CATemplate renders the public root CA (no Vault policy needed).
+const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}`
+
+// Build returns the job of one model. The model must pass Validate.
+func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("model %s of crunch %s: %w", m.ModelID, m.Crunch, err)
+	}
+	o := opts.withDefaults()
+	id := JobID(m)
+	job := nomadapi.NewServiceJob(id, id, o.Region, o.Priority)
+	if o.Namespace != "" {
+		job.Namespace = &o.Namespace
+	}
+	job.Datacenters = o.Datacenters
+	job.Meta = jobMeta(m, opts)
+
+	runtime := m.Runtime
+	if runtime == "" {
+		runtime = "python"
+	}
+	cfg := map[string]any{
+		"model_dir": "local/model",
+		"runtime":   runtime,
+		"port":      PortLabel,
+	}
+	if m.ArtifactURL == "" {
+		cfg["model_dir"] = m.ModelDir
+	}
+	if m.Entry != "" {
+		cfg["entry"] = m.Entry
+	}
+	if o.Plaintext {
+		cfg["plaintext"] = true
+	} else {
+		cfg["tls"] = []map[string]any{{"cert": TLSBundle, "key": TLSBundle, "client_ca": ClientCA}}
+	}
+
+	task := nomadapi.NewTask(TaskName, o.Driver)
+	task.Config = cfg
+	cpu, mem, gpus := resources(m)
+	task.Resources = &nomadapi.Resources{CPU: &cpu, MemoryMB: &mem}
+	if gpus > 0 {
+		n := uint64(gpus)
+		task.Resources.Devices = []*nomadapi.RequestedDevice{{Name: "gpu", Count: &n}}
+	}
+	if m.ArtifactURL != "" {
+		art := &nomadapi.TaskArtifact{GetterSource: new(m.ArtifactURL), RelativeDest: new("local/model")}
+		if m.ArtifactSHA256 != "" {
+			art.GetterOptions = map[string]string{"checksum": "sha256:" + m.ArtifactSHA256}
+		}
+		task.Artifacts = []*nomadapi.TaskArtifact{art}
+	}
+	if !o.Plaintext {
+		task.Vault = &nomadapi.Vault{Role: o.VaultRole}
+		task.Identities = []*nomadapi.WorkloadIdentity{{
+			Name: "vault_default", Audience: []string{"vault.io"}, TTL: time.Hour,
+		}}
+		task.Templates = []*nomadapi.Template{{
+			EmbeddedTmpl: new(CertTemplate(o.PKIIssuePath, o.CertTTL)),
+			DestPath:     new(TLSBundle),
+			Perms:        new("0600"),
+			ChangeMode:   new("signal"),
+			ChangeSignal: new("SIGHUP"),
+		}, {
+			EmbeddedTmpl: new(CATemplate),
+			DestPath:     new(ClientCA),
+			ChangeMode:   new("signal"),
+			ChangeSignal: new("SIGHUP"),
+		}}
+	}
+	task.KillTimeout = new(10 * time.Second)
+
+	tg := nomadapi.NewTaskGroup(GroupName, 1)
+	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: PortLabel}}}}
+	check := nomadapi.ServiceCheck{
+		Name:     "grpc-health",
+		Type:     "grpc",
+		Interval: 10 * time.Second,
+		Timeout:  2 * time.Second,
+	}
+	if !o.Plaintext {
+		check.GRPCUseTLS = true
+		check.TLSSkipVerify = o.CheckTLSSkipVerify
+	}
+	tg.Services = []*nomadapi.Service{{
+		Name:      ServiceName(m.Crunch),
+		Provider:  "consul", // Nomad's own provider cannot run gRPC checks
+		PortLabel: PortLabel,
+		Meta: map[string]string{
+			MetaModelID:  ShortID(m),
+			MetaModel:    m.ModelID,
+			MetaCrunch:   crunchMeta(m),
+			MetaCruncher: m.Cruncher,
+		},
+		Checks: []nomadapi.ServiceCheck{check},
+	}}
+	// A crashing model restarts in place a few times, then Nomad reschedules
+	// it with exponential delays; the scheduler's crash-loop backoff sits on
+	// top (docs/scheduler.md).
+	tg.RestartPolicy = &nomadapi.RestartPolicy{
+		Attempts: new(3), Interval: new(5 * time.Minute), Delay: new(5 * time.Second), Mode: new("fail"),
+	}
+	tg.ReschedulePolicy = &nomadapi.ReschedulePolicy{
+		Delay: new(30 * time.Second), DelayFunction: new("exponential"), MaxDelay: new(time.Hour),
+		Unlimited: new(true),
+	}
+	tg.Update = &nomadapi.UpdateStrategy{
+		MaxParallel: new(1), HealthCheck: new("checks"), MinHealthyTime: new(10 * time.Second),
+		HealthyDeadline: new(5 * time.Minute), ProgressDeadline: new(10 * time.Minute),
+		AutoRevert: new(true),
+	}
+	// The "gpu" device request already keeps GPU models off nodes without
+	// one; a node class narrows it further where operators use classes.
+	if m.Hardware == GPU {
+		if o.GPUNodeClass != "" {
+			tg.Constraints = append(tg.Constraints, nomadapi.NewConstraint("${node.class}", "=", o.GPUNodeClass))
+		}
+	}
+	tg.AddTask(task)
+	job.AddTaskGroup(tg)
+	return job, nil
+}
+
+func crunchMeta(m *Model) string {
+	if m.CrunchID != "" {
+		return m.CrunchID
+	}
+	return m.Crunch
+}
+
+func jobMeta(m *Model, opts *Options) map[string]string {
+	meta := map[string]string{
+		MetaManaged:    "true",
+		MetaSpec:       SpecHash(m, opts),
+		MetaModelID:    ShortID(m),
+		MetaModel:      m.ModelID,
+		MetaCrunch:     crunchMeta(m),
+		MetaCrunchName: m.Crunch,
+	}
+	for k, v := range map[string]string{
+		MetaCruncher: m.Cruncher, MetaHotkey: m.Hotkey, MetaSubmission: m.SubmissionID,
+		MetaCoordinator: m.Coordinator, MetaCertHash: m.CertHash, MetaCertHash2: m.CertHashSecondary,
+	} {
+		if v != "" {
+			meta[k] = v
+		}
+	}
+	return meta
+}
+
+func resources(m *Model) (cpu, mem, gpus int) {
+	cpu, mem = 500, 512
+	if m.Hardware == GPU {
+		cpu, mem, gpus = 2000, 4096, 1
+	}
+	if m.CPU > 0 {
+		cpu = m.CPU
+	}
+	if m.MemoryMB > 0 {
+		mem = m.MemoryMB
+	}
+	if m.GPUs > 0 && m.Hardware == GPU {
+		gpus = m.GPUs
+	}
+	return cpu, mem, gpus
+}

@@ -1,0 +1,175 @@
+// Package jobs turns one model authorization into one Nomad job: the
+// modelbox driver (docs/driver.md), resources from the hardware type, a
+// Consul service with a gRPC health check, a Vault workload identity and the
+// template that renders the runner's certificate (docs/vault.md), and
+// restart, reschedule and update policies. The job id is derived from the
+// model's on-chain ids; the full ids travel in meta only.
+package jobs
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Hardware is the kind of node a model needs.
+type Hardware string
+
+const (
+	CPU Hardware = "cpu"
+	GPU Hardware = "gpu"
+)
+
+// Model is one authorized model, as every source of desired state reports
+// it. Ids are kept exactly as the source spells them (base58 keys, CrunchDAO
+// ids); the job builder derives DNS-safe names from them.
+type Model struct {
+	// Crunch is the crunch's name (e.g. "mid-one"); the Consul service is
+	// "crunch-<name>" (lowercased, see ServiceName).
+	Crunch string `json:"crunch"`
+	// CrunchID is the crunch's on-chain id (base58 public key), if known.
+	CrunchID string `json:"crunch_id,omitempty"`
+	// ModelID is the model's full id (base58 or CrunchDAO's id).
+	ModelID string `json:"model_id"`
+	// Cruncher is the cruncher's wallet (base58) and Hotkey its hotkey.
+	Cruncher string `json:"cruncher,omitempty"`
+	Hotkey   string `json:"hotkey,omitempty"`
+	// SubmissionID names the submitted code; ArtifactURL is where the node
+	// fetches it (any go-getter source) and ArtifactSHA256 its digest
+	// (hex), checked by Nomad before the model starts.
+	SubmissionID   string `json:"submission_id,omitempty"`
+	ArtifactURL    string `json:"artifact_url,omitempty"`
+	ArtifactSHA256 string `json:"artifact_sha256,omitempty"`
+	// ModelDir is a submission already on the node (development only);
+	// used when ArtifactURL is empty.
+	ModelDir string `json:"model_dir,omitempty"`
+	// Runtime is "python" (default) or "executable"; Entry as in docs/driver.md.
+	Runtime string `json:"runtime,omitempty"`
+	Entry   string `json:"entry,omitempty"`
+
+	Hardware Hardware `json:"hardware"`
+	CPU      int      `json:"cpu_mhz,omitempty"`   // default 500 (cpu) / 2000 (gpu)
+	MemoryMB int      `json:"memory_mb,omitempty"` // default 512 (cpu) / 4096 (gpu)
+	GPUs     int      `json:"gpus,omitempty"`      // default 1 on gpu
+
+	// Coordinator is the wallet of the crunch's coordinator; CertHash and
+	// CertHashSecondary the lowercase hex SHA-256 of the public keys it
+	// may call with (docs/onchain.md).
+	Coordinator       string `json:"coordinator,omitempty"`
+	CertHash          string `json:"cert_hash,omitempty"`
+	CertHashSecondary string `json:"cert_hash_secondary,omitempty"`
+
+	// Running is the desired state: false means the model must be stopped.
+	Running bool `json:"running"`
+}
+
+// Validate reports what makes m unusable for a job.
+func (m *Model) Validate() error {
+	var errs []error
+	if m.Crunch == "" {
+		errs = append(errs, errors.New("no crunch"))
+	} else if ServiceName(m.Crunch) == "" {
+		errs = append(errs, fmt.Errorf("crunch name %q has no DNS-safe characters", m.Crunch))
+	}
+	if m.ModelID == "" {
+		errs = append(errs, errors.New("no model id"))
+	}
+	switch m.Hardware {
+	case CPU, GPU:
+	default:
+		errs = append(errs, fmt.Errorf("hardware %q is neither cpu nor gpu", m.Hardware))
+	}
+	switch m.Runtime {
+	case "", "python", "executable":
+	default:
+		errs = append(errs, fmt.Errorf("runtime %q is neither python nor executable", m.Runtime))
+	}
+	if m.ArtifactURL == "" && m.ModelDir == "" {
+		errs = append(errs, errors.New("neither an artifact nor a model dir"))
+	}
+	if m.ArtifactSHA256 != "" && !isHex(m.ArtifactSHA256, 64) {
+		errs = append(errs, fmt.Errorf("artifact digest %q is not 64 hex digits", m.ArtifactSHA256))
+	}
+	if m.CPU < 0 || m.MemoryMB < 0 || m.GPUs < 0 {
+		errs = append(errs, errors.New("negative resources"))
+	}
+	return errors.Join(errs...)
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// JobPrefix starts every job id the scheduler owns; the Vault runner role
+// only issues certificates to jobs named so.
+const JobPrefix = "model-node-"
+
+var lowerBase32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// ShortID is the model's DNS-safe id: 16 lowercase base32 characters of
+// SHA-256(crunch id or name, NUL, model id). 80 bits keep collisions out of
+// reach for any realistic number of models; the same model always gets the
+// same id, whichever scheduler instance computes it.
+func ShortID(m *Model) string {
+	crunch := m.CrunchID
+	if crunch == "" {
+		crunch = m.Crunch
+	}
+	sum := sha256.Sum256([]byte(crunch + "\x00" + m.ModelID))
+	return lowerBase32.EncodeToString(sum[:10])
+}
+
+// JobID is the Nomad job id of m: "model-node-<ShortID>" (27 characters).
+// It is also the runner's certificate name (<job id>.crunchdao.internal).
+func JobID(m *Model) string { return JobPrefix + ShortID(m) }
+
+// ServiceName is the Consul service of a crunch's models, "crunch-<name>",
+// with the name lowercased and anything but [a-z0-9-] turned into '-'
+// (Consul lowercases service names anyway). Empty when nothing is left.
+func ServiceName(crunch string) string {
+	var b strings.Builder
+	for _, c := range strings.ToLower(crunch) {
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+			b.WriteRune(c)
+		default:
+			b.WriteByte('-')
+		}
+	}
+	s := strings.Trim(b.String(), "-")
+	if s == "" {
+		return ""
+	}
+	if len(s) > 50 {
+		s = strings.TrimRight(s[:50], "-")
+	}
+	return "crunch-" + s
+}
+
+// SpecHash fingerprints everything the job is built from (the model and the
+// builder's options): the reconciler compares it with the one in a job's
+// meta to decide whether the job must be updated, without reading the job.
+func SpecHash(m *Model, o *Options) string {
+	b, _ := json.Marshal(struct {
+		V int
+		M *Model
+		O *Options
+	}{specVersion, m, o})
+	sum := sha256.Sum256(b)
+	return lowerBase32.EncodeToString(sum[:15])
+}
+
+// specVersion changes whenever Build changes the jobs it produces for the
+// same input, so that an upgraded scheduler rolls the new shape out.
+const specVersion = 1

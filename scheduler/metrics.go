@@ -1,0 +1,127 @@
+package scheduler
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the scheduler's Prometheus metrics, on their own registry.
+// A nil *Metrics records nothing.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	leader        prometheus.Gauge
+	desired       prometheus.Gauge
+	models        *prometheus.GaugeVec
+	sourceUp      *prometheus.GaugeVec
+	sourceErrors  *prometheus.CounterVec
+	sourceModels  *prometheus.GaugeVec
+	sourceSkipped *prometheus.GaugeVec
+	sourceLastOK  *prometheus.GaugeVec
+	reconciles    *prometheus.CounterVec
+	reconcileDur  prometheus.Histogram
+	writes        *prometheus.CounterVec
+	backoffs      prometheus.Counter
+}
+
+// NewMetrics registers the scheduler's metrics on a new registry.
+func NewMetrics() *Metrics {
+	const ns = "modelnodes_scheduler"
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		leader:   prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "leader", Help: "1 while this instance holds the reconcile lock."}),
+		desired:  prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "desired_models", Help: "Models the sources want running."}),
+		models: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "models",
+			Help: "Models by observed state (pending, running, healthy, failed, backoff, stopped)."}, []string{"state"}),
+		sourceUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "source_up",
+			Help: "1 when the source's last read succeeded."}, []string{"source"}),
+		sourceErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "source_errors_total",
+			Help: "Failed reads of a source (its last good state stays in force)."}, []string{"source"}),
+		sourceModels: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "source_models",
+			Help: "Models in the source's last good snapshot."}, []string{"source"}),
+		sourceSkipped: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "source_skipped_entries",
+			Help: "Entries (accounts, feed entries) skipped as invalid in the last good snapshot."}, []string{"source"}),
+		sourceLastOK: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "source_last_success_timestamp_seconds",
+			Help: "When the source was last read successfully."}, []string{"source"}),
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reconciles_total",
+			Help: "Reconcile passes by outcome (ok, partial, error)."}, []string{"outcome"}),
+		reconcileDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "reconcile_duration_seconds",
+			Help: "Duration of one reconcile pass.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "nomad_writes_total",
+			Help: "Job writes to Nomad by operation (register, stop, purge)."}, []string{"op"}),
+		backoffs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "crashloop_backoffs_total",
+			Help: "Times a crash-looping model was held stopped."}),
+	}
+	m.Registry.MustRegister(m.leader, m.desired, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
+		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.writes, m.backoffs,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *Metrics) setLeader(v bool) {
+	if m == nil {
+		return
+	}
+	if v {
+		m.leader.Set(1)
+	} else {
+		m.leader.Set(0)
+	}
+}
+
+func (m *Metrics) sourceError(s string) {
+	if m == nil {
+		return
+	}
+	m.sourceUp.WithLabelValues(s).Set(0)
+	m.sourceErrors.WithLabelValues(s).Inc()
+}
+
+func (m *Metrics) sourceOK(s string, models, skipped int, at time.Time) {
+	if m == nil {
+		return
+	}
+	m.sourceUp.WithLabelValues(s).Set(1)
+	m.sourceModels.WithLabelValues(s).Set(float64(models))
+	m.sourceSkipped.WithLabelValues(s).Set(float64(skipped))
+	m.sourceLastOK.WithLabelValues(s).Set(float64(at.Unix()))
+}
+
+func (m *Metrics) reconciled(res Result, err error, d time.Duration, desired int) {
+	if m == nil {
+		return
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	} else if len(res.Errors) > 0 {
+		outcome = "partial"
+	}
+	m.reconciles.WithLabelValues(outcome).Inc()
+	m.reconcileDur.Observe(d.Seconds())
+	m.desired.Set(float64(desired))
+}
+
+func (m *Metrics) nomadWrite(op string) {
+	if m == nil {
+		return
+	}
+	m.writes.WithLabelValues(op).Inc()
+}
+
+func (m *Metrics) setStates(counts map[string]int) {
+	if m == nil {
+		return
+	}
+	for _, s := range []string{StatePending, StateRunning, StateHealthy, StateFailed, StateBackoff, StateStopped} {
+		m.models.WithLabelValues(s).Set(float64(counts[s]))
+	}
+}
+
+func (m *Metrics) backoff() {
+	if m == nil {
+		return
+	}
+	m.backoffs.Inc()
+}

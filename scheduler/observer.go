@@ -1,0 +1,328 @@
+package scheduler
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/modelnodes/modelnodes/jobs"
+)
+
+// Model states reported by the status API and metrics.
+const (
+	StatePending = "pending"
+	StateRunning = "running"
+	StateHealthy = "healthy"
+	StateFailed  = "failed"
+	StateBackoff = "backoff"
+	StateStopped = "stopped"
+)
+
+// NomadEvents is the part of Nomad the observer reads (nomad.Client).
+type NomadEvents interface {
+	Allocations(ctx context.Context, prefix string) ([]*nomadapi.AllocationListStub, uint64, error)
+	Events(ctx context.Context, index uint64) (<-chan *nomadapi.Events, error)
+}
+
+// Backoff holds crash-looping models stopped: Failures failed allocations
+// within Window put a model on hold for Initial, doubling at each new hold
+// up to Max. A model that then runs cleanly for Window starts over.
+type Backoff struct {
+	Failures int           // default 3
+	Window   time.Duration // default 10 min
+	Initial  time.Duration // default 1 min
+	Max      time.Duration // default 1 h
+}
+
+func (b Backoff) withDefaults() Backoff {
+	if b.Failures <= 0 {
+		b.Failures = 3
+	}
+	if b.Window <= 0 {
+		b.Window = 10 * time.Minute
+	}
+	if b.Initial <= 0 {
+		b.Initial = time.Minute
+	}
+	if b.Max <= 0 {
+		b.Max = time.Hour
+	}
+	return b
+}
+
+// ModelState is one job's observed state.
+type ModelState struct {
+	JobID        string    `json:"job_id"`
+	State        string    `json:"state"`
+	Reason       string    `json:"reason,omitempty"`
+	Allocation   string    `json:"allocation,omitempty"`
+	BackoffUntil time.Time `json:"backoff_until,omitzero"`
+
+	failures  map[string]time.Time // failed alloc id -> when
+	holdUntil time.Time
+	holds     int
+	since     time.Time // failures before this are forgiven
+	allocs    map[string]*nomadapi.AllocationListStub
+}
+
+// Observer follows Nomad's allocations of our jobs through the event stream
+// (re-reading them after every reconnect) to report each model's state and
+// to decide crash-loop holds.
+type Observer struct {
+	Nomad   NomadEvents
+	Backoff Backoff
+	Logger  hclog.Logger
+	Metrics *Metrics
+	// OnChange is called (without locks held) when a job's allocations or
+	// a hold changed, so the leader can reconcile.
+	OnChange func()
+	now      func() time.Time
+
+	mu     sync.Mutex
+	states map[string]*ModelState
+}
+
+func (o *Observer) clock() time.Time {
+	if o.now != nil {
+		return o.now()
+	}
+	return time.Now()
+}
+
+// Run follows the event stream until ctx ends.
+func (o *Observer) Run(ctx context.Context) {
+	log := o.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	delay := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		err := o.follow(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("nomad event stream ended; reconnecting and re-reading allocations", "error", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 15*time.Second)
+	}
+}
+
+func (o *Observer) follow(ctx context.Context) error {
+	stubs, index, err := o.Nomad.Allocations(ctx, jobs.JobPrefix)
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	if o.states == nil {
+		o.states = map[string]*ModelState{}
+	}
+	for _, st := range o.states {
+		st.allocs = map[string]*nomadapi.AllocationListStub{}
+	}
+	for _, a := range stubs {
+		o.add(a)
+	}
+	o.refreshAll()
+	o.mu.Unlock()
+	o.changed()
+	ch, err := o.Nomad.Events(ctx, index+1)
+	if err != nil {
+		return err
+	}
+	for evs := range ch {
+		if evs.Err != nil {
+			return evs.Err
+		}
+		if evs.IsHeartbeat() {
+			continue
+		}
+		touched := false
+		for _, e := range evs.Events {
+			switch e.Topic {
+			case nomadapi.TopicAllocation:
+				a, err := e.Allocation()
+				if err != nil || a == nil || len(a.JobID) < len(jobs.JobPrefix) || a.JobID[:len(jobs.JobPrefix)] != jobs.JobPrefix {
+					continue
+				}
+				o.mu.Lock()
+				o.add(a.Stub())
+				o.refresh(a.JobID)
+				o.mu.Unlock()
+				touched = true
+			case nomadapi.TopicJob:
+				if len(e.Key) >= len(jobs.JobPrefix) && e.Key[:len(jobs.JobPrefix)] == jobs.JobPrefix {
+					touched = true
+				}
+			}
+		}
+		if touched {
+			o.changed()
+		}
+	}
+	return ctx.Err()
+}
+
+func (o *Observer) changed() {
+	o.mu.Lock()
+	counts := map[string]int{}
+	for _, st := range o.states {
+		counts[st.State]++
+	}
+	o.mu.Unlock()
+	o.Metrics.setStates(counts)
+	if o.OnChange != nil {
+		o.OnChange()
+	}
+}
+
+// add records an allocation; o.mu held.
+func (o *Observer) add(a *nomadapi.AllocationListStub) {
+	st := o.states[a.JobID]
+	if st == nil {
+		st = &ModelState{JobID: a.JobID, allocs: map[string]*nomadapi.AllocationListStub{}, failures: map[string]time.Time{}}
+		o.states[a.JobID] = st
+	}
+	st.allocs[a.ID] = a
+	if a.ClientStatus == nomadapi.AllocClientStatusFailed {
+		if _, seen := st.failures[a.ID]; !seen {
+			st.failures[a.ID] = time.Unix(0, a.ModifyTime)
+		}
+	}
+}
+
+func (o *Observer) refreshAll() {
+	for id := range o.states {
+		o.refresh(id)
+	}
+}
+
+// refresh recomputes a job's state and hold; o.mu held.
+func (o *Observer) refresh(jobID string) {
+	st := o.states[jobID]
+	b := o.Backoff.withDefaults()
+	now := o.clock()
+	var latest *nomadapi.AllocationListStub
+	for _, a := range st.allocs {
+		if latest == nil || a.CreateIndex > latest.CreateIndex {
+			latest = a
+		}
+	}
+	st.State, st.Reason, st.Allocation = StatePending, "", ""
+	if latest != nil {
+		st.Allocation = latest.ID
+		switch latest.ClientStatus {
+		case nomadapi.AllocClientStatusRunning:
+			st.State = StateRunning
+			if latest.DeploymentStatus != nil && latest.DeploymentStatus.Healthy != nil && *latest.DeploymentStatus.Healthy {
+				st.State = StateHealthy
+			}
+		case nomadapi.AllocClientStatusFailed, nomadapi.AllocClientStatusLost:
+			st.State, st.Reason = StateFailed, failureReason(latest)
+		case nomadapi.AllocClientStatusComplete:
+			st.State = StateStopped
+		}
+		if latest.DesiredStatus == nomadapi.AllocDesiredStatusStop && latest.ClientStatus != nomadapi.AllocClientStatusRunning {
+			if st.State != StateFailed {
+				st.State = StateStopped
+			}
+		}
+	}
+	// Crash-loop: enough recent failures since the last hold ended.
+	recent := 0
+	for id, at := range st.failures {
+		if now.Sub(at) > b.Window && at.Before(st.since) {
+			delete(st.failures, id)
+			continue
+		}
+		if at.After(st.since) && now.Sub(at) <= b.Window {
+			recent++
+		}
+	}
+	if now.After(st.holdUntil) && recent >= b.Failures {
+		d := b.Initial << min(st.holds, 20)
+		if d > b.Max || d <= 0 {
+			d = b.Max
+		}
+		st.holds++
+		st.holdUntil = now.Add(d)
+		st.since = st.holdUntil
+		o.Metrics.backoff()
+		if o.Logger != nil {
+			o.Logger.Warn("model crash-loops; holding it stopped", "job", jobID, "failures", recent, "for", d, "reason", st.Reason)
+		}
+	}
+	if st.State == StateHealthy && now.Sub(st.since) > b.Window && now.After(st.holdUntil) {
+		st.holds = 0
+	}
+	if now.Before(st.holdUntil) {
+		st.BackoffUntil = st.holdUntil
+		if st.Reason == "" {
+			st.Reason = "crash-looping"
+		}
+		st.State = StateBackoff
+	} else {
+		st.BackoffUntil = time.Time{}
+	}
+}
+
+func failureReason(a *nomadapi.AllocationListStub) string {
+	var last *nomadapi.TaskEvent
+	for _, ts := range a.TaskStates {
+		for _, e := range ts.Events {
+			if e.DisplayMessage == "" {
+				continue
+			}
+			if last == nil || e.Time > last.Time {
+				last = e
+			}
+		}
+	}
+	if last == nil {
+		return a.ClientDescription
+	}
+	return last.Type + ": " + last.DisplayMessage
+}
+
+// Held returns the jobs on crash-loop hold now, and when the next hold ends
+// (zero if none), so the leader reconciles then.
+func (o *Observer) Held() (map[string]bool, time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := o.clock()
+	held := map[string]bool{}
+	var next time.Time
+	for id, st := range o.states {
+		if now.Before(st.holdUntil) {
+			held[id] = true
+			if next.IsZero() || st.holdUntil.Before(next) {
+				next = st.holdUntil
+			}
+		}
+	}
+	return held, next
+}
+
+// States returns the observed state of every job seen, sorted by job id.
+func (o *Observer) States() []ModelState {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]ModelState, 0, len(o.states))
+	now := o.clock()
+	for _, st := range o.states {
+		c := ModelState{JobID: st.JobID, State: st.State, Reason: st.Reason, Allocation: st.Allocation}
+		if now.Before(st.holdUntil) {
+			c.BackoffUntil = st.holdUntil
+		}
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].JobID < out[j].JobID })
+	return out
+}

@@ -1,0 +1,309 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Scheduler runs the sources, the observer and, while this instance leads,
+// the reconcile loop.
+type Scheduler struct {
+	Sources    []Source
+	Reconciler *Reconciler
+	Observer   *Observer // optional
+	Elector    Elector   // default AlwaysLead
+	// Resync bounds the time between two reconcile passes when nothing
+	// happens (default 30 s).
+	Resync time.Duration
+	// Debounce gathers bursts of changes into one pass (default 20 ms).
+	Debounce time.Duration
+	Logger   hclog.Logger
+	Metrics  *Metrics
+	// OnReconcile, if set, is called after each pass (tests, benchmarks).
+	OnReconcile func(Result, error)
+
+	watcher *Watcher
+	kick    chan struct{}
+	mu      sync.Mutex
+	leading bool
+	last    *lastPass
+}
+
+type lastPass struct {
+	At       time.Time `json:"at"`
+	Duration string    `json:"duration"`
+	Result   string    `json:"result"`
+	Error    string    `json:"error,omitempty"`
+	Errors   []string  `json:"errors,omitempty"`
+}
+
+// Watcher returns the merged desired state (valid once Run started).
+func (s *Scheduler) Watcher() *Watcher { return s.watcher }
+
+func (s *Scheduler) init() {
+	if s.watcher != nil {
+		return
+	}
+	var names []string
+	for _, src := range s.Sources {
+		names = append(names, src.Name())
+	}
+	s.watcher = NewWatcher(names, s.Reconciler.Options, s.Metrics)
+	s.kick = make(chan struct{}, 1)
+	if s.Logger == nil {
+		s.Logger = hclog.NewNullLogger()
+	}
+	if s.Elector == nil {
+		s.Elector = AlwaysLead{}
+	}
+	if s.Observer != nil {
+		prev := s.Observer.OnChange
+		s.Observer.OnChange = func() {
+			s.Kick()
+			if prev != nil {
+				prev()
+			}
+		}
+	}
+}
+
+// Kick asks the leader for a reconcile pass soon.
+func (s *Scheduler) Kick() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) error {
+	s.init()
+	var wg sync.WaitGroup
+	for _, src := range s.Sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := src.Name()
+			err := src.Run(ctx, func(snap Snapshot) {
+				if snap.Err != nil {
+					s.Logger.Error("source unreadable; keeping its last good state", "source", name, "error", snap.Err)
+				}
+				for _, e := range snap.Skipped {
+					s.Logger.Warn("skipped entry", "source", name, "error", e)
+				}
+				s.watcher.Report(name, snap)
+			})
+			if err != nil && ctx.Err() == nil {
+				s.Logger.Error("source stopped", "source", name, "error", err)
+				s.watcher.Report(name, Snapshot{Err: err})
+			}
+		}()
+	}
+	if s.Observer != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Observer.Run(ctx) }()
+	}
+	for ctx.Err() == nil {
+		lctx, release, err := s.Elector.Lead(ctx)
+		if err != nil {
+			break
+		}
+		s.setLeading(true)
+		s.Logger.Info("leading: reconciling")
+		s.lead(lctx)
+		release()
+		s.setLeading(false)
+		if ctx.Err() == nil {
+			s.Logger.Warn("lost leadership; waiting to lead again")
+		}
+	}
+	wg.Wait()
+	return nil
+}
+
+func (s *Scheduler) setLeading(v bool) {
+	s.mu.Lock()
+	s.leading = v
+	s.mu.Unlock()
+	s.Metrics.setLeader(v)
+}
+
+// Leading reports whether this instance holds the lock.
+func (s *Scheduler) Leading() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leading
+}
+
+func (s *Scheduler) lead(ctx context.Context) {
+	resync := s.Resync
+	if resync <= 0 {
+		resync = 30 * time.Second
+	}
+	debounce := s.Debounce
+	if debounce <= 0 {
+		debounce = 20 * time.Millisecond
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		changed := s.watcher.Changed()
+		desired, complete := s.watcher.Desired()
+		var held map[string]bool
+		var nextHoldEnd time.Time
+		if s.Observer != nil {
+			held, nextHoldEnd = s.Observer.Held()
+		}
+		t0 := time.Now()
+		res, err := s.Reconciler.Reconcile(ctx, desired, held, complete)
+		if ctx.Err() != nil {
+			return
+		}
+		d := time.Since(t0)
+		s.Metrics.reconciled(res, err, d, len(desired))
+		s.record(res, err, d)
+		if err != nil {
+			s.Logger.Error("reconcile failed; retrying", "error", err, "in", backoff)
+		} else if res.Registered+res.Updated+res.Stopped+res.Purged > 0 || len(res.Errors) > 0 {
+			s.Logger.Info("reconciled", "result", res.String(), "took", d.Round(time.Millisecond), "complete", complete)
+		}
+		if s.OnReconcile != nil {
+			s.OnReconcile(res, err)
+		}
+		wait := resync
+		if err != nil || len(res.Errors) > 0 {
+			wait = backoff
+			backoff = min(backoff*2, 10*time.Second)
+		} else {
+			backoff = 100 * time.Millisecond
+		}
+		if !nextHoldEnd.IsZero() {
+			wait = min(wait, time.Until(nextHoldEnd)+10*time.Millisecond)
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-changed:
+		case <-s.kick:
+		case <-timer.C:
+		}
+		timer.Stop()
+		// Gather a burst (several accounts in one slot) into one pass.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(debounce):
+		}
+	}
+}
+
+func (s *Scheduler) record(res Result, err error, d time.Duration) {
+	p := &lastPass{At: time.Now(), Duration: d.Round(time.Microsecond).String(), Result: res.String()}
+	if err != nil {
+		p.Error = err.Error()
+	}
+	for i, e := range res.Errors {
+		if i == 20 {
+			break
+		}
+		p.Errors = append(p.Errors, e.Error())
+	}
+	s.mu.Lock()
+	s.last = p
+	s.mu.Unlock()
+}
+
+// ModelStatus is one model in the status API.
+type ModelStatus struct {
+	JobID    string `json:"job_id"`
+	Crunch   string `json:"crunch"`
+	ModelID  string `json:"model_id"`
+	Cruncher string `json:"cruncher,omitempty"`
+	Source   string `json:"source,omitempty"`
+	Desired  string `json:"desired"` // running, stopped, absent
+	ModelState
+}
+
+// Handler serves the status API: GET /v1/status, GET /v1/models,
+// GET /metrics (Prometheus) and GET /healthz.
+func (s *Scheduler) Handler() http.Handler {
+	s.init()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		desired, complete := s.watcher.Desired()
+		s.mu.Lock()
+		body := map[string]any{
+			"leader": s.leading, "sources_ready": complete, "desired_models": len(desired),
+			"sources": s.watcher.Sources(), "last_reconcile": s.last,
+		}
+		s.mu.Unlock()
+		writeJSON(w, body)
+	})
+	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, s.Models())
+	})
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+// Models joins the desired state with the observed one, by job id.
+func (s *Scheduler) Models() []ModelStatus {
+	desired, _ := s.watcher.Desired()
+	var observed []ModelState
+	if s.Observer != nil {
+		observed = s.Observer.States()
+	}
+	seen := map[string]bool{}
+	var out []ModelStatus
+	for _, st := range observed {
+		ms := ModelStatus{JobID: st.JobID, Desired: "absent", ModelState: st}
+		if d := desired[st.JobID]; d != nil {
+			fill(&ms, d)
+		}
+		seen[st.JobID] = true
+		out = append(out, ms)
+	}
+	for id, d := range desired {
+		if seen[id] {
+			continue
+		}
+		ms := ModelStatus{JobID: id, ModelState: ModelState{JobID: id, State: StatePending}}
+		if !d.Model.Running {
+			ms.State = StateStopped
+		}
+		fill(&ms, d)
+		out = append(out, ms)
+	}
+	sortStatuses(out)
+	return out
+}
+
+func fill(ms *ModelStatus, d *Desired) {
+	ms.Crunch, ms.ModelID, ms.Cruncher, ms.Source = d.Model.Crunch, d.Model.ModelID, d.Model.Cruncher, d.Source
+	ms.Desired = "stopped"
+	if d.Model.Running {
+		ms.Desired = "running"
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func sortStatuses(ms []ModelStatus) {
+	sort.Slice(ms, func(i, j int) bool { return ms[i].JobID < ms[j].JobID })
+}
