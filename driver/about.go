@@ -76,6 +76,13 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 //	  plaintext    = false
 //	  call_timeout = "5m"
 //	  max_queue    = 128
+//	  authz {                        # who may call: the crunch's coordinator (docs/security.md)
+//	    crunch      = "alpha"        # or policy_file = "secrets/authz.json" (re-read on change)
+//	    cert_hashes = ["<sha256 of the coordinator's SPKI, hex>"]
+//	    crl         = "secrets/crl.pem"
+//	  }
+//	  delegation  = "local/delegation.json"   # the cruncher's wallet delegation
+//	  health_port = "health"                  # a port label for a health-only endpoint (Consul checks)
 //	}
 var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 	"model_dir": hclspec.NewAttr("model_dir", "string", true),
@@ -87,6 +94,14 @@ var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"key":       hclspec.NewAttr("key", "string", true),
 		"client_ca": hclspec.NewAttr("client_ca", "string", false),
 	})),
+	"authz": hclspec.NewBlock("authz", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"crunch":      hclspec.NewAttr("crunch", "string", false),
+		"cert_hashes": hclspec.NewAttr("cert_hashes", "list(string)", false),
+		"policy_file": hclspec.NewAttr("policy_file", "string", false),
+		"crl":         hclspec.NewAttr("crl", "string", false),
+	})),
+	"delegation":   hclspec.NewAttr("delegation", "string", false),
+	"health_port":  hclspec.NewAttr("health_port", "string", false),
 	"plaintext":    hclspec.NewAttr("plaintext", "bool", false),
 	"call_timeout": hclspec.NewAttr("call_timeout", "string", false),
 	"max_queue":    hclspec.NewAttr("max_queue", "number", false),

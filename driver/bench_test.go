@@ -218,7 +218,6 @@ func pluginRSS(b *testing.B, pluginBin, runner string, tasks int) float64 {
 	return rss
 }
 
-
 func modelRunnerB(b *testing.B) string {
 	repo, _ := filepath.Abs("..")
 	p := filepath.Join(repo, "bin", "model-runner")

@@ -63,14 +63,17 @@ func parseRange(s string) (int, int, error) {
 
 // TaskConfig is a task's config block.
 type TaskConfig struct {
-	ModelDir    string     `codec:"model_dir"`
-	Runtime     string     `codec:"runtime"`
-	Entry       string     `codec:"entry"`
-	Port        string     `codec:"port"`
-	TLS         *TLSConfig `codec:"tls"`
-	Plaintext   bool       `codec:"plaintext"`
-	CallTimeout string     `codec:"call_timeout"`
-	MaxQueue    int        `codec:"max_queue"`
+	ModelDir    string       `codec:"model_dir"`
+	Runtime     string       `codec:"runtime"`
+	Entry       string       `codec:"entry"`
+	Port        string       `codec:"port"`
+	TLS         *TLSConfig   `codec:"tls"`
+	Authz       *AuthzConfig `codec:"authz"`
+	Delegation  string       `codec:"delegation"`
+	HealthPort  string       `codec:"health_port"`
+	Plaintext   bool         `codec:"plaintext"`
+	CallTimeout string       `codec:"call_timeout"`
+	MaxQueue    int          `codec:"max_queue"`
 }
 
 // TLSConfig names the runner's TLS files, relative to the task dir (where
@@ -79,6 +82,16 @@ type TLSConfig struct {
 	Cert     string `codec:"cert"`
 	Key      string `codec:"key"`
 	ClientCA string `codec:"client_ca"`
+}
+
+// AuthzConfig says who may call the model (runner/authz): the coordinator
+// of Crunch whose key hashes to one of CertHashes, minus the CRL. PolicyFile
+// (a JSON policy re-read when it changes) replaces Crunch and CertHashes.
+type AuthzConfig struct {
+	Crunch     string   `codec:"crunch"`
+	CertHashes []string `codec:"cert_hashes"`
+	PolicyFile string   `codec:"policy_file"`
+	CRL        string   `codec:"crl"`
 }
 
 func (tc *TaskConfig) validate(plugin *Config) error {
@@ -100,6 +113,12 @@ func (tc *TaskConfig) validate(plugin *Config) error {
 	}
 	if tc.TLS != nil && tc.Plaintext {
 		errs = append(errs, errors.New("tls and plaintext = true exclude each other"))
+	}
+	if tc.Authz != nil && (tc.TLS == nil || tc.TLS.ClientCA == "") {
+		errs = append(errs, errors.New("authz checks client certificates: it needs tls.client_ca"))
+	}
+	if tc.Authz != nil && tc.Authz.PolicyFile != "" && (tc.Authz.Crunch != "" || len(tc.Authz.CertHashes) > 0) {
+		errs = append(errs, errors.New("authz.policy_file replaces authz.crunch and authz.cert_hashes: use one or the other"))
 	}
 	if tc.CallTimeout != "" {
 		if _, err := time.ParseDuration(tc.CallTimeout); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -198,6 +199,32 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		if tc.TLS.ClientCA != "" {
 			args = append(args, "--tls-client-ca", inTaskDir(taskDir, tc.TLS.ClientCA))
 		}
+	}
+	if a := tc.Authz; a != nil {
+		if a.PolicyFile != "" {
+			args = append(args, "--authz-file", inTaskDir(taskDir, a.PolicyFile))
+		}
+		if a.Crunch != "" {
+			args = append(args, "--crunch", a.Crunch)
+		}
+		if len(a.CertHashes) > 0 {
+			args = append(args, "--coordinator-cert-hash", strings.Join(a.CertHashes, ","))
+		}
+		if a.CRL != "" {
+			args = append(args, "--tls-crl", inTaskDir(taskDir, a.CRL))
+		}
+	}
+	if tc.Delegation != "" {
+		args = append(args, "--delegation", inTaskDir(taskDir, tc.Delegation))
+	}
+	if tc.HealthPort != "" {
+		health, err := listenAddress(cfg, tc.HealthPort)
+		if err != nil {
+			_ = iso.Destroy()
+			release()
+			return nil, nil, err
+		}
+		args = append(args, "--health-listen", health)
 	}
 	if tc.CallTimeout != "" {
 		args = append(args, "--call-timeout", tc.CallTimeout)

@@ -84,7 +84,8 @@ type options struct {
 	maxRecv, maxQueue                int
 	hostDir, workerWrapper           string
 	crunch, certHashes, authzFile    string
-	crlFile, healthListen            string
+	crlFile, crlURL, healthListen    string
+	crlRefresh                       time.Duration
 	delegationFile                   string
 	logLevel                         string
 	logJSON                          bool
@@ -113,6 +114,8 @@ func parse(args []string) (*options, error) {
 	fs.StringVar(&o.certHashes, "coordinator-cert-hash", "", "on-chain hashes (primary,secondary) of the coordinator's public key: SHA-256 of its SubjectPublicKeyInfo DER, hex")
 	fs.StringVar(&o.authzFile, "authz-file", "", `JSON {"crunch": ..., "coordinator_cert_hashes": [...]}, re-read when it changes (instead of --crunch and --coordinator-cert-hash)`)
 	fs.StringVar(&o.crlFile, "tls-crl", "", "the CA's revocation list (PEM or DER); revoked coordinators are refused; re-read when it changes")
+	fs.StringVar(&o.crlURL, "tls-crl-url", "", "fetch the CA's revocation list from this URL instead (e.g. Vault's .../v1/pki_int/crl/pem), every --crl-refresh")
+	fs.DurationVar(&o.crlRefresh, "crl-refresh", time.Minute, "how often to fetch --tls-crl-url: a revoked coordinator is refused within this long")
 	fs.StringVar(&o.healthListen, "health-listen", "", "also serve only the gRPC health service, without TLS, on this address (for Consul checks)")
 	fs.StringVar(&o.delegationFile, "delegation", "", "the cruncher's wallet delegation (from `model-runner delegation sign`), sent with every model call; re-read when it changes")
 	fs.StringVar(&o.hostDir, "host-dir", "", "where to write the Python host script (default: a private temp dir); a sandboxing wrapper must show it to the worker")
@@ -134,7 +137,9 @@ func parse(args []string) (*options, error) {
 		return nil, errors.New("--plaintext conflicts with the --tls-* flags")
 	case !o.plaintext && (o.certFile == "" || o.keyFile == ""):
 		return nil, errors.New("refusing to serve without TLS: pass --tls-cert and --tls-key (and --tls-client-ca for mTLS), or --plaintext")
-	case (o.crunch != "" || o.certHashes != "" || o.authzFile != "" || o.crlFile != "") && o.caFile == "":
+	case o.crlFile != "" && o.crlURL != "":
+		return nil, errors.New("--tls-crl and --tls-crl-url exclude each other")
+	case (o.crunch != "" || o.certHashes != "" || o.authzFile != "" || o.crlFile != "" || o.crlURL != "") && o.caFile == "":
 		return nil, errors.New("--crunch, --coordinator-cert-hash, --authz-file and --tls-crl check client certificates: they need --tls-client-ca")
 	case o.authzFile != "" && (o.crunch != "" || o.certHashes != ""):
 		return nil, errors.New("--authz-file replaces --crunch and --coordinator-cert-hash: use one or the other")
@@ -197,7 +202,7 @@ func serve(args []string) error {
 	} else {
 		log.Warn("serving plaintext: no TLS, no caller authentication")
 	}
-	if o.crunch != "" || o.certHashes != "" || o.authzFile != "" || o.crlFile != "" {
+	if o.crunch != "" || o.certHashes != "" || o.authzFile != "" || o.crlFile != "" || o.crlURL != "" {
 		var hashes []string
 		for _, h := range strings.Split(o.certHashes, ",") {
 			if h = strings.TrimSpace(h); h != "" {
@@ -206,7 +211,8 @@ func serve(args []string) error {
 		}
 		cfg.Authorizer, err = authz.New(authz.Config{
 			Static:     authz.Policy{Crunch: o.crunch, CoordinatorCertHashes: hashes},
-			PolicyFile: o.authzFile, CRLFile: o.crlFile, CAFile: o.caFile, Logger: log.Named("authz"),
+			PolicyFile: o.authzFile, CRLFile: o.crlFile, CRLURL: o.crlURL, CRLRefresh: o.crlRefresh,
+			CAFile: o.caFile, Logger: log.Named("authz"),
 		})
 		if err != nil {
 			return err
@@ -248,7 +254,7 @@ func serve(args []string) error {
 		go cfg.TLS.Watch(ctx, o.tlsReload)
 	}
 	if cfg.Authorizer != nil {
-		go cfg.Authorizer.Watch(ctx, o.tlsReload)
+		go cfg.Authorizer.Watch(ctx, min(o.tlsReload, o.crlRefresh))
 	}
 	if deleg != nil {
 		go deleg.Watch(ctx, o.tlsReload, func(err error) {

@@ -25,6 +25,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -89,6 +91,13 @@ type Config struct {
 	// CRLFile is the CA's revocation list (PEM or DER), re-read when it
 	// changes; its signature must verify against a certificate of CAFile.
 	CRLFile string
+	// CRLURL is fetched instead of CRLFile, e.g. Vault's
+	// https://vault:8200/v1/pki_int/crl/pem; Watch re-fetches it. The
+	// signature is checked the same way, so the transport needs no trust.
+	CRLURL string
+	// CRLRefresh is how often CRLURL is fetched (default a minute): a
+	// revoked coordinator is refused within that long.
+	CRLRefresh time.Duration
 	// CAFile is the bundle that client certificates chain to.
 	CAFile string
 	Logger hclog.Logger
@@ -96,6 +105,7 @@ type Config struct {
 
 type revocations struct {
 	serials    map[string]bool // issuer subject + serial
+	number     string          // the CRL number
 	nextUpdate time.Time
 }
 
@@ -106,14 +116,18 @@ type Authorizer struct {
 	policy  atomic.Pointer[Policy]
 	revoked atomic.Pointer[revocations]
 
-	mu     sync.Mutex // one reload at a time; guards stamps
-	stamps map[string]string
+	mu        sync.Mutex // one reload at a time; guards stamps and fetched
+	stamps    map[string]string
+	fetchedAt time.Time
 }
 
 // New loads the policy and the CRL; errors mean they are unusable now.
 func New(cfg Config) (*Authorizer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.CRLRefresh <= 0 {
+		cfg.CRLRefresh = time.Minute
 	}
 	a := &Authorizer{cfg: cfg, log: cfg.Logger, stamps: map[string]string{}}
 	if cfg.PolicyFile == "" {
@@ -150,6 +164,21 @@ func (a *Authorizer) Reload() (bool, error) {
 			a.log.Info("authorization policy loaded", "crunch", p.Crunch, "cert_hashes", len(p.CoordinatorCertHashes))
 		}
 	}
+	if a.cfg.CRLURL != "" && time.Since(a.fetchedAt) >= a.cfg.CRLRefresh {
+		a.fetchedAt = time.Now()
+		raw, err := fetch(a.cfg.CRLURL)
+		var r *revocations
+		if err == nil {
+			r, err = parseCRL(raw, a.cfg.CRLURL, a.cfg.CAFile)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		} else if old := a.revoked.Load(); old == nil || old.number != r.number || len(old.serials) != len(r.serials) {
+			a.revoked.Store(r)
+			changed = true
+			a.log.Info("revocation list fetched", "url", a.cfg.CRLURL, "revoked", len(r.serials), "next_update", r.nextUpdate)
+		}
+	}
 	if a.cfg.CRLFile != "" && (a.fileChanged(a.cfg.CRLFile) || a.fileChanged(a.cfg.CAFile)) {
 		r, err := loadCRL(a.cfg.CRLFile, a.cfg.CAFile)
 		if err != nil {
@@ -165,7 +194,7 @@ func (a *Authorizer) Reload() (bool, error) {
 	if a.policy.Load() == nil && len(errs) > 0 {
 		return false, errors.Join(errs...)
 	}
-	if a.cfg.CRLFile != "" && a.revoked.Load() == nil && len(errs) > 0 {
+	if (a.cfg.CRLFile != "" || a.cfg.CRLURL != "") && a.revoked.Load() == nil && len(errs) > 0 {
 		return false, errors.Join(errs...)
 	}
 	if len(errs) > 0 {
@@ -210,11 +239,30 @@ func loadPolicy(path string) (*Policy, error) {
 	return &p, nil
 }
 
+// fetch gets a CRL over HTTP(S), bounded in time and size.
+func fetch(url string) ([]byte, error) {
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, fmt.Errorf("crl: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("crl: GET %s: %s", url, resp.Status)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+}
+
 func loadCRL(crlPath, caPath string) (*revocations, error) {
 	raw, err := os.ReadFile(crlPath)
 	if err != nil {
 		return nil, fmt.Errorf("crl: %w", err)
 	}
+	return parseCRL(raw, crlPath, caPath)
+}
+
+// parseCRL reads a PEM or DER CRL and checks it is signed by a CA of caPath.
+func parseCRL(raw []byte, crlPath, caPath string) (*revocations, error) {
 	if block, _ := pem.Decode(raw); block != nil {
 		raw = block.Bytes
 	}
@@ -243,6 +291,9 @@ func loadCRL(crlPath, caPath string) (*revocations, error) {
 		return nil, fmt.Errorf("crl %s: not signed by any CA in %s", crlPath, caPath)
 	}
 	r := &revocations{serials: map[string]bool{}, nextUpdate: crl.NextUpdate}
+	if crl.Number != nil {
+		r.number = crl.Number.String()
+	}
 	for _, e := range crl.RevokedCertificateEntries {
 		r.serials[string(crl.RawIssuer)+"/"+e.SerialNumber.String()] = true
 	}

@@ -1,0 +1,141 @@
+package runner_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/modelnodes/modelnodes/client/vaultpki"
+	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testpki"
+	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
+	"github.com/modelnodes/modelnodes/runner"
+	"github.com/modelnodes/modelnodes/runner/authz"
+	"github.com/modelnodes/modelnodes/runner/worker"
+)
+
+// Coordinators get their certificates from the real Vault (AppRole per
+// crunch, pki_int/sign/coordinator); the runner admits crunch alpha's, refuses
+// beta's, and refuses alpha's once the security team revokes it, as soon as
+// it fetches Vault's next CRL.
+func TestVaultCoordinatorsAndRevocation(t *testing.T) {
+	cl := testcluster.Start(t, testcluster.Vault)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+
+	// Callers chain to Vault's intermediate, which also signs the CRL.
+	chain := getURL(t, ctx, cl.Vault.Addr+"/v1/pki_int/ca_chain")
+	caFile := filepath.Join(dir, "ca-chain.pem")
+	if err := os.WriteFile(caFile, chain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runnerCA := testpki.NewCA(t, "runner CA")
+	server := runnerCA.Issue(t, dir, testpki.Leaf{CommonName: "runner", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, RSA: true})
+
+	alpha := coordinatorFromVault(t, ctx, cl, "alpha")
+	beta := coordinatorFromVault(t, ctx, cl, "beta")
+	auth, err := authz.New(authz.Config{
+		Static:     authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(alpha.Leaf)}},
+		CRLURL:     cl.Vault.Addr + "/v1/pki_int/crl/pem",
+		CRLRefresh: 100 * time.Millisecond,
+		CAFile:     caFile,
+		Logger:     hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsr, err := tlsfiles.New(tlsfiles.Files{CertFile: server.CertFile, KeyFile: server.KeyFile, CAFile: caFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startConfig(t, runner.Config{TLS: tlsr, Authorizer: auth, Logger: hclog.NewNullLogger(),
+		Worker: worker.Config{Command: exampleWorker(t)}}, dialAs(runnerCA, alpha))
+	h.ready()
+	callAs := func(c *tls.Certificate) codes.Code {
+		hh := dialHarness(t, nil, h.addr, dialAs(runnerCA, c))
+		_, err := hh.ds.Setup(ctxTimeout(t, 10*time.Second), &dspb.SetupRequest{ClassName: "x.Base"})
+		return status.Code(err)
+	}
+	if got := callAs(alpha); got != codes.OK {
+		t.Fatalf("alpha's coordinator: %s", got)
+	}
+	if got := callAs(beta); got != codes.PermissionDenied {
+		t.Fatalf("beta's coordinator calling alpha's model: %s, want PermissionDenied", got)
+	}
+
+	if out, err := cl.RunScript(ctx, "deploy/vault/setup", "revoke-coordinator", "alpha"); err != nil {
+		t.Fatalf("revoke-coordinator alpha: %v\n%s", err, out)
+	}
+	t0 := time.Now()
+	for callAs(alpha) != codes.Unauthenticated {
+		if time.Since(t0) > 20*time.Second {
+			t.Fatal("alpha's revoked certificate is still admitted 20s after revocation")
+		}
+		_, _ = auth.Reload()
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("revoked certificate refused %s after revocation", time.Since(t0).Round(time.Millisecond))
+}
+
+func coordinatorFromVault(t *testing.T, ctx context.Context, cl *testcluster.Cluster, crunch string) *tls.Certificate {
+	out, err := cl.RunScript(ctx, "deploy/vault/setup", "coordinator", crunch)
+	if err != nil {
+		t.Fatalf("onboarding crunch %s: %v\n%s", crunch, err, out)
+	}
+	var role vaultpki.AppRole
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "role_id="); ok {
+			role.RoleID = v
+		}
+		if v, ok := strings.CutPrefix(line, "secret_id="); ok {
+			role.SecretID = v
+		}
+	}
+	vc, err := cl.Vault.Client.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc.ClearToken()
+	cn, uris := vaultpki.CoordinatorNames(crunch)
+	iss, err := vaultpki.New(ctx, vaultpki.Config{Client: vc, Login: role, CommonName: cn, URISANs: uris})
+	if err != nil {
+		t.Fatalf("certificate for %s: %v", crunch, err)
+	}
+	return iss.Certificate()
+}
+
+func dialAs(serverCA *testpki.CA, c *tls.Certificate) grpc.DialOption {
+	pool := x509.NewCertPool()
+	pool.AddCert(serverCA.Cert)
+	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{*c}}))
+}
+
+func getURL(t *testing.T, ctx context.Context, url string) []byte {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return b
+}
