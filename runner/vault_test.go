@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	"github.com/modelnodes/modelnodes/client/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testpki"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
@@ -48,8 +46,8 @@ func TestVaultCoordinatorsAndRevocation(t *testing.T) {
 	runnerCA := testpki.NewCA(t, "runner CA")
 	server := runnerCA.Issue(t, dir, testpki.Leaf{CommonName: "runner", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, RSA: true})
 
-	alpha := coordinatorFromVault(t, ctx, cl, "alpha")
-	beta := coordinatorFromVault(t, ctx, cl, "beta")
+	alpha := mustCoordinator(t, ctx, cl, "alpha")
+	beta := mustCoordinator(t, ctx, cl, "beta")
 	auth, err := authz.New(authz.Config{
 		Static:     authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(alpha.Leaf)}},
 		CRLURL:     cl.Vault.Addr + "/v1/pki_int/crl/pem",
@@ -93,33 +91,6 @@ func TestVaultCoordinatorsAndRevocation(t *testing.T) {
 	t.Logf("revoked certificate refused %s after revocation", time.Since(t0).Round(time.Millisecond))
 }
 
-func coordinatorFromVault(t *testing.T, ctx context.Context, cl *testcluster.Cluster, crunch string) *tls.Certificate {
-	out, err := cl.RunScript(ctx, "deploy/vault/setup", "coordinator", crunch)
-	if err != nil {
-		t.Fatalf("onboarding crunch %s: %v\n%s", crunch, err, out)
-	}
-	var role vaultpki.AppRole
-	for _, line := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(line, "role_id="); ok {
-			role.RoleID = v
-		}
-		if v, ok := strings.CutPrefix(line, "secret_id="); ok {
-			role.SecretID = v
-		}
-	}
-	vc, err := cl.Vault.Client.Clone()
-	if err != nil {
-		t.Fatal(err)
-	}
-	vc.ClearToken()
-	cn, uris := vaultpki.CoordinatorNames(crunch)
-	iss, err := vaultpki.New(ctx, vaultpki.Config{Client: vc, Login: role, CommonName: cn, URISANs: uris})
-	if err != nil {
-		t.Fatalf("certificate for %s: %v", crunch, err)
-	}
-	return iss.Certificate()
-}
-
 func dialAs(serverCA *testpki.CA, c *tls.Certificate) grpc.DialOption {
 	pool := x509.NewCertPool()
 	pool.AddCert(serverCA.Cert)
@@ -138,4 +109,12 @@ func getURL(t *testing.T, ctx context.Context, url string) []byte {
 		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
 	}
 	return b
+}
+
+func mustCoordinator(t *testing.T, ctx context.Context, c *testcluster.Cluster, crunch string) *tls.Certificate {
+	cert, err := c.CoordinatorCert(ctx, crunch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }

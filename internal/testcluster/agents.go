@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -16,7 +17,9 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
+
 	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/modelnodes/modelnodes/client/vaultpki"
 )
 
 // ConsulAgent is a Consul dev agent with ACLs enabled (default deny).
@@ -283,4 +286,50 @@ func (v *VaultAgent) CACertPEM(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("read root CA: status %d: %s", resp.StatusCode, b)
 	}
 	return b, nil
+}
+
+// AppRole is a coordinator's Vault login, as deploy/vault/setup prints it.
+type AppRole struct{ RoleID, SecretID string }
+
+// CoordinatorAppRole onboards crunch the way the security team does
+// (deploy/vault/setup coordinator CRUNCH) and returns its AppRole login.
+func (c *Cluster) CoordinatorAppRole(ctx context.Context, crunch string) (AppRole, error) {
+	out, err := c.RunScript(ctx, "deploy/vault/setup", "coordinator", crunch)
+	if err != nil {
+		return AppRole{}, fmt.Errorf("onboarding crunch %s: %w\n%s", crunch, err, out)
+	}
+	var r AppRole
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "role_id="); ok {
+			r.RoleID = v
+		}
+		if v, ok := strings.CutPrefix(line, "secret_id="); ok {
+			r.SecretID = v
+		}
+	}
+	if r.RoleID == "" || r.SecretID == "" {
+		return r, fmt.Errorf("onboarding crunch %s printed no role_id/secret_id:\n%s", crunch, out)
+	}
+	return r, nil
+}
+
+// CoordinatorCert onboards crunch and returns a client certificate Vault
+// signed for its coordinator (AppRole login, pki_int/sign/coordinator).
+func (c *Cluster) CoordinatorCert(ctx context.Context, crunch string) (*tls.Certificate, error) {
+	role, err := c.CoordinatorAppRole(ctx, crunch)
+	if err != nil {
+		return nil, err
+	}
+	vc, err := c.Vault.Client.Clone()
+	if err != nil {
+		return nil, err
+	}
+	vc.ClearToken()
+	cn, uris := vaultpki.CoordinatorNames(crunch)
+	iss, err := vaultpki.New(ctx, vaultpki.Config{Client: vc, Login: vaultpki.AppRole{RoleID: role.RoleID, SecretID: role.SecretID},
+		CommonName: cn, URISANs: uris})
+	if err != nil {
+		return nil, fmt.Errorf("certificate for crunch %s: %w", crunch, err)
+	}
+	return iss.Certificate(), nil
 }

@@ -1,0 +1,175 @@
+package driver_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/modelnodes/modelnodes/internal/testcluster"
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
+	"github.com/modelnodes/modelnodes/runner/authz"
+)
+
+// The secure path on the real agents: the runner's certificate comes from
+// Vault through the job's workload identity, the runner admits only crunch
+// alpha's coordinator whose key is "on chain", Consul-style health stays
+// reachable on its own port, and the sandboxed model cannot read the key
+// sitting in the task's secrets dir.
+func TestE2ESecureModel(t *testing.T) {
+	requireRoot(t)
+	repo, _ := filepath.Abs("..")
+	for _, b := range []string{"nomad-driver-modelbox", "model-runner"} {
+		if !fileExists(filepath.Join(repo, "bin", b)) {
+			t.Skipf("bin/%s is missing: run `make build` first (make test does)", b)
+		}
+	}
+	c := testcluster.Start(t, testcluster.Nomad)
+	waitDriverHealthy(t, c.Nomad.Client)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	alpha := mustCoordinator(t, ctx, c, "alpha")
+	beta := mustCoordinator(t, ctx, c, "beta")
+
+	models := t.TempDir()
+	if err := os.Chmod(models, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	modelDir := filepath.Join(models, "hostile")
+	copyDir(t, "testdata/hostile", modelDir)
+
+	const jobID = "model-node-secure"
+	job := modelJob(jobID, "python", modelDir, "")
+	tg := job.TaskGroups[0]
+	tg.Networks[0].DynamicPorts = append(tg.Networks[0].DynamicPorts, nomadapi.Port{Label: "health"})
+	task := tg.Tasks[0]
+	task.Config["plaintext"] = false
+	task.Config["tls"] = []map[string]any{{"cert": "secrets/tls.pem", "key": "secrets/tls.pem", "client_ca": "local/ca.pem"}}
+	task.Config["authz"] = []map[string]any{{"crunch": "alpha", "cert_hashes": []string{authz.SPKIHash(alpha.Leaf)}}}
+	task.Config["health_port"] = "health"
+	task.Env = map[string]string{"VAULT_ADDR": c.Vault.Addr}
+	task.Vault = &nomadapi.Vault{Role: "runner"}
+	task.Templates = []*nomadapi.Template{{
+		EmbeddedTmpl: ptr(`{{ with pkiCert "pki_int/issue/runner" (printf "common_name=%s.crunchdao.internal" (env "NOMAD_JOB_ID")) "ttl=1h" }}{{ .Cert }}
+{{ .CA }}
+{{ .Key }}{{ end }}`),
+		DestPath: ptr("secrets/tls.pem"), Perms: ptr("0600"),
+		ChangeMode: ptr("signal"), ChangeSignal: ptr("SIGHUP"),
+	}, {
+		EmbeddedTmpl: ptr(`{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}`),
+		DestPath:     ptr("local/ca.pem"),
+		ChangeMode:   ptr("signal"), ChangeSignal: ptr("SIGHUP"),
+	}}
+	// The health-only port answers plaintext, so the check needs no TLS.
+	task.Services[0].PortLabel = "health"
+	if _, _, err := c.Nomad.Client.Jobs().Register(job, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _, _ = c.Nomad.Client.Jobs().Deregister(jobID, true, nil) }()
+	alloc := waitHealthyAlloc(t, c.Nomad.Client, jobID)
+	addr := portAddr(alloc, "grpc")
+
+	root, err := c.Vault.CACertPEM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(root)
+	dial := func(cert *tls.Certificate, serverName string) dspb.DynamicSubclassServiceClient {
+		cfg := &tls.Config{RootCAs: roots, ServerName: serverName}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		return dspb.NewDynamicSubclassServiceClient(conn)
+	}
+	code := func(ds dspb.DynamicSubclassServiceClient) codes.Code {
+		cctx, ccancel := context.WithTimeout(ctx, 20*time.Second)
+		defer ccancel()
+		_, err := ds.Setup(cctx, &dspb.SetupRequest{ClassName: "base.Base"})
+		return status.Code(err)
+	}
+	const name = jobID + ".crunchdao.internal"
+	if got := code(dial(alpha, name)); got != codes.OK {
+		t.Fatalf("crunch alpha's coordinator, with the Vault certificate naming %s: %s", name, got)
+	}
+	if got := code(dial(beta, name)); got != codes.PermissionDenied {
+		t.Errorf("crunch beta's coordinator: %s, want PermissionDenied", got)
+	}
+	if got := code(dial(nil, name)); got != codes.Unavailable {
+		t.Errorf("no client certificate: %s, want the handshake refused", got)
+	}
+	if got := code(dial(alpha, "model-node-other.crunchdao.internal")); got != codes.Unavailable {
+		t.Errorf("expecting another model's name: %s, want the runner's certificate refused", got)
+	}
+
+	// Health answers on its own port without TLS, and nothing else does.
+	hconn, err := grpc.NewClient(portAddr(alloc, "health"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hconn.Close()
+	if res, err := healthpb.NewHealthClient(hconn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || res.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health-only port: %v %v", res, err)
+	}
+	if _, err := dspb.NewDynamicSubclassServiceClient(hconn).Setup(ctx, &dspb.SetupRequest{ClassName: "base.Base"}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("a model call on the health port: %v, want Unimplemented", err)
+	}
+
+	// The model, with the real key rendered next to it, cannot read it.
+	keyPath := filepath.Join(c.Nomad.DataDir, "alloc", alloc.ID, "model", "secrets", "tls.pem")
+	if b, err := os.ReadFile(keyPath); err != nil || !strings.Contains(string(b), "PRIVATE KEY") {
+		t.Fatalf("the rendered bundle is not where expected (%s): %v", keyPath, err)
+	}
+	res, err := dial(alpha, name).Call(ctx, callReq2("read", commonspb.String(keyPath)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := res.GetMethodResponse().AsString(); !strings.HasPrefix(got, "refused") {
+		t.Fatalf("the model read the runner's key: %q", got)
+	}
+}
+
+func callReq2(method string, args ...*commonspb.Variant) *dspb.CallRequest {
+	req := &dspb.CallRequest{MethodName: method}
+	for i, a := range args {
+		req.MethodArguments = append(req.MethodArguments, &commonspb.Argument{Position: uint32(i), Data: a})
+	}
+	return req
+}
+
+func portAddr(a *nomadapi.Allocation, label string) string {
+	for _, p := range a.AllocatedResources.Shared.Ports {
+		if p.Label == label {
+			return fmt.Sprintf("%s:%d", p.HostIP, p.Value)
+		}
+	}
+	return ""
+}
+
+func mustCoordinator(t *testing.T, ctx context.Context, c *testcluster.Cluster, crunch string) *tls.Certificate {
+	cert, err := c.CoordinatorCert(ctx, crunch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
