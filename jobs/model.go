@@ -29,41 +29,41 @@ const (
 type Model struct {
 	// Crunch is the crunch's name (e.g. "mid-one"); the Consul service is
 	// "crunch-<name>" (lowercased, see ServiceName).
-	Crunch string `json:"crunch"`
+	Crunch string `json:"crunch" yaml:"crunch"`
 	// CrunchID is the crunch's on-chain id (base58 public key), if known.
-	CrunchID string `json:"crunch_id,omitempty"`
+	CrunchID string `json:"crunch_id,omitempty" yaml:"crunch_id,omitempty"`
 	// ModelID is the model's full id (base58 or CrunchDAO's id).
-	ModelID string `json:"model_id"`
+	ModelID string `json:"model_id" yaml:"model_id"`
 	// Cruncher is the cruncher's wallet (base58) and Hotkey its hotkey.
-	Cruncher string `json:"cruncher,omitempty"`
-	Hotkey   string `json:"hotkey,omitempty"`
+	Cruncher string `json:"cruncher,omitempty" yaml:"cruncher,omitempty"`
+	Hotkey   string `json:"hotkey,omitempty" yaml:"hotkey,omitempty"`
 	// SubmissionID names the submitted code; ArtifactURL is where the node
 	// fetches it (any go-getter source) and ArtifactSHA256 its digest
 	// (hex), checked by Nomad before the model starts.
-	SubmissionID   string `json:"submission_id,omitempty"`
-	ArtifactURL    string `json:"artifact_url,omitempty"`
-	ArtifactSHA256 string `json:"artifact_sha256,omitempty"`
+	SubmissionID   string `json:"submission_id,omitempty" yaml:"submission_id,omitempty"`
+	ArtifactURL    string `json:"artifact_url,omitempty" yaml:"artifact_url,omitempty"`
+	ArtifactSHA256 string `json:"artifact_sha256,omitempty" yaml:"artifact_sha256,omitempty"`
 	// ModelDir is a submission already on the node (development only);
 	// used when ArtifactURL is empty.
-	ModelDir string `json:"model_dir,omitempty"`
+	ModelDir string `json:"model_dir,omitempty" yaml:"model_dir,omitempty"`
 	// Runtime is "python" (default) or "executable"; Entry as in docs/driver.md.
-	Runtime string `json:"runtime,omitempty"`
-	Entry   string `json:"entry,omitempty"`
+	Runtime string `json:"runtime,omitempty" yaml:"runtime,omitempty"`
+	Entry   string `json:"entry,omitempty" yaml:"entry,omitempty"`
 
-	Hardware Hardware `json:"hardware"`
-	CPU      int      `json:"cpu_mhz,omitempty"`   // default 500 (cpu) / 2000 (gpu)
-	MemoryMB int      `json:"memory_mb,omitempty"` // default 512 (cpu) / 4096 (gpu)
-	GPUs     int      `json:"gpus,omitempty"`      // default 1 on gpu
+	Hardware Hardware `json:"hardware" yaml:"hardware"`
+	CPU      int      `json:"cpu_mhz,omitempty" yaml:"cpu_mhz,omitempty"`     // default 500 (cpu) / 2000 (gpu)
+	MemoryMB int      `json:"memory_mb,omitempty" yaml:"memory_mb,omitempty"` // default 512 (cpu) / 4096 (gpu)
+	GPUs     int      `json:"gpus,omitempty" yaml:"gpus,omitempty"`           // default 1 on gpu
 
 	// Coordinator is the wallet of the crunch's coordinator; CertHash and
 	// CertHashSecondary the lowercase hex SHA-256 of the public keys it
 	// may call with (docs/onchain.md).
-	Coordinator       string `json:"coordinator,omitempty"`
-	CertHash          string `json:"cert_hash,omitempty"`
-	CertHashSecondary string `json:"cert_hash_secondary,omitempty"`
+	Coordinator       string `json:"coordinator,omitempty" yaml:"coordinator,omitempty"`
+	CertHash          string `json:"cert_hash,omitempty" yaml:"cert_hash,omitempty"`
+	CertHashSecondary string `json:"cert_hash_secondary,omitempty" yaml:"cert_hash_secondary,omitempty"`
 
 	// Running is the desired state: false means the model must be stopped.
-	Running bool `json:"running"`
+	Running bool `json:"running" yaml:"running"`
 }
 
 // Validate reports what makes m unusable for a job.

@@ -1,0 +1,230 @@
+// Command scheduler keeps one Nomad job per authorized model: it reads the
+// desired state from Solana, CrunchDAO's feed and/or a YAML file, and
+// reconciles Nomad with it while it holds the Consul leader lock.
+//
+//	scheduler --solana-rpc http://127.0.0.1:8899 --solana-ws ws://127.0.0.1:8900 \
+//	    --solana-program <PROGRAM> --lock-key modelnodes/scheduler/leader
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	solana "github.com/gagliardetto/solana-go"
+	"github.com/gagliardetto/solana-go/rpc"
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/modelnodes/modelnodes/internal/envflag"
+	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/nomad"
+	"github.com/modelnodes/modelnodes/scheduler"
+)
+
+const envPrefix = "MODELNODES_SCHEDULER"
+
+const synopsis = `scheduler: run exactly the authorized models on Nomad, one job per model.
+
+Usage:
+  scheduler [flags]
+
+Sources of desired state (at least one; several are merged, the first named wins on a
+duplicate model):
+  --solana-rpc/--solana-ws/--solana-program   the program's Crunch and ModelAuthorization
+                                              accounts (docs/onchain.md)
+  --feed-url/--feed-crunch                    CrunchDAO's GET {url}/models/states feed
+  --models-file                               a YAML file (development), re-read on change
+
+A source that cannot be read keeps its last good state: models are never stopped because
+a source is down. Several instances may run; with --lock-key only the holder of that Consul
+lock reconciles. Status: GET /v1/status, GET /v1/models, GET /metrics on --listen.
+See docs/scheduler.md.
+`
+
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*s = append(*s, p)
+		}
+	}
+	return nil
+}
+
+type config struct {
+	nomad                                                nomad.Config
+	consulAddr, consulToken, lockKey, instance           string
+	solanaRPC, solanaWS, solanaProgram, solanaCommitment string
+	solanaCrunches                                       stringList
+	solanaResync                                         time.Duration
+	feedURL, feedArtifact                                string
+	feedCrunches                                         stringList
+	feedInterval                                         time.Duration
+	modelsFile, listen, logLevel                         string
+	logJSON, plaintext, checkSkipVerify                  bool
+	datacenters                                          stringList
+	gpuClass                                             string
+	resync, purgeAfter, sessionTTL                       time.Duration
+	backoff                                              scheduler.Backoff
+}
+
+func parse(args []string) (*config, error) {
+	var c config
+	fs := flag.NewFlagSet("scheduler", flag.ContinueOnError)
+	fs.StringVar(&c.nomad.Address, "nomad-addr", "", "Nomad HTTP API (default $NOMAD_ADDR, else http://127.0.0.1:4646)")
+	fs.StringVar(&c.nomad.Token, "nomad-token", "", "Nomad ACL token (default $NOMAD_TOKEN)")
+	fs.StringVar(&c.nomad.Region, "nomad-region", "", "Nomad region of the jobs")
+	fs.StringVar(&c.nomad.Namespace, "nomad-namespace", "", "Nomad namespace of the jobs (the Vault runner role is bound to one)")
+	fs.StringVar(&c.nomad.CACert, "nomad-ca-cert", "", "CA of an HTTPS Nomad API")
+	fs.StringVar(&c.nomad.ClientCert, "nomad-client-cert", "", "client certificate for the Nomad API")
+	fs.StringVar(&c.nomad.ClientKey, "nomad-client-key", "", "client key for the Nomad API")
+	fs.StringVar(&c.consulAddr, "consul-addr", "", "Consul HTTP API for the leader lock (default $CONSUL_HTTP_ADDR)")
+	fs.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN); needs key and session write")
+	fs.StringVar(&c.lockKey, "lock-key", "", "Consul KV key of the leader lock; empty: this is the only instance")
+	fs.DurationVar(&c.sessionTTL, "lock-ttl", 15*time.Second, "TTL of the lock's Consul session (failover time after a crash is up to twice this)")
+	host, _ := os.Hostname()
+	fs.StringVar(&c.instance, "instance", host, "this instance's name (stored in the lock)")
+	fs.StringVar(&c.solanaRPC, "solana-rpc", "", "Solana JSON-RPC URL")
+	fs.StringVar(&c.solanaWS, "solana-ws", "", "Solana websocket URL (subscriptions; empty: resync only)")
+	fs.StringVar(&c.solanaProgram, "solana-program", "", "program id (base58) owning the accounts")
+	fs.StringVar(&c.solanaCommitment, "solana-commitment", "finalized", "commitment of what counts: confirmed or finalized")
+	fs.Var(&c.solanaCrunches, "solana-crunch", "Crunch account(s) to serve, comma separated (default: every crunch of the program)")
+	fs.DurationVar(&c.solanaResync, "solana-resync", time.Minute, "full re-listing interval")
+	fs.StringVar(&c.feedURL, "feed-url", "", "CrunchDAO feed base URL (GET {url}/models/states)")
+	fs.Var(&c.feedCrunches, "feed-crunch", "crunch name(s) to ask the feed for, comma separated")
+	fs.StringVar(&c.feedArtifact, "feed-artifact-url", "", "artifact URL of a feed model; {submission_id}, {resource_id}, {model_id} are replaced")
+	fs.DurationVar(&c.feedInterval, "feed-interval", 10*time.Second, "feed polling interval")
+	fs.StringVar(&c.modelsFile, "models-file", "", "YAML file of models (development)")
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:9464", "status API and /metrics address")
+	fs.StringVar(&c.logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines")
+	fs.Var(&c.datacenters, "datacenters", "datacenters of the jobs, comma separated (default *)")
+	fs.StringVar(&c.gpuClass, "gpu-node-class", "", "also constrain GPU models to this node class")
+	fs.BoolVar(&c.plaintext, "plaintext-runners", false, "runners without TLS or Vault (tests only; CrunchDAO's secure client refuses them)")
+	fs.BoolVar(&c.checkSkipVerify, "check-tls-skip-verify", false, "Consul's gRPC check does not verify the runner's certificate")
+	fs.DurationVar(&c.resync, "resync", 30*time.Second, "longest time between two reconcile passes")
+	fs.DurationVar(&c.purgeAfter, "purge-after", 24*time.Hour, "how long a stopped job stays before it is purged")
+	fs.IntVar(&c.backoff.Failures, "crashloop-failures", 3, "failed allocations within --crashloop-window that hold a model stopped")
+	fs.DurationVar(&c.backoff.Window, "crashloop-window", 10*time.Minute, "window counting failures")
+	fs.DurationVar(&c.backoff.Initial, "crashloop-backoff", time.Minute, "first hold; doubles at each new hold")
+	fs.DurationVar(&c.backoff.Max, "crashloop-backoff-max", time.Hour, "longest hold")
+	fs.Usage = envflag.Usage(fs, envPrefix, synopsis)
+	if err := envflag.Parse(fs, envPrefix, args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if c.solanaRPC == "" && c.feedURL == "" && c.modelsFile == "" {
+		return nil, errors.New("no source of desired state: set --solana-rpc, --feed-url or --models-file (see --help)")
+	}
+	if c.solanaRPC != "" && c.solanaProgram == "" {
+		return nil, errors.New("--solana-rpc needs --solana-program")
+	}
+	if c.feedURL != "" && len(c.feedCrunches) == 0 {
+		return nil, errors.New("--feed-url needs --feed-crunch")
+	}
+	switch c.solanaCommitment {
+	case "confirmed", "finalized":
+	default:
+		return nil, fmt.Errorf("--solana-commitment %q: want confirmed or finalized", c.solanaCommitment)
+	}
+	return &c, nil
+}
+
+func main() {
+	c, err := parse(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "scheduler:", err)
+		os.Exit(2)
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "scheduler", Level: hclog.LevelFromString(c.logLevel), JSONFormat: c.logJSON})
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c, log); err != nil {
+		log.Error("exiting", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, c *config, log hclog.Logger) error {
+	nc, err := nomad.New(c.nomad)
+	if err != nil {
+		return err
+	}
+	opts := &jobs.Options{
+		Region: c.nomad.Region, Namespace: c.nomad.Namespace, Datacenters: c.datacenters,
+		Plaintext: c.plaintext, CheckTLSSkipVerify: c.checkSkipVerify, GPUNodeClass: c.gpuClass,
+	}
+	metrics := scheduler.NewMetrics()
+	s := &scheduler.Scheduler{
+		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter,
+			Logger: log.Named("reconcile"), Metrics: metrics},
+		Observer: &scheduler.Observer{Nomad: nc, Backoff: c.backoff, Logger: log.Named("observer"), Metrics: metrics},
+		Resync:   c.resync, Logger: log, Metrics: metrics,
+	}
+	if c.solanaRPC != "" {
+		prog, err := solana.PublicKeyFromBase58(c.solanaProgram)
+		if err != nil {
+			return fmt.Errorf("--solana-program: %w", err)
+		}
+		src := &scheduler.SolanaSource{RPCURL: c.solanaRPC, WSURL: c.solanaWS, Program: prog,
+			Commitment: rpc.CommitmentType(c.solanaCommitment), Resync: c.solanaResync, Logger: log.Named("solana")}
+		for _, k := range c.solanaCrunches {
+			pk, err := solana.PublicKeyFromBase58(k)
+			if err != nil {
+				return fmt.Errorf("--solana-crunch %s: %w", k, err)
+			}
+			src.Crunches = append(src.Crunches, pk)
+		}
+		s.Sources = append(s.Sources, src)
+	}
+	if c.feedURL != "" {
+		s.Sources = append(s.Sources, &scheduler.FeedSource{URL: c.feedURL, Crunches: c.feedCrunches,
+			ArtifactURL: c.feedArtifact, Interval: c.feedInterval})
+	}
+	if c.modelsFile != "" {
+		s.Sources = append(s.Sources, &scheduler.FileSource{Path: c.modelsFile})
+	}
+	if c.lockKey != "" {
+		cc := consulapi.DefaultConfig()
+		if c.consulAddr != "" {
+			cc.Address = c.consulAddr
+		}
+		if c.consulToken != "" {
+			cc.Token = c.consulToken
+		}
+		client, err := consulapi.NewClient(cc)
+		if err != nil {
+			return fmt.Errorf("consul: %w", err)
+		}
+		s.Elector = &scheduler.ConsulLock{Client: client, Key: c.lockKey, Instance: c.instance,
+			SessionTTL: c.sessionTTL, Logger: log.Named("leader")}
+	}
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return fmt.Errorf("status API: %w", err)
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("started", "status_api", "http://"+ln.Addr().String(), "sources", len(s.Sources), "lock_key", c.lockKey)
+	err = s.Run(ctx)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return err
+}

@@ -1,0 +1,347 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	solana "github.com/gagliardetto/solana-go"
+	"github.com/gagliardetto/solana-go/rpc"
+	"github.com/gagliardetto/solana-go/rpc/ws"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/scheduler/onchain"
+)
+
+// SolanaSource reads the program's Crunch, ModelAuthorization and
+// CoordinatorCertificate accounts (docs/onchain.md): a full listing with
+// getProgramAccounts (one call per account type, and per crunch when
+// Crunches is set, so no answer grows with the whole program), a
+// programSubscribe websocket for low latency, and a full resync every
+// Resync and after every reconnect (program subscriptions say nothing when
+// an account is closed, and changes during a disconnect are not replayed).
+type SolanaSource struct {
+	RPCURL     string
+	WSURL      string
+	Program    solana.PublicKey
+	Commitment rpc.CommitmentType // default finalized
+	// Crunches, if set, limits authorizations to these Crunch accounts.
+	Crunches []solana.PublicKey
+	Resync time.Duration // default 60 s
+	Logger hclog.Logger
+	// Label names the source (default "solana").
+	Label string
+
+	mu       sync.Mutex
+	crunches map[solana.PublicKey]*onchain.Crunch
+	certs    map[solana.PublicKey]*onchain.CoordinatorCertificate
+	auths    map[solana.PublicKey]*onchain.ModelAuthorization
+	bad      map[solana.PublicKey]error
+}
+
+// Name implements Source.
+func (s *SolanaSource) Name() string {
+	if s.Label != "" {
+		return s.Label
+	}
+	return "solana"
+}
+
+func (s *SolanaSource) log() hclog.Logger {
+	if s.Logger == nil {
+		return hclog.NewNullLogger()
+	}
+	return s.Logger
+}
+
+func (s *SolanaSource) commitment() rpc.CommitmentType {
+	if s.Commitment == "" {
+		return rpc.CommitmentFinalized
+	}
+	return s.Commitment
+}
+
+// Run implements Source.
+func (s *SolanaSource) Run(ctx context.Context, report func(Snapshot)) error {
+	if s.RPCURL == "" {
+		return errors.New("solana: no RPC URL")
+	}
+	resync := s.Resync
+	if resync <= 0 {
+		resync = time.Minute
+	}
+	client := rpc.New(s.RPCURL)
+	updates := make(chan *ws.ProgramResult, 256)
+	resyncNow := make(chan struct{}, 1)
+	if s.WSURL != "" {
+		go s.subscribeLoop(ctx, updates, resyncNow)
+	}
+	ticker := time.NewTicker(resync)
+	defer ticker.Stop()
+	retry := time.Duration(0)
+	for {
+		if err := s.resync(ctx, client); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			report(Snapshot{Err: err})
+			retry = min(max(retry*2, 500*time.Millisecond), 30*time.Second)
+		} else {
+			report(s.snapshot())
+			retry = 0
+		}
+		var retryC <-chan time.Time
+		if retry > 0 {
+			retryC = time.After(retry)
+		}
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-ticker.C:
+				break wait
+			case <-retryC:
+				break wait
+			case <-resyncNow:
+				break wait
+			case u := <-updates:
+				s.apply(u.Value.Pubkey, u.Value.Account)
+				// Drain what else arrived with it (one slot often changes several accounts).
+				for more := true; more; {
+					select {
+					case u := <-updates:
+						s.apply(u.Value.Pubkey, u.Value.Account)
+					default:
+						more = false
+					}
+				}
+				if retry == 0 {
+					report(s.snapshot())
+				}
+			}
+		}
+	}
+}
+
+// subscribeLoop keeps one program subscription open, reconnecting with
+// backoff, and asks for a resync after each (re)connect.
+func (s *SolanaSource) subscribeLoop(ctx context.Context, updates chan<- *ws.ProgramResult, resyncNow chan<- struct{}) {
+	delay := 250 * time.Millisecond
+	for ctx.Err() == nil {
+		err := s.subscribeOnce(ctx, updates, resyncNow)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log().Warn("solana websocket lost; reconnecting", "error", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 15*time.Second)
+	}
+}
+
+func (s *SolanaSource) subscribeOnce(ctx context.Context, updates chan<- *ws.ProgramResult, resyncNow chan<- struct{}) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := ws.Connect(cctx, s.WSURL)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	sub, err := conn.ProgramSubscribeWithOpts(s.Program, s.commitment(), solana.EncodingBase64, nil)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	// A subscribe call returns before the server registered it: resync now
+	// and once more shortly after, so no change falls in between.
+	kick := func() {
+		select {
+		case resyncNow <- struct{}{}:
+		default:
+		}
+	}
+	kick()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+			kick()
+		}
+	}()
+	for {
+		res, err := sub.Recv(ctx)
+		if err != nil {
+			return err
+		}
+		select {
+		case updates <- res:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// resync lists every account the source reads and replaces its state.
+func (s *SolanaSource) resync(ctx context.Context, client *rpc.Client) error {
+	list := func(filters ...rpc.RPCFilter) (rpc.GetProgramAccountsResult, error) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return client.GetProgramAccountsWithOpts(cctx, s.Program, &rpc.GetProgramAccountsOpts{
+			Commitment: s.commitment(), Encoding: solana.EncodingBase64, Filters: filters,
+		})
+	}
+	disc := func(d [8]byte) rpc.RPCFilter {
+		return rpc.RPCFilter{Memcmp: &rpc.RPCFilterMemcmp{Offset: 0, Bytes: d[:]}}
+	}
+	crunches, err := list(disc(onchain.CrunchDiscriminator))
+	if err != nil {
+		return fmt.Errorf("solana: list crunches: %w", err)
+	}
+	certs, err := list(disc(onchain.CoordinatorCertificateDiscriminator), rpc.RPCFilter{DataSize: onchain.CoordinatorCertificateSize})
+	if err != nil {
+		return fmt.Errorf("solana: list coordinator certificates: %w", err)
+	}
+	var auths rpc.GetProgramAccountsResult
+	if len(s.Crunches) == 0 {
+		if auths, err = list(disc(onchain.ModelAuthorizationDiscriminator)); err != nil {
+			return fmt.Errorf("solana: list model authorizations: %w", err)
+		}
+	} else {
+		for _, c := range s.Crunches {
+			page, err := list(disc(onchain.ModelAuthorizationDiscriminator),
+				rpc.RPCFilter{Memcmp: &rpc.RPCFilterMemcmp{Offset: 8, Bytes: c[:]}})
+			if err != nil {
+				return fmt.Errorf("solana: list model authorizations of crunch %s: %w", c, err)
+			}
+			auths = append(auths, page...)
+		}
+	}
+	s.mu.Lock()
+	s.crunches = map[solana.PublicKey]*onchain.Crunch{}
+	s.certs = map[solana.PublicKey]*onchain.CoordinatorCertificate{}
+	s.auths = map[solana.PublicKey]*onchain.ModelAuthorization{}
+	s.bad = map[solana.PublicKey]error{}
+	s.mu.Unlock()
+	for _, group := range []rpc.GetProgramAccountsResult{crunches, certs, auths} {
+		for _, ka := range group {
+			s.apply(ka.Pubkey, ka.Account)
+		}
+	}
+	return nil
+}
+
+// apply updates the state with one account as the chain now has it.
+func (s *SolanaSource) apply(key solana.PublicKey, acct *rpc.Account) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.auths == nil {
+		return // no full listing yet; the first resync reads it
+	}
+	delete(s.crunches, key)
+	delete(s.certs, key)
+	delete(s.auths, key)
+	delete(s.bad, key)
+	if acct == nil || acct.Lamports == 0 || !acct.Owner.Equals(s.Program) || acct.Data == nil {
+		return // closed, or no longer ours
+	}
+	data := acct.Data.GetBinary()
+	if len(data) < 8 {
+		s.bad[key] = fmt.Errorf("%d bytes: %w", len(data), onchain.ErrShort)
+		return
+	}
+	var d [8]byte
+	copy(d[:], data)
+	var err error
+	switch d {
+	case onchain.CrunchDiscriminator:
+		var c *onchain.Crunch
+		if c, err = onchain.DecodeCrunch(data); err == nil {
+			s.crunches[key] = c
+		}
+	case onchain.CoordinatorCertificateDiscriminator:
+		var c *onchain.CoordinatorCertificate
+		if c, err = onchain.DecodeCoordinatorCertificate(data); err == nil {
+			s.certs[key] = c
+		}
+	case onchain.ModelAuthorizationDiscriminator:
+		var a *onchain.ModelAuthorization
+		if a, err = onchain.DecodeModelAuthorization(data); err == nil {
+			if len(s.Crunches) > 0 && !containsKey(s.Crunches, solana.PublicKeyFromBytes(a.Crunch[:])) {
+				return
+			}
+			s.auths[key] = a
+		}
+	default:
+		return // another account type of the program
+	}
+	if err != nil {
+		s.bad[key] = err
+	}
+}
+
+func containsKey(keys []solana.PublicKey, k solana.PublicKey) bool {
+	for _, x := range keys {
+		if x.Equals(k) {
+			return true
+		}
+	}
+	return false
+}
+
+// snapshot joins authorizations with their crunch (and the coordinator's
+// certificate account, which wins over the hashes in the crunch).
+func (s *SolanaSource) snapshot() Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var snap Snapshot
+	certOf := map[solana.PublicKey]*onchain.CoordinatorCertificate{}
+	for _, c := range s.certs {
+		certOf[solana.PublicKeyFromBytes(c.Coordinator[:])] = c
+	}
+	for key, err := range s.bad {
+		snap.Skipped = append(snap.Skipped, &entryError{entry: "account " + key.String(), err: err})
+	}
+	for key, a := range s.auths {
+		crunchKey := solana.PublicKeyFromBytes(a.Crunch[:])
+		c := s.crunches[crunchKey]
+		if c == nil {
+			snap.Skipped = append(snap.Skipped, &entryError{entry: "account " + key.String(),
+				err: fmt.Errorf("its crunch %s is not a Crunch account of the program", crunchKey)})
+			continue
+		}
+		m := jobs.Model{
+			Crunch: c.Name, CrunchID: crunchKey.String(), ModelID: a.ModelID,
+			Cruncher: solana.PublicKeyFromBytes(a.Cruncher[:]).String(), Hotkey: solana.PublicKeyFromBytes(a.Hotkey[:]).String(),
+			SubmissionID: a.SubmissionID, ArtifactURL: a.ArtifactURI, ArtifactSHA256: onchain.HashHex(a.ArtifactSHA256),
+			Entry: a.Entry, Hardware: jobs.CPU, CPU: int(a.CPUMHz), MemoryMB: int(a.MemoryMB), GPUs: int(a.GPUs),
+			Coordinator: solana.PublicKeyFromBytes(c.Coordinator[:]).String(),
+			CertHash:    onchain.HashHex(c.CertHash), CertHashSecondary: onchain.HashHex(c.CertHashSecondary),
+			Running: a.DesiredState == onchain.DesiredRunning,
+		}
+		if a.Runtime == onchain.RuntimeExecutable {
+			m.Runtime = "executable"
+		}
+		if a.Hardware == onchain.HardwareGPU {
+			m.Hardware = jobs.GPU
+		}
+		if cert := certOf[solana.PublicKeyFromBytes(c.Coordinator[:])]; cert != nil {
+			m.CertHash, m.CertHashSecondary = onchain.HashHex(cert.CertHash), onchain.HashHex(cert.CertHashSecondary)
+		}
+		if err := m.Validate(); err != nil {
+			snap.Skipped = append(snap.Skipped, &entryError{entry: "account " + key.String(), err: err})
+			continue
+		}
+		snap.Models = append(snap.Models, m)
+	}
+	sortModels(snap.Models)
+	sort.Slice(snap.Skipped, func(i, j int) bool { return snap.Skipped[i].Error() < snap.Skipped[j].Error() })
+	return snap
+}
