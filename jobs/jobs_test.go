@@ -1,0 +1,105 @@
+package jobs
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+)
+
+var rfc1123 = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func model() *Model {
+	return &Model{
+		Crunch: "Mid One", CrunchID: "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin",
+		ModelID: "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", Cruncher: "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH",
+		ArtifactURL: "https://models.example/a.tar.gz", ArtifactSHA256: strings.Repeat("ab", 32),
+		Hardware: CPU, Running: true,
+	}
+}
+
+func TestJobIDIsDeterministicAndDNSSafe(t *testing.T) {
+	m := model()
+	id := JobID(m)
+	if id != JobID(model()) {
+		t.Fatal("the same model got two job ids")
+	}
+	if !rfc1123.MatchString(id) || len(id) > 63 || !strings.HasPrefix(id, "model-node-") {
+		t.Fatalf("job id %q is not an RFC 1123 label named model-node-*", id)
+	}
+	if strings.Contains(id, strings.ToLower(m.ModelID[:8])) {
+		t.Fatalf("job id %q carries the base58 id", id)
+	}
+	other := model()
+	other.ModelID += "x"
+	if JobID(other) == id {
+		t.Fatal("two models share a job id")
+	}
+	// Resources or state do not change the identity, only the spec.
+	changed := model()
+	changed.MemoryMB, changed.Running = 2048, false
+	if JobID(changed) != id || SpecHash(changed, &Options{}) == SpecHash(m, &Options{}) {
+		t.Fatal("a resource change must keep the job id and change the spec hash")
+	}
+}
+
+func TestServiceName(t *testing.T) {
+	for in, want := range map[string]string{"Mid One": "crunch-mid-one", "datacrunch": "crunch-datacrunch", "__": "", "é": ""} {
+		if got := ServiceName(in); got != want {
+			t.Errorf("ServiceName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestBuild(t *testing.T) {
+	m := model()
+	job, err := Build(m, &Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *job.ID != JobID(m) || job.Meta[MetaModel] != m.ModelID || job.Meta[MetaCrunch] != m.CrunchID || job.Meta[MetaManaged] != "true" {
+		t.Fatalf("job id/meta: %s %v", *job.ID, job.Meta)
+	}
+	task := job.TaskGroups[0].Tasks[0]
+	if task.Driver != "modelbox" || task.Config["model_dir"] != "local/model" || task.Config["port"] != "grpc" {
+		t.Fatalf("task: %s %v", task.Driver, task.Config)
+	}
+	tls := task.Config["tls"].([]map[string]any)[0]
+	if tls["cert"] != "secrets/tls.pem" || tls["key"] != "secrets/tls.pem" {
+		t.Fatalf("tls: %v", tls)
+	}
+	if task.Vault == nil || task.Vault.Role != "runner" || len(task.Templates) != 2 ||
+		!strings.Contains(*task.Templates[0].EmbeddedTmpl, `pkiCert "pki_int/issue/runner"`) ||
+		!strings.Contains(*task.Templates[0].EmbeddedTmpl, `env "NOMAD_JOB_ID"`) {
+		t.Fatalf("vault/template: %+v", task.Vault)
+	}
+	if *task.Artifacts[0].GetterSource != m.ArtifactURL || task.Artifacts[0].GetterOptions["checksum"] != "sha256:"+m.ArtifactSHA256 {
+		t.Fatalf("artifact: %+v", task.Artifacts[0])
+	}
+	svc := job.TaskGroups[0].Services[0]
+	if svc.Provider != "consul" || svc.Name != "crunch-mid-one" || svc.Checks[0].Type != "grpc" || !svc.Checks[0].GRPCUseTLS ||
+		svc.Meta[MetaModelID] != ShortID(m) || svc.Meta[MetaCruncher] != m.Cruncher {
+		t.Fatalf("service: %+v", svc)
+	}
+	if task.Resources.Devices != nil || *task.Resources.MemoryMB != 512 {
+		t.Fatal("a CPU model must not ask for a GPU")
+	}
+
+	m.Hardware = GPU
+	job, err = Build(m, &Options{GPUNodeClass: "gpu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := job.TaskGroups[0]
+	if d := tg.Tasks[0].Resources.Devices; len(d) != 1 || d[0].Name != "gpu" || *d[0].Count != 1 {
+		t.Fatalf("GPU model devices: %+v", d)
+	}
+	if len(tg.Constraints) != 1 || tg.Constraints[0].RTarget != "gpu" {
+		t.Fatalf("GPU node class constraint: %+v", tg.Constraints)
+	}
+
+	bad := model()
+	bad.Hardware = "tpu"
+	if _, err := Build(bad, &Options{}); err == nil || !strings.Contains(err.Error(), "tpu") {
+		t.Fatalf("invalid hardware accepted: %v", err)
+	}
+}

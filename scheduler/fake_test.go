@@ -1,0 +1,98 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/nomad"
+)
+
+// fakeNomad keeps jobs in memory with Nomad's check-and-set rules.
+type fakeNomad struct {
+	mu    sync.Mutex
+	index uint64
+	jobs  map[string]*nomad.JobStub
+	calls map[string]int
+	fail  error // every call fails with it when set
+}
+
+func newFakeNomad() *fakeNomad {
+	return &fakeNomad{jobs: map[string]*nomad.JobStub{}, calls: map[string]int{}}
+}
+
+func (f *fakeNomad) ListJobs(_ context.Context, prefix string) ([]nomad.JobStub, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls["list"]++
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	var out []nomad.JobStub
+	for _, j := range f.jobs {
+		c := *j
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func (f *fakeNomad) Register(_ context.Context, job *nomadapi.Job, modifyIndex uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls["register"]++
+	if f.fail != nil {
+		return f.fail
+	}
+	cur := f.jobs[*job.ID]
+	if (cur == nil && modifyIndex != 0) || (cur != nil && cur.JobModifyIndex != modifyIndex) {
+		return fmt.Errorf("register %s: %w", *job.ID, nomad.ErrConflict)
+	}
+	f.index++
+	meta := map[string]string{}
+	for k, v := range job.Meta {
+		meta[k] = v
+	}
+	f.jobs[*job.ID] = &nomad.JobStub{ID: *job.ID, Status: "running", JobModifyIndex: f.index, SubmitTime: time.Now(), Meta: meta}
+	return nil
+}
+
+func (f *fakeNomad) Stop(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls["stop"]++
+	if j := f.jobs[id]; j != nil {
+		f.index++
+		j.Stop, j.Status, j.JobModifyIndex, j.SubmitTime = true, "dead", f.index, time.Now()
+	}
+	return f.fail
+}
+
+func (f *fakeNomad) Purge(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls["purge"]++
+	delete(f.jobs, id)
+	return f.fail
+}
+
+func (f *fakeNomad) count(op string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[op]
+}
+
+func testModel(crunch, id string, running bool) jobs.Model {
+	return jobs.Model{Crunch: crunch, ModelID: id, ModelDir: "/srv/models/" + id, Hardware: jobs.CPU, Running: running}
+}
+
+func desiredOf(opts *jobs.Options, ms ...jobs.Model) map[string]*Desired {
+	out := map[string]*Desired{}
+	for _, m := range ms {
+		out[jobs.JobID(&m)] = &Desired{Model: m, JobID: jobs.JobID(&m), Spec: jobs.SpecHash(&m, opts), Source: "test"}
+	}
+	return out
+}
