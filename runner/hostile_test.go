@@ -116,12 +116,17 @@ func TestWorkerHangPastDeadline(t *testing.T) {
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("call past --call-timeout: %v, want DeadlineExceeded", err)
 	}
+	// The replacement may still be starting: Unavailable until it is.
 	deadline := time.Now().Add(20 * time.Second)
-	for h.pid() == before {
-		if time.Now().After(deadline) {
-			t.Fatal("the hung worker was never replaced")
+	for {
+		res, err := h.ds.Call(ctxTimeout(t, 5*time.Second), &dspb.CallRequest{MethodName: "pid"})
+		if pid, perr := res.GetMethodResponse().AsInt(); err == nil && perr == nil && pid != before {
+			break
 		}
-		time.Sleep(200 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("the hung worker was never replaced (last: %v %v)", res.GetStatus(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
