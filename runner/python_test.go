@@ -232,3 +232,21 @@ func TestPythonBrokenSubmission(t *testing.T) {
 	wantCode(t, "Setup of a submission that fails to import", h.setup("crunch_base.Tracker", nil),
 		"BAD_IMPLEMENTATION", "a_module_that_does_not_exist")
 }
+
+// CrunchDAO's client reconnects a model whose health check fails: health must
+// stay SERVING before Setup and while a long call runs.
+func TestHealthServingDuringLongCall(t *testing.T) {
+	h := start(t, pythonWorker(t, "pymodel")).ready() // before any Setup
+	wantCode(t, "setup", h.setup("crunch_base.Tracker", nil), "SUCCESS", "")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.call("sleep", args(commonspb.Double(1.5)))
+	}()
+	time.Sleep(300 * time.Millisecond)
+	res, err := h.health.Check(ctxTimeout(t, 500*time.Millisecond), &healthpb.HealthCheckRequest{})
+	if err != nil || res.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health during a long call: %v %v, want SERVING at once", res, err)
+	}
+	<-done
+}
