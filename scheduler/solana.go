@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	solana "github.com/gagliardetto/solana-go"
@@ -31,8 +32,8 @@ type SolanaSource struct {
 	Commitment rpc.CommitmentType // default finalized
 	// Crunches, if set, limits authorizations to these Crunch accounts.
 	Crunches []solana.PublicKey
-	Resync time.Duration // default 60 s
-	Logger hclog.Logger
+	Resync   time.Duration // default 60 s
+	Logger   hclog.Logger
 	// Label names the source (default "solana").
 	Label string
 
@@ -41,6 +42,7 @@ type SolanaSource struct {
 	certs    map[solana.PublicKey]*onchain.CoordinatorCertificate
 	auths    map[solana.PublicKey]*onchain.ModelAuthorization
 	bad      map[solana.PublicKey]error
+	resyncs  atomic.Int64 // full listings done (tests tell websocket updates from resyncs)
 }
 
 // Name implements Source.
@@ -224,6 +226,7 @@ func (s *SolanaSource) resync(ctx context.Context, client *rpc.Client) error {
 			auths = append(auths, page...)
 		}
 	}
+	s.resyncs.Add(1)
 	s.mu.Lock()
 	s.crunches = map[solana.PublicKey]*onchain.Crunch{}
 	s.certs = map[solana.PublicKey]*onchain.CoordinatorCertificate{}

@@ -74,7 +74,9 @@ func TestFileSourceFollowsChanges(t *testing.T) {
 	snaps := make(chan Snapshot, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = (&FileSource{Path: path, Interval: 20 * time.Millisecond}).Run(ctx, func(s Snapshot) { snaps <- s }) }()
+	go func() {
+		_ = (&FileSource{Path: path, Interval: 20 * time.Millisecond}).Run(ctx, func(s Snapshot) { snaps <- s })
+	}()
 	s := <-snaps
 	if len(s.Models) != 1 || !s.Models[0].Running || len(s.Skipped) != 1 || !strings.Contains(s.Skipped[0].Error(), `models[1] (model "b"`) {
 		t.Fatalf("first read: %+v", s)

@@ -1,0 +1,270 @@
+package scheduler
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	solana "github.com/gagliardetto/solana-go"
+	"github.com/gagliardetto/solana-go/programs/system"
+	"github.com/gagliardetto/solana-go/rpc"
+
+	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/scheduler/onchain"
+)
+
+// chainFixture plants a program's accounts in the front.
+type chainFixture struct {
+	front   *solanaFront
+	program solana.PublicKey
+	crunch  solana.PublicKey
+	coord   solana.PublicKey
+}
+
+func newChain(t testing.TB, f *solanaFront) *chainFixture {
+	c := &chainFixture{front: f, program: solana.NewWallet().PublicKey(), crunch: solana.NewWallet().PublicKey(),
+		coord: solana.NewWallet().PublicKey()}
+	cr := &onchain.Crunch{Name: "mid-one", Bump: 255}
+	copy(cr.Coordinator[:], c.coord[:])
+	cr.CertHash[0] = 0xaa
+	f.setAccount(t, c.crunch, c.program, cr.Encode())
+	return c
+}
+
+func (c *chainFixture) auth(modelID string, running bool, memMB uint32) *onchain.ModelAuthorization {
+	a := &onchain.ModelAuthorization{ModelID: modelID, SubmissionID: "sub-" + modelID,
+		ArtifactURI: "https://models.example/" + modelID + ".tar.gz", MemoryMB: memMB, Bump: 1}
+	copy(a.Crunch[:], c.crunch[:])
+	a.Cruncher[0], a.Hotkey[0], a.ArtifactSHA256[0] = 1, 2, 3
+	if running {
+		a.DesiredState = onchain.DesiredRunning
+	}
+	return a
+}
+
+// collector keeps a source's snapshots.
+type collector struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	last  Snapshot
+	good  int
+	fails int
+}
+
+func newCollector() *collector {
+	c := &collector{}
+	c.cond = sync.NewCond(&c.mu)
+	return c
+}
+
+func (c *collector) report(s Snapshot) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.Err != nil {
+		c.fails++
+	} else {
+		c.last, c.good = s, c.good+1
+	}
+	c.cond.Broadcast()
+}
+
+// wait returns the first good snapshot satisfying ok within d.
+func (c *collector) wait(t testing.TB, d time.Duration, what string, ok func(Snapshot) bool) Snapshot {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	go func() { time.Sleep(d); c.mu.Lock(); c.cond.Broadcast(); c.mu.Unlock() }()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for !(c.good > 0 && ok(c.last)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not seen within %s; last snapshot: %d models, skipped %v", what, d, len(c.last.Models), c.last.Skipped)
+		}
+		c.cond.Wait()
+	}
+	return c.last
+}
+
+func modelByID(s Snapshot, id string) *jobs.Model {
+	for i := range s.Models {
+		if s.Models[i].ModelID == id {
+			return &s.Models[i]
+		}
+	}
+	return nil
+}
+
+func runSource(t testing.TB, src *SolanaSource) *collector {
+	col := newCollector()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = src.Run(ctx, col.report) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return col
+}
+
+func TestSolanaSource(t *testing.T) {
+	f := startFront(t)
+	c := newChain(t, f)
+	keyA, keyB, keyBad := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
+	f.setAccount(t, keyA, c.program, c.auth("model-a", true, 0).Encode())
+	f.setAccount(t, keyB, c.program, c.auth("model-b", false, 0).Encode())
+	garbage := append(onchain.ModelAuthorizationDiscriminator[:], 0xde, 0xad, 0xbe, 0xef)
+	f.setAccount(t, keyBad, c.program, garbage)
+	cert := &onchain.CoordinatorCertificate{Bump: 1}
+	copy(cert.Coordinator[:], c.coord[:])
+	cert.CertHash[0], cert.CertHashSecondary[0] = 0xcc, 0xdd
+	f.setAccount(t, solana.NewWallet().PublicKey(), c.program, cert.Encode())
+	// An account of another program is never read.
+	f.setAccount(t, solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), c.auth("other", true, 0).Encode())
+
+	src := &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Commitment: rpc.CommitmentConfirmed, Resync: time.Minute}
+	col := runSource(t, src)
+
+	s := col.wait(t, 10*time.Second, "initial listing", func(s Snapshot) bool { return len(s.Models) == 2 })
+	a := modelByID(s, "model-a")
+	if a == nil || !a.Running || a.Crunch != "mid-one" || a.CrunchID != c.crunch.String() ||
+		!strings.HasPrefix(a.CertHash, "cc") || !strings.HasPrefix(a.CertHashSecondary, "dd") {
+		t.Fatalf("model-a: %+v (the CoordinatorCertificate's hashes win over the crunch's)", a)
+	}
+	if b := modelByID(s, "model-b"); b == nil || b.Running {
+		t.Fatalf("model-b must be desired STOPPED: %+v", b)
+	}
+	if len(s.Skipped) != 1 || !strings.Contains(s.Skipped[0].Error(), keyBad.String()) {
+		t.Fatalf("the corrupt account must be skipped with its address: %v", s.Skipped)
+	}
+	waitSubscribed(t, f, 1)
+
+	// A change reaches the source over the websocket, not by a resync.
+	time.Sleep(1200 * time.Millisecond) // past the post-subscribe resync
+	before := src.resyncs.Load()
+	t0 := time.Now()
+	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 2048).Encode())
+	col.wait(t, 2*time.Second, "model-b running over the websocket", func(s Snapshot) bool {
+		b := modelByID(s, "model-b")
+		return b != nil && b.Running && b.MemoryMB == 2048
+	})
+	if src.resyncs.Load() != before {
+		t.Fatal("the change came through a resync, not the websocket")
+	}
+	t.Logf("websocket change seen in %s", time.Since(t0).Round(time.Millisecond))
+
+	// A real signed transaction in the SVM: the System program creates an
+	// account owned by the program (zeroed: not an authorization, ignored).
+	payer := solana.NewWallet()
+	client := rpc.New(f.RPC)
+	ctx := context.Background()
+	if _, err := client.RequestAirdrop(ctx, payer.PublicKey(), 10_000_000_000, rpc.CommitmentFinalized); err != nil {
+		t.Fatal(err)
+	}
+	created := solana.NewWallet()
+	bh, err := client.GetLatestBlockhash(ctx, rpc.CommitmentFinalized)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := solana.NewTransaction([]solana.Instruction{
+		system.NewCreateAccountInstruction(10_000_000, 300, c.program, payer.PublicKey(), created.PublicKey()).Build(),
+	}, bh.Value.Blockhash, solana.TransactionPayer(payer.PublicKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Sign(func(k solana.PublicKey) *solana.PrivateKey {
+		for _, w := range []*solana.Wallet{payer, created} {
+			if w.PublicKey().Equals(k) {
+				return &w.PrivateKey
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.SendTransactionWithOpts(ctx, tx, rpc.TransactionOpts{SkipPreflight: true}); err != nil {
+		t.Fatalf("send a signed transaction to the SVM: %v", err)
+	}
+	info, err := client.GetAccountInfo(ctx, created.PublicKey())
+	if err != nil || !info.Value.Owner.Equals(c.program) || len(info.Value.Data.GetBinary()) != 300 {
+		t.Fatalf("account created by the transaction: %v %+v", err, info)
+	}
+	// The same transaction again is refused by the SVM (already processed / account in use).
+	if _, err := client.SendTransactionWithOpts(ctx, tx, rpc.TransactionOpts{SkipPreflight: true}); err == nil {
+		t.Fatal("the SVM accepted the same transaction twice")
+	}
+
+}
+
+func waitSubscribed(t testing.TB, f *solanaFront, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.subscriptions(t) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("no program subscription registered at the front")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Faults: the RPC goes down for a while (the source reports errors, the
+// watcher keeps the last good state, a change made meanwhile is read on
+// recovery); the websocket drops (the source resubscribes and a change
+// made while it was disconnected is not missed); a closed account
+// disappears at the next resync.
+func TestSolanaSourceFaults(t *testing.T) {
+	f := startFront(t)
+	c := newChain(t, f)
+	keyA, keyB := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
+	f.setAccount(t, keyA, c.program, c.auth("model-a", true, 0).Encode())
+	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 0).Encode())
+	src := &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: 2 * time.Second}
+	col := runSource(t, src)
+	w := NewWatcher([]string{"solana"}, &jobs.Options{}, nil)
+	col.wait(t, 10*time.Second, "initial listing", func(s Snapshot) bool { return len(s.Models) == 2 })
+	waitSubscribed(t, f, 1)
+
+	// RPC down for 3 s: a change made meanwhile shows up after recovery.
+	f.outage(t, 3*time.Second)
+	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 4096).Encode())
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		col.mu.Lock()
+		fails := col.fails
+		col.mu.Unlock()
+		if fails > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the outage was never reported as a source error")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w.Report("solana", col.last)
+	w.Report("solana", Snapshot{Err: context.DeadlineExceeded})
+	if d, ready := w.Desired(); len(d) != 2 || !ready {
+		t.Fatalf("fail static: the desired state changed while the RPC was down: %d models", len(d))
+	}
+	col.wait(t, 20*time.Second, "the change made during the outage", func(s Snapshot) bool {
+		b := modelByID(s, "model-b")
+		return b != nil && b.MemoryMB == 4096
+	})
+	waitSubscribed(t, f, 1)
+
+	// Websocket dropped: the change made while disconnected is not missed.
+	f.dropWebsockets(t)
+	f.setAccount(t, keyB, c.program, c.auth("model-b", false, 4096).Encode())
+	col.wait(t, 10*time.Second, "the change made while the websocket was down", func(s Snapshot) bool {
+		b := modelByID(s, "model-b")
+		return b != nil && !b.Running
+	})
+	waitSubscribed(t, f, 1)
+
+	// Garbage written over a good account: skipped, named, the rest stays.
+	f.setAccount(t, keyB, c.program, append(onchain.ModelAuthorizationDiscriminator[:], make([]byte, 7)...))
+	s := col.wait(t, 5*time.Second, "corrupt account skipped", func(s Snapshot) bool { return len(s.Skipped) == 1 })
+	if modelByID(s, "model-a") == nil || !strings.Contains(s.Skipped[0].Error(), keyB.String()) {
+		t.Fatalf("after corrupting model-b: models %v skipped %v", s.Models, s.Skipped)
+	}
+
+	// Closed: gone at the next resync.
+	f.closeAccount(t, keyA)
+	col.wait(t, 5*time.Second, "closed account removed by a resync", func(s Snapshot) bool { return modelByID(s, "model-a") == nil })
+}
