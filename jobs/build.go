@@ -93,7 +93,8 @@ func CertTemplate(issuePath, ttl string) string {
 {{- .Cert }}
 {{ .CA }}
 {{ .Key }}
-{{ end }}`, issuePath, ttl)
+{{ end }}
+`, issuePath, ttl)
 }
 
 // CATemplate renders the public root CA (no Vault policy needed).
@@ -107,6 +108,9 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	o := opts.withDefaults()
 	id := JobID(m)
 	job := nomadapi.NewServiceJob(id, id, o.Region, o.Priority)
+	if o.Region == "" {
+		job.Region = nil // the API client's region, as for a job file without one
+	}
 	if o.Namespace != "" {
 		job.Namespace = &o.Namespace
 	}

@@ -1,68 +1,112 @@
-# One model on the modelbox driver, by hand. The scheduler (scheduler/, jobs/)
-# writes jobs of this shape for every authorized model; this one is for
-# operators trying the driver. The job id is the runner's identity for Vault:
-# "model-node-<model_id>" (see docs/vault.md), so copy this file and rename
-# the job (HCL cannot compute a job's id) when the model is not "example".
+# One model's job exactly as the scheduler builds it (jobs.Build), for
+# operators who want to run or inspect one by hand:
 #
-#   nomad job run -var model_dir=/srv/models/example deploy/jobs/example-model.nomad.hcl
+#   nomad job run deploy/jobs/example-model.nomad.hcl
+#
+# The model: crunch "demo", model id "example", cruncher
+# HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH, a CPU model whose submission
+# is fetched from var.artifact_url. jobs/hcl_test.go checks that this file and
+# the builder agree; regenerate the ids with `go test ./jobs -run HCL -v` when
+# the builder changes.
+#
+# The job id is the runner's identity for Vault ("model-node-<id>", see
+# docs/vault.md): HCL cannot compute it, so it is the literal short id of
+# (crunch, model id). The full ids live in meta only. The job carries
+# modelnodes_managed = "true": a running scheduler that does not have this
+# model in its desired state will stop it.
 
-variable "model_dir" {
+variable "artifact_url" {
   type        = string
-  description = "The submission on the node (or use an artifact block and local/model)."
+  description = "Where the node fetches the submission (any go-getter source)."
+  default     = "http://127.0.0.1:8080/models/example.tar.gz"
 }
 
-variable "crunch" {
-  type    = string
-  default = "demo"
-}
+job "model-node-pdxu2groar3jsn66" {
+  type        = "service"
+  datacenters = ["*"]
+  priority    = 50
 
-job "model-node-example" {
-  type = "service"
+  meta {
+    modelnodes_managed = "true"
+    modelnodes_spec    = "mjztt726g4g2esvrckzx4ejs"
+    model_id           = "pdxu2groar3jsn66"
+    model              = "example"
+    crunch             = "demo"
+    crunch_name        = "demo"
+    cruncher           = "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH"
+  }
 
   group "model" {
+    count = 1
+
     network {
       port "grpc" {}
     }
 
+    # Restart in place a few times, then Nomad reschedules with exponential
+    # delays; the scheduler's crash-loop backoff sits on top.
     restart {
       attempts = 3
+      interval = "5m"
       delay    = "5s"
-      mode     = "delay"
+      mode     = "fail"
+    }
+
+    reschedule {
+      delay          = "30s"
+      delay_function = "exponential"
+      max_delay      = "1h"
+      unlimited      = true
+    }
+
+    update {
+      max_parallel      = 1
+      health_check      = "checks"
+      min_healthy_time  = "10s"
+      healthy_deadline  = "5m"
+      progress_deadline = "10m"
+      auto_revert       = true
+    }
+
+    # Nomad's own provider cannot run gRPC checks.
+    service {
+      provider = "consul"
+      name     = "crunch-demo"
+      port     = "grpc"
+      meta {
+        model_id = "pdxu2groar3jsn66"
+        model    = "example"
+        crunch   = "demo"
+        cruncher = "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH"
+      }
+      check {
+        name         = "grpc-health"
+        type         = "grpc"
+        interval     = "10s"
+        timeout      = "2s"
+        grpc_use_tls = true
+      }
     }
 
     task "model" {
-      driver = "modelbox"
+      driver       = "modelbox"
+      kill_timeout = "10s"
 
       config {
-        model_dir = var.model_dir
+        model_dir = "local/model"
         runtime   = "python"
         port      = "grpc"
         tls {
-          # One template renders key and chain together, so they always match.
+          # One template renders certificate, chain and key together.
           cert      = "secrets/tls.pem"
           key       = "secrets/tls.pem"
-          client_ca = "secrets/ca.pem"
+          client_ca = "secrets/ca.crt"
         }
       }
 
-      vault {}
-
-      template {
-        destination   = "secrets/tls.pem"
-        change_mode   = "signal"
-        change_signal = "SIGHUP"
-        data          = <<-EOT
-        {{ with pkiCert "pki_int/issue/runner" (printf "common_name=%s.crunchdao.internal" (env "NOMAD_JOB_ID")) "ttl=24h" }}{{ .Cert }}{{ .CA }}{{ .Key }}{{ end }}
-        EOT
-      }
-
-      template {
-        destination   = "secrets/ca.pem"
-        change_mode   = "signal"
-        change_signal = "SIGHUP"
-        data          = <<-EOT
-        {{ with secret "pki_int/cert/ca_chain" }}{{ .Data.ca_chain }}{{ end }}
-        EOT
+      artifact {
+        source      = var.artifact_url
+        destination = "local/model"
       }
 
       resources {
@@ -70,20 +114,35 @@ job "model-node-example" {
         memory = 512
       }
 
-      service {
-        provider = "consul"
-        name     = "crunch-${var.crunch}"
-        port     = "grpc"
-        meta {
-          model_id = "example"
-        }
-        check {
-          type            = "grpc"
-          interval        = "10s"
-          timeout         = "2s"
-          grpc_use_tls    = true
-          tls_skip_verify = false
-        }
+      identity {
+        name = "vault_default"
+        aud  = ["vault.io"]
+        ttl  = "1h"
+      }
+
+      vault {
+        role = "runner"
+      }
+
+      template {
+        destination   = "secrets/tls.pem"
+        perms         = "0600"
+        change_mode   = "signal"
+        change_signal = "SIGHUP"
+        data          = <<-EOT
+        {{ with pkiCert "pki_int/issue/runner" (printf "common_name=%s.crunchdao.internal" (env "NOMAD_JOB_ID")) "ttl=24h" }}
+        {{- .Cert }}
+        {{ .CA }}
+        {{ .Key }}
+        {{ end }}
+        EOT
+      }
+
+      template {
+        destination   = "secrets/ca.crt"
+        change_mode   = "signal"
+        change_signal = "SIGHUP"
+        data          = "{{ with secret \"pki/cert/ca\" }}{{ .Data.certificate }}{{ end }}"
       }
     }
   }
