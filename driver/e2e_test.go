@@ -58,8 +58,8 @@ func TestE2ENomadRunsModels(t *testing.T) {
 			if _, _, err := nomad.Jobs().Register(job, nil); err != nil {
 				t.Fatal(err)
 			}
-			defer func() { _, _, _ = nomad.Jobs().Deregister(m.job, true, nil) }()
 			alloc := waitHealthyAlloc(t, nomad, m.job)
+			defer stopJob(t, nomad, m.job, alloc)
 
 			// `nomad alloc exec` must not open a shell next to the model.
 			cmd := exec.Command(c.Nomad.Bin, "alloc", "exec", "-task", "model", alloc.ID, "/bin/cat", m.dir+"/main.py")
@@ -182,4 +182,32 @@ func allocEvents(a *nomadapi.Allocation) string {
 		}
 	}
 	return b.String()
+}
+
+// stopJob stops a model job the way an operator does and checks that the
+// task leaves nothing behind: no process, no cgroup.
+func stopJob(t *testing.T, nomad *nomadapi.Client, job string, alloc *nomadapi.Allocation) {
+	t.Helper()
+	if _, _, err := nomad.Jobs().Deregister(job, false, nil); err != nil {
+		t.Errorf("stop %s: %v", job, err)
+		return
+	}
+	group := filepath.Join("/sys/fs/cgroup/pids/modelbox", alloc.ID+".model")
+	if _, err := os.Stat("/sys/fs/cgroup/pids"); err != nil {
+		group = filepath.Join("/sys/fs/cgroup/modelbox", alloc.ID+".model")
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		a, _, err := nomad.Allocations().Info(alloc.ID, nil)
+		_, statErr := os.Stat(group)
+		if err == nil && a.ClientStatus == "complete" && os.IsNotExist(statErr) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("after stopping %s: alloc %s, task cgroup %s still there: %v", job, a.ClientStatus, group, statErr)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	_, _, _ = nomad.Jobs().Deregister(job, true, nil)
 }

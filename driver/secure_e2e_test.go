@@ -80,8 +80,8 @@ func TestE2ESecureModel(t *testing.T) {
 	if _, _, err := c.Nomad.Client.Jobs().Register(job, nil); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _, _, _ = c.Nomad.Client.Jobs().Deregister(jobID, true, nil) }()
 	alloc := waitHealthyAlloc(t, c.Nomad.Client, jobID)
+	defer stopJob(t, c.Nomad.Client, jobID, alloc)
 	addr := portAddr(alloc, "grpc")
 
 	root, err := c.Vault.CACertPEM(ctx)

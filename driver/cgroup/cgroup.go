@@ -212,7 +212,10 @@ func (t *Task) PIDs() ([]int, error) {
 // forks while being killed), sends SIGKILL to each process, thaws it and waits
 // until the group is empty or timeout passes.
 func (t *Task) Kill(timeout time.Duration) error {
-	frozen := t.task.Freeze(cgroups.Frozen) == nil
+	if t.task.Freeze(cgroups.Frozen) == nil {
+		// Thaw whatever happens: a frozen process cannot even die.
+		defer func() { _ = t.task.Freeze(cgroups.Thawed) }()
+	}
 	pids, err := t.PIDs()
 	if err != nil {
 		return err
@@ -220,8 +223,8 @@ func (t *Task) Kill(timeout time.Duration) error {
 	for _, pid := range pids {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	if frozen {
-		_ = t.task.Freeze(cgroups.Thawed)
+	if err := t.task.Freeze(cgroups.Thawed); err != nil {
+		return err
 	}
 	deadline := time.Now().Add(timeout)
 	for {
