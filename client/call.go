@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -83,6 +84,9 @@ type answer struct {
 	code, msg string // a CrunchDAO status, when the RPC carries one
 	value     *commonspb.Variant
 	err       error
+	// unavailable marks an answer that says the model cannot take calls
+	// (health NOT_SERVING) rather than a model error.
+	unavailable bool
 }
 
 // Setup builds the model's instance of className's subclass on every model
@@ -137,7 +141,7 @@ func (c *Client) InferSetup(ctx context.Context, req Request) []Result {
 
 // Health asks every model's runner for its overall health (gRPC health
 // service ""): Success with Value = STRING "SERVING" when it takes calls,
-// ModelError with the serving status otherwise.
+// Unavailable with Code = the serving status (NOT_SERVING) otherwise.
 func (c *Client) Health(ctx context.Context, req Request) []Result {
 	return c.fan(ctx, RPCHealth, req, func(ctx context.Context, m *member, _ Args) answer {
 		res, err := m.health.Check(ctx, &healthpb.HealthCheckRequest{})
@@ -145,7 +149,7 @@ func (c *Client) Health(ctx context.Context, req Request) []Result {
 		if err != nil || st == healthpb.HealthCheckResponse_SERVING {
 			return answer{code: "SUCCESS", value: commonspb.String(st.String()), err: err}
 		}
-		return answer{code: st.String(), msg: "runner health is " + st.String()}
+		return answer{code: st.String(), msg: "runner health is " + st.String(), unavailable: true}
 	})
 }
 
@@ -182,6 +186,9 @@ func (c *Client) fan(ctx context.Context, rpc string, req Request, do func(conte
 	if conc <= 0 {
 		conc = c.cfg.Concurrency
 	}
+	// Each result is accounted once: by its call, or as a timeout when
+	// the fan-out ended first.
+	accounted := make([]atomic.Bool, len(members))
 	outs := fanout.Run(ctx, len(members), fanout.Options{Concurrency: conc, Timeout: timeout}, func(ctx context.Context, i int) Result {
 		m := members[i]
 		defer m.release()
@@ -192,6 +199,9 @@ func (c *Client) fan(ctx context.Context, rpc string, req Request, do func(conte
 			var err error
 			if a, err = req.Args(m.model); err != nil {
 				r.Status, r.Code, r.Message = ModelError, "INVALID_ARGUMENT", fmt.Sprintf("arguments for %s: %v", m.model.ID, err)
+				if accounted[i].CompareAndSwap(false, true) {
+					c.record(rpc, r)
+				}
 				return r
 			}
 		}
@@ -203,8 +213,15 @@ func (c *Client) fan(ctx context.Context, rpc string, req Request, do func(conte
 			r.Message = errorText(ans.err)
 		case ans.code == "SUCCESS":
 			r.Status, r.Code, r.Message, r.Value = Success, ans.code, ans.msg, ans.value
+		case ans.unavailable:
+			r.Status, r.Code, r.Message = Unavailable, ans.code, ans.msg
 		default:
 			r.Status, r.Code, r.Message = ModelError, ans.code, ans.msg
+		}
+		// Accounted here, not after the fan-out: at a deadline only the
+		// unfinished calls are left to account for.
+		if accounted[i].CompareAndSwap(false, true) {
+			c.record(rpc, r)
 		}
 		return r
 	})
@@ -218,8 +235,10 @@ func (c *Client) fan(ctx context.Context, rpc string, req Request, do func(conte
 				members[i].release()
 			}
 			r = Result{Model: members[i].model, Status: Timeout, Code: "DEADLINE_EXCEEDED", Message: "no answer by the fan-out's deadline", Latency: end}
+			if accounted[i].CompareAndSwap(false, true) {
+				c.record(rpc, r)
+			}
 		}
-		c.record(rpc, r)
 		results = append(results, r)
 	}
 	return sortResults(results)
@@ -237,7 +256,7 @@ func (c *Client) record(rpc string, r Result) {
 }
 
 func sortResults(rs []Result) []Result {
-	slices.SortFunc(rs, func(a, b Result) int { return compare(a.Model.ID, b.Model.ID) })
+	slices.SortFunc(rs, func(a, b Result) int { return strings.Compare(a.Model.ID, b.Model.ID) })
 	return rs
 }
 

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -156,18 +157,8 @@ func (c *Client) Members() []Member {
 	for i := range ms {
 		ms[i].Stats = c.failures.Stats(ms[i].ID)
 	}
-	slices.SortFunc(ms, func(a, b Member) int { return compare(a.ID, b.ID) })
+	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
 	return ms
-}
-
-func compare(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Stats returns one model's call accounting.
@@ -308,13 +299,15 @@ func (c *Client) snapshot(only []string) []target {
 			ts = append(ts, target{m, m.model})
 		}
 	} else {
+		seen := map[string]bool{}
 		for _, id := range only {
-			if m := c.members[id]; m != nil {
+			if m := c.members[id]; m != nil && !seen[id] {
+				seen[id] = true
 				ts = append(ts, target{m, m.model})
 			}
 		}
 	}
-	slices.SortFunc(ts, func(a, b target) int { return compare(a.model.ID, b.model.ID) })
+	slices.SortFunc(ts, func(a, b target) int { return strings.Compare(a.model.ID, b.model.ID) })
 	for _, t := range ts {
 		t.acquire()
 	}

@@ -76,6 +76,7 @@ func TestResultStatuses(t *testing.T) {
 	if r1.Latency <= 0 || r1.Latency > 5*time.Second {
 		t.Errorf("echo latency %v", r1.Latency)
 	}
+	check("model named twice", one(c.Call(ctx, "echo", client.Request{Models: []string{"ok", "ok"}})), client.Success, "SUCCESS")
 	none := one(c.Call(ctx, "echo", req))
 	check("method returning None", none, client.Success, "SUCCESS")
 	if none.Value != nil {

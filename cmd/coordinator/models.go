@@ -37,7 +37,7 @@ func models(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		status := h.Status.String()
 		if h.OK() {
 			status, _ = h.Value.AsString()
-		} else if h.Status == client.ModelError {
+		} else if h.Code == "NOT_SERVING" {
 			status = h.Code
 		}
 		full := m.Meta[consul.MetaModel]
