@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Metrics are the scheduler's Prometheus metrics, on their own registry.
@@ -55,7 +56,7 @@ func NewMetrics() *Metrics {
 	}
 	m.Registry.MustRegister(m.leader, m.desired, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
 		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.writes, m.backoffs,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
