@@ -12,10 +12,12 @@
 package credentials
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -101,5 +103,63 @@ func Check(m Material, now time.Time) error {
 // Transport returns gRPC transport credentials for the runner named
 // serverName.
 func Transport(m Material, serverName string) credentials.TransportCredentials {
-	return credentials.NewTLS(Config(m, serverName))
+	return firstRecord{credentials.NewTLS(Config(m, serverName))}
+}
+
+// firstRecordTimeout bounds the wait for the runner's first bytes after a
+// TLS 1.3 handshake (within the connect deadline).
+const firstRecordTimeout = 5 * time.Second
+
+// firstRecord makes a runner's refusal of our certificate visible at
+// handshake time. In TLS 1.3 the server verifies the client certificate
+// after the client considers the handshake done, so its alert only shows on
+// the first read, and grpc-go, writing first, often sees "broken pipe"
+// instead: an unauthenticated call would look like an unreachable runner.
+// A gRPC server speaks first (its SETTINGS frame), so the first record is
+// read here: the alert, or bytes kept for gRPC.
+type firstRecord struct{ credentials.TransportCredentials }
+
+func (f firstRecord) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := f.TransportCredentials.ClientHandshake(ctx, authority, raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ti, ok := info.(credentials.TLSInfo); !ok || ti.State.Version < tls.VersionTLS13 {
+		return conn, info, nil
+	}
+	deadline := time.Now().Add(firstRecordTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetReadDeadline(deadline)
+	buf := make([]byte, 1024)
+	n, err := conn.Read(buf)
+	_ = conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("credentials: the runner closed the connection after the TLS handshake (it refused our certificate?): %w", err)
+	}
+	return &prefixConn{Conn: conn, prefix: buf[:n]}, info, nil
+}
+
+func (f firstRecord) Clone() credentials.TransportCredentials {
+	return firstRecord{f.TransportCredentials.Clone()}
+}
+
+// prefixConn returns prefix before reading on.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil // let the buffer go
+		}
+		return n, nil
+	}
+	return c.Conn.Read(b)
 }
