@@ -117,7 +117,9 @@ const firstRecordTimeout = 5 * time.Second
 // instead: an unauthenticated call would look like an unreachable runner.
 // A gRPC server speaks first (its SETTINGS frame), so the first record is
 // read here: the alert, or bytes kept for gRPC.
-type firstRecord struct{ credentials.TransportCredentials }
+type firstRecord struct {
+	credentials.TransportCredentials
+}
 
 func (f firstRecord) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, info, err := f.TransportCredentials.ClientHandshake(ctx, authority, raw)
