@@ -23,7 +23,9 @@ func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
 func TestMembershipFollowsConsul(t *testing.T) {
 	cl := testcluster.Shared(t, testcluster.Consul)
 	agent := cl.Consul.Client.Agent()
-	service := consul.ServiceName("alpha")
+	// A crunch of its own: the shared agent keeps what earlier runs
+	// (-count) registered.
+	service := consul.ServiceName(fmt.Sprintf("alpha%d", time.Now().UnixNano()))
 
 	src := &consul.Source{Client: cl.Consul.Client, Service: service, Wait: time.Minute}
 	updates := make(chan []discovery.Model, 16)
@@ -55,7 +57,7 @@ func TestMembershipFollowsConsul(t *testing.T) {
 	register := func(id string, port int) {
 		t.Helper()
 		err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
-			ID: "model-node-" + id, Name: service, Tags: []string{id}, Address: "127.0.0.1", Port: port,
+			ID: service + "-" + id, Name: service, Tags: []string{id}, Address: "127.0.0.1", Port: port,
 			Meta: map[string]string{
 				consul.MetaModelID: id, consul.MetaModel: "Model" + id + "FullBase58Id",
 				consul.MetaCrunch: "AlphaCrunchBase58", consul.MetaCruncher: "Wallet" + id,
@@ -83,12 +85,12 @@ func TestMembershipFollowsConsul(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("m2 check passing again", "m1", "m2")
-	if err := agent.ServiceDeregister("model-node-m1"); err != nil {
+	if err := agent.ServiceDeregister(service + "-m1"); err != nil {
 		t.Fatal(err)
 	}
 	expect("m1 deregistered", "m2")
 	// Another crunch's models never appear.
-	if err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{ID: "other", Name: consul.ServiceName("beta"), Port: 7003}); err != nil {
+	if err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{ID: "other", Name: service + "-beta", Port: 7003}); err != nil {
 		t.Fatal(err)
 	}
 	register("m3", 7004)
