@@ -399,3 +399,54 @@ func TestNomadGoesAwayMidReconcile(t *testing.T) {
 	s.stop()
 
 }
+
+// A model that cannot start (its artifact cannot be fetched) is reported
+// by the status API as failed, with Nomad's reason.
+func TestStatusReportsFailedModel(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Nomad)
+	nc := nomad.Wrap(cl.Nomad.Client)
+	t.Cleanup(func() { purgeAll(t, nc) })
+	requireModelbox(t, cl.Nomad.Client)
+	m := fileModel("broken") // artifact at 127.0.0.1:1: connection refused
+	s := startScheduler(t, nc, nc, nil, &FileSource{Path: modelsFile(t, m)})
+	id := jobs.JobID(&m)
+	srv := httptest.NewServer(s.s.Handler())
+	defer srv.Close()
+	deadline := time.Now().Add(90 * time.Second)
+	var last []ModelStatus
+	for {
+		last = nil
+		getJSON(t, srv.URL+"/v1/models", &last)
+		for _, ms := range last {
+			if ms.JobID == id && ms.State == StateFailed {
+				if ms.Desired != "running" || !strings.Contains(ms.Reason, "artifact") || ms.Allocation == "" {
+					t.Fatalf("failed model without its cause (the artifact) or allocation: %+v", ms)
+				}
+				t.Logf("reported: state=%s reason=%q", ms.State, ms.Reason)
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("model never reported failed: %+v", last)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// requireModelbox skips (saying why) when the Nomad node has no healthy
+// modelbox driver, which needs bin/ built (make test does) and root.
+func requireModelbox(t *testing.T, client *nomadapi.Client) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if nodes, _, err := client.Nodes().List(nil); err == nil && len(nodes) > 0 {
+			if node, _, err := client.Nodes().Info(nodes[0].ID, nil); err == nil {
+				if d := node.Drivers["modelbox"]; d != nil && d.Healthy {
+					return
+				}
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Skip("the Nomad node has no healthy modelbox driver (needs bin/nomad-driver-modelbox from make build, and root)")
+}

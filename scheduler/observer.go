@@ -274,21 +274,38 @@ func (o *Observer) refresh(jobID string) {
 }
 
 func failureReason(a *nomadapi.AllocationListStub) string {
-	var last *nomadapi.TaskEvent
+	// The cause (an artifact that cannot be fetched, a driver error) is
+	// more useful than the consequences logged after it (unhealthy, killed,
+	// not restarting).
+	var cause, fails, last *nomadapi.TaskEvent
+	later := func(a, b *nomadapi.TaskEvent) bool { return a == nil || b.Time > a.Time }
 	for _, ts := range a.TaskStates {
 		for _, e := range ts.Events {
 			if e.DisplayMessage == "" {
 				continue
 			}
-			if last == nil || e.Time > last.Time {
+			if later(last, e) {
 				last = e
+			}
+			if (e.DownloadError != "" || e.DriverError != "" || e.SetupError != "" || e.ValidationError != "" ||
+				e.Type == nomadapi.TaskTerminated) && later(cause, e) {
+				cause = e
+			}
+			if e.FailsTask && later(fails, e) {
+				fails = e
 			}
 		}
 	}
-	if last == nil {
-		return a.ClientDescription
+	if cause == nil {
+		cause = fails
 	}
-	return last.Type + ": " + last.DisplayMessage
+	if cause != nil {
+		return cause.Type + ": " + cause.DisplayMessage
+	}
+	if last != nil {
+		return last.Type + ": " + last.DisplayMessage
+	}
+	return a.ClientDescription
 }
 
 // Held returns the jobs on crash-loop hold now, and when the next hold ends

@@ -113,7 +113,15 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		lctx, release, err := s.Elector.Lead(ctx)
 		if err != nil {
-			break
+			if ctx.Err() != nil {
+				break
+			}
+			s.Logger.Error("cannot contend for leadership; retrying", "error", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
+			continue
 		}
 		s.setLeading(true)
 		s.Logger.Info("leading: reconciling")
