@@ -91,12 +91,20 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			name := src.Name()
+			logged := map[string]bool{} // skipped entries already logged
 			err := src.Run(ctx, func(snap Snapshot) {
 				if snap.Err != nil {
 					s.Logger.Error("source unreadable; keeping its last good state", "source", name, "error", snap.Err)
-				}
-				for _, e := range snap.Skipped {
-					s.Logger.Warn("skipped entry", "source", name, "error", e)
+				} else {
+					now := map[string]bool{}
+					for _, e := range snap.Skipped {
+						msg := e.Error()
+						now[msg] = true
+						if !logged[msg] {
+							s.Logger.Warn("skipped entry", "source", name, "error", msg)
+						}
+					}
+					logged = now
 				}
 				s.watcher.Report(name, snap)
 			})
