@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -101,9 +102,17 @@ func (o *Observer) Run(ctx context.Context) {
 	}
 	delay := 500 * time.Millisecond
 	for ctx.Err() == nil {
+		t0 := time.Now()
 		err := o.follow(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errRelist) {
+			delay = 500 * time.Millisecond
+			continue
+		}
+		if time.Since(t0) > time.Minute {
+			delay = 500 * time.Millisecond
 		}
 		log.Warn("nomad event stream ended; reconnecting and re-reading allocations", "error", err, "in", delay)
 		select {
@@ -130,10 +139,21 @@ func (o *Observer) follow(ctx context.Context) error {
 	for _, a := range stubs {
 		o.add(a)
 	}
+	// Forget jobs whose allocations are gone (purged, garbage collected),
+	// unless they are on hold.
+	for id, st := range o.states {
+		if len(st.allocs) == 0 && o.clock().After(st.holdUntil) {
+			delete(o.states, id)
+		}
+	}
 	o.refreshAll()
 	o.mu.Unlock()
 	o.changed()
-	ch, err := o.Nomad.Events(ctx, index+1)
+	// Re-read everything now and then as well: the event stream does not
+	// announce allocations that Nomad garbage-collects.
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	ch, err := o.Nomad.Events(sctx, index+1)
 	if err != nil {
 		return err
 	}
@@ -167,8 +187,13 @@ func (o *Observer) follow(ctx context.Context) error {
 			o.changed()
 		}
 	}
+	if sctx.Err() != nil && ctx.Err() == nil {
+		return errRelist
+	}
 	return ctx.Err()
 }
+
+var errRelist = errors.New("periodic re-read")
 
 func (o *Observer) changed() {
 	o.mu.Lock()

@@ -29,6 +29,7 @@ type Scheduler struct {
 	// OnReconcile, if set, is called after each pass (tests, benchmarks).
 	OnReconcile func(Result, error)
 
+	once    sync.Once
 	watcher *Watcher
 	kick    chan struct{}
 	mu      sync.Mutex
@@ -47,10 +48,9 @@ type lastPass struct {
 // Watcher returns the merged desired state (valid once Run started).
 func (s *Scheduler) Watcher() *Watcher { return s.watcher }
 
-func (s *Scheduler) init() {
-	if s.watcher != nil {
-		return
-	}
+func (s *Scheduler) init() { s.once.Do(s.setup) }
+
+func (s *Scheduler) setup() {
 	var names []string
 	for _, src := range s.Sources {
 		names = append(names, src.Name())
