@@ -8,6 +8,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -449,4 +450,23 @@ func requireModelbox(t *testing.T, client *nomadapi.Client) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	t.Skip("the Nomad node has no healthy modelbox driver (needs bin/nomad-driver-modelbox from make build, and root)")
+}
+
+// deploy/jobs/example-model.nomad.hcl is accepted by `nomad job run` as is
+// (jobs/hcl_test.go checks it equals the builder's job).
+func TestExampleJobRuns(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Nomad)
+	nc := nomad.Wrap(cl.Nomad.Client)
+	t.Cleanup(func() { purgeAll(t, nc) })
+	cmd := exec.Command(cl.Nomad.Bin, "job", "run", "-detach", "../deploy/jobs/example-model.nomad.hcl")
+	cmd.Env = append(os.Environ(), "NOMAD_ADDR="+cl.Nomad.Addr)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("nomad job run: %v\n%s", err, out)
+	}
+	m := jobs.Model{Crunch: "demo", ModelID: "example"}
+	waitJobs(t, nc, 10*time.Second, "the example job registered", func(j map[string]nomad.JobStub) bool {
+		_, ok := j[jobs.JobID(&m)]
+		return ok
+	})
 }
