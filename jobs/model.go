@@ -62,6 +62,12 @@ type Model struct {
 	CertHash          string `json:"cert_hash,omitempty" yaml:"cert_hash,omitempty"`
 	CertHashSecondary string `json:"cert_hash_secondary,omitempty" yaml:"cert_hash_secondary,omitempty"`
 
+	// Name, when set, is used instead of the hash as the short id (job
+	// model-node-<Name>, certificate model-node-<Name>.crunchdao.internal):
+	// CrunchDAO's client expects its own model id there. It must be a
+	// lowercase RFC 1123 label of at most 52 characters.
+	Name string `json:"name,omitempty" yaml:"name,omitempty"`
+
 	// Running is the desired state: false means the model must be stopped.
 	Running bool `json:"running" yaml:"running"`
 }
@@ -86,6 +92,9 @@ func (m *Model) Validate() error {
 	case "", "python", "executable":
 	default:
 		errs = append(errs, fmt.Errorf("runtime %q is neither python nor executable", m.Runtime))
+	}
+	if m.Name != "" && !IsLabel(m.Name, 52) {
+		errs = append(errs, fmt.Errorf("name %q is not a lowercase DNS label of at most 52 characters", m.Name))
 	}
 	if m.ArtifactURL == "" && m.ModelDir == "" {
 		errs = append(errs, errors.New("neither an artifact nor a model dir"))
@@ -117,11 +126,28 @@ const JobPrefix = "model-node-"
 
 var lowerBase32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
-// ShortID is the model's DNS-safe id: 16 lowercase base32 characters of
+// IsLabel reports whether s is a lowercase RFC 1123 label of at most max
+// characters.
+func IsLabel(s string, max int) bool {
+	if s == "" || len(s) > max || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, c := range s {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// ShortID is the model's DNS-safe id: Name when set, else 16 lowercase base32 characters of
 // SHA-256(crunch id or name, NUL, model id). 80 bits keep collisions out of
 // reach for any realistic number of models; the same model always gets the
 // same id, whichever scheduler instance computes it.
 func ShortID(m *Model) string {
+	if m.Name != "" {
+		return m.Name
+	}
 	crunch := m.CrunchID
 	if crunch == "" {
 		crunch = m.Crunch

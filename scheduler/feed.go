@@ -26,7 +26,11 @@ type FeedSource struct {
 	// placeholders {submission_id}, {resource_id} and {model_id}.
 	ArtifactURL string
 	Interval    time.Duration // default 10 s, as their orchestrator
-	Client      *http.Client
+	// ModelIDNames names jobs model-node-<model id> instead of a hash when
+	// the id is a lowercase DNS label (CrunchDAO's client verifies the
+	// runner's certificate as model-node-<model id>.crunchdao.internal).
+	ModelIDNames bool
+	Client       *http.Client
 }
 
 // Name implements Source.
@@ -121,6 +125,9 @@ func (f *FeedSource) convert(entries []FeedEntry) Snapshot {
 		}
 		if m.Hardware == "" {
 			m.Hardware = jobs.CPU
+		}
+		if f.ModelIDNames && jobs.IsLabel(m.ModelID, 52) {
+			m.Name = m.ModelID
 		}
 		if f.ArtifactURL != "" {
 			m.ArtifactURL = strings.NewReplacer("{submission_id}", e.Model.SubmissionID,

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/modelnodes/modelnodes/jobs"
 )
 
 const feedBody = `[
@@ -127,5 +129,31 @@ func TestObserverCrashLoopBackoff(t *testing.T) {
 	fail("a6", 6)
 	if _, until := o.Held(); until.Sub(now) != 2*time.Minute {
 		t.Fatalf("second hold %v, want 2m", until.Sub(now))
+	}
+}
+
+// With ModelIDNames, a feed model whose id is a DNS label gets the job
+// (and certificate) name CrunchDAO's client expects.
+func TestFeedModelIDNames(t *testing.T) {
+	f := &FeedSource{ModelIDNames: true, ArtifactURL: "http://127.0.0.1:1/{model_id}"}
+	var e1, e2 FeedEntry
+	e1.CrunchName, e1.Model.ID, e1.Model.HardwareType, e1.DesiredState = "c", "1234", "CPU", "START"
+	e2.CrunchName, e2.Model.ID, e2.Model.HardwareType, e2.DesiredState = "c", "Not_A_Label", "CPU", "START"
+	snap := f.convert([]FeedEntry{e1, e2})
+	if len(snap.Models) != 2 {
+		t.Fatalf("%+v", snap)
+	}
+	for _, m := range snap.Models {
+		id := jobs.JobID(&m)
+		switch m.ModelID {
+		case "1234":
+			if id != "model-node-1234" {
+				t.Errorf("job id %s, want model-node-1234", id)
+			}
+		default:
+			if !strings.HasPrefix(id, "model-node-") || strings.Contains(id, "Not") || len(id) != 27 {
+				t.Errorf("a model id that is no DNS label must fall back to the hash: %s", id)
+			}
+		}
 	}
 }

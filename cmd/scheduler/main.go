@@ -69,6 +69,7 @@ type config struct {
 	solanaCrunches                                       stringList
 	solanaResync                                         time.Duration
 	feedURL, feedArtifact                                string
+	feedModelIDNames                                     bool
 	feedCrunches                                         stringList
 	feedInterval                                         time.Duration
 	modelsFile, listen, logLevel                         string
@@ -105,6 +106,7 @@ func parse(args []string) (*config, error) {
 	fs.Var(&c.feedCrunches, "feed-crunch", "crunch name(s) to ask the feed for, comma separated")
 	fs.StringVar(&c.feedArtifact, "feed-artifact-url", "", "artifact URL of a feed model; {submission_id}, {resource_id}, {model_id} are replaced")
 	fs.DurationVar(&c.feedInterval, "feed-interval", 10*time.Second, "feed polling interval")
+	fs.BoolVar(&c.feedModelIDNames, "feed-model-id-names", false, "name feed models' jobs model-node-<model id> (what CrunchDAO's client verifies) instead of a hash, when the id is a DNS label")
 	fs.StringVar(&c.modelsFile, "models-file", "", "YAML file of models (development)")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:9464", "status API and /metrics address")
 	fs.StringVar(&c.logLevel, "log-level", "info", "trace, debug, info, warn or error")
@@ -195,7 +197,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	}
 	if c.feedURL != "" {
 		s.Sources = append(s.Sources, &scheduler.FeedSource{URL: c.feedURL, Crunches: c.feedCrunches,
-			ArtifactURL: c.feedArtifact, Interval: c.feedInterval})
+			ArtifactURL: c.feedArtifact, Interval: c.feedInterval, ModelIDNames: c.feedModelIDNames})
 	}
 	if c.modelsFile != "" {
 		s.Sources = append(s.Sources, &scheduler.FileSource{Path: c.modelsFile})
