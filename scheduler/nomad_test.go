@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -469,4 +470,38 @@ func TestExampleJobRuns(t *testing.T) {
 		_, ok := j[jobs.JobID(&m)]
 		return ok
 	})
+}
+
+// nomad.Client's check-and-set on the real agent: a second "create" of the
+// same job and a write at a stale index are refused as conflicts, so two
+// writers can never both register a model.
+func TestNomadCheckAndSet(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Nomad)
+	nc := nomad.Wrap(cl.Nomad.Client)
+	t.Cleanup(func() { purgeAll(t, nc) })
+	ctx := context.Background()
+	m := fileModel("cas")
+	job, err := jobs.Build(&m, testOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Register(ctx, job, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Register(ctx, job, 0); !errors.Is(err, nomad.ErrConflict) {
+		t.Fatalf("second create: %v, want ErrConflict", err)
+	}
+	list, err := nc.ListJobs(ctx, jobs.JobID(&m))
+	if err != nil || len(list) != 1 || list[0].Meta[jobs.MetaSpec] != jobs.SpecHash(&m, testOptions) {
+		t.Fatalf("list with meta: %v %+v", err, list)
+	}
+	idx := list[0].JobModifyIndex
+	m.MemoryMB = 300
+	job, _ = jobs.Build(&m, testOptions)
+	if err := nc.Register(ctx, job, idx); err != nil {
+		t.Fatalf("update at the current index: %v", err)
+	}
+	if err := nc.Register(ctx, job, idx); !errors.Is(err, nomad.ErrConflict) {
+		t.Fatalf("update at a stale index: %v, want ErrConflict", err)
+	}
 }
