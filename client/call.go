@@ -92,13 +92,20 @@ type answer struct {
 // Setup builds the model's instance of className's subclass on every model
 // (DynamicSubclass Setup); args are the constructor's.
 func (c *Client) Setup(ctx context.Context, className string, req Request) []Result {
-	return c.fan(ctx, RPCSetup, req, func(ctx context.Context, m *member, a Args) answer {
+	return c.fan(ctx, RPCSetup, req, setupRPC(className))
+}
+
+func setupRPC(className string) rpcFunc {
+	return func(ctx context.Context, m *member, a Args) answer {
 		res, err := m.ds.Setup(ctx, &dspb.SetupRequest{
 			ClassName: className, InstanceArguments: positional(a), InstanceKwArguments: keyword(a),
 		})
 		return answer{code: res.GetStatus().GetCode(), msg: res.GetStatus().GetMessage(), err: err}
-	})
+	}
 }
+
+// rpcFunc is one model's RPC in a fan-out.
+type rpcFunc func(context.Context, *member, Args) answer
 
 // Call calls method on every model (DynamicSubclass Call).
 func (c *Client) Call(ctx context.Context, method string, req Request) []Result {
@@ -155,18 +162,19 @@ func (c *Client) Health(ctx context.Context, req Request) []Result {
 
 // fan runs rpc on the selected members and turns every outcome into a
 // Result, by ctx's deadline at the latest.
-func (c *Client) fan(ctx context.Context, rpc string, req Request, do func(context.Context, *member, Args) answer) []Result {
-	start := time.Now()
-	members := c.snapshot(req.Models)
-	results := make([]Result, 0, len(members)+len(req.Models))
-	// Models asked for by id but not in the membership.
-	if req.Models != nil {
-		for _, id := range req.Models {
-			if !slices.ContainsFunc(members, func(t target) bool { return t.model.ID == id }) {
-				results = append(results, Result{Model: discovery.Model{ID: id}, Status: Unavailable, Code: "NOT_FOUND", Message: "no such model in the membership"})
-			}
-		}
+func (c *Client) fan(ctx context.Context, rpc string, req Request, do rpcFunc) []Result {
+	members, missing := c.snapshot(req.Models)
+	results := append(c.fanTargets(ctx, rpc, members, req, do), missing...)
+	if len(missing) > 0 {
+		slices.SortFunc(results, func(a, b Result) int { return strings.Compare(a.Model.ID, b.Model.ID) })
 	}
+	return results
+}
+
+// fanTargets calls do on members (each acquired; released here).
+func (c *Client) fanTargets(ctx context.Context, rpc string, members []target, req Request, do rpcFunc) []Result {
+	start := time.Now()
+	results := make([]Result, 0, len(members))
 	// An unusable client certificate fails every call the same clear way
 	// instead of as many aborted handshakes.
 	if c.cfg.TLS != nil {
@@ -175,7 +183,7 @@ func (c *Client) fan(ctx context.Context, rpc string, req Request, do func(conte
 				results = append(results, Result{Model: m.model, Status: Unauthenticated, Code: "UNAUTHENTICATED", Message: err.Error()})
 				m.release()
 			}
-			return sortResults(results)
+			return results
 		}
 	}
 	timeout := req.Timeout
@@ -241,7 +249,7 @@ func (c *Client) fan(ctx context.Context, rpc string, req Request, do func(conte
 		}
 		results = append(results, r)
 	}
-	return sortResults(results)
+	return results
 }
 
 func (c *Client) record(rpc string, r Result) {
@@ -253,11 +261,6 @@ func (c *Client) record(rpc string, r Result) {
 		o = failures.Timeout
 	}
 	c.failures.Record(r.Model.ID, rpc, r.Status.String(), o, r.Latency, r.Message)
-}
-
-func sortResults(rs []Result) []Result {
-	slices.SortFunc(rs, func(a, b Result) int { return strings.Compare(a.Model.ID, b.Model.ID) })
-	return rs
 }
 
 // errorText is the gRPC status message without grpc-go's "rpc error: code

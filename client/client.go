@@ -58,6 +58,9 @@ type Config struct {
 	Logger hclog.Logger
 	// DialOptions are appended to the client's own (tests, tuning).
 	DialOptions []grpc.DialOption
+	// SetupOnJoin, if set, sets up every model as it joins; fan-outs
+	// call only models whose Setup succeeded.
+	SetupOnJoin *SetupOnJoin
 }
 
 // Client is a coordinator client. Its methods are safe for concurrent use.
@@ -142,6 +145,9 @@ type Member struct {
 	// State is the connection's state (READY, CONNECTING,
 	// TRANSIENT_FAILURE, IDLE).
 	State connectivity.State
+	// Ready is false while a joining model's Setup (SetupOnJoin) has not
+	// succeeded: fan-outs leave it out.
+	Ready bool
 	// Stats is the model's call accounting.
 	Stats failures.Stats
 }
@@ -151,7 +157,7 @@ func (c *Client) Members() []Member {
 	c.mu.Lock()
 	ms := make([]Member, 0, len(c.members))
 	for _, m := range c.members {
-		ms = append(ms, Member{Model: m.model, State: m.cc.GetState()})
+		ms = append(ms, Member{Model: m.model, State: m.cc.GetState(), Ready: m.ready.Load()})
 	}
 	c.mu.Unlock()
 	for i := range ms {
@@ -277,7 +283,13 @@ func (c *Client) dial(md discovery.Model) (*member, error) {
 		return nil, err
 	}
 	cc.Connect() // pre-dial: the first fan-out should not pay handshakes
-	return newMember(md, cc), nil
+	m := newMember(md, cc)
+	if c.cfg.SetupOnJoin == nil {
+		m.ready.Store(true)
+	} else {
+		go c.setUp(m.ctx, m)
+	}
+	return m, nil
 }
 
 // target is a member as a fan-out sees it: the model as it was when the
@@ -287,22 +299,35 @@ type target struct {
 	model discovery.Model
 }
 
-// snapshot takes a reference on the members to call (all, or those named),
-// in model id order. Release each with release.
-func (c *Client) snapshot(only []string) []target {
+// snapshot takes a reference on the members to call (all ready ones, or
+// those named), in model id order; release each with release. Named models
+// that cannot be called get their result now: not in the membership, or
+// not set up yet (SetupOnJoin).
+func (c *Client) snapshot(only []string) ([]target, []Result) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var ts []target
+	var missing []Result
 	if only == nil {
 		ts = make([]target, 0, len(c.members))
 		for _, m := range c.members {
-			ts = append(ts, target{m, m.model})
+			if m.ready.Load() {
+				ts = append(ts, target{m, m.model})
+			}
 		}
 	} else {
 		seen := map[string]bool{}
 		for _, id := range only {
-			if m := c.members[id]; m != nil && !seen[id] {
-				seen[id] = true
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			switch m := c.members[id]; {
+			case m == nil:
+				missing = append(missing, Result{Model: discovery.Model{ID: id}, Status: Unavailable, Code: "NOT_FOUND", Message: "no such model in the membership"})
+			case !m.ready.Load():
+				missing = append(missing, notReady(m.model))
+			default:
 				ts = append(ts, target{m, m.model})
 			}
 		}
@@ -311,5 +336,5 @@ func (c *Client) snapshot(only []string) []target {
 	for _, t := range ts {
 		t.acquire()
 	}
-	return ts
+	return ts, missing
 }

@@ -1,7 +1,9 @@
 package client
 
 import (
+	"context"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -20,13 +22,23 @@ type member struct {
 	ti     tipb.TrainInferServiceClient
 	health healthpb.HealthClient
 
+	// ready: fan-outs may call it (its Setup on join succeeded, or none
+	// is configured).
+	ready atomic.Bool
+	// ctx ends when the member is retired (stops its Setup on join).
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu      sync.Mutex
 	refs    int
 	retired bool
 }
 
 func newMember(md discovery.Model, cc *grpc.ClientConn) *member {
+	ctx, cancel := context.WithCancel(context.Background())
 	return &member{
+		ctx:    ctx,
+		cancel: cancel,
 		model:  md,
 		cc:     cc,
 		ds:     dspb.NewDynamicSubclassServiceClient(cc),
@@ -53,6 +65,7 @@ func (m *member) release() {
 
 // retire closes the connection now if unused, else after the last call.
 func (m *member) retire() {
+	m.cancel()
 	m.mu.Lock()
 	m.retired = true
 	closeNow := m.refs == 0

@@ -158,3 +158,76 @@ func TestReconnectsWhenRunnerReturns(t *testing.T) {
 		t.Errorf("call after reconnecting: %s %s", res.Status, res.Message)
 	}
 }
+
+// With SetupOnJoin, a model that joins is set up by the client and called
+// from the next fan-out on; one whose Setup cannot succeed is left out (and
+// named, it is reported as not ready) instead of failing every call.
+func TestSetupOnJoin(t *testing.T) {
+	a, b := startRunner(t, nil), startRunner(t, nil)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := lis.Addr().String()
+	lis.Close()
+	ctx := ctxTimeout(t, time.Minute)
+	var src discovery.Manual
+	_ = src.Set([]discovery.Model{{ID: "a", Target: a.addr}})
+	c, err := client.New(client.Config{Plaintext: true, Source: &src, SetupOnJoin: &client.SetupOnJoin{
+		ClassName: "test.Model", MaxBackoff: 200 * time.Millisecond,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.Run(ctx) }()
+	waitReady := func(ids ...string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ready := map[string]bool{}
+			for _, m := range c.Members() {
+				ready[m.ID] = m.Ready
+			}
+			all := true
+			for _, id := range ids {
+				all = all && ready[id]
+			}
+			if all {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%v never ready: %v", ids, ready)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	echo := client.Request{Args: client.Positional(commonspb.String("x")), Timeout: 5 * time.Second}
+	statuses := func(rs []client.Result) map[string]string {
+		out := map[string]string{}
+		for _, r := range rs {
+			out[r.Model.ID] = r.Status.String() + "/" + r.Code
+		}
+		return out
+	}
+	waitReady("a")
+	if got := statuses(c.Call(ctx, "echo", echo)); len(got) != 1 || got["a"] != "success/SUCCESS" {
+		t.Fatalf("after a joined: %v", got)
+	}
+	_ = src.Set([]discovery.Model{{ID: "a", Target: a.addr}, {ID: "b", Target: b.addr}, {ID: "dead", Target: dead}})
+	waitReady("a", "b")
+	got := statuses(c.Call(ctx, "echo", echo))
+	if len(got) != 2 || got["a"] != "success/SUCCESS" || got["b"] != "success/SUCCESS" {
+		t.Errorf("after b and dead joined: %v, want a and b called, dead left out", got)
+	}
+	named := echo
+	named.Models = []string{"dead", "b"}
+	got = statuses(c.Call(ctx, "echo", named))
+	if got["dead"] != "unavailable/NOT_READY" || got["b"] != "success/SUCCESS" {
+		t.Errorf("naming a model that is not set up: %v", got)
+	}
+	for deadline := time.Now().Add(5 * time.Second); c.Stats("dead").ConsecutiveFailures < 3; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("dead's Setup attempts were not retried and accounted: %+v", c.Stats("dead"))
+		}
+	}
+}
