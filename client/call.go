@@ -72,11 +72,13 @@ func (r Result) OK() bool { return r.Status == Success }
 
 // The RPC names used in metrics.
 const (
-	RPCSetup  = "setup"
-	RPCCall   = "call"
-	RPCRest   = "rest"
-	RPCInfer  = "infer"
-	RPCHealth = "health"
+	RPCSetup = "setup"
+	RPCCall  = "call"
+	RPCRest  = "rest"
+	RPCInfer = "infer"
+	// RPCInferSetup is TrainInfer's Setup.
+	RPCInferSetup = "infer_setup"
+	RPCHealth     = "health"
 )
 
 // answer is what one RPC produced before classification.
@@ -140,7 +142,7 @@ func (c *Client) Infer(ctx context.Context, req Request) []Result {
 
 // InferSetup calls TrainInfer Setup on every model.
 func (c *Client) InferSetup(ctx context.Context, req Request) []Result {
-	return c.fan(ctx, RPCSetup, req, func(ctx context.Context, m *member, _ Args) answer {
+	return c.fan(ctx, RPCInferSetup, req, func(ctx context.Context, m *member, _ Args) answer {
 		_, err := m.ti.Setup(ctx, &emptypb.Empty{})
 		return answer{code: "SUCCESS", err: err}
 	})
@@ -180,7 +182,9 @@ func (c *Client) fanTargets(ctx context.Context, rpc string, members []target, r
 	if c.cfg.TLS != nil {
 		if err := credentials.Check(c.cfg.TLS, start); err != nil {
 			for _, m := range members {
-				results = append(results, Result{Model: m.model, Status: Unauthenticated, Code: "UNAUTHENTICATED", Message: err.Error()})
+				r := Result{Model: m.model, Status: Unauthenticated, Code: "UNAUTHENTICATED", Message: err.Error()}
+				c.record(rpc, r)
+				results = append(results, r)
 				m.release()
 			}
 			return results
