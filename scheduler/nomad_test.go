@@ -39,6 +39,11 @@ type runningScheduler struct {
 }
 
 func startScheduler(t testing.TB, nc NomadJobs, ev NomadEvents, el Elector, sources ...Source) *runningScheduler {
+	return startSchedulerWith(t, nil, nc, ev, el, sources...)
+}
+
+// startSchedulerWith lets adjust changes the scheduler before it runs.
+func startSchedulerWith(t testing.TB, adjust func(*Scheduler), nc NomadJobs, ev NomadEvents, el Elector, sources ...Source) *runningScheduler {
 	rs := &runningScheduler{done: make(chan struct{}), passes: make(chan Result, 1000)}
 	rs.s = &Scheduler{
 		Sources:    sources,
@@ -57,6 +62,9 @@ func startScheduler(t testing.TB, nc NomadJobs, ev NomadEvents, el Elector, sour
 	}
 	if ev != nil {
 		rs.s.Observer = &Observer{Nomad: ev, Backoff: Backoff{Failures: 1000}}
+	}
+	if adjust != nil {
+		adjust(rs.s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	rs.cancel = cancel
@@ -504,4 +512,24 @@ func TestNomadCheckAndSet(t *testing.T) {
 	if err := nc.Register(ctx, job, idx); !errors.Is(err, nomad.ErrConflict) {
 		t.Fatalf("update at a stale index: %v, want ErrConflict", err)
 	}
+}
+
+// Someone stops a model's job by hand (nomad job stop): the event stream
+// tells the leader, which registers it again at once, long before its
+// periodic resync.
+func TestJobStoppedByHandIsRestored(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Nomad)
+	nc := nomad.Wrap(cl.Nomad.Client)
+	t.Cleanup(func() { purgeAll(t, nc) })
+	m := fileModel("handstop")
+	startSchedulerWith(t, func(s *Scheduler) { s.Resync = time.Hour }, nc, nc, nil, &FileSource{Path: modelsFile(t, m)})
+	id := jobs.JobID(&m)
+	waitJobs(t, nc, 20*time.Second, "registered", func(j map[string]nomad.JobStub) bool { _, ok := j[id]; return ok })
+	time.Sleep(500 * time.Millisecond) // let the passes that followed the registration settle
+	if err := nc.Stop(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	waitJobs(t, nc, 10*time.Second, "running again", func(j map[string]nomad.JobStub) bool { return !j[id].Stop })
+	t.Logf("restored %s after it was stopped by hand", time.Since(t0).Round(time.Millisecond))
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -78,13 +80,15 @@ type Observer struct {
 	Backoff Backoff
 	Logger  hclog.Logger
 	Metrics *Metrics
-	// OnChange is called (without locks held) when a job's allocations or
-	// a hold changed, so the leader can reconcile.
+	// OnChange is called (without locks held) after a re-read, when a
+	// crash-loop hold starts and when one of our jobs was deregistered by
+	// someone else, so the leader reconciles.
 	OnChange func()
 	now      func() time.Time
 
 	mu     sync.Mutex
 	states map[string]*ModelState
+	reads  atomic.Int64 // full re-reads of the allocations (tests)
 }
 
 func (o *Observer) clock() time.Time {
@@ -129,6 +133,7 @@ func (o *Observer) follow(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	o.reads.Add(1)
 	o.mu.Lock()
 	if o.states == nil {
 		o.states = map[string]*ModelState{}
@@ -164,27 +169,35 @@ func (o *Observer) follow(ctx context.Context) error {
 		if evs.IsHeartbeat() {
 			continue
 		}
-		touched := false
+		// Allocation changes only update the reported states; the leader is
+		// asked to reconcile when a hold starts or a job of ours was
+		// deregistered behind its back.
+		kick, touched := false, false
 		for _, e := range evs.Events {
 			switch e.Topic {
 			case nomadapi.TopicAllocation:
 				a, err := e.Allocation()
-				if err != nil || a == nil || len(a.JobID) < len(jobs.JobPrefix) || a.JobID[:len(jobs.JobPrefix)] != jobs.JobPrefix {
+				if err != nil || a == nil || !strings.HasPrefix(a.JobID, jobs.JobPrefix) {
 					continue
 				}
 				o.mu.Lock()
 				o.add(a.Stub())
-				o.refresh(a.JobID)
+				if o.refresh(a.JobID) {
+					kick = true
+				}
 				o.mu.Unlock()
 				touched = true
 			case nomadapi.TopicJob:
-				if len(e.Key) >= len(jobs.JobPrefix) && e.Key[:len(jobs.JobPrefix)] == jobs.JobPrefix {
-					touched = true
+				if strings.HasPrefix(e.Key, jobs.JobPrefix) && e.Type == "JobDeregistered" {
+					kick = true
 				}
 			}
 		}
 		if touched {
-			o.changed()
+			o.updateMetrics()
+		}
+		if kick && o.OnChange != nil {
+			o.OnChange()
 		}
 	}
 	if sctx.Err() != nil && ctx.Err() == nil {
@@ -196,6 +209,13 @@ func (o *Observer) follow(ctx context.Context) error {
 var errRelist = errors.New("periodic re-read")
 
 func (o *Observer) changed() {
+	o.updateMetrics()
+	if o.OnChange != nil {
+		o.OnChange()
+	}
+}
+
+func (o *Observer) updateMetrics() {
 	o.mu.Lock()
 	counts := map[string]int{}
 	for _, st := range o.states {
@@ -203,9 +223,6 @@ func (o *Observer) changed() {
 	}
 	o.mu.Unlock()
 	o.Metrics.setStates(counts)
-	if o.OnChange != nil {
-		o.OnChange()
-	}
 }
 
 // add records an allocation; o.mu held.
@@ -229,8 +246,9 @@ func (o *Observer) refreshAll() {
 	}
 }
 
-// refresh recomputes a job's state and hold; o.mu held.
-func (o *Observer) refresh(jobID string) {
+// refresh recomputes a job's state and hold, and reports whether a hold
+// started; o.mu held.
+func (o *Observer) refresh(jobID string) (held bool) {
 	st := o.states[jobID]
 	b := o.Backoff.withDefaults()
 	now := o.clock()
@@ -277,6 +295,7 @@ func (o *Observer) refresh(jobID string) {
 			d = b.Max
 		}
 		st.holds++
+		held = true
 		st.holdUntil = now.Add(d)
 		st.since = st.holdUntil
 		o.Metrics.backoff()
@@ -296,6 +315,7 @@ func (o *Observer) refresh(jobID string) {
 	} else {
 		st.BackoffUntil = time.Time{}
 	}
+	return held
 }
 
 func failureReason(a *nomadapi.AllocationListStub) string {

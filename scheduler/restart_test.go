@@ -75,7 +75,7 @@ func TestNomadRestartedMidReconcile(t *testing.T) {
 	for i := range 40 {
 		ms = append(ms, fileModel(fmt.Sprintf("r%02d", i)))
 	}
-	s := startScheduler(t, slowJobs{nc}, nil, nil, &FileSource{Path: modelsFile(t, ms...)})
+	s := startScheduler(t, slowJobs{nc}, nc, nil, &FileSource{Path: modelsFile(t, ms...)})
 	waitJobs(t, nc, 30*time.Second, "the pass under way", func(m map[string]nomad.JobStub) bool { return len(m) >= 5 })
 
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
@@ -124,6 +124,14 @@ func TestNomadRestartedMidReconcile(t *testing.T) {
 		}
 		return true
 	})
+	// The observer lost its event stream with Nomad and read the state again.
+	deadline = time.Now().Add(20 * time.Second)
+	for s.s.Observer.reads.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the observer did not re-read Nomad's allocations after the restart")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	for id := range got {
 		j, _, err := cl.Nomad.Client.Jobs().Info(id, nil)
 		if err != nil {
