@@ -32,6 +32,7 @@ import (
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
+	"github.com/modelnodes/modelnodes/runner"
 )
 
 // The benchmarks call in-process gRPC servers implementing the runner's
@@ -108,8 +109,9 @@ var (
 
 // fleet returns n servers whose model answers in delay; the first
 // hangPerMille/1000 of them never answer.
-// staticWindows gives the servers static HTTP/2 windows (no BDP pings
-// towards the client); false is the runner's current grpc-go defaults.
+// staticWindows gives the servers static 1 MiB HTTP/2 windows (no BDP
+// pings towards the client); false gives them the runner's own transport
+// options (runner.TransportOptions).
 func fleet(b testing.TB, n int, delay time.Duration, hangPerMille int, staticWindows bool) *benchFleet {
 	key := fmt.Sprintf("%d/%v/%d/%v", n, delay, hangPerMille, staticWindows)
 	fleetMu.Lock()
@@ -127,6 +129,8 @@ func fleet(b testing.TB, n int, delay time.Duration, hangPerMille int, staticWin
 		opts := []grpc.ServerOption{grpc.Creds(credentials.NewTLS(f.pki.serverTLS))}
 		if staticWindows {
 			opts = append(opts, grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20))
+		} else {
+			opts = append(opts, runner.TransportOptions()...)
 		}
 		s := grpc.NewServer(opts...)
 		dspb.RegisterDynamicSubclassServiceServer(s, &benchModel{delay: delay, hang: i < hang})
@@ -186,10 +190,9 @@ func reportLatency(b *testing.B, lat []time.Duration, prefix string) {
 //     connections dialled with grpc-go's defaults (BDP probing, 32 KiB
 //     buffers); impl=raw-grpc (models=1) one direct generated-client call,
 //     the baseline.
-//   - server=static-windows: the stand-in runners use static HTTP/2
-//     windows; server=runner-defaults: grpc-go's defaults, as the runner
-//     has them today (its BDP pings cost the client one more write per
-//     call).
+//   - server=static-windows: the stand-in runners use static 1 MiB HTTP/2
+//     windows; server=runner: the runner's own transport options
+//     (runner.TransportOptions).
 func BenchmarkFanOut(b *testing.B) {
 	for _, tc := range []struct {
 		n      int
@@ -200,7 +203,7 @@ func BenchmarkFanOut(b *testing.B) {
 		{1, "static-windows", "client"},
 		{1000, "static-windows", "client"},
 		{1000, "static-windows", "grpc-defaults"},
-		{1000, "runner-defaults", "client"},
+		{1000, "runner", "client"},
 	} {
 		b.Run(fmt.Sprintf("models=%d/server=%s/impl=%s", tc.n, tc.server, tc.impl), func(b *testing.B) {
 			f := fleet(b, tc.n, 10*time.Millisecond, 0, tc.server == "static-windows")
