@@ -61,6 +61,11 @@ type Config struct {
 	// SetupOnJoin, if set, sets up every model as it joins; fan-outs
 	// call only models whose Setup succeeded.
 	SetupOnJoin *SetupOnJoin
+	// Delegation, if set, checks on every model call that the runner
+	// presents the cruncher's wallet delegation for the key of the TLS
+	// connection (CrunchDAO's secure mode); a failed check makes the
+	// result Unauthenticated.
+	Delegation DelegationCheck
 }
 
 // Client is a coordinator client. Its methods are safe for concurrent use.
@@ -264,6 +269,9 @@ func (c *Client) dialOptions(md discovery.Model) []grpc.DialOption {
 		// after 30 minutes and pay a handshake on the next call).
 		grpc.WithIdleTimeout(0),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(64<<20)),
+	}
+	if c.cfg.Delegation != nil {
+		opts = append(opts, grpc.WithChainUnaryInterceptor(delegationInterceptor(md, c.cfg.Delegation)))
 	}
 	return append(opts, c.cfg.DialOptions...)
 }

@@ -90,6 +90,12 @@ func startRunner(t testing.TB, tls *tlsfiles.Reloader) *testRunner {
 // where it was).
 func startRunnerAt(t testing.TB, tls *tlsfiles.Reloader, addr string) *testRunner {
 	t.Helper()
+	return startRunnerWith(t, tls, addr, nil)
+}
+
+// startRunnerWith starts a runner; more, if set, adjusts its config.
+func startRunnerWith(t testing.TB, tls *tlsfiles.Reloader, addr string, more func(*runner.Config)) *testRunner {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +104,7 @@ func startRunnerAt(t testing.TB, tls *tlsfiles.Reloader, addr string) *testRunne
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := runner.New(runner.Config{
+	cfg := runner.Config{
 		TLS:         tls,
 		CallTimeout: 30 * time.Second,
 		Logger:      hclog.New(&hclog.LoggerOptions{Name: "runner", Level: hclog.Error, Output: testWriter{t}}),
@@ -108,7 +114,11 @@ func startRunnerAt(t testing.TB, tls *tlsfiles.Reloader, addr string) *testRunne
 			MinBackoff: 20 * time.Millisecond,
 			MaxBackoff: 200 * time.Millisecond,
 		},
-	})
+	}
+	if more != nil {
+		more(&cfg)
+	}
+	srv := runner.New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &testRunner{addr: lis.Addr().String(), stop: cancel, done: make(chan struct{})}
 	go func() {
