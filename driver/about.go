@@ -79,7 +79,7 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 //	  authz {                        # who may call: the crunch's coordinator (docs/security.md)
 //	    crunch      = "alpha"        # or policy_file = "secrets/authz.json" (re-read on change)
 //	    cert_hashes = ["<sha256 of the coordinator's SPKI, hex>"]
-//	    crl         = "secrets/crl.pem"
+//	    crl         = "secrets/crl.pem"      # or crl_url = "https://vault:8200/v1/pki_int/crl/pem"
 //	  }
 //	  delegation  = "local/delegation.json"   # the cruncher's wallet delegation
 //	  health_port = "health"                  # a port label for a health-only endpoint (Consul checks)
@@ -99,6 +99,7 @@ var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"cert_hashes": hclspec.NewAttr("cert_hashes", "list(string)", false),
 		"policy_file": hclspec.NewAttr("policy_file", "string", false),
 		"crl":         hclspec.NewAttr("crl", "string", false),
+		"crl_url":     hclspec.NewAttr("crl_url", "string", false),
 	})),
 	"delegation":   hclspec.NewAttr("delegation", "string", false),
 	"health_port":  hclspec.NewAttr("health_port", "string", false),

@@ -92,6 +92,7 @@ type AuthzConfig struct {
 	CertHashes []string `codec:"cert_hashes"`
 	PolicyFile string   `codec:"policy_file"`
 	CRL        string   `codec:"crl"`
+	CRLURL     string   `codec:"crl_url"`
 }
 
 func (tc *TaskConfig) validate(plugin *Config) error {
@@ -116,6 +117,9 @@ func (tc *TaskConfig) validate(plugin *Config) error {
 	}
 	if tc.Authz != nil && (tc.TLS == nil || tc.TLS.ClientCA == "") {
 		errs = append(errs, errors.New("authz checks client certificates: it needs tls.client_ca"))
+	}
+	if tc.Authz != nil && tc.Authz.CRL != "" && tc.Authz.CRLURL != "" {
+		errs = append(errs, errors.New("authz.crl and authz.crl_url exclude each other"))
 	}
 	if tc.Authz != nil && tc.Authz.PolicyFile != "" && (tc.Authz.Crunch != "" || len(tc.Authz.CertHashes) > 0) {
 		errs = append(errs, errors.New("authz.policy_file replaces authz.crunch and authz.cert_hashes: use one or the other"))

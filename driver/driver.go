@@ -213,6 +213,9 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		if a.CRL != "" {
 			args = append(args, "--tls-crl", inTaskDir(taskDir, a.CRL))
 		}
+		if a.CRLURL != "" {
+			args = append(args, "--tls-crl-url", a.CRLURL)
+		}
 	}
 	if tc.Delegation != "" {
 		args = append(args, "--delegation", inTaskDir(taskDir, tc.Delegation))
