@@ -41,9 +41,9 @@ type Options struct {
 	VaultRole    string `json:"vault_role,omitempty"`
 	PKIIssuePath string `json:"pki_issue_path,omitempty"`
 	CertTTL      string `json:"cert_ttl,omitempty"`
-	// CheckTLSSkipVerify lets Consul's gRPC check skip verifying the
-	// runner's certificate (for a Consul agent without the model CA).
-	CheckTLSSkipVerify bool `json:"check_tls_skip_verify,omitempty"`
+	// CRLURL, when set, is where runners fetch the CA's revocation list
+	// (e.g. https://vault.service.consul:8200/v1/pki_int/crl/pem).
+	CRLURL string `json:"crl_url,omitempty"`
 	// Plaintext runs runners without TLS and without Vault (tests and
 	// laptops only: CrunchDAO's client refuses it in secure mode).
 	Plaintext bool `json:"plaintext,omitempty"`
@@ -80,6 +80,8 @@ const (
 	GroupName = "model"
 	TaskName  = "model"
 	PortLabel = "grpc"
+	// HealthPortLabel serves only plaintext gRPC health, for Consul.
+	HealthPortLabel = "health"
 	// TLSBundle holds certificate, chain and key (one pkiCert template: two
 	// would issue two key pairs); ClientCA the root coordinators chain to.
 	TLSBundle = "secrets/tls.pem"
@@ -136,6 +138,27 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		cfg["plaintext"] = true
 	} else {
 		cfg["tls"] = []map[string]any{{"cert": TLSBundle, "key": TLSBundle, "client_ca": ClientCA}}
+		// Only the crunch's coordinator may call: its certificate must name
+		// the crunch and, when the chain records them, its key must hash to
+		// one of the coordinator's on-chain hashes (docs/security.md).
+		az := map[string]any{"crunch": m.Crunch}
+		var hashes []string
+		for _, h := range []string{m.CertHash, m.CertHashSecondary} {
+			if h != "" {
+				hashes = append(hashes, h)
+			}
+		}
+		if len(hashes) > 0 {
+			az["cert_hashes"] = hashes
+		}
+		if o.CRLURL != "" {
+			az["crl_url"] = o.CRLURL
+		}
+		cfg["authz"] = []map[string]any{az}
+		// mTLS on the model port refuses Consul's check (it has no client
+		// certificate): the runner also serves plaintext gRPC health, and
+		// nothing else, on its own port.
+		cfg["health_port"] = HealthPortLabel
 	}
 
 	task := nomadapi.NewTask(TaskName, o.Driver)
@@ -174,7 +197,7 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	task.KillTimeout = new(10 * time.Second)
 
 	tg := nomadapi.NewTaskGroup(GroupName, 1)
-	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: PortLabel}}}}
+	ports := []nomadapi.Port{{Label: PortLabel}}
 	check := nomadapi.ServiceCheck{
 		Name:     "grpc-health",
 		Type:     "grpc",
@@ -182,9 +205,10 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		Timeout:  2 * time.Second,
 	}
 	if !o.Plaintext {
-		check.GRPCUseTLS = true
-		check.TLSSkipVerify = o.CheckTLSSkipVerify
+		ports = append(ports, nomadapi.Port{Label: HealthPortLabel})
+		check.PortLabel = HealthPortLabel
 	}
+	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: ports}}
 	tg.Services = []*nomadapi.Service{{
 		Name:      ServiceName(m.Crunch),
 		Provider:  "consul", // Nomad's own provider cannot run gRPC checks

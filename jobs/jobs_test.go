@@ -13,7 +13,7 @@ func model() *Model {
 		Crunch: "Mid One", CrunchID: "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin",
 		ModelID: "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", Cruncher: "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH",
 		ArtifactURL: "https://models.example/a.tar.gz", ArtifactSHA256: strings.Repeat("ab", 32),
-		Hardware: CPU, Running: true,
+		Hardware: CPU, Running: true, CertHash: strings.Repeat("cd", 32),
 	}
 }
 
@@ -76,9 +76,18 @@ func TestBuild(t *testing.T) {
 		t.Fatalf("artifact: %+v", task.Artifacts[0])
 	}
 	svc := job.TaskGroups[0].Services[0]
-	if svc.Provider != "consul" || svc.Name != "crunch-mid-one" || svc.Checks[0].Type != "grpc" || !svc.Checks[0].GRPCUseTLS ||
+	if svc.Provider != "consul" || svc.Name != "crunch-mid-one" || svc.PortLabel != "grpc" ||
+		svc.Checks[0].Type != "grpc" || svc.Checks[0].PortLabel != "health" || svc.Checks[0].GRPCUseTLS ||
 		svc.Meta[MetaModelID] != ShortID(m) || svc.Meta[MetaCruncher] != m.Cruncher {
 		t.Fatalf("service: %+v", svc)
+	}
+	// mTLS on the model port; Consul checks the plaintext health-only port.
+	if task.Config["health_port"] != "health" || len(job.TaskGroups[0].Networks[0].DynamicPorts) != 2 {
+		t.Fatalf("health port: %v %+v", task.Config["health_port"], job.TaskGroups[0].Networks[0].DynamicPorts)
+	}
+	az := task.Config["authz"].([]map[string]any)[0]
+	if az["crunch"] != "Mid One" || len(az["cert_hashes"].([]string)) != 1 || az["cert_hashes"].([]string)[0] != m.CertHash {
+		t.Fatalf("authz: only the crunch's coordinator with the on-chain key may call: %v", az)
 	}
 	if task.Resources.Devices != nil || *task.Resources.MemoryMB != 512 {
 		t.Fatal("a CPU model must not ask for a GPU")

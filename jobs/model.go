@@ -198,4 +198,4 @@ func SpecHash(m *Model, o *Options) string {
 
 // specVersion changes whenever Build changes the jobs it produces for the
 // same input, so that an upgraded scheduler rolls the new shape out.
-const specVersion = 1
+const specVersion = 2

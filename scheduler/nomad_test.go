@@ -2,8 +2,11 @@ package scheduler
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -11,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,9 +31,8 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
 
-// testOptions are the production job options, but Consul's check skips
-// verifying the runner certificate (the dev Consul has no model CA).
-var testOptions = &jobs.Options{CheckTLSSkipVerify: true}
+// testOptions are the production job options.
+var testOptions = &jobs.Options{}
 
 type runningScheduler struct {
 	s      *Scheduler
@@ -532,4 +535,79 @@ func TestJobStoppedByHandIsRestored(t *testing.T) {
 	t0 := time.Now()
 	waitJobs(t, nc, 10*time.Second, "running again", func(j map[string]nomad.JobStub) bool { return !j[id].Stop })
 	t.Logf("restored %s after it was stopped by hand", time.Since(t0).Round(time.Millisecond))
+}
+
+// The whole chain of a scheduled model on the real stack: the job the
+// scheduler builds (modelbox driver, Vault workload identity, the template
+// rendering the runner's certificate named after the job, the Consul gRPC
+// check over TLS) turns healthy, and the status API says so.
+func TestScheduledModelTurnsHealthy(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Nomad)
+	nc := nomad.Wrap(cl.Nomad.Client)
+	t.Cleanup(func() { purgeAll(t, nc) })
+	requireModelbox(t, cl.Nomad.Client)
+	dir := filepath.Join(t.TempDir(), "pymodel")
+	if out, err := exec.Command("cp", "-r", "../runner/testdata/pymodel", dir).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := jobs.Model{Crunch: "healthy", ModelID: "py", ModelDir: dir, Hardware: jobs.CPU, MemoryMB: 256, CPU: 200, Running: true}
+	s := startScheduler(t, nc, nc, nil, &FileSource{Path: modelsFile(t, m)})
+	srv := httptest.NewServer(s.s.Handler())
+	defer srv.Close()
+	id := jobs.JobID(&m)
+	deadline := time.Now().Add(120 * time.Second)
+	var last []ModelStatus
+	for {
+		last = nil
+		getJSON(t, srv.URL+"/v1/models", &last)
+		for _, ms := range last {
+			if ms.JobID == id && ms.State == StateHealthy {
+				checkRunnerCertificate(t, cl.Nomad.Client, ms.Allocation, id+".crunchdao.internal")
+				return
+			}
+			if ms.JobID == id && ms.State == StateFailed {
+				t.Fatalf("scheduled model failed: %s", ms.Reason)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("scheduled model not healthy within 120 s: %+v", last)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// checkRunnerCertificate connects to the model port of an allocation and
+// checks the runner presents the Vault certificate named after its job.
+func checkRunnerCertificate(t *testing.T, client *nomadapi.Client, allocID, name string) {
+	t.Helper()
+	alloc, _, err := client.Allocations().Info(allocID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addr string
+	for _, p := range alloc.AllocatedResources.Shared.Ports {
+		if p.Label == jobs.PortLabel {
+			addr = net.JoinHostPort(p.HostIP, strconv.Itoa(p.Value))
+		}
+	}
+	var names []string
+	conf := &tls.Config{InsecureSkipVerify: true, // only the name is checked here
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if c, err := x509.ParseCertificate(raw[0]); err == nil {
+				names = c.DNSNames
+			}
+			return nil
+		}}
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, conf)
+	if err == nil {
+		conn.Close()
+	}
+	if len(names) != 1 || names[0] != name {
+		t.Fatalf("runner at %s presents names %v, want [%s]", addr, names, name)
+	}
 }

@@ -73,7 +73,8 @@ type config struct {
 	feedCrunches                                         stringList
 	feedInterval                                         time.Duration
 	modelsFile, listen, logLevel                         string
-	logJSON, plaintext, checkSkipVerify                  bool
+	logJSON, plaintext                                   bool
+	crlURL                                               string
 	datacenters                                          stringList
 	gpuClass                                             string
 	resync, purgeAfter, sessionTTL                       time.Duration
@@ -114,7 +115,7 @@ func parse(args []string) (*config, error) {
 	fs.Var(&c.datacenters, "datacenters", "datacenters of the jobs, comma separated (default *)")
 	fs.StringVar(&c.gpuClass, "gpu-node-class", "", "also constrain GPU models to this node class")
 	fs.BoolVar(&c.plaintext, "plaintext-runners", false, "runners without TLS or Vault (tests only; CrunchDAO's secure client refuses them)")
-	fs.BoolVar(&c.checkSkipVerify, "check-tls-skip-verify", false, "Consul's gRPC check does not verify the runner's certificate")
+	fs.StringVar(&c.crlURL, "crl-url", "", "runners fetch the model-call CA's revocation list from this URL (e.g. Vault's /v1/pki_int/crl/pem)")
 	fs.DurationVar(&c.resync, "resync", 30*time.Second, "longest time between two reconcile passes")
 	fs.DurationVar(&c.purgeAfter, "purge-after", 24*time.Hour, "how long a stopped job stays before it is purged")
 	fs.IntVar(&c.backoff.Failures, "crashloop-failures", 3, "failed allocations within --crashloop-window that hold a model stopped")
@@ -170,7 +171,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	}
 	opts := &jobs.Options{
 		Region: c.nomad.Region, Namespace: c.nomad.Namespace, Datacenters: c.datacenters,
-		Plaintext: c.plaintext, CheckTLSSkipVerify: c.checkSkipVerify, GPUNodeClass: c.gpuClass,
+		Plaintext: c.plaintext, CRLURL: c.crlURL, GPUNodeClass: c.gpuClass,
 	}
 	metrics := scheduler.NewMetrics()
 	s := &scheduler.Scheduler{

@@ -28,7 +28,7 @@ job "model-node-pdxu2groar3jsn66" {
 
   meta {
     modelnodes_managed = "true"
-    modelnodes_spec    = "mjztt726g4g2esvrckzx4ejs"
+    modelnodes_spec    = "5hpyw3ugqo6fcyqh3zcmx532"
     model_id           = "pdxu2groar3jsn66"
     model              = "example"
     crunch             = "demo"
@@ -41,6 +41,9 @@ job "model-node-pdxu2groar3jsn66" {
 
     network {
       port "grpc" {}
+      # Plaintext gRPC health only, for Consul: the model port requires a
+      # client certificate, which Consul's check does not have.
+      port "health" {}
     }
 
     # Restart in place a few times, then Nomad reschedules with exponential
@@ -80,11 +83,11 @@ job "model-node-pdxu2groar3jsn66" {
         cruncher = "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH"
       }
       check {
-        name         = "grpc-health"
-        type         = "grpc"
-        interval     = "10s"
-        timeout      = "2s"
-        grpc_use_tls = true
+        name     = "grpc-health"
+        type     = "grpc"
+        port     = "health"
+        interval = "10s"
+        timeout  = "2s"
       }
     }
 
@@ -102,6 +105,12 @@ job "model-node-pdxu2groar3jsn66" {
           key       = "secrets/tls.pem"
           client_ca = "secrets/ca.crt"
         }
+        # Only the coordinator of crunch "demo" may call (its certificate's
+        # URI SAN); the chain's key hashes are added when it records them.
+        authz {
+          crunch = "demo"
+        }
+        health_port = "health"
       }
 
       artifact {
