@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -37,9 +38,11 @@ type Reconciler struct {
 	// PurgeAfter is how long a stopped job stays visible before it is
 	// purged (default 24 h).
 	PurgeAfter time.Duration
-	Logger     hclog.Logger
-	Metrics    *Metrics
-	now        func() time.Time
+	// Concurrency bounds the writes in flight (default 4).
+	Concurrency int
+	Logger      hclog.Logger
+	Metrics     *Metrics
+	now         func() time.Time
 }
 
 // Result counts what one pass did.
@@ -56,7 +59,8 @@ func (r Result) String() string {
 // Reconcile runs one pass. desired maps job ids to models; held job ids are
 // kept stopped (crash-loop backoff). complete says every source has been
 // read: until then nothing is stopped or purged, since an absent model
-// could simply not have been read yet.
+// could simply not have been read yet. The pass decides every write from
+// one listing, then makes the writes with bounded concurrency.
 func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired, held map[string]bool, complete bool) (Result, error) {
 	var res Result
 	log := r.Logger
@@ -79,15 +83,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	for i := range existing {
 		have[existing[i].ID] = &existing[i]
 	}
+	var mu sync.Mutex
 	fail := func(err error) {
+		mu.Lock()
 		res.Errors = append(res.Errors, err)
+		mu.Unlock()
 		log.Error("reconcile", "error", err)
 	}
+	var ops []func(context.Context)
 
 	for id, d := range desired {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
 		cur := have[id]
 		if cur != nil && cur.Meta[jobs.MetaManaged] != "true" {
 			fail(fmt.Errorf("job %s exists but was not created by the scheduler; leaving it alone (model %s of %s)", id, d.Model.ModelID, d.Model.Crunch))
@@ -103,70 +108,110 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 			res.Unchanged++
 			continue
 		}
-		job, err := jobs.Build(&d.Model, r.Options)
-		if err != nil {
-			fail(err)
-			continue
-		}
-		job.Meta[jobs.MetaSource] = d.Source
-		var index uint64
-		if cur != nil {
-			index = cur.JobModifyIndex
-		}
-		if err := r.Nomad.Register(ctx, job, index); err != nil {
-			if errors.Is(err, nomad.ErrConflict) {
-				log.Warn("job changed under us; the next pass decides again", "job", id)
+		ops = append(ops, func(ctx context.Context) {
+			job, err := jobs.Build(&d.Model, r.Options)
+			if err != nil {
+				fail(err)
+				return
 			}
-			fail(err)
-			continue
-		}
-		r.Metrics.nomadWrite("register")
-		if cur == nil {
-			res.Registered++
-			log.Info("registered", "job", id, "crunch", d.Model.Crunch, "model", d.Model.ModelID)
-		} else {
-			res.Updated++
-			log.Info("updated", "job", id, "crunch", d.Model.Crunch, "model", d.Model.ModelID, "was_stopped", cur.Stop)
+			job.Meta[jobs.MetaSource] = d.Source
+			var index uint64
+			if cur != nil {
+				index = cur.JobModifyIndex
+			}
+			if err := r.Nomad.Register(ctx, job, index); err != nil {
+				if errors.Is(err, nomad.ErrConflict) {
+					log.Warn("job changed under us; the next pass decides again", "job", id)
+				}
+				fail(err)
+				return
+			}
+			r.Metrics.nomadWrite("register")
+			mu.Lock()
+			defer mu.Unlock()
+			if cur == nil {
+				res.Registered++
+				log.Info("registered", "job", id, "crunch", d.Model.Crunch, "model", d.Model.ModelID)
+			} else {
+				res.Updated++
+				log.Info("updated", "job", id, "crunch", d.Model.Crunch, "model", d.Model.ModelID, "was_stopped", cur.Stop)
+			}
+		})
+	}
+
+	if complete {
+		for id, cur := range have {
+			if cur.Meta[jobs.MetaManaged] != "true" {
+				continue
+			}
+			d := desired[id]
+			if d != nil && d.Model.Running && !held[id] {
+				continue
+			}
+			if !cur.Stop {
+				why := "no longer authorized"
+				if d != nil && held[id] {
+					why = "crash-loop backoff"
+				} else if d != nil {
+					why = "desired state STOPPED"
+				}
+				ops = append(ops, func(ctx context.Context) {
+					if err := r.Nomad.Stop(ctx, id); err != nil {
+						fail(err)
+						return
+					}
+					r.Metrics.nomadWrite("stop")
+					mu.Lock()
+					res.Stopped++
+					mu.Unlock()
+					log.Info("stopped", "job", id, "reason", why)
+				})
+				continue
+			}
+			if held[id] || now().Sub(cur.SubmitTime) < purgeAfter {
+				continue
+			}
+			ops = append(ops, func(ctx context.Context) {
+				if err := r.Nomad.Purge(ctx, id); err != nil {
+					fail(err)
+					return
+				}
+				r.Metrics.nomadWrite("purge")
+				mu.Lock()
+				res.Purged++
+				mu.Unlock()
+				log.Info("purged", "job", id, "stopped_for", now().Sub(cur.SubmitTime).Round(time.Second))
+			})
 		}
 	}
 
-	if !complete {
-		return res, nil
+	workers := r.Concurrency
+	if workers <= 0 {
+		workers = 4
 	}
-	for id, cur := range have {
-		if cur.Meta[jobs.MetaManaged] != "true" {
-			continue
-		}
-		d := desired[id]
-		if d != nil && d.Model.Running && !held[id] {
-			continue
-		}
-		if !cur.Stop {
-			if err := r.Nomad.Stop(ctx, id); err != nil {
-				fail(err)
-				continue
+	work := make(chan func(context.Context))
+	var wg sync.WaitGroup
+	for range min(workers, len(ops)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for op := range work {
+				op(ctx)
 			}
-			r.Metrics.nomadWrite("stop")
-			res.Stopped++
-			why := "no longer authorized"
-			if d != nil && held[id] {
-				why = "crash-loop backoff"
-			} else if d != nil {
-				why = "desired state STOPPED"
-			}
-			log.Info("stopped", "job", id, "reason", why)
-			continue
+		}()
+	}
+feed:
+	for _, op := range ops {
+		select {
+		case work <- op:
+		case <-ctx.Done():
+			break feed
 		}
-		if held[id] || now().Sub(cur.SubmitTime) < purgeAfter {
-			continue
-		}
-		if err := r.Nomad.Purge(ctx, id); err != nil {
-			fail(err)
-			continue
-		}
-		r.Metrics.nomadWrite("purge")
-		res.Purged++
-		log.Info("purged", "job", id, "stopped_for", now().Sub(cur.SubmitTime).Round(time.Second))
+	}
+	close(work)
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return res, err
 	}
 	return res, nil
 }
