@@ -43,6 +43,19 @@ type SolanaSource struct {
 	auths    map[solana.PublicKey]*onchain.ModelAuthorization
 	bad      map[solana.PublicKey]error
 	resyncs  atomic.Int64 // full listings done (tests tell websocket updates from resyncs)
+	listed   uint64       // the slot a full listing is at least as new as
+}
+
+// notified applies a websocket notification unless it is older than the
+// last full listing (a notification queued while the listing ran would
+// otherwise bring back an account the listing saw closed or changed).
+func (s *SolanaSource) notified(u *ws.ProgramResult) {
+	s.mu.Lock()
+	stale := u.Context.Slot < s.listed
+	s.mu.Unlock()
+	if !stale {
+		s.apply(u.Value.Pubkey, u.Value.Account)
+	}
 }
 
 // Name implements Source.
@@ -112,12 +125,12 @@ func (s *SolanaSource) Run(ctx context.Context, report func(Snapshot)) error {
 			case <-resyncNow:
 				break wait
 			case u := <-updates:
-				s.apply(u.Value.Pubkey, u.Value.Account)
+				s.notified(u)
 				// Drain what else arrived with it (one slot often changes several accounts).
 				for more := true; more; {
 					select {
 					case u := <-updates:
-						s.apply(u.Value.Pubkey, u.Value.Account)
+						s.notified(u)
 					default:
 						more = false
 					}
@@ -203,6 +216,12 @@ func (s *SolanaSource) resync(ctx context.Context, client *rpc.Client) error {
 	disc := func(d [8]byte) rpc.RPCFilter {
 		return rpc.RPCFilter{Memcmp: &rpc.RPCFilterMemcmp{Offset: 0, Bytes: d[:]}}
 	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	slot, err := client.GetSlot(sctx, s.commitment())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("solana: get slot: %w", err)
+	}
 	crunches, err := list(disc(onchain.CrunchDiscriminator))
 	if err != nil {
 		return fmt.Errorf("solana: list crunches: %w", err)
@@ -232,6 +251,7 @@ func (s *SolanaSource) resync(ctx context.Context, client *rpc.Client) error {
 	s.certs = map[solana.PublicKey]*onchain.CoordinatorCertificate{}
 	s.auths = map[solana.PublicKey]*onchain.ModelAuthorization{}
 	s.bad = map[solana.PublicKey]error{}
+	s.listed = slot
 	s.mu.Unlock()
 	for _, group := range []rpc.GetProgramAccountsResult{crunches, certs, auths} {
 		for _, ka := range group {

@@ -10,6 +10,7 @@ import (
 	solana "github.com/gagliardetto/solana-go"
 	"github.com/gagliardetto/solana-go/programs/system"
 	"github.com/gagliardetto/solana-go/rpc"
+	"github.com/gagliardetto/solana-go/rpc/ws"
 
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/scheduler/onchain"
@@ -267,4 +268,36 @@ func TestSolanaSourceFaults(t *testing.T) {
 	// Closed: gone at the next resync.
 	f.closeAccount(t, keyA)
 	col.wait(t, 5*time.Second, "closed account removed by a resync", func(s Snapshot) bool { return modelByID(s, "model-a") == nil })
+}
+
+// A notification older than the last full listing (it was queued while the
+// listing ran) must not bring back what the listing saw.
+func TestSolanaSourceIgnoresStaleNotifications(t *testing.T) {
+	f := startFront(t)
+	c := newChain(t, f)
+	key := solana.NewWallet().PublicKey()
+	old := c.auth("model-a", true, 0).Encode()
+	f.setAccount(t, key, c.program, old)
+	f.closeAccount(t, key)
+	src := &SolanaSource{RPCURL: f.RPC, Program: c.program}
+	if err := src.resync(context.Background(), rpc.New(f.RPC)); err != nil {
+		t.Fatal(err)
+	}
+	if len(src.snapshot().Models) != 0 {
+		t.Fatal("closed account listed")
+	}
+	stale := &ws.ProgramResult{}
+	stale.Context.Slot = src.listed - 1
+	stale.Value.Pubkey = key
+	stale.Value.Account = &rpc.Account{Owner: c.program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(old)}
+	src.notified(stale)
+	if n := len(src.snapshot().Models); n != 0 {
+		t.Fatalf("a notification older than the listing resurrected a closed account (%d models)", n)
+	}
+	fresh := *stale
+	fresh.Context.Slot = src.listed + 1
+	src.notified(&fresh)
+	if n := len(src.snapshot().Models); n != 1 {
+		t.Fatalf("a newer notification was ignored (%d models)", n)
+	}
 }
