@@ -211,6 +211,10 @@ func removeNomadCgroups(allocIDs []string) {
 			"/sys/fs/cgroup/*/nomad/" + id + ".*",
 			"/sys/fs/cgroup/cpuset/nomad/*/" + id + ".*",
 			"/sys/fs/cgroup/nomad.slice/*/" + id + ".*",
+			// The modelbox driver's task groups, when a test's agent went
+			// away before it could destroy its tasks.
+			"/sys/fs/cgroup/*/modelbox/" + id + ".*",
+			"/sys/fs/cgroup/modelbox/" + id + ".*",
 		} {
 			m, _ := filepath.Glob(pattern)
 			dirs = append(dirs, m...)
