@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"unicode"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 )
 
 // Status is the outcome of one model's call.
@@ -43,37 +44,24 @@ func (s Status) String() string {
 // FAILED_PRECONDITION, UNIMPLEMENTED and UNKNOWN are the model's doing.
 func classify(err error) (Status, string) {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return Timeout, codeName(codes.DeadlineExceeded)
+		return Timeout, commonspb.CodeName(codes.DeadlineExceeded)
 	}
 	st, _ := status.FromError(err)
 	code := st.Code()
 	switch code {
 	case codes.DeadlineExceeded, codes.Canceled:
-		return Timeout, codeName(code)
+		return Timeout, commonspb.CodeName(code)
 	case codes.Unauthenticated, codes.PermissionDenied:
-		return Unauthenticated, codeName(code)
+		return Unauthenticated, commonspb.CodeName(code)
 	case codes.Unavailable:
 		if isTLSFailure(st.Message()) {
-			return Unauthenticated, codeName(codes.Unauthenticated)
+			return Unauthenticated, commonspb.CodeName(codes.Unauthenticated)
 		}
-		return Unavailable, codeName(code)
+		return Unavailable, commonspb.CodeName(code)
 	case codes.ResourceExhausted:
-		return Unavailable, codeName(code)
+		return Unavailable, commonspb.CodeName(code)
 	}
-	return ModelError, codeName(code)
-}
-
-// codeName spells a gRPC code as the protocol does (DEADLINE_EXCEEDED), the
-// same style as CrunchDAO's status codes beside it.
-func codeName(c codes.Code) string {
-	var b strings.Builder
-	for i, r := range c.String() {
-		if i > 0 && r >= 'A' && r <= 'Z' {
-			b.WriteByte('_')
-		}
-		b.WriteRune(unicode.ToUpper(r))
-	}
-	return b.String()
+	return ModelError, commonspb.CodeName(code)
 }
 
 // isTLSFailure recognizes handshake refusals, which grpc-go reports as

@@ -278,7 +278,7 @@ func (s *Server) do(ctx context.Context, rpc string, req *frame.Request) (*frame
 		outcome, err = res.Code, nil
 	default:
 		err = grpcError(err)
-		outcome = codeName(status.Code(err))
+		outcome = commonspb.CodeName(status.Code(err))
 	}
 	s.metrics.calls.WithLabelValues(rpc, outcome).Inc()
 	s.metrics.latency.WithLabelValues(rpc).Observe(time.Since(start).Seconds())
@@ -300,18 +300,6 @@ func grpcError(err error) error {
 		return status.Error(codes.Canceled, "the call was cancelled")
 	}
 	return status.Error(codes.Internal, err.Error())
-}
-
-// codeName spells a gRPC code the way CrunchDAO's status codes are spelled.
-func codeName(c codes.Code) string {
-	var b strings.Builder
-	for i, r := range c.String() {
-		if i > 0 && r >= 'A' && r <= 'Z' {
-			b.WriteByte('_')
-		}
-		b.WriteRune(r)
-	}
-	return strings.ToUpper(b.String())
 }
 
 // checkArgs validates every variant before it reaches the model, so a

@@ -5,6 +5,8 @@ import (
 	"math"
 	"reflect"
 	"testing"
+
+	"google.golang.org/grpc/codes"
 )
 
 func TestScalarRoundTrip(t *testing.T) {
@@ -105,4 +107,13 @@ func FuzzDecodeJSON(f *testing.F) {
 			t.Fatalf("re-encoded %q does not decode: %v", out, err)
 		}
 	})
+}
+
+func TestCodeName(t *testing.T) {
+	for c, want := range map[codes.Code]string{codes.DeadlineExceeded: "DEADLINE_EXCEEDED", codes.OK: "OK",
+		codes.Unauthenticated: "UNAUTHENTICATED", codes.ResourceExhausted: "RESOURCE_EXHAUSTED"} {
+		if got := CodeName(c); got != want {
+			t.Errorf("CodeName(%v) = %q, want %q", c, got, want)
+		}
+	}
 }
