@@ -50,14 +50,7 @@ func TestDelegationCheckedOnEveryCall(t *testing.T) {
 
 	run := func(check client.DelegationCheck) map[string]client.Result {
 		ctx := ctxTimeout(t, 30*time.Second)
-		c, err := client.New(client.Config{Source: discovery.Static(models), TLS: material(t, coordinator, caFile), Delegation: check})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() { _ = c.Run(ctx) }()
-		if err := c.WaitMembership(ctx); err != nil {
-			t.Fatal(err)
-		}
+		c := runClient(t, ctx, client.Config{Source: discovery.Static(models), TLS: material(t, coordinator, caFile), Delegation: check})
 		waitAllServing(t, c, 2)
 		out := map[string]client.Result{}
 		for _, r := range c.Call(ctx, "echo", client.Request{Args: client.Positional(commonspb.String("x")), Timeout: 5 * time.Second}) {

@@ -254,6 +254,21 @@ func TestFanOutFiftyRunners(t *testing.T) {
 	}
 }
 
+// runClient makes a client from cfg, runs it until ctx ends and waits for
+// its first membership.
+func runClient(t *testing.T, ctx context.Context, cfg client.Config) *client.Client {
+	t.Helper()
+	c, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.Run(ctx) }()
+	if err := c.WaitMembership(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // waitAllServing waits until n models answer the health check.
 func waitAllServing(t *testing.T, c *client.Client, n int) {
 	t.Helper()

@@ -142,14 +142,7 @@ func TestClientCertificateRenewalDropsNoCall(t *testing.T) {
 	go m.Watch(ctx, 50*time.Millisecond)
 	var src discovery.Manual
 	_ = src.Set([]discovery.Model{{ID: "m1", Target: p.runnerM1.addr}})
-	c, err := client.New(client.Config{Source: &src, TLS: m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = c.Run(ctx) }()
-	if err := c.WaitMembership(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := runClient(t, ctx, client.Config{Source: &src, TLS: m})
 	waitAllServing(t, c, 1)
 	if r := c.Setup(ctx, "test.Model", client.Request{Timeout: 5 * time.Second})[0]; !r.OK() {
 		t.Fatalf("setup: %s %s", r.Status, r.Message)

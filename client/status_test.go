@@ -124,14 +124,7 @@ func TestResultStatuses(t *testing.T) {
 func TestReconnectsWhenRunnerReturns(t *testing.T) {
 	r := startRunner(t, nil)
 	ctx := ctxTimeout(t, time.Minute)
-	c, err := client.New(client.Config{Plaintext: true, Source: discovery.Static{{ID: "m", Target: r.addr}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = c.Run(ctx) }()
-	if err := c.WaitMembership(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := runClient(t, ctx, client.Config{Plaintext: true, Source: discovery.Static{{ID: "m", Target: r.addr}}})
 	waitAllServing(t, c, 1)
 	req := client.Request{Timeout: 2 * time.Second}
 	if res := c.Setup(ctx, "test.Model", req)[0]; !res.OK() {

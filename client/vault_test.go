@@ -65,14 +65,7 @@ func TestCallWithVaultIssuedCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(client.Config{Source: discovery.Static{{ID: "m1", Target: r.addr}}, TLS: iss})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = c.Run(ctx) }()
-	if err := c.WaitMembership(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := runClient(t, ctx, client.Config{Source: discovery.Static{{ID: "m1", Target: r.addr}}, TLS: iss})
 	waitAllServing(t, c, 1)
 	if res := c.Setup(ctx, "test.Model", client.Request{Timeout: 5 * time.Second})[0]; !res.OK() {
 		t.Fatalf("setup: %s %s", res.Status, res.Message)
