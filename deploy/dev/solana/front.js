@@ -1,7 +1,8 @@
-// A Solana JSON-RPC + websocket front over a litesvm VM, for the scheduler's
-// tests only. It binds 127.0.0.1 on PORT (0: any free port) and prints
+// A Solana JSON-RPC + websocket front over a litesvm VM: the local Solana
+// endpoint of the scheduler's tests and of `make demo` (started through
+// internal/devchain). It binds 127.0.0.1 on PORT (0: any free port) and prints
 // "LISTENING <port>" once ready. Everything a transaction does runs in the
-// real SVM (signatures, blockhashes, System program); tests plant program
+// real SVM (signatures, blockhashes, System program); callers plant program
 // accounts through POST /control, since the authorization program itself is
 // not deployed here.
 //
@@ -12,6 +13,10 @@
 //   filters, and says nothing when an account is closed;
 // - during an outage (POST /control {"op":"outage","ms":N}) HTTP answers
 //   503 and websockets are dropped and refused.
+//
+// It exits when its stdin closes (it dies with the test that started it),
+// unless FRONT_DETACHED=1: then it runs until signalled (the demo's front,
+// stopped by pid).
 "use strict";
 const http = require("http");
 const { WebSocketServer } = require("ws");
@@ -278,6 +283,10 @@ server.on("upgrade", (req, socket, head) => {
 server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
   process.stdout.write("LISTENING " + server.address().port + "\n");
 });
-// Die with the test that started us.
-process.stdin.on("end", () => process.exit(0));
-process.stdin.resume();
+if (process.env.FRONT_DETACHED === "1") {
+  for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => process.exit(0));
+} else {
+  // Die with the process that started us.
+  process.stdin.on("end", () => process.exit(0));
+  process.stdin.resume();
+}
