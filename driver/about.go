@@ -90,9 +90,17 @@ var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 	"entry":     hclspec.NewAttr("entry", "string", false),
 	"port":      hclspec.NewDefault(hclspec.NewAttr("port", "string", false), hclspec.NewLiteral(`"grpc"`)),
 	"tls": hclspec.NewBlock("tls", false, hclspec.NewObject(map[string]*hclspec.Spec{
-		"cert":      hclspec.NewAttr("cert", "string", true),
-		"key":       hclspec.NewAttr("key", "string", true),
+		"cert":      hclspec.NewAttr("cert", "string", false),
+		"key":       hclspec.NewAttr("key", "string", false),
 		"client_ca": hclspec.NewAttr("client_ca", "string", false),
+		"vault": hclspec.NewBlock("vault", false, hclspec.NewObject(map[string]*hclspec.Spec{
+			"address": hclspec.NewAttr("address", "string", true),
+			"sign_path": hclspec.NewDefault(hclspec.NewAttr("sign_path", "string", false),
+				hclspec.NewLiteral(`"pki_int/sign/runner"`)),
+			"key_path":    hclspec.NewAttr("key_path", "string", false),
+			"common_name": hclspec.NewAttr("common_name", "string", false),
+			"ttl":         hclspec.NewAttr("ttl", "string", false),
+		})),
 	})),
 	"authz": hclspec.NewBlock("authz", false, hclspec.NewObject(map[string]*hclspec.Spec{
 		"crunch":      hclspec.NewAttr("crunch", "string", false),

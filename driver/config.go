@@ -77,12 +77,37 @@ type TaskConfig struct {
 }
 
 // TLSConfig names the runner's TLS files, relative to the task dir (where
-// Nomad templates render them, e.g. secrets/) or absolute.
+// Nomad templates render them, e.g. secrets/) or absolute. With a vault
+// block the runner gets its certificate from Vault itself instead of Cert
+// and Key.
 type TLSConfig struct {
-	Cert     string `codec:"cert"`
-	Key      string `codec:"key"`
-	ClientCA string `codec:"client_ca"`
+	Cert     string          `codec:"cert"`
+	Key      string          `codec:"key"`
+	ClientCA string          `codec:"client_ca"`
+	Vault    *TLSVaultConfig `codec:"vault"`
 }
+
+// TLSVaultConfig has the runner sign its certificate with Vault PKI for a
+// key kept in Vault's KV store (runner/vaultkey), so the key survives
+// renewals, restarts and rescheduling: a cruncher's wallet delegation names
+// it. The runner uses the task's Vault token (secrets/vault_token; the task
+// needs a vault block).
+type TLSVaultConfig struct {
+	Address  string `codec:"address"`
+	SignPath string `codec:"sign_path"` // default pki_int/sign/runner
+	// KeyPath is the KV v2 entry MOUNT/NAME (default runner-keys/<job id>);
+	// CommonName the certificate's name (default <job id>.crunchdao.internal).
+	// Vault's runner policy and role admit only these defaults.
+	KeyPath    string `codec:"key_path"`
+	CommonName string `codec:"common_name"`
+	TTL        string `codec:"ttl"`
+}
+
+// DefaultKeyMount and DefaultNameSuffix give TLSVaultConfig's defaults.
+const (
+	DefaultKeyMount   = "runner-keys"
+	DefaultNameSuffix = ".crunchdao.internal"
+)
 
 // AuthzConfig says who may call the model (runner/authz): the coordinator
 // of Crunch whose key hashes to one of CertHashes, minus the CRL. PolicyFile
@@ -114,6 +139,22 @@ func (tc *TaskConfig) validate(plugin *Config) error {
 	}
 	if tc.TLS != nil && tc.Plaintext {
 		errs = append(errs, errors.New("tls and plaintext = true exclude each other"))
+	}
+	if t := tc.TLS; t != nil && t.Vault == nil && (t.Cert == "" || t.Key == "") {
+		errs = append(errs, errors.New("tls needs cert and key, or a vault block"))
+	}
+	if t := tc.TLS; t != nil && t.Vault != nil {
+		if t.Cert != "" || t.Key != "" {
+			errs = append(errs, errors.New("tls.vault replaces tls.cert and tls.key: use one or the other"))
+		}
+		if t.Vault.Address == "" {
+			errs = append(errs, errors.New("tls.vault.address is required"))
+		}
+		if t.Vault.TTL != "" {
+			if _, err := time.ParseDuration(t.Vault.TTL); err != nil {
+				errs = append(errs, fmt.Errorf("tls.vault.ttl: %w", err))
+			}
+		}
 	}
 	if tc.Authz != nil && (tc.TLS == nil || tc.TLS.ClientCA == "") {
 		errs = append(errs, errors.New("authz checks client certificates: it needs tls.client_ca"))

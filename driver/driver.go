@@ -195,7 +195,11 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 	if tc.Plaintext {
 		args = append(args, "--plaintext")
 	} else {
-		args = append(args, "--tls-cert", inTaskDir(taskDir, tc.TLS.Cert), "--tls-key", inTaskDir(taskDir, tc.TLS.Key))
+		if v := tc.TLS.Vault; v != nil {
+			args = append(args, vaultArgs(v, cfg)...)
+		} else {
+			args = append(args, "--tls-cert", inTaskDir(taskDir, tc.TLS.Cert), "--tls-key", inTaskDir(taskDir, tc.TLS.Key))
+		}
 		if tc.TLS.ClientCA != "" {
 			args = append(args, "--tls-client-ca", inTaskDir(taskDir, tc.TLS.ClientCA))
 		}
@@ -277,6 +281,24 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 
 // startRunner starts the runner in its own session (so it survives a plugin
 // restart), writing to the task's log fifos.
+// vaultArgs has the runner sign its own certificate with Vault for the
+// model's long-lived key, with the task's Vault token.
+func vaultArgs(v *TLSVaultConfig, cfg *drivers.TaskConfig) []string {
+	keyPath, name := v.KeyPath, v.CommonName
+	if keyPath == "" {
+		keyPath = DefaultKeyMount + "/" + cfg.JobID
+	}
+	if name == "" {
+		name = cfg.JobID + DefaultNameSuffix
+	}
+	args := []string{"--tls-vault-sign", v.SignPath, "--tls-vault-key", keyPath, "--tls-common-name", name,
+		"--vault-addr", v.Address, "--vault-token-file", filepath.Join(cfg.TaskDir().SecretsDir, "vault_token")}
+	if v.TTL != "" {
+		args = append(args, "--tls-ttl", v.TTL)
+	}
+	return args
+}
+
 func startRunner(path string, args []string, cfg *drivers.TaskConfig) (*os.Process, error) {
 	stdout, err := openLog(cfg.StdoutPath)
 	if err != nil {

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -41,6 +42,15 @@ type Options struct {
 	VaultRole    string `json:"vault_role,omitempty"`
 	PKIIssuePath string `json:"pki_issue_path,omitempty"`
 	CertTTL      string `json:"cert_ttl,omitempty"`
+	// RunnerVaultAddr, when set, is the Vault address runners reach: each
+	// runner then signs its own certificate (pki_int/sign/runner) for a key
+	// it keeps in Vault (runner-keys/<job id>, runner/vaultkey), so the key
+	// survives renewals, restarts and rescheduling, and the job renders the
+	// cruncher's wallet delegation from its Nomad variable
+	// (nomad/jobs/<job id>, item "delegation"). Empty: a Nomad template
+	// issues a fresh key with every certificate (PKIIssuePath), which a
+	// delegation cannot follow.
+	RunnerVaultAddr string `json:"runner_vault_addr,omitempty"`
 	// CRLURL, when set, is where runners fetch the CA's revocation list
 	// (e.g. https://vault.service.consul:8200/v1/pki_int/crl/pem).
 	CRLURL string `json:"crl_url,omitempty"`
@@ -86,6 +96,12 @@ const (
 	// would issue two key pairs); ClientCA the root coordinators chain to.
 	TLSBundle = "secrets/tls.pem"
 	ClientCA  = "secrets/ca.crt"
+	// DelegationFile is the cruncher's wallet delegation, rendered from the
+	// job's variable; empty until someone writes one.
+	DelegationFile = "local/delegation.json"
+	// DelegationItem is the item of the job's variable nomad/jobs/<job id>
+	// that holds the delegation (model-runner delegation sign's output).
+	DelegationItem = "delegation"
 )
 
 // CertTemplate renders the runner's bundle as docs/vault.md prescribes; the
@@ -98,6 +114,10 @@ func CertTemplate(issuePath, ttl string) string {
 {{ end }}
 `, issuePath, ttl)
 }
+
+// DelegationTemplate renders the delegation item of the job's own variable,
+// which every task of the job may read; nothing while there is none.
+var DelegationTemplate = fmt.Sprintf(`{{ with nomadVar (printf "nomad/jobs/%%s" (env "NOMAD_JOB_ID")) }}{{ with index . %q }}{{ .Value }}{{ end }}{{ end }}`, DelegationItem)
 
 // CATemplate renders the public root CA (no Vault policy needed).
 const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}`
@@ -137,7 +157,15 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	if o.Plaintext {
 		cfg["plaintext"] = true
 	} else {
-		cfg["tls"] = []map[string]any{{"cert": TLSBundle, "key": TLSBundle, "client_ca": ClientCA}}
+		if o.RunnerVaultAddr != "" {
+			signPath := strings.Replace(o.PKIIssuePath, "/issue/", "/sign/", 1)
+			cfg["tls"] = []map[string]any{{"client_ca": ClientCA, "vault": []map[string]any{{
+				"address": o.RunnerVaultAddr, "sign_path": signPath, "ttl": o.CertTTL,
+			}}}}
+			cfg["delegation"] = DelegationFile
+		} else {
+			cfg["tls"] = []map[string]any{{"cert": TLSBundle, "key": TLSBundle, "client_ca": ClientCA}}
+		}
 		// Only the crunch's coordinator may call: its certificate must name
 		// the crunch and, when the chain records them, its key must hash to
 		// one of the coordinator's on-chain hashes (docs/security.md).
@@ -181,18 +209,28 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		task.Identities = []*nomadapi.WorkloadIdentity{{
 			Name: "vault_default", Audience: []string{"vault.io"}, TTL: time.Hour,
 		}}
-		task.Templates = []*nomadapi.Template{{
-			EmbeddedTmpl: new(CertTemplate(o.PKIIssuePath, o.CertTTL)),
-			DestPath:     new(TLSBundle),
-			Perms:        new("0600"),
-			ChangeMode:   new("signal"),
-			ChangeSignal: new("SIGHUP"),
-		}, {
+		ca := &nomadapi.Template{
 			EmbeddedTmpl: new(CATemplate),
 			DestPath:     new(ClientCA),
 			ChangeMode:   new("signal"),
 			ChangeSignal: new("SIGHUP"),
-		}}
+		}
+		if o.RunnerVaultAddr != "" {
+			task.Templates = []*nomadapi.Template{ca, {
+				EmbeddedTmpl: new(DelegationTemplate),
+				DestPath:     new(DelegationFile),
+				ChangeMode:   new("signal"),
+				ChangeSignal: new("SIGHUP"),
+			}}
+		} else {
+			task.Templates = []*nomadapi.Template{{
+				EmbeddedTmpl: new(CertTemplate(o.PKIIssuePath, o.CertTTL)),
+				DestPath:     new(TLSBundle),
+				Perms:        new("0600"),
+				ChangeMode:   new("signal"),
+				ChangeSignal: new("SIGHUP"),
+			}, ca}
+		}
 	}
 	task.KillTimeout = new(10 * time.Second)
 

@@ -112,3 +112,41 @@ func TestBuild(t *testing.T) {
 		t.Fatalf("invalid hardware accepted: %v", err)
 	}
 }
+
+// With RunnerVaultAddr the runner keeps one key per model in Vault and signs
+// its own certificates: no template issues a key, the driver gets a vault
+// block, and the cruncher's delegation comes from the job's variable.
+func TestBuildStableKey(t *testing.T) {
+	m := model()
+	opts := &Options{RunnerVaultAddr: "https://vault.service.consul:8200"}
+	job, err := Build(m, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if SpecHash(m, opts) == SpecHash(m, &Options{}) {
+		t.Error("switching to stable keys must change the spec hash, or running jobs keep the old TLS setup")
+	}
+	task := job.TaskGroups[0].Tasks[0]
+	tls := task.Config["tls"].([]map[string]any)[0]
+	v, _ := tls["vault"].([]map[string]any)
+	if len(v) != 1 || v[0]["address"] != opts.RunnerVaultAddr || v[0]["sign_path"] != "pki_int/sign/runner" ||
+		tls["cert"] != nil || tls["key"] != nil || tls["client_ca"] != ClientCA {
+		t.Fatalf("tls: %v", tls)
+	}
+	if task.Config["delegation"] != DelegationFile {
+		t.Errorf("delegation: %v", task.Config["delegation"])
+	}
+	var dests []string
+	for _, tp := range task.Templates {
+		dests = append(dests, *tp.DestPath)
+		if strings.Contains(*tp.EmbeddedTmpl, "pkiCert") {
+			t.Errorf("a pkiCert template would issue a fresh key: %s", *tp.EmbeddedTmpl)
+		}
+	}
+	if strings.Join(dests, ",") != ClientCA+","+DelegationFile {
+		t.Errorf("templates render %v", dests)
+	}
+	if task.Vault == nil || task.Vault.Role != "runner" {
+		t.Errorf("the runner needs the task's Vault token: %+v", task.Vault)
+	}
+}

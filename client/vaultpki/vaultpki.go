@@ -1,11 +1,15 @@
-// Package vaultpki gets the coordinator's client certificate straight from
-// Vault PKI and renews it before it expires, without dropping calls: it
-// signs a CSR of a key that stays the same across renewals (runners that
-// admit a coordinator by the hash of its public key, as CrunchDAO's do, keep
-// admitting it), and every new handshake takes the newest certificate.
+// Package vaultpki gets a certificate straight from Vault PKI and renews it
+// before it expires, without dropping calls: it signs a CSR of a key that
+// stays the same across renewals, and every new handshake takes the newest
+// certificate. Coordinators use it for their client certificate (runners
+// that admit a coordinator by the hash of its public key, as CrunchDAO's do,
+// keep admitting it); runners for their server certificate (a cruncher's
+// wallet delegation names the runner's public key, so it must outlive
+// renewals; see runner/vaultkey).
 //
 // The Issuer implements client/credentials.Material. It logs in with the
-// Vault client's token, or with AppRole or JWT credentials before each
+// Vault client's token, with a token file re-read at each signing (a Nomad
+// task's secrets/vault_token), or with AppRole or JWT credentials before each
 // signing (coordinator tokens are short-lived; a certificate lives for days).
 package vaultpki
 
@@ -25,6 +29,7 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"net/url"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -50,6 +55,23 @@ type AppRole struct {
 // Login implements Login.
 func (a AppRole) Login(ctx context.Context, c *vaultapi.Client) (string, error) {
 	return login(ctx, c, "auth/"+orDefault(a.Mount, "approle")+"/login", map[string]any{"role_id": a.RoleID, "secret_id": a.SecretID})
+}
+
+// TokenFile uses the token in a file, read again at each signing: Nomad
+// rewrites a task's secrets/vault_token when it derives a new token.
+type TokenFile string
+
+// Login implements Login.
+func (f TokenFile) Login(ctx context.Context, c *vaultapi.Client) (string, error) {
+	b, err := os.ReadFile(string(f))
+	if err != nil {
+		return "", fmt.Errorf("vaultpki: reading the Vault token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("vaultpki: the Vault token file %s is empty", f)
+	}
+	return tok, nil
 }
 
 // JWT logs in with a signed JWT (a workload identity).
@@ -116,7 +138,9 @@ type Config struct {
 	// is renewed; default 2/3 (with up to 5 % jitter, so a fleet does not
 	// renew at once).
 	RenewAt float64
-	Logger  hclog.Logger
+	// What names the certificate in logs (default "coordinator").
+	What   string
+	Logger hclog.Logger
 }
 
 // CoordinatorNames returns the names the coordinator role allows for crunch.
@@ -150,6 +174,7 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	cfg.Mount = orDefault(cfg.Mount, "pki_int")
 	cfg.Role = orDefault(cfg.Role, "coordinator")
 	cfg.CAMount = orDefault(cfg.CAMount, "pki")
+	cfg.What = orDefault(cfg.What, "coordinator")
 	if cfg.RenewAt <= 0 || cfg.RenewAt >= 1 {
 		cfg.RenewAt = 2.0 / 3
 	}
@@ -232,7 +257,7 @@ func (i *Issuer) Renew(ctx context.Context) error {
 		return err
 	}
 	i.cur.Store(&material{cert: cert, pool: pool, issued: issued})
-	i.log.Info("coordinator certificate issued", "serial", s.Data["serial_number"], "not_after", cert.Leaf.NotAfter)
+	i.log.Info(i.cfg.What+" certificate issued", "serial", s.Data["serial_number"], "not_after", cert.Leaf.NotAfter)
 	return nil
 }
 
@@ -320,7 +345,7 @@ func (i *Issuer) Run(ctx context.Context) {
 				return
 			}
 			backoff = min(max(2*backoff, time.Second), time.Minute)
-			i.log.Error("renewing the coordinator certificate failed; keeping the current one", "error", err,
+			i.log.Error("renewing the "+i.cfg.What+" certificate failed; keeping the current one", "error", err,
 				"expires", i.Certificate().Leaf.NotAfter, "retry_in", backoff)
 			continue
 		}

@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -22,16 +23,20 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/modelnodes/modelnodes/client/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/delegation"
 	"github.com/modelnodes/modelnodes/internal/envflag"
+	"github.com/modelnodes/modelnodes/internal/filewatch"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/runner/pyhost"
+	"github.com/modelnodes/modelnodes/runner/vaultkey"
 	"github.com/modelnodes/modelnodes/runner/worker"
 )
 
@@ -41,8 +46,10 @@ const usage = `model-runner: serve one model over gRPC (CrunchDAO model runner p
 
 Usage:
   model-runner serve --model-dir DIR [--listen ADDR] (--tls-cert F --tls-key F [--tls-client-ca F] | --plaintext)
+  model-runner serve ... --tls-vault-sign pki_int/sign/runner --tls-vault-key runner-keys/JOB --tls-common-name N
+                                         certificate from Vault for a key kept in Vault (see docs/security.md)
   model-runner python-host > host.py     print the embedded Python worker host
-  model-runner delegation sign ...       sign a wallet delegation for a runner's key (crunchers)
+  model-runner delegation key|sign ...  a runner's public key; a wallet delegation for it (crunchers)
 
 The model runs in a worker process started by the runner: with --runtime python
 the submission directory is loaded by the embedded host (main.py or its
@@ -87,6 +94,9 @@ type options struct {
 	crlFile, crlURL, healthListen    string
 	crlRefresh                       time.Duration
 	delegationFile                   string
+	vaultAddr, vaultTokenFile        string
+	vaultKey, vaultSign, commonName  string
+	certTTL                          time.Duration
 	logLevel                         string
 	logJSON                          bool
 }
@@ -103,6 +113,12 @@ func parse(args []string) (*options, error) {
 	fs.StringVar(&o.certFile, "tls-cert", "", "server certificate (PEM); reloaded when it changes on disk")
 	fs.StringVar(&o.keyFile, "tls-key", "", "server private key (PEM)")
 	fs.StringVar(&o.caFile, "tls-client-ca", "", "CA bundle (PEM) that client certificates must chain to: enables mTLS")
+	fs.StringVar(&o.vaultSign, "tls-vault-sign", "", "get the server certificate from this Vault PKI sign endpoint (e.g. pki_int/sign/runner) instead of --tls-cert/--tls-key, and renew it before it expires; needs --tls-vault-key")
+	fs.StringVar(&o.vaultKey, "tls-vault-key", "", "with --tls-vault-sign: the KV v2 entry MOUNT/NAME keeping this model's private key across renewals and restarts (created when missing)")
+	fs.StringVar(&o.commonName, "tls-common-name", "", "with --tls-vault-sign: the certificate's name, model-node-<id>.crunchdao.internal")
+	fs.DurationVar(&o.certTTL, "tls-ttl", 0, "with --tls-vault-sign: the certificate lifetime to ask for (0: the role's)")
+	fs.StringVar(&o.vaultAddr, "vault-addr", "", "Vault address for --tls-vault-sign (default $VAULT_ADDR)")
+	fs.StringVar(&o.vaultTokenFile, "vault-token-file", "", "file holding the Vault token, re-read at each renewal (a Nomad task's secrets/vault_token; default $VAULT_TOKEN)")
 	fs.BoolVar(&o.plaintext, "plaintext", false, "serve without TLS (development only)")
 	fs.DurationVar(&o.tlsReload, "tls-reload-interval", 5*time.Second, "how often to check the TLS files for changes (SIGHUP checks at once)")
 	fs.DurationVar(&o.callTimeout, "call-timeout", 5*time.Minute, "longest a call may run, whatever the caller's deadline")
@@ -135,8 +151,14 @@ func parse(args []string) (*options, error) {
 		return nil, errors.New("--runtime executable needs --entry, the program to run")
 	case o.plaintext && (o.certFile != "" || o.keyFile != "" || o.caFile != ""):
 		return nil, errors.New("--plaintext conflicts with the --tls-* flags")
-	case !o.plaintext && (o.certFile == "" || o.keyFile == ""):
-		return nil, errors.New("refusing to serve without TLS: pass --tls-cert and --tls-key (and --tls-client-ca for mTLS), or --plaintext")
+	case o.vaultSign != "" && (o.certFile != "" || o.keyFile != "" || o.plaintext):
+		return nil, errors.New("--tls-vault-sign replaces --tls-cert, --tls-key and --plaintext")
+	case o.vaultSign != "" && (o.vaultKey == "" || o.commonName == ""):
+		return nil, errors.New("--tls-vault-sign needs --tls-vault-key (where the key lives) and --tls-common-name")
+	case o.vaultSign == "" && (o.vaultKey != "" || o.commonName != "" || o.certTTL != 0):
+		return nil, errors.New("--tls-vault-key, --tls-common-name and --tls-ttl only work with --tls-vault-sign")
+	case !o.plaintext && o.vaultSign == "" && (o.certFile == "" || o.keyFile == ""):
+		return nil, errors.New("refusing to serve without TLS: pass --tls-cert and --tls-key (or --tls-vault-sign), and --tls-client-ca for mTLS, or --plaintext")
 	case o.crlFile != "" && o.crlURL != "":
 		return nil, errors.New("--tls-crl and --tls-crl-url exclude each other")
 	case (o.crunch != "" || o.certHashes != "" || o.authzFile != "" || o.crlFile != "" || o.crlURL != "") && o.caFile == "":
@@ -189,10 +211,20 @@ func serve(args []string) error {
 			MaxQueue:     o.maxQueue,
 		},
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
 	var srv *runner.Server
 	if !o.plaintext {
-		cfg.TLS, err = tlsfiles.New(tlsfiles.Files{CertFile: o.certFile, KeyFile: o.keyFile, CAFile: o.caFile},
-			func(err error) { srv.TLSReloaded(err) })
+		files := tlsfiles.Files{CertFile: o.certFile, KeyFile: o.keyFile, CAFile: o.caFile}
+		if o.vaultSign != "" {
+			iss, err := vaultCertificate(ctx, o, log.Named("vault"))
+			if err != nil {
+				return err
+			}
+			go iss.Run(ctx)
+			files.Certificate = iss.Certificate
+		}
+		cfg.TLS, err = tlsfiles.New(files, func(err error) { srv.TLSReloaded(err) })
 		if err != nil {
 			return err
 		}
@@ -230,9 +262,6 @@ func serve(args []string) error {
 		checkDelegation(log, deleg.Proof(), cfg.TLS)
 	}
 	srv = runner.New(cfg)
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	// SIGHUP (a Nomad template's change_mode = "signal") re-reads the TLS
 	// files; it never stops the runner.
 	hup := make(chan os.Signal, 1)
@@ -243,10 +272,13 @@ func serve(args []string) error {
 				log.Info("SIGHUP: no TLS files to reload")
 				continue
 			}
-			log.Info("SIGHUP: checking the TLS and authorization files")
+			log.Info("SIGHUP: checking the TLS, authorization and delegation files")
 			_, _ = cfg.TLS.Reload()
 			if cfg.Authorizer != nil {
 				_, _ = cfg.Authorizer.Reload()
+			}
+			if deleg != nil {
+				reloadDelegation(log, deleg, cfg.TLS)
 			}
 		}
 	}()
@@ -257,9 +289,7 @@ func serve(args []string) error {
 		go cfg.Authorizer.Watch(ctx, min(o.tlsReload, o.crlRefresh))
 	}
 	if deleg != nil {
-		go deleg.Watch(ctx, o.tlsReload, func(err error) {
-			log.Error("the delegation file changed but cannot be used; keeping the previous one", "error", err)
-		})
+		go filewatch.Every(ctx, o.tlsReload, func() { reloadDelegation(log, deleg, cfg.TLS) })
 	}
 	if o.healthListen != "" {
 		hl, err := net.Listen("tcp", o.healthListen)
@@ -285,9 +315,25 @@ func serve(args []string) error {
 	return srv.Serve(ctx, lis, o.drain)
 }
 
+// reloadDelegation picks up a changed delegation file.
+func reloadDelegation(log hclog.Logger, d *delegation.Reloader, tlsr *tlsfiles.Reloader) {
+	changed, err := d.Reload()
+	switch {
+	case err != nil:
+		log.Error("the delegation file changed but cannot be used; keeping the previous one", "error", err)
+	case changed:
+		log.Info("delegation reloaded")
+		checkDelegation(log, d.Proof(), tlsr)
+	}
+}
+
 // checkDelegation warns when the delegation cannot satisfy a coordinator: it
 // covers another key than the runner's, or it has expired.
 func checkDelegation(log hclog.Logger, p *delegation.Proof, tlsr *tlsfiles.Reloader) {
+	if p == nil {
+		log.Warn("no delegation yet: calls carry no wallet proof until the file holds one")
+		return
+	}
 	m, err := p.Decode()
 	if err != nil {
 		log.Error("the delegation message is unreadable", "error", err)
@@ -299,6 +345,56 @@ func checkDelegation(log hclog.Logger, p *delegation.Proof, tlsr *tlsfiles.Reloa
 	if tlsr != nil && m.CertPub != delegation.CertPub(tlsr.Certificate().Leaf.RawSubjectPublicKeyInfo) {
 		log.Error("the delegation covers another TLS key than this runner's: coordinators will refuse it")
 	}
+}
+
+// vaultCertificate signs the runner's certificate with Vault PKI for the
+// model's long-lived key (runner/vaultkey), and renews it from then on.
+func vaultCertificate(ctx context.Context, o *options, log hclog.Logger) (*vaultpki.Issuer, error) {
+	mount, role, ok := strings.Cut(strings.Trim(o.vaultSign, "/"), "/sign/")
+	if !ok || mount == "" || role == "" || strings.Contains(role, "/") {
+		return nil, fmt.Errorf("--tls-vault-sign %q: want MOUNT/sign/ROLE, e.g. pki_int/sign/runner", o.vaultSign)
+	}
+	ref, err := vaultkey.ParseRef(o.vaultKey)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-vault-key: %w", err)
+	}
+	vcfg := vaultapi.DefaultConfig() // VAULT_ADDR, VAULT_CACERT, ...
+	if vcfg.Error != nil {
+		return nil, fmt.Errorf("vault: %w", vcfg.Error)
+	}
+	if o.vaultAddr != "" {
+		vcfg.Address = o.vaultAddr
+	}
+	vc, err := vaultapi.NewClient(vcfg)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	var login vaultpki.Login
+	if o.vaultTokenFile != "" {
+		login = vaultpki.TokenFile(o.vaultTokenFile)
+		tok, err := login.Login(ctx, vc)
+		if err != nil {
+			return nil, err
+		}
+		vc.SetToken(tok)
+	}
+	if vc.Token() == "" {
+		return nil, errors.New("--tls-vault-sign: no Vault token (--vault-token-file or $VAULT_TOKEN)")
+	}
+	key, created, err := vaultkey.LoadOrCreate(ctx, vc, ref)
+	if err != nil {
+		return nil, err
+	}
+	spki, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return nil, err
+	}
+	// cert_pub is what a cruncher signs (model-runner delegation sign).
+	log.Info("runner key", "entry", ref.String(), "created", created, "cert_pub", delegation.CertPub(spki))
+	return vaultpki.New(ctx, vaultpki.Config{
+		Client: vc, Login: login, Mount: mount, Role: role, CommonName: o.commonName,
+		TTL: o.certTTL, Key: key, What: "runner", Logger: log,
+	})
 }
 
 // workerCommand returns the worker's argv for the chosen runtime.

@@ -74,7 +74,7 @@ type config struct {
 	feedInterval                                         time.Duration
 	modelsFile, listen, logLevel                         string
 	logJSON, plaintext                                   bool
-	crlURL                                               string
+	crlURL, runnerVaultAddr                              string
 	datacenters                                          stringList
 	gpuClass                                             string
 	resync, purgeAfter, sessionTTL                       time.Duration
@@ -115,6 +115,7 @@ func parse(args []string) (*config, error) {
 	fs.Var(&c.datacenters, "datacenters", "datacenters of the jobs, comma separated (default *)")
 	fs.StringVar(&c.gpuClass, "gpu-node-class", "", "also constrain GPU models to this node class")
 	fs.BoolVar(&c.plaintext, "plaintext-runners", false, "runners without TLS or Vault (tests only; CrunchDAO's secure client refuses them)")
+	fs.StringVar(&c.runnerVaultAddr, "runner-vault-addr", "", "Vault address runners reach: each runner then keeps one key per model in Vault (runner-keys/<job>) and signs its own certificates, so crunchers' wallet delegations (the job variable's \"delegation\" item) hold across renewals; empty: a template issues a new key with each certificate")
 	fs.StringVar(&c.crlURL, "crl-url", "", "runners fetch the model-call CA's revocation list from this URL (e.g. Vault's /v1/pki_int/crl/pem)")
 	fs.DurationVar(&c.resync, "resync", 30*time.Second, "longest time between two reconcile passes")
 	fs.DurationVar(&c.purgeAfter, "purge-after", 24*time.Hour, "how long a stopped job stays before it is purged")
@@ -137,6 +138,9 @@ func parse(args []string) (*config, error) {
 	}
 	if c.feedURL != "" && len(c.feedCrunches) == 0 {
 		return nil, errors.New("--feed-url needs --feed-crunch")
+	}
+	if c.plaintext && c.runnerVaultAddr != "" {
+		return nil, errors.New("--plaintext-runners and --runner-vault-addr exclude each other")
 	}
 	switch c.solanaCommitment {
 	case "confirmed", "finalized":
@@ -171,7 +175,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	}
 	opts := &jobs.Options{
 		Region: c.nomad.Region, Namespace: c.nomad.Namespace, Datacenters: c.datacenters,
-		Plaintext: c.plaintext, CRLURL: c.crlURL, GPUNodeClass: c.gpuClass,
+		Plaintext: c.plaintext, CRLURL: c.crlURL, RunnerVaultAddr: c.runnerVaultAddr, GPUNodeClass: c.gpuClass,
 	}
 	metrics := scheduler.NewMetrics()
 	s := &scheduler.Scheduler{

@@ -17,7 +17,6 @@ package delegation
 
 import (
 	"bytes"
-	"context"
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/base64"
@@ -272,7 +271,9 @@ type Reloader struct {
 	stamp string
 }
 
-// NewReloader loads the proof at path.
+// NewReloader loads the proof at path. An empty file holds no proof yet
+// (a Nomad template of a variable nobody has written): Proof is nil until
+// the file gets one.
 func NewReloader(path string) (*Reloader, error) {
 	r := &Reloader{path: path}
 	if _, err := r.Reload(); err != nil {
@@ -281,7 +282,7 @@ func NewReloader(path string) (*Reloader, error) {
 	return r, nil
 }
 
-// Proof returns the proof in use.
+// Proof returns the proof in use, nil when there is none.
 func (r *Reloader) Proof() *Proof { return r.cur.Load() }
 
 // Reload re-reads the file if it changed; on error the previous proof stays.
@@ -295,21 +296,15 @@ func (r *Reloader) Reload() (bool, error) {
 	if st == r.stamp {
 		return false, nil
 	}
-	p, err := Load(r.path)
-	if err != nil {
+	var p *Proof
+	if b, err := os.ReadFile(r.path); err != nil {
 		return false, err
+	} else if len(bytes.TrimSpace(b)) > 0 {
+		if p, err = Load(r.path); err != nil {
+			return false, err
+		}
 	}
 	r.cur.Store(p)
 	r.stamp = st
 	return true, nil
-}
-
-// Watch re-reads the file every interval until ctx ends; onErr, if set, hears
-// of files that cannot be used.
-func (r *Reloader) Watch(ctx context.Context, interval time.Duration, onErr func(error)) {
-	filewatch.Every(ctx, interval, func() {
-		if _, err := r.Reload(); err != nil && onErr != nil {
-			onErr(err)
-		}
-	})
 }

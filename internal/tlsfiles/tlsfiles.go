@@ -23,6 +23,10 @@ import (
 // anchors client authentication; for a client it anchors the server's chain.
 type Files struct {
 	CertFile, KeyFile, CAFile string
+	// Certificate, when set, replaces CertFile and KeyFile: every
+	// handshake takes what it returns (a certificate renewed in memory,
+	// e.g. client/vaultpki's Issuer), and only CAFile is watched.
+	Certificate func() *tls.Certificate
 }
 
 type material struct {
@@ -44,7 +48,7 @@ type Reloader struct {
 // New loads the files once; an error here means they are unusable now.
 // onLoad, if not nil, is told the outcome of every reload after the first.
 func New(files Files, onLoad func(error)) (*Reloader, error) {
-	if files.CertFile == "" || files.KeyFile == "" {
+	if (files.CertFile == "" || files.KeyFile == "") && files.Certificate == nil {
 		return nil, errors.New("tls: both a certificate and a key file are needed")
 	}
 	r := &Reloader{files: files, onLoad: onLoad}
@@ -72,21 +76,28 @@ func (r *Reloader) Watch(ctx context.Context, interval time.Duration) {
 func (r *Reloader) reload() (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	stamp, err := filewatch.Stamp(r.files.CertFile, r.files.KeyFile, r.files.CAFile)
+	var watched []string
+	if r.files.Certificate == nil {
+		watched = append(watched, r.files.CertFile, r.files.KeyFile)
+	}
+	stamp, err := filewatch.Stamp(append(watched, r.files.CAFile)...)
 	if err != nil {
 		return false, r.remember(fmt.Errorf("tls: %w", err))
 	}
 	if old := r.cur.Load(); old != nil && old.stamp == stamp {
 		return false, r.remember(nil)
 	}
-	cert, err := tls.LoadX509KeyPair(r.files.CertFile, r.files.KeyFile)
-	if err != nil {
-		return false, r.remember(fmt.Errorf("tls: load %s / %s: %w", r.files.CertFile, r.files.KeyFile, err))
+	m := &material{stamp: stamp}
+	if r.files.Certificate == nil {
+		cert, err := tls.LoadX509KeyPair(r.files.CertFile, r.files.KeyFile)
+		if err != nil {
+			return false, r.remember(fmt.Errorf("tls: load %s / %s: %w", r.files.CertFile, r.files.KeyFile, err))
+		}
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return false, r.remember(fmt.Errorf("tls: parse %s: %w", r.files.CertFile, err))
+		}
+		m.cert = &cert
 	}
-	if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-		return false, r.remember(fmt.Errorf("tls: parse %s: %w", r.files.CertFile, err))
-	}
-	m := &material{cert: &cert, stamp: stamp}
 	if r.files.CAFile != "" {
 		pem, err := os.ReadFile(r.files.CAFile)
 		if err != nil {
@@ -107,7 +118,12 @@ func (r *Reloader) remember(err error) error {
 }
 
 // Certificate returns the certificate in use.
-func (r *Reloader) Certificate() *tls.Certificate { return r.cur.Load().cert }
+func (r *Reloader) Certificate() *tls.Certificate {
+	if r.files.Certificate != nil {
+		return r.files.Certificate()
+	}
+	return r.cur.Load().cert
+}
 
 // Pool returns the CA pool in use, or nil without a CA file.
 func (r *Reloader) Pool() *x509.CertPool { return r.cur.Load().pool }
@@ -122,7 +138,7 @@ func (r *Reloader) ServerConfig() *tls.Config {
 			m := r.cur.Load()
 			c := &tls.Config{
 				MinVersion:   tls.VersionTLS12,
-				Certificates: []tls.Certificate{*m.cert},
+				Certificates: []tls.Certificate{*r.Certificate()},
 				NextProtos:   []string{"h2"},
 			}
 			if m.pool != nil {

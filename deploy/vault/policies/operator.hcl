@@ -75,3 +75,12 @@ path "sys/policies/acl/operator" {
 path "sys/policies/acl" {
   capabilities = ["list"]
 }
+
+# Runner keys: list them and delete one (a model's next runner creates a new
+# key: rotation after a suspected leak); never read the keys themselves.
+path "runner-keys/metadata/*" {
+  capabilities = ["read", "list", "delete"]
+}
+path "sys/mounts/runner-keys" {
+  capabilities = ["read", "update"]
+}

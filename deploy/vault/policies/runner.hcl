@@ -16,3 +16,12 @@ path "pki_int/issue/runner" {
 path "pki_int/sign/runner" {
   capabilities = ["update"]
 }
+
+# Keep the model's key across renewals, restarts and nodes (runner/vaultkey):
+# read it, or create it once when it is missing. The path is computed from the
+# job id in the token's JWT alias, so a runner reaches only its own model's
+# key; without "update" it cannot replace it. deploy/vault/setup replaces
+# JWT_ACCESSOR with the accessor of the Nomad JWT auth mount.
+path "runner-keys/data/{{identity.entity.aliases.JWT_ACCESSOR.metadata.nomad_job_id}}" {
+  capabilities = ["create", "read"]
+}
