@@ -448,7 +448,7 @@ func TestStatusReportsFailedModel(t *testing.T) {
 
 // requireModelbox skips (saying why) when the Nomad node has no healthy
 // modelbox driver, which needs bin/ built (make test does) and root.
-func requireModelbox(t *testing.T, client *nomadapi.Client) {
+func requireModelbox(t testing.TB, client *nomadapi.Client) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {

@@ -1,0 +1,525 @@
+package scheduler
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	solana "github.com/gagliardetto/solana-go"
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/modelnodes/modelnodes/client"
+	"github.com/modelnodes/modelnodes/client/discovery"
+	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/client/vaultpki"
+	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/nomad"
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+	"github.com/modelnodes/modelnodes/runner/authz"
+	"github.com/modelnodes/modelnodes/scheduler/onchain"
+)
+
+// The model of BenchmarkAuthorizationToCallable: the Go example model
+// (cmd/example-model, an executable worker: it starts in milliseconds, so
+// the figure is the platform's and not a Python import's), fetched by
+// Nomad as an artifact from a loopback HTTP server, with its digest on
+// chain as in production.
+const (
+	callableModels  = 20
+	callableCrunch  = "bench"
+	callableClass   = "tracker.Base"
+	callableCPU     = 100 // MHz: 20 models must fit the dev node's 2 vCPUs
+	callableMemory  = 128 // MB
+	callableTimeout = 4 * time.Minute
+)
+
+// callableRound numbers the rounds of the process: every round uses new
+// model ids, so nothing of a previous round (a Consul instance, a job
+// version) can answer for it.
+var callableRound atomic.Int64
+
+// From an authorization landing on chain to the model answering a real
+// mTLS Call, for 20 models authorized at once, on the real stack: the
+// litesvm front, the scheduler (websocket + reconcile), Nomad, the
+// modelbox driver, the runner with its Vault certificate, the Consul
+// check, and the coordinator client discovering it through Consul with a
+// Vault-issued certificate and the crunch's Consul token.
+//
+// Baseline path=direct-nomad: the same 20 jobs (jobs.Build of the models
+// the scheduler derives from those authorizations; their spec hashes are
+// checked equal) registered straight through nomad/api, no chain and no
+// scheduler. Metrics, over the models: p50-ms/p95-ms from authorization
+// (or register call) to the first successful Call, and the p50 of each
+// stage: job-p50-ms (to the job registered in Nomad), alloc-p50-ms (to
+// its allocation running), consul-p50-ms (to its Consul check passing),
+// call-p50-ms (to the client's first successful Call).
+func BenchmarkAuthorizationToCallable(b *testing.B) {
+	cl := testcluster.Shared(b, testcluster.Nomad)
+	requireModelbox(b, cl.Nomad.Client)
+	nc := nomad.Wrap(cl.Nomad.Client)
+	b.Cleanup(func() { purgeAll(b, nc) })
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+
+	artURL, artSum := serveExampleModel(b)
+	coord := onboardCoordinator(b, ctx, cl, callableCrunch)
+	f := startFront(b)
+	c := newChain(b, f)
+	cr := &onchain.Crunch{Name: callableCrunch, Bump: 255}
+	copy(cr.Coordinator[:], c.coord[:])
+	hashBytes(b, authz.SPKIHash(coord.issuer.Certificate().Leaf), &cr.CertHash)
+	f.setAccount(b, c.crunch, c.program, cr.Encode())
+
+	auth := func(id string, running bool) *onchain.ModelAuthorization {
+		a := c.auth(id, running, callableMemory)
+		a.ArtifactURI, a.ArtifactSHA256 = artURL, artSum
+		a.Runtime, a.Entry, a.CPUMHz = onchain.RuntimeExecutable, "example-model", callableCPU
+		return a
+	}
+	// model is what the scheduler derives from auth(id) (SolanaSource's
+	// snapshot); the chain path checks the spec hashes agree.
+	model := func(id string) jobs.Model {
+		a := auth(id, true)
+		return jobs.Model{Crunch: cr.Name, CrunchID: c.crunch.String(), ModelID: id,
+			Cruncher: solana.PublicKeyFromBytes(a.Cruncher[:]).String(), Hotkey: solana.PublicKeyFromBytes(a.Hotkey[:]).String(),
+			SubmissionID: a.SubmissionID, ArtifactURL: a.ArtifactURI, ArtifactSHA256: onchain.HashHex(a.ArtifactSHA256),
+			Runtime: "executable", Entry: a.Entry, Hardware: jobs.CPU, CPU: int(a.CPUMHz), MemoryMB: int(a.MemoryMB),
+			Coordinator: c.coord.String(), CertHash: onchain.HashHex(cr.CertHash), Running: true}
+	}
+
+	for _, path := range []string{"direct-nomad", "chain-scheduler"} {
+		b.Run(fmt.Sprintf("models=%d/path=%s", callableModels, path), func(b *testing.B) {
+			tr := watchMilestones(b, ctx, cl, coord)
+			if path == "chain-scheduler" {
+				startScheduler(b, nc, nc, nil, &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: time.Minute})
+				waitSubscribed(b, f, 1)
+				time.Sleep(1500 * time.Millisecond) // past the post-subscribe resync
+			}
+			var all []*milestones
+			b.ResetTimer()
+			for range b.N {
+				r := callableRound.Add(1)
+				ms := make([]jobs.Model, callableModels)
+				keys := make([]solana.PublicKey, callableModels)
+				for i := range ms {
+					ms[i] = model(fmt.Sprintf("%s-r%d-m%02d", path, r, i))
+					keys[i] = solana.NewWallet().PublicKey()
+				}
+				round := tr.expect(ms)
+				for i := range ms {
+					round[i].planted = time.Now()
+					if path == "chain-scheduler" {
+						f.setAccount(b, keys[i], c.program, auth(ms[i].ModelID, true).Encode())
+						continue
+					}
+					job, err := jobs.Build(&ms[i], testOptions)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := nc.Register(ctx, job, 0); err != nil {
+						b.Fatal(err)
+					}
+				}
+				tr.wait(b, callableTimeout)
+				b.StopTimer()
+				all = append(all, round...)
+				if path == "chain-scheduler" {
+					checkSameJobs(b, nc, ms)
+					for i := range ms {
+						f.setAccount(b, keys[i], c.program, auth(ms[i].ModelID, false).Encode())
+					}
+					waitJobs(b, nc, time.Minute, "the scheduler stopped the round's jobs", func(js map[string]nomad.JobStub) bool {
+						for i := range ms {
+							if !js[jobs.JobID(&ms[i])].Stop {
+								return false
+							}
+						}
+						return true
+					})
+				}
+				clearRound(b, cl, nc, ms)
+				b.StartTimer()
+			}
+			b.StopTimer()
+			reportMilestones(b, all)
+		})
+	}
+}
+
+// milestones are the moments one model went through.
+type milestones struct {
+	id                                             string // jobs.ShortID
+	planted, registered, running, passing, callable time.Time
+}
+
+// tracker records milestones from the watchers as they happen.
+type tracker struct {
+	mu    sync.Mutex
+	byID  map[string]*milestones
+	left  int
+	done  chan struct{}
+	fails map[string]string // last failed call per model
+}
+
+func (tr *tracker) expect(ms []jobs.Model) []*milestones {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.byID, tr.fails, tr.left, tr.done = map[string]*milestones{}, map[string]string{}, len(ms), make(chan struct{})
+	out := make([]*milestones, len(ms))
+	for i := range ms {
+		out[i] = &milestones{id: jobs.ShortID(&ms[i])}
+		tr.byID[out[i].id] = out[i]
+	}
+	return out
+}
+
+// mark sets the milestone field picks for model id, once.
+func (tr *tracker) mark(id string, at time.Time, pick func(*milestones) *time.Time) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	m := tr.byID[id]
+	if m == nil {
+		return
+	}
+	if p := pick(m); p.IsZero() {
+		*p = at
+		if p == &m.callable {
+			if tr.left--; tr.left == 0 {
+				close(tr.done)
+			}
+		}
+	}
+}
+
+// pending returns the ids among ids not yet callable.
+func (tr *tracker) pending(ids []string) []string {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	var out []string
+	for _, id := range ids {
+		if m := tr.byID[id]; m != nil && m.callable.IsZero() {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func (tr *tracker) wait(b *testing.B, d time.Duration) {
+	b.Helper()
+	tr.mu.Lock()
+	done := tr.done
+	tr.mu.Unlock()
+	select {
+	case <-done:
+		return
+	case <-time.After(d):
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	var stuck []string
+	for id, m := range tr.byID {
+		if m.callable.IsZero() {
+			stage := "not registered"
+			switch {
+			case !m.passing.IsZero():
+				stage = "passing in Consul, no successful call (last: " + tr.fails[id] + ")"
+			case !m.running.IsZero():
+				stage = "running, Consul check not passing"
+			case !m.registered.IsZero():
+				stage = "registered, no running allocation"
+			}
+			stuck = append(stuck, jobs.JobPrefix+id+": "+stage)
+		}
+	}
+	slices.Sort(stuck)
+	b.Fatalf("%d of %d models not callable within %s:\n%s", len(stuck), len(tr.byID), d, strings.Join(stuck, "\n"))
+}
+
+// watchMilestones follows Nomad's event stream (job registered, allocation
+// running), Consul's health API (check passing) and a coordinator client
+// (first successful Call) until b ends.
+func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Cluster, coord *coordinator) *tracker {
+	tr := &tracker{done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(parent)
+	var wg sync.WaitGroup
+	b.Cleanup(func() { cancel(); wg.Wait() })
+	short := func(jobID string) string { return strings.TrimPrefix(jobID, jobs.JobPrefix) }
+
+	events, err := cl.Nomad.Client.EventStream().Stream(ctx,
+		map[nomadapi.Topic][]string{nomadapi.TopicJob: {"*"}, nomadapi.TopicAllocation: {"*"}}, 0, nil)
+	if err != nil {
+		b.Fatalf("nomad event stream: %v", err)
+	}
+	wg.Go(func() {
+		for evs := range events {
+			now := time.Now()
+			if evs.Err != nil {
+				if ctx.Err() == nil {
+					b.Errorf("nomad event stream: %v", evs.Err)
+				}
+				return
+			}
+			for _, e := range evs.Events {
+				switch {
+				case e.Topic == nomadapi.TopicJob && e.Type == "JobRegistered":
+					tr.mark(short(e.Key), now, func(m *milestones) *time.Time { return &m.registered })
+				case e.Topic == nomadapi.TopicAllocation:
+					if a, err := e.Allocation(); err == nil && a.ClientStatus == nomadapi.AllocClientStatusRunning {
+						tr.mark(short(a.JobID), now, func(m *milestones) *time.Time { return &m.running })
+					}
+				}
+			}
+		}
+	})
+
+	service := consul.ServiceName(callableCrunch)
+	passing := &consul.Source{Client: coord.consul, Service: service}
+	wg.Go(func() {
+		_ = passing.Watch(ctx, func(ms []discovery.Model) {
+			now := time.Now()
+			for _, m := range ms {
+				tr.mark(m.ID, now, func(m *milestones) *time.Time { return &m.passing })
+			}
+		})
+	})
+
+	// The coordinator: its own Consul watch, Setup as models join, and a
+	// probe Call to every ready model that has not answered yet.
+	cc, err := client.New(client.Config{Source: &consul.Source{Client: coord.consul, Service: service}, TLS: coord.issuer,
+		SetupOnJoin: &client.SetupOnJoin{ClassName: callableClass, Timeout: 10 * time.Second}, Timeout: 5 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	wg.Go(func() { _ = cc.Run(ctx) })
+	wg.Go(func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			var ready []string
+			for _, m := range cc.Members() {
+				if m.Ready {
+					ready = append(ready, m.ID)
+				}
+			}
+			ids := tr.pending(ready)
+			if len(ids) == 0 {
+				continue
+			}
+			start := time.Now()
+			for _, r := range cc.Call(ctx, "echo", client.Request{Args: client.Positional(commonspb.String(probeEcho)), Models: ids}) {
+				if got, _ := r.Value.AsString(); r.OK() && got == probeEcho {
+					tr.mark(r.Model.ID, start.Add(r.Latency), func(m *milestones) *time.Time { return &m.callable })
+					continue
+				}
+				tr.mu.Lock()
+				tr.fails[r.Model.ID] = fmt.Sprintf("%s %s %s", r.Status, r.Code, r.Message)
+				tr.mu.Unlock()
+			}
+		}
+	})
+	return tr
+}
+
+// probeEcho is what the probe Call sends and must get back.
+const probeEcho = "callable"
+
+// reportMilestones reports the percentiles over every model of every round.
+func reportMilestones(b *testing.B, all []*milestones) {
+	stage := func(from, to func(*milestones) time.Time) []time.Duration {
+		d := make([]time.Duration, len(all))
+		for i, m := range all {
+			d[i] = to(m).Sub(from(m))
+		}
+		slices.Sort(d)
+		return d
+	}
+	planted := func(m *milestones) time.Time { return m.planted }
+	registered := func(m *milestones) time.Time { return m.registered }
+	running := func(m *milestones) time.Time { return m.running }
+	passing := func(m *milestones) time.Time { return m.passing }
+	callable := func(m *milestones) time.Time { return m.callable }
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	total := stage(planted, callable)
+	b.ReportMetric(ms(percentile(total, 0.50)), "p50-ms")
+	b.ReportMetric(ms(percentile(total, 0.95)), "p95-ms")
+	b.ReportMetric(ms(percentile(stage(planted, registered), 0.50)), "job-p50-ms")
+	b.ReportMetric(ms(percentile(stage(registered, running), 0.50)), "alloc-p50-ms")
+	b.ReportMetric(ms(percentile(stage(running, passing), 0.50)), "consul-p50-ms")
+	b.ReportMetric(ms(percentile(stage(passing, callable), 0.50)), "call-p50-ms")
+}
+
+// percentile is the nearest-rank percentile of sorted durations.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[max(0, int(math.Ceil(p*float64(len(sorted))))-1)]
+}
+
+// checkSameJobs makes sure the baseline registers the jobs the scheduler
+// does: the spec hash of each job it registered equals the baseline's.
+func checkSameJobs(b *testing.B, nc *nomad.Client, ms []jobs.Model) {
+	b.Helper()
+	list, err := nc.ListJobs(context.Background(), jobs.JobPrefix)
+	if err != nil {
+		b.Fatal(err)
+	}
+	spec := map[string]string{}
+	for _, j := range list {
+		spec[j.ID] = j.Meta[jobs.MetaSpec]
+	}
+	for i := range ms {
+		if got, want := spec[jobs.JobID(&ms[i])], jobs.SpecHash(&ms[i], testOptions); got != want {
+			b.Fatalf("the scheduler's job for %s has spec %q, the baseline's model %q: the benchmark's model() no longer matches SolanaSource",
+				ms[i].ModelID, got, want)
+		}
+	}
+}
+
+// clearRound purges the round's jobs and waits until none of their
+// allocations runs and Consul lists none of their instances, so that the
+// next round starts on an idle node.
+func clearRound(b *testing.B, cl *testcluster.Cluster, nc *nomad.Client, ms []jobs.Model) {
+	b.Helper()
+	ids := map[string]bool{}
+	for i := range ms {
+		id := jobs.JobID(&ms[i])
+		ids[id] = true
+		if err := nc.Purge(context.Background(), id); err != nil {
+			b.Fatalf("purge %s: %v", id, err)
+		}
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		live := 0
+		allocs, _, err := cl.Nomad.Client.Allocations().List(nil)
+		if err == nil {
+			for _, a := range allocs {
+				if ids[a.JobID] && (a.ClientStatus == nomadapi.AllocClientStatusRunning || a.ClientStatus == nomadapi.AllocClientStatusPending) {
+					live++
+				}
+			}
+		}
+		inst, _, cerr := cl.Consul.Client.Catalog().Service(consul.ServiceName(callableCrunch), "", nil)
+		if err == nil && cerr == nil && live == 0 && len(inst) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("round not cleared within a minute: %d allocations live, %d Consul instances (errors %v, %v)", live, len(inst), err, cerr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// coordinator is the crunch's coordinator as onboarded by the security
+// team: a Vault AppRole signing its client certificate, and a Consul
+// token that reads its crunch's service.
+type coordinator struct {
+	issuer *vaultpki.Issuer
+	consul *consulapi.Client
+}
+
+func onboardCoordinator(b *testing.B, ctx context.Context, cl *testcluster.Cluster, crunch string) *coordinator {
+	b.Helper()
+	role, err := cl.CoordinatorAppRole(ctx, crunch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	vc, err := cl.Vault.Client.Clone()
+	if err != nil {
+		b.Fatal(err)
+	}
+	vc.ClearToken()
+	cn, uris := vaultpki.CoordinatorNames(crunch)
+	iss, err := vaultpki.New(ctx, vaultpki.Config{Client: vc, Login: vaultpki.AppRole{RoleID: role.RoleID, SecretID: role.SecretID},
+		CommonName: cn, URISANs: uris})
+	if err != nil {
+		b.Fatalf("coordinator certificate for crunch %s: %v", crunch, err)
+	}
+	out, err := cl.RunScript(ctx, "deploy/consul/setup", "coordinator", crunch)
+	if err != nil {
+		b.Fatalf("deploy/consul/setup coordinator %s: %v\n%s", crunch, err, out)
+	}
+	var token string
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "secret_id="); ok {
+			token = v
+		}
+	}
+	if token == "" {
+		b.Fatalf("deploy/consul/setup coordinator %s printed no secret_id:\n%s", crunch, out)
+	}
+	cfg := consulapi.DefaultConfig()
+	cfg.Address, cfg.Token = cl.Consul.Addr, token
+	cc, err := consulapi.NewClient(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &coordinator{issuer: iss, consul: cc}
+}
+
+// serveExampleModel serves bin/example-model as a .tar.gz artifact on a
+// loopback port and returns its URL and SHA-256.
+func serveExampleModel(b *testing.B) (string, [32]byte) {
+	b.Helper()
+	dir, _ := filepath.Abs("../bin")
+	if env := os.Getenv("MODELNODES_BIN"); env != "" {
+		dir = env
+	}
+	exe, err := os.ReadFile(filepath.Join(dir, "example-model"))
+	if err != nil {
+		b.Skipf("the Go example model is missing (%v): run `make build`", err)
+	}
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	if err := tw.WriteHeader(&tar.Header{Name: "example-model", Mode: 0o755, Size: int64(len(exe)), ModTime: time.Now()}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := tw.Write(exe); err != nil {
+		b.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		b.Fatal(err)
+	}
+	body := buf.Bytes()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "example-model.tar.gz", time.Time{}, bytes.NewReader(body))
+	}))
+	b.Cleanup(srv.Close)
+	return srv.URL + "/example-model.tar.gz", sha256.Sum256(body)
+}
+
+func hashBytes(b *testing.B, hexHash string, dst *[32]byte) {
+	b.Helper()
+	raw, err := hex.DecodeString(hexHash)
+	if err != nil || len(raw) != len(dst) {
+		b.Fatalf("hash %q: %v", hexHash, err)
+	}
+	copy(dst[:], raw)
+}
