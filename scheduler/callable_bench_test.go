@@ -165,7 +165,7 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 
 // milestones are the moments one model went through.
 type milestones struct {
-	id                                             string // jobs.ShortID
+	id                                              string // jobs.ShortID
 	planted, registered, running, passing, callable time.Time
 }
 
