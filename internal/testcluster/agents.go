@@ -59,37 +59,14 @@ func randomToken() string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
-// launch starts an agent and waits until ready answers true, failing early
-// (with the tail of its log) when the agent exits.
+// launch starts an agent in c.Dir/name and waits until ready answers true
+// (see launchProcess).
 func (c *Cluster) launch(ctx context.Context, name, bin string, args []string, ready func(context.Context) bool) error {
-	dir := filepath.Join(c.Dir, name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+	p, err := launchProcess(ctx, name, filepath.Join(c.Dir, name), bin, args, ready)
+	if p != nil {
+		c.procs = append(c.procs, p)
 	}
-	p, err := startProcess(name, dir, bin, args, baseEnv())
-	if err != nil {
-		return err
-	}
-	c.procs = append(c.procs, p)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if ready(ctx) {
-			return nil
-		}
-		select {
-		case <-p.done:
-			tail := p.tail(25)
-			err := fmt.Errorf("%s exited before it was ready (%v); last lines of %s:\n%s", name, p.err, p.logPath, tail)
-			if strings.Contains(tail, "address already in use") {
-				err = fmt.Errorf("%w: %w", errPortTaken, err)
-			}
-			return err
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready within %s; last lines of %s:\n%s", name, readyTimeout, p.logPath, p.tail(25))
-		case <-tick.C:
-		}
-	}
+	return err
 }
 
 func writeConfig(path, text string) error {
@@ -191,12 +168,7 @@ func (c *Cluster) startNomad(ctx context.Context, bin string) error {
 	dir := filepath.Join(c.Dir, "nomad")
 	dataDir := filepath.Join(dir, "data")
 	local := filepath.Join(dir, "local.hcl")
-	pluginDir := filepath.Join(c.root, "bin")
-	plugin := ""
-	if isExecutable(filepath.Join(pluginDir, "nomad-driver-modelbox")) {
-		plugin = fmt.Sprintf("plugin %q {\n  config {\n    runner_path = %q\n  }\n}\n",
-			"nomad-driver-modelbox", filepath.Join(pluginDir, "model-runner"))
-	}
+	pluginDir, plugin := c.modelboxPlugin()
 	if err := writeConfig(local, fmt.Sprintf(`data_dir   = %q
 bind_addr  = "127.0.0.1"
 plugin_dir = %q
@@ -213,8 +185,8 @@ consul {
 vault {
   address = %q
 }
-%s`, dataDir, pluginDir, ports[0], ports[1], ports[2],
-		c.Consul.Addr, c.Consul.GRPCAddr, c.Consul.Token, c.Vault.Addr, plugin)); err != nil {
+%s%s`, dataDir, pluginDir, ports[0], ports[1], ports[2],
+		c.Consul.Addr, c.Consul.GRPCAddr, c.Consul.Token, c.Vault.Addr, plugin, c.opts.nomadServerHCL())); err != nil {
 		return err
 	}
 	addr := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
@@ -235,16 +207,25 @@ vault {
 // use them would be blocked or placed on a node that cannot run them yet.
 func nomadNodeReady(client *nomadapi.Client) bool {
 	stubs, _, err := client.Nodes().List(nil)
-	if err != nil || len(stubs) == 0 || stubs[0].Status != "ready" {
+	if err != nil || len(stubs) == 0 {
 		return false
 	}
-	node, _, err := client.Nodes().Info(stubs[0].ID, nil)
-	if err != nil {
+	return nodeReady(client, stubs[0].ID, "raw_exec")
+}
+
+// nodeReady is true once node id is ready with the given drivers healthy and
+// Consul and Vault fingerprinted.
+func nodeReady(client *nomadapi.Client, id string, drivers ...string) bool {
+	node, _, err := client.Nodes().Info(id, nil)
+	if err != nil || node.Status != "ready" {
 		return false
 	}
-	d := node.Drivers["raw_exec"]
-	return d != nil && d.Healthy && node.Attributes["consul.version"] != "" &&
-		node.Attributes["vault.accessible"] == "true"
+	for _, name := range drivers {
+		if d := node.Drivers[name]; d == nil || !d.Healthy {
+			return false
+		}
+	}
+	return node.Attributes["consul.version"] != "" && node.Attributes["vault.accessible"] == "true"
 }
 
 // RunScript runs a script of this repository (path relative to its root, e.g.
@@ -316,6 +297,17 @@ func (c *Cluster) CoordinatorAppRole(ctx context.Context, crunch string) (AppRol
 // CoordinatorCert onboards crunch and returns a client certificate Vault
 // signed for its coordinator (AppRole login, pki_int/sign/coordinator).
 func (c *Cluster) CoordinatorCert(ctx context.Context, crunch string) (*tls.Certificate, error) {
+	iss, err := c.CoordinatorIssuer(ctx, crunch)
+	if err != nil {
+		return nil, err
+	}
+	return iss.Certificate(), nil
+}
+
+// CoordinatorIssuer onboards crunch and returns its coordinator's Vault
+// issuer (AppRole login, pki_int/sign/coordinator): the TLS material a
+// client.Config takes, trusting Vault's root for runners.
+func (c *Cluster) CoordinatorIssuer(ctx context.Context, crunch string) (*vaultpki.Issuer, error) {
 	role, err := c.CoordinatorAppRole(ctx, crunch)
 	if err != nil {
 		return nil, err
@@ -331,5 +323,5 @@ func (c *Cluster) CoordinatorCert(ctx context.Context, crunch string) (*tls.Cert
 	if err != nil {
 		return nil, fmt.Errorf("certificate for crunch %s: %w", crunch, err)
 	}
-	return iss.Certificate(), nil
+	return iss, nil
 }

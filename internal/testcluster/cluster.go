@@ -67,6 +67,7 @@ type Cluster struct {
 	Nomad  *NomadAgent
 
 	agents Agent
+	opts   Options
 	root   string
 	procs  []*process // in start order
 	ports  []int
@@ -85,11 +86,17 @@ const (
 // fails t when an agent does not come up.
 func Start(t testing.TB, agents Agent) *Cluster {
 	t.Helper()
+	return StartWith(t, agents, Options{})
+}
+
+// StartWith is Start with the agents configured by opts.
+func StartWith(t testing.TB, agents Agent, opts Options) *Cluster {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("testcluster: integration test skipped with -short")
 	}
 	dir := t.TempDir()
-	c, err := start(dir, agents, t.Logf)
+	c, err := start(dir, agents, opts, t.Logf)
 	if err != nil {
 		var miss *missingBinaryError
 		if errors.As(err, &miss) {
@@ -116,7 +123,7 @@ func (e *missingBinaryError) Error() string { return e.err.Error() }
 
 // start brings up the agents in dir, retrying with new ports when an agent
 // lost a port race with another process.
-func start(dir string, agents Agent, logf func(string, ...any)) (*Cluster, error) {
+func start(dir string, agents Agent, opts Options, logf func(string, ...any)) (*Cluster, error) {
 	if agents&Nomad != 0 {
 		agents = All
 	}
@@ -144,7 +151,7 @@ func start(dir string, agents Agent, logf func(string, ...any)) (*Cluster, error
 	}
 	for attempt := 1; ; attempt++ {
 		sub := filepath.Join(dir, fmt.Sprintf("try%d", attempt))
-		c := &Cluster{Dir: sub, agents: agents, root: root}
+		c := &Cluster{Dir: sub, agents: agents, opts: opts, root: root}
 		err := c.startAll(bins, logf)
 		if err == nil {
 			return c, nil

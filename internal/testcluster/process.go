@@ -205,22 +205,9 @@ func unmountUnder(dir string) error {
 // (then empty) parent cgroups. rmdir only ever removes empty cgroups, so a
 // cgroup still in use is left alone.
 func removeNomadCgroups(allocIDs []string) {
-	var dirs []string
-	for _, id := range allocIDs {
-		for _, pattern := range []string{
-			"/sys/fs/cgroup/*/nomad/" + id + ".*",
-			"/sys/fs/cgroup/cpuset/nomad/*/" + id + ".*",
-			"/sys/fs/cgroup/nomad.slice/*/" + id + ".*",
-			// The modelbox driver's task groups, when a test's agent went
-			// away before it could destroy its tasks.
-			"/sys/fs/cgroup/*/modelbox/" + id + ".*",
-			"/sys/fs/cgroup/modelbox/" + id + ".*",
-		} {
-			m, _ := filepath.Glob(pattern)
-			dirs = append(dirs, m...)
-		}
-	}
-	for _, d := range dirs {
+	// Each alloc's groups, including the modelbox driver's, when a test's
+	// agent went away before it could destroy its tasks.
+	for _, d := range allocCgroups(allocIDs) {
 		rmdirTree(d)
 	}
 	if otherNomadRunning() {

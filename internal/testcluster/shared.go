@@ -87,7 +87,7 @@ func Shared(t testing.TB, agents Agent) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := start(dir, agents, t.Logf)
+	c, err := start(dir, agents, Options{}, t.Logf)
 	if err != nil {
 		var miss *missingBinaryError
 		if errors.As(err, &miss) {

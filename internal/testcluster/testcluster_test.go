@@ -296,7 +296,7 @@ func TestStartReportsFailedAgent(t *testing.T) {
 	}
 	t.Setenv("VAULT_BIN", fake)
 	dir := t.TempDir()
-	_, err = start(dir, Consul|Vault, t.Logf)
+	_, err = start(dir, Consul|Vault, Options{}, t.Logf)
 	if err == nil {
 		t.Fatal("start succeeded with a Vault that exits at once")
 	}

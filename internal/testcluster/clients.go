@@ -1,0 +1,402 @@
+package testcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+)
+
+// Options adjust how StartWith configures the agents; the zero value is
+// what Start does.
+type Options struct {
+	// MinHeartbeatTTL and HeartbeatGrace, when set, are the Nomad server's
+	// min_heartbeat_ttl and heartbeat_grace (Nomad's defaults: 10 s and
+	// 10 s). The server gives each client a TTL of max(MinHeartbeatTTL,
+	// nodes/50 s) plus up to as much again at random, and marks a client
+	// down TTL+HeartbeatGrace after its last heartbeat: 20-30 s by default,
+	// 2-3 s with 1 s and 1 s. Short values let a test see a lost machine
+	// within seconds; a client that stalls longer than the grace is taken
+	// for dead.
+	MinHeartbeatTTL, HeartbeatGrace time.Duration
+}
+
+// nomadServerHCL is the server block carrying the options, if any.
+func (o Options) nomadServerHCL() string {
+	var lines []string
+	if o.MinHeartbeatTTL > 0 {
+		lines = append(lines, fmt.Sprintf("  min_heartbeat_ttl = %q", o.MinHeartbeatTTL))
+	}
+	if o.HeartbeatGrace > 0 {
+		lines = append(lines, fmt.Sprintf("  heartbeat_grace   = %q", o.HeartbeatGrace))
+	}
+	if len(lines) == 0 {
+		return ""
+	}
+	return "server {\n" + strings.Join(lines, "\n") + "\n}\n"
+}
+
+// modelboxPlugin returns the dir Nomad agents load plugins from (the
+// repository's bin) and the plugin block of the modelbox driver, empty when
+// that driver is not built.
+func (c *Cluster) modelboxPlugin() (dir, block string) {
+	dir = filepath.Join(c.root, "bin")
+	if isExecutable(filepath.Join(dir, "nomad-driver-modelbox")) {
+		block = fmt.Sprintf("plugin %q {\n  config {\n    runner_path = %q\n  }\n}\n",
+			"nomad-driver-modelbox", filepath.Join(dir, "model-runner"))
+	}
+	return dir, block
+}
+
+// NomadClientAgent is one more Nomad client of a cluster: another machine,
+// as far as Nomad and Consul can tell. It has its own Nomad data, alloc and
+// plugin state, its own ports, and its own Consul client agent joined to the
+// cluster's Consul: Nomad clients that share a Consul agent deregister each
+// other's services (each removes the Nomad services it does not know of,
+// after a minute's probation), so every Nomad client needs its own, as in
+// production. Nomad's own cgroups on v1 are always under /nomad whatever
+// the client's cgroup_parent says (Nomad 1.11: cgroupslib.NomadCgroupParent
+// is fixed), and so are the modelbox driver's under /modelbox: every group
+// is named <alloc id>.<task>, so clients on one host never share one.
+type NomadClientAgent struct {
+	// Name is the Nomad node's and the Consul node's name.
+	Name string
+	// NodeID is the Nomad node id.
+	NodeID string
+	// Addr is this client's Nomad HTTP API (http://host:port); ConsulAddr
+	// its Consul agent's (host:port).
+	Addr, ConsulAddr string
+	// Dir holds both agents' config, data and logs; allocations live in
+	// DataDir/alloc.
+	Dir, DataDir string
+	// Client talks to this client agent's HTTP API.
+	Client *nomadapi.Client
+
+	cluster       *Cluster
+	nomad, consul *process
+	ports         []int
+
+	mu     sync.Mutex
+	killed bool
+}
+
+// AddNomadClient starts one more Nomad client (with its own Consul agent)
+// in the running cluster c, configured like the cluster's own agent
+// (deploy/dev/nomad.hcl, the same Consul token, Vault and modelbox plugin),
+// and returns once Nomad reports it ready with its drivers healthy. When t
+// ends, the machine is taken away with Kill if the test did not do it.
+func (c *Cluster) AddNomadClient(t testing.TB) *NomadClientAgent {
+	t.Helper()
+	if c.Nomad == nil {
+		t.Fatal("testcluster: AddNomadClient needs a cluster started with Nomad")
+	}
+	t0 := time.Now()
+	a, err := c.addNomadClient()
+	for attempt := 2; attempt <= portAttempts && errors.Is(err, errPortTaken); attempt++ {
+		t.Logf("testcluster: %v; retrying with new ports", err)
+		_, _ = a.Kill()
+		a, err = c.addNomadClient()
+	}
+	if a != nil {
+		t.Cleanup(func() {
+			if t.Failed() {
+				for _, p := range []*process{a.nomad, a.consul} {
+					if p != nil {
+						t.Logf("testcluster: last lines of %s:\n%s", p.logPath, p.tail(40))
+					}
+				}
+			}
+			if _, err := a.Kill(); err != nil {
+				t.Errorf("testcluster: removing client %s: %v", a.Name, err)
+			}
+		})
+	}
+	if err != nil {
+		t.Fatalf("testcluster: adding a Nomad client: %v", err)
+	}
+	t.Logf("testcluster: nomad client %s (node %.8s) ready at %s (%.1fs)", a.Name, a.NodeID, a.Addr, time.Since(t0).Seconds())
+	return a
+}
+
+func (c *Cluster) addNomadClient() (*NomadClientAgent, error) {
+	dir, err := os.MkdirTemp(c.Dir, "client-")
+	if err != nil {
+		return nil, err
+	}
+	a := &NomadClientAgent{Name: filepath.Base(dir), Dir: dir, DataDir: filepath.Join(dir, "nomad", "data"), cluster: c}
+	ports, err := freePorts(6)
+	if err != nil {
+		return a, err
+	}
+	a.ports = ports
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if err := a.startConsul(ctx, ports[0], ports[1], ports[2]); err != nil {
+		return a, err
+	}
+	return a, a.startNomad(ctx, ports[3], ports[4], ports[5])
+}
+
+// startConsul starts the machine's Consul client agent and waits until it
+// has joined the cluster's Consul and registered its node.
+func (a *NomadClientAgent) startConsul(ctx context.Context, httpPort, grpcPort, serfPort int) error {
+	c := a.cluster
+	self, err := c.Consul.Client.Agent().Self()
+	if err != nil {
+		return fmt.Errorf("read the Consul server's gossip address: %w", err)
+	}
+	member := self["Member"]
+	port, _ := member["Port"].(float64)
+	join := fmt.Sprintf("%v:%d", member["Addr"], int(port))
+	dir := filepath.Join(a.Dir, "consul")
+	local := filepath.Join(dir, "local.hcl")
+	if err := writeConfig(local, fmt.Sprintf(`node_name      = %q
+data_dir       = %q
+bind_addr      = "127.0.0.1"
+advertise_addr = "127.0.0.1"
+client_addr    = "127.0.0.1"
+retry_join     = [%q]
+ports {
+  http     = %d
+  https    = -1
+  dns      = -1
+  grpc     = %d
+  grpc_tls = -1
+  serf_lan = %d
+  serf_wan = -1
+}
+acl {
+  tokens {
+    agent = %q
+  }
+}
+`, a.Name, filepath.Join(dir, "data"), join, httpPort, grpcPort, serfPort, c.Consul.Token)); err != nil {
+		return err
+	}
+	a.ConsulAddr = fmt.Sprintf("127.0.0.1:%d", httpPort)
+	client, err := consulapi.NewClient(&consulapi.Config{Address: a.ConsulAddr, Token: c.Consul.Token})
+	if err != nil {
+		return fmt.Errorf("consul client: %w", err)
+	}
+	args := []string{"agent", "-config-file=" + filepath.Join(c.root, "deploy", "dev", "consul.hcl"), "-config-file=" + local}
+	a.consul, err = launchProcess(ctx, "consul", dir, c.Consul.Bin, args, func(context.Context) bool {
+		node, _, err := client.Catalog().Node(a.Name, nil)
+		return err == nil && node != nil && node.Node != nil
+	})
+	return err
+}
+
+// startNomad starts the machine's Nomad client agent and waits until the
+// server reports its node ready with its drivers healthy.
+func (a *NomadClientAgent) startNomad(ctx context.Context, httpPort, rpcPort, serfPort int) error {
+	c := a.cluster
+	server, err := c.Nomad.Client.Status().Leader()
+	if err != nil {
+		return fmt.Errorf("read the Nomad server's RPC address: %w", err)
+	}
+	pluginDir, plugin := c.modelboxPlugin()
+	dir := filepath.Join(a.Dir, "nomad")
+	local := filepath.Join(dir, "local.hcl")
+	if err := writeConfig(local, fmt.Sprintf(`name       = %q
+data_dir   = %q
+bind_addr  = "127.0.0.1"
+plugin_dir = %q
+ports {
+  http = %d
+  rpc  = %d
+  serf = %d
+}
+advertise {
+  http = "127.0.0.1"
+  rpc  = "127.0.0.1"
+  serf = "127.0.0.1"
+}
+client {
+  enabled           = true
+  servers           = [%q]
+  network_interface = "lo"
+}
+consul {
+  address      = %q
+  grpc_address = "127.0.0.1:%d"
+  token        = %q
+}
+vault {
+  address = %q
+}
+%s`, a.Name, a.DataDir, pluginDir, httpPort, rpcPort, serfPort, server,
+		a.ConsulAddr, a.ports[1], c.Consul.Token, c.Vault.Addr, plugin)); err != nil {
+		return err
+	}
+	a.Addr = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	if a.Client, err = nomadapi.NewClient(&nomadapi.Config{Address: a.Addr}); err != nil {
+		return fmt.Errorf("nomad client: %w", err)
+	}
+	drivers := []string{"raw_exec"}
+	if plugin != "" {
+		drivers = append(drivers, "modelbox")
+	}
+	args := []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
+	a.nomad, err = launchProcess(ctx, "nomad", dir, c.Nomad.Bin, args, func(context.Context) bool {
+		if a.NodeID == "" {
+			stubs, _, err := c.Nomad.Client.Nodes().List(&nomadapi.QueryOptions{Filter: fmt.Sprintf("Name == %q", a.Name)})
+			if err != nil || len(stubs) != 1 {
+				return false
+			}
+			a.NodeID = stubs[0].ID
+		}
+		return nodeReady(c.Nomad.Client, a.NodeID, drivers...)
+	})
+	return err
+}
+
+// launchProcess starts an agent in dir and waits until ready answers true,
+// failing early (with the tail of its log) when it exits. The process is
+// returned even on failure, so that it can be killed.
+func launchProcess(ctx context.Context, name, dir, bin string, args []string, ready func(context.Context) bool) (*process, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	p, err := startProcess(name, dir, bin, args, baseEnv())
+	if err != nil {
+		return nil, err
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for !ready(ctx) {
+		select {
+		case <-p.done:
+			tail := p.tail(25)
+			err := fmt.Errorf("%s exited before it was ready (%v); last lines of %s:\n%s", name, p.err, p.logPath, tail)
+			if strings.Contains(tail, "address already in use") {
+				err = fmt.Errorf("%w: %w", errPortTaken, err)
+			}
+			return p, err
+		case <-ctx.Done():
+			return p, fmt.Errorf("%s not ready within %s; last lines of %s:\n%s", name, readyTimeout, p.logPath, p.tail(25))
+		case <-tick.C:
+		}
+	}
+	return p, nil
+}
+
+// Kill takes the machine away at once, as a power cut would: SIGKILL to the
+// Nomad client and its plugins, to every task process of its allocations,
+// and to its Consul agent. Nothing is deregistered or drained: Nomad's
+// servers notice through missed heartbeats, Consul's through failed gossip.
+//
+// Killing the agent alone would not be a lost machine: the modelbox driver
+// starts each runner in its own session (so that it survives a plugin
+// restart), so the runners of a SIGKILLed agent go on serving, and their
+// Consul checks, run by the machine's Consul agent, go on passing.
+//
+// Kill returns the task processes it killed (found through the
+// allocations' cgroups and dir); calling it again does nothing.
+func (a *NomadClientAgent) Kill() ([]int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.killed {
+		return nil, nil
+	}
+	a.killed = true
+	allocIDs := a.allocIDs()
+	if a.nomad != nil {
+		a.nomad.kill()
+	}
+	var tasks []int
+	for range 10 {
+		pids := append(killCgroupProcesses(allocIDs), killProcessesUnder(a.Dir)...)
+		if len(pids) == 0 {
+			break
+		}
+		tasks = append(tasks, pids...)
+		time.Sleep(50 * time.Millisecond) // let the killed exit before looking again
+	}
+	if a.consul != nil {
+		a.consul.kill()
+	}
+	var errs []error
+	if err := unmountUnder(a.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	removeNomadCgroups(allocIDs)
+	if left := allocCgroups(allocIDs); len(left) > 0 {
+		errs = append(errs, fmt.Errorf("cgroups left after the kill: %v", left))
+	}
+	if busy := listening(a.ports); len(busy) > 0 {
+		errs = append(errs, fmt.Errorf("ports still listening after the kill: %v", busy))
+	}
+	slices.Sort(tasks)
+	return slices.Compact(tasks), errors.Join(errs...)
+}
+
+// allocIDs lists the allocations whose dirs the client made.
+func (a *NomadClientAgent) allocIDs() []string {
+	entries, _ := os.ReadDir(filepath.Join(a.DataDir, "alloc"))
+	var ids []string
+	for _, e := range entries {
+		if e.IsDir() {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids
+}
+
+// kill sends SIGKILL to the agent's process group (the agent and the
+// plugins it started) and waits for the agent to exit.
+func (p *process) kill() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// allocCgroups returns the cgroups Nomad and the modelbox driver made for
+// the given allocations (on cgroups v1 and v2).
+func allocCgroups(allocIDs []string) []string {
+	var dirs []string
+	for _, id := range allocIDs {
+		for _, pattern := range []string{
+			"/sys/fs/cgroup/*/modelbox/" + id + ".*",
+			"/sys/fs/cgroup/modelbox/" + id + ".*",
+			"/sys/fs/cgroup/*/nomad/" + id + ".*",
+			"/sys/fs/cgroup/*/nomad/*/" + id + ".*",
+			"/sys/fs/cgroup/nomad.slice/*/" + id + ".*",
+		} {
+			m, _ := filepath.Glob(pattern)
+			dirs = append(dirs, m...)
+		}
+	}
+	return dirs
+}
+
+// killCgroupProcesses kills every process in the allocations' cgroups and
+// returns their pids.
+func killCgroupProcesses(allocIDs []string) []int {
+	var killed []int
+	for _, d := range allocCgroups(allocIDs) {
+		_ = filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+			if err != nil || e.IsDir() || e.Name() != "cgroup.procs" {
+				return nil
+			}
+			b, _ := os.ReadFile(p)
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil && syscall.Kill(pid, syscall.SIGKILL) == nil {
+					killed = append(killed, pid)
+				}
+			}
+			return nil
+		})
+	}
+	return killed
+}

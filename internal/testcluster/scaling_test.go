@@ -1,0 +1,550 @@
+package testcluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/modelnodes/modelnodes/client"
+	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/jobs"
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+)
+
+// scaleHeartbeat makes a lost machine show within seconds (see Options):
+// Nomad's defaults (10 s TTL, 10 s grace) would take 20-30 s.
+var scaleHeartbeat = Options{MinHeartbeatTTL: 2 * time.Second, HeartbeatGrace: 3 * time.Second}
+
+const (
+	scaleCrunch = "scale"
+	// scaleModels: 2 cores run all three machines' agents, runners and
+	// Python workers.
+	scaleModels = 6
+)
+
+// Three machines (the cluster's agent and two more Nomad clients, each with
+// its own Consul agent) run six secure models built by the production job
+// builder. One coordinator client (Consul discovery, Vault mTLS, Setup on
+// join) fans calls out without pause. One machine is taken away at once
+// (agent, tasks and Consul agent SIGKILLed): Nomad must mark its node down
+// and place its models on the survivors, and the same client instance must
+// get OK from every model again, without a restart.
+func TestModelsSpreadAndSurviveNodeLoss(t *testing.T) {
+	f := newFleet(t, scaleModels)
+	byNode := f.placement(t)
+	if len(byNode) != 3 {
+		t.Fatalf("models on %d nodes, want all 3: %v", len(byNode), byNode)
+	}
+	victim := f.busiestExtra(byNode)
+	lost := byNode[victim.NodeID]
+	t.Logf("placement: %v; taking away %s (node %.8s) with %d models", countByNode(byNode), victim.Name, victim.NodeID, len(lost))
+
+	r := f.killAndRecover(t, victim, lost)
+	t.Logf("node loss -> node down %.1fs -> replacements placed %.1fs -> running %.1fs -> listed by the client (Consul check passing) %.1fs -> all %d models OK %.1fs (first failed fan-out after %.2fs, %d task processes killed)",
+		r.down.Seconds(), r.placed.Seconds(), r.running.Seconds(), r.listed.Seconds(), scaleModels, r.allOK.Seconds(), r.firstFail.Seconds(), r.killed)
+	after := f.placement(t)
+	if _, ok := after[victim.NodeID]; ok {
+		t.Errorf("models still placed on the lost node: %v", after[victim.NodeID])
+	}
+	running := 0
+	for _, ms := range after {
+		running += len(ms)
+	}
+	if running != scaleModels {
+		t.Errorf("%d models running after the loss, want %d: %v", running, scaleModels, after)
+	}
+}
+
+// BenchmarkNodeLoss measures, on the fleet of TestModelsSpreadAndSurviveNodeLoss
+// (three machines, six secure models, one coordinator client fanning out
+// every 200 ms), how long until every model answers OK again after the
+// models of one machine went away. failure=alloc-stop is the baseline: the
+// machine's allocations are stopped through Nomad's API, so nothing has to
+// be detected; failure=machine-kill takes the machine away (agent, tasks and
+// Consul agent SIGKILLed) with heartbeats tuned to scaleHeartbeat. Metrics
+// are seconds from the failure: node-down-s (Nomad marks the node down),
+// running-s (every replacement runs), listed-s (the client lists each at its
+// new address: its Consul check passed), all-ok-s (a fan-out is OK from all).
+func BenchmarkNodeLoss(b *testing.B) {
+	f := newFleet(b, scaleModels)
+	b.Run("failure=alloc-stop", func(b *testing.B) {
+		var rs []recovery
+		for range b.N {
+			b.StopTimer()
+			node, models := busiest(f.placement(b))
+			b.StartTimer()
+			rs = append(rs, f.stopAndRecover(b, node, models))
+		}
+		reportRecovery(b, rs, false)
+	})
+	b.Run("failure=machine-kill", func(b *testing.B) {
+		var rs []recovery
+		for range b.N {
+			b.StopTimer()
+			victim, models := f.victim(b)
+			b.StartTimer()
+			rs = append(rs, f.killAndRecover(b, victim, models))
+		}
+		reportRecovery(b, rs, true)
+	})
+}
+
+// victim returns the added client running most models and its models; when
+// none runs any, it adds a client and moves the busiest node's models to it
+// (stopped, they are placed on the least loaded node).
+func (f *fleet) victim(tb testing.TB) (*NomadClientAgent, []string) {
+	tb.Helper()
+	byNode := f.placement(tb)
+	if len(f.extra) > 0 {
+		if a := f.busiestExtra(byNode); len(byNode[a.NodeID]) > 0 {
+			return a, byNode[a.NodeID]
+		}
+	}
+	a := f.c.AddNomadClient(tb)
+	f.extra = append(f.extra, a)
+	node, models := busiest(byNode)
+	f.stopAndRecover(tb, node, models)
+	byNode = f.placement(tb)
+	if len(byNode[a.NodeID]) == 0 {
+		tb.Fatalf("no model moved to the new client %s: %v", a.Name, countByNode(byNode))
+	}
+	return a, byNode[a.NodeID]
+}
+
+// busiest returns the node running most models, and its models.
+func busiest(byNode map[string][]string) (string, []string) {
+	var node string
+	for n, ms := range byNode {
+		if node == "" || len(ms) > len(byNode[node]) || len(ms) == len(byNode[node]) && n < node {
+			node = n
+		}
+	}
+	return node, byNode[node]
+}
+
+// reportRecovery reports the mean of each step over rs, in seconds.
+func reportRecovery(b *testing.B, rs []recovery, nodeDown bool) {
+	var down, running, listed, allOK float64
+	for _, r := range rs {
+		down += r.down.Seconds()
+		running += r.running.Seconds()
+		listed += r.listed.Seconds()
+		allOK += r.allOK.Seconds()
+	}
+	n := float64(len(rs))
+	if nodeDown {
+		b.ReportMetric(down/n, "node-down-s")
+	}
+	b.ReportMetric(running/n, "running-s")
+	b.ReportMetric(listed/n, "listed-s")
+	b.ReportMetric(allOK/n, "all-ok-s")
+}
+
+// recovery is how long each step took after the machine was taken away.
+type recovery struct {
+	killed    int           // task processes killed with the machine
+	firstFail time.Duration // first fan-out without all models OK
+	down      time.Duration // Nomad marks the node down
+	placed    time.Duration // every lost model has a replacement allocation
+	running   time.Duration // ... and all replacements run
+	listed    time.Duration // a fan-out lists every lost model at its new address (set up or not)
+	allOK     time.Duration // the client's fan-out is OK from every model again
+}
+
+// fleet is a three-machine cluster running n models, and a coordinator
+// client fanning out to them continuously.
+type fleet struct {
+	c      *Cluster
+	extra  []*NomadClientAgent
+	models []string // model ids (jobs.ShortID)
+	jobIDs map[string]string
+	client *client.Client
+
+	mu      sync.Mutex
+	samples []sample
+	changed chan struct{} // closed and replaced at every sample
+}
+
+// sample is one fan-out: when it returned, how many models answered OK and
+// each model's target.
+type sample struct {
+	at      time.Time
+	ok      int
+	targets map[string]string
+	failed  []string // "<model>: <status> <message>" of failed results
+}
+
+func newFleet(t testing.TB, n int) *fleet {
+	t.Helper()
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"nomad-driver-modelbox", "model-runner"} {
+		if !isExecutable(filepath.Join(root, "bin", b)) {
+			t.Skipf("bin/%s is missing: run `make build` first (make test does)", b)
+		}
+	}
+	t0 := time.Now()
+	c := StartWith(t, All, scaleHeartbeat)
+	f := &fleet{c: c, jobIDs: map[string]string{}, changed: make(chan struct{})}
+	f.extra = []*NomadClientAgent{c.AddNomadClient(t), c.AddNomadClient(t)}
+	nc := c.Nomad.Client
+	// Each model is its own job of count 1, so a job's spread or
+	// distinct_hosts cannot spread models: the cluster's scheduler
+	// algorithm does (binpack, the default, would stack them).
+	sc, _, err := nc.Operator().SchedulerGetConfiguration(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.SchedulerConfig.SchedulerAlgorithm = nomadapi.SchedulerAlgorithmSpread
+	if _, _, err := nc.Operator().SchedulerSetConfiguration(sc.SchedulerConfig, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	iss, err := c.CoordinatorIssuer(ctx, scaleCrunch)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	modelDir := copyModel(t, filepath.Join(root, "runner", "testdata", "pymodel"))
+	for i := range n {
+		m := jobs.Model{Crunch: scaleCrunch, ModelID: fmt.Sprintf("model-%d", i), ModelDir: modelDir,
+			Hardware: jobs.CPU, CPU: 100, MemoryMB: 256, Running: true}
+		job, err := jobs.Build(&m, &jobs.Options{CertTTL: "1h"})
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		// The test's one change to the production job: a spread makes
+		// Nomad score every node instead of log2(nodes) but at least 2 of
+		// them, so with 3 nodes each model surely goes to the least loaded.
+		job.TaskGroups[0].AddSpread(&nomadapi.Spread{Attribute: "${node.unique.id}"})
+		if _, _, err := nc.Jobs().Register(job, nil); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		f.jobIDs[jobs.ShortID(&m)] = *job.ID
+		f.models = append(f.models, jobs.ShortID(&m))
+		// One placement at a time: each sees the previous one.
+		waitFor(t, 30*time.Second, "model "+*job.ID+" placed", func() bool {
+			as, _, err := nc.Jobs().Allocations(*job.ID, false, nil)
+			return err == nil && len(as) > 0
+		})
+	}
+	slices.Sort(f.models)
+	t.Cleanup(func() {
+		for _, id := range f.jobIDs {
+			_, _, _ = nc.Jobs().Deregister(id, true, nil)
+		}
+	})
+
+	f.client, err = client.New(client.Config{
+		Source: &consul.Source{Client: c.Consul.Client, Service: jobs.ServiceName(scaleCrunch), MaxBackoff: time.Second},
+		TLS:    iss,
+		// A model rescheduled elsewhere is a fresh runner: CrunchDAO's
+		// client sets up each model as it joins.
+		SetupOnJoin: &client.SetupOnJoin{ClassName: "crunch_base.Tracker", Timeout: 20 * time.Second, MaxBackoff: time.Second},
+		Timeout:     5 * time.Second,
+		Logger:      hclog.New(&hclog.LoggerOptions{Name: "coordinator", Level: logLevel(t), Output: testWriter{t}}),
+	})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = f.client.Run(ctx) }()
+	go func() { defer wg.Done(); f.fanOut(ctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	start := time.Now()
+	f.waitAllOK(t, start, 3*time.Minute)
+	t.Logf("%d models answering through Consul discovery and Vault mTLS %.1fs after registration (%.1fs with the cluster)",
+		n, time.Since(start).Seconds(), time.Since(t0).Seconds())
+	return f
+}
+
+// fanOut calls every model, every 200 ms, until ctx ends.
+func (f *fleet) fanOut(ctx context.Context) {
+	for ctx.Err() == nil {
+		rs := f.client.Call(ctx, "echo", client.Request{Args: client.Positional(commonspb.String("ping")), Models: f.models, Timeout: 3 * time.Second})
+		s := sample{at: time.Now(), targets: map[string]string{}}
+		for _, r := range rs {
+			s.targets[r.Model.ID] = r.Model.Target
+			if got, _ := r.Value.AsString(); r.OK() && got == "ping" {
+				s.ok++
+			} else {
+				s.failed = append(s.failed, fmt.Sprintf("%s: %s %s", r.Model.ID, r.Status, r.Message))
+			}
+		}
+		f.mu.Lock()
+		f.samples = append(f.samples, s)
+		close(f.changed)
+		f.changed = make(chan struct{})
+		f.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// waitAllOK waits for a fan-out that returned after since with every model
+// OK, and returns it.
+func (f *fleet) waitAllOK(t testing.TB, since time.Time, timeout time.Duration) sample {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		f.mu.Lock()
+		changed := f.changed
+		var last sample
+		for _, s := range f.samples {
+			if s.at.After(since) {
+				last = s
+				if s.ok == len(f.models) {
+					f.mu.Unlock()
+					return s
+				}
+			}
+		}
+		f.mu.Unlock()
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("no fan-out with all %d models OK within %s; last: %d OK, failed %v", len(f.models), timeout, last.ok, last.failed)
+		}
+	}
+}
+
+// placement returns the models' running allocations by node id.
+func (f *fleet) placement(t testing.TB) map[string][]string {
+	t.Helper()
+	byNode := map[string][]string{}
+	for model, job := range f.jobIDs {
+		as, _, err := f.c.Nomad.Client.Jobs().Allocations(job, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range as {
+			if a.ClientStatus == nomadapi.AllocClientStatusRunning && a.DesiredStatus == nomadapi.AllocDesiredStatusRun {
+				byNode[a.NodeID] = append(byNode[a.NodeID], model)
+			}
+		}
+	}
+	return byNode
+}
+
+// busiestExtra is the added client running most models.
+func (f *fleet) busiestExtra(byNode map[string][]string) *NomadClientAgent {
+	best := f.extra[0]
+	for _, a := range f.extra[1:] {
+		if len(byNode[a.NodeID]) > len(byNode[best.NodeID]) {
+			best = a
+		}
+	}
+	return best
+}
+
+// killAndRecover takes victim away (see NomadClientAgent.Kill) and waits
+// until Nomad has replaced its models on other nodes and the client's
+// fan-out is OK from every model again.
+func (f *fleet) killAndRecover(tb testing.TB, victim *NomadClientAgent, lost []string) recovery {
+	tb.Helper()
+	r := f.recoverFrom(tb, victim.NodeID, lost, true, func() int {
+		pids, err := victim.Kill()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if len(pids) == 0 {
+			tb.Fatalf("taking %s away killed no task process", victim.Name)
+		}
+		return len(pids)
+	})
+	f.extra = slices.DeleteFunc(f.extra, func(a *NomadClientAgent) bool { return a == victim })
+	return r
+}
+
+// stopAndRecover stops the models' allocations through Nomad's API (the
+// baseline of a lost machine: no failure to detect) and waits until they
+// are replaced and the fan-out is OK from every model again.
+func (f *fleet) stopAndRecover(tb testing.TB, node string, models []string) recovery {
+	tb.Helper()
+	nc := f.c.Nomad.Client
+	return f.recoverFrom(tb, node, models, false, func() int {
+		for _, model := range models {
+			for _, a := range f.allocs(tb, model) {
+				if a.NodeID == node && a.DesiredStatus == nomadapi.AllocDesiredStatusRun {
+					if _, err := nc.Allocations().Stop(&nomadapi.Allocation{ID: a.ID}, nil); err != nil {
+						tb.Fatal(err)
+					}
+				}
+			}
+		}
+		return 0
+	})
+}
+
+// recoverFrom runs loss, which takes away the models lost running on node,
+// and waits until (when nodeDown) Nomad marks the node down, every lost
+// model runs in a new allocation (on another node when nodeDown), the
+// client lists each at a new address, and a fan-out is OK from every model.
+func (f *fleet) recoverFrom(tb testing.TB, node string, lost []string, nodeDown bool, loss func() int) recovery {
+	tb.Helper()
+	if len(lost) == 0 {
+		tb.Fatalf("no model runs on node %.8s", node)
+	}
+	nc := f.c.Nomad.Client
+	old := map[string]bool{}
+	for _, model := range lost {
+		for _, a := range f.allocs(tb, model) {
+			old[a.ID] = true
+		}
+	}
+	f.mu.Lock()
+	before := f.samples[len(f.samples)-1].targets
+	f.mu.Unlock()
+
+	t0 := time.Now()
+	r := recovery{killed: loss()}
+	deadline := t0.Add(2 * time.Minute)
+	for (nodeDown && r.down == 0) || r.running == 0 {
+		if time.Now().After(deadline) {
+			tb.Fatalf("after %s: node down %v, replacements placed %v, running %v", time.Since(t0), r.down, r.placed, r.running)
+		}
+		if nodeDown && r.down == 0 {
+			if n, _, err := nc.Nodes().Info(node, nil); err == nil && n.Status == nomadapi.NodeStatusDown {
+				r.down = time.Since(t0)
+			}
+		}
+		placed, running := 0, 0
+		for _, model := range lost {
+			for _, a := range f.allocs(tb, model) {
+				if old[a.ID] || a.DesiredStatus != nomadapi.AllocDesiredStatusRun {
+					continue
+				}
+				if nodeDown && a.NodeID == node {
+					tb.Errorf("model %s placed again on the lost node", model)
+				}
+				placed++
+				if a.ClientStatus == nomadapi.AllocClientStatusRunning {
+					running++
+				}
+			}
+		}
+		if r.placed == 0 && placed == len(lost) {
+			r.placed = time.Since(t0)
+		}
+		if r.running == 0 && running == len(lost) {
+			r.running = time.Since(t0)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ok := f.waitAllOK(tb, t0, time.Until(deadline))
+	r.allOK = ok.at.Sub(t0)
+	for _, model := range lost {
+		if ok.targets[model] == before[model] {
+			tb.Errorf("model %s still answers at %s, its old address", model, before[model])
+		}
+	}
+	f.mu.Lock()
+	for _, s := range f.samples {
+		if !s.at.After(t0) {
+			continue
+		}
+		if r.firstFail == 0 && s.ok < len(f.models) {
+			r.firstFail = s.at.Sub(t0)
+		}
+		moved := 0
+		for _, model := range lost {
+			if t := s.targets[model]; t != "" && t != before[model] {
+				moved++
+			}
+		}
+		if r.listed == 0 && moved == len(lost) {
+			r.listed = s.at.Sub(t0)
+		}
+	}
+	f.mu.Unlock()
+	if r.firstFail == 0 {
+		tb.Errorf("no fan-out failed after the models on node %.8s were taken away: the loss went unnoticed", node)
+	}
+	return r
+}
+
+// allocs returns a model's allocations.
+func (f *fleet) allocs(tb testing.TB, model string) []*nomadapi.AllocationListStub {
+	tb.Helper()
+	as, _, err := f.c.Nomad.Client.Jobs().Allocations(f.jobIDs[model], true, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return as
+}
+
+// copyModel copies a model dir where the sandboxed worker's unprivileged
+// user can read it.
+func copyModel(t testing.TB, src string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "model")
+	if err := os.CopyFS(dir, os.DirFS(src)); err != nil {
+		t.Fatal(err)
+	}
+	err := filepath.Walk(filepath.Dir(dir), func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if fi.IsDir() {
+			return os.Chmod(p, 0o755)
+		}
+		return os.Chmod(p, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func countByNode(byNode map[string][]string) map[string]int {
+	out := map[string]int{}
+	for n, ms := range byNode {
+		out[n[:8]] = len(ms)
+	}
+	return out
+}
+
+// logLevel is info for a test, warn for a benchmark (whose log is always
+// printed).
+func logLevel(tb testing.TB) hclog.Level {
+	if _, ok := tb.(*testing.B); ok {
+		return hclog.Warn
+	}
+	return hclog.Info
+}
+
+// testWriter sends the client's log lines to the test log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
