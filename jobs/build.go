@@ -117,7 +117,11 @@ func CertTemplate(issuePath, ttl string) string {
 
 // DelegationTemplate renders the delegation item of the job's own variable,
 // which every task of the job may read; nothing while there is none.
-var DelegationTemplate = fmt.Sprintf(`{{ with nomadVar (printf "nomad/jobs/%%s" (env "NOMAD_JOB_ID")) }}{{ with index . %q }}{{ .Value }}{{ end }}{{ end }}`, DelegationItem)
+// (nomadVar alone would hold the task until the variable exists: listing
+// first renders an empty file instead.)
+var DelegationTemplate = fmt.Sprintf(`{{ $p := printf "nomad/jobs/%%s" (env "NOMAD_JOB_ID") }}`+
+	`{{ range nomadVarList $p }}{{ if eq .Path $p }}{{ with nomadVar .Path }}{{ with index . %q }}{{ .Value }}{{ end }}{{ end }}{{ end }}{{ end }}`,
+	DelegationItem)
 
 // CATemplate renders the public root CA (no Vault policy needed).
 const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}`

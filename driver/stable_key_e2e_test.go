@@ -1,0 +1,314 @@
+package driver_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+	"github.com/mr-tron/base58"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+
+	"github.com/modelnodes/modelnodes/internal/delegation"
+	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/jobs"
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
+	"github.com/modelnodes/modelnodes/runner/authz"
+	"github.com/modelnodes/modelnodes/runner/vaultkey"
+)
+
+// A runner that keeps its key in Vault (the scheduler's --runner-vault-addr),
+// on the real agents with the production job: the key survives certificate
+// renewals and a new allocation, so a cruncher's wallet delegation written
+// once into the job's Nomad variable keeps verifying on the coordinator's
+// side; Vault's runner policy and role keep another model's runner from its
+// key and its name; the sandboxed model cannot read the task's Vault token.
+func TestE2EStableRunnerKey(t *testing.T) {
+	requireRoot(t)
+	repo, _ := filepath.Abs("..")
+	for _, b := range []string{"nomad-driver-modelbox", "model-runner"} {
+		if !fileExists(filepath.Join(repo, "bin", b)) {
+			t.Skipf("bin/%s is missing: run `make build` first (make test does)", b)
+		}
+	}
+	c := testcluster.Start(t, testcluster.Nomad)
+	waitDriverHealthy(t, c.Nomad.Client)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	alpha := mustCoordinator(t, ctx, c, "alpha")
+	root, err := c.Vault.CACertPEM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(root)
+
+	models := t.TempDir()
+	if err := os.Chmod(models, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	modelDir := filepath.Join(models, "hostile")
+	copyDir(t, "testdata/hostile", modelDir)
+
+	// 40 s certificates: the runner renews after about 25 s.
+	opts := &jobs.Options{RunnerVaultAddr: c.Vault.Addr, CertTTL: "40s"}
+	m := &jobs.Model{Crunch: "alpha", ModelID: "stable-key-model", Hotkey: "hk-1", ModelDir: modelDir,
+		Runtime: "python", Hardware: jobs.CPU, CPU: 200, MemoryMB: 256, CertHash: authz.SPKIHash(alpha.Leaf)}
+	job, err := jobs.Build(m, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobID := *job.ID
+	name := jobID + ".crunchdao.internal"
+	job.TaskGroups[0].Update.MinHealthyTime = ptr(time.Second)
+	if _, _, err := c.Nomad.Client.Jobs().Register(job, nil); err != nil {
+		t.Fatal(err)
+	}
+	alloc := waitHealthyAlloc(t, c.Nomad.Client, jobID)
+	t.Cleanup(func() { _, _, _ = c.Nomad.Client.Jobs().Deregister(jobID, true, nil) })
+
+	first := handshake(t, portAddr(alloc, "grpc"), name, roots, alpha)
+	spki := first.RawSubjectPublicKeyInfo
+	if first.PublicKeyAlgorithm != x509.RSA {
+		t.Errorf("runner key is %s; CrunchDAO's client needs RSA", first.PublicKeyAlgorithm)
+	}
+	// The key sits in Vault, under the job's name, and nowhere on disk.
+	vc := c.Vault.Client
+	entry, err := vc.KVv2("runner-keys").Get(ctx, jobID)
+	if err != nil {
+		t.Fatalf("runner-keys/%s: %v", jobID, err)
+	}
+	if entry.Data[vaultkey.FieldCertPub] != delegation.CertPub(spki) {
+		t.Errorf("the key in Vault is not the one the runner serves with")
+	}
+	filepath.WalkDir(filepath.Join(c.Nomad.DataDir, "alloc", alloc.ID), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && d.Type().IsRegular() {
+			if b, _ := os.ReadFile(p); bytes.Contains(b, []byte("PRIVATE KEY")) {
+				t.Errorf("a private key on the node's disk: %s", p)
+			}
+		}
+		return nil
+	})
+
+	// Renewal: a new certificate (new serial) for the same key, and calls
+	// keep working.
+	deadline := time.Now().Add(90 * time.Second)
+	renewed := first
+	for renewed.SerialNumber.Cmp(first.SerialNumber) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no renewed certificate after 90 s (serial %x, not after %s)", first.SerialNumber, first.NotAfter)
+		}
+		time.Sleep(time.Second)
+		renewed = handshake(t, portAddr(alloc, "grpc"), name, roots, alpha)
+	}
+	if !bytes.Equal(renewed.RawSubjectPublicKeyInfo, spki) {
+		t.Fatal("the renewed certificate has another key: a delegation would stop matching")
+	}
+	t.Logf("renewed: serial %x -> %x, same key", first.SerialNumber, renewed.SerialNumber)
+
+	// The cruncher signs for the key (as `model-runner delegation sign
+	// --cert-pub` does) and the operator writes the job's variable.
+	pub, wallet, _ := ed25519.GenerateKey(rand.Reader)
+	proof, err := delegation.Sign(wallet, delegation.Message{CertPub: delegation.CertPub(spki), ModelID: m.ModelID,
+		Hotkey: m.Hotkey, ExpiresAt: time.Now().Add(time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, _ := json.Marshal(proof.ToFile())
+	v := &nomadapi.Variable{Path: "nomad/jobs/" + jobID, Items: nomadapi.VariableItems{jobs.DelegationItem: string(file)}}
+	if _, _, err := c.Nomad.Client.Variables().Create(v, nil); err != nil {
+		t.Fatal(err)
+	}
+	expect := delegation.Expect{Wallet: base58.Encode(pub), ModelID: m.ModelID, Hotkey: m.Hotkey}
+	waitDelegation(t, portAddr(alloc, "grpc"), name, roots, alpha, expect)
+
+	// A new allocation (on a real cluster: another node) keeps the key, and
+	// with it the delegation.
+	if _, err := c.Nomad.Client.Allocations().Stop(alloc, nil); err != nil {
+		t.Fatal(err)
+	}
+	next := waitReplacement(t, c.Nomad.Client, jobID, alloc.ID)
+	moved := handshake(t, portAddr(next, "grpc"), name, roots, alpha)
+	if !bytes.Equal(moved.RawSubjectPublicKeyInfo, spki) {
+		t.Fatal("the new allocation serves another key")
+	}
+	waitDelegation(t, portAddr(next, "grpc"), name, roots, alpha, expect)
+
+	// The sandboxed model cannot read the token that reaches the key.
+	tokenPath := filepath.Join(c.Nomad.DataDir, "alloc", next.ID, "model", "secrets", "vault_token")
+	if _, err := os.Stat(tokenPath); err != nil {
+		t.Fatalf("the task's Vault token is not where expected: %v", err)
+	}
+	ds := dialModel(t, portAddr(next, "grpc"), name, roots, alpha)
+	if _, err := ds.Setup(ctx, &dspb.SetupRequest{ClassName: "base.Base"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := ds.Call(ctx, callReq2("read", commonspb.String(tokenPath)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := res.GetMethodResponse().AsString(); !strings.HasPrefix(got, "refused") {
+		t.Fatalf("the model read the runner's Vault token: %q", got)
+	}
+
+	// Another model's runner: asking for this model's key, or for its name,
+	// is refused by Vault and the task fails saying so.
+	for _, tc := range []struct {
+		name, field, value, want string
+	}{
+		{"reads another model's key", "key_path", "runner-keys/" + jobID, "permission denied"},
+		{"names another model", "common_name", name, "not allowed by this role"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			other := &jobs.Model{Crunch: "alpha", ModelID: "intruder-" + tc.field, ModelDir: modelDir, Runtime: "python",
+				Hardware: jobs.CPU, CPU: 200, MemoryMB: 256}
+			oj, err := jobs.Build(other, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			task := oj.TaskGroups[0].Tasks[0]
+			task.Config["tls"].([]map[string]any)[0]["vault"].([]map[string]any)[0][tc.field] = tc.value
+			oj.TaskGroups[0].RestartPolicy = &nomadapi.RestartPolicy{Attempts: ptr(0), Mode: ptr("fail")}
+			oj.TaskGroups[0].ReschedulePolicy = &nomadapi.ReschedulePolicy{Attempts: ptr(0), Unlimited: ptr(false)}
+			if _, _, err := c.Nomad.Client.Jobs().Register(oj, nil); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _, _, _ = c.Nomad.Client.Jobs().Deregister(*oj.ID, true, nil) }()
+			logs := waitFailedAlloc(t, c.Nomad.Client, *oj.ID)
+			if !strings.Contains(logs, tc.want) {
+				t.Fatalf("the intruder's runner did not fail with %q:\n%s", tc.want, logs)
+			}
+		})
+	}
+	// And the model's own key is unchanged by the attempts.
+	again, err := vc.KVv2("runner-keys").Get(ctx, jobID)
+	if err != nil || again.Data[vaultkey.FieldCertPub] != delegation.CertPub(spki) || again.VersionMetadata.Version != 1 {
+		t.Fatalf("runner-keys/%s changed: %v", jobID, err)
+	}
+}
+
+// handshake returns the runner's certificate after verifying it names name.
+func handshake(t *testing.T, addr, name string, roots *x509.CertPool, client *tls.Certificate) *x509.Certificate {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: name,
+		Certificates: []tls.Certificate{*client}, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatalf("TLS handshake with %s: %v", addr, err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0]
+}
+
+func dialModel(t *testing.T, addr, name string, roots *x509.CertPool, client *tls.Certificate) dspb.DynamicSubclassServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: roots, ServerName: name, Certificates: []tls.Certificate{*client}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return dspb.NewDynamicSubclassServiceClient(conn)
+}
+
+// waitDelegation calls the model until its response headers carry a
+// delegation that verifies as the coordinator verifies it: against the key
+// of the connection the call went over.
+func waitDelegation(t *testing.T, addr, name string, roots *x509.CertPool, client *tls.Certificate, e delegation.Expect) {
+	t.Helper()
+	ds := dialModel(t, addr, name, roots, client)
+	deadline := time.Now().Add(60 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var md metadata.MD
+		var pr peer.Peer
+		_, err := ds.Setup(ctx, &dspb.SetupRequest{ClassName: "base.Base"}, grpc.Header(&md), grpc.Peer(&pr))
+		cancel()
+		if err != nil {
+			t.Fatalf("Setup: %v", err)
+		}
+		p, err := delegation.FromHeaders(md)
+		if err == nil {
+			e.ConnSPKI = pr.AuthInfo.(credentials.TLSInfo).State.PeerCertificates[0].RawSubjectPublicKeyInfo
+			e.Now = time.Now()
+			if _, err = p.Verify(e); err == nil {
+				return
+			}
+		}
+		last = err
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("no verifiable delegation from %s after 60 s: %v", addr, last)
+}
+
+// waitReplacement waits for a healthy allocation of job other than old.
+func waitReplacement(t *testing.T, nomad *nomadapi.Client, job, old string) *nomadapi.Allocation {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		stubs, _, err := nomad.Jobs().Allocations(job, false, nil)
+		if err == nil {
+			for _, s := range stubs {
+				if s.ID != old && s.ClientStatus == "running" && s.DeploymentStatus != nil && s.DeploymentStatus.Healthy != nil && *s.DeploymentStatus.Healthy {
+					a, _, err := nomad.Allocations().Info(s.ID, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return a
+				}
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("no healthy replacement of allocation %s after 90 s", old)
+	return nil
+}
+
+// waitFailedAlloc waits for job's allocation to fail and returns its task
+// events and the runner's stderr.
+func waitFailedAlloc(t *testing.T, nomad *nomadapi.Client, job string) string {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		stubs, _, _ := nomad.Jobs().Allocations(job, false, nil)
+		for _, s := range stubs {
+			if s.ClientStatus == "failed" {
+				a, _, err := nomad.Allocations().Info(s.ID, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return allocEvents(a) + "\n" + taskStderr(nomad, a)
+			}
+			if s.ClientStatus == "running" && s.DeploymentStatus != nil && s.DeploymentStatus.Healthy != nil && *s.DeploymentStatus.Healthy {
+				t.Fatalf("allocation %s of %s is healthy: Vault let it in", s.ID, job)
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("%s did not fail within 90 s", job)
+	return ""
+}
+
+func taskStderr(nomad *nomadapi.Client, a *nomadapi.Allocation) string {
+	rc, err := nomad.AllocFS().Cat(a, "alloc/logs/model.stderr.0", nil)
+	if err != nil {
+		return "(no stderr: " + err.Error() + ")"
+	}
+	defer rc.Close()
+	b, _ := io.ReadAll(io.LimitReader(rc, 1<<16))
+	return string(b)
+}
