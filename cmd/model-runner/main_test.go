@@ -54,6 +54,20 @@ func TestRefusesToServeWithoutTLSUnlessAsked(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "refusing to serve without TLS") {
 		t.Fatalf("serve without TLS flags: err=%v output=%s", err, out)
 	}
+	for args, want := range map[string]string{
+		"--tls-vault-sign pki_int/sign/runner":                                         "--tls-vault-sign needs --tls-vault-key",
+		"--tls-vault-sign pki_int/sign/runner --tls-cert a --tls-key b":                "--tls-vault-sign replaces --tls-cert",
+		"--tls-vault-key runner-keys/x --plaintext":                                    "only work with --tls-vault-sign",
+		"--tls-vault-sign pki_int/runner --tls-vault-key k/x --tls-common-name n":      "want MOUNT/sign/ROLE",
+		"--tls-vault-sign pki_int/sign/runner --tls-vault-key k --tls-common-name n":   "want MOUNT/NAME",
+		"--tls-vault-sign pki_int/sign/runner --tls-vault-key k/x --tls-common-name n": "no Vault token",
+	} {
+		cmd := exec.Command(binary(t), append([]string{"serve", "--model-dir", "../../runner/testdata/pymodel"}, strings.Fields(args)...)...)
+		cmd.Env = append(os.Environ(), "VAULT_TOKEN=", "MODEL_RUNNER_VAULT_TOKEN_FILE=")
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), want) {
+			t.Errorf("serve %s: %v, want %q in:\n%s", args, err, want, out)
+		}
+	}
 	out, _ = exec.Command(binary(t), "serve", "--help").CombinedOutput()
 	for _, want := range []string{"--model-dir  [$MODEL_RUNNER_MODEL_DIR]", "--tls-client-ca", "--plaintext"} {
 		if !strings.Contains(string(out), want) {
