@@ -30,6 +30,8 @@ type coordinator struct {
 	keyHash [32]byte // SHA-256 of the key's SubjectPublicKeyInfo: what the chain records
 	env     []string // the CLI's environment (COORDINATOR_*)
 	bin     string
+	// vaultAddr lets the CLI get its own certificate (a fresh key).
+	vaultAddr string
 }
 
 // onboardCoordinator runs the onboarding scripts and gets the
@@ -125,7 +127,11 @@ func (d *demo) onboardCoordinator(ctx context.Context, c *cluster) (*coordinator
 		{"COORDINATOR_TLS_CERT", filepath.Join(co.dir, "tls.crt")},
 		{"COORDINATOR_TLS_KEY", filepath.Join(co.dir, "tls.key")},
 		{"COORDINATOR_TLS_CA", filepath.Join(co.dir, "ca.crt")},
+		// Used only with --vault-addr (the impostor call of step 8).
+		{"COORDINATOR_VAULT_ROLE_ID", approle["role_id"]},
+		{"COORDINATOR_VAULT_SECRET_ID", approle["secret_id"]},
 	}
+	co.vaultAddr = c.env["VAULT_ADDR"]
 	var envFile strings.Builder
 	envFile.WriteString("# The demo coordinator's settings for bin/coordinator (flags override them).\n")
 	for _, kv := range os.Environ() {
@@ -156,9 +162,9 @@ var callArgs = []string{"call", "add", "--args", "[2, 40]", "--setup", setupClas
 
 // fanOut runs the coordinator CLI as a reader would (showing the commands
 // and their output) and returns the call table's rows by model id.
-func (d *demo) fanOut(ctx context.Context, co *coordinator, listFirst bool) (map[string]callRow, error) {
-	d.command(". " + filepath.Join(co.dir, "env") + "   # COORDINATOR_CONSUL_ADDR, _CONSUL_TOKEN (read-only, crunch-" + crunchName + "), _TLS_CERT, _TLS_KEY, _TLS_CA")
-	if listFirst {
+func (d *demo) fanOut(ctx context.Context, co *coordinator, first bool) (map[string]callRow, error) {
+	if first {
+		d.command(". " + filepath.Join(co.dir, "env") + "   # COORDINATOR_CONSUL_ADDR, _CONSUL_TOKEN (read-only, crunch-" + crunchName + "), _TLS_CERT, _TLS_KEY, _TLS_CA, _VAULT_ROLE_ID, _VAULT_SECRET_ID")
 		d.command(d.rel(co.bin) + " models --crunch " + crunchName)
 		out, err := runCommand(ctx, co.env, co.bin, "models", "--crunch", crunchName)
 		d.output(out)
@@ -166,8 +172,13 @@ func (d *demo) fanOut(ctx context.Context, co *coordinator, listFirst bool) (map
 			return nil, err
 		}
 	}
-	d.command(d.rel(co.bin) + " " + shellJoin(callArgs))
-	cmd := command(ctx, co.bin, callArgs...)
+	return d.call(ctx, co, callArgs)
+}
+
+// call runs `coordinator call` and returns its table's rows by model id.
+func (d *demo) call(ctx context.Context, co *coordinator, args []string) (map[string]callRow, error) {
+	d.command(d.rel(co.bin) + " " + shellJoin(args))
+	cmd := command(ctx, co.bin, args...)
 	cmd.Env = co.env
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -242,6 +253,28 @@ func (d *demo) checkFirstFanOut(models []*model, rows map[string]callRow) error 
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}
+	return nil
+}
+
+// impostor calls with a certificate Vault signs for the same crunch (the
+// same AppRole) but for a fresh key, as `coordinator --vault-addr` does:
+// its hash is not on chain, so every runner must refuse it.
+func (d *demo) impostor(ctx context.Context, co *coordinator, models []*model) error {
+	fmt.Fprintln(d.stdout, "\n    The same coordinator identity from Vault, but a fresh key (what --vault-addr does at each run): its hash is not on chain.")
+	rows, err := d.call(ctx, co, append(append([]string{}, callArgs...), "--vault-addr", co.vaultAddr))
+	if err != nil {
+		return err
+	}
+	var problems []string
+	for _, m := range models {
+		if r, ok := rows[m.ShortID]; !ok || r.status != "unauthenticated" {
+			problems = append(problems, fmt.Sprintf("%s answered a key that is not on chain: %+v (listed: %v)", m.ID, r, ok))
+		}
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	fmt.Fprintln(d.stdout, "\n    Every runner refused it: a runner admits only the key whose hash the chain records for the crunch's coordinator.")
 	return nil
 }
 

@@ -68,16 +68,18 @@ func (d *demo) down(ctx context.Context, standalone bool) error {
 
 	// The jobs, while Nomad is up: their tasks stop cleanly.
 	var allocs []string
-	if c, err := d.openCluster(); err == nil && livePid(filepath.Join(c.state, "nomad", "pid")) != 0 {
+	nomadUp := agentRunning(filepath.Join(d.path("cluster"), "nomad", "pid"))
+	if c, err := d.openCluster(); err == nil && nomadUp {
 		ids, err := stopJobs(ctx, c.nomad)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		allocs = ids
+		rememberAllocs(d.path("allocs"), ids)
 		if len(ids) > 0 {
 			d.detail("models' jobs purged, their %d allocation(s) stopped", len(ids))
 		}
-	} else if livePid(filepath.Join(d.path("cluster"), "nomad", "pid")) != 0 {
+	} else if nomadUp {
 		// started, but up did not finish writing the env file: the cluster's
 		// down below ends the tasks.
 		d.detail("the dev cluster did not finish starting; its teardown stops the tasks")
@@ -98,7 +100,7 @@ func (d *demo) down(ctx context.Context, standalone bool) error {
 			errs = append(errs, fmt.Errorf("deploy/dev/down: %w", err))
 		}
 	}
-	allocs = append(allocs, allocDirs(d.path("cluster"))...)
+	allocs = append(append(allocs, allocDirs(d.path("cluster"))...), rememberedAllocs(d.path("allocs"))...)
 	if left := modelboxCgroups(allocs); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("modelbox cgroups left: %s", strings.Join(left, " ")))
 	}
@@ -123,6 +125,17 @@ func (d *demo) down(ctx context.Context, standalone bool) error {
 	}
 	d.detail("nothing left: no demo process, no listening port (%d checked), no modelbox cgroup", len(ports))
 	return nil
+}
+
+// agentRunning reads a pid file of deploy/dev/up (a bare pid) and reports
+// whether that process runs.
+func agentRunning(pidFile string) bool {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return err == nil && procfs.Running(pid)
 }
 
 // stopJobs purges the models' jobs and waits until their allocations have
@@ -158,6 +171,25 @@ func stopJobs(ctx context.Context, nc *nomadapi.Client) ([]string, error) {
 		}
 	}
 	return ids, nil
+}
+
+// rememberAllocs appends allocation ids to a file: the cgroup check after
+// the cluster is gone (Nomad removes its alloc dirs) needs them.
+func rememberAllocs(path string, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintln(f, strings.Join(ids, "\n"))
+}
+
+func rememberedAllocs(path string) []string {
+	b, _ := os.ReadFile(path)
+	return strings.Fields(string(b))
 }
 
 // allocDirs returns the allocation ids whose directories Nomad left in the

@@ -237,6 +237,9 @@ func (d *demo) story(ctx context.Context, rec *record) error {
 	if err := d.checkFirstFanOut(models, results); err != nil {
 		return err
 	}
+	if err := d.impostor(ctx, coord, models); err != nil {
+		return err
+	}
 
 	// 9. Revocation.
 	revoked := modelNamed(models, "go-echo")

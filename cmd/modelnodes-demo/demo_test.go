@@ -1,0 +1,399 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The demo as a new user runs it (make demo), each run on ports and in a
+// state dir of its own so that it meets neither a developer's dev cluster
+// nor other tests. These tests need what `make test` provides: root, the
+// agents (NOMAD_BIN, CONSUL_BIN, VAULT_BIN), the project's binaries
+// (MODELNODES_BIN or bin/), node and python3.
+
+var (
+	demoBin     string
+	demoBinErr  error
+	demoBinOnce sync.Once
+	demoBinDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if demoBinDir != "" {
+		os.RemoveAll(demoBinDir)
+	}
+	os.Exit(code)
+}
+
+// demoBasePorts are deploy/dev/up's ports before DEV_PORT_OFFSET, then the
+// demo's own.
+var demoBasePorts = []int{18500, 18600, 18502, 18301, 18302, 18300, 18200, 18201, 14646, 14647, 14648,
+	baseSolanaPort, baseArtifactPort, baseSchedulerPort}
+
+type demoRun struct {
+	t       *testing.T
+	state   string
+	bin     string
+	offset  int
+	ports   []int
+	args    []string
+	cmd     *exec.Cmd
+	stdout  bytes.Buffer
+	stderr  *lineBuffer
+	elapsed time.Duration
+}
+
+// newDemoRun prepares a run: the demo built from this package, a free set
+// of ports, a state dir. It skips (saying why) when the machine lacks what
+// the demo needs.
+func newDemoRun(t *testing.T) *demoRun {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs the whole demo on the real agents; skipped with -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("the modelbox driver needs root")
+	}
+	for _, v := range []string{"NOMAD_BIN", "CONSUL_BIN", "VAULT_BIN"} {
+		if os.Getenv(v) == "" {
+			t.Skipf("%s is not set (make test sets the agents' paths; a cold deploy/hashistack/install takes ~25 min)", v)
+		}
+	}
+	for _, tool := range []string{"node", "python3"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (.ci/run installs it)", tool)
+		}
+	}
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := os.Getenv("MODELNODES_BIN")
+	if bin == "" {
+		bin = filepath.Join(repo, "bin")
+	}
+	for _, b := range needBinaries {
+		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
+			t.Skipf("%s/%s is missing: run `make build` first (make test does)", bin, b)
+		}
+	}
+	demoBinOnce.Do(func() {
+		if demoBinDir, demoBinErr = os.MkdirTemp("", "modelnodes-demo-"); demoBinErr != nil {
+			return
+		}
+		demoBin = filepath.Join(demoBinDir, "modelnodes-demo")
+		out, err := exec.Command("go", "build", "-o", demoBin, ".").CombinedOutput()
+		if err != nil {
+			demoBinErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if demoBinErr != nil {
+		t.Fatal(demoBinErr)
+	}
+	r := &demoRun{t: t, state: filepath.Join(t.TempDir(), "demo"), bin: bin, stderr: &lineBuffer{}}
+	for range 20 {
+		r.offset = -9000 + rand.IntN(5000)
+		r.ports = r.ports[:0]
+		for _, p := range demoBasePorts {
+			r.ports = append(r.ports, p+r.offset)
+		}
+		if len(listening(r.ports)) == 0 {
+			r.args = []string{"--repo", repo, "--bin", bin, "--state", r.state, "--port-offset", strconv.Itoa(r.offset)}
+			return r
+		}
+	}
+	t.Skip("found no free set of ports for the demo")
+	return nil
+}
+
+// start starts `modelnodes-demo [sub] ARGS… extra…`.
+func (r *demoRun) start(sub string, extra ...string) {
+	r.t.Helper()
+	r.cmd = exec.Command(demoBin, append(append([]string{sub}, r.args...), extra...)...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, io.MultiWriter(r.stderr, &testLog{t: r.t})
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() {
+		// Whatever happened, leave nothing behind.
+		if r.cmd.ProcessState == nil {
+			_ = r.cmd.Process.Kill()
+			_ = r.cmd.Wait()
+		}
+		out, err := exec.Command(demoBin, append([]string{"down"}, r.args...)...).CombinedOutput()
+		if err != nil {
+			r.t.Errorf("modelnodes-demo down (cleanup): %v\n%s", err, out)
+		}
+	})
+}
+
+// wait waits for the demo to exit and returns its exit status.
+func (r *demoRun) wait(timeout time.Duration) int {
+	r.t.Helper()
+	t0 := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- r.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		_ = r.cmd.Process.Signal(syscall.SIGTERM)
+		<-done
+		r.t.Fatalf("the demo did not finish within %s\nstdout:\n%s", timeout, r.stdout.String())
+	}
+	r.elapsed += time.Since(t0)
+	return r.cmd.ProcessState.ExitCode()
+}
+
+// models reads the demo's record: model id → Consul member id.
+func (r *demoRun) models() map[string]*model {
+	r.t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.state, "state.json"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	var rec record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		r.t.Fatal(err)
+	}
+	out := map[string]*model{}
+	for _, m := range rec.Models {
+		out[m.ID] = m
+	}
+	if len(out) != 3 {
+		r.t.Fatalf("state.json names %d models, want 3", len(out))
+	}
+	return out
+}
+
+// assertClean checks that nothing of the run is left: no listening port,
+// no process in its state dir, no modelbox cgroup of its allocations.
+func (r *demoRun) assertClean() {
+	r.t.Helper()
+	if busy := listening(r.ports); len(busy) > 0 {
+		r.t.Errorf("still listening after the demo: %v", busy)
+	}
+	if pids := processesUnder(r.state); len(pids) > 0 {
+		r.t.Errorf("processes left in %s: %v", r.state, pids)
+	}
+	for _, f := range []string{"scheduler/scheduler.pid", "solana/front.pid", "artifacts/artifacts.pid", "demo.pid"} {
+		if pid := livePid(filepath.Join(r.state, f)); pid != 0 {
+			r.t.Errorf("%s: pid %d still runs", f, pid)
+		}
+	}
+	allocs := append(allocDirs(filepath.Join(r.state, "cluster")), rememberedAllocs(filepath.Join(r.state, "allocs"))...)
+	if len(allocs) == 0 {
+		r.t.Error("the demo recorded no allocation: the cgroup check would prove nothing")
+	}
+	if left := modelboxCgroups(allocs); len(left) > 0 {
+		r.t.Errorf("modelbox cgroups left: %v", left)
+	}
+}
+
+// callTables returns the tables printed after each `coordinator call` line.
+func callTables(stdout string) []string {
+	parts := strings.Split(stdout, "\n$ ")
+	var tables []string
+	for _, p := range parts {
+		if strings.Contains(strings.SplitN(p, "\n", 2)[0], "coordinator call add") {
+			tables = append(tables, p)
+		}
+	}
+	return tables
+}
+
+// The whole story, as `make demo` runs it: the healthy models answer,
+// the broken one is reported not callable, a key that is not on chain is
+// refused, the revoked model leaves the fan-out, and the end leaves nothing.
+func TestDemo(t *testing.T) {
+	r := newDemoRun(t)
+	r.start("run")
+	if code := r.wait(10 * time.Minute); code != 0 {
+		t.Fatalf("make demo exited %d\nstdout:\n%s", code, r.stdout.String())
+	}
+	t.Logf("the demo took %s end to end (teardown included)", r.elapsed.Round(100*time.Millisecond))
+	stdout, stderr := r.stdout.String(), r.stderr.String()
+	for i := 1; i <= 11; i++ {
+		if !strings.Contains(stderr, fmt.Sprintf("step %d/11: ", i)) {
+			t.Errorf("progress lacks step %d/11", i)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^\[demo +[0-9.]+s\] done: the demo ran end to end and left nothing running`).MatchString(stderr) {
+		t.Error("the demo did not say it finished cleanly")
+	}
+	m := r.models()
+	py, goM, broken := m["py-tracker"], m["go-echo"], m["py-broken"]
+	tables := callTables(stdout)
+	if len(tables) != 3 {
+		t.Fatalf("want 3 `coordinator call` runs (fan-out, impostor, after revocation), got %d:\n%s", len(tables), stdout)
+	}
+	row := func(table, id string) []string {
+		table, _, _ = strings.Cut(table, " succeeded\n") // the table ends with "N/M succeeded"
+		for _, l := range strings.Split(table, "\n") {
+			if f := strings.Fields(l); len(f) > 0 && f[0] == id {
+				return f
+			}
+		}
+		return nil
+	}
+	// 1. Both healthy models compute 2 + 40; the broken one is not callable.
+	for _, x := range []*model{py, goM} {
+		if f := row(tables[0], x.ShortID); len(f) < 6 || f[1] != "success" || f[4] != "INT" || f[5] != "42" {
+			t.Errorf("first fan-out: %s (%s) row %q, want success INT 42\n%s", x.ID, x.ShortID, f, tables[0])
+		}
+	}
+	if f := row(tables[0], broken.ShortID); f != nil && (f[1] == "success" || f[2] != "BAD_IMPLEMENTATION") {
+		t.Errorf("first fan-out: the broken model's row %q, want absent or BAD_IMPLEMENTATION", f)
+	}
+	// 2. A key that is not on chain is refused everywhere.
+	for _, x := range []*model{py, goM, broken} {
+		if f := row(tables[1], x.ShortID); len(f) < 3 || f[1] != "unauthenticated" {
+			t.Errorf("impostor call: %s row %q, want unauthenticated", x.ID, f)
+		}
+	}
+	// 3. Revoked: the job is stopped and the model is gone from the fan-out.
+	if !strings.Contains(stdout, "$ nomad job status "+goM.JobID) || !regexp.MustCompile(`Status += dead \(stopped\)`).MatchString(stdout) {
+		t.Errorf("the output does not show the revoked model's job stopped")
+	}
+	if f := row(tables[2], goM.ShortID); f != nil {
+		t.Errorf("after revocation go-echo is still called: %q", f)
+	}
+	if f := row(tables[2], py.ShortID); len(f) < 2 || f[1] != "success" {
+		t.Errorf("after revocation py-tracker row %q, want success", f)
+	}
+	r.assertClean()
+}
+
+// Ctrl-C in the middle: the demo stops, tears everything down and exits
+// non-zero.
+func TestDemoInterrupted(t *testing.T) {
+	r := newDemoRun(t)
+	r.start("run")
+	// Once a model runs: its allocation must be stopped too.
+	if !r.stderr.waitFor(regexp.MustCompile(`step 7/11(.|\n)*py-tracker +(running|callable)`), 3*time.Minute) {
+		t.Fatalf("the demo never got a model running:\n%s", r.stderr.String())
+	}
+	_ = r.cmd.Process.Signal(os.Interrupt)
+	if code := r.wait(3 * time.Minute); code != exitInterrupted {
+		t.Errorf("interrupted demo exited %d, want %d", code, exitInterrupted)
+	}
+	if s := r.stderr.String(); !strings.Contains(s, "interrupted at step 7") || !strings.Contains(s, "interrupted; everything is stopped") {
+		t.Errorf("the demo did not say where it was interrupted and that it cleaned up:\n%s", s)
+	}
+	r.assertClean()
+}
+
+// --keep leaves everything running and says how to use and stop it; `down`
+// from another shell (make demo-down) then stops everything.
+func TestDemoKeepThenDown(t *testing.T) {
+	r := newDemoRun(t)
+	r.start("run", "--keep")
+	if code := r.wait(10 * time.Minute); code != 0 {
+		t.Fatalf("make demo DEMO_KEEP=1 exited %d\nstdout:\n%s", code, r.stdout.String())
+	}
+	if s := r.stdout.String(); !strings.Contains(s, "Stop everything: make demo-down") || !strings.Contains(s, "coordinator/env") {
+		t.Errorf("--keep does not say how to explore and stop:\n%s", s)
+	}
+	if busy := listening(r.ports); len(busy) < 10 {
+		t.Fatalf("after --keep only ports %v listen; want the cluster, the front, the artifact server and the scheduler", busy)
+	}
+	// The kept cluster serves the coordinator as printed.
+	env := append(os.Environ(), coordinatorEnv(t, filepath.Join(r.state, "coordinator", "env"))...)
+	cmd := exec.Command(filepath.Join(r.bin, "coordinator"), callArgs...)
+	cmd.Env = env
+	out, _ := cmd.Output()
+	if n := strings.Count(string(out), "INT 42"); n != 1 {
+		t.Errorf("the kept cluster's fan-out: %d models answered 42, want 1 (py-tracker; go-echo was revoked)\n%s", n, out)
+	}
+	down := exec.Command(demoBin, append([]string{"down"}, r.args...)...)
+	var downErr bytes.Buffer
+	down.Stderr = &downErr
+	if err := down.Run(); err != nil {
+		t.Fatalf("modelnodes-demo down: %v\n%s", err, downErr.String())
+	}
+	if !strings.Contains(downErr.String(), "nothing left") {
+		t.Errorf("down did not confirm the cleanup:\n%s", downErr.String())
+	}
+	r.assertClean()
+}
+
+// coordinatorEnv reads the export lines of the demo's coordinator env file.
+func coordinatorEnv(t *testing.T, path string) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if kv, ok := strings.CutPrefix(l, "export "); ok {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// lineBuffer collects output and lets a test wait for a line.
+type lineBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lineBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lineBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *lineBuffer) waitFor(re *regexp.Regexp, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if re.MatchString(l.String()) {
+			return true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return false
+}
+
+// testLog copies the demo's progress lines to the test log (go test -v).
+type testLog struct {
+	t    *testing.T
+	mu   sync.Mutex
+	part []byte
+}
+
+func (w *testLog) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.part = append(w.part, p...)
+	last := bytes.LastIndexByte(w.part, '\n')
+	if last < 0 {
+		return len(p), nil
+	}
+	sc := bufio.NewScanner(bytes.NewReader(w.part[:last+1]))
+	for sc.Scan() {
+		w.t.Log(sc.Text())
+	}
+	w.part = append([]byte{}, w.part[last+1:]...)
+	return len(p), nil
+}
