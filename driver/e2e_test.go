@@ -200,7 +200,7 @@ func stopJob(t *testing.T, nomad *nomadapi.Client, job string, alloc *nomadapi.A
 	for {
 		a, _, err := nomad.Allocations().Info(alloc.ID, nil)
 		_, statErr := os.Stat(group)
-		if err == nil && a.ClientStatus == "complete" && os.IsNotExist(statErr) {
+		if err == nil && (a.ClientStatus == "complete" || a.ClientStatus == "failed") && os.IsNotExist(statErr) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -79,7 +79,9 @@ func TestE2EStableRunnerKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	alloc := waitHealthyAlloc(t, c.Nomad.Client, jobID)
-	t.Cleanup(func() { _, _, _ = c.Nomad.Client.Jobs().Deregister(jobID, true, nil) })
+	current := alloc
+	// Stop it as an operator does, waiting until nothing of it is left.
+	t.Cleanup(func() { stopJob(t, c.Nomad.Client, jobID, current) })
 
 	first := handshake(t, portAddr(alloc, "grpc"), name, roots, alpha)
 	spki := first.RawSubjectPublicKeyInfo
@@ -106,19 +108,29 @@ func TestE2EStableRunnerKey(t *testing.T) {
 
 	// Renewal: a new certificate (new serial) for the same key, and calls
 	// keep working.
+	// One long-lived connection calls throughout: renewal drops nothing.
+	steady := dialModel(t, portAddr(alloc, "grpc"), name, roots, alpha)
 	deadline := time.Now().Add(90 * time.Second)
 	renewed := first
+	calls := 0
 	for renewed.SerialNumber.Cmp(first.SerialNumber) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no renewed certificate after 90 s (serial %x, not after %s)", first.SerialNumber, first.NotAfter)
 		}
 		time.Sleep(time.Second)
+		if _, err := steady.Setup(ctx, &dspb.SetupRequest{ClassName: "base.Base"}); err != nil {
+			t.Fatalf("a call on the open connection failed during renewal: %v", err)
+		}
+		calls++
 		renewed = handshake(t, portAddr(alloc, "grpc"), name, roots, alpha)
+	}
+	if _, err := steady.Setup(ctx, &dspb.SetupRequest{ClassName: "base.Base"}); err != nil {
+		t.Fatalf("a call on the open connection after renewal: %v", err)
 	}
 	if !bytes.Equal(renewed.RawSubjectPublicKeyInfo, spki) {
 		t.Fatal("the renewed certificate has another key: a delegation would stop matching")
 	}
-	t.Logf("renewed: serial %x -> %x, same key", first.SerialNumber, renewed.SerialNumber)
+	t.Logf("renewed: serial %x -> %x, same key; %d calls on one connection meanwhile, all OK", first.SerialNumber, renewed.SerialNumber, calls+1)
 
 	// The cruncher signs for the key (as `model-runner delegation sign
 	// --cert-pub` does) and the operator writes the job's variable.
@@ -142,6 +154,7 @@ func TestE2EStableRunnerKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	next := waitReplacement(t, c.Nomad.Client, jobID, alloc.ID)
+	current = next
 	moved := handshake(t, portAddr(next, "grpc"), name, roots, alpha)
 	if !bytes.Equal(moved.RawSubjectPublicKeyInfo, spki) {
 		t.Fatal("the new allocation serves another key")
@@ -187,8 +200,8 @@ func TestE2EStableRunnerKey(t *testing.T) {
 			if _, _, err := c.Nomad.Client.Jobs().Register(oj, nil); err != nil {
 				t.Fatal(err)
 			}
-			defer func() { _, _, _ = c.Nomad.Client.Jobs().Deregister(*oj.ID, true, nil) }()
-			logs := waitFailedAlloc(t, c.Nomad.Client, *oj.ID)
+			logs, failed := waitFailedAlloc(t, c.Nomad.Client, *oj.ID)
+			defer stopJob(t, c.Nomad.Client, *oj.ID, failed)
 			if !strings.Contains(logs, tc.want) {
 				t.Fatalf("the intruder's runner did not fail with %q:\n%s", tc.want, logs)
 			}
@@ -280,7 +293,7 @@ func waitReplacement(t *testing.T, nomad *nomadapi.Client, job, old string) *nom
 
 // waitFailedAlloc waits for job's allocation to fail and returns its task
 // events and the runner's stderr.
-func waitFailedAlloc(t *testing.T, nomad *nomadapi.Client, job string) string {
+func waitFailedAlloc(t *testing.T, nomad *nomadapi.Client, job string) (string, *nomadapi.Allocation) {
 	t.Helper()
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
@@ -291,7 +304,7 @@ func waitFailedAlloc(t *testing.T, nomad *nomadapi.Client, job string) string {
 				if err != nil {
 					t.Fatal(err)
 				}
-				return allocEvents(a) + "\n" + taskStderr(nomad, a)
+				return allocEvents(a) + "\n" + taskStderr(nomad, a), a
 			}
 			if s.ClientStatus == "running" && s.DeploymentStatus != nil && s.DeploymentStatus.Healthy != nil && *s.DeploymentStatus.Healthy {
 				t.Fatalf("allocation %s of %s is healthy: Vault let it in", s.ID, job)
@@ -300,7 +313,7 @@ func waitFailedAlloc(t *testing.T, nomad *nomadapi.Client, job string) string {
 		time.Sleep(500 * time.Millisecond)
 	}
 	t.Fatalf("%s did not fail within 90 s", job)
-	return ""
+	return "", nil
 }
 
 func taskStderr(nomad *nomadapi.Client, a *nomadapi.Allocation) string {
