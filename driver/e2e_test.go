@@ -23,17 +23,10 @@ import (
 // their allocations turn healthy, `nomad alloc exec` is refused, and a client
 // outside calls each model through its runner's port.
 func TestE2ENomadRunsModels(t *testing.T) {
-	requireRoot(t)
+	c := startModelboxCluster(t, "example-model")
+	nomad := c.Nomad.Client
 	repo, _ := filepath.Abs("..")
 	bin := filepath.Join(repo, "bin")
-	for _, b := range []string{"nomad-driver-modelbox", "model-runner", "example-model"} {
-		if !fileExists(filepath.Join(bin, b)) {
-			t.Skipf("bin/%s is missing: run `make build` first (make test does)", b)
-		}
-	}
-	c := testcluster.Start(t, testcluster.Nomad)
-	nomad := c.Nomad.Client
-	waitDriverHealthy(t, nomad)
 
 	models := t.TempDir()
 	if err := os.Chmod(models, 0o755); err != nil {
@@ -118,6 +111,24 @@ func modelJob(name, runtime, modelDir, entry string) *nomadapi.Job {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// startModelboxCluster starts Consul, Vault and Nomad with the project's
+// modelbox driver (from bin/, which make test builds) and waits until Nomad
+// reports the driver healthy. It skips, saying why, when a binary is
+// missing.
+func startModelboxCluster(t *testing.T, moreBinaries ...string) *testcluster.Cluster {
+	t.Helper()
+	requireRoot(t)
+	repo, _ := filepath.Abs("..")
+	for _, b := range append([]string{"nomad-driver-modelbox", "model-runner"}, moreBinaries...) {
+		if !fileExists(filepath.Join(repo, "bin", b)) {
+			t.Skipf("bin/%s is missing: run `make build` first (make test does)", b)
+		}
+	}
+	c := testcluster.Start(t, testcluster.Nomad)
+	waitDriverHealthy(t, c.Nomad.Client)
+	return c
+}
 
 func waitDriverHealthy(t *testing.T, nomad *nomadapi.Client) {
 	t.Helper()

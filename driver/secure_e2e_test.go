@@ -31,15 +31,7 @@ import (
 // reachable on its own port, and the sandboxed model cannot read the key
 // sitting in the task's secrets dir.
 func TestE2ESecureModel(t *testing.T) {
-	requireRoot(t)
-	repo, _ := filepath.Abs("..")
-	for _, b := range []string{"nomad-driver-modelbox", "model-runner"} {
-		if !fileExists(filepath.Join(repo, "bin", b)) {
-			t.Skipf("bin/%s is missing: run `make build` first (make test does)", b)
-		}
-	}
-	c := testcluster.Start(t, testcluster.Nomad)
-	waitDriverHealthy(t, c.Nomad.Client)
+	c := startModelboxCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 

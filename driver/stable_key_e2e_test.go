@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/modelnodes/modelnodes/internal/delegation"
-	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
@@ -38,15 +37,7 @@ import (
 // side; Vault's runner policy and role keep another model's runner from its
 // key and its name; the sandboxed model cannot read the task's Vault token.
 func TestE2EStableRunnerKey(t *testing.T) {
-	requireRoot(t)
-	repo, _ := filepath.Abs("..")
-	for _, b := range []string{"nomad-driver-modelbox", "model-runner"} {
-		if !fileExists(filepath.Join(repo, "bin", b)) {
-			t.Skipf("bin/%s is missing: run `make build` first (make test does)", b)
-		}
-	}
-	c := testcluster.Start(t, testcluster.Nomad)
-	waitDriverHealthy(t, c.Nomad.Client)
+	c := startModelboxCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	alpha := mustCoordinator(t, ctx, c, "alpha")
