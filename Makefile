@@ -4,6 +4,8 @@
 #   make bench     benchmarks (see docs/performance.md)
 #   make lint      gofmt, go vet, staticcheck
 #   make proto     regenerate the Go code from proto/*.proto
+#   make demo      the whole story on one machine, then a clean teardown
+#                  (DEMO_KEEP=1 leaves it running; make demo-down stops it)
 #   make dev       start a local Nomad + Consul + Vault cluster on 127.0.0.1
 #   make dev-down  stop it
 SHELL := /bin/bash
@@ -15,7 +17,7 @@ BENCH_COUNT ?= 6
 
 export GOTOOLCHAIN := local
 
-.PHONY: all build test unit bench lint proto hashistack dev dev-down clean tools
+.PHONY: all build test unit bench lint proto hashistack demo demo-down dev dev-down clean tools
 
 all: build
 
@@ -48,6 +50,17 @@ lint:
 
 proto:
 	scripts/genproto
+
+# The demo (cmd/modelnodes-demo): its dev cluster runs on deploy/dev/up's
+# ports + 1000 with its state in ~/.local/state/modelnodes/demo, next to any
+# `make dev` cluster. Ctrl-C or `make demo-down` (from any shell) tears it down.
+demo: hashistack build
+	@eval "$$(deploy/hashistack/install | sed 's/^\([a-z]*\)=/export \U\1\E_BIN=/')"; \
+	  $(BIN)/modelnodes-demo run $(if $(filter 1 yes true,$(DEMO_KEEP)),--keep)
+
+demo-down:
+	@if [ -x $(BIN)/modelnodes-demo ]; then $(BIN)/modelnodes-demo down; \
+	  else $(GO) run ./cmd/modelnodes-demo down; fi
 
 dev: hashistack build
 	deploy/dev/up
