@@ -81,7 +81,8 @@ func TestModelsSpreadAndSurviveNodeLoss(t *testing.T) {
 // machine's allocations are stopped through Nomad's API, so nothing has to
 // be detected; failure=machine-kill takes the machine away (agent, tasks and
 // Consul agent SIGKILLed) with heartbeats tuned to scaleHeartbeat. Metrics
-// are seconds from the failure: node-down-s (Nomad marks the node down),
+// are seconds from the failure: dropped-s (no lost model is in the client's
+// membership any more), node-down-s (Nomad marks the node down),
 // running-s (every replacement runs), listed-s (the client lists each at its
 // new address: its Consul check passed), all-ok-s (a fan-out is OK from all).
 func BenchmarkNodeLoss(b *testing.B) {
@@ -143,14 +144,16 @@ func busiest(byNode map[string][]string) (string, []string) {
 
 // reportRecovery reports the mean of each step over rs, in seconds.
 func reportRecovery(b *testing.B, rs []recovery, nodeDown bool) {
-	var down, running, listed, allOK float64
+	var dropped, down, running, listed, allOK float64
 	for _, r := range rs {
+		dropped += r.dropped.Seconds()
 		down += r.down.Seconds()
 		running += r.running.Seconds()
 		listed += r.listed.Seconds()
 		allOK += r.allOK.Seconds()
 	}
 	n := float64(len(rs))
+	b.ReportMetric(dropped/n, "dropped-s")
 	if nodeDown {
 		b.ReportMetric(down/n, "node-down-s")
 	}
