@@ -59,9 +59,16 @@ func TestVaultCoordinatorLifecycle(t *testing.T) {
 	if len(files) < 4 {
 		t.Fatalf("expected the runner, coordinator, scheduler and operator policies, found %v", files)
 	}
+	// Policies that template on the Nomad JWT mount name it by accessor;
+	// setup fills it in.
+	auths, err := c.Vault.Client.Sys().ListAuthWithContext(ctx)
+	if err != nil || auths["jwt-nomad/"] == nil {
+		t.Fatalf("the Nomad JWT auth mount: %v", err)
+	}
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".hcl")
 		want, _ := os.ReadFile(f)
+		want = bytes.ReplaceAll(want, []byte("JWT_ACCESSOR"), []byte(auths["jwt-nomad/"].Accessor))
 		got, err := c.Vault.Client.Sys().GetPolicyWithContext(ctx, name)
 		if err != nil || strings.TrimSpace(got) != strings.TrimSpace(string(want)) {
 			t.Errorf("policy %s in Vault differs from %s (err %v)", name, f, err)
@@ -81,6 +88,16 @@ func TestVaultCoordinatorLifecycle(t *testing.T) {
 	}
 	if err := operator.Sys().PutPolicyWithContext(ctx, "everything", `path "*" { capabilities = ["sudo", "read"] }`); err == nil {
 		t.Error("the operator policy may write arbitrary policies")
+	}
+	// Runner keys: the security team deletes one to rotate it, never reads it.
+	if _, err := c.Vault.Client.KVv2("runner-keys").Put(ctx, "model-node-x", map[string]any{"private_key": "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := operator.KVv2("runner-keys").Get(ctx, "model-node-x"); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("operator reading a runner key: %v, want permission denied", err)
+	}
+	if err := operator.KVv2("runner-keys").DeleteMetadata(ctx, "model-node-x"); err != nil {
+		t.Errorf("operator deleting a runner key: %v", err)
 	}
 
 	out, err := c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup", "coordinator", "alpha")
@@ -116,6 +133,9 @@ func TestVaultCoordinatorLifecycle(t *testing.T) {
 		"common_name": "model-node-x.crunchdao.internal",
 	}); err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Errorf("coordinator token issuing a runner certificate: got %v, want permission denied", err)
+	}
+	if _, err := coord.KVv2("runner-keys").Get(ctx, "model-node-x"); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("coordinator token reading runner keys: got %v, want permission denied", err)
 	}
 
 	// Rotation: a new intermediate issues from now on; the old one's
