@@ -46,7 +46,7 @@ var demoBasePorts = []int{18500, 18600, 18502, 18301, 18302, 18300, 18200, 18201
 	baseSolanaPort, baseArtifactPort, baseSchedulerPort}
 
 type demoRun struct {
-	t       *testing.T
+	t       testing.TB
 	state   string
 	bin     string
 	offset  int
@@ -61,7 +61,7 @@ type demoRun struct {
 // newDemoRun prepares a run: the demo built from this package, a free set
 // of ports, a state dir. It skips (saying why) when the machine lacks what
 // the demo needs.
-func newDemoRun(t *testing.T) *demoRun {
+func newDemoRun(t testing.TB) *demoRun {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("runs the whole demo on the real agents; skipped with -short")
@@ -126,6 +126,9 @@ func (r *demoRun) start(sub string, extra ...string) {
 	r.t.Helper()
 	r.cmd = exec.Command(demoBin, append(append([]string{sub}, r.args...), extra...)...)
 	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, io.MultiWriter(r.stderr, &testLog{t: r.t})
+	if _, bench := r.t.(*testing.B); bench {
+		r.cmd.Stderr = r.stderr // a benchmark prints its figures only
+	}
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}
@@ -377,7 +380,7 @@ func (l *lineBuffer) waitFor(re *regexp.Regexp, timeout time.Duration) bool {
 
 // testLog copies the demo's progress lines to the test log (go test -v).
 type testLog struct {
-	t    *testing.T
+	t    testing.TB
 	mu   sync.Mutex
 	part []byte
 }
@@ -396,4 +399,51 @@ func (w *testLog) Write(p []byte) (int, error) {
 	}
 	w.part = append([]byte{}, w.part[last+1:]...)
 	return len(p), nil
+}
+
+// How long `make demo` takes warm, and where the time goes, beside the
+// start of the dev cluster alone (its first step) in the same run:
+//
+//	go test ./cmd/modelnodes-demo -run '^$' -bench Demo -benchtime 1x -count 3
+func BenchmarkDemo(b *testing.B) {
+	var total, cluster, callable, revoke, teardown float64
+	for range b.N {
+		r := newDemoRun(b)
+		r.start("run")
+		if code := r.wait(10 * time.Minute); code != 0 {
+			b.Fatalf("the demo exited %d:\n%s", code, r.stderr.String())
+		}
+		at := stepTimes(b, r.stderr.String())
+		total += r.elapsed.Seconds()
+		cluster += at[2] - at[1]
+		callable += at[8] - at[6]
+		revoke += at[10] - at[9]
+		teardown += at[0] - at[11]
+	}
+	n := float64(b.N)
+	b.ReportMetric(total/n, "demo_s")
+	b.ReportMetric(cluster/n, "baseline_cluster_up_s")
+	b.ReportMetric(callable/n, "scheduler_to_callable_s")
+	b.ReportMetric(revoke/n, "revoke_to_gone_s")
+	b.ReportMetric(teardown/n, "teardown_s")
+	b.ReportMetric(0, "ns/op")
+}
+
+// stepTimes reads the progress lines: step number → seconds at its start;
+// 0 → the final "done" line.
+func stepTimes(tb testing.TB, stderr string) map[int]float64 {
+	at := map[int]float64{}
+	re := regexp.MustCompile(`(?m)^\[demo +([0-9.]+)s\] (?:step ([0-9]+)/11|done: )`)
+	for _, m := range re.FindAllStringSubmatch(stderr, -1) {
+		sec, _ := strconv.ParseFloat(m[1], 64)
+		n := 0
+		if m[2] != "" {
+			n, _ = strconv.Atoi(m[2])
+		}
+		at[n] = sec
+	}
+	if len(at) != 12 {
+		tb.Fatalf("progress lines: found %d of 12 timestamps:\n%s", len(at), stderr)
+	}
+	return at
 }
