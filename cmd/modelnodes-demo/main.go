@@ -57,9 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && (args[0] == "run" || args[0] == "down" || args[0] == "artifacts") {
 		cmd, args = args[0], args[1:]
 	}
-	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") && cmd == "run" {
-		fmt.Fprint(stderr, usage)
-		return 0
+	if len(args) > 0 && args[0] == "help" {
+		args = []string{"--help"}
 	}
 	if cmd == "artifacts" {
 		return serveArtifacts(args, stderr)

@@ -455,6 +455,7 @@ func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error 
 	deadline := time.Now().Add(d.o.readyTimeout)
 	var brokenSince time.Time
 	last := map[string]string{}
+	t0, lastNews := time.Now(), time.Now()
 	for {
 		states, _ := d.schedulerModels(ctx, rec)
 		entries, _, err := cc.Health().Service(service, "", true, nil)
@@ -481,7 +482,7 @@ func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error 
 			}
 			if now != last[m.ID] {
 				d.detail("%-10s %s", m.ID, now)
-				last[m.ID] = now
+				last[m.ID], lastNews = now, time.Now()
 			}
 			if _, ok := passing[m.ShortID]; ok && !m.Broken {
 				ready++
@@ -503,6 +504,10 @@ func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error 
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d of %d healthy models callable after %s", ready, len(rec.Models)-1, d.o.readyTimeout)
+		}
+		if time.Since(lastNews) > 15*time.Second {
+			d.detail("still waiting after %.0f s: %d of %d healthy models callable (gives up after %s)", time.Since(t0).Seconds(), ready, len(rec.Models)-1, d.o.readyTimeout)
+			lastNews = time.Now()
 		}
 		if err := sleep(ctx, 500*time.Millisecond); err != nil {
 			return err
