@@ -605,28 +605,28 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // printKeep tells a --keep user how to explore and how to stop.
 func (d *demo) printKeep(rec *record) {
-	w := d.stdout
 	var ids []string
 	for _, m := range rec.Models {
 		ids = append(ids, m.ID+"="+m.ShortID)
 	}
 	sort.Strings(ids)
-	fmt.Fprintf(w, `
+	py := modelNamed(rec.Models, "py-tracker")
+	fmt.Fprintf(d.stdout, `
 Everything is still running (--keep). To explore:
 
-    . %s            # NOMAD_ADDR, CONSUL_HTTP_ADDR, VAULT_ADDR, tokens, agents on PATH
-    . %s      # the coordinator's COORDINATOR_* settings
+    . %s          # NOMAD_ADDR, CONSUL_HTTP_ADDR, VAULT_ADDR, tokens; the agents on PATH
+    . %s   # the coordinator's COORDINATOR_* settings
     %s call add --args '[2, 40]' --setup %s --crunch %s
     nomad job status; consul catalog services; curl -s %s/v1/models
     tail -f %s
 
 Models (Consul member ids): %s
-Revoke one: curl -s -X POST %s/control -d '{"op":"closeAccount","address":"<authorization>"}'
-(authorizations in %s)
+Revoke py-tracker: curl -s -X POST %s/control -d '{"op":"closeAccount","address":"%s"}'
+(every account in %s)
 
 Stop everything: make demo-down   (or: %s down --state %s)
 `, filepath.Join(d.cluster.state, "env"), d.path("coordinator", "env"), filepath.Join(d.bin, "coordinator"), setupClass, crunchName,
-		rec.Scheduler, d.path("scheduler", "scheduler.log"), strings.Join(ids, ", "), rec.SolanaRPC, d.path("state.json"),
+		rec.Scheduler, d.path("scheduler", "scheduler.log"), strings.Join(ids, ", "), rec.SolanaRPC, py.Auth, d.path("state.json"),
 		filepath.Join(d.bin, "modelnodes-demo"), d.o.state)
 	d.progress("done; everything left running (--keep): `make demo-down` stops it")
 }
