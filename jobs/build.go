@@ -123,8 +123,13 @@ var DelegationTemplate = fmt.Sprintf(`{{ $p := printf "nomad/jobs/%%s" (env "NOM
 	`{{ range nomadVarList $p }}{{ if eq .Path $p }}{{ with nomadVar .Path }}{{ with index . %q }}{{ .Value }}{{ end }}{{ end }}{{ end }}{{ end }}`,
 	DelegationItem)
 
-// CATemplate renders the public root CA (no Vault policy needed).
-const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}`
+// CATemplate renders the public root CA and the intermediate chain (no
+// Vault policy needed): coordinators' certificates chain to the root, and
+// the intermediate is what signs the revocation list runners fetch
+// (crl_url), so the runner can check that list's signature.
+const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}
+{{ with secret "pki_int/cert/ca_chain" }}{{ .Data.ca_chain }}{{ end }}
+`
 
 // Build returns the job of one model. The model must pass Validate.
 func Build(m *Model, opts *Options) (*nomadapi.Job, error) {

@@ -151,7 +151,12 @@ job "model-node-pdxu2groar3jsn66" {
         destination   = "secrets/ca.crt"
         change_mode   = "signal"
         change_signal = "SIGHUP"
-        data          = "{{ with secret \"pki/cert/ca\" }}{{ .Data.certificate }}{{ end }}"
+        # The root coordinators chain to, and the intermediate that signs the
+        # revocation list (authz.crl_url).
+        data          = <<-EOT
+          {{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}
+          {{ with secret "pki_int/cert/ca_chain" }}{{ .Data.ca_chain }}{{ end }}
+          EOT
       }
     }
   }
