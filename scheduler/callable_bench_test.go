@@ -8,12 +8,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -140,6 +143,7 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 				tr.wait(b, callableTimeout)
 				b.StopTimer()
 				all = append(all, round...)
+				logSlowest(b, cl, round)
 				if path == "chain-scheduler" {
 					checkSameJobs(b, nc, ms)
 					for i := range ms {
@@ -378,6 +382,45 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[max(0, int(math.Ceil(p*float64(len(sorted))))-1)]
 }
 
+// logSlowest logs where the round's slowest model spent its time: its
+// milestones and its allocation's task events, relative to its
+// authorization.
+func logSlowest(b *testing.B, cl *testcluster.Cluster, round []*milestones) {
+	slow := round[0]
+	for _, m := range round {
+		if m.callable.Sub(m.planted) > slow.callable.Sub(slow.planted) {
+			slow = m
+		}
+	}
+	at := func(t time.Time) string { return t.Sub(slow.planted).Round(time.Millisecond).String() }
+	lines := []string{fmt.Sprintf("slowest model %s%s: registered +%s, running +%s, passing +%s, callable +%s",
+		jobs.JobPrefix, slow.id, at(slow.registered), at(slow.running), at(slow.passing), at(slow.callable))}
+	allocs, _, err := cl.Nomad.Client.Jobs().Allocations(jobs.JobPrefix+slow.id, true, nil)
+	if err != nil {
+		lines = append(lines, "its allocations: "+err.Error())
+	}
+	for _, a := range allocs {
+		lines = append(lines, fmt.Sprintf("allocation %.8s created +%s", a.ID, at(time.Unix(0, a.CreateTime))))
+		for _, ts := range a.TaskStates {
+			for _, e := range ts.Events {
+				lines = append(lines, fmt.Sprintf("  +%s %s: %s", at(time.Unix(0, e.Time)), e.Type, strings.Join(strings.Fields(e.DisplayMessage), " ")))
+			}
+			if ts.Restarts > 0 || ts.Failed {
+				full, _, err := cl.Nomad.Client.Allocations().Info(a.ID, nil)
+				if err == nil {
+					if r, err := cl.Nomad.Client.AllocFS().Cat(full, "alloc/logs/"+jobs.TaskName+".stderr.0", nil); err == nil {
+						tail, _ := io.ReadAll(io.LimitReader(r, 4096))
+						r.Close()
+						lines = append(lines, "  stderr: "+strings.Join(strings.Fields(string(tail)), " "))
+					}
+				}
+			}
+		}
+	}
+	// One line: go test keeps only the first lines of a benchmark's log.
+	b.Log(strings.Join(lines, " | "))
+}
+
 // checkSameJobs makes sure the baseline registers the jobs the scheduler
 // does: the spec hash of each job it registered equals the baseline's.
 func checkSameJobs(b *testing.B, nc *nomad.Client, ms []jobs.Model) {
@@ -398,9 +441,21 @@ func checkSameJobs(b *testing.B, nc *nomad.Client, ms []jobs.Model) {
 	}
 }
 
+// consulConnsBeforeRound bounds the connections open to Consul's HTTP
+// port when a round starts. Nomad's consul hook builds a new Consul API
+// client for each allocation (Consul token login, then revocation at
+// stop), whose idle keep-alive connections live 90 s: each round of 20
+// allocations leaves about 40 behind, and Consul refuses a client address
+// past 200 connections (limits.http_max_conns_per_client), failing the
+// next allocations' consul hook ("429 ... too many concurrent
+// connections"; Nomad reschedules them 30 s later). Rounds closer together
+// than production's churn would measure that limit, not a start.
+const consulConnsBeforeRound = 100
+
 // clearRound purges the round's jobs and waits until none of their
-// allocations runs and Consul lists none of their instances, so that the
-// next round starts on an idle node.
+// allocations runs, Consul lists none of their instances and Nomad's idle
+// Consul connections have drained (consulConnsBeforeRound), so that the
+// next round starts on a settled node.
 func clearRound(b *testing.B, cl *testcluster.Cluster, nc *nomad.Client, ms []jobs.Model) {
 	b.Helper()
 	ids := map[string]bool{}
@@ -411,7 +466,8 @@ func clearRound(b *testing.B, cl *testcluster.Cluster, nc *nomad.Client, ms []jo
 			b.Fatalf("purge %s: %v", id, err)
 		}
 	}
-	deadline := time.Now().Add(time.Minute)
+	t0 := time.Now()
+	deadline := t0.Add(3 * time.Minute)
 	for {
 		live := 0
 		allocs, _, err := cl.Nomad.Client.Allocations().List(nil)
@@ -423,13 +479,18 @@ func clearRound(b *testing.B, cl *testcluster.Cluster, nc *nomad.Client, ms []jo
 			}
 		}
 		inst, _, cerr := cl.Consul.Client.Catalog().Service(consul.ServiceName(callableCrunch), "", nil)
-		if err == nil && cerr == nil && live == 0 && len(inst) == 0 {
+		conns := consulConns(b, cl)
+		if err == nil && cerr == nil && live == 0 && len(inst) == 0 && conns <= consulConnsBeforeRound {
+			if waited := time.Since(t0); waited > 5*time.Second {
+				b.Logf("waited %s between rounds for allocations to stop and Nomad's idle Consul connections to drain", waited.Round(time.Second))
+			}
 			return
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("round not cleared within a minute: %d allocations live, %d Consul instances (errors %v, %v)", live, len(inst), err, cerr)
+			b.Fatalf("round not cleared within 3 minutes: %d allocations live, %d Consul instances, %d connections to Consul (errors %v, %v)",
+				live, len(inst), conns, err, cerr)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 
@@ -522,4 +583,27 @@ func hashBytes(b *testing.B, hexHash string, dst *[32]byte) {
 		b.Fatalf("hash %q: %v", hexHash, err)
 	}
 	copy(dst[:], raw)
+}
+
+// consulConns counts the established TCP connections to Consul's HTTP
+// port (its server side), from /proc/net/tcp.
+func consulConns(b *testing.B, cl *testcluster.Cluster) int {
+	_, port, err := net.SplitHostPort(cl.Consul.Addr)
+	if err != nil {
+		b.Fatalf("consul address %q: %v", cl.Consul.Addr, err)
+	}
+	p, _ := strconv.Atoi(port)
+	raw, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		b.Fatal(err)
+	}
+	local := fmt.Sprintf(":%04X", p)
+	n := 0
+	for _, l := range strings.Split(string(raw), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) > 3 && strings.HasSuffix(f[1], local) && f[3] == "01" {
+			n++
+		}
+	}
+	return n
 }
