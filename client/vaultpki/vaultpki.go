@@ -361,3 +361,56 @@ func (i *Issuer) renewIn(now time.Time) time.Duration {
 	at := m.issued.Add(time.Duration(float64(life) * frac))
 	return max(at.Sub(now), 0)
 }
+
+// KeyFile returns the coordinator's long-lived key kept in a PEM file,
+// creating it (ECDSA P-256, mode 0600) when the file does not exist; created
+// says which. The key must outlive the process: runners that admit a
+// coordinator by the hash of its public key (recorded on chain) refuse any
+// other key, and a renewal signs the same key again.
+func KeyFile(path string) (key crypto.Signer, created bool, err error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, false, err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			return nil, false, err
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, false, fmt.Errorf("vaultpki: creating the key file: %w", err)
+		}
+		if err := errors.Join(pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der}), f.Close()); err != nil {
+			return nil, false, fmt.Errorf("vaultpki: writing %s: %w", path, err)
+		}
+		return k, true, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("vaultpki: %w", err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, false, fmt.Errorf("vaultpki: %s holds no PEM key", path)
+	}
+	var parsed any
+	switch block.Type {
+	case "PRIVATE KEY":
+		parsed, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	case "EC PRIVATE KEY":
+		parsed, err = x509.ParseECPrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		parsed, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	default:
+		return nil, false, fmt.Errorf("vaultpki: %s holds a %q block, not a private key", path, block.Type)
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("vaultpki: %s: %w", path, err)
+	}
+	signer, ok := parsed.(crypto.Signer)
+	if !ok {
+		return nil, false, fmt.Errorf("vaultpki: %s: %T cannot sign", path, parsed)
+	}
+	return signer, false, nil
+}

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -34,6 +37,7 @@ type common struct {
 	vaultAddr, vaultToken                  string
 	vaultRoleID, vaultSecretID             string
 	vaultMount, vaultRole                  string
+	vaultKey                               string
 	connectTimeout                         time.Duration
 	logLevel                               string
 }
@@ -54,6 +58,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.vaultToken, "vault-token", "", "Vault token (instead of AppRole)")
 	fs.StringVar(&c.vaultRoleID, "vault-role-id", "", "AppRole role id (deploy/vault/setup coordinator CRUNCH prints it)")
 	fs.StringVar(&c.vaultSecretID, "vault-secret-id", "", "AppRole secret id")
+	fs.StringVar(&c.vaultKey, "vault-key", "", "with --vault-addr: the coordinator's private key (PEM), created when missing; keep it: its public key hash is what the chain records (without it every run makes a new key, which runners checking on-chain hashes refuse)")
 	fs.StringVar(&c.vaultMount, "vault-pki-mount", "pki_int", "Vault PKI mount that signs coordinator certificates")
 	fs.StringVar(&c.vaultRole, "vault-pki-role", "coordinator", "Vault PKI role")
 	fs.DurationVar(&c.connectTimeout, "connect-timeout", 10*time.Second, "how long to wait for the first membership")
@@ -203,6 +208,25 @@ func (c *common) vault(ctx context.Context, log hclog.Logger) (credentials.Mater
 		if vcfg.CAPEM, err = os.ReadFile(c.caFile); err != nil {
 			return nil, err
 		}
+	}
+	if c.vaultKey != "" {
+		key, created, err := vaultpki.KeyFile(c.vaultKey)
+		if err != nil {
+			return nil, err
+		}
+		spki, err := x509.MarshalPKIXPublicKey(key.Public())
+		if err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(spki)
+		if created {
+			log.Warn("created the coordinator key; record its hash on chain (CoordinatorCertificate cert_hash)", "file", c.vaultKey, "cert_hash", hex.EncodeToString(sum[:]))
+		} else {
+			log.Info("coordinator key", "file", c.vaultKey, "cert_hash", hex.EncodeToString(sum[:]))
+		}
+		vcfg.Key = key
+	} else {
+		log.Warn("no --vault-key: a new key for this run only; runners that check the crunch's on-chain key hash will refuse it")
 	}
 	iss, err := vaultpki.New(ctx, vcfg)
 	if err != nil {

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testpki"
+	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/runner"
+	"github.com/modelnodes/modelnodes/runner/authz"
+	"github.com/modelnodes/modelnodes/runner/worker"
+)
+
+// A coordinator with a Vault certificate is admitted by runners that check
+// its on-chain key hash only if it keeps its key: --vault-key creates the key
+// once, says its hash, and signs the same key on every later run; a run
+// without it brings a new key and is refused.
+func TestVaultKeyFileKeepsTheOnChainHash(t *testing.T) {
+	cl := testcluster.Start(t, testcluster.Vault)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	role, err := cl.CoordinatorAppRole(ctx, "alpha")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The runner: coordinators chain to Vault's intermediate; who may call
+	// is a policy file, as a job's on-chain hashes would be.
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cl.Vault.Addr+"/v1/pki_int/ca_chain", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	clientCA := filepath.Join(dir, "coordinators-ca.pem")
+	testpki.WriteFile(t, clientCA, chain)
+	policy := filepath.Join(dir, "authz.json")
+	// (All zeros would mean "no hash recorded": admit the crunch's any key.)
+	testpki.WriteFile(t, policy, []byte(`{"crunch": "alpha", "coordinator_cert_hashes": ["`+strings.Repeat("ab", 32)+`"]}`))
+	runnerCA := testpki.NewCA(t, "runner CA")
+	server := runnerCA.Issue(t, dir, testpki.Leaf{CommonName: "model-node-a.crunchdao.internal",
+		DNSNames: []string{"model-node-a.crunchdao.internal"}, RSA: true})
+	az, err := authz.New(authz.Config{PolicyFile: policy, CAFile: clientCA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsr, err := tlsfiles.New(tlsfiles.Files{CertFile: server.CertFile, KeyFile: server.KeyFile, CAFile: clientCA}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	srv := runner.New(runner.Config{TLS: tlsr, Authorizer: az, Logger: hclog.NewNullLogger(),
+		Worker: worker.Config{Command: []string{exe}, Env: []string{modelEnv + "=1"}}})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(sctx, lis, time.Second) }()
+	t.Cleanup(func() { stop(); <-done })
+
+	key := filepath.Join(dir, "coordinator.key")
+	call := func(extra ...string) (int, string, string) {
+		args := append([]string{"call", "echo", "--crunch", "alpha", "--models", "a=" + lis.Addr().String(),
+			"--vault-addr", cl.Vault.Addr, "--vault-role-id", role.RoleID, "--vault-secret-id", role.SecretID,
+			"--tls-ca", runnerCA.WriteCA(t, dir, "runner-ca.pem"), "--setup", "m.Base", "--args", "[1]", "--timeout", "10s"}, extra...)
+		return runCLI(t, args...)
+	}
+	// First run: the key is created and its hash printed; it is not on
+	// chain yet, so the runner refuses.
+	code, out, stderr := call("--vault-key", key)
+	hash := regexp.MustCompile(`cert_hash=([0-9a-f]{64})`).FindStringSubmatch(stderr)
+	if hash == nil {
+		t.Fatalf("the new key's hash is not shown: exit %d\n%s%s", code, out, stderr)
+	}
+	if code == 0 || !strings.Contains(out, "UNAUTHENTICATED") {
+		t.Fatalf("a key whose hash is not on chain: exit %d\n%s", code, out)
+	}
+	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", fi, err)
+	}
+	// The hash goes on chain; the next run with the same key file is admitted.
+	testpki.WriteFile(t, policy, []byte(`{"crunch": "alpha", "coordinator_cert_hashes": ["`+hash[1]+`"]}`))
+	if _, err := az.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	// (The worker may still be starting: retry while the runner says so.)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		code, out, stderr := call("--vault-key", key)
+		if code == 0 && strings.Contains(out, "success") {
+			break
+		}
+		if !strings.Contains(out, "UNAVAILABLE") || time.Now().After(deadline) {
+			t.Fatalf("same key, hash on chain: exit %d\n%s%s", code, out, stderr)
+		}
+	}
+	// Without the key file: a fresh key, refused, and the CLI says why.
+	code, out, stderr = call()
+	if code == 0 || !strings.Contains(out, "UNAUTHENTICATED") || !strings.Contains(stderr, "--vault-key") {
+		t.Fatalf("a run without --vault-key: exit %d\n%s%s", code, out, stderr)
+	}
+	// A file that holds no key is an error, not a new key.
+	bad := filepath.Join(dir, "bad.key")
+	testpki.WriteFile(t, bad, []byte("not a key"))
+	if code, _, stderr := call("--vault-key", bad); code == 0 || !strings.Contains(stderr, "holds no PEM key") {
+		t.Fatalf("a corrupt key file: exit %d\n%s", code, stderr)
+	}
+	if b, _ := os.ReadFile(bad); string(b) != "not a key" {
+		t.Fatal("the corrupt key file was overwritten")
+	}
+}
