@@ -85,6 +85,13 @@ func (o *Options) withDefaults() Options {
 	return r
 }
 
+// CheckInterval is the Consul health check's interval. Consul runs a new
+// check's first probe after a random stagger of up to one interval, so it
+// sets how soon a started model becomes discoverable (half of it on average,
+// the largest stage of authorization → callable) and how soon a dead one
+// leaves; 10,000 models make 2,000 cheap local probes a second cluster-wide.
+const CheckInterval = 5 * time.Second
+
 // Names inside every job.
 const (
 	GroupName = "model"
@@ -248,7 +255,7 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	check := nomadapi.ServiceCheck{
 		Name:     "grpc-health",
 		Type:     "grpc",
-		Interval: 10 * time.Second,
+		Interval: CheckInterval,
 		Timeout:  2 * time.Second,
 	}
 	if !o.Plaintext {

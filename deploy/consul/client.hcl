@@ -1,13 +1,13 @@
 # Consul client agent snippet for Model Nodes (merge into each node's config).
 #
-# Runners serve gRPC over mutual TLS only, so Consul's gRPC health checks must
-# speak TLS too: with enable_agent_tls_for_checks the agent uses its own
-# cert_file/key_file as the client certificate of each check and ca_file /
-# ca_path to verify the runner. The runner's certificate comes from Vault's
-# pki_int (docs/vault.md), so ca_path must hold the Model Nodes root CA next
-# to Consul's own CA, and runners must accept the agent's certificate for the
-# grpc.health.v1 service. Job checks set tls_server_name to the runner's name
-# (model-node-<model_id>.crunchdao.internal) and grpc_use_tls = true.
+# Runners serve the model over mutual TLS only; Consul's gRPC checks reach
+# them on a separate health-only port that serves grpc.health.v1 in plaintext
+# and nothing else (the job's "health" port, docs/driver.md), so the checks
+# need no client certificate. enable_agent_tls_for_checks stays on for jobs
+# that check a TLS port directly (tls_server_name =
+# model-node-<id>.crunchdao.internal, grpc_use_tls = true): the agent then
+# presents its own certificate and verifies the runner against ca_path, which
+# must hold the Model Nodes root CA next to Consul's own.
 
 enable_agent_tls_for_checks = true
 
@@ -45,4 +45,13 @@ acl {
   enabled        = true
   default_policy = "deny"
   down_policy    = "extend-cache"
+}
+
+# Nomad 1.11 opens a Consul client per allocation (to derive its token); each
+# leaves idle connections for 90 s. A node starting ~100 allocations in that
+# time exceeds Consul's default of 200 connections per address and new
+# allocations fail with 429 "too many concurrent connections" (measured in
+# scheduler's BenchmarkAuthorizationToCallable, docs/performance.md).
+limits {
+  http_max_conns_per_client = 1000
 }

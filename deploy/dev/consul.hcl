@@ -15,3 +15,9 @@ acl {
 ui_config {
   enabled = false
 }
+
+# Nomad opens a Consul client per allocation; under churn the default of 200
+# connections per address refuses new allocations (deploy/consul/client.hcl).
+limits {
+  http_max_conns_per_client = 1000
+}

@@ -86,7 +86,7 @@ job "model-node-pdxu2groar3jsn66" {
         name     = "grpc-health"
         type     = "grpc"
         port     = "health"
-        interval = "10s"
+        interval = "5s"
         timeout  = "2s"
       }
     }

@@ -203,7 +203,7 @@ func callableNote(r results) string {
 		out += " The largest stage is Consul's."
 	}
 	if v := r.median(chain, "consul-p50-ms"); v > 1000 {
-		out += " Consul runs a new check's first probe after a random stagger of up to its interval (10 s in jobs.Build):" +
+		out += " Consul runs a new check's first probe after a random stagger of up to its interval (jobs.CheckInterval):" +
 			" about half the interval on average, the floor of the Consul stage."
 	}
 	return out
