@@ -77,8 +77,8 @@ func (d *demo) onboardCoordinator(ctx context.Context, c *cluster) (*coordinator
 	}
 
 	// The coordinator's long-lived key; Vault signs a certificate for it
-	// through the AppRole (what `coordinator --vault-addr` does, with a
-	// fresh key per process: the chain must record this one).
+	// through the AppRole (what `coordinator --vault-addr --vault-key FILE`
+	// does: the chain must record this key's hash).
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -257,10 +257,10 @@ func (d *demo) checkFirstFanOut(models []*model, rows map[string]callRow) error 
 }
 
 // impostor calls with a certificate Vault signs for the same crunch (the
-// same AppRole) but for a fresh key, as `coordinator --vault-addr` does:
-// its hash is not on chain, so every runner must refuse it.
+// same AppRole) but for a fresh key, as `coordinator --vault-addr` without
+// --vault-key does: its hash is not on chain, so every runner must refuse it.
 func (d *demo) impostor(ctx context.Context, co *coordinator, models []*model) error {
-	fmt.Fprintln(d.stdout, "\n    The same coordinator identity from Vault, but a fresh key (what --vault-addr does at each run): its hash is not on chain.")
+	fmt.Fprintln(d.stdout, "\n    The same coordinator identity from Vault, but a fresh key (--vault-addr without --vault-key): its hash is not on chain.")
 	rows, err := d.call(ctx, co, append(append([]string{}, callArgs...), "--vault-addr", co.vaultAddr))
 	if err != nil {
 		return err

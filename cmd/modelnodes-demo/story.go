@@ -373,6 +373,9 @@ func (d *demo) startScheduler(ctx context.Context, c *cluster, chain *devchain.F
 		"--solana-rpc", chain.RPC, "--solana-ws", chain.WS,
 		"--solana-program", rec.Program, "--solana-crunch", rec.Crunch,
 		"--solana-resync", "5s",
+		// Runners keep one key per model in Vault and fetch the CRL.
+		"--runner-vault-addr", c.env["VAULT_ADDR"],
+		"--crl-url", c.env["VAULT_ADDR"] + "/v1/pki_int/crl/pem",
 		"--listen", status}
 	d.command(d.rel(argv[0]) + " \\\n      " + strings.Join(pairs(argv[1:]), " \\\n      "))
 	p, err := startChild(argv, c.environ(), d.path("scheduler", "scheduler.log"), d.path("scheduler", "scheduler.pid"))
