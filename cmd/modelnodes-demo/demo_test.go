@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/modelnodes/modelnodes/internal/leftovers"
 )
 
 // The demo as a new user runs it (make demo), each run on ports and in a
@@ -112,7 +114,7 @@ func newDemoRun(t testing.TB) *demoRun {
 		for _, p := range demoBasePorts {
 			r.ports = append(r.ports, p+r.offset)
 		}
-		if len(listening(r.ports)) == 0 {
+		if len(leftovers.Listening(r.ports)) == 0 {
 			r.args = []string{"--repo", repo, "--bin", bin, "--state", r.state, "--port-offset", strconv.Itoa(r.offset)}
 			return r
 		}
@@ -187,10 +189,10 @@ func (r *demoRun) models() map[string]*model {
 // no process in its state dir, no modelbox cgroup of its allocations.
 func (r *demoRun) assertClean() {
 	r.t.Helper()
-	if busy := listening(r.ports); len(busy) > 0 {
+	if busy := leftovers.Listening(r.ports); len(busy) > 0 {
 		r.t.Errorf("still listening after the demo: %v", busy)
 	}
-	if pids := processesUnder(r.state); len(pids) > 0 {
+	if pids := leftovers.Processes(r.state); len(pids) > 0 {
 		r.t.Errorf("processes left in %s: %v", r.state, pids)
 	}
 	for _, f := range []string{"scheduler/scheduler.pid", "solana/front.pid", "artifacts/artifacts.pid", "demo.pid"} {
@@ -202,7 +204,7 @@ func (r *demoRun) assertClean() {
 	if len(allocs) == 0 {
 		r.t.Error("the demo recorded no allocation: the cgroup check would prove nothing")
 	}
-	if left := modelboxCgroups(allocs); len(left) > 0 {
+	if left := leftovers.ModelboxCgroups(allocs); len(left) > 0 {
 		r.t.Errorf("modelbox cgroups left: %v", left)
 	}
 }
@@ -311,7 +313,7 @@ func TestDemoKeepThenDown(t *testing.T) {
 	if s := r.stdout.String(); !strings.Contains(s, "Stop everything: make demo-down") || !strings.Contains(s, "coordinator/env") {
 		t.Errorf("--keep does not say how to explore and stop:\n%s", s)
 	}
-	if busy := listening(r.ports); len(busy) < 10 {
+	if busy := leftovers.Listening(r.ports); len(busy) < 10 {
 		t.Fatalf("after --keep only ports %v listen; want the cluster, the front, the artifact server and the scheduler", busy)
 	}
 	// The kept cluster serves the coordinator as printed.

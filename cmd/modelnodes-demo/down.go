@@ -15,6 +15,7 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/modelnodes/modelnodes/internal/leftovers"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/jobs"
 )
@@ -101,7 +102,7 @@ func (d *demo) down(ctx context.Context, standalone bool) error {
 		}
 	}
 	allocs = append(append(allocs, allocDirs(d.path("cluster"))...), rememberedAllocs(d.path("allocs"))...)
-	if left := modelboxCgroups(allocs); len(left) > 0 {
+	if left := leftovers.ModelboxCgroups(allocs); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("modelbox cgroups left: %s", strings.Join(left, " ")))
 	}
 
@@ -114,10 +115,10 @@ func (d *demo) down(ctx context.Context, standalone bool) error {
 			}
 		}
 	}
-	if busy := listening(ports); len(busy) > 0 {
+	if busy := leftovers.Listening(ports); len(busy) > 0 {
 		errs = append(errs, fmt.Errorf("still listening on 127.0.0.1 ports %v (ss -ltnp shows by whom)", busy))
 	}
-	if pids := processesUnder(d.o.state); len(pids) > 0 {
+	if pids := leftovers.Processes(d.o.state); len(pids) > 0 {
 		errs = append(errs, fmt.Errorf("processes still running in %s: %v", d.o.state, pids))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -203,19 +204,4 @@ func allocDirs(clusterState string) []string {
 		}
 	}
 	return ids
-}
-
-// modelboxCgroups returns the modelbox driver's cgroups of the given
-// allocations (cgroups v1 under each controller, v2 at the root; named
-// <alloc id>.<task>…) that still exist. deploy/dev/down removes those its
-// agent left; a cgroup still in use stays.
-func modelboxCgroups(allocIDs []string) []string {
-	var left []string
-	for _, id := range allocIDs {
-		for _, pattern := range []string{"/sys/fs/cgroup/*/modelbox/" + id + ".*", "/sys/fs/cgroup/modelbox/" + id + ".*"} {
-			dirs, _ := filepath.Glob(pattern)
-			left = append(left, dirs...)
-		}
-	}
-	return left
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -149,39 +148,4 @@ func waitHTTP(ctx context.Context, url string, timeout time.Duration, alive func
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// listening returns the ports of ports that accept connections on
-// 127.0.0.1.
-func listening(ports []int) []int {
-	var busy []int
-	for _, p := range ports {
-		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), 300*time.Millisecond)
-		if err == nil {
-			c.Close()
-			busy = append(busy, p)
-		}
-	}
-	return busy
-}
-
-// processesUnder returns the pids (other than ours) whose command line or
-// working directory lies under dir.
-func processesUnder(dir string) []int {
-	entries, _ := os.ReadDir("/proc")
-	prefix := strings.TrimSuffix(dir, "/") + "/"
-	self := os.Getpid()
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self || !procfs.Running(pid) {
-			continue
-		}
-		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if strings.HasPrefix(cwd+"/", prefix) || strings.Contains(string(cmdline), prefix) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }

@@ -17,6 +17,8 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/modelnodes/modelnodes/internal/leftovers"
 )
 
 // Options adjust how StartWith configures the agents; the zero value is
@@ -317,7 +319,7 @@ func (a *NomadClientAgent) Kill() ([]int, error) {
 	}
 	var tasks []int
 	for range 10 {
-		pids := append(killCgroupProcesses(allocIDs), killProcessesUnder(a.Dir)...)
+		pids := append(killCgroupProcesses(allocIDs), leftovers.Kill(leftovers.Processes(a.Dir))...)
 		if len(pids) == 0 {
 			break
 		}
@@ -332,10 +334,10 @@ func (a *NomadClientAgent) Kill() ([]int, error) {
 		errs = append(errs, err)
 	}
 	removeNomadCgroups(allocIDs)
-	if left := allocCgroups(allocIDs); len(left) > 0 {
+	if left := leftovers.AllocCgroups(allocIDs); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("cgroups left after the kill: %v", left))
 	}
-	if busy := listening(a.ports); len(busy) > 0 {
+	if busy := leftovers.Listening(a.ports); len(busy) > 0 {
 		errs = append(errs, fmt.Errorf("ports still listening after the kill: %v", busy))
 	}
 	slices.Sort(tasks)
@@ -361,30 +363,11 @@ func (p *process) kill() {
 	<-p.done
 }
 
-// allocCgroups returns the cgroups Nomad and the modelbox driver made for
-// the given allocations (on cgroups v1 and v2).
-func allocCgroups(allocIDs []string) []string {
-	var dirs []string
-	for _, id := range allocIDs {
-		for _, pattern := range []string{
-			"/sys/fs/cgroup/*/modelbox/" + id + ".*",
-			"/sys/fs/cgroup/modelbox/" + id + ".*",
-			"/sys/fs/cgroup/*/nomad/" + id + ".*",
-			"/sys/fs/cgroup/*/nomad/*/" + id + ".*",
-			"/sys/fs/cgroup/nomad.slice/*/" + id + ".*",
-		} {
-			m, _ := filepath.Glob(pattern)
-			dirs = append(dirs, m...)
-		}
-	}
-	return dirs
-}
-
 // killCgroupProcesses kills every process in the allocations' cgroups and
 // returns their pids.
 func killCgroupProcesses(allocIDs []string) []int {
 	var killed []int
-	for _, d := range allocCgroups(allocIDs) {
+	for _, d := range leftovers.AllocCgroups(allocIDs) {
 		_ = filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
 			if err != nil || e.IsDir() || e.Name() != "cgroup.procs" {
 				return nil

@@ -30,6 +30,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modelnodes/modelnodes/internal/leftovers"
 )
 
 // Agent selects agents to start; combine with |.
@@ -273,7 +275,7 @@ func (c *Cluster) Stop() error {
 	}
 	c.procs = nil
 	if c.agents&Nomad != 0 && c.Dir != "" {
-		if pids := killProcessesUnder(filepath.Join(c.Dir, "nomad")); len(pids) > 0 {
+		if pids := leftovers.Kill(leftovers.Processes(filepath.Join(c.Dir, "nomad"))); len(pids) > 0 {
 			errs = append(errs, fmt.Errorf("killed task processes Nomad left running: %v", pids))
 		}
 		if err := unmountUnder(c.Dir); err != nil {
@@ -281,7 +283,7 @@ func (c *Cluster) Stop() error {
 		}
 		removeNomadCgroups(allocIDs)
 	}
-	if busy := listening(c.ports); len(busy) > 0 {
+	if busy := leftovers.Listening(c.ports); len(busy) > 0 {
 		errs = append(errs, fmt.Errorf("ports still listening after stop: %v", busy))
 	}
 	c.ports = nil

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/modelnodes/modelnodes/internal/leftovers"
 )
 
 // devPorts are the ports deploy/dev/up uses before DEV_PORT_OFFSET.
@@ -43,7 +45,7 @@ func devEnv(t *testing.T) (env []string, state string, ports []int) {
 		for _, p := range devPorts {
 			ports = append(ports, p+off)
 		}
-		if len(listening(ports)) == 0 {
+		if len(leftovers.Listening(ports)) == 0 {
 			state = filepath.Join(t.TempDir(), "dev")
 			base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 			env = append(append(base, env...), "MODELNODES_STATE="+state, "DEV_PORT_OFFSET="+strconv.Itoa(off))
@@ -101,10 +103,10 @@ func TestDevUpDown(t *testing.T) {
 	if _, stderr, err := runDev(t, env, "down"); err != nil {
 		t.Fatalf("deploy/dev/down: %v\n%s", err, stderr)
 	}
-	if busy := listening(ports); len(busy) > 0 {
+	if busy := leftovers.Listening(ports); len(busy) > 0 {
 		t.Errorf("ports still listening after down: %v", busy)
 	}
-	if pids := killProcessesUnder(state); len(pids) > 0 {
+	if pids := leftovers.Kill(leftovers.Processes(state)); len(pids) > 0 {
 		t.Errorf("processes left running in the state dir after down: %v", pids)
 	}
 }
@@ -127,10 +129,10 @@ func TestDevUpFailedAgent(t *testing.T) {
 			t.Errorf("up's output lacks %q:\n%s", want, stderr)
 		}
 	}
-	if busy := listening(ports); len(busy) > 0 {
+	if busy := leftovers.Listening(ports); len(busy) > 0 {
 		t.Errorf("ports still listening after the failed up: %v", busy)
 	}
-	if pids := killProcessesUnder(state); len(pids) > 0 {
+	if pids := leftovers.Kill(leftovers.Processes(state)); len(pids) > 0 {
 		t.Errorf("processes left running after the failed up: %v", pids)
 	}
 }

@@ -2,7 +2,6 @@ package testcluster
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/modelnodes/modelnodes/internal/leftovers"
 )
 
 // process is one agent running as a child of the test binary, in its own
@@ -132,48 +133,6 @@ func freePortPair() (int, error) {
 	return 0, errors.New("no free pair of adjacent loopback ports")
 }
 
-// listening returns the ports among ports that something still listens on.
-func listening(ports []int) []int {
-	var busy []int
-	for _, p := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err != nil {
-			busy = append(busy, p)
-			continue
-		}
-		l.Close()
-	}
-	return busy
-}
-
-// killProcessesUnder kills every process whose working directory or command
-// line lies under dir: task processes run in their own process groups and
-// survive their agent when it is killed rather than stopped. It returns the
-// pids it killed.
-func killProcessesUnder(dir string) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	prefix := strings.TrimSuffix(dir, "/") + "/"
-	self := os.Getpid()
-	var killed []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if strings.HasPrefix(cwd+"/", prefix) || bytes.Contains(cmdline, []byte(prefix)) {
-			if syscall.Kill(pid, syscall.SIGKILL) == nil {
-				killed = append(killed, pid)
-			}
-		}
-	}
-	return killed
-}
-
 // unmountUnder lazily unmounts every mount point under dir, deepest first
 // (Nomad mounts a tmpfs on each task's secrets dir when running as root).
 func unmountUnder(dir string) error {
@@ -207,7 +166,7 @@ func unmountUnder(dir string) error {
 func removeNomadCgroups(allocIDs []string) {
 	// Each alloc's groups, including the modelbox driver's, when a test's
 	// agent went away before it could destroy its tasks.
-	for _, d := range allocCgroups(allocIDs) {
+	for _, d := range leftovers.AllocCgroups(allocIDs) {
 		rmdirTree(d)
 	}
 	if otherNomadRunning() {

@@ -19,6 +19,8 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/modelnodes/modelnodes/internal/leftovers"
 )
 
 func TestMain(m *testing.M) { os.Exit(Main(m)) }
@@ -325,7 +327,7 @@ func TestStartReportsFailedAgent(t *testing.T) {
 			t.Errorf("error does not say %q:\n%v", want, err)
 		}
 	}
-	if pids := killProcessesUnder(dir); len(pids) > 0 {
+	if pids := leftovers.Kill(leftovers.Processes(dir)); len(pids) > 0 {
 		t.Errorf("Consul was left running after Vault failed: pids %v", pids)
 	}
 }
