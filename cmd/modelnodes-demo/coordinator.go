@@ -104,7 +104,7 @@ func (d *demo) onboardCoordinator(ctx context.Context, c *cluster) (*coordinator
 	}
 	root, err := vc.Logical().ReadRawWithContext(ctx, "pki/ca/pem")
 	if err != nil {
-		return nil, fmt.Errorf("Vault root CA: %w", err)
+		return nil, fmt.Errorf("reading the Vault root CA: %w", err)
 	}
 	rootPEM, err := io.ReadAll(root.Body)
 	root.Body.Close()
