@@ -5,6 +5,14 @@
 server {
   enabled          = true
   bootstrap_expect = 3
+
+  # Spread models over the clients instead of bin-packing them: losing a
+  # machine then takes ~1 % of 10,000 models, not as many as fit on it
+  # (docs/scaling.md). Read at the cluster's bootstrap only; on a running
+  # cluster: nomad operator scheduler set-config -scheduler-algorithm=spread
+  default_scheduler_config {
+    scheduler_algorithm = "spread"
+  }
 }
 
 acl {
