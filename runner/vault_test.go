@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -38,7 +36,10 @@ func TestVaultCoordinatorsAndRevocation(t *testing.T) {
 	dir := t.TempDir()
 
 	// Callers chain to Vault's intermediate, which also signs the CRL.
-	chain := getURL(t, ctx, cl.Vault.Addr+"/v1/pki_int/ca_chain")
+	chain, err := cl.Vault.CAChainPEM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	caFile := filepath.Join(dir, "ca-chain.pem")
 	if err := os.WriteFile(caFile, chain, 0o600); err != nil {
 		t.Fatal(err)
@@ -95,20 +96,6 @@ func dialAs(serverCA *testpki.CA, c *tls.Certificate) grpc.DialOption {
 	pool := x509.NewCertPool()
 	pool.AddCert(serverCA.Cert)
 	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{*c}}))
-}
-
-func getURL(t *testing.T, ctx context.Context, url string) []byte {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
-	}
-	return b
 }
 
 func mustCoordinator(t *testing.T, ctx context.Context, c *testcluster.Cluster, crunch string) *tls.Certificate {

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -37,13 +35,10 @@ func TestVaultKeyFileKeepsTheOnChainHash(t *testing.T) {
 	}
 	// The runner: coordinators chain to Vault's intermediate; who may call
 	// is a policy file, as a job's on-chain hashes would be.
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cl.Vault.Addr+"/v1/pki_int/ca_chain", nil)
-	resp, err := http.DefaultClient.Do(req)
+	chain, err := cl.Vault.CAChainPEM(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	clientCA := filepath.Join(dir, "coordinators-ca.pem")
 	testpki.WriteFile(t, clientCA, chain)
 	policy := filepath.Join(dir, "authz.json")

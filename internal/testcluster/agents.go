@@ -253,18 +253,29 @@ func (c *Cluster) RunScriptEnv(ctx context.Context, env []string, rel string, ar
 // CACertPEM returns the root CA of the model-call PKI (pki), the trust
 // anchor coordinators and runners verify each other against.
 func (v *VaultAgent) CACertPEM(ctx context.Context) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.Addr+"/v1/pki/ca/pem", nil)
+	return v.getPEM(ctx, "pki/ca/pem", "root CA")
+}
+
+// CAChainPEM returns the model-call intermediate and the root (Vault's
+// unauthenticated /v1/pki_int/ca_chain): what coordinators' certificates
+// chain to, and the intermediate that signs the revocation list.
+func (v *VaultAgent) CAChainPEM(ctx context.Context) ([]byte, error) {
+	return v.getPEM(ctx, "pki_int/ca_chain", "CA chain")
+}
+
+func (v *VaultAgent) getPEM(ctx context.Context, path, what string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.Addr+"/v1/"+path, nil)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("read root CA: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil || resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("read root CA: status %d: %s", resp.StatusCode, b)
+		return nil, fmt.Errorf("read %s: status %d: %s", what, resp.StatusCode, b)
 	}
 	return b, nil
 }
