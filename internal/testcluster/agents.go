@@ -50,6 +50,9 @@ type NomadAgent struct {
 	Client *nomadapi.Client
 	// DataDir is the agent's data dir; allocations live in DataDir/alloc.
 	DataDir string
+	// Token is the bootstrap (management) token when the cluster runs with
+	// Options.NomadACL; Client uses it. Empty otherwise.
+	Token string
 }
 
 func randomToken() string {
@@ -169,6 +172,10 @@ func (c *Cluster) startNomad(ctx context.Context, bin string) error {
 	dataDir := filepath.Join(dir, "data")
 	local := filepath.Join(dir, "local.hcl")
 	pluginDir, plugin := c.modelboxPlugin()
+	acl := ""
+	if c.opts.NomadACL {
+		acl = "acl {\n  enabled = true\n}\n"
+	}
 	if err := writeConfig(local, fmt.Sprintf(`data_dir   = %q
 bind_addr  = "127.0.0.1"
 plugin_dir = %q
@@ -185,8 +192,8 @@ consul {
 vault {
   address = %q
 }
-%s%s`, dataDir, pluginDir, ports[0], ports[1], ports[2],
-		c.Consul.Addr, c.Consul.GRPCAddr, c.Consul.Token, c.Vault.Addr, plugin, c.opts.nomadServerHCL())); err != nil {
+%s%s%s`, dataDir, pluginDir, ports[0], ports[1], ports[2],
+		c.Consul.Addr, c.Consul.GRPCAddr, c.Consul.Token, c.Vault.Addr, plugin, c.opts.nomadServerHCL(), acl)); err != nil {
 		return err
 	}
 	addr := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
@@ -198,6 +205,15 @@ vault {
 	args := []string{"agent", "-dev",
 		"-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
 	return c.launch(ctx, "nomad", bin, args, func(context.Context) bool {
+		if c.opts.NomadACL && c.Nomad.Token == "" {
+			// Once the server has a leader: the one bootstrap it allows.
+			tok, _, err := client.ACLTokens().Bootstrap(nil)
+			if err != nil {
+				return false
+			}
+			c.Nomad.Token = tok.SecretID
+			client.SetSecretID(tok.SecretID)
+		}
 		return nomadNodeReady(client)
 	})
 }

@@ -33,6 +33,10 @@ type Options struct {
 	// within seconds; a client that stalls longer than the grace is taken
 	// for dead.
 	MinHeartbeatTTL, HeartbeatGrace time.Duration
+	// NomadACL enables Nomad's ACL system; the cluster bootstraps it and
+	// keeps the management token in Nomad.Token (Nomad.Client and the
+	// scripts' NOMAD_TOKEN use it).
+	NomadACL bool
 }
 
 // nomadServerHCL is the server block carrying the options, if any.

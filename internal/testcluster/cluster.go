@@ -220,6 +220,9 @@ func (c *Cluster) Env() []string {
 	}
 	if c.Nomad != nil {
 		env = append(env, "NOMAD_ADDR="+c.Nomad.Addr, "NOMAD_BIN="+c.Nomad.Bin)
+		if c.Nomad.Token != "" {
+			env = append(env, "NOMAD_TOKEN="+c.Nomad.Token)
+		}
 	}
 	return env
 }
