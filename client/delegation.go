@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
+	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/delegation"
 )
 
@@ -53,4 +54,14 @@ func delegationInterceptor(md discovery.Model, check DelegationCheck) grpc.Unary
 		}
 		return nil
 	}
+}
+
+// DelegationFromMeta checks every model against what its discovery metadata
+// announces: the cruncher's wallet (consul.MetaCruncher), the model id
+// (consul.MetaModel) and the hotkey (consul.MetaHotkey), which the
+// scheduler's jobs put on their Consul service from the chain or the feed.
+// A model announcing no wallet fails the check: with this on, every answer
+// must come from a runner the cruncher vouched for.
+func DelegationFromMeta(m discovery.Model) (wallet, modelID, hotkey string, ok bool) {
+	return m.Meta[consul.MetaCruncher], m.Meta[consul.MetaModel], m.Meta[consul.MetaHotkey], true
 }

@@ -8,8 +8,8 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 )
 
-// Job meta keys. The first four are those client/discovery/consul reads on
-// the Consul service as well.
+// Job meta keys. The first four and MetaHotkey are those
+// client/discovery/consul reads on the Consul service as well.
 const (
 	MetaModelID  = "model_id" // ShortID: names the job and the certificate
 	MetaModel    = "model"    // full model id
@@ -267,6 +267,8 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		Name:      ServiceName(m.Crunch),
 		Provider:  "consul", // Nomad's own provider cannot run gRPC checks
 		PortLabel: PortLabel,
+		// What coordinators check a runner's wallet delegation against
+		// (client.DelegationFromMeta) travels with the service.
 		Meta: map[string]string{
 			MetaModelID:  ShortID(m),
 			MetaModel:    m.ModelID,
@@ -275,6 +277,9 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		},
 		Checks: []nomadapi.ServiceCheck{check},
 	}}
+	if m.Hotkey != "" {
+		tg.Services[0].Meta[MetaHotkey] = m.Hotkey
+	}
 	// A crashing model restarts in place a few times, then Nomad reschedules
 	// it with exponential delays; the scheduler's crash-loop backoff sits on
 	// top (docs/scheduler.md).

@@ -38,6 +38,7 @@ type common struct {
 	vaultRoleID, vaultSecretID             string
 	vaultMount, vaultRole                  string
 	vaultKey                               string
+	verifyDelegation                       bool
 	connectTimeout                         time.Duration
 	logLevel                               string
 }
@@ -61,6 +62,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.vaultKey, "vault-key", "", "with --vault-addr: the coordinator's private key (PEM), created when missing; keep it: its public key hash is what the chain records (without it every run makes a new key, which runners checking on-chain hashes refuse)")
 	fs.StringVar(&c.vaultMount, "vault-pki-mount", "pki_int", "Vault PKI mount that signs coordinator certificates")
 	fs.StringVar(&c.vaultRole, "vault-pki-role", "coordinator", "Vault PKI role")
+	fs.BoolVar(&c.verifyDelegation, "verify-delegation", false, "accept a model's answers only with the cruncher's wallet delegation for the runner's TLS key, checked against the wallet, model id and hotkey in its Consul metadata (CrunchDAO's secure mode)")
 	fs.DurationVar(&c.connectTimeout, "connect-timeout", 10*time.Second, "how long to wait for the first membership")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level (trace, debug, info, warn, error)")
 }
@@ -101,6 +103,12 @@ func (c *common) open(ctx context.Context, stderr io.Writer) (*client.Client, fu
 	cfg := client.Config{Source: src, Plaintext: c.plaintext, Logger: log}
 	if mat != nil {
 		cfg.TLS = mat
+	}
+	if c.verifyDelegation {
+		if c.plaintext {
+			return nil, nil, usageError{errors.New("--verify-delegation checks the runner's TLS key: it cannot work with --plaintext")}
+		}
+		cfg.Delegation = client.DelegationFromMeta
 	}
 	cl, err := client.New(cfg)
 	if err != nil {

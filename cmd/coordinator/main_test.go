@@ -57,7 +57,11 @@ func (model) Call(method string, args gomodel.Args) (*commonspb.Variant, error) 
 }
 
 // startRunner serves the test model in plaintext and returns its address.
-func startRunner(t *testing.T) string {
+func startRunner(t *testing.T) string { return startRunnerWith(t, runner.Config{}) }
+
+// startRunnerWith serves the test model with cfg (TLS, authorization,
+// delegation...) and returns its address.
+func startRunnerWith(t *testing.T, cfg runner.Config) string {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -67,10 +71,9 @@ func startRunner(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := runner.New(runner.Config{
-		Logger: hclog.NewNullLogger(),
-		Worker: worker.Config{Command: []string{exe}, Env: []string{modelEnv + "=1"}},
-	})
+	cfg.Logger = hclog.NewNullLogger()
+	cfg.Worker = worker.Config{Command: []string{exe}, Env: []string{modelEnv + "=1"}}
+	srv := runner.New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ctx, lis, time.Second) }()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,14 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testpki"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/authz"
-	"github.com/modelnodes/modelnodes/runner/worker"
 )
 
 // A coordinator with a Vault certificate is admitted by runners that check
@@ -55,21 +51,11 @@ func TestVaultKeyFileKeepsTheOnChainHash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exe, _ := os.Executable()
-	srv := runner.New(runner.Config{TLS: tlsr, Authorizer: az, Logger: hclog.NewNullLogger(),
-		Worker: worker.Config{Command: []string{exe}, Env: []string{modelEnv + "=1"}}})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(sctx, lis, time.Second) }()
-	t.Cleanup(func() { stop(); <-done })
+	addr := startRunnerWith(t, runner.Config{TLS: tlsr, Authorizer: az})
 
 	key := filepath.Join(dir, "coordinator.key")
 	call := func(extra ...string) (int, string, string) {
-		args := append([]string{"call", "echo", "--crunch", "alpha", "--models", "a=" + lis.Addr().String(),
+		args := append([]string{"call", "echo", "--crunch", "alpha", "--models", "a=" + addr,
 			"--vault-addr", cl.Vault.Addr, "--vault-role-id", role.RoleID, "--vault-secret-id", role.SecretID,
 			"--tls-ca", runnerCA.WriteCA(t, dir, "runner-ca.pem"), "--setup", "m.Base", "--args", "[1]", "--timeout", "10s"}, extra...)
 		return runCLI(t, args...)

@@ -25,7 +25,8 @@ const (
 	MetaModelID  = "model_id" // short lowercase id: names the job and the certificate
 	MetaModel    = "model"    // full on-chain model id
 	MetaCrunch   = "crunch"   // full on-chain crunch id
-	MetaCruncher = "cruncher" // the cruncher's wallet
+	MetaCruncher = "cruncher" // the cruncher's wallet (base58)
+	MetaHotkey   = "hotkey"   // the cruncher's hotkey for the model
 )
 
 // ServiceName returns the Consul service of a crunch's models.
