@@ -22,7 +22,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
+	"github.com/modelnodes/modelnodes/client"
+	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/client/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/delegation"
+	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
@@ -40,7 +44,13 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	c := startModelboxCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	alpha := mustCoordinator(t, ctx, c, "alpha")
+	alphaIssuer, err := c.CoordinatorIssuer(ctx, "alpha")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alpha := alphaIssuer.Certificate()
+	// The cruncher's wallet, which the chain records with the model.
+	pub, wallet, _ := ed25519.GenerateKey(rand.Reader)
 	root, err := c.Vault.CACertPEM(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +69,7 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	// the intermediate's revocation list, as the scheduler's --crl-url has
 	// them do.
 	opts := &jobs.Options{RunnerVaultAddr: c.Vault.Addr, CertTTL: "40s", CRLURL: c.Vault.Addr + "/v1/pki_int/crl/pem"}
-	m := &jobs.Model{Crunch: "alpha", ModelID: "stable-key-model", Hotkey: "hk-1", ModelDir: modelDir,
+	m := &jobs.Model{Crunch: "alpha", ModelID: "stable-key-model", Cruncher: base58.Encode(pub), Hotkey: "hk-1", ModelDir: modelDir,
 		Runtime: "python", Hardware: jobs.CPU, CPU: 200, MemoryMB: 256, CertHash: authz.SPKIHash(alpha.Leaf)}
 	job, err := jobs.Build(m, opts)
 	if err != nil {
@@ -127,7 +137,12 @@ func TestE2EStableRunnerKey(t *testing.T) {
 
 	// The cruncher signs for the key (as `model-runner delegation sign
 	// --cert-pub` does) and the operator writes the job's variable.
-	pub, wallet, _ := ed25519.GenerateKey(rand.Reader)
+	// The coordinator's client, discovering the model in Consul and checking
+	// delegations against its service metadata, refuses it while there is
+	// no delegation.
+	if r := verifiedCall(t, ctx, c, alphaIssuer); r.Status != client.Unauthenticated {
+		t.Fatalf("a runner without a delegation: %s %q, want Unauthenticated", r.Status, r.Message)
+	}
 	proof, err := delegation.Sign(wallet, delegation.Message{CertPub: delegation.CertPub(spki), ModelID: m.ModelID,
 		Hotkey: m.Hotkey, ExpiresAt: time.Now().Add(time.Hour).Unix()})
 	if err != nil {
@@ -140,6 +155,9 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	}
 	expect := delegation.Expect{Wallet: base58.Encode(pub), ModelID: m.ModelID, Hotkey: m.Hotkey}
 	waitDelegation(t, portAddr(alloc, "grpc"), name, roots, alpha, expect)
+	if r := verifiedCall(t, ctx, c, alphaIssuer); r.Status != client.Success {
+		t.Fatalf("with the delegation: %s %q, want success", r.Status, r.Message)
+	}
 
 	// A new allocation (on a real cluster: another node) keeps the key, and
 	// with it the delegation.
@@ -205,6 +223,34 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	if err != nil || again.Data[vaultkey.FieldCertPub] != delegation.CertPub(spki) || again.VersionMetadata.Version != 1 {
 		t.Fatalf("runner-keys/%s changed: %v", jobID, err)
 	}
+}
+
+// verifiedCall is one call from the coordinator's client library as a
+// coordinator runs it: Consul discovery of crunch alpha, the Vault-issued
+// certificate, and the wallet delegation checked against the model's Consul
+// metadata (client.DelegationFromMeta); the call is a Setup.
+func verifiedCall(t *testing.T, ctx context.Context, c *testcluster.Cluster, iss *vaultpki.Issuer) client.Result {
+	t.Helper()
+	cl, err := client.New(client.Config{
+		Source:     &consul.Source{Client: c.Consul.Client, Service: jobs.ServiceName("alpha")},
+		TLS:        iss,
+		Delegation: client.DelegationFromMeta,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = cl.Run(cctx) }()
+	defer func() { cancel(); <-done }()
+	if err := cl.WaitMembership(cctx); err != nil {
+		t.Fatal(err)
+	}
+	res := cl.Setup(cctx, "base.Base", client.Request{Timeout: 10 * time.Second})
+	if len(res) != 1 {
+		t.Fatalf("the client called %d models, want 1: %+v", len(res), res)
+	}
+	return res[0]
 }
 
 // handshake returns the runner's certificate after verifying it names name.
