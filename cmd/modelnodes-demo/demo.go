@@ -49,6 +49,9 @@ type demo struct {
 	interrupted atomic.Bool
 
 	cluster *cluster // once step 1 is done
+	// crunchers holds the wallets planted as each model's cruncher and
+	// hotkey, by model id (step 5), for the delegation of step 9.
+	crunchers map[string]cruncherKeys
 }
 
 func newDemo(o options, stdout, stderr io.Writer) (*demo, error) {

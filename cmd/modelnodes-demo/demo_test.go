@@ -232,9 +232,9 @@ func TestDemo(t *testing.T) {
 	}
 	t.Logf("the demo took %s end to end (teardown included)", r.elapsed.Round(100*time.Millisecond))
 	stdout, stderr := r.stdout.String(), r.stderr.String()
-	for i := 1; i <= 11; i++ {
-		if !strings.Contains(stderr, fmt.Sprintf("step %d/11: ", i)) {
-			t.Errorf("progress lacks step %d/11", i)
+	for i := 1; i <= 12; i++ {
+		if !strings.Contains(stderr, fmt.Sprintf("step %d/12: ", i)) {
+			t.Errorf("progress lacks step %d/12", i)
 		}
 	}
 	if !regexp.MustCompile(`(?m)^\[demo +[0-9.]+s\] done: the demo ran end to end and left nothing running`).MatchString(stderr) {
@@ -243,8 +243,8 @@ func TestDemo(t *testing.T) {
 	m := r.models()
 	py, goM, broken := m["py-tracker"], m["go-echo"], m["py-broken"]
 	tables := callTables(stdout)
-	if len(tables) != 3 {
-		t.Fatalf("want 3 `coordinator call` runs (fan-out, impostor, after revocation), got %d:\n%s", len(tables), stdout)
+	if len(tables) != 4 {
+		t.Fatalf("want 4 `coordinator call` runs (fan-out, impostor, with delegations checked, after revocation), got %d:\n%s", len(tables), stdout)
 	}
 	row := func(table, id string) []string {
 		table, _, _ = strings.Cut(table, " succeeded\n") // the table ends with "N/M succeeded"
@@ -270,14 +270,25 @@ func TestDemo(t *testing.T) {
 			t.Errorf("impostor call: %s row %q, want unauthenticated", x.ID, f)
 		}
 	}
-	// 3. Revoked: the job is stopped and the model is gone from the fan-out.
+	// 3. The cruncher vouched for py-tracker's runner only: with delegations
+	// checked, py-tracker is believed and go-echo refused.
+	if f := row(tables[2], py.ShortID); len(f) < 6 || f[1] != "success" || f[5] != "42" {
+		t.Errorf("--verify-delegation: py-tracker row %q, want success 42", f)
+	}
+	if f := row(tables[2], goM.ShortID); len(f) < 3 || f[1] != "unauthenticated" {
+		t.Errorf("--verify-delegation: go-echo (no delegation) row %q, want unauthenticated", f)
+	}
+	if !strings.Contains(stdout, "delegation key --runner-addr") || !strings.Contains(stdout, "nomad var put nomad/jobs/"+py.JobID) {
+		t.Errorf("the output does not show how the delegation was made and installed")
+	}
+	// 4. Revoked: the job is stopped and the model is gone from the fan-out.
 	if !strings.Contains(stdout, "$ nomad job status "+goM.JobID) || !regexp.MustCompile(`Status += dead \(stopped\)`).MatchString(stdout) {
 		t.Errorf("the output does not show the revoked model's job stopped")
 	}
-	if f := row(tables[2], goM.ShortID); f != nil {
+	if f := row(tables[3], goM.ShortID); f != nil {
 		t.Errorf("after revocation go-echo is still called: %q", f)
 	}
-	if f := row(tables[2], py.ShortID); len(f) < 2 || f[1] != "success" {
+	if f := row(tables[3], py.ShortID); len(f) < 2 || f[1] != "success" {
 		t.Errorf("after revocation py-tracker row %q, want success", f)
 	}
 	r.assertClean()
@@ -289,7 +300,7 @@ func TestDemoInterrupted(t *testing.T) {
 	r := newDemoRun(t)
 	r.start("run")
 	// Once a model runs: its allocation must be stopped too.
-	if !r.stderr.waitFor(regexp.MustCompile(`step 7/11(.|\n)*py-tracker +(running|callable)`), 3*time.Minute) {
+	if !r.stderr.waitFor(regexp.MustCompile(`step 7/12(.|\n)*py-tracker +(running|callable)`), 3*time.Minute) {
 		t.Fatalf("the demo never got a model running:\n%s", r.stderr.String())
 	}
 	_ = r.cmd.Process.Signal(os.Interrupt)
@@ -419,8 +430,8 @@ func BenchmarkDemo(b *testing.B) {
 		total += r.elapsed.Seconds()
 		cluster += at[2] - at[1]
 		callable += at[8] - at[6]
-		revoke += at[10] - at[9]
-		teardown += at[0] - at[11]
+		revoke += at[11] - at[10]
+		teardown += at[0] - at[12]
 	}
 	n := float64(b.N)
 	b.ReportMetric(total/n, "demo_s")
@@ -435,7 +446,7 @@ func BenchmarkDemo(b *testing.B) {
 // 0 → the final "done" line.
 func stepTimes(tb testing.TB, stderr string) map[int]float64 {
 	at := map[int]float64{}
-	re := regexp.MustCompile(`(?m)^\[demo +([0-9.]+)s\] (?:step ([0-9]+)/11|done: )`)
+	re := regexp.MustCompile(`(?m)^\[demo +([0-9.]+)s\] (?:step ([0-9]+)/12|done: )`)
 	for _, m := range re.FindAllStringSubmatch(stderr, -1) {
 		sec, _ := strconv.ParseFloat(m[1], 64)
 		n := 0
@@ -444,8 +455,8 @@ func stepTimes(tb testing.TB, stderr string) map[int]float64 {
 		}
 		at[n] = sec
 	}
-	if len(at) != 12 {
-		tb.Fatalf("progress lines: found %d of 12 timestamps:\n%s", len(at), stderr)
+	if len(at) != 13 {
+		tb.Fatalf("progress lines: found %d of 13 timestamps:\n%s", len(at), stderr)
 	}
 	return at
 }

@@ -33,7 +33,7 @@ Usage:
   modelnodes-demo down [flags]    stop what a demo left running (a --keep run, a killed run,
                                   or a run in another shell)
 
-Progress goes to stderr ("[demo 12.3s] step 4/11: …"), the commands it runs and their
+Progress goes to stderr ("[demo 12.3s] step 4/12: …"), the commands it runs and their
 output to stdout. Ctrl-C tears everything down. Everything lives in --state: the dev
 cluster (cluster/), each process's log and pid file, the coordinator's credentials.
 The dev cluster runs on deploy/dev/up's ports shifted by --port-offset (default 1000, so

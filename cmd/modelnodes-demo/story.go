@@ -51,9 +51,9 @@ type record struct {
 var needBinaries = []string{"scheduler", "coordinator", "model-runner", "nomad-driver-modelbox", "example-model"}
 
 func (d *demo) runStory(ctx context.Context) int {
-	d.steps = 10
+	d.steps = 11
 	if !d.o.keep {
-		d.steps = 11
+		d.steps = 12
 	}
 	d.progress("Model Nodes demo: state in %s, dev cluster ports shifted by %d", d.o.state, d.o.offset)
 	if err := d.prepare(ctx); err != nil {
@@ -241,14 +241,25 @@ func (d *demo) story(ctx context.Context, rec *record) error {
 		return err
 	}
 
-	// 9. Revocation.
+	// 9. The cruncher's wallet delegation (CrunchDAO's secure mode).
+	vouched := modelNamed(models, "py-tracker")
+	d.begin("the cruncher vouches for "+vouched.ID+"'s runner (a wallet delegation over its TLS key; the coordinator checks it)", d.path("scheduler", "scheduler.log"))
+	results, err = d.vouch(ctx, c, coord, vouched, d.crunchers[vouched.ID])
+	if err != nil {
+		return err
+	}
+	if err := d.checkVouched(models, vouched, results); err != nil {
+		return err
+	}
+
+	// 10. Revocation.
 	revoked := modelNamed(models, "go-echo")
 	d.begin("revoking "+revoked.ID+"'s authorization (closing its account on chain)", d.path("scheduler", "scheduler.log"))
 	if err := d.revoke(ctx, c, chain, revoked); err != nil {
 		return err
 	}
 
-	// 10. Fan-out again.
+	// 11. Fan-out again.
 	d.begin("fanning out again: the revoked model is gone", d.path("scheduler", "scheduler.log"))
 	results, err = d.fanOut(ctx, coord, false)
 	if err != nil {
@@ -346,9 +357,13 @@ func (d *demo) plant(ctx context.Context, chain *devchain.Front, coord *coordina
 			a.Runtime = onchain.RuntimeExecutable
 		}
 		copy(a.Crunch[:], crunch[:])
-		cruncher, hotkey := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
-		copy(a.Cruncher[:], cruncher[:])
+		cruncher, hotkey := solana.NewWallet(), solana.NewWallet().PublicKey()
+		copy(a.Cruncher[:], cruncher.PublicKey().Bytes())
 		copy(a.Hotkey[:], hotkey[:])
+		if d.crunchers == nil {
+			d.crunchers = map[string]cruncherKeys{}
+		}
+		d.crunchers[m.ID] = cruncherKeys{wallet: cruncher.PrivateKey, hotkey: hotkey.String()}
 		if _, err := chain.SetAccount(ctx, auth, program, a.Encode()); err != nil {
 			return err
 		}
