@@ -57,7 +57,7 @@ func (d *demo) vouch(ctx context.Context, c *cluster, co *coordinator, m *model,
 		}
 	}
 	if addr == "" {
-		return nil, fmt.Errorf("Consul does not list %s", m.ID)
+		return nil, fmt.Errorf("%s is not listed in Consul", m.ID)
 	}
 	runnerBin := filepath.Join(d.bin, "model-runner")
 	argv := []string{runnerBin, "delegation", "key", "--runner-addr", addr,
