@@ -237,6 +237,9 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 				DestPath:     new(DelegationFile),
 				ChangeMode:   new("signal"),
 				ChangeSignal: new("SIGHUP"),
+				// A new delegation reaches the runner within a second or
+				// two, not after Nomad's default 5 s template quiescence.
+				Wait: &nomadapi.WaitConfig{Min: new(time.Second), Max: new(5 * time.Second)},
 			}}
 		} else {
 			task.Templates = []*nomadapi.Template{{
