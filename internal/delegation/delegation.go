@@ -218,6 +218,12 @@ func Load(path string) (*Proof, error) {
 	if err != nil {
 		return nil, err
 	}
+	return decodeFile(b, path)
+}
+
+// decodeFile reads the file format (from path, for errors) and checks the
+// proof's own signature.
+func decodeFile(b []byte, path string) (*Proof, error) {
 	var f File
 	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, path, err)
@@ -296,11 +302,13 @@ func (r *Reloader) Reload() (bool, error) {
 	if st == r.stamp {
 		return false, nil
 	}
-	var p *Proof
-	if b, err := os.ReadFile(r.path); err != nil {
+	b, err := os.ReadFile(r.path)
+	if err != nil {
 		return false, err
-	} else if len(bytes.TrimSpace(b)) > 0 {
-		if p, err = Load(r.path); err != nil {
+	}
+	var p *Proof
+	if len(bytes.TrimSpace(b)) > 0 {
+		if p, err = decodeFile(b, r.path); err != nil {
 			return false, err
 		}
 	}
