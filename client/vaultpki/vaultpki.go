@@ -390,11 +390,21 @@ func KeyFile(path string) (key crypto.Signer, created bool, err error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("vaultpki: %w", err)
 	}
-	block, _ := pem.Decode(b)
+	signer, err := ParseKey(b)
+	if err != nil {
+		return nil, false, fmt.Errorf("vaultpki: %s: %w", path, err)
+	}
+	return signer, false, nil
+}
+
+// ParseKey reads a PEM private key (PKCS #8, SEC 1 EC or PKCS #1 RSA).
+func ParseKey(pemData []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(pemData)
 	if block == nil {
-		return nil, false, fmt.Errorf("vaultpki: %s holds no PEM key", path)
+		return nil, errors.New("holds no PEM key")
 	}
 	var parsed any
+	var err error
 	switch block.Type {
 	case "PRIVATE KEY":
 		parsed, err = x509.ParsePKCS8PrivateKey(block.Bytes)
@@ -403,14 +413,14 @@ func KeyFile(path string) (key crypto.Signer, created bool, err error) {
 	case "RSA PRIVATE KEY":
 		parsed, err = x509.ParsePKCS1PrivateKey(block.Bytes)
 	default:
-		return nil, false, fmt.Errorf("vaultpki: %s holds a %q block, not a private key", path, block.Type)
+		return nil, fmt.Errorf("holds a %q block, not a private key", block.Type)
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("vaultpki: %s: %w", path, err)
+		return nil, err
 	}
 	signer, ok := parsed.(crypto.Signer)
 	if !ok {
-		return nil, false, fmt.Errorf("vaultpki: %s: %T cannot sign", path, parsed)
+		return nil, fmt.Errorf("%T cannot sign", parsed)
 	}
-	return signer, false, nil
+	return signer, nil
 }

@@ -26,6 +26,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/modelnodes/modelnodes/client/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/delegation"
 )
 
@@ -99,17 +100,9 @@ func load(ctx context.Context, kv *vaultapi.KVv2, ref Ref) (crypto.Signer, error
 		return nil, fmt.Errorf("vaultkey: reading %s: %w", ref, err)
 	}
 	text, _ := s.Data[FieldPrivateKey].(string)
-	b, _ := pem.Decode([]byte(text))
-	if b == nil {
-		return nil, fmt.Errorf("vaultkey: %s holds no PEM %s", ref, FieldPrivateKey)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	signer, err := vaultpki.ParseKey([]byte(text))
 	if err != nil {
-		return nil, fmt.Errorf("vaultkey: %s: %w", ref, err)
-	}
-	signer, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("vaultkey: %s: %T is not a signing key", ref, k)
+		return nil, fmt.Errorf("vaultkey: %s, field %s: %w", ref, FieldPrivateKey, err)
 	}
 	return signer, nil
 }
