@@ -22,6 +22,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/client/vaultpki"
+	"github.com/modelnodes/modelnodes/internal/logtail"
 )
 
 // coordinator is the crunch's coordinator as the demo onboards it.
@@ -338,7 +339,7 @@ func (d *demo) allocReport(models []*model) string {
 		if r, err := nc.AllocFS().Cat(alloc, "alloc/logs/model.stderr.0", nil); err == nil {
 			body, _ := io.ReadAll(io.LimitReader(r, 1<<20))
 			r.Close()
-			if t := tailLines(body, 30); t != "" {
+			if t := string(logtail.Lines(body, 30)); t != "" {
 				fmt.Fprintf(&b, "    last lines of the task's stderr:\n%s\n", indent(indent(t)))
 			}
 		}

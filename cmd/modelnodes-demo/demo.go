@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/modelnodes/modelnodes/internal/logtail"
 )
 
 // Base ports of the demo's own processes; --port-offset shifts them like
@@ -202,17 +203,5 @@ func tailFile(path string, n int) string {
 	if err != nil {
 		return ""
 	}
-	return tailLines(b, n)
-}
-
-func tailLines(b []byte, n int) string {
-	b = bytes.TrimRight(b, "\n")
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] == '\n' {
-			if n--; n == 0 {
-				return string(b[i+1:])
-			}
-		}
-	}
-	return string(b)
+	return string(logtail.Lines(b, n))
 }

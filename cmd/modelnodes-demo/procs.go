@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/modelnodes/modelnodes/internal/logtail"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 )
 
@@ -121,7 +122,7 @@ func runCommand(ctx context.Context, env []string, argv ...string) (string, erro
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("%s: %w\n%s", filepath.Base(argv[0]), err, indent(tailLines([]byte(stderr.String()), 20)))
+		return stdout.String(), fmt.Errorf("%s: %w\n%s", filepath.Base(argv[0]), err, indent(string(logtail.Lines([]byte(stderr.String()), 20))))
 	}
 	return stdout.String(), nil
 }

@@ -31,6 +31,8 @@ import (
 	"time"
 
 	solana "github.com/gagliardetto/solana-go"
+
+	"github.com/modelnodes/modelnodes/internal/logtail"
 )
 
 // Dir returns the front's directory in the repository at repo.
@@ -71,7 +73,7 @@ func Install(ctx context.Context, dir string) error {
 	cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("solana front: npm ci in %s: %v\n%s", dir, err, tail(out, 30))
+		return fmt.Errorf("solana front: npm ci in %s: %v\n%s", dir, err, logtail.Lines(out, 30))
 	}
 	return nil
 }
@@ -246,7 +248,7 @@ func (f *Front) Output() string {
 	}
 	if f.logFile != "" {
 		b, _ := os.ReadFile(f.logFile)
-		return string(tail(b, 30))
+		return string(logtail.Lines(b, 30))
 	}
 	return ""
 }
@@ -322,19 +324,6 @@ func (f *Front) do(ctx context.Context, req map[string]any, out any) error {
 		}
 	}
 	return nil
-}
-
-// tail returns the last n lines of b.
-func tail(b []byte, n int) []byte {
-	b = bytes.TrimRight(b, "\n")
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] == '\n' {
-			if n--; n == 0 {
-				return b[i+1:]
-			}
-		}
-	}
-	return b
 }
 
 type syncBuffer struct {

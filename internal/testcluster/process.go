@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/modelnodes/modelnodes/internal/leftovers"
+	"github.com/modelnodes/modelnodes/internal/logtail"
 )
 
 // process is one agent running as a child of the test binary, in its own
@@ -86,11 +87,7 @@ func (p *process) tail(n int) string {
 	if err != nil {
 		return "    (no log: " + err.Error() + ")"
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "    " + strings.Join(lines, "\n    ")
+	return "    " + strings.ReplaceAll(string(logtail.Lines(b, n)), "\n", "\n    ")
 }
 
 // freePorts returns n distinct loopback TCP ports that were free a moment ago.
