@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -51,8 +52,9 @@ type Options struct {
 	// issues a fresh key with every certificate (PKIIssuePath), which a
 	// delegation cannot follow.
 	RunnerVaultAddr string `json:"runner_vault_addr,omitempty"`
-	// CRLURL, when set, is where runners fetch the CA's revocation list
-	// (e.g. https://vault.service.consul:8200/v1/pki_int/crl/pem).
+	// CRLURL is where runners fetch the CA's revocation list (e.g.
+	// https://vault.service.consul:8200/v1/pki_int/crl/pem). Secure jobs
+	// need it, unless NoRevocationList.
 	CRLURL string `json:"crl_url,omitempty"`
 	// Plaintext runs runners without TLS and without Vault (tests and
 	// laptops only: CrunchDAO's client refuses it in secure mode).
@@ -60,6 +62,24 @@ type Options struct {
 	// GPUNodeClass, when set, also constrains GPU models to nodes of this
 	// node class (besides requesting the "gpu" device).
 	GPUNodeClass string `json:"gpu_node_class,omitempty"`
+
+	// The policy below decides which models may run, not the shape of
+	// their jobs: it stays out of SpecHash (json:"-"), so changing it
+	// rewrites no job. See CheckModel.
+
+	// ArtifactHosts are the hosts artifacts may be fetched from: a host
+	// name (any port), host:port, or *.domain. Empty: no artifact URL is
+	// accepted.
+	ArtifactHosts []string `json:"-"`
+	// AllowHTTPArtifacts accepts plain http artifact URLs (development:
+	// anyone on the path can swap the code; the digest still catches it).
+	AllowHTTPArtifacts bool `json:"-"`
+	// AllowHostModelDirs accepts models whose code is a directory on the
+	// node (Model.ModelDir; development only).
+	AllowHostModelDirs bool `json:"-"`
+	// NoRevocationList builds secure jobs without CRLURL (development: a
+	// revoked coordinator certificate keeps working until it expires).
+	NoRevocationList bool `json:"-"`
 }
 
 func (o *Options) withDefaults() Options {
@@ -138,10 +158,18 @@ const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end
 {{ with secret "pki_int/cert/ca_chain" }}{{ .Data.ca_chain }}{{ end }}
 `
 
-// Build returns the job of one model. The model must pass Validate.
+// Build returns the job of one model. The model must pass
+// opts.CheckModel, and a secure job needs a revocation list (CRLURL) unless
+// opts.NoRevocationList.
 func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
-	if err := m.Validate(); err != nil {
-		return nil, fmt.Errorf("model %s of crunch %s: %w", m.ModelID, m.Crunch, err)
+	if opts == nil {
+		opts = &Options{}
+	}
+	if err := opts.CheckModel(m); err != nil {
+		return nil, fmt.Errorf("model %s of crunch %s: %w", quote(m.ModelID), quote(m.Crunch), err)
+	}
+	if !opts.Plaintext && opts.CRLURL == "" && !opts.NoRevocationList {
+		return nil, errors.New("secure jobs need a revocation list: set the CRL URL (scheduler --crl-url, e.g. Vault's /v1/pki_int/crl/pem), or NoRevocationList for development")
 	}
 	o := opts.withDefaults()
 	id := JobID(m)
@@ -221,7 +249,11 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		task.Artifacts = []*nomadapi.TaskArtifact{art}
 	}
 	if !o.Plaintext {
-		task.Vault = &nomadapi.Vault{Role: o.VaultRole}
+		// env = false: Nomad would otherwise put VAULT_TOKEN in the task's
+		// environment, which it interpolates into the artifact source,
+		// the driver config and service meta; the runner reads
+		// secrets/vault_token instead.
+		task.Vault = &nomadapi.Vault{Role: o.VaultRole, Env: new(false)}
 		task.Identities = []*nomadapi.WorkloadIdentity{{
 			Name: "vault_default", Audience: []string{"vault.io"}, TTL: time.Hour,
 		}}

@@ -15,8 +15,14 @@ import (
 // exampleModel is the model of deploy/jobs/example-model.nomad.hcl.
 var exampleModel = Model{
 	Crunch: "demo", ModelID: "example", Cruncher: "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH",
-	ArtifactURL: "http://127.0.0.1:8080/models/example.tar.gz", Hardware: CPU, Running: true,
+	ArtifactURL:    "https://models.example/example.tar.gz",
+	ArtifactSHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+	Hardware:       CPU, Running: true,
 }
+
+// exampleOptions are the options of the example: the runners fetch Vault's
+// revocation list.
+var exampleOptions = Options{ArtifactHosts: []string{"models.example"}, CRLURL: "https://vault.service.consul:8200/v1/pki_int/crl/pem"}
 
 // nomadBinary finds the pinned Nomad as make test does: $NOMAD_BIN, PATH,
 // or the cache of deploy/hashistack/install.
@@ -41,7 +47,7 @@ func nomadBinary(t *testing.T) string {
 func TestExampleHCLMatchesBuilder(t *testing.T) {
 	bin := nomadBinary(t)
 	m := exampleModel
-	t.Logf("example model: job id %s, spec %s", JobID(&m), SpecHash(&m, &Options{}))
+	t.Logf("example model: job id %s, spec %s", JobID(&m), SpecHash(&m, &exampleOptions))
 	cmd := exec.Command(bin, "job", "run", "-output", "../deploy/jobs/example-model.nomad.hcl")
 	cmd.Env = append(os.Environ(), "NOMAD_ADDR=http://127.0.0.1:1") // never contacted
 	out, err := cmd.Output()
@@ -52,7 +58,8 @@ func TestExampleHCLMatchesBuilder(t *testing.T) {
 	if err := json.Unmarshal(out, &parsed); err != nil {
 		t.Fatal(err)
 	}
-	built, err := Build(&m, &Options{})
+	o := exampleOptions
+	built, err := Build(&m, &o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,12 @@ func model() *Model {
 	}
 }
 
+// opts are production options: https artifacts from models.example, and
+// runners fetch the revocation list.
+func opts() *Options {
+	return &Options{ArtifactHosts: []string{"models.example"}, CRLURL: "https://vault.example:8200/v1/pki_int/crl/pem"}
+}
+
 func TestJobIDIsDeterministicAndDNSSafe(t *testing.T) {
 	m := model()
 	id := JobID(m)
@@ -52,7 +58,7 @@ func TestServiceName(t *testing.T) {
 
 func TestBuild(t *testing.T) {
 	m := model()
-	job, err := Build(m, &Options{})
+	job, err := Build(m, opts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +73,7 @@ func TestBuild(t *testing.T) {
 	if tls["cert"] != "secrets/tls.pem" || tls["key"] != "secrets/tls.pem" {
 		t.Fatalf("tls: %v", tls)
 	}
-	if task.Vault == nil || task.Vault.Role != "runner" || len(task.Templates) != 2 ||
+	if task.Vault == nil || task.Vault.Role != "runner" || task.Vault.Env == nil || *task.Vault.Env || len(task.Templates) != 2 ||
 		!strings.Contains(*task.Templates[0].EmbeddedTmpl, `pkiCert "pki_int/issue/runner"`) ||
 		!strings.Contains(*task.Templates[0].EmbeddedTmpl, `env "NOMAD_JOB_ID"`) {
 		t.Fatalf("vault/template: %+v", task.Vault)
@@ -94,7 +100,9 @@ func TestBuild(t *testing.T) {
 	}
 
 	m.Hardware = GPU
-	job, err = Build(m, &Options{GPUNodeClass: "gpu"})
+	o := opts()
+	o.GPUNodeClass = "gpu"
+	job, err = Build(m, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +116,7 @@ func TestBuild(t *testing.T) {
 
 	bad := model()
 	bad.Hardware = "tpu"
-	if _, err := Build(bad, &Options{}); err == nil || !strings.Contains(err.Error(), "tpu") {
+	if _, err := Build(bad, opts()); err == nil || !strings.Contains(err.Error(), "tpu") {
 		t.Fatalf("invalid hardware accepted: %v", err)
 	}
 }
@@ -118,18 +126,19 @@ func TestBuild(t *testing.T) {
 // block, and the cruncher's delegation comes from the job's variable.
 func TestBuildStableKey(t *testing.T) {
 	m := model()
-	opts := &Options{RunnerVaultAddr: "https://vault.service.consul:8200"}
-	job, err := Build(m, opts)
+	o := opts()
+	o.RunnerVaultAddr = "https://vault.service.consul:8200"
+	job, err := Build(m, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if SpecHash(m, opts) == SpecHash(m, &Options{}) {
+	if SpecHash(m, o) == SpecHash(m, opts()) {
 		t.Error("switching to stable keys must change the spec hash, or running jobs keep the old TLS setup")
 	}
 	task := job.TaskGroups[0].Tasks[0]
 	tls := task.Config["tls"].([]map[string]any)[0]
 	v, _ := tls["vault"].([]map[string]any)
-	if len(v) != 1 || v[0]["address"] != opts.RunnerVaultAddr || v[0]["sign_path"] != "pki_int/sign/runner" ||
+	if len(v) != 1 || v[0]["address"] != o.RunnerVaultAddr || v[0]["sign_path"] != "pki_int/sign/runner" ||
 		tls["cert"] != nil || tls["key"] != nil || tls["client_ca"] != ClientCA {
 		t.Fatalf("tls: %v", tls)
 	}
@@ -146,7 +155,7 @@ func TestBuildStableKey(t *testing.T) {
 	if strings.Join(dests, ",") != ClientCA+","+DelegationFile {
 		t.Errorf("templates render %v", dests)
 	}
-	if task.Vault == nil || task.Vault.Role != "runner" {
-		t.Errorf("the runner needs the task's Vault token: %+v", task.Vault)
+	if task.Vault == nil || task.Vault.Role != "runner" || task.Vault.Env == nil || *task.Vault.Env {
+		t.Errorf("the runner needs the task's Vault token, in secrets/ only (env = false): %+v", task.Vault)
 	}
 }

@@ -38,15 +38,19 @@ type Model struct {
 	Cruncher string `json:"cruncher,omitempty" yaml:"cruncher,omitempty"`
 	Hotkey   string `json:"hotkey,omitempty" yaml:"hotkey,omitempty"`
 	// SubmissionID names the submitted code; ArtifactURL is where the node
-	// fetches it (any go-getter source) and ArtifactSHA256 its digest
-	// (hex), checked by Nomad before the model starts.
+	// fetches it (an https URL on a host the operator allows, see
+	// Options.CheckModel) and ArtifactSHA256 its digest (hex, required with
+	// an artifact), checked by Nomad before the model starts.
 	SubmissionID   string `json:"submission_id,omitempty" yaml:"submission_id,omitempty"`
 	ArtifactURL    string `json:"artifact_url,omitempty" yaml:"artifact_url,omitempty"`
 	ArtifactSHA256 string `json:"artifact_sha256,omitempty" yaml:"artifact_sha256,omitempty"`
-	// ModelDir is a submission already on the node (development only);
-	// used when ArtifactURL is empty.
+	// ModelDir is a submission already on the node (development only,
+	// refused unless Options.AllowHostModelDirs); used when ArtifactURL is
+	// empty. No source but the operator's YAML file can set it.
 	ModelDir string `json:"model_dir,omitempty" yaml:"model_dir,omitempty"`
-	// Runtime is "python" (default) or "executable"; Entry as in docs/driver.md.
+	// Runtime is "python" (default) or "executable"; Entry as in
+	// docs/driver.md: a dotted Python module name, or the relative path of
+	// the program in the model (checkEntry).
 	Runtime string `json:"runtime,omitempty" yaml:"runtime,omitempty"`
 	Entry   string `json:"entry,omitempty" yaml:"entry,omitempty"`
 
@@ -72,13 +76,18 @@ type Model struct {
 	Running bool `json:"running" yaml:"running"`
 }
 
-// Validate reports what makes m unusable for a job.
+// Validate reports what makes m unusable for a job, whatever the
+// deployment's options (Options.CheckModel adds those). Every source calls
+// it: the strings come from crunchers (chain, feed, YAML) and reach the job
+// spec, where Nomad interpolates ${...} with the task's environment; its
+// interpolation has no escape, so the only safe rule is to refuse the
+// characters that start it (see checkStrings).
 func (m *Model) Validate() error {
-	var errs []error
+	errs := checkStrings(m)
 	if m.Crunch == "" {
 		errs = append(errs, errors.New("no crunch"))
 	} else if ServiceName(m.Crunch) == "" {
-		errs = append(errs, fmt.Errorf("crunch name %q has no DNS-safe characters", m.Crunch))
+		errs = append(errs, fmt.Errorf("crunch name %s has no DNS-safe characters", quote(m.Crunch)))
 	}
 	if m.ModelID == "" {
 		errs = append(errs, errors.New("no model id"))
@@ -86,21 +95,43 @@ func (m *Model) Validate() error {
 	switch m.Hardware {
 	case CPU, GPU:
 	default:
-		errs = append(errs, fmt.Errorf("hardware %q is neither cpu nor gpu", m.Hardware))
+		errs = append(errs, fmt.Errorf("hardware %s is neither cpu nor gpu", quote(string(m.Hardware))))
 	}
 	switch m.Runtime {
 	case "", "python", "executable":
+		if err := checkEntry(m.Runtime, m.Entry); err != nil {
+			errs = append(errs, err)
+		}
 	default:
-		errs = append(errs, fmt.Errorf("runtime %q is neither python nor executable", m.Runtime))
+		errs = append(errs, fmt.Errorf("runtime %s is neither python nor executable", quote(m.Runtime)))
 	}
 	if m.Name != "" && !IsLabel(m.Name, 52) {
-		errs = append(errs, fmt.Errorf("name %q is not a lowercase DNS label of at most 52 characters", m.Name))
+		errs = append(errs, fmt.Errorf("name %s is not a lowercase DNS label of at most 52 characters", quote(m.Name)))
 	}
-	if m.ArtifactURL == "" && m.ModelDir == "" {
+	switch {
+	case m.ArtifactURL == "" && m.ModelDir == "":
 		errs = append(errs, errors.New("neither an artifact nor a model dir"))
+	case m.ArtifactURL != "" && m.ModelDir != "":
+		errs = append(errs, fmt.Errorf("%w: both an artifact and a model dir", ErrModelDir))
+	case m.ArtifactURL != "":
+		if _, err := parseArtifactURL(m.ArtifactURL); err != nil {
+			errs = append(errs, err)
+		}
+		if m.ArtifactSHA256 == "" {
+			errs = append(errs, fmt.Errorf("%w: no sha256: an artifact is only fetched with its digest", ErrArtifact))
+		}
+	default:
+		if err := checkModelDir(m.ModelDir); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	if m.ArtifactSHA256 != "" && !isHex(m.ArtifactSHA256, 64) {
-		errs = append(errs, fmt.Errorf("artifact digest %q is not 64 hex digits", m.ArtifactSHA256))
+	if m.ArtifactSHA256 != "" && (!isHex(m.ArtifactSHA256, 64) || m.ArtifactSHA256 == strings.Repeat("0", 64)) {
+		errs = append(errs, fmt.Errorf("%w: digest %s is not 64 lowercase hex digits, or is zero", ErrArtifact, quote(m.ArtifactSHA256)))
+	}
+	for _, h := range []string{m.CertHash, m.CertHashSecondary} {
+		if h != "" && !isHex(h, 64) {
+			errs = append(errs, fmt.Errorf("coordinator certificate hash %s is not 64 lowercase hex digits", quote(h)))
+		}
 	}
 	if m.CPU < 0 || m.MemoryMB < 0 || m.GPUs < 0 {
 		errs = append(errs, errors.New("negative resources"))
@@ -197,5 +228,6 @@ func SpecHash(m *Model, o *Options) string {
 }
 
 // specVersion changes whenever Build changes the jobs it produces for the
-// same input, so that an upgraded scheduler rolls the new shape out.
-const specVersion = 2
+// same input, so that an upgraded scheduler rolls the new shape out
+// (3: vault { env = false }).
+const specVersion = 3

@@ -5,7 +5,8 @@
 #
 # The model: crunch "demo", model id "example", cruncher
 # HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH, a CPU model whose submission
-# is fetched from var.artifact_url. jobs/hcl_test.go checks that this file and
+# is fetched from var.artifact_url and checked against var.artifact_sha256
+# (set both to your submission's). jobs/hcl_test.go checks that this file and
 # the builder agree; regenerate the ids with `go test ./jobs -run HCL -v` when
 # the builder changes.
 #
@@ -17,8 +18,20 @@
 
 variable "artifact_url" {
   type        = string
-  description = "Where the node fetches the submission (any go-getter source)."
-  default     = "http://127.0.0.1:8080/models/example.tar.gz"
+  description = "Where the node fetches the submission: an https URL without query string."
+  default     = "https://models.example/example.tar.gz"
+}
+
+variable "artifact_sha256" {
+  type        = string
+  description = "SHA-256 of the artifact (hex): Nomad refuses any other content."
+  default     = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+}
+
+variable "crl_url" {
+  type        = string
+  description = "Where runners fetch the revocation list of coordinator certificates."
+  default     = "https://vault.service.consul:8200/v1/pki_int/crl/pem"
 }
 
 job "model-node-pdxu2groar3jsn66" {
@@ -28,7 +41,7 @@ job "model-node-pdxu2groar3jsn66" {
 
   meta {
     modelnodes_managed = "true"
-    modelnodes_spec    = "5hpyw3ugqo6fcyqh3zcmx532"
+    modelnodes_spec    = "idsc6stzcark3j7jbfrpfgw7"
     model_id           = "pdxu2groar3jsn66"
     model              = "example"
     crunch             = "demo"
@@ -108,7 +121,8 @@ job "model-node-pdxu2groar3jsn66" {
         # Only the coordinator of crunch "demo" may call (its certificate's
         # URI SAN); the chain's key hashes are added when it records them.
         authz {
-          crunch = "demo"
+          crunch  = "demo"
+          crl_url = var.crl_url
         }
         health_port = "health"
       }
@@ -116,6 +130,9 @@ job "model-node-pdxu2groar3jsn66" {
       artifact {
         source      = var.artifact_url
         destination = "local/model"
+        options {
+          checksum = "sha256:${var.artifact_sha256}"
+        }
       }
 
       resources {
@@ -129,8 +146,12 @@ job "model-node-pdxu2groar3jsn66" {
         ttl  = "1h"
       }
 
+      # env = false: VAULT_TOKEN stays out of the task's environment, which
+      # Nomad interpolates into the artifact source and the driver config;
+      # the runner reads secrets/vault_token.
       vault {
         role = "runner"
+        env  = false
       }
 
       template {
