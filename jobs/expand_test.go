@@ -31,12 +31,12 @@ import (
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/hashicorp/nomad/client/taskenv"
 	"github.com/hashicorp/nomad/helper/pluginutils/hclspecutils"
 	"github.com/hashicorp/nomad/helper/pluginutils/hclutils"
 	"github.com/hashicorp/nomad/nomad/structs"
 	"github.com/hashicorp/nomad/plugins/drivers"
-	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/driver"
 	"github.com/modelnodes/modelnodes/jobs"
