@@ -37,7 +37,8 @@ const forbidden = "${}%"
 
 // checkStrings checks every string field of m, found by reflection so that
 // a field added later is checked without anyone remembering to: no
-// character Nomad interpolates, no control character (NUL included), valid
+// character Nomad interpolates, no control or format character (NUL, bidi
+// overrides), valid
 // UTF-8, at most MaxStringLen bytes. A field of a kind it does not know is
 // an error, so a new kind of field (a list, a map) fails every model until
 // it is handled here.
@@ -78,8 +79,10 @@ func checkString(s string) error {
 		return fmt.Errorf("%w: %s contains %q, which Nomad interpolates", ErrInterpolation, quote(s), s[i])
 	}
 	for _, r := range s {
-		if unicode.IsControl(r) || r == utf8.RuneError {
-			return fmt.Errorf("%w: %s contains the control character %U", ErrInterpolation, quote(s), r)
+		// Format characters (bidi overrides, zero widths) would make logs
+		// and the status API lie about what the string is.
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == utf8.RuneError {
+			return fmt.Errorf("%w: %s contains the control or format character %U", ErrInterpolation, quote(s), r)
 		}
 	}
 	return nil
