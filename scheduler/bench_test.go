@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -55,14 +56,15 @@ func recordedNomad(b *testing.B, stubs []*nomadapi.JobListStub) (*httptest.Serve
 // (listing the jobs with their meta through nomad/api).
 func BenchmarkReconcile10k(b *testing.B) {
 	const n = 10000
-	opts := &jobs.Options{}
+	opts := testOptions
 	w := NewWatcher([]string{"chain"}, opts, nil)
 	var models []jobs.Model
 	stubs := make([]*nomadapi.JobListStub, 0, n)
 	for i := range n {
 		m := jobs.Model{Crunch: "mid-one", CrunchID: "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin",
 			ModelID: fmt.Sprintf("model-%05d", i), Cruncher: "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH",
-			ArtifactURL: fmt.Sprintf("https://models.example/%05d.tar.gz", i), Hardware: jobs.CPU, Running: true}
+			ArtifactURL: fmt.Sprintf("https://models.example/%05d.tar.gz", i), ArtifactSHA256: strings.Repeat("ab", 32),
+			Hardware: jobs.CPU, Running: true}
 		models = append(models, m)
 		job, err := jobs.Build(&m, opts)
 		if err != nil {
@@ -158,7 +160,7 @@ func BenchmarkChainToJob(b *testing.B) {
 						b.Fatalf("list: %v", err)
 					}
 					m := jobs.Model{Crunch: "mid-one", CrunchID: c.crunch.String(), ModelID: "bench", Hardware: jobs.CPU,
-						ArtifactURL: "http://127.0.0.1:1/bench.tar.gz", MemoryMB: int(mem), Running: true}
+						ArtifactURL: "http://127.0.0.1:1/bench.tar.gz", ArtifactSHA256: strings.Repeat("ab", 32), MemoryMB: int(mem), Running: true}
 					job, _ := jobs.Build(&m, testOptions)
 					if err := nc.Register(context.Background(), job, list[0].JobModifyIndex); err != nil {
 						b.Fatal(err)

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/modelnodes/modelnodes/jobs"
 )
 
@@ -61,14 +63,21 @@ type SourceStatus struct {
 }
 
 // Watcher merges the sources' last good snapshots into the desired state.
+// It screens every snapshot first: models the deployment's policy refuses
+// (jobs.Options.CheckModel: artifact hosts, http, host model dirs) become
+// skipped entries, and every error it keeps, logs or serves has its URLs
+// redacted.
 type Watcher struct {
 	opts    *jobs.Options
 	metrics *Metrics
+	// Logger logs source errors and each newly skipped entry once.
+	Logger hclog.Logger
 
 	mu      sync.Mutex
 	order   []string
 	status  map[string]*SourceStatus
 	models  map[string][]jobs.Model
+	logged  map[string]map[string]bool // per source: skipped entries already logged and counted
 	version uint64
 	changed chan struct{} // closed and replaced on every change
 }
@@ -77,7 +86,7 @@ type Watcher struct {
 // ready once each of them delivered one good snapshot.
 func NewWatcher(sources []string, opts *jobs.Options, m *Metrics) *Watcher {
 	w := &Watcher{opts: opts, metrics: m, status: map[string]*SourceStatus{}, models: map[string][]jobs.Model{},
-		changed: make(chan struct{})}
+		logged: map[string]map[string]bool{}, changed: make(chan struct{})}
 	for _, s := range sources {
 		w.order = append(w.order, s)
 		w.status[s] = &SourceStatus{Name: s}
@@ -85,10 +94,36 @@ func NewWatcher(sources []string, opts *jobs.Options, m *Metrics) *Watcher {
 	return w
 }
 
+// screen applies the deployment's policy to a snapshot's models and
+// redacts its errors.
+func (w *Watcher) screen(s Snapshot) Snapshot {
+	if s.Err != nil {
+		return Snapshot{Err: redact(s.Err)}
+	}
+	out := Snapshot{Models: make([]jobs.Model, 0, len(s.Models)), Skipped: make([]error, 0, len(s.Skipped))}
+	for _, e := range s.Skipped {
+		out.Skipped = append(out.Skipped, redact(e))
+	}
+	for _, m := range s.Models {
+		if err := w.opts.CheckModel(&m); err != nil {
+			out.Skipped = append(out.Skipped, redact(&entryError{
+				entry: fmt.Sprintf("model %q of crunch %q", m.ModelID, m.Crunch), err: err}))
+			continue
+		}
+		out.Models = append(out.Models, m)
+	}
+	return out
+}
+
 // Report records a snapshot of source.
 func (w *Watcher) Report(source string, s Snapshot) {
+	s = w.screen(s)
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	log := w.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
 	st, ok := w.status[source]
 	if !ok {
 		st = &SourceStatus{Name: source}
@@ -99,13 +134,23 @@ func (w *Watcher) Report(source string, s Snapshot) {
 	if s.Err != nil {
 		st.LastError, st.LastErrorAt = s.Err.Error(), now
 		w.metrics.sourceError(source)
+		log.Error("source unreadable; keeping its last good state", "source", source, "error", s.Err)
 		return
 	}
 	st.Ready, st.LastSuccess, st.Models = true, now, len(s.Models)
 	st.Skipped = st.Skipped[:0]
+	seen := map[string]bool{}
 	for _, e := range s.Skipped {
-		st.Skipped = append(st.Skipped, e.Error())
+		msg := e.Error()
+		st.Skipped = append(st.Skipped, msg)
+		seen[msg] = true
+		if !w.logged[source][msg] {
+			class := refusalClass(e)
+			log.Warn("skipped entry", "source", source, "reason", class, "error", msg)
+			w.metrics.refused(source, class)
+		}
 	}
+	w.logged[source] = seen
 	w.metrics.sourceOK(source, len(s.Models), len(s.Skipped), now)
 	if sameModels(w.models[source], s.Models) {
 		return

@@ -54,6 +54,10 @@ type FeedEntry struct {
 		HardwareType string `json:"hardwareType"`
 		Signature    string `json:"signature"`
 		Owner        string `json:"owner"`
+		// ArtifactSHA256 is the artifact's digest (hex). CrunchDAO's feed
+		// has no such field yet: without it a model with an artifact URL
+		// is refused (an artifact is only fetched with its digest).
+		ArtifactSHA256 string `json:"artifactSha256"`
 	} `json:"model"`
 	DesiredState string `json:"desiredState"`
 }
@@ -68,7 +72,9 @@ func (f *FeedSource) Run(ctx context.Context, report func(Snapshot)) error {
 		interval = 10 * time.Second
 	}
 	for {
-		report(f.read(ctx))
+		snap := f.read(ctx)
+		snap.Err = redact(snap.Err) // the feed URL may carry credentials
+		report(snap)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -130,6 +136,7 @@ func (f *FeedSource) convert(entries []FeedEntry) Snapshot {
 			m.Name = m.ModelID
 		}
 		if f.ArtifactURL != "" {
+			m.ArtifactSHA256 = strings.ToLower(e.Model.ArtifactSHA256)
 			m.ArtifactURL = strings.NewReplacer("{submission_id}", e.Model.SubmissionID,
 				"{resource_id}", e.Model.ResourceID, "{model_id}", e.Model.ID).Replace(f.ArtifactURL)
 		}

@@ -24,6 +24,7 @@ type Metrics struct {
 	reconcileDur  prometheus.Histogram
 	writes        *prometheus.CounterVec
 	backoffs      prometheus.Counter
+	refusedTotal  *prometheus.CounterVec
 }
 
 // NewMetrics registers the scheduler's metrics on a new registry.
@@ -53,9 +54,12 @@ func NewMetrics() *Metrics {
 			Help: "Job writes to Nomad by operation (register, stop, purge)."}, []string{"op"}),
 		backoffs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "crashloop_backoffs_total",
 			Help: "Times a crash-looping model was held stopped."}),
+		refusedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "refused_entries_total",
+			Help: "Entries (authorizations, feed entries, models) refused, counted once when they appear, by source and reason " +
+				"(interpolation, entry, artifact, model_dir, invalid)."}, []string{"source", "reason"}),
 	}
 	m.Registry.MustRegister(m.leader, m.desired, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
-		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.writes, m.backoffs,
+		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.writes, m.backoffs, m.refusedTotal,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -125,4 +129,11 @@ func (m *Metrics) backoff() {
 		return
 	}
 	m.backoffs.Inc()
+}
+
+func (m *Metrics) refused(source, reason string) {
+	if m == nil {
+		return
+	}
+	m.refusedTotal.WithLabelValues(source, reason).Inc()
 }

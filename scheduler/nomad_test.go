@@ -31,8 +31,12 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
 
-// testOptions are the production job options.
-var testOptions = &jobs.Options{}
+// testOptions are the production job options (secure runners) with the
+// development allowances the fixtures need: artifacts from models.example
+// and, over plain http, from loopback servers; host model dirs; no
+// revocation list (TestScheduledModelTurnsHealthy sets one).
+var testOptions = &jobs.Options{ArtifactHosts: []string{"models.example", "127.0.0.1"}, AllowHTTPArtifacts: true,
+	AllowHostModelDirs: true, NoRevocationList: true}
 
 type runningScheduler struct {
 	s      *Scheduler
@@ -263,7 +267,8 @@ func writeModels(t testing.TB, path string, models ...jobs.Model) {
 }
 
 func fileModel(id string) jobs.Model {
-	return jobs.Model{Crunch: "lead", ModelID: id, ArtifactURL: "http://127.0.0.1:1/" + id + ".tar.gz", Hardware: jobs.CPU, Running: true}
+	return jobs.Model{Crunch: "lead", ModelID: id, ArtifactURL: "http://127.0.0.1:1/" + id + ".tar.gz",
+		ArtifactSHA256: strings.Repeat("ab", 32), Hardware: jobs.CPU, Running: true}
 }
 
 // Two instances with the Consul lock: never both leading, exactly one

@@ -14,7 +14,7 @@ import (
 func TestReconcileLifecycle(t *testing.T) {
 	ctx := context.Background()
 	f := newFakeNomad()
-	opts := &jobs.Options{Plaintext: true}
+	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
 	r := &Reconciler{Nomad: f, Options: opts, PurgeAfter: time.Hour}
 	a, b := testModel("demo", "a", true), testModel("demo", "b", true)
 
@@ -59,7 +59,7 @@ func TestReconcileLifecycle(t *testing.T) {
 func TestReconcileIncompleteStopsNothing(t *testing.T) {
 	ctx := context.Background()
 	f := newFakeNomad()
-	opts := &jobs.Options{}
+	opts := testOptions
 	r := &Reconciler{Nomad: f, Options: opts}
 	a := testModel("demo", "a", true)
 	if _, err := r.Reconcile(ctx, desiredOf(opts, a), nil, true); err != nil {
@@ -74,7 +74,7 @@ func TestReconcileIncompleteStopsNothing(t *testing.T) {
 func TestReconcileLeavesForeignJobsAlone(t *testing.T) {
 	ctx := context.Background()
 	f := newFakeNomad()
-	opts := &jobs.Options{}
+	opts := testOptions
 	a := testModel("demo", "a", true)
 	f.jobs[jobs.JobID(&a)] = &nomad.JobStub{ID: jobs.JobID(&a), JobModifyIndex: 7, Meta: map[string]string{}}
 	f.jobs["model-node-byhand"] = &nomad.JobStub{ID: "model-node-byhand", JobModifyIndex: 8}
@@ -90,7 +90,7 @@ func TestReconcileLeavesForeignJobsAlone(t *testing.T) {
 func TestReconcileConflict(t *testing.T) {
 	ctx := context.Background()
 	f := newFakeNomad()
-	opts := &jobs.Options{}
+	opts := testOptions
 	a := testModel("demo", "a", true)
 	r := &Reconciler{Nomad: &racingNomad{fakeNomad: f}, Options: opts}
 	res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true)
@@ -109,7 +109,7 @@ type racingNomad struct{ *fakeNomad }
 func (r *racingNomad) ListJobs(ctx context.Context, prefix string) ([]nomad.JobStub, error) {
 	out, err := r.fakeNomad.ListJobs(ctx, prefix)
 	a := testModel("demo", "a", true)
-	j, _ := jobs.Build(&a, &jobs.Options{})
+	j, _ := jobs.Build(&a, testOptions)
 	_ = r.fakeNomad.Register(ctx, j, 0)
 	return out, err
 }
@@ -117,7 +117,7 @@ func (r *racingNomad) ListJobs(ctx context.Context, prefix string) ([]nomad.JobS
 func TestReconcileHeldModelIsStopped(t *testing.T) {
 	ctx := context.Background()
 	f := newFakeNomad()
-	opts := &jobs.Options{}
+	opts := testOptions
 	a := testModel("demo", "a", true)
 	r := &Reconciler{Nomad: f, Options: opts}
 	_, _ = r.Reconcile(ctx, desiredOf(opts, a), nil, true)
@@ -134,7 +134,7 @@ func TestReconcileHeldModelIsStopped(t *testing.T) {
 
 // Fail static: a source that fails keeps its last good models.
 func TestWatcherKeepsLastGoodState(t *testing.T) {
-	w := NewWatcher([]string{"chain", "file"}, &jobs.Options{}, nil)
+	w := NewWatcher([]string{"chain", "file"}, testOptions, nil)
 	a := testModel("demo", "a", true)
 	w.Report("chain", Snapshot{Models: []jobs.Model{a}})
 	if _, ready := w.Desired(); ready {

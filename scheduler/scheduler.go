@@ -60,6 +60,7 @@ func (s *Scheduler) setup() {
 	if s.Logger == nil {
 		s.Logger = hclog.NewNullLogger()
 	}
+	s.watcher.Logger = s.Logger
 	if s.Elector == nil {
 		s.Elector = AlwaysLead{}
 	}
@@ -91,25 +92,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			name := src.Name()
-			logged := map[string]bool{} // skipped entries already logged
-			err := src.Run(ctx, func(snap Snapshot) {
-				if snap.Err != nil {
-					s.Logger.Error("source unreadable; keeping its last good state", "source", name, "error", snap.Err)
-				} else {
-					now := map[string]bool{}
-					for _, e := range snap.Skipped {
-						msg := e.Error()
-						now[msg] = true
-						if !logged[msg] {
-							s.Logger.Warn("skipped entry", "source", name, "error", msg)
-						}
-					}
-					logged = now
-				}
-				s.watcher.Report(name, snap)
-			})
+			// The watcher logs errors and newly skipped entries (redacted).
+			err := src.Run(ctx, func(snap Snapshot) { s.watcher.Report(name, snap) })
 			if err != nil && ctx.Err() == nil {
-				s.Logger.Error("source stopped", "source", name, "error", err)
+				s.Logger.Error("source stopped", "source", name, "error", redact(err))
 				s.watcher.Report(name, Snapshot{Err: err})
 			}
 		}()
@@ -185,7 +171,7 @@ func (s *Scheduler) lead(ctx context.Context) {
 		s.Metrics.reconciled(res, err, d, len(desired))
 		s.record(res, err, d)
 		if err != nil {
-			s.Logger.Error("reconcile failed; retrying", "error", err, "in", backoff)
+			s.Logger.Error("reconcile failed; retrying", "error", redact(err), "in", backoff)
 		} else if res.Registered+res.Updated+res.Stopped+res.Purged > 0 || len(res.Errors) > 0 {
 			s.Logger.Info("reconciled", "result", res.String(), "took", d.Round(time.Millisecond), "complete", complete)
 		}
@@ -224,13 +210,13 @@ func (s *Scheduler) lead(ctx context.Context) {
 func (s *Scheduler) record(res Result, err error, d time.Duration) {
 	p := &lastPass{At: time.Now(), Duration: d.Round(time.Microsecond).String(), Result: res.String()}
 	if err != nil {
-		p.Error = err.Error()
+		p.Error = RedactURLs(err.Error())
 	}
 	for i, e := range res.Errors {
 		if i == 20 {
 			break
 		}
-		p.Errors = append(p.Errors, e.Error())
+		p.Errors = append(p.Errors, RedactURLs(e.Error()))
 	}
 	s.mu.Lock()
 	s.last = p

@@ -103,7 +103,7 @@ func (s *SolanaSource) Run(ctx context.Context, report func(Snapshot)) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			report(Snapshot{Err: err})
+			report(Snapshot{Err: redact(err)})
 			retry = min(max(retry*2, 500*time.Millisecond), 30*time.Second)
 		} else {
 			report(s.snapshot())
@@ -152,7 +152,7 @@ func (s *SolanaSource) subscribeLoop(ctx context.Context, updates chan<- *ws.Pro
 		if ctx.Err() != nil {
 			return
 		}
-		s.log().Warn("solana websocket lost; reconnecting", "error", err, "in", delay)
+		s.log().Warn("solana websocket lost; reconnecting", "error", redact(err), "in", delay)
 		select {
 		case <-ctx.Done():
 			return
@@ -355,7 +355,12 @@ func (s *SolanaSource) snapshot() Snapshot {
 		if a.Hardware == onchain.HardwareGPU {
 			m.Hardware = jobs.GPU
 		}
-		if cert := certOf[solana.PublicKeyFromBytes(c.Coordinator[:])]; cert != nil {
+		// The certificate account holds the coordinator's current keys
+		// and replaces the crunch's as a whole (its empty secondary means
+		// none), but only when it names a key: an all-zero certificate
+		// (just created, or zeroed) never overrides nor blanks the
+		// crunch's hashes.
+		if cert := certOf[solana.PublicKeyFromBytes(c.Coordinator[:])]; cert != nil && !cert.Empty() {
 			m.CertHash, m.CertHashSecondary = onchain.HashHex(cert.CertHash), onchain.HashHex(cert.CertHashSecondary)
 		}
 		if err := m.Validate(); err != nil {

@@ -218,7 +218,7 @@ func TestSolanaSourceFaults(t *testing.T) {
 	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 0).Encode())
 	src := &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: 2 * time.Second}
 	col := runSource(t, src)
-	w := NewWatcher([]string{"solana"}, &jobs.Options{}, nil)
+	w := NewWatcher([]string{"solana"}, testOptions, nil)
 	col.wait(t, 10*time.Second, "initial listing", func(s Snapshot) bool { return len(s.Models) == 2 })
 	waitSubscribed(t, f, 1)
 

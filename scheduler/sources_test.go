@@ -18,10 +18,11 @@ import (
 const feedBody = `[
  {"crunchName":"mid-one","crunchPubKey":"9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin",
   "cruncherWalletPubkey":"HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH","cruncherSmpHotkey":"hk",
-  "coordinatorWalletPubkey":"CoordWa11et","coordinatorCertificate":{"certHash":"AB12","certHashSecondary":""},
-  "model":{"id":"1234","submissionId":"sub-1","resourceId":"res-1","hardwareType":"CPU","signature":"s","owner":"o"},
+  "coordinatorWalletPubkey":"CoordWa11et","coordinatorCertificate":{"certHash":"AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12","certHashSecondary":""},
+  "model":{"id":"1234","submissionId":"sub-1","resourceId":"res-1","hardwareType":"CPU","signature":"s","owner":"o",
+    "artifactSha256":"CDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCD"},
   "desiredState":"RUNNING_START"},
- {"crunchName":"mid-one","model":{"id":"99","submissionId":"sub-9","hardwareType":"GPU"},"desiredState":"STOP"},
+ {"crunchName":"mid-one","model":{"id":"99","submissionId":"sub-9","hardwareType":"GPU","artifactSha256":"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"},"desiredState":"STOP"},
  {"crunchName":"mid-one","model":{"id":"","submissionId":"x","hardwareType":"CPU"},"desiredState":"START"}
 ]`
 
@@ -46,7 +47,7 @@ func TestFeedSource(t *testing.T) {
 		t.Fatalf("query %q lacks crunchNames[]", gotQuery)
 	}
 	m := snap.Models[0]
-	if m.ModelID != "1234" || !m.Running || m.ArtifactURL != "https://store/sub-1.tar.gz" || m.CertHash != "ab12" || m.Hotkey != "hk" {
+	if m.ModelID != "1234" || !m.Running || m.ArtifactURL != "https://store/sub-1.tar.gz" || m.CertHash != strings.Repeat("ab12", 16) || m.ArtifactSHA256 != strings.Repeat("cd", 32) || m.Hotkey != "hk" {
 		t.Fatalf("model: %+v", m)
 	}
 	if snap.Models[1].Running || snap.Models[1].Hardware != "gpu" {
@@ -139,6 +140,7 @@ func TestFeedModelIDNames(t *testing.T) {
 	var e1, e2 FeedEntry
 	e1.CrunchName, e1.Model.ID, e1.Model.HardwareType, e1.DesiredState = "c", "1234", "CPU", "START"
 	e2.CrunchName, e2.Model.ID, e2.Model.HardwareType, e2.DesiredState = "c", "Not_A_Label", "CPU", "START"
+	e1.Model.ArtifactSHA256, e2.Model.ArtifactSHA256 = strings.Repeat("ab", 32), strings.Repeat("ab", 32)
 	snap := f.convert([]FeedEntry{e1, e2})
 	if len(snap.Models) != 2 {
 		t.Fatalf("%+v", snap)

@@ -110,6 +110,11 @@ type CoordinatorCertificate struct {
 	Bump               uint8
 }
 
+// Empty reports whether the certificate names no key at all.
+func (c *CoordinatorCertificate) Empty() bool {
+	return c.CertHash == [32]byte{} && c.CertHashSecondary == [32]byte{}
+}
+
 // HashHex returns the lowercase hex of a hash, "" when it is all zero.
 func HashHex(h [32]byte) string {
 	if h == ([32]byte{}) {
