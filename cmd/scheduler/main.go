@@ -75,6 +75,8 @@ type config struct {
 	modelsFile, listen, logLevel                         string
 	logJSON, plaintext                                   bool
 	crlURL, runnerVaultAddr                              string
+	noCRL, allowHTTPArtifacts, allowHostModelDirs        bool
+	artifactHosts                                        stringList
 	datacenters                                          stringList
 	gpuClass                                             string
 	resync, purgeAfter, sessionTTL                       time.Duration
@@ -116,7 +118,11 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.gpuClass, "gpu-node-class", "", "also constrain GPU models to this node class")
 	fs.BoolVar(&c.plaintext, "plaintext-runners", false, "runners without TLS or Vault (tests only; CrunchDAO's secure client refuses them)")
 	fs.StringVar(&c.runnerVaultAddr, "runner-vault-addr", "", "Vault address runners reach: each runner then keeps one key per model in Vault (runner-keys/<job>) and signs its own certificates, so crunchers' wallet delegations (the job variable's \"delegation\" item) hold across renewals; empty: a template issues a new key with each certificate")
-	fs.StringVar(&c.crlURL, "crl-url", "", "runners fetch the model-call CA's revocation list from this URL (e.g. Vault's /v1/pki_int/crl/pem)")
+	fs.StringVar(&c.crlURL, "crl-url", "", "runners fetch the model-call CA's revocation list from this URL (e.g. Vault's /v1/pki_int/crl/pem); required for secure runners")
+	fs.BoolVar(&c.noCRL, "no-revocation-list", false, "DEVELOPMENT ONLY: run secure runners without --crl-url (a revoked coordinator certificate keeps working until it expires)")
+	fs.Var(&c.artifactHosts, "artifact-hosts", "hosts models' artifacts may be fetched from, comma separated: a name (any port), host:port, or *.domain; empty: every artifact URL is refused")
+	fs.BoolVar(&c.allowHTTPArtifacts, "allow-http-artifacts", false, "DEVELOPMENT ONLY: accept plain http artifact URLs (still on --artifact-hosts, still checked against their sha256)")
+	fs.BoolVar(&c.allowHostModelDirs, "allow-host-model-dirs", false, "DEVELOPMENT ONLY: accept models whose code is a directory on the node (model_dir in --models-file)")
 	fs.DurationVar(&c.resync, "resync", 30*time.Second, "longest time between two reconcile passes")
 	fs.DurationVar(&c.purgeAfter, "purge-after", 24*time.Hour, "how long a stopped job stays before it is purged")
 	fs.IntVar(&c.backoff.Failures, "crashloop-failures", 3, "failed allocations within --crashloop-window that hold a model stopped")
@@ -141,6 +147,9 @@ func parse(args []string) (*config, error) {
 	}
 	if c.plaintext && c.runnerVaultAddr != "" {
 		return nil, errors.New("--plaintext-runners and --runner-vault-addr exclude each other")
+	}
+	if !c.plaintext && c.crlURL == "" && !c.noCRL {
+		return nil, errors.New("secure runners need a revocation list: set --crl-url (e.g. Vault's /v1/pki_int/crl/pem), or --no-revocation-list for development")
 	}
 	switch c.solanaCommitment {
 	case "confirmed", "finalized":
@@ -168,6 +177,25 @@ func main() {
 	}
 }
 
+// warnPolicy says loudly, at every start, which development allowances
+// weaken this deployment.
+func warnPolicy(c *config, log hclog.Logger) {
+	if c.noCRL && !c.plaintext && c.crlURL == "" {
+		log.Warn("DEVELOPMENT: --no-revocation-list: runners fetch no revocation list; a revoked coordinator certificate is accepted until it expires")
+	}
+	if c.allowHTTPArtifacts {
+		log.Warn("DEVELOPMENT: --allow-http-artifacts: models may be fetched over plain http (only their sha256 protects them)")
+	}
+	if c.allowHostModelDirs {
+		log.Warn("DEVELOPMENT: --allow-host-model-dirs: models may run code from directories on the nodes")
+	}
+	if len(c.artifactHosts) == 0 {
+		log.Warn("no --artifact-hosts: every model with an artifact URL is refused; list the hosts submissions are fetched from")
+	} else {
+		log.Info("artifact hosts", "hosts", strings.Join(c.artifactHosts, ","))
+	}
+}
+
 func run(ctx context.Context, c *config, log hclog.Logger) error {
 	nc, err := nomad.New(c.nomad)
 	if err != nil {
@@ -176,7 +204,10 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	opts := &jobs.Options{
 		Region: c.nomad.Region, Namespace: c.nomad.Namespace, Datacenters: c.datacenters,
 		Plaintext: c.plaintext, CRLURL: c.crlURL, RunnerVaultAddr: c.runnerVaultAddr, GPUNodeClass: c.gpuClass,
+		ArtifactHosts: c.artifactHosts, AllowHTTPArtifacts: c.allowHTTPArtifacts,
+		AllowHostModelDirs: c.allowHostModelDirs, NoRevocationList: c.noCRL,
 	}
+	warnPolicy(c, log)
 	metrics := scheduler.NewMetrics()
 	s := &scheduler.Scheduler{
 		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter,

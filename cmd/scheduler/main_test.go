@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,10 +28,20 @@ func TestParse(t *testing.T) {
 	if _, err := parse([]string{"--models-file", "m.yaml", "--solana-commitment", "processed"}); err == nil {
 		t.Fatal("processed commitment accepted: only confirmed or finalized data may count")
 	}
+	if _, err := parse([]string{"--models-file", "m.yaml"}); err == nil || !strings.Contains(err.Error(), "--crl-url") {
+		t.Fatalf("secure runners without a revocation list: %v", err)
+	}
+	if _, err := parse([]string{"--models-file", "m.yaml", "--plaintext-runners"}); err != nil {
+		t.Fatalf("plaintext runners have no TLS to revoke: %v", err)
+	}
+	t.Setenv("MODELNODES_SCHEDULER_ARTIFACT_HOSTS", "models.example,*.cdn.example")
+	t.Setenv("MODELNODES_SCHEDULER_ALLOW_HTTP_ARTIFACTS", "true")
+	t.Setenv("MODELNODES_SCHEDULER_NO_REVOCATION_LIST", "true")
 	t.Setenv("MODELNODES_SCHEDULER_FEED_URL", "http://feed")
 	t.Setenv("MODELNODES_SCHEDULER_FEED_CRUNCH", "a,b")
 	c, err := parse([]string{"--resync", "5s"})
-	if err != nil || c.feedURL != "http://feed" || len(c.feedCrunches) != 2 || c.resync != 5*time.Second {
+	if err != nil || c.feedURL != "http://feed" || len(c.feedCrunches) != 2 || c.resync != 5*time.Second ||
+		len(c.artifactHosts) != 2 || !c.allowHTTPArtifacts || !c.noCRL || c.allowHostModelDirs {
 		t.Fatalf("environment fallback: %v %+v", err, c)
 	}
 	if _, err := parse([]string{"--help"}); !errors.Is(err, flag.ErrHelp) {
@@ -51,7 +63,7 @@ func TestRunServesStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, err := parse([]string{"--models-file", models, "--listen", addr, "--nomad-addr", "http://127.0.0.1:1",
-		"--feed-url", "http://127.0.0.1:1", "--feed-crunch", "demo"})
+		"--feed-url", "http://127.0.0.1:1", "--feed-crunch", "demo", "--no-revocation-list", "--allow-host-model-dirs"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,4 +101,84 @@ func TestRunServesStatus(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// syncBuffer is a log sink the scheduler's goroutines write to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// RPC providers put credentials in the URL (user:password@, ?api-key=):
+// when those sources fail, neither the unauthenticated status API nor the
+// log may show them (issue 13 item 7).
+func TestFailingSourcesDoNotLeakURLCredentials(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	const secret = "s3cr3t-key"
+	c, err := parse([]string{"--listen", addr, "--nomad-addr", "http://127.0.0.1:1", "--no-revocation-list",
+		"--solana-rpc", "http://user:" + secret + "@127.0.0.1:1/rpc?api-key=" + secret,
+		"--solana-ws", "ws://user:" + secret + "@127.0.0.1:1/ws?api-key=" + secret,
+		"--solana-program", "11111111111111111111111111111111",
+		"--feed-url", "http://feeder:" + secret + "@127.0.0.1:1/?token=" + secret, "--feed-crunch", "demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Trace})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, log) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	var body []byte
+	for {
+		if resp, err := http.Get("http://" + addr + "/v1/status"); err == nil {
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var st struct {
+				Sources []struct {
+					LastError string `json:"last_error"`
+				} `json:"sources"`
+			}
+			_ = json.Unmarshal(body, &st)
+			if len(st.Sources) == 2 && st.Sources[0].LastError != "" && st.Sources[1].LastError != "" &&
+				strings.Contains(logs.String(), "websocket lost") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the failing sources never showed in the status API and log:\n%s\n%s", body, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if strings.Contains(string(body), secret) {
+		t.Errorf("/v1/status shows the URL credentials:\n%s", body)
+	}
+	if strings.Contains(logs.String(), secret) {
+		t.Errorf("the log shows the URL credentials:\n%s", logs.String())
+	}
+	if !strings.Contains(string(body), "127.0.0.1:1/rpc") {
+		t.Errorf("the status no longer says which endpoint failed:\n%s", body)
+	}
+	t.Logf("status:\n%s", body)
 }
