@@ -68,7 +68,7 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	// 40 s certificates: the runner renews after about 25 s. Runners fetch
 	// the intermediate's revocation list, as the scheduler's --crl-url has
 	// them do.
-	opts := &jobs.Options{RunnerVaultAddr: c.Vault.Addr, CertTTL: "40s", CRLURL: c.Vault.Addr + "/v1/pki_int/crl/pem"}
+	opts := &jobs.Options{RunnerVaultAddr: c.Vault.Addr, CertTTL: "40s", CRLURL: c.Vault.Addr + "/v1/pki_int/crl/pem", AllowHostModelDirs: true}
 	m := &jobs.Model{Crunch: "alpha", ModelID: "stable-key-model", Cruncher: base58.Encode(pub), Hotkey: "hk-1", ModelDir: modelDir,
 		Runtime: "python", Hardware: jobs.CPU, CPU: 200, MemoryMB: 256, CertHash: authz.SPKIHash(alpha.Leaf)}
 	job, err := jobs.Build(m, opts)

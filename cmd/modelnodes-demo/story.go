@@ -391,6 +391,8 @@ func (d *demo) startScheduler(ctx context.Context, c *cluster, chain *devchain.F
 		// Runners keep one key per model in Vault and fetch the CRL.
 		"--runner-vault-addr", c.env["VAULT_ADDR"],
 		"--crl-url", c.env["VAULT_ADDR"] + "/v1/pki_int/crl/pem",
+		// The demo's artifact server is plain http on loopback.
+		"--artifact-hosts", "127.0.0.1", "--allow-http-artifacts",
 		"--listen", status}
 	d.command(d.rel(argv[0]) + " \\\n      " + strings.Join(pairs(argv[1:]), " \\\n      "))
 	p, err := startChild(argv, c.environ(), d.path("scheduler", "scheduler.log"), d.path("scheduler", "scheduler.pid"))

@@ -64,7 +64,7 @@ func TestNomadPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &jobs.Model{Crunch: "alpha", ModelID: "acl-model", ModelDir: "/nonexistent", Hardware: jobs.CPU}
-	job, err := jobs.Build(m, &jobs.Options{Datacenters: []string{"nowhere"}})
+	job, err := jobs.Build(m, &jobs.Options{Datacenters: []string{"nowhere"}, AllowHostModelDirs: true, NoRevocationList: true})
 	if err != nil {
 		t.Fatal(err)
 	}
