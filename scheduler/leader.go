@@ -63,7 +63,7 @@ func (l *ConsulLock) Lead(ctx context.Context) (context.Context, func(), error) 
 		}
 		if err != nil || lost == nil {
 			if l.Logger != nil {
-				l.Logger.Warn("consul lock not acquired; retrying", "key", l.Key, "error", err)
+				l.Logger.Warn("consul lock not acquired; retrying", "key", l.Key, "error", redact(err))
 			}
 			select {
 			case <-ctx.Done():

@@ -110,7 +110,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
-			s.Logger.Error("cannot contend for leadership; retrying", "error", err)
+			s.Logger.Error("cannot contend for leadership; retrying", "error", redact(err))
 			select {
 			case <-ctx.Done():
 			case <-time.After(5 * time.Second):
