@@ -51,7 +51,7 @@ func TestVaultCoordinatorsAndRevocation(t *testing.T) {
 	beta := mustCoordinator(t, ctx, cl, "beta")
 	auth, err := authz.New(authz.Config{
 		Static:     authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(alpha.Leaf)}},
-		CRLURL:     cl.Vault.Addr + "/v1/pki_int/crl/pem",
+		CRLURLs:    []string{cl.Vault.Addr + "/v1/pki_int/crl/pem"},
 		CRLRefresh: 100 * time.Millisecond,
 		CAFile:     caFile,
 		Logger:     hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}}),
