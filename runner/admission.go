@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -129,4 +130,42 @@ func checkBudget(budget, maxRecv int64) error {
 		return fmt.Errorf("runner: the request budget (%d bytes) is below the largest request (%d bytes)", budget, maxRecv)
 	}
 	return nil
+}
+
+// largeBuffersUnpooled is grpc-go's default buffer pool, except that
+// buffers over 1 MiB (a whole large request, materialized for decoding) are
+// not kept for reuse: a pooled 64 MiB buffer survives garbage collections
+// and would count twice against what the request budget means to bound.
+type largeBuffersUnpooled struct{ mem.BufferPool }
+
+const largestPooledBuffer = 1 << 20
+
+func (p largeBuffersUnpooled) Get(n int) *[]byte {
+	if n > largestPooledBuffer {
+		b := make([]byte, n)
+		return &b
+	}
+	return p.BufferPool.Get(n)
+}
+
+func (p largeBuffersUnpooled) Put(b *[]byte) {
+	if cap(*b) > largestPooledBuffer {
+		return
+	}
+	p.BufferPool.Put(b)
+}
+
+// MemoryLimit is a soft Go memory limit (runtime/debug.SetMemoryLimit) for a
+// runner with these request bounds: a base for the runner itself, plus about
+// four copies of the request budget (received, decoded, framed for the
+// worker, and the collector's slack). Requests beyond it still work (the
+// limit is soft); the collector just works harder near it.
+func MemoryLimit(maxRecv int, maxInflight int64) int64 {
+	if maxRecv <= 0 {
+		maxRecv = DefaultMaxRecvBytes
+	}
+	if maxInflight <= 0 {
+		maxInflight = 2 * int64(maxRecv)
+	}
+	return 64<<20 + 4*max(maxInflight, int64(maxRecv))
 }

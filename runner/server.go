@@ -21,9 +21,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -139,6 +141,7 @@ func New(cfg Config) *Server {
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
 		grpc.MaxSendMsgSize(1<<31-1),
 		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
+		experimental.BufferPool(largeBuffersUnpooled{mem.DefaultBufferPool()}),
 	)
 	var interceptors []grpc.UnaryServerInterceptor
 	if cfg.Authorizer != nil {
