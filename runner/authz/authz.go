@@ -413,7 +413,10 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 		}
 		return []*crl{c}, nil
 	}
-	// Vault: LIST <mount>/issuers answers {"data": {"keys": [id, ...]}}.
+	// Vault: LIST <mount>/issuers answers {"data": {"keys": [id, ...],
+	// "key_info": {id: {"key_id": ...}}}} without a token. An issuer
+	// without a key (the root's certificate, imported with the signed
+	// intermediate) signs nothing and has no CRL.
 	base := strings.TrimSuffix(strings.TrimSuffix(u, "/"), "/issuers")
 	raw, err := fetch("LIST", u)
 	if err != nil {
@@ -421,7 +424,10 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 	}
 	var list struct {
 		Data struct {
-			Keys []string `json:"keys"`
+			Keys    []string `json:"keys"`
+			KeyInfo map[string]struct {
+				KeyID *string `json:"key_id"`
+			} `json:"key_info"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(raw, &list); err != nil || len(list.Data.Keys) == 0 {
@@ -430,6 +436,9 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 	var out []*crl
 	var errs []error
 	for _, id := range list.Data.Keys {
+		if info, ok := list.Data.KeyInfo[id]; ok && info.KeyID != nil && *info.KeyID == "" {
+			continue
+		}
 		if id == "" || strings.ContainsAny(id, "/?#%") {
 			errs = append(errs, fmt.Errorf("crl: LIST %s: odd issuer id %q", redact(u), id))
 			continue
