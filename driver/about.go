@@ -78,8 +78,9 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 //	  max_queue    = 128
 //	  authz {                        # who may call: the crunch's coordinator (docs/security.md)
 //	    crunch      = "alpha"        # or policy_file = "secrets/authz.json" (re-read on change)
-//	    cert_hashes = ["<sha256 of the coordinator's SPKI, hex>"]
-//	    crl         = "secrets/crl.pem"      # or crl_url = "https://vault:8200/v1/pki_int/crl/pem"
+//	    cert_hashes = ["<sha256 of the coordinator's SPKI, hex>"]   # none: nobody may call
+//	    crl         = "secrets/crl.pem"      # required, or crl_url = "https://vault:8200/v1/pki_int/issuers"
+//	    crl_grace   = "1h"                   # past nextUpdate + this, the issuer's certificates are refused
 //	  }
 //	  delegation  = "local/delegation.json"   # the cruncher's wallet delegation
 //	  health_port = "health"                  # a port label for a health-only endpoint (Consul checks)
@@ -108,6 +109,7 @@ var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"policy_file": hclspec.NewAttr("policy_file", "string", false),
 		"crl":         hclspec.NewAttr("crl", "string", false),
 		"crl_url":     hclspec.NewAttr("crl_url", "string", false),
+		"crl_grace":   hclspec.NewAttr("crl_grace", "string", false),
 	})),
 	"delegation":   hclspec.NewAttr("delegation", "string", false),
 	"health_port":  hclspec.NewAttr("health_port", "string", false),

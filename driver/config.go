@@ -111,13 +111,21 @@ const (
 
 // AuthzConfig says who may call the model (runner/authz): the coordinator
 // of Crunch whose key hashes to one of CertHashes, minus the CRL. PolicyFile
-// (a JSON policy re-read when it changes) replaces Crunch and CertHashes.
+// (a JSON policy re-read when it changes) replaces Crunch and CertHashes. No
+// hash admits nobody. A revocation list source (CRL or CRLURL) is required;
+// the runner's development switches that open the door
+// (--authz-any-coordinator-key, --authz-without-crl) cannot be set from a job.
 type AuthzConfig struct {
 	Crunch     string   `codec:"crunch"`
 	CertHashes []string `codec:"cert_hashes"`
 	PolicyFile string   `codec:"policy_file"`
 	CRL        string   `codec:"crl"`
-	CRLURL     string   `codec:"crl_url"`
+	// CRLURL is one or more URLs, comma-separated: a CRL, or a Vault PKI
+	// mount's issuer list (.../v1/pki_int/issuers) for every issuer's CRL.
+	CRLURL string `codec:"crl_url"`
+	// CRLGrace is how long past nextUpdate a list is still used (the
+	// runner's --crl-grace; default 1h).
+	CRLGrace string `codec:"crl_grace"`
 }
 
 func (tc *TaskConfig) validate(plugin *Config) error {
@@ -164,6 +172,14 @@ func (tc *TaskConfig) validate(plugin *Config) error {
 	}
 	if tc.Authz != nil && tc.Authz.PolicyFile != "" && (tc.Authz.Crunch != "" || len(tc.Authz.CertHashes) > 0) {
 		errs = append(errs, errors.New("authz.policy_file replaces authz.crunch and authz.cert_hashes: use one or the other"))
+	}
+	if tc.Authz != nil && tc.Authz.CRL == "" && tc.Authz.CRLURL == "" {
+		errs = append(errs, errors.New("authz needs a revocation list, authz.crl or authz.crl_url: without one a revoked coordinator stays admitted"))
+	}
+	if tc.Authz != nil && tc.Authz.CRLGrace != "" {
+		if d, err := time.ParseDuration(tc.Authz.CRLGrace); err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("authz.crl_grace = %q: want a positive duration", tc.Authz.CRLGrace))
+		}
 	}
 	if tc.CallTimeout != "" {
 		if _, err := time.ParseDuration(tc.CallTimeout); err != nil {

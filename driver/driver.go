@@ -220,6 +220,9 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		if a.CRLURL != "" {
 			args = append(args, "--tls-crl-url", a.CRLURL)
 		}
+		if a.CRLGrace != "" {
+			args = append(args, "--crl-grace", a.CRLGrace)
+		}
 	}
 	if tc.Delegation != "" {
 		args = append(args, "--delegation", inTaskDir(taskDir, tc.Delegation))

@@ -13,6 +13,10 @@ type metrics struct {
 	up       prometheus.Gauge
 	inflight prometheus.Gauge
 	tlsLoads *prometheus.CounterVec
+
+	admissionWaits *prometheus.CounterVec
+	admissionWait  prometheus.Histogram
+	admittedBytes  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,9 +47,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "modelnodes_runner_tls_reloads_total",
 			Help: "Reloads of the TLS files after they changed on disk, by result (ok or error).",
 		}, []string{"result"}),
+		admissionWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modelnodes_runner_request_admissions_total",
+			Help: "Model calls whose request was admitted into the request-byte budget, or refused after waiting (result admitted or refused).",
+		}, []string{"result"}),
+		admissionWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "modelnodes_runner_request_admission_wait_seconds",
+			Help:    "Time a call waited for the request-byte budget before its request was read.",
+			Buckets: []float64{.00001, .0001, .001, .01, .1, 1, 10, 60},
+		}),
+		admittedBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "modelnodes_runner_request_bytes_held",
+			Help: "Request bytes reserved by calls being received (the largest request each) or held by calls queued or running.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.calls, m.latency, m.restarts, m.up, m.inflight, m.tlsLoads)
+		reg.MustRegister(m.calls, m.latency, m.restarts, m.up, m.inflight, m.tlsLoads, m.admissionWaits, m.admissionWait, m.admittedBytes)
 	}
 	return m
 }

@@ -16,13 +16,16 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -40,6 +43,11 @@ import (
 // takes 64 MiB (grpc-go's own default is 4 MiB).
 const DefaultMaxRecvBytes = 64 << 20
 
+// DefaultMaxStreamsPerConn is a connection's concurrent calls: with the
+// 4 MiB stream window, a connection can make the runner buffer at most
+// 32 × 4 MiB of requests that wait for admission.
+const DefaultMaxStreamsPerConn = 32
+
 // Service names, as health checks and reflection know them.
 const (
 	ServiceDynamicSubclass  = "dynamic_subclass.DynamicSubclassService"
@@ -55,13 +63,24 @@ type Config struct {
 	TLS *tlsfiles.Reloader
 	// MaxRecvBytes bounds a request; DefaultMaxRecvBytes when 0.
 	MaxRecvBytes int
+	// MaxInflightBytes bounds the request bytes the runner receives or
+	// holds for queued and running calls at once (see admission); more
+	// calls wait for their turn, at most CallTimeout, then get
+	// RESOURCE_EXHAUSTED. At least MaxRecvBytes; 2 × MaxRecvBytes when 0.
+	// Decoding costs about twice a request's size while it is read.
+	MaxInflightBytes int64
+	// MaxStreamsPerConn bounds the concurrent calls of one connection
+	// (HTTP/2 MAX_CONCURRENT_STREAMS; clients queue the rest);
+	// DefaultMaxStreamsPerConn when 0.
+	MaxStreamsPerConn uint32
 	// CallTimeout caps every call, whatever deadline the caller set; a
 	// request still running on the worker past it means the worker hung
 	// (it is killed and restarted). Default 5 minutes.
 	CallTimeout time.Duration
-	// Authorizer, when set, admits only the crunch's coordinator to the
-	// model's services (health and reflection stay open to any caller that
-	// passed the TLS handshake). Needs TLS with a client CA.
+	// Authorizer, when set, admits only the crunch's coordinator: others
+	// are refused at the TLS handshake, and every model call is checked
+	// again when its headers arrive (health and reflection are open to
+	// whoever passed the handshake). Needs TLS with a client CA.
 	Authorizer *authz.Authorizer
 	// Delegation, when set, returns the cruncher's wallet delegation, which
 	// the runner sends as response headers on every model call.
@@ -92,6 +111,14 @@ func New(cfg Config) *Server {
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 5 * time.Minute
 	}
+	if cfg.MaxInflightBytes <= 0 {
+		cfg.MaxInflightBytes = 2 * int64(cfg.MaxRecvBytes)
+	}
+	// A budget below one request would make every large call wait forever.
+	cfg.MaxInflightBytes = max(cfg.MaxInflightBytes, int64(cfg.MaxRecvBytes))
+	if cfg.MaxStreamsPerConn == 0 {
+		cfg.MaxStreamsPerConn = DefaultMaxStreamsPerConn
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -110,25 +137,35 @@ func New(cfg Config) *Server {
 	s.workerState(nil)
 
 	creds := insecure.NewCredentials()
-	if cfg.TLS != nil {
-		creds = credentials.NewTLS(cfg.TLS.ServerConfig())
-	}
+	opts := append(TransportOptions(),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
+		grpc.MaxSendMsgSize(1<<31-1),
+		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
+		experimental.BufferPool(largeBuffersUnpooled{mem.DefaultBufferPool()}),
+	)
 	var interceptors []grpc.UnaryServerInterceptor
 	if cfg.Authorizer != nil {
+		// The handshake refuses callers who may not call, so they never
+		// send a byte the runner reads; the tap re-checks each call before
+		// its message is read (the policy or CRL may have changed since
+		// the connection opened); the interceptor is defence in depth.
+		if cfg.TLS != nil {
+			creds = credentials.NewTLS(cfg.TLS.ServerConfigWith(cfg.Authorizer.VerifyConnection))
+		}
+		opts = append(opts, grpc.InTapHandle(cfg.Authorizer.TapHandle(IsModelMethod)))
 		interceptors = append(interceptors, cfg.Authorizer.UnaryInterceptor(IsModelMethod))
+	} else if cfg.TLS != nil {
+		creds = credentials.NewTLS(cfg.TLS.ServerConfig())
 	}
 	if cfg.Delegation != nil {
 		interceptors = append(interceptors, delegationHeaders(cfg.Delegation))
 	}
-	s.grpc = grpc.NewServer(append(TransportOptions(),
-		grpc.Creds(creds),
-		grpc.ChainUnaryInterceptor(interceptors...),
-		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
-		grpc.MaxSendMsgSize(1<<31-1),
-	)...)
-	dspb.RegisterDynamicSubclassServiceServer(s.grpc, &dynamicSubclass{s: s})
-	tipb.RegisterTrainInferServiceServer(s.grpc, &trainInferUnary{trainInfer: trainInfer{s: s}})
-	tipb.RegisterTrainInferStreamServiceServer(s.grpc, &trainInferStream{trainInfer: trainInfer{s: s, stream: true}})
+	s.grpc = grpc.NewServer(append(opts, grpc.Creds(creds))...)
+	adm := &admission{budget: semaphore.NewWeighted(cfg.MaxInflightBytes), maxRecv: int64(cfg.MaxRecvBytes),
+		wait: cfg.CallTimeout, metrics: s.metrics}
+	s.grpc.RegisterService(adm.modelService(&dspb.DynamicSubclassService_ServiceDesc, interceptors), &dynamicSubclass{s: s})
+	s.grpc.RegisterService(adm.modelService(&tipb.TrainInferService_ServiceDesc, interceptors), &trainInferUnary{trainInfer: trainInfer{s: s}})
+	s.grpc.RegisterService(adm.modelService(&tipb.TrainInferStreamService_ServiceDesc, interceptors), &trainInferStream{trainInfer: trainInfer{s: s, stream: true}})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	return s

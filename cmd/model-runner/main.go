@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -92,7 +93,10 @@ type options struct {
 	hostDir, workerWrapper           string
 	crunch, certHashes, authzFile    string
 	crlFile, crlURL, healthListen    string
-	crlRefresh                       time.Duration
+	crlRefresh, crlGrace             time.Duration
+	anyCoordinatorKey, withoutCRL    bool
+	maxInflight                      int64
+	maxStreams                       uint
 	delegationFile                   string
 	vaultAddr, vaultTokenFile        string
 	vaultKey, vaultSign, commonName  string
@@ -130,8 +134,13 @@ func parse(args []string) (*options, error) {
 	fs.StringVar(&o.certHashes, "coordinator-cert-hash", "", "on-chain hashes (primary,secondary) of the coordinator's public key: SHA-256 of its SubjectPublicKeyInfo DER, hex")
 	fs.StringVar(&o.authzFile, "authz-file", "", `JSON {"crunch": ..., "coordinator_cert_hashes": [...]}, re-read when it changes (instead of --crunch and --coordinator-cert-hash)`)
 	fs.StringVar(&o.crlFile, "tls-crl", "", "the CA's revocation list (PEM or DER); revoked coordinators are refused; re-read when it changes")
-	fs.StringVar(&o.crlURL, "tls-crl-url", "", "fetch the CA's revocation list from this URL instead (e.g. Vault's .../v1/pki_int/crl/pem), every --crl-refresh")
+	fs.StringVar(&o.crlURL, "tls-crl-url", "", "fetch revocation lists from these URLs instead, every --crl-refresh (comma-separated): a CRL (e.g. Vault's .../v1/pki_int/crl/pem), or a Vault PKI mount's issuer list, .../v1/pki_int/issuers, to fetch every issuer's CRL (what a rotated intermediate still revokes)")
 	fs.DurationVar(&o.crlRefresh, "crl-refresh", time.Minute, "how often to fetch --tls-crl-url: a revoked coordinator is refused within this long")
+	fs.DurationVar(&o.crlGrace, "crl-grace", authz.DefaultCRLGrace, "how long past its nextUpdate a revocation list is still used; after that, certificates of its issuer are refused until a fresh list is loaded")
+	fs.BoolVar(&o.anyCoordinatorKey, "authz-any-coordinator-key", false, "DEVELOPMENT ONLY, command line only: with no on-chain key hash, admit any key instead of nobody")
+	fs.BoolVar(&o.withoutCRL, "authz-without-crl", false, "DEVELOPMENT ONLY, command line only: check callers without a revocation list (a revoked coordinator stays admitted)")
+	fs.Int64Var(&o.maxInflight, "max-inflight-bytes", 0, "request bytes the runner receives or holds at once for queued and running calls; more calls wait (default 2 × --max-recv-bytes)")
+	fs.UintVar(&o.maxStreams, "max-streams-per-conn", runner.DefaultMaxStreamsPerConn, "concurrent calls per connection (clients queue the rest)")
 	fs.StringVar(&o.healthListen, "health-listen", "", "also serve only the gRPC health service, without TLS, on this address (for Consul checks)")
 	fs.StringVar(&o.delegationFile, "delegation", "", "the cruncher's wallet delegation (from `model-runner delegation sign`), sent with every model call; re-read when it changes")
 	fs.StringVar(&o.hostDir, "host-dir", "", "where to write the Python host script (default: a private temp dir); a sandboxing wrapper must show it to the worker")
@@ -142,6 +151,14 @@ func parse(args []string) (*options, error) {
 	if err := envflag.Parse(fs, envPrefix, args); err != nil {
 		return nil, err
 	}
+	// Switches that open the door are taken only from an operator's command
+	// line, never from the environment a job (or its template) can set.
+	for _, name := range []string{"authz-any-coordinator-key", "authz-without-crl"} {
+		if env := envflag.Name(envPrefix, name); os.Getenv(env) != "" {
+			return nil, fmt.Errorf("%s: --%s is a development switch and is only read from the command line", env, name)
+		}
+	}
+	authorizer := o.crunch != "" || o.certHashes != "" || o.authzFile != "" || o.crlFile != "" || o.crlURL != ""
 	switch {
 	case o.modelDir == "":
 		return nil, errors.New("--model-dir is required")
@@ -165,6 +182,14 @@ func parse(args []string) (*options, error) {
 		return nil, errors.New("--crunch, --coordinator-cert-hash, --authz-file and --tls-crl check client certificates: they need --tls-client-ca")
 	case o.authzFile != "" && (o.crunch != "" || o.certHashes != ""):
 		return nil, errors.New("--authz-file replaces --crunch and --coordinator-cert-hash: use one or the other")
+	case authorizer && o.crlFile == "" && o.crlURL == "" && !o.withoutCRL:
+		return nil, errors.New("refusing to check callers without a revocation list (a revoked coordinator would stay admitted): pass --tls-crl or --tls-crl-url (--authz-without-crl for development only)")
+	case (o.anyCoordinatorKey || o.withoutCRL) && !authorizer:
+		return nil, errors.New("--authz-any-coordinator-key and --authz-without-crl only change the caller checks (--crunch, --coordinator-cert-hash, --authz-file)")
+	case o.maxStreams == 0 || o.maxStreams > 1<<16:
+		return nil, errors.New("--max-streams-per-conn: want 1 to 65536")
+	case o.maxInflight != 0 && o.maxInflight < int64(o.maxRecv):
+		return nil, errors.New("--max-inflight-bytes must be at least --max-recv-bytes")
 	}
 	return o, nil
 }
@@ -200,10 +225,12 @@ func serve(args []string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg := runner.Config{
-		MaxRecvBytes: o.maxRecv,
-		CallTimeout:  o.callTimeout,
-		Logger:       log,
-		Registerer:   reg,
+		MaxRecvBytes:      o.maxRecv,
+		MaxInflightBytes:  o.maxInflight,
+		MaxStreamsPerConn: uint32(o.maxStreams),
+		CallTimeout:       o.callTimeout,
+		Logger:            log,
+		Registerer:        reg,
 		Worker: worker.Config{
 			Command:      command,
 			Dir:          modelDir,
@@ -230,6 +257,8 @@ func serve(args []string) error {
 		}
 		if o.caFile == "" {
 			log.Warn("serving TLS without client authentication: any caller may call the model (pass --tls-client-ca for mTLS)")
+		} else if o.crunch == "" && o.certHashes == "" && o.authzFile == "" && o.crlFile == "" && o.crlURL == "" {
+			log.Warn("mTLS without caller checks: any certificate from the CA may call the model (pass --crunch and --coordinator-cert-hash, or --authz-file)")
 		}
 	} else {
 		log.Warn("serving plaintext: no TLS, no caller authentication")
@@ -241,16 +270,30 @@ func serve(args []string) error {
 				hashes = append(hashes, h)
 			}
 		}
+		var urls []string
+		for _, u := range strings.Split(o.crlURL, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				urls = append(urls, u)
+			}
+		}
 		cfg.Authorizer, err = authz.New(authz.Config{
-			Static:     authz.Policy{Crunch: o.crunch, CoordinatorCertHashes: hashes},
-			PolicyFile: o.authzFile, CRLFile: o.crlFile, CRLURL: o.crlURL, CRLRefresh: o.crlRefresh,
-			CAFile: o.caFile, Logger: log.Named("authz"),
+			Static:            authz.Policy{Crunch: o.crunch, CoordinatorCertHashes: hashes},
+			PolicyFile:        o.authzFile,
+			AnyCoordinatorKey: o.anyCoordinatorKey,
+			CRLFile:           o.crlFile, CRLURLs: urls, CRLRefresh: o.crlRefresh, CRLGrace: o.crlGrace,
+			CAFile: o.caFile, Logger: log.Named("authz"), Registerer: reg,
 		})
 		if err != nil {
 			return err
 		}
 		if cfg.Authorizer.Policy().Crunch == "" {
 			log.Warn("no crunch to check: any coordinator with a certificate from the CA may call the model")
+		}
+		if o.anyCoordinatorKey {
+			log.Warn("DEVELOPMENT SWITCH --authz-any-coordinator-key: with no on-chain hash, any key naming the crunch is admitted")
+		}
+		if o.withoutCRL {
+			log.Warn("DEVELOPMENT SWITCH --authz-without-crl: no revocation list, a revoked coordinator stays admitted")
 		}
 	}
 	var deleg *delegation.Reloader
@@ -262,6 +305,17 @@ func serve(args []string) error {
 		checkDelegation(log, deleg.Proof(), cfg.TLS)
 	}
 	srv = runner.New(cfg)
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// Without a limit the collector lets the heap reach twice what it
+		// found live, and large requests (copied while received, decoded
+		// and framed for the worker) ratchet that up: 8 queued 60 MiB
+		// calls took the heap to ~900 MiB although one was held at a time.
+		// A soft limit from the request budget keeps the runner near what
+		// the budget means; GOMEMLIMIT overrides it.
+		limit := runner.MemoryLimit(cfg.MaxRecvBytes, cfg.MaxInflightBytes)
+		debug.SetMemoryLimit(limit)
+		log.Debug("Go memory limit", "bytes", limit)
+	}
 	// SIGHUP (a Nomad template's change_mode = "signal") re-reads the TLS
 	// files; it never stops the runner.
 	hup := make(chan os.Signal, 1)

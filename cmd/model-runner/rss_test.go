@@ -95,7 +95,7 @@ func idleRSS(b *testing.B, mk func(addr string) *exec.Cmd) float64 {
 	return rss
 }
 
-func exampleModelBinary(b *testing.B) string {
+func exampleModelBinary(b testing.TB) string {
 	if dir := os.Getenv("MODELNODES_BIN"); dir != "" && fileExists(dir+"/example-model") {
 		return dir + "/example-model"
 	}

@@ -158,10 +158,17 @@ func parseURIs(t testing.TB, raw []string) []*url.URL {
 // certificates, and returns its path.
 func (ca *CA) WriteCRL(t testing.TB, dir, name string, revoked ...*x509.Certificate) string {
 	t.Helper()
+	return ca.WriteCRLValid(t, dir, name, time.Now().Add(-time.Minute), time.Now().Add(time.Hour), revoked...)
+}
+
+// WriteCRLValid is WriteCRL with the list's thisUpdate and nextUpdate.
+func (ca *CA) WriteCRLValid(t testing.TB, dir, name string, thisUpdate, nextUpdate time.Time, revoked ...*x509.Certificate) string {
+	t.Helper()
 	tmpl := &x509.RevocationList{
-		Number:     serial(t),
-		ThisUpdate: time.Now().Add(-time.Minute),
-		NextUpdate: time.Now().Add(time.Hour),
+		// Increasing, as a real CA's: a list with a lower number is older.
+		Number:     big.NewInt(time.Now().UnixNano()),
+		ThisUpdate: thisUpdate,
+		NextUpdate: nextUpdate,
 	}
 	for _, c := range revoked {
 		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,

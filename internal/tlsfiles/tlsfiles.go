@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -131,10 +132,17 @@ func (r *Reloader) Pool() *x509.CertPool { return r.cur.Load().pool }
 // ServerConfig returns a server tls.Config that takes the newest material at
 // every handshake. With a CA file, clients must present a certificate that
 // chains to it.
-func (r *Reloader) ServerConfig() *tls.Config {
+func (r *Reloader) ServerConfig() *tls.Config { return r.ServerConfigWith(nil) }
+
+// ServerConfigWith is ServerConfig with a last check of each client, run
+// during the handshake once its certificate chain is verified: an error
+// refuses the connection before any application data is read (the client
+// sees a "bad certificate" alert). remote is the client's address, for logs.
+// It only runs with a CA file (without one there is no client certificate).
+func (r *Reloader) ServerConfigWith(verify func(remote net.Addr, cs tls.ConnectionState) error) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			m := r.cur.Load()
 			c := &tls.Config{
 				MinVersion:   tls.VersionTLS12,
@@ -144,6 +152,13 @@ func (r *Reloader) ServerConfig() *tls.Config {
 			if m.pool != nil {
 				c.ClientAuth = tls.RequireAndVerifyClientCert
 				c.ClientCAs = m.pool
+				if verify != nil {
+					var remote net.Addr
+					if hello.Conn != nil {
+						remote = hello.Conn.RemoteAddr()
+					}
+					c.VerifyConnection = func(cs tls.ConnectionState) error { return verify(remote, cs) }
+				}
 			}
 			return c, nil
 		},
