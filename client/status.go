@@ -92,7 +92,10 @@ func isTooLarge(err error, limit int) bool {
 // shared the fan-out's budget, and the size the model announced when
 // grpc-go says it.
 func tooLargeText(err error, limit, models int) string {
-	msg := fmt.Sprintf("reply larger than %d bytes, the limit for each of the %d models of this call", limit, models)
+	msg := fmt.Sprintf("reply larger than %d bytes, the limit per reply", limit)
+	if models > 1 {
+		msg = fmt.Sprintf("reply larger than %d bytes, the limit for each of the %d models of this call", limit, models)
+	}
 	st, _ := status.FromError(err)
 	var sent, lim int
 	if i := strings.LastIndexByte(st.Message(), '('); i >= 0 {
