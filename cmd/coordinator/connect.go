@@ -161,6 +161,15 @@ func (c *common) source(log hclog.Logger) (discovery.Source, error) {
 		if c.serviceName() == "" || c.modelIDs == "" {
 			return nil, usageError{errors.New("--dns needs --crunch (or --service) and --model-ids")}
 		}
+		// Consul DNS answers carry no service meta: an instance that
+		// another job registered under this name with the model's tag is
+		// answered beside the model's own. Only the runner's certificate
+		// (it must name the model) tells them apart.
+		if c.plaintext {
+			log.Warn("--dns with --plaintext: Consul DNS carries no service meta, so any job that registers this service name with a model's tag may answer for that model; use Consul discovery (--crunch without --dns) or TLS", "service", c.serviceName())
+		} else {
+			log.Info("--dns: Consul DNS carries no service meta; instances are told apart only by the runner certificate, which must name the model", "service", c.serviceName())
+		}
 		return dnssrv.Models(c.dns, c.serviceName(), splitList(c.modelIDs)...), nil
 	case c.serviceName() != "":
 		cfg := consulapi.DefaultConfig()
