@@ -1,12 +1,14 @@
 package client_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"runtime"
 	"runtime/metrics"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -212,5 +214,67 @@ func TestFanoutBudgetIsShared(t *testing.T) {
 	}
 	if _, err := client.New(client.Config{Plaintext: true, Source: discovery.Static(models), MaxReplyBytes: 2 << 20, MaxFanoutBytes: 1 << 20}); err == nil {
 		t.Error("a fan-out budget smaller than one reply was accepted")
+	}
+}
+
+// slowSetup answers Setup after a pause, counting the Setups in flight
+// across all its servers.
+type slowSetup struct {
+	benchModel
+	inFlight, most *atomic.Int32
+}
+
+func (m *slowSetup) Setup(ctx context.Context, req *dspb.SetupRequest) (*dspb.SetupResponse, error) {
+	n := m.inFlight.Add(1)
+	defer m.inFlight.Add(-1)
+	for {
+		most := m.most.Load()
+		if n <= most || m.most.CompareAndSwap(most, n) {
+			break
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	return m.benchModel.Setup(ctx, req)
+}
+
+// Models that join at once are set up a few at a time, so that their
+// replies (each up to MaxReplyBytes) stay within one fan-out's budget:
+// with room for two whole replies, never more than two Setups are in
+// flight, and every model is set up.
+func TestSetupsOnJoinShareTheBudget(t *testing.T) {
+	var inFlight, most atomic.Int32
+	var models []discovery.Model
+	for i := range 6 {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := grpc.NewServer()
+		dspb.RegisterDynamicSubclassServiceServer(s, &slowSetup{inFlight: &inFlight, most: &most})
+		go func() { _ = s.Serve(lis) }()
+		t.Cleanup(s.Stop)
+		models = append(models, discovery.Model{ID: fmt.Sprintf("j%d", i), Target: lis.Addr().String()})
+	}
+	c := runClient(t, ctxTimeout(t, time.Minute), client.Config{
+		Source: discovery.Static(models), Plaintext: true,
+		MaxReplyBytes: 1 << 20, MaxFanoutBytes: 2 << 20,
+		SetupOnJoin: &client.SetupOnJoin{ClassName: "m.Base"},
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		ready := 0
+		for _, m := range c.Members() {
+			if m.Ready {
+				ready++
+			}
+		}
+		if ready == len(models) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d models set up after 20s", ready, len(models))
+		}
+	}
+	if n := most.Load(); n > 2 {
+		t.Errorf("%d Setups on join were in flight at once, want at most 2 (2 MiB budget / 1 MiB per reply)", n)
 	}
 }
