@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -98,31 +100,32 @@ func (c *Client) Setup(ctx context.Context, className string, req Request) []Res
 }
 
 func setupRPC(className string) rpcFunc {
-	return func(ctx context.Context, m *member, a Args) answer {
+	return func(ctx context.Context, m *member, a Args, opts ...grpc.CallOption) answer {
 		res, err := m.ds.Setup(ctx, &dspb.SetupRequest{
 			ClassName: className, InstanceArguments: positional(a), InstanceKwArguments: keyword(a),
-		})
+		}, opts...)
 		return answer{code: res.GetStatus().GetCode(), msg: res.GetStatus().GetMessage(), err: err}
 	}
 }
 
-// rpcFunc is one model's RPC in a fan-out.
-type rpcFunc func(context.Context, *member, Args) answer
+// rpcFunc is one model's RPC in a fan-out; opts carry the call's reply
+// limit.
+type rpcFunc func(context.Context, *member, Args, ...grpc.CallOption) answer
 
 // Call calls method on every model (DynamicSubclass Call).
 func (c *Client) Call(ctx context.Context, method string, req Request) []Result {
-	return c.fan(ctx, RPCCall, req, func(ctx context.Context, m *member, a Args) answer {
+	return c.fan(ctx, RPCCall, req, func(ctx context.Context, m *member, a Args, opts ...grpc.CallOption) answer {
 		res, err := m.ds.Call(ctx, &dspb.CallRequest{
 			MethodName: method, MethodArguments: positional(a), MethodKwArguments: keyword(a),
-		})
+		}, opts...)
 		return answer{code: res.GetStatus().GetCode(), msg: res.GetStatus().GetMessage(), value: res.GetMethodResponse(), err: err}
 	})
 }
 
 // Rest drops every model's instance (DynamicSubclass Rest).
 func (c *Client) Rest(ctx context.Context, req Request) []Result {
-	return c.fan(ctx, RPCRest, req, func(ctx context.Context, m *member, _ Args) answer {
-		res, err := m.ds.Rest(ctx, &emptypb.Empty{})
+	return c.fan(ctx, RPCRest, req, func(ctx context.Context, m *member, _ Args, opts ...grpc.CallOption) answer {
+		res, err := m.ds.Rest(ctx, &emptypb.Empty{}, opts...)
 		return answer{code: res.GetStatus().GetCode(), msg: res.GetStatus().GetMessage(), err: err}
 	})
 }
@@ -130,20 +133,20 @@ func (c *Client) Rest(ctx context.Context, req Request) []Result {
 // Infer calls TrainInfer Infer on every model with Args.Positional[0]
 // (TrainInfer Setup must have been called once: InferSetup).
 func (c *Client) Infer(ctx context.Context, req Request) []Result {
-	return c.fan(ctx, RPCInfer, req, func(ctx context.Context, m *member, a Args) answer {
+	return c.fan(ctx, RPCInfer, req, func(ctx context.Context, m *member, a Args, opts ...grpc.CallOption) answer {
 		var v *commonspb.Variant
 		if len(a.Positional) > 0 {
 			v = a.Positional[0]
 		}
-		res, err := m.ti.Infer(ctx, &tipb.InferRequest{Argument: v})
+		res, err := m.ti.Infer(ctx, &tipb.InferRequest{Argument: v}, opts...)
 		return answer{code: "SUCCESS", value: res.GetPrediction(), err: err}
 	})
 }
 
 // InferSetup calls TrainInfer Setup on every model.
 func (c *Client) InferSetup(ctx context.Context, req Request) []Result {
-	return c.fan(ctx, RPCInferSetup, req, func(ctx context.Context, m *member, _ Args) answer {
-		_, err := m.ti.Setup(ctx, &emptypb.Empty{})
+	return c.fan(ctx, RPCInferSetup, req, func(ctx context.Context, m *member, _ Args, opts ...grpc.CallOption) answer {
+		_, err := m.ti.Setup(ctx, &emptypb.Empty{}, opts...)
 		return answer{code: "SUCCESS", err: err}
 	})
 }
@@ -152,8 +155,8 @@ func (c *Client) InferSetup(ctx context.Context, req Request) []Result {
 // service ""): Success with Value = STRING "SERVING" when it takes calls,
 // Unavailable with Code = the serving status (NOT_SERVING) otherwise.
 func (c *Client) Health(ctx context.Context, req Request) []Result {
-	return c.fan(ctx, RPCHealth, req, func(ctx context.Context, m *member, _ Args) answer {
-		res, err := m.health.Check(ctx, &healthpb.HealthCheckRequest{})
+	return c.fan(ctx, RPCHealth, req, func(ctx context.Context, m *member, _ Args, opts ...grpc.CallOption) answer {
+		res, err := m.health.Check(ctx, &healthpb.HealthCheckRequest{}, opts...)
 		st := res.GetStatus()
 		if err != nil || st == healthpb.HealthCheckResponse_SERVING {
 			return answer{code: "SUCCESS", value: commonspb.String(st.String()), err: err}
@@ -198,6 +201,10 @@ func (c *Client) fanTargets(ctx context.Context, rpc string, members []target, r
 	if conc <= 0 {
 		conc = c.cfg.Concurrency
 	}
+	// Every reply counts against the fan-out's budget until the caller
+	// drops the results, so each model gets an equal share of it.
+	limit := c.replyLimit(len(members))
+	recvLimit := grpc.MaxCallRecvMsgSize(limit)
 	// Each result is accounted once: by its call, or as a timeout when
 	// the fan-out ended first.
 	accounted := make([]atomic.Bool, len(members))
@@ -217,9 +224,12 @@ func (c *Client) fanTargets(ctx context.Context, rpc string, members []target, r
 				return r
 			}
 		}
-		ans := do(ctx, m.member, a)
+		ans := do(ctx, m.member, a, recvLimit)
 		r.Latency = time.Since(t0)
 		switch {
+		case ans.err != nil && isTooLarge(ans.err, limit):
+			r.Status, r.Code = TooLarge, commonspb.CodeName(codes.ResourceExhausted)
+			r.Message = tooLargeText(ans.err, limit, len(members))
 		case ans.err != nil:
 			r.Status, r.Code = classify(ans.err)
 			r.Message = errorText(ans.err)

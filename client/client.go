@@ -46,6 +46,17 @@ type Config struct {
 	Plaintext bool
 	// Concurrency bounds calls in flight per fan-out; default 1024.
 	Concurrency int
+	// MaxReplyBytes caps one model's reply (one gRPC message as it comes
+	// off the wire, and after decompression); default DefaultMaxReplyBytes.
+	// A bigger reply is refused from its 5-byte length prefix, before its
+	// bytes are buffered: the model's result is TooLarge.
+	MaxReplyBytes int
+	// MaxFanoutBytes caps the replies of one fan-out together: of n models
+	// called, each may send min(MaxReplyBytes, MaxFanoutBytes/n); default
+	// DefaultMaxFanoutBytes. It also sizes the HTTP/2 windows
+	// (MaxFanoutBytes/Concurrency, 64 KiB to 1 MiB), so that one fan-out
+	// holds at most about 2 × MaxFanoutBytes of replies (docs/client.md).
+	MaxFanoutBytes int64
 	// Timeout is each model's deadline when a Request sets none; 0 leaves
 	// only the caller's context deadline.
 	Timeout time.Duration
@@ -68,12 +79,25 @@ type Config struct {
 	Delegation DelegationCheck
 }
 
+// The reply limits' defaults. Predictions are small: 4 MiB is what
+// CrunchDAO's Python client (grpcio) accepts by default, and a fan-out's
+// replies together stay within 256 MiB: 4 MiB each up to 64 models,
+// 256 KiB each at 1,024.
+const (
+	DefaultMaxReplyBytes        = 4 << 20
+	DefaultMaxFanoutBytes int64 = 256 << 20
+)
+
 // Client is a coordinator client. Its methods are safe for concurrent use.
 type Client struct {
 	cfg      Config
 	log      hclog.Logger
 	failures *failures.Tracker
 	models   prometheus.Gauge
+
+	// joinSlots bounds the Setups on join in flight, so that joining
+	// models' replies stay within MaxFanoutBytes too.
+	joinSlots chan struct{}
 
 	mu      sync.Mutex
 	members map[string]*member
@@ -94,6 +118,15 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 1024
 	}
+	if cfg.MaxReplyBytes <= 0 {
+		cfg.MaxReplyBytes = DefaultMaxReplyBytes
+	}
+	if cfg.MaxFanoutBytes <= 0 {
+		cfg.MaxFanoutBytes = DefaultMaxFanoutBytes
+	}
+	if cfg.MaxFanoutBytes < int64(cfg.MaxReplyBytes) {
+		return nil, fmt.Errorf("client: the fan-out reply budget (%d bytes) must hold at least one whole reply (%d bytes)", cfg.MaxFanoutBytes, cfg.MaxReplyBytes)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -107,9 +140,10 @@ func New(cfg Config) (*Client, error) {
 			Name: "modelnodes_client_models",
 			Help: "Models in the current membership.",
 		}),
-		members: map[string]*member{},
-		known:   make(chan struct{}),
-		changed: make(chan struct{}),
+		joinSlots: make(chan struct{}, max(1, cfg.MaxFanoutBytes/int64(cfg.MaxReplyBytes))),
+		members:   map[string]*member{},
+		known:     make(chan struct{}),
+		changed:   make(chan struct{}),
 	}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(c.models)
@@ -255,9 +289,11 @@ func (c *Client) dialOptions(md discovery.Model) []grpc.DialOption {
 			MinConnectTimeout: 5 * time.Second,
 		}),
 		// Static HTTP/2 windows: no BDP probing pings on every quiet
-		// connection (measured: fan-out p50 −25 % at 1,000 models).
-		grpc.WithInitialWindowSize(1 << 20),
-		grpc.WithInitialConnWindowSize(1 << 20),
+		// connection (measured: fan-out p50 −25 % at 1,000 models). A
+		// runner may fill a window before we read its reply's length, so
+		// the windows of a full fan-out together stay within its budget.
+		grpc.WithInitialWindowSize(c.window()),
+		grpc.WithInitialConnWindowSize(c.window()),
 		// No idle per-connection buffers: most connections are idle
 		// between fan-outs, and memory per model counts at 1,000 models.
 		// Reads need no bufio (crypto/tls already holds a decrypted
@@ -268,12 +304,27 @@ func (c *Client) dialOptions(md discovery.Model) []grpc.DialOption {
 		// Keep connections up between fan-outs (grpc-go would go idle
 		// after 30 minutes and pay a handshake on the next call).
 		grpc.WithIdleTimeout(0),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(64<<20)),
+		// Each fan-out sets its own receive limit per call (replyLimit);
+		// this default covers any other call on the connection.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(c.cfg.MaxReplyBytes), grpc.MaxCallSendMsgSize(64<<20)),
 	}
 	if c.cfg.Delegation != nil {
 		opts = append(opts, grpc.WithChainUnaryInterceptor(delegationInterceptor(md, c.cfg.Delegation)))
 	}
 	return append(opts, c.cfg.DialOptions...)
+}
+
+// window is the HTTP/2 stream and connection window: MaxFanoutBytes /
+// Concurrency, within [64 KiB, 1 MiB] (grpc-go ignores windows under
+// 64 KiB; 1 MiB is what was measured to need no BDP probing).
+func (c *Client) window() int32 {
+	return int32(min(max(c.cfg.MaxFanoutBytes/int64(c.cfg.Concurrency), 64<<10), 1<<20))
+}
+
+// replyLimit is the most one model may send in a fan-out of n models:
+// MaxReplyBytes, or the fan-out budget's share when that is smaller.
+func (c *Client) replyLimit(n int) int {
+	return int(min(int64(c.cfg.MaxReplyBytes), c.cfg.MaxFanoutBytes/int64(max(n, 1))))
 }
 
 // readBufferSize: 0 (unbuffered) over TLS; plaintext reads would become

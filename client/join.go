@@ -40,7 +40,17 @@ func (c *Client) setUp(ctx context.Context, m *member) {
 	}
 	backoff := 200 * time.Millisecond
 	for {
+		// Joins are bounded like a fan-out: at most MaxFanoutBytes /
+		// MaxReplyBytes Setups in flight, each with the whole per-reply
+		// limit (a thousand models joining at once must not each hold
+		// MaxReplyBytes).
+		select {
+		case c.joinSlots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		r := c.setupOne(ctx, m, spec, timeout)
+		<-c.joinSlots
 		if ctx.Err() != nil {
 			return
 		}

@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -28,9 +30,13 @@ const (
 	Unavailable
 	// Unauthenticated: TLS or authorization refused the call (either side).
 	Unauthenticated
+	// TooLarge: the model's reply was over its limit (Config.MaxReplyBytes,
+	// or its share of Config.MaxFanoutBytes); it was refused from its
+	// length prefix, unread. Code is RESOURCE_EXHAUSTED.
+	TooLarge
 )
 
-var statusNames = [...]string{"success", "model_error", "timeout", "unavailable", "unauthenticated"}
+var statusNames = [...]string{"success", "model_error", "timeout", "unavailable", "unauthenticated", "too_large"}
 
 func (s Status) String() string {
 	if int(s) < len(statusNames) {
@@ -62,6 +68,42 @@ func classify(err error) (Status, string) {
 		return Unavailable, commonspb.CodeName(code)
 	}
 	return ModelError, commonspb.CodeName(code)
+}
+
+// isTooLarge recognizes grpc-go's refusal of a reply over the call's
+// receive limit, raised on our side: its message names the limit, which
+// tells it from a runner's RESOURCE_EXHAUSTED (its queue is full, or our
+// request was over its own limit). A runner that forges it only
+// misreports itself.
+func isTooLarge(err error, limit int) bool {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.ResourceExhausted {
+		return false
+	}
+	msg := st.Message()
+	if !strings.HasPrefix(msg, "grpc: ") || !strings.Contains(msg, "larger than max") {
+		return false
+	}
+	lim := " " + strconv.Itoa(limit)
+	return strings.HasSuffix(msg, lim+")") || strings.HasSuffix(msg, lim)
+}
+
+// tooLargeText explains a TooLarge result: the limit, how many models
+// shared the fan-out's budget, and the size the model announced when
+// grpc-go says it.
+func tooLargeText(err error, limit, models int) string {
+	msg := fmt.Sprintf("reply larger than %d bytes, the limit per reply", limit)
+	if models > 1 {
+		msg = fmt.Sprintf("reply larger than %d bytes, the limit for each of the %d models of this call", limit, models)
+	}
+	st, _ := status.FromError(err)
+	var sent, lim int
+	if i := strings.LastIndexByte(st.Message(), '('); i >= 0 {
+		if n, _ := fmt.Sscanf(st.Message()[i:], "(%d vs. %d)", &sent, &lim); n == 2 {
+			msg += fmt.Sprintf(" (it had %d)", sent)
+		}
+	}
+	return msg
 }
 
 // isTLSFailure recognizes handshake refusals, which grpc-go reports as

@@ -232,7 +232,7 @@ func TestE2EStableRunnerKey(t *testing.T) {
 func verifiedCall(t *testing.T, ctx context.Context, c *testcluster.Cluster, iss *vaultpki.Issuer) client.Result {
 	t.Helper()
 	cl, err := client.New(client.Config{
-		Source:     &consul.Source{Client: c.Consul.Client, Service: jobs.ServiceName("alpha")},
+		Source:     &consul.Source{Client: c.Consul.Client, Service: jobs.ServiceName("alpha"), Crunch: "alpha"},
 		TLS:        iss,
 		Delegation: client.DelegationFromMeta,
 	})

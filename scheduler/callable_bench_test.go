@@ -107,7 +107,7 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 
 	for _, path := range []string{"direct-nomad", "chain-scheduler"} {
 		b.Run(fmt.Sprintf("models=%d/path=%s", callableModels, path), func(b *testing.B) {
-			tr := watchMilestones(b, ctx, cl, coord)
+			tr := watchMilestones(b, ctx, cl, coord, c.crunch.String())
 			if path == "chain-scheduler" {
 				startScheduler(b, nc, nc, nil, &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: time.Minute})
 				waitSubscribed(b, f, 1)
@@ -257,7 +257,7 @@ func (tr *tracker) wait(b *testing.B, d time.Duration) {
 // watchMilestones follows Nomad's event stream (job registered, allocation
 // running), Consul's health API (check passing) and a coordinator client
 // (first successful Call) until b ends.
-func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Cluster, coord *coordinator) *tracker {
+func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Cluster, coord *coordinator, crunchID string) *tracker {
 	tr := &tracker{done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(parent)
 	var wg sync.WaitGroup
@@ -292,7 +292,7 @@ func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Clust
 	})
 
 	service := consul.ServiceName(callableCrunch)
-	passing := &consul.Source{Client: coord.consul, Service: service}
+	passing := &consul.Source{Client: coord.consul, Service: service, Crunch: crunchID}
 	wg.Go(func() {
 		_ = passing.Watch(ctx, func(ms []discovery.Model) {
 			now := time.Now()
@@ -304,7 +304,7 @@ func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Clust
 
 	// The coordinator: its own Consul watch, Setup as models join, and a
 	// probe Call to every ready model that has not answered yet.
-	cc, err := client.New(client.Config{Source: &consul.Source{Client: coord.consul, Service: service}, TLS: coord.issuer,
+	cc, err := client.New(client.Config{Source: &consul.Source{Client: coord.consul, Service: service, Crunch: crunchID}, TLS: coord.issuer,
 		SetupOnJoin: &client.SetupOnJoin{ClassName: callableClass, Timeout: 10 * time.Second}, Timeout: 5 * time.Second})
 	if err != nil {
 		b.Fatal(err)

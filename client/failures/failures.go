@@ -6,8 +6,10 @@
 package failures
 
 import (
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -116,7 +118,7 @@ func (t *Tracker) Record(model, rpc, status string, o Outcome, latency time.Dura
 	default:
 		s.Failures++
 		s.ConsecutiveFailures++
-		s.LastFailure, s.LastError = now, errText
+		s.LastFailure, s.LastError = now, clip(errText)
 		if o != Timeout {
 			s.ConsecutiveTimeouts = 0
 		}
@@ -162,4 +164,21 @@ func (t *Tracker) Forget(model string) {
 	delete(t.stats, model)
 	t.consecutive.DeleteLabelValues(model)
 	t.calls.DeletePartialMatch(prometheus.Labels{"model": model})
+}
+
+// MaxErrorLen bounds Stats.LastError: the text comes from the model (its
+// status message), and it is kept for as long as the model is a member.
+const MaxErrorLen = 1024
+
+// clip returns at most MaxErrorLen bytes of s (cut at a rune boundary) in
+// a string of its own: a slice of a large reply would keep all of it.
+func clip(s string) string {
+	if len(s) <= MaxErrorLen {
+		return s
+	}
+	cut := MaxErrorLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strings.Clone(s[:cut]) + "…"
 }

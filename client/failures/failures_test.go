@@ -1,9 +1,11 @@
 package failures_test
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -78,4 +80,16 @@ func failingGauge(t *testing.T, reg *prometheus.Registry) float64 {
 	}
 	t.Fatal("modelnodes_client_failing_models not registered")
 	return 0
+}
+
+// A model's error text is kept as long as the model is a member: a
+// megabyte-long status message must not be, nor the reply it came from.
+func TestLastErrorIsBounded(t *testing.T) {
+	tr := failures.New(failures.Config{})
+	huge := strings.Repeat("é", 1<<19) // 1 MiB of two-byte runes
+	tr.Record("m1", "call", "model_error", failures.Failure, time.Millisecond, huge)
+	got := tr.Stats("m1").LastError
+	if len(got) > failures.MaxErrorLen+len("…") || !strings.HasPrefix(huge, strings.TrimSuffix(got, "…")) || !utf8.ValidString(got) {
+		t.Errorf("LastError kept %d bytes (valid UTF-8: %v), want at most %d bytes of the message's start", len(got), utf8.ValidString(got), failures.MaxErrorLen)
+	}
 }

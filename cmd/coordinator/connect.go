@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,21 +31,24 @@ import (
 // common are the flags every command shares: where the models are and how
 // to authenticate.
 type common struct {
-	crunch, service, models, dns, modelIDs string
-	consulAddr, consulToken                string
-	certFile, keyFile, caFile              string
-	plaintext                              bool
-	vaultAddr, vaultToken                  string
-	vaultRoleID, vaultSecretID             string
-	vaultMount, vaultRole                  string
-	vaultKey                               string
-	verifyDelegation                       bool
-	connectTimeout                         time.Duration
-	logLevel                               string
+	crunch, crunchID, service  string
+	models, dns, modelIDs      string
+	maxReply, maxFanout        byteSize
+	consulAddr, consulToken    string
+	certFile, keyFile, caFile  string
+	plaintext                  bool
+	vaultAddr, vaultToken      string
+	vaultRoleID, vaultSecretID string
+	vaultMount, vaultRole      string
+	vaultKey                   string
+	verifyDelegation           bool
+	connectTimeout             time.Duration
+	logLevel                   string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.crunch, "crunch", "", "the crunch: its models are Consul service crunch-NAME; names the Vault certificate")
+	fs.StringVar(&c.crunchID, "crunch-id", "", "the crunch's on-chain id (base58), which the scheduler writes in each model's Consul service meta \"crunch\"; instances naming another crunch, or none, are ignored (default: --crunch, for a crunch without an on-chain id)")
 	fs.StringVar(&c.service, "service", "", "Consul service to watch instead of crunch-NAME")
 	fs.StringVar(&c.models, "models", "", "a fixed list of models, id=host:port,… (instead of Consul)")
 	fs.StringVar(&c.dns, "dns", "", "Consul DNS address (host:port): resolve --model-ids through SRV records")
@@ -63,6 +67,10 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.vaultMount, "vault-pki-mount", "pki_int", "Vault PKI mount that signs coordinator certificates")
 	fs.StringVar(&c.vaultRole, "vault-pki-role", "coordinator", "Vault PKI role")
 	fs.BoolVar(&c.verifyDelegation, "verify-delegation", false, "accept a model's answers only with the cruncher's wallet delegation for the runner's TLS key, checked against the wallet, model id and hotkey in its Consul metadata (CrunchDAO's secure mode)")
+	c.maxReply = byteSize(client.DefaultMaxReplyBytes)
+	fs.Var(&c.maxReply, "max-reply-size", "largest reply accepted from one model (bytes, or with KiB/MiB/GiB); a larger one is refused unread and reported too_large")
+	c.maxFanout = byteSize(client.DefaultMaxFanoutBytes)
+	fs.Var(&c.maxFanout, "max-fanout-reply-size", "largest total of the replies of one call to all models: each of N models may send this / N when that is less than --max-reply-size")
 	fs.DurationVar(&c.connectTimeout, "connect-timeout", 10*time.Second, "how long to wait for the first membership")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level (trace, debug, info, warn, error)")
 }
@@ -100,7 +108,8 @@ func (c *common) open(ctx context.Context, stderr io.Writer) (*client.Client, fu
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg := client.Config{Source: src, Plaintext: c.plaintext, Logger: log}
+	cfg := client.Config{Source: src, Plaintext: c.plaintext, Logger: log,
+		MaxReplyBytes: int(c.maxReply), MaxFanoutBytes: int64(c.maxFanout)}
 	if mat != nil {
 		cfg.TLS = mat
 	}
@@ -152,6 +161,15 @@ func (c *common) source(log hclog.Logger) (discovery.Source, error) {
 		if c.serviceName() == "" || c.modelIDs == "" {
 			return nil, usageError{errors.New("--dns needs --crunch (or --service) and --model-ids")}
 		}
+		// Consul DNS answers carry no service meta: an instance that
+		// another job registered under this name with the model's tag is
+		// answered beside the model's own. Only the runner's certificate
+		// (it must name the model) tells them apart.
+		if c.plaintext {
+			log.Warn("--dns with --plaintext: Consul DNS carries no service meta, so any job that registers this service name with a model's tag may answer for that model; use Consul discovery (--crunch without --dns) or TLS", "service", c.serviceName())
+		} else {
+			log.Info("--dns: Consul DNS carries no service meta; instances are told apart only by the runner certificate, which must name the model", "service", c.serviceName())
+		}
 		return dnssrv.Models(c.dns, c.serviceName(), splitList(c.modelIDs)...), nil
 	case c.serviceName() != "":
 		cfg := consulapi.DefaultConfig()
@@ -165,7 +183,14 @@ func (c *common) source(log hclog.Logger) (discovery.Source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("consul: %w", err)
 		}
-		return &consul.Source{Client: cl, Service: c.serviceName(), Logger: log}, nil
+		crunchID := c.crunchID
+		if crunchID == "" {
+			crunchID = c.crunch
+		}
+		if crunchID == "" {
+			return nil, usageError{errors.New("--service needs --crunch-id (or --crunch): only instances whose meta names the crunch are models")}
+		}
+		return &consul.Source{Client: cl, Service: c.serviceName(), Crunch: crunchID, Logger: log}, nil
 	}
 	return nil, usageError{errors.New("say where the models are: --crunch, --models or --dns")}
 }
@@ -252,4 +277,36 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// byteSize is a flag.Value for a size in bytes: "4194304", "4MiB", "512KiB",
+// "1GiB" (binary units; "MB" and the like are refused rather than guessed).
+type byteSize int64
+
+func (b *byteSize) String() string {
+	n := int64(*b)
+	for _, u := range []struct {
+		name  string
+		shift uint
+	}{{"GiB", 30}, {"MiB", 20}, {"KiB", 10}} {
+		if n != 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	num, shift := s, uint(0)
+	for suffix, sh := range map[string]uint{"KiB": 10, "MiB": 20, "GiB": 30} {
+		if n, ok := strings.CutSuffix(s, suffix); ok {
+			num, shift = n, sh
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n <= 0 || n > (1<<31-1)>>shift {
+		return fmt.Errorf("%q: want a positive size under 2GiB, in bytes or with KiB, MiB or GiB", s)
+	}
+	*b = byteSize(n << shift)
+	return nil
 }

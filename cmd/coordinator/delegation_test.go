@@ -54,7 +54,7 @@ func TestVerifyDelegation(t *testing.T) {
 		p, _ := strconv.Atoi(port)
 		if err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
 			ID: "model-node-" + id, Name: consul.ServiceName("dg"), Address: host, Port: p,
-			Meta: map[string]string{consul.MetaModelID: id, consul.MetaModel: model,
+			Meta: map[string]string{consul.MetaModelID: id, consul.MetaModel: model, consul.MetaCrunch: "dg",
 				consul.MetaCruncher: base58.Encode(pub), consul.MetaHotkey: "hk-1"},
 			Check: &consulapi.AgentServiceCheck{TTL: "10m", Status: consulapi.HealthPassing},
 		}); err != nil {

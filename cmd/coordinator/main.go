@@ -28,7 +28,8 @@ Usage:
   coordinator watch [flags]                  print membership changes as they happen
 
 Where the models are (one of):
-  --crunch NAME          Consul health API, service crunch-NAME (--consul-addr, --consul-token)
+  --crunch NAME          Consul health API, service crunch-NAME (--consul-addr, --consul-token);
+                         only instances whose meta "crunch" is --crunch-id (default NAME)
   --models id=host:port,…   a fixed list
   --dns ADDR --model-ids id,…  Consul DNS SRV at ADDR (e.g. 127.0.0.1:8600), service of --crunch
 
@@ -37,6 +38,9 @@ How to authenticate (mTLS; one of):
   --vault-addr URL --vault-role-id … --vault-secret-id … --crunch NAME [--tls-ca F]
                                             a client certificate from Vault PKI, renewed
   --plaintext                               no TLS (laptops and tests only)
+
+Replies: at most --max-reply-size (4MiB) per model, --max-fanout-reply-size (256MiB)
+for all models of one call together; a model over its share is reported too_large.
 
 Run "coordinator COMMAND --help" for every flag; each also reads COORDINATOR_<FLAG>.
 `

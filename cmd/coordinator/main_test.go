@@ -202,31 +202,45 @@ func TestWatchPrintsMembership(t *testing.T) {
 }
 
 // Against a real Consul agent: models of crunch alpha come from the health
-// API with their full ids, and watch prints a model that joins.
+// API with their full ids, and watch prints a model that joins. An instance
+// of service crunch-alpha whose meta names another crunch (what any Nomad
+// job can register) is not listed.
 func TestConsulCrunch(t *testing.T) {
 	cl := testcluster.Shared(t, testcluster.Consul)
 	agent := cl.Consul.Client.Agent()
-	register := func(id, addr string) {
+	registerAs := func(crunch, id, addr string) {
 		t.Helper()
 		host, port, _ := net.SplitHostPort(addr)
 		p, _ := strconv.Atoi(port)
 		err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
 			ID: "model-node-" + id, Name: consul.ServiceName("alpha"), Tags: []string{id}, Address: host, Port: p,
-			Meta:  map[string]string{consul.MetaModelID: id, consul.MetaModel: "Full" + id},
+			Meta:  map[string]string{consul.MetaModelID: id, consul.MetaModel: "Full" + id, consul.MetaCrunch: crunch},
 			Check: &consulapi.AgentServiceCheck{TTL: "10m", Status: consulapi.HealthPassing},
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { _ = agent.ServiceDeregister("model-node-" + id) })
 	}
+	register := func(id, addr string) { t.Helper(); registerAs("alpha", id, addr) }
 	a := startRunner(t)
 	register("a", a)
+	rogue := startRunner(t)
+	registerAs("BetaCrunchId", "rogue", rogue)
 	waitServing(t, "a="+a, 1)
 	t.Setenv("COORDINATOR_CONSUL_ADDR", cl.Consul.Addr)
 	t.Setenv("COORDINATOR_CONSUL_TOKEN", cl.Consul.Token)
 	code, out, stderr := runCLI(t, "models", "--crunch", "alpha", "--plaintext")
 	if code != 0 || !strings.Contains(out, a) || !strings.Contains(out, " SERVING ") || !strings.Contains(out, "Fulla") {
 		t.Errorf("models of crunch alpha: exit %d\n%s%s", code, out, stderr)
+	}
+	if strings.Contains(out, rogue) || !strings.Contains(stderr, "does not belong to this crunch") {
+		t.Errorf("an instance of another crunch is listed, or not warned about:\n%s%s", out, stderr)
+	}
+	// A crunch with an on-chain id: its models carry the id, not the name.
+	code, out, stderr = runCLI(t, "models", "--crunch", "alpha", "--crunch-id", "BetaCrunchId", "--plaintext")
+	if code != 0 || !strings.Contains(out, rogue) || strings.Contains(out, a) {
+		t.Errorf("models of crunch id BetaCrunchId: exit %d\n%s%s", code, out, stderr)
 	}
 
 	var buf syncBuffer
@@ -273,4 +287,36 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A model answering more than --max-reply-size (here from the environment,
+// as every flag) gets its own too_large line; the others answer.
+func TestMaxReplySize(t *testing.T) {
+	big, small := startRunner(t), startRunner(t)
+	models := "big=" + big + ",small=" + small
+	waitServing(t, models, 2)
+	t.Setenv("COORDINATOR_MAX_REPLY_SIZE", "1MiB")
+	// Each model echoes its argument: 2 MiB for big, 1 KiB for small
+	// (one --args for all, so two calls with --model).
+	for _, tc := range []struct {
+		model string
+		size  int
+		code  int
+		want  string
+	}{
+		{"big", 2 << 20, 3, "too_large"},
+		{"small", 1 << 10, 0, "success"},
+	} {
+		arg := `["` + strings.Repeat("x", tc.size) + `"]`
+		code, out, stderr := runCLI(t, "call", "echo", "--models", models, "--model", tc.model, "--plaintext", "--setup", "m.Base", "--args", arg, "--json")
+		if code != tc.code || !strings.Contains(out, `"status": "`+tc.want+`"`) {
+			t.Errorf("%s echoing %d bytes with a 1 MiB limit: exit %d, want %d and %s\n%.300s\n%s", tc.model, tc.size, code, tc.code, tc.want, out, stderr)
+		}
+		if tc.want == "too_large" && !strings.Contains(out, "reply larger than 1048576 bytes") {
+			t.Errorf("too_large without its reason:\n%.300s", out)
+		}
+	}
+	if code, _, stderr := runCLI(t, "models", "--models", models, "--plaintext", "--max-reply-size", "4MB"); code != 2 || !strings.Contains(stderr, "KiB, MiB or GiB") {
+		t.Errorf("--max-reply-size 4MB: exit %d, want 2 (usage)\n%s", code, stderr)
+	}
 }

@@ -158,6 +158,20 @@ type callRow struct {
 	status, code, result string
 }
 
+// setEnv adds a setting to the CLI's environment and to its env file.
+func (co *coordinator) setEnv(name, value string) error {
+	co.env = append(co.env, name+"="+value)
+	f, err := os.OpenFile(filepath.Join(co.dir, "env"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "export %s=%s\n", name, value)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // The call every fan-out makes: both healthy models add.
 var callArgs = []string{"call", "add", "--args", "[2, 40]", "--setup", setupClass, "--crunch", crunchName}
 
@@ -165,7 +179,7 @@ var callArgs = []string{"call", "add", "--args", "[2, 40]", "--setup", setupClas
 // and their output) and returns the call table's rows by model id.
 func (d *demo) fanOut(ctx context.Context, co *coordinator, first bool) (map[string]callRow, error) {
 	if first {
-		d.command(". " + filepath.Join(co.dir, "env") + "   # COORDINATOR_CONSUL_ADDR, _CONSUL_TOKEN (read-only, crunch-" + crunchName + "), _TLS_CERT, _TLS_KEY, _TLS_CA, _VAULT_ROLE_ID, _VAULT_SECRET_ID")
+		d.command(". " + filepath.Join(co.dir, "env") + "   # COORDINATOR_CONSUL_ADDR, _CONSUL_TOKEN (read-only, crunch-" + crunchName + "), _TLS_CERT, _TLS_KEY, _TLS_CA, _VAULT_ROLE_ID, _VAULT_SECRET_ID, _CRUNCH_ID")
 		d.command(d.rel(co.bin) + " models --crunch " + crunchName)
 		out, err := runCommand(ctx, co.env, co.bin, "models", "--crunch", crunchName)
 		d.output(out)

@@ -328,6 +328,11 @@ func (d *demo) plant(ctx context.Context, chain *devchain.Front, coord *coordina
 	program, crunch := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
 	wallet, certAcct := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
 	rec.Program, rec.Crunch = program.String(), crunch.String()
+	// The models' Consul meta names the crunch by its on-chain id: the
+	// coordinator lists only instances that carry it.
+	if err := coord.setEnv("COORDINATOR_CRUNCH_ID", crunch.String()); err != nil {
+		return err
+	}
 	type row struct{ addr, kind, what string }
 	var rows []row
 

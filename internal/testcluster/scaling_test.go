@@ -279,7 +279,7 @@ func newFleet(t testing.TB, n int) *fleet {
 	})
 
 	f.client, err = client.New(client.Config{
-		Source: &consul.Source{Client: c.Consul.Client, Service: jobs.ServiceName(scaleCrunch), MaxBackoff: time.Second},
+		Source: &consul.Source{Client: c.Consul.Client, Service: jobs.ServiceName(scaleCrunch), Crunch: scaleCrunch, MaxBackoff: time.Second},
 		TLS:    iss,
 		// A model rescheduled elsewhere is a fresh runner: CrunchDAO's
 		// client sets up each model as it joins.

@@ -1,8 +1,16 @@
 // Package consul discovers the models of a crunch through Consul's health
 // API: one service per crunch, one instance per model, only instances whose
-// checks all pass. Membership follows blocking queries, so a registration,
-// deregistration or failed check reaches the caller within one query round
-// (no polling interval to wait out).
+// checks all pass and whose meta names the crunch. Membership follows
+// blocking queries, so a registration, deregistration or failed check
+// reaches the caller within one query round (no polling interval to wait
+// out).
+//
+// A service name proves nothing: any job allowed to register services can
+// call one crunch-<name>. The scheduler writes the crunch's id in every
+// model's service meta (MetaCrunch); an instance that names another crunch,
+// or none, is left out. The runner's certificate (it must name the model)
+// and, with client.DelegationFromMeta, the cruncher's delegation are
+// checked on top, at every connection.
 package consul
 
 import (
@@ -24,7 +32,7 @@ import (
 const (
 	MetaModelID  = "model_id" // short lowercase id: names the job and the certificate
 	MetaModel    = "model"    // full on-chain model id
-	MetaCrunch   = "crunch"   // full on-chain crunch id
+	MetaCrunch   = "crunch"   // on-chain crunch id, or the crunch's name when it has none (Source.Crunch)
 	MetaCruncher = "cruncher" // the cruncher's wallet (base58)
 	MetaHotkey   = "hotkey"   // the cruncher's hotkey for the model
 )
@@ -38,6 +46,11 @@ type Source struct {
 	Client *consulapi.Client
 	// Service is the crunch's service (ServiceName).
 	Service string
+	// Crunch is what the scheduler writes in the meta of each of the
+	// crunch's instances (MetaCrunch): the crunch's on-chain id (base58),
+	// or its name when it has none. Required: instances whose meta names
+	// another crunch, or none, are not members (they are logged once).
+	Crunch string
 	// Tag, if set, keeps only instances carrying it.
 	Tag string
 	// Wait bounds one blocking query (Consul caps it at 10 minutes);
@@ -63,10 +76,16 @@ func (s *Source) Watch(ctx context.Context, update func([]discovery.Model)) erro
 	if maxBackoff <= 0 {
 		maxBackoff = 30 * time.Second
 	}
+	if s.Crunch == "" {
+		// Fail closed: without it, anyone's crunch-<name> instance would
+		// be called.
+		return fmt.Errorf("consul: watching %q: the crunch id its instances must carry in meta %q is needed", s.Service, MetaCrunch)
+	}
 	var (
 		index    uint64
 		backoff  time.Duration
 		reported bool
+		foreign  = map[string]bool{} // instances already logged as foreign
 	)
 	for {
 		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
@@ -104,7 +123,9 @@ func (s *Source) Watch(ctx context.Context, update func([]discovery.Model)) erro
 				return ctx.Err()
 			}
 		}
-		update(Models(entries))
+		ms, dropped := members(s.Crunch, entries)
+		logForeign(log, s.Service, s.Crunch, dropped, foreign)
+		update(ms)
 		reported = true
 	}
 }
@@ -120,14 +141,50 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// Models turns health entries into models: the id from MetaModelID (the
-// Consul service id when absent), the address from the service (the node's
-// when the service has none). When a model has several passing instances
-// (a Nomad deployment in progress), the most recently registered one wins.
-func Models(entries []*consulapi.ServiceEntry) []discovery.Model {
+// logForeign warns once about each instance left out for its crunch meta
+// (and forgets those gone, so one that comes back is logged again).
+func logForeign(log hclog.Logger, service, crunch string, dropped []*consulapi.ServiceEntry, logged map[string]bool) {
+	now := map[string]bool{}
+	for _, e := range dropped {
+		key := e.Service.ID
+		if e.Node != nil {
+			key = e.Node.Node + "/" + key
+		}
+		now[key] = true
+		if !logged[key] {
+			log.Warn("ignoring a service instance that does not belong to this crunch", "service", service,
+				"instance", key, "address", e.Service.Address, "crunch_meta", e.Service.Meta[MetaCrunch], "want", crunch)
+		}
+	}
+	clear(logged)
+	for k := range now {
+		logged[k] = true
+	}
+}
+
+// Models turns health entries into the members of crunch: instances whose
+// meta MetaCrunch is crunch, their id from MetaModelID (the Consul service
+// id when absent), their address from the service (the node's when the
+// service has none). When a model has several passing instances (a Nomad
+// deployment in progress), the most recently registered one wins.
+func Models(crunch string, entries []*consulapi.ServiceEntry) []discovery.Model {
+	ms, _ := members(crunch, entries)
+	return ms
+}
+
+// members is Models, also returning the instances left out for their
+// crunch meta.
+func members(crunch string, entries []*consulapi.ServiceEntry) ([]discovery.Model, []*consulapi.ServiceEntry) {
 	byID := map[string]*consulapi.ServiceEntry{}
+	var foreign []*consulapi.ServiceEntry
 	for _, e := range entries {
 		if e.Service == nil {
+			continue
+		}
+		// Before picking the newest instance per model: a foreign
+		// instance must not displace the model's own.
+		if crunch == "" || e.Service.Meta[MetaCrunch] != crunch {
+			foreign = append(foreign, e)
 			continue
 		}
 		id := modelID(e)
@@ -152,7 +209,7 @@ func Models(entries []*consulapi.ServiceEntry) []discovery.Model {
 		// Unreachable: ids are map keys and targets are never empty.
 		panic(fmt.Sprintf("consul: %v", err))
 	}
-	return ms
+	return ms, foreign
 }
 
 func modelID(e *consulapi.ServiceEntry) string {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func TestMembershipFollowsConsul(t *testing.T) {
 	// (-count) registered.
 	service := consul.ServiceName(fmt.Sprintf("alpha%d", time.Now().UnixNano()))
 
-	src := &consul.Source{Client: cl.Consul.Client, Service: service, Wait: time.Minute}
+	src := &consul.Source{Client: cl.Consul.Client, Service: service, Crunch: "AlphaCrunchBase58", Wait: time.Minute}
 	updates := make(chan []discovery.Model, 16)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -106,7 +107,7 @@ func TestUnreachableConsulKeepsMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := &consul.Source{Client: cl, Service: "crunch-x", MaxBackoff: 50 * time.Millisecond}
+	src := &consul.Source{Client: cl, Service: "crunch-x", Crunch: "x", MaxBackoff: 50 * time.Millisecond}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	n := 0
@@ -122,9 +123,9 @@ func TestUnreachableConsulKeepsMembership(t *testing.T) {
 func TestModelsPrefersNewestInstance(t *testing.T) {
 	e := func(id, addr string, idx uint64) *consulapi.ServiceEntry {
 		return &consulapi.ServiceEntry{Node: &consulapi.Node{Address: "10.0.0.9"}, Service: &consulapi.AgentService{
-			ID: fmt.Sprintf("%s-%d", id, idx), Address: addr, Port: 9000, CreateIndex: idx, Meta: map[string]string{consul.MetaModelID: id}}}
+			ID: fmt.Sprintf("%s-%d", id, idx), Address: addr, Port: 9000, CreateIndex: idx, Meta: map[string]string{consul.MetaModelID: id, consul.MetaCrunch: "C"}}}
 	}
-	ms := consul.Models([]*consulapi.ServiceEntry{e("b", "10.0.0.2", 5), e("a", "10.0.0.1", 7), e("a", "10.0.0.3", 9), e("c", "", 1)})
+	ms := consul.Models("C", []*consulapi.ServiceEntry{e("b", "10.0.0.2", 5), e("a", "10.0.0.1", 7), e("a", "10.0.0.3", 9), e("c", "", 1)})
 	want := []string{"a=10.0.0.3:9000", "b=10.0.0.2:9000", "c=10.0.0.9:9000"}
 	var got []string
 	for _, m := range ms {
@@ -132,5 +133,62 @@ func TestModelsPrefersNewestInstance(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("models %v, want %v (newest instance per model, node address as fallback)", got, want)
+	}
+}
+
+// Any Nomad job in any namespace can register a Consul service named
+// crunch-<name>. Against a real agent: instances whose meta names another
+// crunch, or no crunch, are not members, even one that claims the honest
+// model's id and registered after it (the newest instance of a model would
+// otherwise win); the honest instance is.
+func TestForeignInstancesAreNotMembers(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Consul)
+	agent := cl.Consul.Client.Agent()
+	service := consul.ServiceName(fmt.Sprintf("alpha%d", time.Now().UnixNano()))
+	const crunch = "AlphaCrunchBase58"
+	register := func(id, model string, port int, meta map[string]string) {
+		t.Helper()
+		if model != "" {
+			meta[consul.MetaModelID] = model
+		}
+		err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
+			ID: service + "-" + id, Name: service, Tags: []string{model}, Address: "127.0.0.1", Port: port, Meta: meta,
+			Check: &consulapi.AgentServiceCheck{TTL: "10m", Status: consulapi.HealthPassing},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = agent.ServiceDeregister(service + "-" + id) })
+	}
+	register("honest", "m1", 7101, map[string]string{consul.MetaCrunch: crunch, consul.MetaCruncher: "Wallet1"})
+	register("rogue-other-crunch", "m1", 7102, map[string]string{consul.MetaCrunch: "BetaCrunchBase58", consul.MetaCruncher: "Wallet1"})
+	register("rogue-no-crunch", "m2", 7103, map[string]string{})
+	register("rogue-no-meta", "", 7104, map[string]string{})
+	register("rogue-crunch-prefix", "m3", 7105, map[string]string{consul.MetaCrunch: crunch + "x"})
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	updates := make(chan []discovery.Model, 1)
+	src := &consul.Source{Client: cl.Consul.Client, Service: service, Crunch: crunch, Wait: time.Minute}
+	go func() { _ = src.Watch(ctx, func(ms []discovery.Model) { updates <- ms }) }()
+	select {
+	case ms := <-updates:
+		var got []string
+		for _, m := range ms {
+			got = append(got, m.ID+"="+m.Target)
+		}
+		if want := []string{"m1=127.0.0.1:7101"}; !slices.Equal(got, want) {
+			t.Errorf("membership %v, want only the honest instance %v", got, want)
+		}
+	case <-ctx.Done():
+		t.Fatal("no membership reported")
+	}
+
+	// Without the crunch to check against, nothing is trusted.
+	err := (&consul.Source{Client: cl.Consul.Client, Service: service}).Watch(ctx, func(ms []discovery.Model) {
+		t.Errorf("a source without a crunch reported %d models", len(ms))
+	})
+	if err == nil || !strings.Contains(err.Error(), "crunch id") {
+		t.Errorf("a source without a crunch: Watch returned %v, want an error asking for the crunch id", err)
 	}
 }

@@ -54,6 +54,12 @@ func ModelName(modelID, service string) string {
 // Consul DNS at dnsAddr. DNS carries no service meta, so the ids come from
 // the caller (e.g. the chain); a model whose instance is absent or failing
 // has no SRV record and its calls fail as unavailable until it comes back.
+//
+// Nor can instances be checked against the crunch in their meta, as package
+// consul does: an instance that another job registered under the service
+// name with the model's tag is answered beside the model's own. The only
+// check left is the runner certificate, which must name the model
+// (discovery.ServerName): in plaintext nothing tells them apart.
 func Models(dnsAddr, service string, ids ...string) discovery.Static {
 	s := make(discovery.Static, 0, len(ids))
 	for _, id := range ids {
