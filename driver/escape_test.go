@@ -84,7 +84,7 @@ func TestHostileModelStaysInItsSandbox(t *testing.T) {
 		{"read the runner's TLS key", "read", []*commonspb.Variant{commonspb.String(key)}, "No such file"},
 		{"read another allocation's files", "read", []*commonspb.Variant{commonspb.String(other)}, "No such file"},
 		{"read the host's shadow file", "read", []*commonspb.Variant{commonspb.String("/etc/shadow")}, "No such file"},
-		{"change the model", "write", []*commonspb.Variant{commonspb.String(filepath.Join(e.task.TaskDir().LocalDir, "model", "main.py"))}, "Read-only file system"},
+		{"change the model", "write", []*commonspb.Variant{commonspb.String(filepath.Join(e.store, e.task.AllocID+".model", "model", "main.py"))}, "Read-only file system"},
 		{"write outside scratch", "write", []*commonspb.Variant{commonspb.String("/usr/evil")}, "Read-only file system"},
 		{"ptrace the runner", "ptrace", []*commonspb.Variant{commonspb.String(runnerPid)}, "errno 3"},
 	} {
