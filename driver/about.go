@@ -40,6 +40,8 @@ var pluginInfo = &base.PluginInfoResponse{
 //	    worker_pids_limit        = 256
 //	    runner_memory_reserve_mb = 48
 //	    landlock         = "best-effort"
+//	    model_store      = "/var/lib/modelbox/models"
+//	    allow_host_model_dirs = false
 //	  }
 //	}
 var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
@@ -59,12 +61,17 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		hclspec.NewLiteral(`48`)),
 	"landlock": hclspec.NewDefault(hclspec.NewAttr("landlock", "string", false),
 		hclspec.NewLiteral(`"best-effort"`)),
+	"model_store": hclspec.NewDefault(hclspec.NewAttr("model_store", "string", false),
+		hclspec.NewLiteral(`"/var/lib/modelbox/models"`)),
+	"allow_host_model_dirs": hclspec.NewDefault(hclspec.NewAttr("allow_host_model_dirs", "bool", false),
+		hclspec.NewLiteral(`false`)),
 })
 
 // taskConfigSpec is the task's config block:
 //
 //	config {
-//	  model_dir = "local/model"      # relative to the task dir, or absolute
+//	  model_dir = "local/model"      # in the task dir (moved to model_store at start), or an absolute
+//	                                 # host path where the plugin config allows host model dirs
 //	  runtime   = "python"           # or "executable"
 //	  entry     = ""                 # python: module; executable: program in model_dir
 //	  port      = "grpc"             # the network port label the runner listens on

@@ -22,6 +22,12 @@ type Config struct {
 	WorkerPidsLimit       int64    `codec:"worker_pids_limit"`
 	RunnerMemoryReserveMB int64    `codec:"runner_memory_reserve_mb"`
 	Landlock              string   `codec:"landlock"`
+	// AllowHostModelDirs lets a job's model_dir name a host directory
+	// (development); otherwise the model must come into the task dir.
+	AllowHostModelDirs bool `codec:"allow_host_model_dirs"`
+	// ModelStore is where the driver keeps each task's model, moved out of
+	// the alloc dir that `nomad alloc fs` serves.
+	ModelStore string `codec:"model_store"`
 }
 
 func (c *Config) validate() error {
@@ -35,6 +41,9 @@ func (c *Config) validate() error {
 		if !filepath.IsAbs(p) {
 			errs = append(errs, fmt.Errorf("readonly_paths: %q is not absolute", p))
 		}
+	}
+	if !filepath.IsAbs(c.ModelStore) {
+		errs = append(errs, fmt.Errorf("model_store: %q is not absolute", c.ModelStore))
 	}
 	if _, _, err := parseRange(c.UIDRange); err != nil {
 		errs = append(errs, err)

@@ -41,6 +41,8 @@ type Driver struct {
 	config *Config
 	tasks  map[string]*taskHandle
 	uids   map[int]string // worker uids in use from uid_range, by task id
+
+	sweepOnce sync.Once
 }
 
 // New returns the driver with the real isolation (cgroups and the sandbox).
@@ -87,7 +89,23 @@ func (d *Driver) SetConfig(c *base.Config) error {
 	d.mu.Lock()
 	d.config = &cfg
 	d.mu.Unlock()
+	d.sweepOnce.Do(func() { go d.sweepModels() })
 	return nil
+}
+
+// sweepModels removes, now and every sweepEvery, the stored models of tasks
+// Nomad has garbage-collected.
+func (d *Driver) sweepModels() {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		sweepModelStore(d.cfg().ModelStore, d.log)
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func (d *Driver) cfg() *Config {
@@ -103,7 +121,8 @@ func (d *Driver) cfg() *Config {
 func defaultConfig() *Config {
 	return &Config{RunnerPath: "model-runner", Python: "/usr/bin/python3", AllowedRuntimes: []string{"python", "executable"},
 		ReadonlyPaths: []string{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"},
-		UIDRange:      "64000-64999", WorkerPidsLimit: 256, RunnerMemoryReserveMB: 48, Landlock: "best-effort"}
+		UIDRange:      "64000-64999", WorkerPidsLimit: 256, RunnerMemoryReserveMB: 48, Landlock: "best-effort",
+		ModelStore: "/var/lib/modelbox/models"}
 }
 
 func (d *Driver) TaskEvents(ctx context.Context) (<-chan *drivers.TaskEvent, error) {
@@ -150,7 +169,10 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 	if err != nil {
 		return nil, nil, err
 	}
-	modelDir := inTaskDir(taskDir, tc.ModelDir)
+	modelDir, err := resolveModelDir(plugin, taskDir, cfg.AllocID, cfg.Name, tc.ModelDir, d.log.With("task_id", cfg.ID))
+	if err != nil {
+		return nil, nil, fmt.Errorf("modelbox: %w", err)
+	}
 	if fi, err := os.Stat(modelDir); err != nil || !fi.IsDir() {
 		return nil, nil, fmt.Errorf("modelbox: model_dir %s is not a directory", modelDir)
 	}

@@ -87,6 +87,7 @@ type env struct {
 	task    *drivers.TaskConfig
 	addr    string
 	cleanup func()
+	store   string // the plugin's model_store
 }
 
 // newEnv configures a driver in Nomad's in-process harness and prepares a
@@ -95,7 +96,8 @@ func newEnv(t *testing.T, model string, res *drivers.LinuxResources, pluginExtra
 	requireRoot(t)
 	d := driver.New(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}}))
 	h := testutils.NewDriverHarness(t, d)
-	cfg := map[string]any{"runner_path": modelRunner(t), "python": "/usr/bin/python3"}
+	store := filepath.Join(t.TempDir(), "models")
+	cfg := map[string]any{"runner_path": modelRunner(t), "python": "/usr/bin/python3", "model_store": store}
 	for k, v := range pluginExtra {
 		cfg[k] = v
 	}
@@ -126,7 +128,7 @@ func newEnv(t *testing.T, model string, res *drivers.LinuxResources, pluginExtra
 	if err := task.EncodeConcreteDriverConfig(&driver.TaskConfig{ModelDir: "local/model", Runtime: "python", Port: "grpc", Plaintext: true}); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, d: d, h: h, task: task, addr: addr, cleanup: cleanup}
+	e := &env{t: t, d: d, h: h, task: task, addr: addr, cleanup: cleanup, store: store}
 	t.Cleanup(func() {
 		_ = d.DestroyTask(task.ID, true)
 		cleanup()

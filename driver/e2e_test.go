@@ -1,8 +1,10 @@
 package driver_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -221,4 +223,84 @@ func stopJob(t *testing.T, nomad *nomadapi.Client, job string, alloc *nomadapi.A
 		time.Sleep(200 * time.Millisecond)
 	}
 	_, _, _ = nomad.Jobs().Deregister(job, true, nil)
+}
+
+// `nomad alloc fs` serves the whole alloc dir, local/ included, to anyone
+// with read-fs on the namespace; an artifact lands in local/. Once the model
+// runs, neither the CLI nor the API finds its code there, and the model
+// still answers.
+func TestE2EAllocFSCannotReadTheModel(t *testing.T) {
+	c := startModelboxCluster(t)
+	nomad := c.Nomad.Client
+	const name = "model-node-allocfs"
+	job := modelJob(name, "python", "local/model", "")
+	task := job.TaskGroups[0].Tasks[0]
+	// Templates stand in for the artifact: both put the code in local/model.
+	for _, f := range []string{"main.py", "crunch_base.py"} {
+		b, err := os.ReadFile(filepath.Join("../runner/testdata/pymodel", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		task.Templates = append(task.Templates, &nomadapi.Template{
+			EmbeddedTmpl: ptr(string(b)), DestPath: ptr("local/model/" + f),
+			LeftDelim: ptr("[[%%"), RightDelim: ptr("%%]]"), ChangeMode: ptr("noop"),
+		})
+	}
+	if _, _, err := nomad.Jobs().Register(job, nil); err != nil {
+		t.Fatal(err)
+	}
+	alloc := waitHealthyAlloc(t, nomad, name)
+	defer stopJob(t, nomad, name, alloc)
+
+	// The API: nothing of the model is listed or read in local/.
+	files, _, err := nomad.AllocFS().List(alloc, "model/local", nil)
+	if err != nil {
+		t.Fatalf("alloc fs ls model/local: %v", err)
+	}
+	for _, f := range files {
+		if f.Name == "model" {
+			t.Errorf("alloc fs lists model/local/model (%+v): the model is still in the alloc dir", f)
+		}
+	}
+	// Cat reports a missing file in the body it streams, not as an error:
+	// what counts is that no byte of the code comes back.
+	for _, f := range []string{"main.py", "crunch_base.py"} {
+		code, _ := os.ReadFile(filepath.Join("../runner/testdata/pymodel", f))
+		rc, err := nomad.AllocFS().Cat(alloc, "model/local/model/"+f, nil)
+		if err != nil {
+			continue
+		}
+		got, _ := io.ReadAll(rc)
+		rc.Close()
+		if bytes.Contains(got, code[:64]) {
+			t.Errorf("alloc fs cat model/local/model/%s read the model's code", f)
+		}
+		t.Logf("alloc fs cat model/local/model/%s: %s", f, bytes.TrimSpace(got))
+	}
+	// The CLI an operator would use.
+	cmd := exec.Command(c.Nomad.Bin, "alloc", "fs", alloc.ID, "model/local/model/main.py")
+	cmd.Env = append(os.Environ(), "NOMAD_ADDR="+c.Nomad.Addr)
+	out, err := cmd.CombinedOutput()
+	mainCode, _ := os.ReadFile("../runner/testdata/pymodel/main.py")
+	if err == nil || bytes.Contains(out, mainCode[:64]) {
+		t.Errorf("nomad alloc fs read the model (err %v): %s", err, out)
+	}
+	t.Logf("nomad alloc fs: %s", strings.TrimSpace(string(out)))
+
+	var addr string
+	for _, p := range alloc.AllocatedResources.Shared.Ports {
+		if p.Label == "grpc" {
+			addr = fmt.Sprintf("%s:%d", p.HostIP, p.Value)
+		}
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ds := dspb.NewDynamicSubclassServiceClient(conn)
+	setup(t, ds, "crunch_base.Tracker")
+	if v, _ := call(t, ds, "predict", commonspb.Int(6)).GetMethodResponse().AsDouble(); v != 6 {
+		t.Fatalf("the model stopped answering: predict(6) = %v", v)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,6 +42,14 @@ func TestHostileModelStaysInItsSandbox(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.Remove(other)
+	// The process above the runner holds the key open without O_CLOEXEC
+	// (as a careless Nomad or plugin might): the descriptor must not reach
+	// the worker through the runner and the sandbox.
+	leaked, err := syscall.Open(key, syscall.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(leaked)
 
 	events, err := e.h.TaskEvents(context.Background())
 	if err != nil {
@@ -75,7 +84,7 @@ func TestHostileModelStaysInItsSandbox(t *testing.T) {
 		{"read the runner's TLS key", "read", []*commonspb.Variant{commonspb.String(key)}, "No such file"},
 		{"read another allocation's files", "read", []*commonspb.Variant{commonspb.String(other)}, "No such file"},
 		{"read the host's shadow file", "read", []*commonspb.Variant{commonspb.String("/etc/shadow")}, "No such file"},
-		{"change the model", "write", []*commonspb.Variant{commonspb.String(filepath.Join(e.task.TaskDir().LocalDir, "model", "main.py"))}, "Read-only file system"},
+		{"change the model", "write", []*commonspb.Variant{commonspb.String(filepath.Join(e.store, e.task.AllocID+".model", "model", "main.py"))}, "Read-only file system"},
 		{"write outside scratch", "write", []*commonspb.Variant{commonspb.String("/usr/evil")}, "Read-only file system"},
 		{"ptrace the runner", "ptrace", []*commonspb.Variant{commonspb.String(runnerPid)}, "errno 3"},
 	} {
@@ -86,6 +95,21 @@ func TestHostileModelStaysInItsSandbox(t *testing.T) {
 			}
 		})
 	}
+	t.Run("inherit a descriptor of the runner's", func(t *testing.T) {
+		res := call(t, c, "fds")
+		fds, err := res.GetMethodResponse().AsJSON()
+		if err != nil {
+			t.Fatalf("fds(): %v %v", res.GetStatus(), err)
+		}
+		for fd, target := range fds.(map[string]any) {
+			switch n, _ := strconv.Atoi(fd); {
+			case n == 3 && strings.HasPrefix(target.(string), "socket:"):
+			case n <= 2:
+			default:
+				t.Errorf("the worker holds fd %s -> %v; want only stdio and its socket (all: %v)", fd, target, fds)
+			}
+		}
+	})
 	if got := str(t, call(t, c, "write", commonspb.String("/tmp/scratch-file"))); got != "wrote" {
 		t.Errorf("writing scratch: %q", got)
 	}

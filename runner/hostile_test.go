@@ -1,20 +1,27 @@
 package runner_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"os"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
+	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/gomodel"
+	"github.com/modelnodes/modelnodes/runner/worker"
 )
 
 // hostileMain is the test binary acting as a Go model worker that misbehaves
@@ -51,6 +58,16 @@ func (hostile) Call(method string, args gomodel.Args) (*commonspb.Variant, error
 		d, _ := args.Positional[0].AsDouble()
 		time.Sleep(time.Duration(d * float64(time.Second)))
 		return commonspb.String("slept"), nil
+	case "bigheader":
+		// A result header claiming a 64 MiB body (under the runner's frame
+		// limit), then nothing for 5 s.
+		_, _ = rawSocket.Write([]byte{0x04, 0x00, 0x00, 0x00, 0x10, 0, 0, 0, 1})
+		time.Sleep(5 * time.Second)
+		return nil, nil
+	case "shout":
+		// One 10 MiB line on stderr.
+		_, _ = os.Stderr.Write(append(bytes.Repeat([]byte("x"), 10<<20), '\n'))
+		return commonspb.String("shouted"), nil
 	case "garbage":
 		// A frame header claiming 2 GiB, then junk.
 		_, _ = rawSocket.Write([]byte{0x7f, 0xff, 0xff, 0xff, 0x10, 'j', 'u', 'n', 'k'})
@@ -186,3 +203,73 @@ func TestOversizedRequestRefused(t *testing.T) {
 }
 
 func exampleWorker(t testing.TB) []string { return []string{exampleModel(t)} }
+
+// A hostile worker announces a 64 MiB result and sends nothing: the runner
+// must not allocate the claim before the bytes arrive (its task reserves
+// 48 MB), and its other calls go on.
+func TestHostileWorkerHugeFrameHeader(t *testing.T) {
+	h := start(t, hostileWorker(t)).ready()
+	wantCode(t, "setup", h.setup("x.Base", nil), "SUCCESS", "")
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := h.ds.Call(ctxTimeout(t, time.Second), &dspb.CallRequest{MethodName: "bigheader"}); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("bigheader: %v, want DeadlineExceeded", err)
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Errorf("the runner allocated %d MiB for a frame whose body never came; want a few KiB", grew>>20)
+	}
+}
+
+// lockedBuffer is a log sink for JSON entries.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A hostile worker writes a 10 MiB line: the runner's log gets one entry of
+// about 4 KiB saying how much was dropped, not 10 MiB or thousands of
+// entries.
+func TestHostileWorkerLongLogLine(t *testing.T) {
+	logs := &lockedBuffer{}
+	h := start(t, hostileWorker(t), func(c *runner.Config) {
+		c.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs, JSONFormat: true})
+	}).ready()
+	wantCode(t, "setup", h.setup("x.Base", nil), "SUCCESS", "")
+	if s, _ := h.call("shout", nil).GetMethodResponse().AsString(); s != "shouted" {
+		t.Fatal("shout() did not answer")
+	}
+	var lines []string
+	deadline := time.Now().Add(10 * time.Second)
+	for len(lines) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		lines = nil
+		for _, l := range strings.Split(logs.String(), "\n") {
+			var e map[string]any
+			if json.Unmarshal([]byte(l), &e) == nil && e["@message"] == "model output" {
+				lines = append(lines, e["line"].(string))
+			}
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("a 10 MiB line made %d log entries, want 1", len(lines))
+	}
+	if len(lines[0]) > worker.MaxLogField+64 || !strings.HasSuffix(lines[0], "bytes truncated)") {
+		t.Errorf("the 10 MiB line was logged as %d bytes ending %q", len(lines[0]), lines[0][max(0, len(lines[0])-40):])
+	}
+	if n := len(logs.String()); n > 64<<10 {
+		t.Errorf("the runner's log holds %d KiB after one 10 MiB line", n>>10)
+	}
+}

@@ -23,6 +23,13 @@ plugin "nomad-driver-modelbox" {
     # Model runtimes a job may ask for; "executable" runs a program shipped
     # with the model, so leave it out unless you need it.
     allowed_runtimes = ["python"]
+    # Where each model lives while it runs: the driver moves it out of the
+    # alloc dir's local/ (which `nomad alloc fs` serves) at the task's start
+    # and removes it once Nomad has garbage-collected the allocation.
+    model_store = "/var/lib/modelbox/models"
+    # Keep false on real nodes: true lets any job's model_dir show a host
+    # directory to model code (development and test clusters only).
+    allow_host_model_dirs = false
   }
 }
 

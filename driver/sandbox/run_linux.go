@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -130,7 +131,41 @@ func stage2(specFile string, argv []string) error {
 	if err != nil {
 		return err
 	}
+	if err := closeInherited(); err != nil {
+		return err
+	}
 	return fmt.Errorf("exec %s: %w", prog, unix.Exec(prog, argv, env))
+}
+
+// closeRangeCloexec is CLOSE_RANGE_CLOEXEC (linux/close_range.h).
+const closeRangeCloexec = 1 << 2
+
+// closeInherited marks every descriptor but stdio and the worker's socket
+// (fd 3) close-on-exec, so the worker starts with those four and nothing
+// else. Go sets O_CLOEXEC on what it opens but never closes what a process
+// inherited: a descriptor the runner, the driver or Nomad left open without
+// it (a TLS key, a state file, a socket) would otherwise reach model code.
+func closeInherited() error {
+	err := unix.CloseRange(4, ^uint(0), closeRangeCloexec)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("close_range: %w", err)
+	}
+	// Before Linux 5.11: one by one, from the sandbox's own /proc.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("list inherited descriptors: %w", err)
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 3 {
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && !errors.Is(err, unix.EBADF) {
+				return fmt.Errorf("close-on-exec fd %d: %w", fd, err)
+			}
+		}
+	}
+	return nil
 }
 
 func hasVar(env []string, name string) bool {
@@ -246,14 +281,101 @@ func bind(root, src, dst string, readOnly bool) error {
 	if err := unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind %s: %w", src, err)
 	}
-	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
-	if readOnly {
-		flags |= unix.MS_RDONLY
-	}
-	if err := unix.Mount("", target, "", flags, ""); err != nil {
+	if err := restrictTree(target, readOnly, true); err != nil {
 		return fmt.Errorf("remount %s: %w", dst, err)
 	}
 	return nil
+}
+
+// restrictTree makes the mount at target and every mount below it nosuid,
+// nodev and, with readOnly, read-only. A recursive bind brings the host's
+// submounts along (a tmpfs or a volume mounted inside a read-only path), and
+// a plain remount changes only the top one: the worker could write to the
+// others. mount_setattr(AT_RECURSIVE) (Linux 5.12) does the whole tree in
+// one call; older kernels get every mount of the tree, from mountinfo,
+// remounted one by one.
+func restrictTree(target string, readOnly, useSetattr bool) error {
+	if useSetattr {
+		attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+		if readOnly {
+			attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
+		}
+		err := unix.MountSetattr(unix.AT_FDCWD, target, unix.AT_RECURSIVE, attr)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("mount_setattr: %w", err)
+		}
+	}
+	mounts, err := mountsUnder(target)
+	if err != nil {
+		return err
+	}
+	for _, m := range mounts {
+		flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
+		if readOnly || m.readOnly {
+			flags |= unix.MS_RDONLY
+		}
+		if m.noexec {
+			flags |= unix.MS_NOEXEC
+		}
+		if err := unix.Mount("", m.path, "", flags, ""); err != nil {
+			return fmt.Errorf("remount %s: %w", m.path, err)
+		}
+	}
+	return nil
+}
+
+type mountPoint struct {
+	path             string
+	readOnly, noexec bool
+}
+
+// mountsUnder lists target and the mounts below it, parents before
+// children, from this thread's mountinfo (its mount namespace).
+func mountsUnder(target string) ([]mountPoint, error) {
+	b, err := os.ReadFile("/proc/thread-self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	target = filepath.Clean(target)
+	var out []mountPoint
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 {
+			continue
+		}
+		p := unescapeMountinfo(f[4])
+		if p != target && !strings.HasPrefix(p, target+"/") {
+			continue
+		}
+		opts := "," + f[5] + ","
+		out = append(out, mountPoint{path: p, readOnly: strings.Contains(opts, ",ro,"), noexec: strings.Contains(opts, ",noexec,")})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s is not in /proc/thread-self/mountinfo", target)
+	}
+	return out, nil
+}
+
+// unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space...).
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 func mkdirMount(root, dst, fstype, data string) error {

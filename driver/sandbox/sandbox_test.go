@@ -2,11 +2,15 @@ package sandbox
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +50,10 @@ type probeReport struct {
 	ReadModel       string
 	Env             []string
 	HasFD3          bool
+	WriteSubmount   string
+	// FDs maps every open descriptor (but the one listing them) to what
+	// it points at.
+	FDs map[string]string
 }
 
 func errText(err error) string {
@@ -56,8 +64,18 @@ func errText(err error) string {
 }
 
 func probe(args []string) {
-	hostPort, secret, modelDir, scratch := args[0], args[1], args[2], args[3]
-	r := probeReport{UID: os.Getuid(), GID: os.Getgid()}
+	hostPort, secret, modelDir, scratch, submount := args[0], args[1], args[2], args[3], args[4]
+	// Descriptors first, before the probe opens any of its own.
+	r := probeReport{UID: os.Getuid(), GID: os.Getgid(), FDs: map[string]string{}}
+	if d, err := os.Open("/proc/self/fd"); err == nil {
+		names, _ := d.Readdirnames(-1)
+		for _, n := range names {
+			if n != strconv.Itoa(int(d.Fd())) {
+				r.FDs[n], _ = os.Readlink("/proc/self/fd/" + n)
+			}
+		}
+		_ = d.Close()
+	}
 	status, _ := os.ReadFile("/proc/self/status")
 	for _, l := range strings.Split(string(status), "\n") {
 		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
@@ -88,6 +106,7 @@ func probe(args []string) {
 	r.WriteScratch = errText(os.WriteFile(filepath.Join(scratch, "ok"), []byte("x"), 0o644))
 	_, err = os.ReadFile(filepath.Join(modelDir, "main.py"))
 	r.ReadModel = errText(err)
+	r.WriteSubmount = errText(os.WriteFile(filepath.Join(submount, "evil"), []byte("x"), 0o644))
 	r.Env = os.Environ()
 	_, err = os.Stat("/proc/self/fd/3")
 	r.HasFD3 = err == nil
@@ -129,6 +148,23 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	root := mkdir(t, base, "root", 0o700)
 	specFile := filepath.Join(base, "spec.json")
 
+	// A read-only path with a writable mount inside it (a tmpfs anyone may
+	// write to): the bind brings it along, and it must be read-only too.
+	roTree := mkdir(t, base, "ro-tree", 0o755)
+	submount := mkdir(t, roTree, "sub", 0o755)
+	if err := unix.Mount("tmpfs", submount, "tmpfs", 0, "mode=1777,size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = unix.Unmount(submount, unix.MNT_DETACH) }()
+
+	// A descriptor the runner holds without O_CLOEXEC (here the key itself):
+	// it must not reach the worker.
+	leaked, err := unix.Open(secret, unix.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(leaked)
+
 	// Something listening on the host's loopback that the worker must not reach.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -144,7 +180,7 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 
 	spec := &Spec{
 		UID: 64123, GID: 64123, Hostname: "model", Root: root,
-		ReadOnly:     []string{"/usr", "/lib", "/lib64", "/bin", filepath.Dir(self), modelDir},
+		ReadOnly:     []string{"/usr", "/lib", "/lib64", "/bin", filepath.Dir(self), modelDir, roTree},
 		Writable:     []string{scratch},
 		TmpDir:       tmp,
 		WorkerCgroup: group.State().Worker,
@@ -161,7 +197,7 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	sock := os.NewFile(uintptr(fds[1]), "sock")
 	defer os.NewFile(uintptr(fds[0]), "local").Close()
 
-	argv := append(Command(self, specFile), self, "probe", lis.Addr().String(), secret, modelDir, scratch)
+	argv := append(Command(self, specFile), self, "probe", lis.Addr().String(), secret, modelDir, scratch, submount)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.ExtraFiles = []*os.File{sock}
 	cmd.Env = append(os.Environ(), "VAULT_TOKEN=s.must-not-leak")
@@ -195,6 +231,17 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	check("can read the model", r.ReadModel == "ok")
 	check("can write /tmp and scratch", r.WriteTmp == "ok" && r.WriteScratch == "ok")
 	check("gets the worker socket as fd 3", r.HasFD3)
+	check("cannot write to a mount inside a read-only path", strings.Contains(r.WriteSubmount, "read-only file system"))
+	// The probe's own Go runtime opens its poller (eventpoll, eventfd)
+	// before it lists: those are its, not inherited.
+	var open []string
+	for fd, target := range r.FDs {
+		if target != "anon_inode:[eventpoll]" && target != "anon_inode:[eventfd]" {
+			open = append(open, fd)
+		}
+	}
+	slices.Sort(open)
+	check(fmt.Sprintf("inherits only stdio and its socket (fds %v)", open), slices.Equal(open, []string{"0", "1", "2", "3"}) && strings.HasPrefix(r.FDs["3"], "socket:"))
 	check("inherits none of the runner's environment", !strings.Contains(strings.Join(r.Env, " "), "VAULT_TOKEN"))
 }
 
@@ -227,4 +274,51 @@ func mkdir(t *testing.T, base, name string, mode os.FileMode) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// restrictTree makes a bind's submounts read-only too, with
+// mount_setattr(AT_RECURSIVE) and with the fallback for kernels before 5.12.
+func TestRestrictTreeReachesSubmounts(t *testing.T) {
+	requireRoot(t)
+	for _, useSetattr := range []bool{true, false} {
+		t.Run(fmt.Sprintf("mount_setattr=%v", useSetattr), func(t *testing.T) {
+			base := t.TempDir()
+			src := mkdir(t, base, "src", 0o755)
+			sub := mkdir(t, src, "sub", 0o755)
+			dst := mkdir(t, base, "dst", 0o755)
+			errc := make(chan error, 1)
+			go func() {
+				// A private mount namespace on a thread that is never given
+				// back to the runtime (it exits with the goroutine).
+				runtime.LockOSThread()
+				errc <- func() error {
+					if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+						return err
+					}
+					if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+						return err
+					}
+					if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+						return err
+					}
+					if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+						return err
+					}
+					if err := restrictTree(dst, true, useSetattr); err != nil {
+						return fmt.Errorf("restrictTree: %w", err)
+					}
+					for _, p := range []string{filepath.Join(dst, "top"), filepath.Join(dst, "sub", "inner")} {
+						if err := os.WriteFile(p, []byte("x"), 0o644); !errors.Is(err, unix.EROFS) {
+							return fmt.Errorf("writing %s: %v, want EROFS", p, err)
+						}
+					}
+					// The source stays writable: only the sandbox's view changed.
+					return os.WriteFile(filepath.Join(sub, "ok"), []byte("x"), 0o644)
+				}()
+			}()
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }

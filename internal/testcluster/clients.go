@@ -60,8 +60,10 @@ func (o Options) nomadServerHCL() string {
 func (c *Cluster) modelboxPlugin() (dir, block string) {
 	dir = filepath.Join(c.root, "bin")
 	if isExecutable(filepath.Join(dir, "nomad-driver-modelbox")) {
-		block = fmt.Sprintf("plugin %q {\n  config {\n    runner_path = %q\n  }\n}\n",
-			"nomad-driver-modelbox", filepath.Join(dir, "model-runner"))
+		// Tests run models from host directories (allow_host_model_dirs,
+		// off on real nodes); stored models stay in the cluster's dir.
+		block = fmt.Sprintf("plugin %q {\n  config {\n    runner_path = %q\n    allow_host_model_dirs = true\n    model_store = %q\n  }\n}\n",
+			"nomad-driver-modelbox", filepath.Join(dir, "model-runner"), filepath.Join(c.Dir, "modelbox-models"))
 	}
 	return dir, block
 }

@@ -228,11 +228,35 @@ func (r *Reader) Next() (Kind, uint32, []byte, error) {
 	if _, err := io.ReadFull(r.r, hdr[4:]); err != nil {
 		return 0, 0, nil, unexpected(err)
 	}
-	body := make([]byte, n-headerLen)
-	if _, err := io.ReadFull(r.r, body); err != nil {
+	body, err := readBody(r.r, int(n-headerLen))
+	if err != nil {
 		return 0, 0, nil, unexpected(err)
 	}
 	return Kind(hdr[4]), binary.BigEndian.Uint32(hdr[5:]), body, nil
+}
+
+// firstChunk is the most a frame's body is given before its bytes arrive.
+const firstChunk = 64 << 10
+
+// readBody reads n bytes, growing the buffer only as bytes actually arrive
+// (doubling, capped at n): a peer that claims a 256 MiB frame and sends
+// nothing costs 64 KiB, not 256 MiB, and one that sends k bytes costs at
+// most about 2k.
+func readBody(r io.Reader, n int) ([]byte, error) {
+	body := make([]byte, 0, min(n, firstChunk))
+	for len(body) < n {
+		if len(body) == cap(body) {
+			grown := make([]byte, len(body), min(2*cap(body), n))
+			copy(grown, body)
+			body = grown
+		}
+		m, err := io.ReadFull(r, body[len(body):cap(body)])
+		body = body[:len(body)+m]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return body, nil
 }
 
 func unexpected(err error) error {

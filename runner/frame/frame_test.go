@@ -2,9 +2,13 @@ package frame
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"testing"
+	"testing/iotest"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -132,4 +136,51 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A peer that claims the largest frame and then sends nothing must not make
+// the reader allocate the claimed size: the runner would hold 256 MiB per
+// hostile worker before a single byte of the body arrived.
+func TestClaimedLengthIsNotAllocatedUpFront(t *testing.T) {
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	hdr := []byte{0, 0, 0, 0, byte(KindResult), 0, 0, 0, 1}
+	binary.BigEndian.PutUint32(hdr, DefaultMaxFrame)
+	done := make(chan error, 1)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	go func() {
+		_, _, _, err := NewReader(pr, 0).Next()
+		done <- err
+	}()
+	if _, err := pw.Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	// 1 MiB of the body arrives, then the peer stalls.
+	if _, err := pw.Write(make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 8<<20 {
+		t.Errorf("a 256 MiB header followed by 1 MiB allocated %d MiB; want a few MiB at most", grew>>20)
+	}
+	_ = pw.CloseWithError(io.ErrUnexpectedEOF)
+	if err := <-done; !errors.Is(err, ErrProtocol) {
+		t.Errorf("stream cut inside the frame: %v, want ErrProtocol", err)
+	}
+}
+
+// The body still arrives whole when it trickles in across many growths.
+func TestLargeBodyReadIncrementally(t *testing.T) {
+	body := bytes.Repeat([]byte("0123456789abcdef"), (3<<20)/16+7)
+	msg := AppendHello(nil, body)
+	_, _, got, err := NewReader(iotest.OneByteReader(bytes.NewReader(msg[:1<<16])), 0).Next()
+	if err == nil {
+		t.Fatalf("a cut frame was read: %d bytes", len(got))
+	}
+	_, _, got, err = NewReader(bytes.NewReader(msg), 0).Next()
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("read %d bytes (%v), want the %d-byte body", len(got), err, len(body))
+	}
 }

@@ -11,6 +11,7 @@ package worker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,10 +20,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -173,7 +176,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 		if time.Since(started) > stableAfter {
 			backoff = s.cfg.MinBackoff
 		}
-		s.log.Warn("model worker stopped; restarting", "error", err, "backoff", backoff)
+		s.log.Warn("model worker stopped; restarting", "error", CapField(exitReason(err)), "backoff", backoff)
 		select {
 		case <-ctx.Done():
 			return
@@ -257,10 +260,11 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 		return err
 	}
 	go c.readLoop()
-	log.Info("model worker ready", "runtime", c.hello.Runtime, "concurrency", c.hello.Concurrency,
-		"services", c.hello.Services, "load_error", c.hello.LoadError)
+	// Every string of the hello is the model's: capped before it is logged.
+	log.Info("model worker ready", "runtime", CapField(c.hello.Runtime), "concurrency", c.hello.Concurrency,
+		"services", CapField(strings.Join(c.hello.Services, ",")), "load_error", CapField(c.hello.LoadError))
 	if err := s.replay(ctx, c); err != nil {
-		log.Warn("replaying the model's setup failed", "error", err)
+		log.Warn("replaying the model's setup failed", "error", CapField(err.Error()))
 	}
 	s.cur.Store(c)
 	if s.cfg.OnState != nil {
@@ -337,22 +341,63 @@ func (s *Supervisor) Do(ctx context.Context, req *frame.Request) (*frame.Result,
 	return c.do(ctx, req, s.cfg.HangTimeout)
 }
 
-// forward copies the worker's output into the log, line by line, cutting
-// lines at 4 KiB so a model cannot flood one log entry.
+// MaxLogField bounds each string from the worker (an output line, a hello
+// field, an error quoting the worker) that goes into the runner's log.
+const MaxLogField = 4 << 10
+
+// CapField returns s cut to MaxLogField bytes (at a UTF-8 boundary) with a
+// marker saying how much was dropped, so that a model cannot fill the node's
+// logs, or the runner's memory through them, with one string.
+func CapField(s string) string {
+	if len(s) <= MaxLogField {
+		return s
+	}
+	cut := MaxLogField
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return truncated(s[:cut], len(s)-cut)
+}
+
+func truncated(head string, dropped int) string {
+	return fmt.Sprintf("%s…(%d bytes truncated)", head, dropped)
+}
+
+// forward copies the worker's output into the log, one entry per line. A
+// line longer than MaxLogField becomes one entry with its head and the
+// number of bytes dropped; the rest of it is read and discarded, never held.
 func (s *Supervisor) forward(wg *sync.WaitGroup, log hclog.Logger, stream string, r io.Reader) {
 	defer wg.Done()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 4096), 4096)
+	br := bufio.NewReaderSize(r, MaxLogField)
 	for {
-		for sc.Scan() {
-			log.Info("model output", "stream", stream, "line", sc.Text())
+		line, err := br.ReadSlice('\n')
+		text := string(bytes.TrimSuffix(line, []byte("\n")))
+		if errors.Is(err, bufio.ErrBufferFull) {
+			dropped := 0
+			for errors.Is(err, bufio.ErrBufferFull) {
+				line, err = br.ReadSlice('\n')
+				dropped += len(bytes.TrimSuffix(line, []byte("\n")))
+			}
+			// Don't split the last rune of the head.
+			cut := len(text)
+			for i := len(text) - 1; i >= max(0, len(text)-utf8.UTFMax); i-- {
+				if utf8.RuneStart(text[i]) {
+					if !utf8.FullRuneInString(text[i:]) {
+						cut = i
+					}
+					break
+				}
+			}
+			if dropped += len(text) - cut; dropped > 0 {
+				text = truncated(text[:cut], dropped)
+			}
+			log.Info("model output", "stream", stream, "line", text)
+		} else if len(line) > 0 {
+			log.Info("model output", "stream", stream, "line", text)
 		}
-		if !errors.Is(sc.Err(), bufio.ErrTooLong) {
+		if err != nil {
 			return
 		}
-		log.Info("model output", "stream", stream, "line", "[line longer than 4 KiB cut]")
-		sc = bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 4096), 4096)
 	}
 }
 
