@@ -50,46 +50,45 @@ func TestConsulACLs(t *testing.T) {
 }
 
 // Vault alone: deploy/vault/setup ran (the policies of deploy/vault/policies,
-// a root and an intermediate CA). Then the security team's day, with an
-// operator token and no code: onboard a crunch's coordinator, which gets a
-// client certificate for its crunch only; rotate the intermediate (old
-// certificates keep validating); revoke the coordinator.
+// a root and an intermediate CA). An admin (admin + operator policies, not
+// root) can re-run all of it. Then the security team's day, with an
+// operator token and no code: re-apply the PKI, onboard a crunch's
+// coordinator, which gets a client certificate for its crunch only; rotate
+// the intermediate (old certificates keep validating); revoke the
+// coordinator; delete a runner key.
 func TestVaultCoordinatorLifecycle(t *testing.T) {
 	c := Start(t, Vault)
 	ctx := t.Context()
 	files, _ := filepath.Glob(filepath.Join(c.root, "deploy", "vault", "policies", "*.hcl"))
-	if len(files) < 4 {
-		t.Fatalf("expected the runner, coordinator, scheduler and operator policies, found %v", files)
+	if len(files) < 5 {
+		t.Fatalf("expected the admin, runner, coordinator, scheduler and operator policies, found %v", files)
 	}
-	// Policies that template on the Nomad JWT mount name it by accessor;
-	// setup fills it in.
+	// Policies that template on the Nomad JWT and AppRole mounts name them
+	// by accessor; setup fills them in.
 	auths, err := c.Vault.Client.Sys().ListAuthWithContext(ctx)
-	if err != nil || auths["jwt-nomad/"] == nil {
-		t.Fatalf("the Nomad JWT auth mount: %v", err)
+	if err != nil || auths["jwt-nomad/"] == nil || auths["approle/"] == nil {
+		t.Fatalf("the Nomad JWT and AppRole auth mounts: %v", err)
 	}
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".hcl")
 		want, _ := os.ReadFile(f)
 		want = bytes.ReplaceAll(want, []byte("JWT_ACCESSOR"), []byte(auths["jwt-nomad/"].Accessor))
+		want = bytes.ReplaceAll(want, []byte("APPROLE_ACCESSOR"), []byte(auths["approle/"].Accessor))
 		got, err := c.Vault.Client.Sys().GetPolicyWithContext(ctx, name)
 		if err != nil || strings.TrimSpace(got) != strings.TrimSpace(string(want)) {
 			t.Errorf("policy %s in Vault differs from %s (err %v)", name, f, err)
 		}
 	}
 
-	opToken, err := c.Vault.Client.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
-		Policies: []string{"operator"}, TTL: "1h",
-	})
-	if err != nil {
-		t.Fatal(err)
+	admin := tokenWithPolicies(t, c, "admin", "operator")
+	if _, err := c.RunScriptEnv(ctx, []string{"VAULT_TOKEN=" + admin}, "deploy/vault/setup"); err != nil {
+		t.Fatalf("admin re-running setup: %v", err)
 	}
-	asOperator := []string{"VAULT_TOKEN=" + opToken.Auth.ClientToken}
-	operator := clientWithToken(t, c, opToken.Auth.ClientToken)
-	if _, err := c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup"); err != nil {
-		t.Fatalf("operator re-running setup: %v", err)
-	}
-	if err := operator.Sys().PutPolicyWithContext(ctx, "everything", `path "*" { capabilities = ["sudo", "read"] }`); err == nil {
-		t.Error("the operator policy may write arbitrary policies")
+	opToken := tokenWithPolicies(t, c, "operator")
+	asOperator := []string{"VAULT_TOKEN=" + opToken}
+	operator := clientWithToken(t, c, opToken)
+	if _, err := c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup", "pki"); err != nil {
+		t.Fatalf("operator re-applying the PKI: %v", err)
 	}
 	// Runner keys: the security team deletes one to rotate it, never reads it.
 	if _, err := c.Vault.Client.KVv2("runner-keys").Put(ctx, "model-node-x", map[string]any{"private_key": "k"}); err != nil {
@@ -179,6 +178,18 @@ func TestVaultCoordinatorLifecycle(t *testing.T) {
 	if _, err := signCoordinator(ctx, coord, "alpha"); err == nil {
 		t.Error("a revoked coordinator's token still obtains certificates")
 	}
+}
+
+// tokenWithPolicies returns a root-made token with exactly these policies.
+func tokenWithPolicies(t *testing.T, c *Cluster, policies ...string) string {
+	t.Helper()
+	tok, err := c.Vault.Client.Auth().Token().CreateWithContext(t.Context(), &vaultapi.TokenCreateRequest{
+		Policies: policies, TTL: "1h",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.Auth.ClientToken
 }
 
 func clientWithToken(t *testing.T, c *Cluster, token string) *vaultapi.Client {
