@@ -21,7 +21,7 @@ import (
 // describes it.
 type cluster struct {
 	state string            // MODELNODES_STATE of deploy/dev/{up,down}
-	env   map[string]string // NOMAD_ADDR, CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, VAULT_ADDR, VAULT_TOKEN, *_BIN
+	env   map[string]string // NOMAD_ADDR, NOMAD_TOKEN, CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, VAULT_ADDR, VAULT_TOKEN, *_BIN
 	nomad *nomadapi.Client
 }
 
@@ -86,6 +86,9 @@ func (d *demo) openCluster() (*cluster, error) {
 	}
 	cfg := nomadapi.DefaultConfig()
 	cfg.Address = c.env["NOMAD_ADDR"]
+	// The dev cluster runs Nomad with ACLs (deploy/dev/up); never the
+	// caller's own NOMAD_TOKEN, which DefaultConfig would take.
+	cfg.SecretID = c.env["NOMAD_TOKEN"]
 	if c.nomad, err = nomadapi.NewClient(cfg); err != nil {
 		return nil, err
 	}

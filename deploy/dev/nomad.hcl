@@ -11,12 +11,11 @@ client {
     # dev agent on this kind of machine.
     "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
     "driver.denylist"      = "docker,qemu,java"
-  }
-}
-
-plugin "raw_exec" {
-  config {
-    enabled = true
+    # -dev mode enables raw_exec, which runs any command as root: with it,
+    # whoever may submit a job owns the machine. Off; internal/testcluster
+    # turns it back on (a plugin "raw_exec" block wins over this option) for
+    # its test workloads. deploy/dev/up also turns Nomad's ACLs on.
+    "driver.raw_exec.enable" = "false"
   }
 }
 

@@ -54,6 +54,11 @@ func (o Options) nomadServerHCL() string {
 	return "server {\n" + strings.Join(lines, "\n") + "\n}\n"
 }
 
+// rawExecHCL enables raw_exec, which the test workloads (HelperTask) run
+// on. deploy/dev/nomad.hcl leaves it off: it runs any command as root, so
+// only these short-lived test clusters have it.
+const rawExecHCL = "plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n}\n"
+
 // modelboxPlugin returns the dir Nomad agents load plugins from (the
 // repository's bin) and the plugin block of the modelbox driver, empty when
 // that driver is not built.
@@ -245,7 +250,7 @@ vault {
   address = %q
 }
 %s`, a.Name, a.DataDir, pluginDir, httpPort, rpcPort, serfPort, server,
-		a.ConsulAddr, a.ports[1], c.Consul.Token, c.Vault.Addr, plugin)); err != nil {
+		a.ConsulAddr, a.ports[1], c.Consul.Token, c.Vault.Addr, rawExecHCL+plugin)); err != nil {
 		return err
 	}
 	a.Addr = fmt.Sprintf("http://127.0.0.1:%d", httpPort)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	nomadapi "github.com/hashicorp/nomad/api"
+
 	"github.com/modelnodes/modelnodes/internal/leftovers"
 )
 
@@ -68,8 +70,9 @@ func runDev(t *testing.T, env []string, script string) (stdout, stderr string, e
 }
 
 // As a new user: `make dev`, then the CLIs work with the printed variables,
-// a second `make dev` says it is up, and `make dev-down` leaves nothing
-// running or listening.
+// the cluster is closed to other local users (checkDevLockedDown), a second
+// `make dev` says it is up, and `make dev-down` leaves nothing running or
+// listening.
 func TestDevUpDown(t *testing.T) {
 	env, state, ports := devEnv(t)
 	t.Cleanup(func() {
@@ -97,6 +100,7 @@ func TestDevUpDown(t *testing.T) {
 			t.Errorf("CLI output lacks %q:\n%s", want, out)
 		}
 	}
+	checkDevLockedDown(t, state, ports[8])
 	if _, stderr, err := runDev(t, env, "up"); err != nil || !strings.Contains(stderr, "already up") {
 		t.Errorf("second up: %v, %q; want it to say the cluster is already up", err, stderr)
 	}
@@ -134,5 +138,50 @@ func TestDevUpFailedAgent(t *testing.T) {
 	}
 	if pids := leftovers.Kill(leftovers.Processes(state)); len(pids) > 0 {
 		t.Errorf("processes left running after the failed up: %v", pids)
+	}
+}
+
+// checkDevLockedDown: the dev cluster's Nomad refuses anonymous callers (a
+// local user without the token cannot register a job: Nomad's drivers would
+// run it as root), its credentials are readable by their owner only, and
+// raw_exec, which runs any command as root, is not enabled.
+func checkDevLockedDown(t *testing.T, state string, nomadPort int) {
+	t.Helper()
+	for _, f := range []string{"env", "nomad/management-token", "vault/root-token", "consul/management-token"} {
+		fi, err := os.Stat(filepath.Join(state, f))
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+		} else if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+	addr := "http://127.0.0.1:" + strconv.Itoa(nomadPort)
+	anon, err := nomadapi.NewClient(&nomadapi.Config{Address: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	anon.SetSecretID("") // not the NOMAD_TOKEN of whoever runs the test
+	job := serviceJob("anonymous-probe", "anonymous-probe")
+	if _, _, err := anon.Jobs().Register(job, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("anonymous job registration on the dev cluster: %v, want 403 Permission denied", err)
+	}
+	token, err := os.ReadFile(filepath.Join(state, "nomad", "management-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgmt, err := nomadapi.NewClient(&nomadapi.Config{Address: addr, SecretID: strings.TrimSpace(string(token))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, _, err := mgmt.Nodes().List(nil)
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("nodes with the management token: %v %v", err, nodes)
+	}
+	node, _, err := mgmt.Nodes().Info(nodes[0].ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := node.Drivers["raw_exec"]; d != nil && (d.Detected || d.Healthy) {
+		t.Errorf("raw_exec is enabled on the dev cluster: %+v", d)
 	}
 }
