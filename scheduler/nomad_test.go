@@ -561,7 +561,10 @@ func TestScheduledModelTurnsHealthy(t *testing.T) {
 		}
 	}
 	m := jobs.Model{Crunch: "healthy", ModelID: "py", ModelDir: dir, Hardware: jobs.CPU, MemoryMB: 256, CPU: 200, Running: true}
-	s := startScheduler(t, nc, nc, nil, &FileSource{Path: modelsFile(t, m)})
+	// Production's revocation list: the runner fetches Vault's CRL.
+	opts := *testOptions
+	opts.CRLURL, opts.NoRevocationList = cl.Vault.Addr+"/v1/pki_int/crl/pem", false
+	s := startSchedulerWith(t, func(s *Scheduler) { s.Reconciler.Options = &opts }, nc, nc, nil, &FileSource{Path: modelsFile(t, m)})
 	srv := httptest.NewServer(s.s.Handler())
 	defer srv.Close()
 	id := jobs.JobID(&m)
