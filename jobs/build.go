@@ -252,8 +252,12 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		// env = false: Nomad would otherwise put VAULT_TOKEN in the task's
 		// environment, which it interpolates into the artifact source,
 		// the driver config and service meta; the runner reads
-		// secrets/vault_token instead.
-		task.Vault = &nomadapi.Vault{Role: o.VaultRole, Env: new(false)}
+		// secrets/vault_token instead. change_mode = noop: the JWT role's
+		// tokens have a finite max TTL (deploy/vault/setup), after which
+		// Nomad logs in again and rewrites that file; the runner re-reads
+		// it at every signing, so the model need not restart (Nomad's
+		// default, "restart", would restart every model once a max TTL).
+		task.Vault = &nomadapi.Vault{Role: o.VaultRole, Env: new(false), ChangeMode: new("noop")}
 		task.Identities = []*nomadapi.WorkloadIdentity{{
 			Name: "vault_default", Audience: []string{"vault.io"}, TTL: time.Hour,
 		}}

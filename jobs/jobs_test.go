@@ -155,7 +155,8 @@ func TestBuildStableKey(t *testing.T) {
 	if strings.Join(dests, ",") != ClientCA+","+DelegationFile {
 		t.Errorf("templates render %v", dests)
 	}
-	if task.Vault == nil || task.Vault.Role != "runner" || task.Vault.Env == nil || *task.Vault.Env {
-		t.Errorf("the runner needs the task's Vault token, in secrets/ only (env = false): %+v", task.Vault)
+	if task.Vault == nil || task.Vault.Role != "runner" || task.Vault.Env == nil || *task.Vault.Env ||
+		task.Vault.ChangeMode == nil || *task.Vault.ChangeMode != "noop" {
+		t.Errorf("the runner needs the task's Vault token, in secrets/ only (env = false), and a new token after max TTL must not restart the model (change_mode = noop): %+v", task.Vault)
 	}
 }

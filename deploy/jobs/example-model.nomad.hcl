@@ -148,10 +148,13 @@ job "model-node-pdxu2groar3jsn66" {
 
       # env = false: VAULT_TOKEN stays out of the task's environment, which
       # Nomad interpolates into the artifact source and the driver config;
-      # the runner reads secrets/vault_token.
+      # the runner reads secrets/vault_token. change_mode = "noop": when the
+      # token reaches its max TTL Nomad logs in again and rewrites that file,
+      # which the runner re-reads; "restart" would restart the model daily.
       vault {
-        role = "runner"
-        env  = false
+        role        = "runner"
+        env         = false
+        change_mode = "noop"
       }
 
       template {
