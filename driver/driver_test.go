@@ -419,6 +419,7 @@ func TestBadConfigsAreRefused(t *testing.T) {
 		"relative ro path":   {"readonly_paths": []string{"usr"}},
 		"uid range of root":  {"uid_range": "0-10"},
 		"bad landlock value": {"landlock": "sometimes"},
+		"relative store":     {"model_store": "models"},
 	} {
 		var data []byte
 		if err := base.MsgPackEncode(&data, cfg); err != nil {

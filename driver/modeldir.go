@@ -89,6 +89,10 @@ func resolveInTaskDir(taskDir, dir string) (string, error) {
 		return "", fmt.Errorf("%w %q: %w", errModelDir, dir, fs.ErrNotExist)
 	}
 	resolved, err := filepath.EvalSymlinks(filepath.Join(taskDir, clean))
+	if errors.Is(err, fs.ErrNotExist) {
+		// A link whose target an earlier start moved into the store.
+		return "", fmt.Errorf("%w %q: %w", errModelDir, dir, err)
+	}
 	if err != nil {
 		return "", fmt.Errorf("%w %q: %v", errModelDir, dir, err)
 	}
@@ -96,9 +100,14 @@ func resolveInTaskDir(taskDir, dir string) (string, error) {
 	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
 		return "", fmt.Errorf("%w %q resolves to %s, outside the task dir", errModelDir, dir, resolved)
 	}
-	// Nomad's names (client/allocdir.TaskSecrets, TaskPrivate).
+	// Nomad's names (client/allocdir.TaskSecrets, TaskPrivate, TaskLocal...).
 	if top, _, _ := strings.Cut(rel, "/"); top == "secrets" || top == "private" {
 		return "", fmt.Errorf("%w %q resolves into the task's %s/ dir, which model code must never see", errModelDir, dir, top)
+	}
+	if rel == "local" || rel == "tmp" || rel == "alloc" {
+		// Moving one of Nomad's own dirs would take templates and the
+		// delegation with it.
+		return "", fmt.Errorf("%w %q is the task's whole %s/ dir: name a directory inside it (local/model)", errModelDir, dir, rel)
 	}
 	if fi, err := os.Stat(resolved); err != nil || !fi.IsDir() {
 		return "", fmt.Errorf("%w %s is not a directory", errModelDir, resolved)

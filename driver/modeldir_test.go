@@ -54,6 +54,7 @@ func TestModelDirIsConfined(t *testing.T) {
 			return "local/keys"
 		}, nil, "secrets/"},
 		{"the whole task dir", func(*env) string { return "." }, nil, "inside the task dir"},
+		{"the whole local dir", func(*env) string { return "local/" }, nil, "inside it"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, "../runner/testdata/pymodel", nil, tc.extra)
@@ -87,6 +88,13 @@ func TestModelDirIsConfined(t *testing.T) {
 func TestModelLeavesTheAllocDir(t *testing.T) {
 	e := newEnv(t, "../runner/testdata/pymodel", nil, nil)
 	local := filepath.Join(e.task.TaskDir().LocalDir, "model")
+	// Through a link, as an artifact may unpack one: the link is resolved
+	// and its target moved; a restart finds the store's copy all the same.
+	link := filepath.Join(e.task.TaskDir().LocalDir, "current")
+	if err := os.Symlink("model", link); err != nil {
+		t.Fatal(err)
+	}
+	e.setModelDir("local/current")
 	e.start()
 	if _, err := os.Lstat(local); !os.IsNotExist(err) {
 		t.Fatalf("local/model after the start: %v; want it gone from the alloc dir", err)
