@@ -285,11 +285,14 @@ func TestUnreachableCRLURLEventuallyRefuses(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
-		if !up {
+		switch {
+		case !up:
 			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
+		case strings.HasSuffix(r.URL.Path, "/crl/delta/pem"):
+			http.NotFound(w, r) // as Vault without delta lists
+		default:
+			_, _ = w.Write(crlPEM)
 		}
-		_, _ = w.Write(crlPEM)
 	}))
 	defer srv.Close()
 	reg := prometheus.NewRegistry()
@@ -324,6 +327,53 @@ func TestUnreachableCRLURLEventuallyRefuses(t *testing.T) {
 	metrics := gather(t, reg)
 	if !strings.Contains(metrics, "modelnodes_runner_crl_fetch_failures_total") || !regexp.MustCompile(`modelnodes_runner_crl_expiry_seconds\{issuer="model-calls CA \[[0-9a-f]+\]"\} -`).MatchString(metrics) {
 		t.Errorf("metrics lack the failures or a negative expiry:\n%s", metrics)
+	}
+}
+
+// Vault with auto_rebuild publishes new revocations in the delta list
+// first: a certificate named only there is refused.
+func TestDeltaCRLRevokes(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "model-calls CA")
+	caFile := ca.WriteCA(t, dir, "ca.crt")
+	good := coordinator(t, ca, dir, "right", "alpha")
+	other := coordinator(t, ca, dir, "other", "alpha")
+	full := mustRead(t, ca.WriteCRL(t, dir, "crl.pem"))
+	var delta []byte
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if strings.HasSuffix(r.URL.Path, "/crl/delta/pem") {
+			_, _ = w.Write(delta)
+			return
+		}
+		_, _ = w.Write(full)
+	}))
+	defer srv.Close()
+	auth, err := authz.New(authz.Config{Static: authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(good.Cert), authz.SPKIHash(other.Cert)}},
+		CRLURLs: []string{srv.URL + "/v1/pki_int/crl/pem"}, CRLRefresh: time.Millisecond, CAFile: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func(c *testpki.Issued) tls.ConnectionState {
+		return tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c.Cert, ca.Cert}}}
+	}
+	if err := auth.VerifyConnection(nil, state(good)); err != nil {
+		t.Fatalf("no delta yet: %v", err)
+	}
+	mu.Lock()
+	delta = ca.DeltaCRLPEM(t, 1, good.Cert)
+	mu.Unlock()
+	time.Sleep(2 * time.Millisecond)
+	if _, err := auth.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if err := auth.VerifyConnection(nil, state(good)); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("revoked in the delta list: %v, want refused", err)
+	}
+	if err := auth.VerifyConnection(nil, state(other)); err != nil {
+		t.Errorf("another certificate: %v", err)
 	}
 }
 
