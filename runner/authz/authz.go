@@ -323,6 +323,10 @@ func (a *Authorizer) merge(lists []*crl) bool {
 	for _, c := range lists {
 		cur := next[c.key]
 		if cur != nil && !newer(c, cur) {
+			// A source answering with an older list than one already
+			// seen is replaying it (or a CA was restored from backup).
+			a.log.Warn("ignoring a revocation list older than the one in force", "issuer", c.issuer, "source", c.source,
+				"number", c.number, "in_force", cur.number)
 			continue
 		}
 		if cur == nil || !cur.thisUpdate.Equal(c.thisUpdate) || len(cur.serials) != len(c.serials) {
@@ -350,11 +354,14 @@ func (a *Authorizer) warnExpiring() {
 	for _, c := range *a.crls.Load() {
 		refuseAt := c.nextUpdate.Add(a.cfg.CRLGrace)
 		window := max(c.nextUpdate.Sub(c.thisUpdate)/4, a.cfg.CRLGrace)
-		if now.Before(refuseAt.Add(-window)) || now.Sub(a.warned[c.issuer]) < 10*time.Minute {
+		expired := now.After(refuseAt)
+		// Once about to expire, once expired: each at most every ten minutes.
+		key := c.issuer + map[bool]string{true: " expired", false: ""}[expired]
+		if now.Before(refuseAt.Add(-window)) || now.Sub(a.warned[key]) < 10*time.Minute {
 			continue
 		}
-		a.warned[c.issuer] = now
-		if now.After(refuseAt) {
+		a.warned[key] = now
+		if expired {
 			a.log.Error("revocation list expired: certificates of its issuer are refused until a fresh list is loaded",
 				"issuer", c.issuer, "next_update", c.nextUpdate.UTC(), "grace", a.cfg.CRLGrace, "source", c.source)
 			continue
