@@ -13,12 +13,12 @@
 //     without touching the chain. No hash (none given, or all zeros) admits
 //     nobody; only the development switch AnyCoordinatorKey skips the check.
 //
-// The checks run three times, each before anything of the caller is read:
-// at the TLS handshake (VerifyConnection: a refused caller never gets an
-// HTTP/2 connection, so it cannot make the runner buffer a request), when a
-// call's headers arrive (TapHandle: a policy or CRL change also applies to
-// connections opened before it), and in a unary interceptor (defence in
-// depth).
+// The checks run at the TLS handshake (VerifyConnection: a refused caller
+// never gets an HTTP/2 connection, so it cannot make the runner buffer a
+// request) and when a call's headers arrive (TapHandle: a policy or CRL
+// change also applies to connections opened before it), both before
+// anything the caller sends is read, and once more in a unary interceptor
+// (defence in depth).
 //
 // The policy and the CRLs are files (rendered by Nomad templates) or URLs
 // that are re-read when they change, so rotating the on-chain hash or
