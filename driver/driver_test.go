@@ -430,3 +430,28 @@ func TestBadConfigsAreRefused(t *testing.T) {
 		}
 	}
 }
+
+// A job's authz block must name a revocation list: without one a revoked
+// coordinator would stay admitted, and the runner's development switch to
+// go without cannot be reached from a job.
+func TestAuthzWithoutRevocationListIsRefused(t *testing.T) {
+	e := newEnv(t, "../runner/testdata/pymodel", nil, nil)
+	tlsCfg := &driver.TLSConfig{Cert: "secrets/tls.pem", Key: "secrets/tls.pem", ClientCA: "secrets/ca.pem"}
+	for name, tc := range map[string]struct {
+		authz *driver.AuthzConfig
+		want  string
+	}{
+		"no crl source":   {&driver.AuthzConfig{Crunch: "alpha", CertHashes: []string{strings.Repeat("ab", 32)}}, "needs a revocation list"},
+		"bad crl_grace":   {&driver.AuthzConfig{Crunch: "alpha", CRLURL: "https://vault:8200/v1/pki_int/issuers", CRLGrace: "soon"}, "crl_grace"},
+		"zero crl_grace":  {&driver.AuthzConfig{Crunch: "alpha", CRLURL: "https://vault:8200/v1/pki_int/issuers", CRLGrace: "0s"}, "crl_grace"},
+		"crl and crl_url": {&driver.AuthzConfig{Crunch: "alpha", CRL: "secrets/crl.pem", CRLURL: "https://vault:8200/v1/pki_int/issuers"}, "exclude each other"},
+	} {
+		if err := e.task.EncodeConcreteDriverConfig(&driver.TaskConfig{ModelDir: "local/model", Runtime: "python", Port: "grpc",
+			TLS: tlsCfg, Authz: tc.authz}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := e.h.StartTask(e.task); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: StartTask = %v, want an error naming %q", name, err, tc.want)
+		}
+	}
+}

@@ -52,7 +52,8 @@ func TestE2ESecureModel(t *testing.T) {
 	task := tg.Tasks[0]
 	task.Config["plaintext"] = false
 	task.Config["tls"] = []map[string]any{{"cert": "secrets/tls.pem", "key": "secrets/tls.pem", "client_ca": "local/ca.pem"}}
-	task.Config["authz"] = []map[string]any{{"crunch": "alpha", "cert_hashes": []string{authz.SPKIHash(alpha.Leaf)}}}
+	task.Config["authz"] = []map[string]any{{"crunch": "alpha", "cert_hashes": []string{authz.SPKIHash(alpha.Leaf)},
+		"crl_url": c.Vault.Addr + "/v1/pki_int/issuers"}}
 	task.Config["health_port"] = "health"
 	task.Env = map[string]string{"VAULT_ADDR": c.Vault.Addr}
 	task.Vault = &nomadapi.Vault{Role: "runner"}
@@ -63,9 +64,11 @@ func TestE2ESecureModel(t *testing.T) {
 		DestPath: ptr("secrets/tls.pem"), Perms: ptr("0600"),
 		ChangeMode: ptr("signal"), ChangeSignal: ptr("SIGHUP"),
 	}, {
-		EmbeddedTmpl: ptr(`{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}`),
-		DestPath:     ptr("local/ca.pem"),
-		ChangeMode:   ptr("signal"), ChangeSignal: ptr("SIGHUP"),
+		// The root, and the intermediate that signs the revocation lists.
+		EmbeddedTmpl: ptr(`{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}
+{{ with secret "pki_int/cert/ca_chain" }}{{ .Data.ca_chain }}{{ end }}`),
+		DestPath:   ptr("local/ca.pem"),
+		ChangeMode: ptr("signal"), ChangeSignal: ptr("SIGHUP"),
 	}}
 	// The health-only port answers plaintext, so the check needs no TLS.
 	task.Services[0].PortLabel = "health"
@@ -104,8 +107,8 @@ func TestE2ESecureModel(t *testing.T) {
 	if got := code(dial(alpha, name)); got != codes.OK {
 		t.Fatalf("crunch alpha's coordinator, with the Vault certificate naming %s: %s", name, got)
 	}
-	if got := code(dial(beta, name)); got != codes.PermissionDenied {
-		t.Errorf("crunch beta's coordinator: %s, want PermissionDenied", got)
+	if got := code(dial(beta, name)); got != codes.Unavailable {
+		t.Errorf("crunch beta's coordinator: %s, want its handshake refused (Unavailable)", got)
 	}
 	if got := code(dial(nil, name)); got != codes.Unavailable {
 		t.Errorf("no client certificate: %s, want the handshake refused", got)

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -285,17 +286,21 @@ func TestUnreachableCRLURLEventuallyRefuses(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
-		if !up {
+		switch {
+		case !up:
 			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
+		case strings.HasSuffix(r.URL.Path, "/crl/delta/pem"):
+			http.NotFound(w, r) // as Vault without delta lists
+		default:
+			_, _ = w.Write(crlPEM)
 		}
-		_, _ = w.Write(crlPEM)
 	}))
 	defer srv.Close()
 	reg := prometheus.NewRegistry()
+	var logs syncBuffer
 	auth, err := authz.New(authz.Config{Static: authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(good.Cert)}},
 		CRLURLs: []string{srv.URL + "/v1/pki_int/crl/pem?token=secret"}, CRLRefresh: time.Millisecond, CRLGrace: time.Second,
-		CAFile: caFile, Registerer: reg, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})})
+		CAFile: caFile, Registerer: reg, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: io.MultiWriter(testWriter{t}, &logs)})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,9 +326,90 @@ func TestUnreachableCRLURLEventuallyRefuses(t *testing.T) {
 		_, _ = auth.Reload()
 		time.Sleep(50 * time.Millisecond)
 	}
+	_, _ = auth.Reload() // the watcher's next tick
+	for _, want := range []string{"revocation list is about to expire", "revocation list expired", "caller refused"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the runner never logged %q", want)
+		}
+	}
+	if strings.Contains(logs.String(), "secret") {
+		t.Error("the CRL URL's query reached the log")
+	}
 	metrics := gather(t, reg)
 	if !strings.Contains(metrics, "modelnodes_runner_crl_fetch_failures_total") || !regexp.MustCompile(`modelnodes_runner_crl_expiry_seconds\{issuer="model-calls CA \[[0-9a-f]+\]"\} -`).MatchString(metrics) {
 		t.Errorf("metrics lack the failures or a negative expiry:\n%s", metrics)
+	}
+}
+
+// Vault with auto_rebuild publishes new revocations in the delta list
+// first: a certificate named only there is refused.
+func TestDeltaCRLRevokes(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "model-calls CA")
+	caFile := ca.WriteCA(t, dir, "ca.crt")
+	good := coordinator(t, ca, dir, "right", "alpha")
+	other := coordinator(t, ca, dir, "other", "alpha")
+	full := mustRead(t, ca.WriteCRL(t, dir, "crl.pem"))
+	var delta []byte
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if strings.HasSuffix(r.URL.Path, "/crl/delta/pem") {
+			_, _ = w.Write(delta)
+			return
+		}
+		_, _ = w.Write(full)
+	}))
+	defer srv.Close()
+	auth, err := authz.New(authz.Config{Static: authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(good.Cert), authz.SPKIHash(other.Cert)}},
+		CRLURLs: []string{srv.URL + "/v1/pki_int/crl/pem"}, CRLRefresh: time.Millisecond, CAFile: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func(c *testpki.Issued) tls.ConnectionState {
+		return tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c.Cert, ca.Cert}}}
+	}
+	if err := auth.VerifyConnection(nil, state(good)); err != nil {
+		t.Fatalf("no delta yet: %v", err)
+	}
+	mu.Lock()
+	delta = ca.DeltaCRLPEM(t, 1, good.Cert)
+	mu.Unlock()
+	time.Sleep(2 * time.Millisecond)
+	if _, err := auth.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if err := auth.VerifyConnection(nil, state(good)); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("revoked in the delta list: %v, want refused", err)
+	}
+	if err := auth.VerifyConnection(nil, state(other)); err != nil {
+		t.Errorf("another certificate: %v", err)
+	}
+}
+
+// A CRL source that answers with an older list (a replay) cannot take back
+// a revocation.
+func TestOlderCRLDoesNotTakeBackARevocation(t *testing.T) {
+	dir := t.TempDir()
+	a := startAuthz(t)
+	good := coordinator(t, a.ca, dir, "right", "alpha")
+	a.policy(t, "alpha", authz.SPKIHash(good.Cert), authz.SPKIHash(a.probe.Cert))
+	older := mustRead(t, a.ca.WriteCRL(t, dir, "older.pem"))
+	time.Sleep(time.Millisecond)
+	testpki.WriteFile(t, a.crlFile, mustRead(t, a.ca.WriteCRL(t, dir, "newer.pem", good.Cert)))
+	if _, err := a.auth.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.callAs(t, good); got != refusedAtHandshake {
+		t.Fatalf("revoked: %s", got)
+	}
+	testpki.WriteFile(t, a.crlFile, older)
+	if _, err := a.auth.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.callAs(t, good); got != refusedAtHandshake {
+		t.Errorf("after an older list without the revocation was served: %s, want still refused", got)
 	}
 }
 
@@ -399,4 +485,21 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

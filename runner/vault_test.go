@@ -79,6 +79,12 @@ func TestVaultCoordinatorsAndRevocation(t *testing.T) {
 	if got := callAs(alpha); got != codes.OK {
 		t.Fatalf("alpha's coordinator: %s", got)
 	}
+	// Runners enforce nextUpdate: Vault must rebuild the lists before they
+	// expire even when nobody is revoked (deploy/vault/setup sets it).
+	crlCfg, err := cl.Vault.Client.Logical().ReadWithContext(ctx, "pki_int/config/crl")
+	if err != nil || crlCfg == nil || crlCfg.Data["auto_rebuild"] != true {
+		t.Errorf("pki_int/config/crl: %v %v, want auto_rebuild = true", crlCfg, err)
+	}
 	if got := callAs(beta); got != refusedAtHandshake {
 		t.Fatalf("beta's coordinator calling alpha's model: %s, want refused at the handshake", got)
 	}
@@ -305,4 +311,49 @@ func vaultDo(t *testing.T, ctx context.Context, method, url string) map[string]a
 		t.Fatalf("vault %s %s without a token: status %d, %v", method, url, resp.StatusCode, err)
 	}
 	return body.Data
+}
+
+// An operator who revokes with Vault's own API (no CRL rebuild forced):
+// Vault, set up with auto_rebuild so its CRLs never lapse, publishes the
+// revocation in its delta CRL, which runners fetch beside each full list; the
+// revoked coordinator is refused within Vault's periodic rebuild (about a
+// minute with delta_rebuild_interval=30s, as deploy/vault/setup sets).
+func TestVaultRevocationReachesRunnersThroughTheDeltaCRL(t *testing.T) {
+	cl := testcluster.Start(t, testcluster.Vault)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	chain, err := cl.Vault.CAChainPEM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	testpki.WriteFile(t, caFile, chain)
+	alpha := mustCoordinator(t, ctx, cl, "alpha")
+	leaf := leafOf(t, alpha)
+	auth, err := authz.New(authz.Config{
+		Static:  authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(leaf)}},
+		CRLURLs: []string{cl.Vault.Addr + "/v1/pki_int/issuers"}, CRLRefresh: time.Second, CAFile: caFile,
+		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := tls.ConnectionState{VerifiedChains: verify(t, chain, leaf)}
+	if err := auth.VerifyConnection(nil, state); err != nil {
+		t.Fatalf("before revocation: %v", err)
+	}
+	serial := strings.ReplaceAll(fmt.Sprintf("% x", leaf.SerialNumber.Bytes()), " ", ":")
+	if _, err := cl.Vault.Client.Logical().WriteWithContext(ctx, "pki_int/revoke", map[string]any{"serial_number": serial}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	for auth.VerifyConnection(nil, state) == nil {
+		if time.Since(t0) > 200*time.Second {
+			t.Fatal("a certificate revoked through Vault's API is still admitted after 200s: the delta CRL is not used")
+		}
+		time.Sleep(time.Second)
+		_, _ = auth.Reload()
+	}
+	t.Logf("revoked through the API, refused %s later (from the delta CRL)", time.Since(t0).Round(time.Second))
 }

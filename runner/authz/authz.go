@@ -13,12 +13,12 @@
 //     without touching the chain. No hash (none given, or all zeros) admits
 //     nobody; only the development switch AnyCoordinatorKey skips the check.
 //
-// The checks run three times, each before anything of the caller is read:
-// at the TLS handshake (VerifyConnection: a refused caller never gets an
-// HTTP/2 connection, so it cannot make the runner buffer a request), when a
-// call's headers arrive (TapHandle: a policy or CRL change also applies to
-// connections opened before it), and in a unary interceptor (defence in
-// depth).
+// The checks run at the TLS handshake (VerifyConnection: a refused caller
+// never gets an HTTP/2 connection, so it cannot make the runner buffer a
+// request) and when a call's headers arrive (TapHandle: a policy or CRL
+// change also applies to connections opened before it), both before
+// anything the caller sends is read, and once more in a unary interceptor
+// (defence in depth).
 //
 // The policy and the CRLs are files (rendered by Nomad templates) or URLs
 // that are re-read when they change, so rotating the on-chain hash or
@@ -31,6 +31,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -149,7 +150,8 @@ type Config struct {
 // crl is one issuer's revocation list in force.
 type crl struct {
 	issuer     string // the issuing CA's subject, for logs and metrics
-	key        string // SPKI hash of the CA that signed it
+	key        string // SPKI hash of the CA that signed it (+deltaSuffix for a delta list)
+	delta      bool
 	serials    map[string]bool
 	number     *big.Int // nil when the list has none
 	thisUpdate time.Time
@@ -321,6 +323,10 @@ func (a *Authorizer) merge(lists []*crl) bool {
 	for _, c := range lists {
 		cur := next[c.key]
 		if cur != nil && !newer(c, cur) {
+			// A source answering with an older list than one already
+			// seen is replaying it (or a CA was restored from backup).
+			a.log.Warn("ignoring a revocation list older than the one in force", "issuer", c.issuer, "source", c.source,
+				"number", c.number, "in_force", cur.number)
 			continue
 		}
 		if cur == nil || !cur.thisUpdate.Equal(c.thisUpdate) || len(cur.serials) != len(c.serials) {
@@ -348,11 +354,14 @@ func (a *Authorizer) warnExpiring() {
 	for _, c := range *a.crls.Load() {
 		refuseAt := c.nextUpdate.Add(a.cfg.CRLGrace)
 		window := max(c.nextUpdate.Sub(c.thisUpdate)/4, a.cfg.CRLGrace)
-		if now.Before(refuseAt.Add(-window)) || now.Sub(a.warned[c.issuer]) < 10*time.Minute {
+		expired := now.After(refuseAt)
+		// Once about to expire, once expired: each at most every ten minutes.
+		key := c.issuer + map[bool]string{true: " expired", false: ""}[expired]
+		if now.Before(refuseAt.Add(-window)) || now.Sub(a.warned[key]) < 10*time.Minute {
 			continue
 		}
-		a.warned[c.issuer] = now
-		if now.After(refuseAt) {
+		a.warned[key] = now
+		if expired {
 			a.log.Error("revocation list expired: certificates of its issuer are refused until a fresh list is loaded",
 				"issuer", c.issuer, "next_update", c.nextUpdate.UTC(), "grace", a.cfg.CRLGrace, "source", c.source)
 			continue
@@ -411,7 +420,16 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 		if err != nil {
 			return nil, err
 		}
-		return []*crl{c}, nil
+		out := []*crl{c}
+		if p, err := url.Parse(u); err == nil && strings.HasSuffix(p.Path, "/crl/pem") {
+			p.Path = strings.TrimSuffix(p.Path, "/crl/pem") + "/crl/delta/pem"
+			d, err := a.fetchDelta(p.String())
+			if err != nil {
+				return out, err
+			}
+			out = append(out, d...)
+		}
+		return out, nil
 	}
 	// Vault: LIST <mount>/issuers answers {"data": {"keys": [id, ...],
 	// "key_info": {id: {"key_id": ...}}}} without a token. An issuer
@@ -449,6 +467,11 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 		if err == nil {
 			c, err = a.parseCRL(raw, redact(src))
 		}
+		if err == nil {
+			var d []*crl
+			d, err = a.fetchDelta(base + "/issuer/" + id + "/crl/delta/pem")
+			out = append(out, d...)
+		}
 		if errors.Is(err, errUnknownIssuer) {
 			// An issuer whose CA is not in our bundle issues nothing the
 			// handshake accepts: its list does not matter here.
@@ -463,6 +486,33 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 	}
 	return out, errors.Join(errs...)
 }
+
+// fetchDelta gets a Vault delta CRL. With auto_rebuild (which keeps the
+// full lists from expiring) Vault no longer rebuilds the full list on each
+// revocation: new revocations appear in the delta list within its
+// delta_rebuild_interval. Missing (delta lists disabled) is not an error.
+func (a *Authorizer) fetchDelta(u string) ([]*crl, error) {
+	raw, err := fetch(http.MethodGet, u)
+	if errors.Is(err, errNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(strings.TrimSpace(string(raw))) == 0 {
+		return nil, nil // Vault answers an empty body while no delta exists
+	}
+	c, err := a.parseCRL(raw, redact(u))
+	if err != nil {
+		return nil, err
+	}
+	if !c.delta {
+		return nil, fmt.Errorf("crl %s: not a delta list", redact(u))
+	}
+	return []*crl{c}, nil
+}
+
+var errNotFound = errors.New("not found")
 
 // fetch gets a URL, bounded in time and size.
 func fetch(method, u string) ([]byte, error) {
@@ -479,6 +529,9 @@ func fetch(method, u string) ([]byte, error) {
 		return nil, fmt.Errorf("crl: %s %s: %w", method, redact(u), err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, fmt.Errorf("crl: %s %s: %w", method, redact(u), errNotFound)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("crl: %s %s: %s", method, redact(u), resp.Status)
 	}
@@ -496,6 +549,11 @@ func redact(u string) string {
 }
 
 var errUnknownIssuer = errors.New("not signed by any CA in the bundle")
+
+// oidDeltaCRLIndicator marks a delta CRL (RFC 5280, 5.2.4).
+var oidDeltaCRLIndicator = asn1.ObjectIdentifier{2, 5, 29, 27}
+
+const deltaSuffix = "+delta"
 
 // parseCRL reads a PEM or DER CRL and checks it is signed by a CA of the
 // bundle; the result's source is the key of that CA (see crlSet), and what
@@ -538,6 +596,12 @@ func (a *Authorizer) parseCRL(raw []byte, what string) (*crl, error) {
 	// Two issuers may share a name: the key tells them apart.
 	c := &crl{issuer: name + " [" + key[:12] + "]", key: key, serials: map[string]bool{}, source: what,
 		number: list.Number, thisUpdate: list.ThisUpdate, nextUpdate: list.NextUpdate}
+	for _, e := range list.Extensions {
+		if e.Id.Equal(oidDeltaCRLIndicator) {
+			// A delta list adds to its issuer's full list: kept beside it.
+			c.delta, c.key, c.issuer = true, key+deltaSuffix, c.issuer+" delta"
+		}
+	}
 	for _, e := range list.RevokedCertificateEntries {
 		c.serials[e.SerialNumber.String()] = true
 	}
@@ -568,15 +632,20 @@ func (a *Authorizer) check(chains [][]*x509.Certificate) *refusal {
 		if len(chains[0]) > 1 {
 			issuer = chains[0][1]
 		}
-		c := (*a.crls.Load())[SPKIHash(issuer)]
-		switch {
-		case c == nil:
+		set := *a.crls.Load()
+		key := SPKIHash(issuer)
+		if set[key] == nil {
 			return &refusal{codes.Unauthenticated, "crl_missing", "no revocation list from the certificate's issuer " + issuer.Subject.String() + " is loaded"}
-		case a.now().After(c.nextUpdate.Add(a.cfg.CRLGrace)):
-			return &refusal{codes.Unauthenticated, "crl_expired", fmt.Sprintf("the revocation list of issuer %s expired (next update %s, grace %s): it could not be refreshed",
-				c.issuer, c.nextUpdate.UTC().Format(time.RFC3339), a.cfg.CRLGrace)}
-		case c.serials[leaf.SerialNumber.String()]:
-			return &refusal{codes.Unauthenticated, "revoked", "certificate revoked (serial " + leaf.SerialNumber.Text(16) + ")"}
+		}
+		for _, c := range []*crl{set[key], set[key+deltaSuffix]} {
+			switch {
+			case c == nil:
+			case a.now().After(c.nextUpdate.Add(a.cfg.CRLGrace)):
+				return &refusal{codes.Unauthenticated, "crl_expired", fmt.Sprintf("the revocation list of issuer %s expired (next update %s, grace %s): it could not be refreshed",
+					c.issuer, c.nextUpdate.UTC().Format(time.RFC3339), a.cfg.CRLGrace)}
+			case c.serials[leaf.SerialNumber.String()]:
+				return &refusal{codes.Unauthenticated, "revoked", "certificate revoked (serial " + leaf.SerialNumber.Text(16) + ")"}
+			}
 		}
 	}
 	pol := a.policy.Load()
