@@ -54,7 +54,7 @@ type Options struct {
 	RunnerVaultAddr string `json:"runner_vault_addr,omitempty"`
 	// CRLURL is where runners fetch the CA's revocation list (e.g.
 	// https://vault.service.consul:8200/v1/pki_int/crl/pem). Secure jobs
-	// need it, unless NoRevocationList.
+	// need it: the driver refuses a caller check without a revocation list.
 	CRLURL string `json:"crl_url,omitempty"`
 	// Plaintext runs runners without TLS and without Vault (tests and
 	// laptops only: CrunchDAO's client refuses it in secure mode).
@@ -77,9 +77,6 @@ type Options struct {
 	// AllowHostModelDirs accepts models whose code is a directory on the
 	// node (Model.ModelDir; development only).
 	AllowHostModelDirs bool `json:"-"`
-	// NoRevocationList builds secure jobs without CRLURL (development: a
-	// revoked coordinator certificate keeps working until it expires).
-	NoRevocationList bool `json:"-"`
 }
 
 func (o *Options) withDefaults() Options {
@@ -159,8 +156,8 @@ const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end
 `
 
 // Build returns the job of one model. The model must pass
-// opts.CheckModel, and a secure job needs a revocation list (CRLURL) unless
-// opts.NoRevocationList.
+// opts.CheckModel, and a secure job needs a revocation list (CRLURL): the
+// modelbox driver refuses to start a runner that checks callers without one.
 func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	if opts == nil {
 		opts = &Options{}
@@ -168,8 +165,8 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	if err := opts.CheckModel(m); err != nil {
 		return nil, fmt.Errorf("model %s of crunch %s: %w", quote(m.ModelID), quote(m.Crunch), err)
 	}
-	if !opts.Plaintext && opts.CRLURL == "" && !opts.NoRevocationList {
-		return nil, errors.New("secure jobs need a revocation list: set the CRL URL (scheduler --crl-url, e.g. Vault's /v1/pki_int/crl/pem), or NoRevocationList for development")
+	if !opts.Plaintext && opts.CRLURL == "" {
+		return nil, errors.New("secure jobs need a revocation list: set the CRL URL (scheduler --crl-url, e.g. Vault's /v1/pki_int/crl/pem)")
 	}
 	o := opts.withDefaults()
 	id := JobID(m)

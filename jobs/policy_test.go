@@ -175,10 +175,6 @@ func TestSecureJobsNeedACRL(t *testing.T) {
 	if _, err := Build(m, o); err == nil || !strings.Contains(err.Error(), "--crl-url") {
 		t.Fatalf("secure job without a CRL built: %v", err)
 	}
-	o.NoRevocationList = true
-	if _, err := Build(m, o); err != nil {
-		t.Fatalf("with NoRevocationList: %v", err)
-	}
 	if _, err := Build(m, &Options{Plaintext: true, ArtifactHosts: []string{"models.example"}}); err != nil {
 		t.Fatalf("plaintext jobs have no TLS to revoke: %v", err)
 	}
@@ -198,7 +194,7 @@ func TestPolicyIsNotInTheSpecHash(t *testing.T) {
 	m := model()
 	a, b := opts(), opts()
 	b.ArtifactHosts = append(b.ArtifactHosts, "other.example")
-	b.AllowHTTPArtifacts, b.AllowHostModelDirs, b.NoRevocationList = true, true, true
+	b.AllowHTTPArtifacts, b.AllowHostModelDirs = true, true
 	if SpecHash(m, a) != SpecHash(m, b) {
 		t.Fatal("policy options changed the spec hash")
 	}

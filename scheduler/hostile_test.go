@@ -122,7 +122,7 @@ func grepLines(s, sub string) string {
 // the options refuse is skipped with its reason, logged and counted once,
 // and the others stay desired.
 func TestWatcherRefusesByPolicy(t *testing.T) {
-	opts := &jobs.Options{ArtifactHosts: []string{"models.example"}, NoRevocationList: true}
+	opts := &jobs.Options{ArtifactHosts: []string{"models.example"}, CRLURL: "https://vault.example:8200/v1/pki_int/issuers"}
 	m := NewMetrics()
 	w := NewWatcher([]string{"feed"}, opts, m)
 	var logs syncBuffer

@@ -33,10 +33,11 @@ func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
 
 // testOptions are the production job options (secure runners) with the
 // development allowances the fixtures need: artifacts from models.example
-// and, over plain http, from loopback servers; host model dirs; no
-// revocation list (TestScheduledModelTurnsHealthy sets one).
+// and, over plain http, from loopback servers; host model dirs. The
+// revocation list's URL is a placeholder: TestScheduledModelTurnsHealthy,
+// the one test whose runner starts, sets the test Vault's.
 var testOptions = &jobs.Options{ArtifactHosts: []string{"models.example", "127.0.0.1"}, AllowHTTPArtifacts: true,
-	AllowHostModelDirs: true, NoRevocationList: true}
+	AllowHostModelDirs: true, CRLURL: "https://vault.example:8200/v1/pki_int/issuers"}
 
 type runningScheduler struct {
 	s      *Scheduler
@@ -563,7 +564,7 @@ func TestScheduledModelTurnsHealthy(t *testing.T) {
 	m := jobs.Model{Crunch: "healthy", ModelID: "py", ModelDir: dir, Hardware: jobs.CPU, MemoryMB: 256, CPU: 200, Running: true}
 	// Production's revocation list: the runner fetches Vault's CRL.
 	opts := *testOptions
-	opts.CRLURL, opts.NoRevocationList = cl.Vault.Addr+"/v1/pki_int/crl/pem", false
+	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
 	s := startSchedulerWith(t, func(s *Scheduler) { s.Reconciler.Options = &opts }, nc, nc, nil, &FileSource{Path: modelsFile(t, m)})
 	srv := httptest.NewServer(s.s.Handler())
 	defer srv.Close()

@@ -75,7 +75,7 @@ type config struct {
 	modelsFile, listen, logLevel                         string
 	logJSON, plaintext                                   bool
 	crlURL, runnerVaultAddr                              string
-	noCRL, allowHTTPArtifacts, allowHostModelDirs        bool
+	allowHTTPArtifacts, allowHostModelDirs               bool
 	artifactHosts                                        stringList
 	datacenters                                          stringList
 	gpuClass                                             string
@@ -119,7 +119,6 @@ func parse(args []string) (*config, error) {
 	fs.BoolVar(&c.plaintext, "plaintext-runners", false, "runners without TLS or Vault (tests only; CrunchDAO's secure client refuses them)")
 	fs.StringVar(&c.runnerVaultAddr, "runner-vault-addr", "", "Vault address runners reach: each runner then keeps one key per model in Vault (runner-keys/<job>) and signs its own certificates, so crunchers' wallet delegations (the job variable's \"delegation\" item) hold across renewals; empty: a template issues a new key with each certificate")
 	fs.StringVar(&c.crlURL, "crl-url", "", "runners fetch the model-call CA's revocation list from this URL (e.g. Vault's /v1/pki_int/crl/pem); required for secure runners")
-	fs.BoolVar(&c.noCRL, "no-revocation-list", false, "DEVELOPMENT ONLY: run secure runners without --crl-url (a revoked coordinator certificate keeps working until it expires)")
 	fs.Var(&c.artifactHosts, "artifact-hosts", "hosts models' artifacts may be fetched from, comma separated: a name (any port), host:port, or *.domain; empty: every artifact URL is refused")
 	fs.BoolVar(&c.allowHTTPArtifacts, "allow-http-artifacts", false, "DEVELOPMENT ONLY: accept plain http artifact URLs (still on --artifact-hosts, still checked against their sha256)")
 	fs.BoolVar(&c.allowHostModelDirs, "allow-host-model-dirs", false, "DEVELOPMENT ONLY: accept models whose code is a directory on the node (model_dir in --models-file)")
@@ -148,8 +147,8 @@ func parse(args []string) (*config, error) {
 	if c.plaintext && c.runnerVaultAddr != "" {
 		return nil, errors.New("--plaintext-runners and --runner-vault-addr exclude each other")
 	}
-	if !c.plaintext && c.crlURL == "" && !c.noCRL {
-		return nil, errors.New("secure runners need a revocation list: set --crl-url (e.g. Vault's /v1/pki_int/crl/pem), or --no-revocation-list for development")
+	if !c.plaintext && c.crlURL == "" {
+		return nil, errors.New("secure runners need a revocation list: set --crl-url (e.g. Vault's /v1/pki_int/crl/pem); the modelbox driver refuses runners that check callers without one")
 	}
 	switch c.solanaCommitment {
 	case "confirmed", "finalized":
@@ -180,9 +179,6 @@ func main() {
 // warnPolicy says loudly, at every start, which development allowances
 // weaken this deployment.
 func warnPolicy(c *config, log hclog.Logger) {
-	if c.noCRL && !c.plaintext && c.crlURL == "" {
-		log.Warn("DEVELOPMENT: --no-revocation-list: runners fetch no revocation list; a revoked coordinator certificate is accepted until it expires")
-	}
 	if c.allowHTTPArtifacts {
 		log.Warn("DEVELOPMENT: --allow-http-artifacts: models may be fetched over plain http (only their sha256 protects them)")
 	}
@@ -205,7 +201,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		Region: c.nomad.Region, Namespace: c.nomad.Namespace, Datacenters: c.datacenters,
 		Plaintext: c.plaintext, CRLURL: c.crlURL, RunnerVaultAddr: c.runnerVaultAddr, GPUNodeClass: c.gpuClass,
 		ArtifactHosts: c.artifactHosts, AllowHTTPArtifacts: c.allowHTTPArtifacts,
-		AllowHostModelDirs: c.allowHostModelDirs, NoRevocationList: c.noCRL,
+		AllowHostModelDirs: c.allowHostModelDirs,
 	}
 	warnPolicy(c, log)
 	metrics := scheduler.NewMetrics()

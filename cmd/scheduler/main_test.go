@@ -36,12 +36,12 @@ func TestParse(t *testing.T) {
 	}
 	t.Setenv("MODELNODES_SCHEDULER_ARTIFACT_HOSTS", "models.example,*.cdn.example")
 	t.Setenv("MODELNODES_SCHEDULER_ALLOW_HTTP_ARTIFACTS", "true")
-	t.Setenv("MODELNODES_SCHEDULER_NO_REVOCATION_LIST", "true")
+	t.Setenv("MODELNODES_SCHEDULER_CRL_URL", "https://vault:8200/v1/pki_int/issuers")
 	t.Setenv("MODELNODES_SCHEDULER_FEED_URL", "http://feed")
 	t.Setenv("MODELNODES_SCHEDULER_FEED_CRUNCH", "a,b")
 	c, err := parse([]string{"--resync", "5s"})
 	if err != nil || c.feedURL != "http://feed" || len(c.feedCrunches) != 2 || c.resync != 5*time.Second ||
-		len(c.artifactHosts) != 2 || !c.allowHTTPArtifacts || !c.noCRL || c.allowHostModelDirs {
+		len(c.artifactHosts) != 2 || !c.allowHTTPArtifacts || c.crlURL == "" || c.allowHostModelDirs {
 		t.Fatalf("environment fallback: %v %+v", err, c)
 	}
 	if _, err := parse([]string{"--help"}); !errors.Is(err, flag.ErrHelp) {
@@ -63,7 +63,7 @@ func TestRunServesStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, err := parse([]string{"--models-file", models, "--listen", addr, "--nomad-addr", "http://127.0.0.1:1",
-		"--feed-url", "http://127.0.0.1:1", "--feed-crunch", "demo", "--no-revocation-list", "--allow-host-model-dirs"})
+		"--feed-url", "http://127.0.0.1:1", "--feed-crunch", "demo", "--crl-url", "http://127.0.0.1:1/v1/pki_int/issuers", "--allow-host-model-dirs"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestFailingSourcesDoNotLeakURLCredentials(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	const secret = "s3cr3t-key"
-	c, err := parse([]string{"--listen", addr, "--nomad-addr", "http://127.0.0.1:1", "--no-revocation-list",
+	c, err := parse([]string{"--listen", addr, "--nomad-addr", "http://127.0.0.1:1", "--plaintext-runners",
 		"--solana-rpc", "http://user:" + secret + "@127.0.0.1:1/rpc?api-key=" + secret,
 		"--solana-ws", "ws://user:" + secret + "@127.0.0.1:1/ws?api-key=" + secret,
 		"--solana-program", "11111111111111111111111111111111",

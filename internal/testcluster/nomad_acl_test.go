@@ -64,7 +64,8 @@ func TestNomadPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &jobs.Model{Crunch: "alpha", ModelID: "acl-model", ModelDir: "/nonexistent", Hardware: jobs.CPU}
-	job, err := jobs.Build(m, &jobs.Options{Datacenters: []string{"nowhere"}, AllowHostModelDirs: true, NoRevocationList: true})
+	job, err := jobs.Build(m, &jobs.Options{Datacenters: []string{"nowhere"}, AllowHostModelDirs: true,
+		CRLURL: c.Vault.Addr + "/v1/pki_int/issuers"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/jobs"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+	"github.com/modelnodes/modelnodes/runner/authz"
 )
 
 // scaleHeartbeat makes a lost machine show within seconds (see Options):
@@ -231,10 +232,14 @@ func newFleet(t testing.TB, n int) *fleet {
 		t.Fatal(err)
 	}
 	modelDir := copyModel(t, filepath.Join(root, "runner", "testdata", "pymodel"))
+	// As production: the coordinator's key hash is what the chain records
+	// (no hash admits nobody), and runners fetch Vault's revocation lists.
+	certHash := authz.SPKIHash(iss.Certificate().Leaf)
 	for i := range n {
 		m := jobs.Model{Crunch: scaleCrunch, ModelID: fmt.Sprintf("model-%d", i), ModelDir: modelDir,
-			Hardware: jobs.CPU, CPU: 100, MemoryMB: 256, Running: true}
-		job, err := jobs.Build(&m, &jobs.Options{CertTTL: "1h", AllowHostModelDirs: true, NoRevocationList: true})
+			Hardware: jobs.CPU, CPU: 100, MemoryMB: 256, Running: true, CertHash: certHash}
+		job, err := jobs.Build(&m, &jobs.Options{CertTTL: "1h", AllowHostModelDirs: true,
+			CRLURL: c.Vault.Addr + "/v1/pki_int/issuers"})
 		if err != nil {
 			cancel()
 			t.Fatal(err)
