@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/modelnodes/modelnodes/internal/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testpki"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
@@ -297,7 +298,7 @@ func TestUnreachableCRLURLEventuallyRefuses(t *testing.T) {
 	}))
 	defer srv.Close()
 	reg := prometheus.NewRegistry()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	auth, err := authz.New(authz.Config{Static: authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(good.Cert)}},
 		CRLURLs: []string{srv.URL + "/v1/pki_int/crl/pem?token=secret"}, CRLRefresh: time.Millisecond, CRLGrace: time.Second,
 		CAFile: caFile, Registerer: reg, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: io.MultiWriter(testWriter{t}, &logs)})})
@@ -485,21 +486,4 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

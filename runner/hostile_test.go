@@ -17,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/modelnodes/modelnodes/internal/syncbuf"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner"
@@ -223,29 +224,11 @@ func TestHostileWorkerHugeFrameHeader(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log sink for JSON entries.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A hostile worker writes a 10 MiB line: the runner's log gets one entry of
 // about 4 KiB saying how much was dropped, not 10 MiB or thousands of
 // entries.
 func TestHostileWorkerLongLogLine(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	h := start(t, hostileWorker(t), func(c *runner.Config) {
 		c.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs, JSONFormat: true})
 	}).ready()

@@ -5,13 +5,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	solana "github.com/gagliardetto/solana-go"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/modelnodes/modelnodes/internal/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/nomad"
@@ -31,7 +31,7 @@ func TestHostileAuthorizationIsRefused(t *testing.T) {
 	keyA, keyB := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
 	f.setAccount(t, keyA, c.program, c.auth("model-a", true, 0).Encode())
 	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 0).Encode())
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	s := startSchedulerWith(t, func(s *Scheduler) {
 		s.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
 	}, nc, nc, nil, &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: 3 * time.Second})
@@ -125,7 +125,7 @@ func TestWatcherRefusesByPolicy(t *testing.T) {
 	opts := &jobs.Options{ArtifactHosts: []string{"models.example"}, CRLURL: "https://vault.example:8200/v1/pki_int/issuers"}
 	m := NewMetrics()
 	w := NewWatcher([]string{"feed"}, opts, m)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	w.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs})
 	good := jobs.Model{Crunch: "c", ModelID: "good", ArtifactURL: "https://models.example/a.tar.gz",
 		ArtifactSHA256: strings.Repeat("ab", 32), Hardware: jobs.CPU, Running: true}
@@ -170,21 +170,3 @@ func TestWatcherRefusesByPolicy(t *testing.T) {
 type httpErr struct{ s string }
 
 func (e *httpErr) Error() string { return e.s }
-
-// syncBuffer is a log sink the scheduler's goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}

@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/internal/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner"
@@ -243,7 +243,7 @@ func TestConsulCrunch(t *testing.T) {
 		t.Errorf("models of crunch id BetaCrunchId: exit %d\n%s%s", code, out, stderr)
 	}
 
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	done := make(chan int)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -261,7 +261,7 @@ func TestConsulCrunch(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, buf *syncBuffer, want string) {
+func waitFor(t *testing.T, buf *syncbuf.Buffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(buf.String(), want) {
@@ -270,23 +270,6 @@ func waitFor(t *testing.T, buf *syncBuffer, want string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // A model answering more than --max-reply-size (here from the environment,

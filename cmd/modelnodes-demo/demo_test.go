@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/modelnodes/modelnodes/internal/leftovers"
+	"github.com/modelnodes/modelnodes/internal/syncbuf"
 )
 
 // The demo as a new user runs it (make demo), each run on ports and in a
@@ -363,22 +364,7 @@ func coordinatorEnv(t *testing.T, path string) []string {
 }
 
 // lineBuffer collects output and lets a test wait for a line.
-type lineBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lineBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lineBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lineBuffer struct{ syncbuf.Buffer }
 
 func (l *lineBuffer) waitFor(re *regexp.Regexp, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)

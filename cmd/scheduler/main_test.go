@@ -11,11 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/modelnodes/modelnodes/internal/syncbuf"
 )
 
 func TestParse(t *testing.T) {
@@ -103,24 +104,6 @@ func TestRunServesStatus(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink the scheduler's goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // RPC providers put credentials in the URL (user:password@, ?api-key=):
 // when those sources fail, neither the unauthenticated status API nor the
 // log may show them (issue 13 item 7).
@@ -140,7 +123,7 @@ func TestFailingSourcesDoNotLeakURLCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	log := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Trace})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

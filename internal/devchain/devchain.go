@@ -26,13 +26,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	solana "github.com/gagliardetto/solana-go"
 
 	"github.com/modelnodes/modelnodes/internal/logtail"
+	"github.com/modelnodes/modelnodes/internal/syncbuf"
 )
 
 // Dir returns the front's directory in the repository at repo.
@@ -103,7 +103,7 @@ type Front struct {
 	cmd     *exec.Cmd
 	stdin   io.Closer
 	done    chan struct{}
-	out     *syncBuffer
+	out     *syncbuf.Buffer
 	logFile string
 }
 
@@ -142,7 +142,7 @@ func Start(ctx context.Context, o Options) (*Front, error) {
 			return nil, err
 		}
 		f.stdin = stdin
-		f.out = &syncBuffer{}
+		f.out = &syncbuf.Buffer{}
 		cmd.Stderr = f.out
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -324,21 +324,4 @@ func (f *Front) do(ctx context.Context, req map[string]any, out any) error {
 		}
 	}
 	return nil
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

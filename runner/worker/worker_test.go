@@ -8,12 +8,12 @@ import (
 	"os"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/modelnodes/modelnodes/internal/syncbuf"
 	"github.com/modelnodes/modelnodes/runner/frame"
 )
 
@@ -63,22 +63,11 @@ func hostileWorker(role string) {
 }
 
 // logBuffer collects JSON log entries, one a line.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+type logBuffer struct{ syncbuf.Buffer }
 
 func (l *logBuffer) entries() []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(l.String(), "\n") {
 		var e map[string]any
 		if json.Unmarshal([]byte(line), &e) == nil {
 			out = append(out, e)
@@ -87,11 +76,7 @@ func (l *logBuffer) entries() []map[string]any {
 	return out
 }
 
-func (l *logBuffer) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Len()
-}
+func (l *logBuffer) size() int { return len(l.Bytes()) }
 
 func supervise(t *testing.T, role string, logs *logBuffer) *Supervisor {
 	t.Helper()
