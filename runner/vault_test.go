@@ -19,12 +19,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
 
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testpki"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
-	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/runner/worker"
@@ -49,33 +47,10 @@ func TestVaultCoordinatorsAndRevocation(t *testing.T) {
 	if err := os.WriteFile(caFile, chain, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	runnerCA := testpki.NewCA(t, "runner CA")
-	server := runnerCA.Issue(t, dir, testpki.Leaf{CommonName: "runner", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, RSA: true})
-
 	alpha := mustCoordinator(t, ctx, cl, "alpha")
 	beta := mustCoordinator(t, ctx, cl, "beta")
-	auth, err := authz.New(authz.Config{
-		Static:     authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(alpha.Leaf)}},
-		CRLURLs:    []string{cl.Vault.Addr + "/v1/pki_int/crl/pem"},
-		CRLRefresh: 100 * time.Millisecond,
-		CAFile:     caFile,
-		Logger:     hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}}),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsr, err := tlsfiles.New(tlsfiles.Files{CertFile: server.CertFile, KeyFile: server.KeyFile, CAFile: caFile}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := startConfig(t, runner.Config{TLS: tlsr, Authorizer: auth, Logger: hclog.NewNullLogger(),
-		Worker: worker.Config{Command: exampleWorker(t)}}, dialAs(runnerCA, alpha))
-	h.ready()
-	callAs := func(c *tls.Certificate) codes.Code {
-		hh := dialHarness(t, nil, h.addr, dialAs(runnerCA, c))
-		_, err := hh.ds.Setup(ctxTimeout(t, 10*time.Second), &dspb.SetupRequest{ClassName: "x.Base"})
-		return status.Code(err)
-	}
+	connect, auth := startVaultAuthorizedRunner(t, dir, caFile, cl.Vault.Addr+"/v1/pki_int/crl/pem", alpha, alpha.Leaf)
+	callAs := func(c *tls.Certificate) codes.Code { return connect(c).setupCode(t) }
 	if got := callAs(alpha); got != codes.OK {
 		t.Fatalf("alpha's coordinator: %s", got)
 	}
@@ -157,32 +132,12 @@ func TestVaultRevocationAfterIntermediateRotation(t *testing.T) {
 		t.Fatal("the bundle of every issuer does not verify both certificates")
 	}
 
-	runnerCA := testpki.NewCA(t, "runner CA")
-	server := runnerCA.Issue(t, dir, testpki.Leaf{CommonName: "runner", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, RSA: true})
-	auth, err := authz.New(authz.Config{
-		Static:     authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(beforeLeaf), authz.SPKIHash(afterLeaf)}},
-		CRLURLs:    []string{cl.Vault.Addr + "/v1/pki_int/issuers"},
-		CRLRefresh: 100 * time.Millisecond,
-		CAFile:     caFile,
-		Logger:     hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}}),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsr, err := tlsfiles.New(tlsfiles.Files{CertFile: server.CertFile, KeyFile: server.KeyFile, CAFile: caFile}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := startConfig(t, runner.Config{TLS: tlsr, Authorizer: auth, Logger: hclog.NewNullLogger(),
-		Worker: worker.Config{Command: exampleWorker(t)}}, dialAs(runnerCA, after))
-	h.ready()
-	callAs := func(c *tls.Certificate) codes.Code {
-		return dialHarness(t, nil, h.addr, dialAs(runnerCA, c)).setupCode(t)
-	}
+	connect, auth := startVaultAuthorizedRunner(t, dir, caFile, cl.Vault.Addr+"/v1/pki_int/issuers", after, beforeLeaf, afterLeaf)
+	callAs := func(c *tls.Certificate) codes.Code { return connect(c).setupCode(t) }
 	if got := callAs(before); got != codes.OK {
 		t.Fatalf("certificate of the previous intermediate, not revoked: %s", got)
 	}
-	open := dialHarness(t, nil, h.addr, dialAs(runnerCA, before))
+	open := connect(before)
 	if got := open.setupCode(t); got != codes.OK {
 		t.Fatalf("open connection: %s", got)
 	}
@@ -223,6 +178,40 @@ func TestVaultRevocationAfterIntermediateRotation(t *testing.T) {
 	if err := only.VerifyConnection(nil, tls.ConnectionState{VerifiedChains: verify(t, []byte(bundle), afterLeaf)}); err != nil {
 		t.Errorf("default CRL only, new issuer's certificate: %v", err)
 	}
+}
+
+// startVaultAuthorizedRunner starts a runner that admits crunch alpha's
+// coordinators with one of keys, checks them against caFile and the CRLs at
+// crlURL (refreshed every 100 ms), and is probed (ready) as probe. It
+// returns a function that connects to it as a coordinator, and the
+// runner's authorizer.
+func startVaultAuthorizedRunner(t *testing.T, dir, caFile, crlURL string, probe *tls.Certificate, keys ...*x509.Certificate) (connect func(*tls.Certificate) *harness, auth *authz.Authorizer) {
+	t.Helper()
+	var hashes []string
+	for _, k := range keys {
+		hashes = append(hashes, authz.SPKIHash(k))
+	}
+	var err error
+	auth, err = authz.New(authz.Config{
+		Static:     authz.Policy{Crunch: "alpha", CoordinatorCertHashes: hashes},
+		CRLURLs:    []string{crlURL},
+		CRLRefresh: 100 * time.Millisecond,
+		CAFile:     caFile,
+		Logger:     hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runnerCA := testpki.NewCA(t, "runner CA")
+	server := runnerCA.Issue(t, dir, testpki.Leaf{CommonName: "runner", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, RSA: true})
+	tlsr, err := tlsfiles.New(tlsfiles.Files{CertFile: server.CertFile, KeyFile: server.KeyFile, CAFile: caFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startConfig(t, runner.Config{TLS: tlsr, Authorizer: auth, Logger: hclog.NewNullLogger(),
+		Worker: worker.Config{Command: exampleWorker(t)}}, dialAs(runnerCA, probe))
+	h.ready()
+	return func(c *tls.Certificate) *harness { return dialHarness(t, nil, h.addr, dialAs(runnerCA, c)) }, auth
 }
 
 func leafOf(t *testing.T, c *tls.Certificate) *x509.Certificate {
