@@ -163,7 +163,8 @@ var DelegationTemplate = fmt.Sprintf(`{{ $p := printf "nomad/jobs/%%s" (env "NOM
 // one) and re-renders, with SIGHUP, when an issuer appears.
 const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}
 {{ range secrets "pki_int/issuers" }}{{ with secret (printf "pki_int/issuer/%s/json" .) }}{{ .Data.certificate }}
-{{ end }}{{ end }}`
+{{ end }}{{ end }}
+`
 
 // Build returns the job of one model. The model must pass
 // opts.CheckModel, and a secure job needs a revocation list (CRLURL) unless
