@@ -53,7 +53,8 @@ type Options struct {
 	// delegation cannot follow.
 	RunnerVaultAddr string `json:"runner_vault_addr,omitempty"`
 	// CRLURL is where runners fetch the CA's revocation list (e.g.
-	// https://vault.service.consul:8200/v1/pki_int/crl/pem). Secure jobs
+	// https://vault.service.consul:8200/v1/pki_int/issuers: every issuer's
+	// full and delta list, docs/vault.md). Secure jobs
 	// need it: the driver refuses a caller check without a revocation list.
 	CRLURL string `json:"crl_url,omitempty"`
 	// Plaintext runs runners without TLS and without Vault (tests and
@@ -147,12 +148,20 @@ var DelegationTemplate = fmt.Sprintf(`{{ $p := printf "nomad/jobs/%%s" (env "NOM
 	`{{ range nomadVarList $p }}{{ if eq .Path $p }}{{ with nomadVar .Path }}{{ with index . %q }}{{ .Value }}{{ end }}{{ end }}{{ end }}{{ end }}`,
 	DelegationItem)
 
-// CATemplate renders the public root CA and the intermediate chain (no
-// Vault policy needed): coordinators' certificates chain to the root, and
-// the intermediate is what signs the revocation list runners fetch
-// (crl_url), so the runner can check that list's signature.
+// CATemplate renders the public root CA and every issuer of pki_int (no
+// Vault policy needed: pki/cert/ca, LIST pki_int/issuers and
+// pki_int/issuer/<id>/json are unauthenticated). Coordinators' certificates
+// chain to the root, and each issuer signs its own revocation list, which
+// the runner fetches (crl_url .../v1/pki_int/issuers) and checks against
+// this bundle. Every issuer, not pki_int/cert/ca_chain: after
+// `deploy/vault/setup rotate-intermediate` that holds only the new default
+// issuer, and the runner would refuse the previous issuer's still-valid
+// certificates for want of a list it can verify. Nomad re-reads the issuer
+// list every 5 minutes (consul-template's default lease for secrets without
+// one) and re-renders, with SIGHUP, when an issuer appears.
 const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}
-{{ with secret "pki_int/cert/ca_chain" }}{{ .Data.ca_chain }}{{ end }}
+{{ range secrets "pki_int/issuers" }}{{ with secret (printf "pki_int/issuer/%s/json" .) }}{{ .Data.certificate }}
+{{ end }}{{ end }}
 `
 
 // Build returns the job of one model. The model must pass
@@ -166,7 +175,7 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		return nil, fmt.Errorf("model %s of crunch %s: %w", quote(m.ModelID), quote(m.Crunch), err)
 	}
 	if !opts.Plaintext && opts.CRLURL == "" {
-		return nil, errors.New("secure jobs need a revocation list: set the CRL URL (scheduler --crl-url, e.g. Vault's /v1/pki_int/crl/pem)")
+		return nil, errors.New("secure jobs need a revocation list: set the CRL URL (scheduler --crl-url, e.g. Vault's issuer list /v1/pki_int/issuers)")
 	}
 	o := opts.withDefaults()
 	id := JobID(m)

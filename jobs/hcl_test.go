@@ -20,9 +20,9 @@ var exampleModel = Model{
 	Hardware:       CPU, Running: true,
 }
 
-// exampleOptions are the options of the example: the runners fetch Vault's
-// revocation list.
-var exampleOptions = Options{ArtifactHosts: []string{"models.example"}, CRLURL: "https://vault.service.consul:8200/v1/pki_int/crl/pem"}
+// exampleOptions are the options of the example: the runners fetch every
+// issuer's revocation list from Vault.
+var exampleOptions = Options{ArtifactHosts: []string{"models.example"}, CRLURL: "https://vault.service.consul:8200/v1/pki_int/issuers"}
 
 // nomadBinary finds the pinned Nomad as make test does: $NOMAD_BIN, PATH,
 // or the cache of deploy/hashistack/install.

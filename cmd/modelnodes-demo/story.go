@@ -393,9 +393,10 @@ func (d *demo) startScheduler(ctx context.Context, c *cluster, chain *devchain.F
 		"--solana-rpc", chain.RPC, "--solana-ws", chain.WS,
 		"--solana-program", rec.Program, "--solana-crunch", rec.Crunch,
 		"--solana-resync", "5s",
-		// Runners keep one key per model in Vault and fetch the CRL.
+		// Runners keep one key per model in Vault and fetch every
+		// issuer's CRL (a rotated intermediate's too).
 		"--runner-vault-addr", c.env["VAULT_ADDR"],
-		"--crl-url", c.env["VAULT_ADDR"] + "/v1/pki_int/crl/pem",
+		"--crl-url", c.env["VAULT_ADDR"] + "/v1/pki_int/issuers",
 		// The demo's artifact server is plain http on loopback.
 		"--artifact-hosts", "127.0.0.1", "--allow-http-artifacts",
 		"--listen", status}

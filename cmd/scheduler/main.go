@@ -118,7 +118,7 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.gpuClass, "gpu-node-class", "", "also constrain GPU models to this node class")
 	fs.BoolVar(&c.plaintext, "plaintext-runners", false, "runners without TLS or Vault (tests only; CrunchDAO's secure client refuses them)")
 	fs.StringVar(&c.runnerVaultAddr, "runner-vault-addr", "", "Vault address runners reach: each runner then keeps one key per model in Vault (runner-keys/<job>) and signs its own certificates, so crunchers' wallet delegations (the job variable's \"delegation\" item) hold across renewals; empty: a template issues a new key with each certificate")
-	fs.StringVar(&c.crlURL, "crl-url", "", "runners fetch the model-call CA's revocation list from this URL (e.g. Vault's /v1/pki_int/crl/pem); required for secure runners")
+	fs.StringVar(&c.crlURL, "crl-url", "", "runners fetch the model-call CA's revocation lists from this URL: Vault's issuer list, https://vault:8200/v1/pki_int/issuers, has them fetch every issuer's CRL, so certificates of an intermediate replaced by rotate-intermediate stay revocable (a single CRL URL such as .../pki_int/crl/pem covers the default issuer only); required for secure runners")
 	fs.Var(&c.artifactHosts, "artifact-hosts", "hosts models' artifacts may be fetched from, comma separated: a name (any port), host:port, or *.domain; empty: every artifact URL is refused")
 	fs.BoolVar(&c.allowHTTPArtifacts, "allow-http-artifacts", false, "DEVELOPMENT ONLY: accept plain http artifact URLs (still on --artifact-hosts, still checked against their sha256)")
 	fs.BoolVar(&c.allowHostModelDirs, "allow-host-model-dirs", false, "DEVELOPMENT ONLY: accept models whose code is a directory on the node (model_dir in --models-file)")
@@ -148,7 +148,7 @@ func parse(args []string) (*config, error) {
 		return nil, errors.New("--plaintext-runners and --runner-vault-addr exclude each other")
 	}
 	if !c.plaintext && c.crlURL == "" {
-		return nil, errors.New("secure runners need a revocation list: set --crl-url (e.g. Vault's /v1/pki_int/crl/pem); the modelbox driver refuses runners that check callers without one")
+		return nil, errors.New("secure runners need a revocation list: set --crl-url (e.g. Vault's issuer list, https://vault:8200/v1/pki_int/issuers); the modelbox driver refuses runners that check callers without one")
 	}
 	switch c.solanaCommitment {
 	case "confirmed", "finalized":

@@ -30,8 +30,8 @@ variable "artifact_sha256" {
 
 variable "crl_url" {
   type        = string
-  description = "Where runners fetch the revocation list of coordinator certificates."
-  default     = "https://vault.service.consul:8200/v1/pki_int/crl/pem"
+  description = "Where runners fetch the revocation lists of coordinator certificates: Vault's issuer list, so every issuer's list is fetched (a rotated intermediate's too)."
+  default     = "https://vault.service.consul:8200/v1/pki_int/issuers"
 }
 
 job "model-node-pdxu2groar3jsn66" {
@@ -41,7 +41,7 @@ job "model-node-pdxu2groar3jsn66" {
 
   meta {
     modelnodes_managed = "true"
-    modelnodes_spec    = "idsc6stzcark3j7jbfrpfgw7"
+    modelnodes_spec    = "6246fidaifzh74eeduydoutw"
     model_id           = "pdxu2groar3jsn66"
     model              = "example"
     crunch             = "demo"
@@ -175,11 +175,15 @@ job "model-node-pdxu2groar3jsn66" {
         destination   = "secrets/ca.crt"
         change_mode   = "signal"
         change_signal = "SIGHUP"
-        # The root coordinators chain to, and the intermediate that signs the
-        # revocation list (authz.crl_url).
+        # The root coordinators chain to, and every issuer of pki_int: each
+        # signs its own revocation list (authz.crl_url), and after
+        # `deploy/vault/setup rotate-intermediate` the previous issuer's
+        # certificates stay valid (pki_int/cert/ca_chain would hold only the
+        # new one). All unauthenticated in Vault.
         data          = <<-EOT
           {{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}
-          {{ with secret "pki_int/cert/ca_chain" }}{{ .Data.ca_chain }}{{ end }}
+          {{ range secrets "pki_int/issuers" }}{{ with secret (printf "pki_int/issuer/%s/json" .) }}{{ .Data.certificate }}
+          {{ end }}{{ end }}
           EOT
       }
     }
