@@ -487,3 +487,46 @@ func mustRead(t *testing.T, p string) []byte {
 	}
 	return b
 }
+
+// After a rotation the runner's CA bundle is re-rendered with the new
+// issuer: the lists it signs must count at once, not a --crl-refresh later
+// (until then its certificates are refused for want of a verified list).
+func TestNewCABundleRefetchesTheLists(t *testing.T) {
+	dir := t.TempDir()
+	oldCA, newCA := testpki.NewCA(t, "old intermediate"), testpki.NewCA(t, "new intermediate")
+	caFile := oldCA.WriteCA(t, dir, "ca.crt")
+	good := coordinator(t, newCA, dir, "right", "alpha")
+	// Vault's issuer list gains the new issuer when the bundle does; here
+	// one URL serves the old issuer's list, then the new one's.
+	oldList, newList := mustRead(t, oldCA.WriteCRL(t, dir, "old.pem")), mustRead(t, newCA.WriteCRL(t, dir, "new.pem"))
+	var mu sync.Mutex
+	serve := oldList
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if strings.HasSuffix(r.URL.Path, "/crl/pem") {
+			_, _ = w.Write(serve)
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	auth, err := authz.New(authz.Config{Static: authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{authz.SPKIHash(good.Cert)}},
+		CRLURLs: []string{srv.URL + "/crl/pem"}, CRLRefresh: time.Hour,
+		CAFile: caFile, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Error, Output: testWriter{t}})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{good.Cert, newCA.Cert}}}
+	if err := auth.VerifyConnection(nil, chain); err == nil {
+		t.Fatal("a certificate whose issuer's list could not be verified was admitted")
+	}
+	mu.Lock()
+	serve = newList
+	mu.Unlock()
+	testpki.WriteFile(t, caFile, append(oldCA.PEM(), newCA.PEM()...))
+	_, _ = auth.Reload() // the watcher's next tick
+	if err := auth.VerifyConnection(nil, chain); err != nil {
+		t.Fatalf("the new issuer's list was not fetched when the CA bundle gained it: %v", err)
+	}
+}

@@ -264,8 +264,11 @@ func (a *Authorizer) Reload() (bool, error) {
 		}
 	}
 	var crlErrs []error
-	if len(a.cfg.CRLURLs) > 0 && a.now().Sub(a.fetchedAt) >= a.cfg.CRLRefresh {
+	// A new CA bundle (a template re-rendered after a rotation) may verify
+	// lists the old one could not: fetch at once, not a refresh later.
+	if len(a.cfg.CRLURLs) > 0 && (a.now().Sub(a.fetchedAt) >= a.cfg.CRLRefresh || a.fileChanged(a.cfg.CAFile)) {
 		a.fetchedAt = a.now()
+		a.remember(a.cfg.CAFile)
 		var got []*crl
 		for _, u := range a.cfg.CRLURLs {
 			lists, err := a.fetchAll(u)
