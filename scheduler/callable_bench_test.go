@@ -105,11 +105,15 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 			Coordinator: c.coord.String(), CertHash: onchain.HashHex(cr.CertHash), Running: true}
 	}
 
+	// Production's options: runners fetch the test Vault's revocation lists.
+	opts := *testOptions
+	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
 	for _, path := range []string{"direct-nomad", "chain-scheduler"} {
 		b.Run(fmt.Sprintf("models=%d/path=%s", callableModels, path), func(b *testing.B) {
 			tr := watchMilestones(b, ctx, cl, coord, c.crunch.String())
 			if path == "chain-scheduler" {
-				startScheduler(b, nc, nc, nil, &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: time.Minute})
+				startSchedulerWith(b, func(s *Scheduler) { s.Reconciler.Options = &opts }, nc, nc, nil,
+					&SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: time.Minute})
 				waitSubscribed(b, f, 1)
 				time.Sleep(1500 * time.Millisecond) // past the post-subscribe resync
 			}
@@ -130,7 +134,7 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 						f.setAccount(b, keys[i], c.program, auth(ms[i].ModelID, true).Encode())
 						continue
 					}
-					job, err := jobs.Build(&ms[i], testOptions)
+					job, err := jobs.Build(&ms[i], &opts)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -143,7 +147,7 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 				all = append(all, round...)
 				logSlowest(b, cl, round)
 				if path == "chain-scheduler" {
-					checkSameJobs(b, nc, ms)
+					checkSameJobs(b, nc, &opts, ms)
 					for i := range ms {
 						f.setAccount(b, keys[i], c.program, auth(ms[i].ModelID, false).Encode())
 					}
@@ -421,7 +425,7 @@ func logSlowest(b *testing.B, cl *testcluster.Cluster, round []*milestones) {
 
 // checkSameJobs makes sure the baseline registers the jobs the scheduler
 // does: the spec hash of each job it registered equals the baseline's.
-func checkSameJobs(b *testing.B, nc *nomad.Client, ms []jobs.Model) {
+func checkSameJobs(b *testing.B, nc *nomad.Client, opts *jobs.Options, ms []jobs.Model) {
 	b.Helper()
 	list, err := nc.ListJobs(context.Background(), jobs.JobPrefix)
 	if err != nil {
@@ -432,7 +436,7 @@ func checkSameJobs(b *testing.B, nc *nomad.Client, ms []jobs.Model) {
 		spec[j.ID] = j.Meta[jobs.MetaSpec]
 	}
 	for i := range ms {
-		if got, want := spec[jobs.JobID(&ms[i])], jobs.SpecHash(&ms[i], testOptions); got != want {
+		if got, want := spec[jobs.JobID(&ms[i])], jobs.SpecHash(&ms[i], opts); got != want {
 			b.Fatalf("the scheduler's job for %s has spec %q, the baseline's model %q: the benchmark's model() no longer matches SolanaSource",
 				ms[i].ModelID, got, want)
 		}
