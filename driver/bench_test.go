@@ -127,7 +127,9 @@ func BenchmarkTaskStart(b *testing.B) {
 		root := b.TempDir()
 		d := driver.New(hclog.NewNullLogger())
 		var cfg []byte
-		_ = base.MsgPackEncode(&cfg, map[string]any{"runner_path": runner, "python": "/usr/bin/python3"})
+		// The models go to a store of the benchmark's own, not the
+		// production default under /var/lib.
+		_ = base.MsgPackEncode(&cfg, map[string]any{"runner_path": runner, "python": "/usr/bin/python3", "model_store": b.TempDir()})
 		if err := d.SetConfig(&base.Config{PluginConfig: cfg}); err != nil {
 			b.Fatal(err)
 		}
@@ -190,7 +192,7 @@ func pluginRSS(b *testing.B, pluginBin, runner string, tasks int) float64 {
 	}
 	d := raw.(drivers.DriverPlugin)
 	var cfg []byte
-	_ = base.MsgPackEncode(&cfg, map[string]any{"runner_path": runner, "python": "/usr/bin/python3"})
+	_ = base.MsgPackEncode(&cfg, map[string]any{"runner_path": runner, "python": "/usr/bin/python3", "model_store": b.TempDir()})
 	if err := d.SetConfig(&base.Config{PluginConfig: cfg, AgentConfig: &base.AgentConfig{Driver: &base.ClientDriverConfig{}}}); err != nil {
 		b.Fatal(err)
 	}

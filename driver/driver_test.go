@@ -308,7 +308,7 @@ func TestLifecycleWithRecovery(t *testing.T) {
 	// handle alone, without restarting anything.
 	d2 := driver.New(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}}))
 	h2 := testutils.NewDriverHarness(t, d2)
-	setConfig(t, h2, map[string]any{"runner_path": modelRunner(t), "python": "/usr/bin/python3"})
+	setConfig(t, h2, map[string]any{"runner_path": modelRunner(t), "python": "/usr/bin/python3", "model_store": e.store})
 	if _, err := h2.InspectTask(e.task.ID); !errors.Is(err, drivers.ErrTaskNotFound) && (err == nil || !strings.Contains(err.Error(), drivers.ErrTaskNotFound.Error())) {
 		t.Fatalf("a fresh driver knows the task already: %v", err)
 	}
@@ -385,7 +385,7 @@ func TestFingerprint(t *testing.T) {
 	requireRoot(t)
 	d := driver.New(hclog.NewNullLogger())
 	h := testutils.NewDriverHarness(t, d)
-	setConfig(t, h, map[string]any{"runner_path": modelRunner(t)})
+	setConfig(t, h, map[string]any{"runner_path": modelRunner(t), "model_store": t.TempDir()})
 	ch, err := h.Fingerprint(context.Background())
 	if err != nil {
 		t.Fatal(err)
