@@ -3,7 +3,6 @@ package runner
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"time"
 
@@ -123,13 +122,6 @@ func chainUnary(interceptors []grpc.UnaryServerInterceptor) grpc.UnaryServerInte
 		}
 		return next(ctx, req)
 	}
-}
-
-func checkBudget(budget, maxRecv int64) error {
-	if budget < maxRecv {
-		return fmt.Errorf("runner: the request budget (%d bytes) is below the largest request (%d bytes)", budget, maxRecv)
-	}
-	return nil
 }
 
 // largeBuffersUnpooled is grpc-go's default buffer pool, except that

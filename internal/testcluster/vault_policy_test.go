@@ -100,7 +100,7 @@ func TestVaultOperatorCannotRaiseItsRights(t *testing.T) {
 	denied("pointing the JWT auth at its own keys", write("auth/jwt-nomad/config", map[string]any{"jwks_url": "http://127.0.0.1:1/jwks.json"}))
 	denied("enabling an auth method", op.Sys().EnableAuthWithOptionsWithContext(ctx, "evil", &vaultapi.EnableAuthOptions{Type: "userpass"}))
 	denied("mounting a secrets engine", op.Sys().MountWithContext(ctx, "evil", &vaultapi.MountInput{Type: "kv"}))
-	denied("tuning the runner keys' mount", op.Sys().TuneMountWithContext(ctx, "runner-keys", vaultapi.MountConfigInput{DefaultLeaseTTL: "1h"}))
+	denied("tuning the runner keys' mount", op.Sys().TuneMountAllowNilWithContext(ctx, "runner-keys", vaultapi.TuneMountConfigInput{DefaultLeaseTTL: new("1h")}))
 
 	// Policies (last: one written would grant everything above), its own and the runner's included.
 	for _, name := range []string{"operator", "runner", "admin", "coordinator", "everything"} {
