@@ -47,19 +47,9 @@ func TestE2ERunnerAfterIntermediateRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := coordinator.Certificate() // signed by the first intermediate
-	root, err := c.Vault.CACertPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(root)
+	roots := vaultRoots(t, ctx, c)
 
-	models := t.TempDir()
-	if err := os.Chmod(models, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	modelDir := filepath.Join(models, "hostile")
-	copyDir(t, "testdata/hostile", modelDir)
+	modelDir := hostileModel(t)
 	pub, _, _ := ed25519.GenerateKey(rand.Reader)
 	// Every issuer's revocation list, as the scheduler's --crl-url
 	// recommends.

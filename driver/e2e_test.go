@@ -66,12 +66,7 @@ func TestE2ENomadRunsModels(t *testing.T) {
 			t.Logf("nomad alloc exec refused: %s", strings.TrimSpace(string(out)))
 
 			// A client outside calls the model through the runner's port.
-			var addr string
-			for _, p := range alloc.AllocatedResources.Shared.Ports {
-				if p.Label == "grpc" {
-					addr = fmt.Sprintf("%s:%d", p.HostIP, p.Value)
-				}
-			}
+			addr := portAddr(alloc, "grpc")
 			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				t.Fatal(err)
@@ -287,12 +282,7 @@ func TestE2EAllocFSCannotReadTheModel(t *testing.T) {
 	}
 	t.Logf("nomad alloc fs: %s", strings.TrimSpace(string(out)))
 
-	var addr string
-	for _, p := range alloc.AllocatedResources.Shared.Ports {
-		if p.Label == "grpc" {
-			addr = fmt.Sprintf("%s:%d", p.HostIP, p.Value)
-		}
-	}
+	addr := portAddr(alloc, "grpc")
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -38,12 +38,7 @@ func TestE2ESecureModel(t *testing.T) {
 	alpha := mustCoordinator(t, ctx, c, "alpha")
 	beta := mustCoordinator(t, ctx, c, "beta")
 
-	models := t.TempDir()
-	if err := os.Chmod(models, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	modelDir := filepath.Join(models, "hostile")
-	copyDir(t, "testdata/hostile", modelDir)
+	modelDir := hostileModel(t)
 
 	const jobID = "model-node-secure"
 	job := modelJob(jobID, "python", modelDir, "")
@@ -79,12 +74,7 @@ func TestE2ESecureModel(t *testing.T) {
 	defer stopJob(t, c.Nomad.Client, jobID, alloc)
 	addr := portAddr(alloc, "grpc")
 
-	root, err := c.Vault.CACertPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(root)
+	roots := vaultRoots(t, ctx, c)
 	dial := func(cert *tls.Certificate, serverName string) dspb.DynamicSubclassServiceClient {
 		cfg := &tls.Config{RootCAs: roots, ServerName: serverName}
 		if cert != nil {
@@ -150,6 +140,32 @@ func callReq2(method string, args ...*commonspb.Variant) *dspb.CallRequest {
 		req.MethodArguments = append(req.MethodArguments, &commonspb.Argument{Position: uint32(i), Data: a})
 	}
 	return req
+}
+
+// hostileModel copies testdata/hostile into a directory the sandbox's
+// unprivileged worker can read, and returns it.
+func hostileModel(t *testing.T) string {
+	t.Helper()
+	models := t.TempDir()
+	if err := os.Chmod(models, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(models, "hostile")
+	copyDir(t, "testdata/hostile", dir)
+	return dir
+}
+
+// vaultRoots is the pool of the test Vault's root CA, which runner
+// certificates chain to.
+func vaultRoots(t *testing.T, ctx context.Context, c *testcluster.Cluster) *x509.CertPool {
+	t.Helper()
+	root, err := c.Vault.CACertPEM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(root)
+	return roots
 }
 
 func portAddr(a *nomadapi.Allocation, label string) string {

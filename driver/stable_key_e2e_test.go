@@ -51,19 +51,9 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	alpha := alphaIssuer.Certificate()
 	// The cruncher's wallet, which the chain records with the model.
 	pub, wallet, _ := ed25519.GenerateKey(rand.Reader)
-	root, err := c.Vault.CACertPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(root)
+	roots := vaultRoots(t, ctx, c)
 
-	models := t.TempDir()
-	if err := os.Chmod(models, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	modelDir := filepath.Join(models, "hostile")
-	copyDir(t, "testdata/hostile", modelDir)
+	modelDir := hostileModel(t)
 
 	// 40 s certificates: the runner renews after about 25 s. Runners fetch
 	// the intermediate's revocation list, as the scheduler's --crl-url has
