@@ -10,10 +10,12 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -137,6 +139,46 @@ func TestVaultCoordinatorLifecycle(t *testing.T) {
 	}
 	if _, err := coord.KVv2("runner-keys").Get(ctx, "model-node-x"); err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Errorf("coordinator token reading runner keys: got %v, want permission denied", err)
+	}
+
+	// Staged rotation: the new issuer is listed (runners' CA bundles render
+	// every listed issuer) but signs nothing until it is activated.
+	out, err = c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup", "stage-intermediate")
+	if err != nil {
+		t.Fatalf("stage-intermediate: %v\n%s", err, out)
+	}
+	staged := keyValues(out)["staged_issuer"]
+	ids, err := c.Vault.Client.Logical().ListWithContext(ctx, "pki_int/issuers")
+	if err != nil || ids == nil || !slices.Contains(ids.Data["keys"].([]any), any(staged)) {
+		t.Fatalf("the staged issuer %q is not in pki_int's issuer list (%v): runners would never learn it", staged, err)
+	}
+	// Runners fetch every listed issuer's revocation list, unauthenticated.
+	if resp, err := http.Get(c.Vault.Addr + "/v1/pki_int/issuer/" + staged + "/crl/pem"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("the staged issuer's CRL: %v %v, want 200", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	during, err := signCoordinator(ctx, coord, "alpha")
+	if err != nil {
+		t.Fatalf("signing while an issuer is staged: %v", err)
+	}
+	if !bytes.Equal(during.leaf.AuthorityKeyId, before.leaf.AuthorityKeyId) {
+		t.Error("a staged issuer signed a certificate before it was activated")
+	}
+	out, err = c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup", "activate-intermediate", staged)
+	if err != nil {
+		t.Fatalf("activate-intermediate: %v\n%s", err, out)
+	}
+	activated, err := signCoordinator(ctx, coord, "alpha")
+	if err != nil {
+		t.Fatalf("signing after activation: %v", err)
+	}
+	if bytes.Equal(activated.leaf.AuthorityKeyId, before.leaf.AuthorityKeyId) {
+		t.Errorf("after activate-intermediate %s the certificate is still signed by the old intermediate", staged)
+	}
+	verifyClientCert(t, activated, roots)
+	if _, err := c.RunScriptEnv(ctx, asOperator, "deploy/vault/setup", "activate-intermediate"); err == nil {
+		t.Error("activate-intermediate without an issuer id succeeded")
 	}
 
 	// Rotation: a new intermediate issues from now on; the old one's
