@@ -98,15 +98,15 @@ func NewWatcher(sources []string, opts *jobs.Options, m *Metrics) *Watcher {
 // redacts its errors.
 func (w *Watcher) screen(s Snapshot) Snapshot {
 	if s.Err != nil {
-		return Snapshot{Err: redact(s.Err)}
+		return Snapshot{Err: redactErr(s.Err)}
 	}
 	out := Snapshot{Models: make([]jobs.Model, 0, len(s.Models)), Skipped: make([]error, 0, len(s.Skipped))}
 	for _, e := range s.Skipped {
-		out.Skipped = append(out.Skipped, redact(e))
+		out.Skipped = append(out.Skipped, redactErr(e))
 	}
 	for _, m := range s.Models {
 		if err := w.opts.CheckModel(&m); err != nil {
-			out.Skipped = append(out.Skipped, redact(&entryError{
+			out.Skipped = append(out.Skipped, redactErr(&entryError{
 				entry: fmt.Sprintf("model %q of crunch %q", m.ModelID, m.Crunch), err: err}))
 			continue
 		}

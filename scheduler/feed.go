@@ -73,7 +73,7 @@ func (f *FeedSource) Run(ctx context.Context, report func(Snapshot)) error {
 	}
 	for {
 		snap := f.read(ctx)
-		snap.Err = redact(snap.Err) // the feed URL may carry credentials
+		snap.Err = redactErr(snap.Err) // the feed URL may carry credentials
 		report(snap)
 		select {
 		case <-ctx.Done():

@@ -63,7 +63,7 @@ func (l *ConsulLock) Lead(ctx context.Context) (context.Context, func(), error) 
 		}
 		if err != nil || lost == nil {
 			if l.Logger != nil {
-				l.Logger.Warn("consul lock not acquired; retrying", "key", l.Key, "error", redact(err))
+				l.Logger.Warn("consul lock not acquired; retrying", "key", l.Key, "error", redactErr(err))
 			}
 			select {
 			case <-ctx.Done():

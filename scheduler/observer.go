@@ -118,7 +118,7 @@ func (o *Observer) Run(ctx context.Context) {
 		if time.Since(t0) > time.Minute {
 			delay = 500 * time.Millisecond
 		}
-		log.Warn("nomad event stream ended; reconnecting and re-reading allocations", "error", redact(err), "in", delay)
+		log.Warn("nomad event stream ended; reconnecting and re-reading allocations", "error", redactErr(err), "in", delay)
 		select {
 		case <-ctx.Done():
 			return

@@ -88,7 +88,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 		mu.Lock()
 		res.Errors = append(res.Errors, err)
 		mu.Unlock()
-		log.Error("reconcile", "error", redact(err))
+		log.Error("reconcile", "error", redactErr(err))
 	}
 	var ops []func(context.Context)
 

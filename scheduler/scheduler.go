@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/modelnodes/modelnodes/internal/redact"
 )
 
 // Scheduler runs the sources, the observer and, while this instance leads,
@@ -95,7 +97,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			// The watcher logs errors and newly skipped entries (redacted).
 			err := src.Run(ctx, func(snap Snapshot) { s.watcher.Report(name, snap) })
 			if err != nil && ctx.Err() == nil {
-				s.Logger.Error("source stopped", "source", name, "error", redact(err))
+				s.Logger.Error("source stopped", "source", name, "error", redactErr(err))
 				s.watcher.Report(name, Snapshot{Err: err})
 			}
 		}()
@@ -110,7 +112,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
-			s.Logger.Error("cannot contend for leadership; retrying", "error", redact(err))
+			s.Logger.Error("cannot contend for leadership; retrying", "error", redactErr(err))
 			select {
 			case <-ctx.Done():
 			case <-time.After(5 * time.Second):
@@ -171,7 +173,7 @@ func (s *Scheduler) lead(ctx context.Context) {
 		s.Metrics.reconciled(res, err, d, len(desired))
 		s.record(res, err, d)
 		if err != nil {
-			s.Logger.Error("reconcile failed; retrying", "error", redact(err), "in", backoff)
+			s.Logger.Error("reconcile failed; retrying", "error", redactErr(err), "in", backoff)
 		} else if res.Registered+res.Updated+res.Stopped+res.Purged > 0 || len(res.Errors) > 0 {
 			s.Logger.Info("reconciled", "result", res.String(), "took", d.Round(time.Millisecond), "complete", complete)
 		}
@@ -210,13 +212,13 @@ func (s *Scheduler) lead(ctx context.Context) {
 func (s *Scheduler) record(res Result, err error, d time.Duration) {
 	p := &lastPass{At: time.Now(), Duration: d.Round(time.Microsecond).String(), Result: res.String()}
 	if err != nil {
-		p.Error = RedactURLs(err.Error())
+		p.Error = redact.URLsIn(err.Error())
 	}
 	for i, e := range res.Errors {
 		if i == 20 {
 			break
 		}
-		p.Errors = append(p.Errors, RedactURLs(e.Error()))
+		p.Errors = append(p.Errors, redact.URLsIn(e.Error()))
 	}
 	s.mu.Lock()
 	s.last = p

@@ -103,7 +103,7 @@ func (s *SolanaSource) Run(ctx context.Context, report func(Snapshot)) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			report(Snapshot{Err: redact(err)})
+			report(Snapshot{Err: redactErr(err)})
 			retry = min(max(retry*2, 500*time.Millisecond), 30*time.Second)
 		} else {
 			report(s.snapshot())
@@ -152,7 +152,7 @@ func (s *SolanaSource) subscribeLoop(ctx context.Context, updates chan<- *ws.Pro
 		if ctx.Err() != nil {
 			return
 		}
-		s.log().Warn("solana websocket lost; reconnecting", "error", redact(err), "in", delay)
+		s.log().Warn("solana websocket lost; reconnecting", "error", redactErr(err), "in", delay)
 		select {
 		case <-ctx.Done():
 			return

@@ -58,6 +58,7 @@ import (
 	"google.golang.org/grpc/tap"
 
 	"github.com/modelnodes/modelnodes/internal/filewatch"
+	"github.com/modelnodes/modelnodes/internal/redact"
 )
 
 // CrunchURIPrefix starts the URI SAN that names a coordinator's crunch.
@@ -419,7 +420,7 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 		if err != nil {
 			return nil, err
 		}
-		c, err := a.parseCRL(raw, redact(u))
+		c, err := a.parseCRL(raw, redact.URL(u))
 		if err != nil {
 			return nil, err
 		}
@@ -452,7 +453,7 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(raw, &list); err != nil || len(list.Data.Keys) == 0 {
-		return nil, fmt.Errorf("crl: LIST %s: no issuers in the answer (%v)", redact(u), err)
+		return nil, fmt.Errorf("crl: LIST %s: no issuers in the answer (%v)", redact.URL(u), err)
 	}
 	var out []*crl
 	var errs []error
@@ -461,14 +462,14 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 			continue
 		}
 		if id == "" || strings.ContainsAny(id, "/?#%") {
-			errs = append(errs, fmt.Errorf("crl: LIST %s: odd issuer id %q", redact(u), id))
+			errs = append(errs, fmt.Errorf("crl: LIST %s: odd issuer id %q", redact.URL(u), id))
 			continue
 		}
 		src := base + "/issuer/" + id + "/crl/pem"
 		raw, err := fetch(http.MethodGet, src)
 		var c *crl
 		if err == nil {
-			c, err = a.parseCRL(raw, redact(src))
+			c, err = a.parseCRL(raw, redact.URL(src))
 		}
 		if err == nil {
 			var d []*crl
@@ -478,7 +479,7 @@ func (a *Authorizer) fetchAll(u string) ([]*crl, error) {
 		if errors.Is(err, errUnknownIssuer) {
 			// An issuer whose CA is not in our bundle issues nothing the
 			// handshake accepts: its list does not matter here.
-			a.log.Debug("skipping the revocation list of an issuer outside the CA bundle", "source", redact(src))
+			a.log.Debug("skipping the revocation list of an issuer outside the CA bundle", "source", redact.URL(src))
 			continue
 		}
 		if err != nil {
@@ -505,12 +506,12 @@ func (a *Authorizer) fetchDelta(u string) ([]*crl, error) {
 	if len(strings.TrimSpace(string(raw))) == 0 {
 		return nil, nil // Vault answers an empty body while no delta exists
 	}
-	c, err := a.parseCRL(raw, redact(u))
+	c, err := a.parseCRL(raw, redact.URL(u))
 	if err != nil {
 		return nil, err
 	}
 	if !c.delta {
-		return nil, fmt.Errorf("crl %s: not a delta list", redact(u))
+		return nil, fmt.Errorf("crl %s: not a delta list", redact.URL(u))
 	}
 	return []*crl{c}, nil
 }
@@ -529,26 +530,16 @@ func fetch(method, u string) ([]byte, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err // the URL may carry credentials: name it redacted
 		}
-		return nil, fmt.Errorf("crl: %s %s: %w", method, redact(u), err)
+		return nil, fmt.Errorf("crl: %s %s: %w", method, redact.URL(u), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotFound {
-		return nil, fmt.Errorf("crl: %s %s: %w", method, redact(u), errNotFound)
+		return nil, fmt.Errorf("crl: %s %s: %w", method, redact.URL(u), errNotFound)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("crl: %s %s: %s", method, redact(u), resp.Status)
+		return nil, fmt.Errorf("crl: %s %s: %s", method, redact.URL(u), resp.Status)
 	}
 	return io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-}
-
-// redact drops userinfo and the query from a URL for logs and errors.
-func redact(u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	p.User, p.RawQuery, p.Fragment = nil, "", ""
-	return p.String()
 }
 
 var errUnknownIssuer = errors.New("not signed by any CA in the bundle")
