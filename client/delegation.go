@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
-	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/delegation"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // DelegationCheck returns what a model's runner must prove with CrunchDAO's
@@ -57,11 +57,11 @@ func delegationInterceptor(md discovery.Model, check DelegationCheck) grpc.Unary
 }
 
 // DelegationFromMeta checks every model against what its discovery metadata
-// announces: the cruncher's wallet (consul.MetaCruncher), the model id
-// (consul.MetaModel) and the hotkey (consul.MetaHotkey), which the
+// announces: the cruncher's wallet (names.MetaCruncher), the model id
+// (names.MetaModel) and the hotkey (names.MetaHotkey), which the
 // scheduler's jobs put on their Consul service from the chain or the feed.
 // A model announcing no wallet fails the check: with this on, every answer
 // must come from a runner the cruncher vouched for.
 func DelegationFromMeta(m discovery.Model) (wallet, modelID, hotkey string, ok bool) {
-	return m.Meta[consul.MetaCruncher], m.Meta[consul.MetaModel], m.Meta[consul.MetaHotkey], true
+	return m.Meta[names.MetaCruncher], m.Meta[names.MetaModel], m.Meta[names.MetaHotkey], true
 }

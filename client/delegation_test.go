@@ -14,6 +14,7 @@ import (
 	"github.com/modelnodes/modelnodes/internal/delegation"
 	"github.com/modelnodes/modelnodes/internal/testpki"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner"
 )
@@ -29,8 +30,8 @@ func TestDelegationCheckedOnEveryCall(t *testing.T) {
 
 	// honest: its own key signed. impostor: a valid certificate for the
 	// same model name, replaying the honest runner's delegation.
-	honest := ca.Issue(t, dir, testpki.Leaf{CommonName: "honest", DNSNames: []string{discovery.ServerName("m1")}, RSA: true})
-	impostor := ca.Issue(t, dir, testpki.Leaf{CommonName: "impostor", DNSNames: []string{discovery.ServerName("m2")}, RSA: true})
+	honest := ca.Issue(t, dir, testpki.Leaf{CommonName: "honest", DNSNames: []string{names.ModelServerName("m1")}, RSA: true})
+	impostor := ca.Issue(t, dir, testpki.Leaf{CommonName: "impostor", DNSNames: []string{names.ModelServerName("m2")}, RSA: true})
 	proof, err := delegation.Sign(wallet, delegation.Message{CertPub: delegation.CertPub(honest.Cert.RawSubjectPublicKeyInfo),
 		ModelID: "m1", Hotkey: "hk", ExpiresAt: time.Now().Add(time.Hour).Unix()})
 	if err != nil {

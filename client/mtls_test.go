@@ -10,6 +10,7 @@ import (
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/internal/testpki"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 )
 
@@ -31,7 +32,7 @@ func newPKI(t *testing.T) *pki {
 	p := &pki{dir: dir, ca: testpki.NewCA(t, "model-calls CA"), other: testpki.NewCA(t, "someone else's CA")}
 	p.caFile = p.ca.WriteCA(t, dir, "ca.crt")
 	p.otherFile = p.other.WriteCA(t, dir, "other-ca.crt")
-	srv := p.ca.Issue(t, dir, testpki.Leaf{CommonName: "m1", DNSNames: []string{discovery.ServerName("m1")}, RSA: true})
+	srv := p.ca.Issue(t, dir, testpki.Leaf{CommonName: "m1", DNSNames: []string{names.ModelServerName("m1")}, RSA: true})
 	var err error
 	p.runnerReloader, err = tlsfiles.New(tlsfiles.Files{CertFile: srv.CertFile, KeyFile: srv.KeyFile, CAFile: p.caFile}, nil)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testpki"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 )
 
@@ -44,7 +45,7 @@ func TestCallWithVaultIssuedCertificate(t *testing.T) {
 	// chain to Vault's root.
 	dir := t.TempDir()
 	runnerCA := testpki.NewCA(t, "runner CA")
-	srv := runnerCA.Issue(t, dir, testpki.Leaf{CommonName: "m1", DNSNames: []string{discovery.ServerName("m1")}, RSA: true})
+	srv := runnerCA.Issue(t, dir, testpki.Leaf{CommonName: "m1", DNSNames: []string{names.ModelServerName("m1")}, RSA: true})
 	rootFile := filepath.Join(dir, "vault-root.pem")
 	if err := os.WriteFile(rootFile, root, 0o600); err != nil {
 		t.Fatal(err)

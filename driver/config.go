@@ -112,11 +112,9 @@ type TLSVaultConfig struct {
 	TTL        string `codec:"ttl"`
 }
 
-// DefaultKeyMount and DefaultNameSuffix give TLSVaultConfig's defaults.
-const (
-	DefaultKeyMount   = "runner-keys"
-	DefaultNameSuffix = ".crunchdao.internal"
-)
+// DefaultKeyMount is TLSVaultConfig's default KV mount; the default name is
+// names.RunnerCommonName of the job.
+const DefaultKeyMount = "runner-keys"
 
 // AuthzConfig says who may call the model (runner/authz): the coordinator
 // of Crunch whose key hashes to one of CertHashes, minus the CRL. PolicyFile

@@ -24,6 +24,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
 	"github.com/modelnodes/modelnodes/internal/procfs"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // ErrExecRefused answers every exec into a model task.
@@ -314,7 +315,7 @@ func vaultArgs(v *TLSVaultConfig, cfg *drivers.TaskConfig) []string {
 		keyPath = DefaultKeyMount + "/" + cfg.JobID
 	}
 	if name == "" {
-		name = cfg.JobID + DefaultNameSuffix
+		name = names.RunnerCommonName(cfg.JobID)
 	}
 	args := []string{"--tls-vault-sign", v.SignPath, "--tls-vault-key", keyPath, "--tls-common-name", name,
 		"--vault-addr", v.Address, "--vault-token-file", filepath.Join(cfg.TaskDir().SecretsDir, "vault_token")}

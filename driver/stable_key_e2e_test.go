@@ -28,6 +28,7 @@ import (
 	"github.com/modelnodes/modelnodes/internal/delegation"
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner/authz"
@@ -222,7 +223,7 @@ func TestE2EStableRunnerKey(t *testing.T) {
 func verifiedCall(t *testing.T, ctx context.Context, c *testcluster.Cluster, iss *vaultpki.Issuer) client.Result {
 	t.Helper()
 	cl, err := client.New(client.Config{
-		Source:     &consul.Source{Client: c.Consul.Client, Service: jobs.ServiceName("alpha"), Crunch: "alpha"},
+		Source:     &consul.Source{Client: c.Consul.Client, Service: names.Service("alpha"), Crunch: "alpha"},
 		TLS:        iss,
 		Delegation: client.DelegationFromMeta,
 	})

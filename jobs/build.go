@@ -7,26 +7,8 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
-)
 
-// Job meta keys. The first four and MetaHotkey are those
-// client/discovery/consul reads on the Consul service as well.
-const (
-	MetaModelID  = "model_id" // ShortID: names the job and the certificate
-	MetaModel    = "model"    // full model id
-	MetaCrunch   = "crunch"   // crunch id (base58) or name
-	MetaCruncher = "cruncher" // cruncher's wallet
-
-	MetaCrunchName  = "crunch_name"
-	MetaHotkey      = "hotkey"
-	MetaSubmission  = "submission_id"
-	MetaCoordinator = "coordinator"
-	MetaCertHash    = "coordinator_cert_hash"
-	MetaCertHash2   = "coordinator_cert_hash_secondary"
-	// MetaManaged marks the jobs the scheduler owns; MetaSpec is SpecHash.
-	MetaManaged = "modelnodes_managed"
-	MetaSpec    = "modelnodes_spec"
-	MetaSource  = "modelnodes_source"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // Options are the deployment's choices, the same for every model.
@@ -132,12 +114,12 @@ const (
 // CertTemplate renders the runner's bundle as docs/vault.md prescribes; the
 // common name is derived from the job id, which Vault's runner role binds.
 func CertTemplate(issuePath, ttl string) string {
-	return fmt.Sprintf(`{{ with pkiCert %q (printf "common_name=%%s.crunchdao.internal" (env "NOMAD_JOB_ID")) "ttl=%s" }}
+	return fmt.Sprintf(`{{ with pkiCert %q (printf "common_name=%%s.%s" (env "NOMAD_JOB_ID")) "ttl=%s" }}
 {{- .Cert }}
 {{ .CA }}
 {{ .Key }}
 {{ end }}
-`, issuePath, ttl)
+`, issuePath, names.RunnerDomain, ttl)
 }
 
 // DelegationTemplate renders the delegation item of the job's own variable,
@@ -309,21 +291,21 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	}
 	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: ports}}
 	tg.Services = []*nomadapi.Service{{
-		Name:      ServiceName(m.Crunch),
+		Name:      names.Service(m.Crunch),
 		Provider:  "consul", // Nomad's own provider cannot run gRPC checks
 		PortLabel: PortLabel,
 		// What coordinators check a runner's wallet delegation against
 		// (client.DelegationFromMeta) travels with the service.
 		Meta: map[string]string{
-			MetaModelID:  ShortID(m),
-			MetaModel:    m.ModelID,
-			MetaCrunch:   crunchMeta(m),
-			MetaCruncher: m.Cruncher,
+			names.MetaModelID:  ShortID(m),
+			names.MetaModel:    m.ModelID,
+			names.MetaCrunch:   crunchMeta(m),
+			names.MetaCruncher: m.Cruncher,
 		},
 		Checks: []nomadapi.ServiceCheck{check},
 	}}
 	if m.Hotkey != "" {
-		tg.Services[0].Meta[MetaHotkey] = m.Hotkey
+		tg.Services[0].Meta[names.MetaHotkey] = m.Hotkey
 	}
 	// A crashing model restarts in place a few times, then Nomad reschedules
 	// it with exponential delays; the scheduler's crash-loop backoff sits on
@@ -361,16 +343,16 @@ func crunchMeta(m *Model) string {
 
 func jobMeta(m *Model, opts *Options) map[string]string {
 	meta := map[string]string{
-		MetaManaged:    "true",
-		MetaSpec:       SpecHash(m, opts),
-		MetaModelID:    ShortID(m),
-		MetaModel:      m.ModelID,
-		MetaCrunch:     crunchMeta(m),
-		MetaCrunchName: m.Crunch,
+		names.MetaManaged:    "true",
+		names.MetaSpec:       SpecHash(m, opts),
+		names.MetaModelID:    ShortID(m),
+		names.MetaModel:      m.ModelID,
+		names.MetaCrunch:     crunchMeta(m),
+		names.MetaCrunchName: m.Crunch,
 	}
 	for k, v := range map[string]string{
-		MetaCruncher: m.Cruncher, MetaHotkey: m.Hotkey, MetaSubmission: m.SubmissionID,
-		MetaCoordinator: m.Coordinator, MetaCertHash: m.CertHash, MetaCertHash2: m.CertHashSecondary,
+		names.MetaCruncher: m.Cruncher, names.MetaHotkey: m.Hotkey, names.MetaSubmission: m.SubmissionID,
+		names.MetaCoordinator: m.Coordinator, names.MetaCertHash: m.CertHash, names.MetaCertHash2: m.CertHashSecondary,
 	} {
 		if v != "" {
 			meta[k] = v

@@ -4,6 +4,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/modelnodes/modelnodes/names"
 )
 
 var rfc1123 = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -48,21 +50,13 @@ func TestJobIDIsDeterministicAndDNSSafe(t *testing.T) {
 	}
 }
 
-func TestServiceName(t *testing.T) {
-	for in, want := range map[string]string{"Mid One": "crunch-mid-one", "datacrunch": "crunch-datacrunch", "__": "", "é": ""} {
-		if got := ServiceName(in); got != want {
-			t.Errorf("ServiceName(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestBuild(t *testing.T) {
 	m := model()
 	job, err := Build(m, opts())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *job.ID != JobID(m) || job.Meta[MetaModel] != m.ModelID || job.Meta[MetaCrunch] != m.CrunchID || job.Meta[MetaManaged] != "true" {
+	if *job.ID != JobID(m) || job.Meta[names.MetaModel] != m.ModelID || job.Meta[names.MetaCrunch] != m.CrunchID || job.Meta[names.MetaManaged] != "true" {
 		t.Fatalf("job id/meta: %s %v", *job.ID, job.Meta)
 	}
 	task := job.TaskGroups[0].Tasks[0]
@@ -82,9 +76,9 @@ func TestBuild(t *testing.T) {
 		t.Fatalf("artifact: %+v", task.Artifacts[0])
 	}
 	svc := job.TaskGroups[0].Services[0]
-	if svc.Provider != "consul" || svc.Name != "crunch-mid-one" || svc.PortLabel != "grpc" ||
+	if svc.Provider != "consul" || svc.Name != "crunch-mid-one--fo6pt5hdwpkimptu" || svc.PortLabel != "grpc" ||
 		svc.Checks[0].Type != "grpc" || svc.Checks[0].PortLabel != "health" || svc.Checks[0].GRPCUseTLS ||
-		svc.Meta[MetaModelID] != ShortID(m) || svc.Meta[MetaCruncher] != m.Cruncher {
+		svc.Meta[names.MetaModelID] != ShortID(m) || svc.Meta[names.MetaCruncher] != m.Cruncher {
 		t.Fatalf("service: %+v", svc)
 	}
 	// mTLS on the model port; Consul checks the plaintext health-only port.

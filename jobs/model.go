@@ -8,11 +8,12 @@ package jobs
 
 import (
 	"crypto/sha256"
-	"encoding/base32"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // Hardware is the kind of node a model needs.
@@ -86,8 +87,6 @@ func (m *Model) Validate() error {
 	errs := checkStrings(m)
 	if m.Crunch == "" {
 		errs = append(errs, errors.New("no crunch"))
-	} else if ServiceName(m.Crunch) == "" {
-		errs = append(errs, fmt.Errorf("crunch name %s has no DNS-safe characters", quote(m.Crunch)))
 	}
 	if m.ModelID == "" {
 		errs = append(errs, errors.New("no model id"))
@@ -105,7 +104,7 @@ func (m *Model) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("runtime %s is neither python nor executable", quote(m.Runtime)))
 	}
-	if m.Name != "" && !IsLabel(m.Name, 52) {
+	if m.Name != "" && !names.IsLabel(m.Name, 52) {
 		errs = append(errs, fmt.Errorf("name %s is not a lowercase DNS label of at most 52 characters", quote(m.Name)))
 	}
 	switch {
@@ -151,30 +150,11 @@ func isHex(s string, n int) bool {
 	return true
 }
 
-// JobPrefix starts every job id the scheduler owns; the Vault runner role
-// only issues certificates to jobs named so.
-const JobPrefix = "model-node-"
-
-var lowerBase32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
-
-// IsLabel reports whether s is a lowercase RFC 1123 label of at most max
-// characters.
-func IsLabel(s string, max int) bool {
-	if s == "" || len(s) > max || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for _, c := range s {
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// ShortID is the model's DNS-safe id: Name when set, else 16 lowercase base32 characters of
-// SHA-256(crunch id or name, NUL, model id). 80 bits keep collisions out of
-// reach for any realistic number of models; the same model always gets the
-// same id, whichever scheduler instance computes it.
+// ShortID is the model's DNS-safe id: Name when set, else
+// names.ModelShortID of its crunch (the on-chain id, or the name) and model
+// id. 80 bits keep collisions out of reach for any realistic number of
+// models; the same model always gets the same id, whichever scheduler
+// instance computes it.
 func ShortID(m *Model) string {
 	if m.Name != "" {
 		return m.Name
@@ -183,36 +163,12 @@ func ShortID(m *Model) string {
 	if crunch == "" {
 		crunch = m.Crunch
 	}
-	sum := sha256.Sum256([]byte(crunch + "\x00" + m.ModelID))
-	return lowerBase32.EncodeToString(sum[:10])
+	return names.ModelShortID(crunch, m.ModelID)
 }
 
 // JobID is the Nomad job id of m: "model-node-<ShortID>" (27 characters).
-// It is also the runner's certificate name (<job id>.crunchdao.internal).
-func JobID(m *Model) string { return JobPrefix + ShortID(m) }
-
-// ServiceName is the Consul service of a crunch's models, "crunch-<name>",
-// with the name lowercased and anything but [a-z0-9-] turned into '-'
-// (Consul lowercases service names anyway). Empty when nothing is left.
-func ServiceName(crunch string) string {
-	var b strings.Builder
-	for _, c := range strings.ToLower(crunch) {
-		switch {
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
-			b.WriteRune(c)
-		default:
-			b.WriteByte('-')
-		}
-	}
-	s := strings.Trim(b.String(), "-")
-	if s == "" {
-		return ""
-	}
-	if len(s) > 50 {
-		s = strings.TrimRight(s[:50], "-")
-	}
-	return "crunch-" + s
-}
+// It is also the runner's certificate name (names.RunnerCommonName).
+func JobID(m *Model) string { return names.Job(ShortID(m)) }
 
 // SpecHash fingerprints everything the job is built from (the model and the
 // builder's options): the reconciler compares it with the one in a job's
@@ -224,10 +180,11 @@ func SpecHash(m *Model, o *Options) string {
 		O *Options
 	}{specVersion, m, o})
 	sum := sha256.Sum256(b)
-	return lowerBase32.EncodeToString(sum[:15])
+	return names.Base32.EncodeToString(sum[:15])
 }
 
 // specVersion changes whenever Build changes the jobs it produces for the
 // same input, so that an upgraded scheduler rolls the new shape out
-// (3: vault { env = false }).
-const specVersion = 3
+// (3: vault { env = false }; 4: services named by names.Service, which maps
+// a crunch name that is no DNS label injectively).
+const specVersion = 4

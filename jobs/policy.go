@@ -50,7 +50,7 @@ func checkStrings(m *Model) []error {
 		f := t.Field(i)
 		switch f.Type.Kind() {
 		case reflect.String:
-			if err := checkString(v.Field(i).String()); err != nil {
+			if err := CheckString(v.Field(i).String()); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", fieldName(f), err))
 			}
 		case reflect.Int, reflect.Bool:
@@ -68,7 +68,10 @@ func fieldName(f reflect.StructField) string {
 	return f.Name
 }
 
-func checkString(s string) error {
+// CheckString reports why s cannot travel from a source into a job spec:
+// too long, not UTF-8, a character Nomad interpolates ($ { } %), or a
+// control or format character. Every string field of a Model is checked so.
+func CheckString(s string) error {
 	if len(s) > MaxStringLen {
 		return fmt.Errorf("%w: %d bytes, more than %d", ErrInterpolation, len(s), MaxStringLen)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/modelnodes/modelnodes/internal/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testpki"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/names"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/authz"
@@ -43,7 +44,7 @@ type authzSetup struct {
 }
 
 func coordinator(t *testing.T, ca *testpki.CA, dir, name, crunch string, opts ...func(*testpki.Leaf)) *testpki.Issued {
-	l := testpki.Leaf{CommonName: name, Client: true, URIs: []string{authz.CrunchURIPrefix + crunch}}
+	l := testpki.Leaf{CommonName: name, Client: true, URIs: []string{names.CoordinatorURIPrefix + crunch}}
 	for _, o := range opts {
 		o(&l)
 	}
@@ -138,7 +139,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	// Vault renews the coordinator's certificate with the same key: the
 	// on-chain hash still matches.
 	renewed := a.ca.IssueForKey(t, dir, testpki.Leaf{CommonName: "right-renewed", Client: true,
-		URIs: []string{authz.CrunchURIPrefix + "alpha"}}, good.KeyPEM)
+		URIs: []string{names.CoordinatorURIPrefix + "alpha"}}, good.KeyPEM)
 
 	for _, tc := range []struct {
 		name   string

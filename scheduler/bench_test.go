@@ -18,6 +18,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 )
 
@@ -70,7 +71,7 @@ func BenchmarkReconcile10k(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		job.Meta[jobs.MetaSource] = "chain"
+		job.Meta[names.MetaSource] = "chain"
 		stubs = append(stubs, &nomadapi.JobListStub{ID: *job.ID, Name: *job.Name, Type: "service", Priority: 50,
 			Status: "running", Datacenters: []string{"*"}, CreateIndex: uint64(10 + i), ModifyIndex: uint64(20 + i),
 			JobModifyIndex: uint64(20 + i), SubmitTime: time.Now().UnixNano(), Meta: job.Meta,
@@ -91,7 +92,7 @@ func BenchmarkReconcile10k(b *testing.B) {
 			c0 := cpuTime()
 			for b.Loop() {
 				if impl == "list-only" {
-					if _, err := nc.ListJobs(ctx, jobs.JobPrefix); err != nil {
+					if _, err := nc.ListJobs(ctx, names.JobPrefix); err != nil {
 						b.Fatal(err)
 					}
 					continue

@@ -31,6 +31,7 @@ import (
 	"github.com/modelnodes/modelnodes/client/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner/authz"
@@ -251,7 +252,7 @@ func (tr *tracker) wait(b *testing.B, d time.Duration) {
 			case !m.registered.IsZero():
 				stage = "registered, no running allocation"
 			}
-			stuck = append(stuck, jobs.JobPrefix+id+": "+stage)
+			stuck = append(stuck, names.JobPrefix+id+": "+stage)
 		}
 	}
 	slices.Sort(stuck)
@@ -266,7 +267,7 @@ func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Clust
 	ctx, cancel := context.WithCancel(parent)
 	var wg sync.WaitGroup
 	b.Cleanup(func() { cancel(); wg.Wait() })
-	short := func(jobID string) string { return strings.TrimPrefix(jobID, jobs.JobPrefix) }
+	short := func(jobID string) string { return strings.TrimPrefix(jobID, names.JobPrefix) }
 
 	events, err := cl.Nomad.Client.EventStream().Stream(ctx,
 		map[nomadapi.Topic][]string{nomadapi.TopicJob: {"*"}, nomadapi.TopicAllocation: {"*"}}, 0, nil)
@@ -295,7 +296,7 @@ func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Clust
 		}
 	})
 
-	service := consul.ServiceName(callableCrunch)
+	service := names.Service(callableCrunch)
 	passing := &consul.Source{Client: coord.consul, Service: service, Crunch: crunchID}
 	wg.Go(func() {
 		_ = passing.Watch(ctx, func(ms []discovery.Model) {
@@ -396,8 +397,8 @@ func logSlowest(b *testing.B, cl *testcluster.Cluster, round []*milestones) {
 	}
 	at := func(t time.Time) string { return t.Sub(slow.planted).Round(time.Millisecond).String() }
 	lines := []string{fmt.Sprintf("slowest model %s%s: registered +%s, running +%s, passing +%s, callable +%s",
-		jobs.JobPrefix, slow.id, at(slow.registered), at(slow.running), at(slow.passing), at(slow.callable))}
-	allocs, _, err := cl.Nomad.Client.Jobs().Allocations(jobs.JobPrefix+slow.id, true, nil)
+		names.JobPrefix, slow.id, at(slow.registered), at(slow.running), at(slow.passing), at(slow.callable))}
+	allocs, _, err := cl.Nomad.Client.Jobs().Allocations(names.JobPrefix+slow.id, true, nil)
 	if err != nil {
 		lines = append(lines, "its allocations: "+err.Error())
 	}
@@ -427,13 +428,13 @@ func logSlowest(b *testing.B, cl *testcluster.Cluster, round []*milestones) {
 // does: the spec hash of each job it registered equals the baseline's.
 func checkSameJobs(b *testing.B, nc *nomad.Client, opts *jobs.Options, ms []jobs.Model) {
 	b.Helper()
-	list, err := nc.ListJobs(context.Background(), jobs.JobPrefix)
+	list, err := nc.ListJobs(context.Background(), names.JobPrefix)
 	if err != nil {
 		b.Fatal(err)
 	}
 	spec := map[string]string{}
 	for _, j := range list {
-		spec[j.ID] = j.Meta[jobs.MetaSpec]
+		spec[j.ID] = j.Meta[names.MetaSpec]
 	}
 	for i := range ms {
 		if got, want := spec[jobs.JobID(&ms[i])], jobs.SpecHash(&ms[i], opts); got != want {
@@ -471,7 +472,7 @@ func clearRound(b *testing.B, cl *testcluster.Cluster, nc *nomad.Client, ms []jo
 				}
 			}
 		}
-		inst, _, cerr := cl.Consul.Client.Catalog().Service(consul.ServiceName(callableCrunch), "", nil)
+		inst, _, cerr := cl.Consul.Client.Catalog().Service(names.Service(callableCrunch), "", nil)
 		if err == nil && cerr == nil && live == 0 && len(inst) == 0 {
 			if waited := time.Since(t0); waited > 5*time.Second {
 				b.Logf("waited %s between rounds for allocations to stop", waited.Round(time.Second))

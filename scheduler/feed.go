@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // FeedSource polls CrunchDAO's model-state feed, the one their orchestrator
@@ -132,7 +133,7 @@ func (f *FeedSource) convert(entries []FeedEntry) Snapshot {
 		if m.Hardware == "" {
 			m.Hardware = jobs.CPU
 		}
-		if f.ModelIDNames && jobs.IsLabel(m.ModelID, 52) {
+		if f.ModelIDNames && names.IsLabel(m.ModelID, 52) {
 			m.Name = m.ModelID
 		}
 		if f.ArtifactURL != "" {

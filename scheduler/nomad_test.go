@@ -26,6 +26,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 )
 
@@ -91,7 +92,7 @@ func waitJobs(t testing.TB, nc *nomad.Client, d time.Duration, what string, ok f
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
-		list, err := nc.ListJobs(context.Background(), jobs.JobPrefix)
+		list, err := nc.ListJobs(context.Background(), names.JobPrefix)
 		byID := map[string]nomad.JobStub{}
 		for _, j := range list {
 			byID[j.ID] = j
@@ -109,13 +110,13 @@ func waitJobs(t testing.TB, nc *nomad.Client, d time.Duration, what string, ok f
 func describeJobs(m map[string]nomad.JobStub) string {
 	var parts []string
 	for id, j := range m {
-		parts = append(parts, id+" stop="+map[bool]string{true: "yes", false: "no"}[j.Stop]+" model="+j.Meta[jobs.MetaModel])
+		parts = append(parts, id+" stop="+map[bool]string{true: "yes", false: "no"}[j.Stop]+" model="+j.Meta[names.MetaModel])
 	}
 	return strings.Join(parts, ", ")
 }
 
 func purgeAll(t testing.TB, nc *nomad.Client) {
-	list, _ := nc.ListJobs(context.Background(), jobs.JobPrefix)
+	list, _ := nc.ListJobs(context.Background(), names.JobPrefix)
 	for _, j := range list {
 		_ = nc.Purge(context.Background(), j.ID)
 	}
@@ -147,7 +148,7 @@ func TestChainDrivesNomad(t *testing.T) {
 	js := waitJobs(t, nc, 30*time.Second, "both models registered", func(m map[string]nomad.JobStub) bool {
 		return len(m) == 2 && !m[jobA].Stop && !m[jobB].Stop
 	})
-	if js[jobA].Meta[jobs.MetaModel] != "model-a" || js[jobA].Meta[jobs.MetaCrunch] != c.crunch.String() {
+	if js[jobA].Meta[names.MetaModel] != "model-a" || js[jobA].Meta[names.MetaCrunch] != c.crunch.String() {
 		t.Fatalf("job meta: %v", js[jobA].Meta)
 	}
 	job, _, err := cl.Nomad.Client.Jobs().Info(jobA, nil)
@@ -509,7 +510,7 @@ func TestNomadCheckAndSet(t *testing.T) {
 		t.Fatalf("second create: %v, want ErrConflict", err)
 	}
 	list, err := nc.ListJobs(ctx, jobs.JobID(&m))
-	if err != nil || len(list) != 1 || list[0].Meta[jobs.MetaSpec] != jobs.SpecHash(&m, testOptions) {
+	if err != nil || len(list) != 1 || list[0].Meta[names.MetaSpec] != jobs.SpecHash(&m, testOptions) {
 		t.Fatalf("list with meta: %v %+v", err, list)
 	}
 	idx := list[0].JobModifyIndex

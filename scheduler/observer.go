@@ -12,7 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // Model states reported by the status API and metrics.
@@ -129,7 +129,7 @@ func (o *Observer) Run(ctx context.Context) {
 }
 
 func (o *Observer) follow(ctx context.Context) error {
-	stubs, index, err := o.Nomad.Allocations(ctx, jobs.JobPrefix)
+	stubs, index, err := o.Nomad.Allocations(ctx, names.JobPrefix)
 	if err != nil {
 		return err
 	}
@@ -177,7 +177,7 @@ func (o *Observer) follow(ctx context.Context) error {
 			switch e.Topic {
 			case nomadapi.TopicAllocation:
 				a, err := e.Allocation()
-				if err != nil || a == nil || !strings.HasPrefix(a.JobID, jobs.JobPrefix) {
+				if err != nil || a == nil || !strings.HasPrefix(a.JobID, names.JobPrefix) {
 					continue
 				}
 				o.mu.Lock()
@@ -188,7 +188,7 @@ func (o *Observer) follow(ctx context.Context) error {
 				o.mu.Unlock()
 				touched = true
 			case nomadapi.TopicJob:
-				if strings.HasPrefix(e.Key, jobs.JobPrefix) && e.Type == "JobDeregistered" {
+				if strings.HasPrefix(e.Key, names.JobPrefix) && e.Type == "JobDeregistered" {
 					kick = true
 				}
 			}

@@ -11,6 +11,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 )
 
@@ -75,7 +76,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	if purgeAfter <= 0 {
 		purgeAfter = 24 * time.Hour
 	}
-	existing, err := r.Nomad.ListJobs(ctx, jobs.JobPrefix)
+	existing, err := r.Nomad.ListJobs(ctx, names.JobPrefix)
 	if err != nil {
 		return res, err
 	}
@@ -94,7 +95,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 
 	for id, d := range desired {
 		cur := have[id]
-		if cur != nil && cur.Meta[jobs.MetaManaged] != "true" {
+		if cur != nil && cur.Meta[names.MetaManaged] != "true" {
 			fail(fmt.Errorf("job %s exists but was not created by the scheduler; leaving it alone (model %s of %s)", id, d.Model.ModelID, d.Model.Crunch))
 			continue
 		}
@@ -104,7 +105,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 			}
 			continue // handled with the undesired jobs below
 		}
-		if cur != nil && !cur.Stop && cur.Meta[jobs.MetaSpec] == d.Spec {
+		if cur != nil && !cur.Stop && cur.Meta[names.MetaSpec] == d.Spec {
 			res.Unchanged++
 			continue
 		}
@@ -114,7 +115,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 				fail(err)
 				return
 			}
-			job.Meta[jobs.MetaSource] = d.Source
+			job.Meta[names.MetaSource] = d.Source
 			var index uint64
 			if cur != nil {
 				index = cur.JobModifyIndex
@@ -141,7 +142,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 
 	if complete {
 		for id, cur := range have {
-			if cur.Meta[jobs.MetaManaged] != "true" {
+			if cur.Meta[names.MetaManaged] != "true" {
 				continue
 			}
 			d := desired[id]

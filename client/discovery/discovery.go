@@ -13,15 +13,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/modelnodes/modelnodes/names"
 )
-
-// ServerNameSuffix is the domain of runner certificates: a runner serving
-// model <id> presents a certificate naming model-node-<id>.crunchdao.internal,
-// the name CrunchDAO's client expects (see docs/vault.md).
-const ServerNameSuffix = ".crunchdao.internal"
-
-// ServerName returns the DNS name a runner serving model id must present.
-func ServerName(id string) string { return "model-node-" + id + ServerNameSuffix }
 
 // Model is one callable model.
 type Model struct {
@@ -32,10 +26,10 @@ type Model struct {
 	// registered grpc-go resolver understands (e.g. "consul-srv://…").
 	Target string
 	// ServerName is the name the runner's certificate must carry;
-	// ServerName(ID) when empty.
+	// names.ModelServerName(ID) when empty.
 	ServerName string
 	// Meta carries what the source knows beside the address: the full
-	// on-chain ids (see the consul package's Meta* keys).
+	// on-chain ids (names.Meta* keys).
 	Meta map[string]string
 }
 
@@ -44,7 +38,7 @@ func (m Model) TLSName() string {
 	if m.ServerName != "" {
 		return m.ServerName
 	}
-	return ServerName(m.ID)
+	return names.ModelServerName(m.ID)
 }
 
 // Equal reports whether two descriptions would dial the same runner the

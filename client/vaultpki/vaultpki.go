@@ -36,6 +36,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // Login obtains a Vault token.
@@ -143,9 +145,10 @@ type Config struct {
 	Logger hclog.Logger
 }
 
-// CoordinatorNames returns the names the coordinator role allows for crunch.
+// CoordinatorNames returns the names the coordinator role allows for crunch
+// (names.CoordinatorCommonName and names.CoordinatorURI).
 func CoordinatorNames(crunch string) (commonName string, uriSANs []string) {
-	return crunch + ".coordinator.modelnodes.internal", []string{"spiffe://modelnodes/crunch/" + crunch}
+	return names.CoordinatorCommonName(crunch), []string{names.CoordinatorURI(crunch)}
 }
 
 type material struct {

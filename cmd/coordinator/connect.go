@@ -26,6 +26,7 @@ import (
 	"github.com/modelnodes/modelnodes/client/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/envflag"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // common are the flags every command shares: where the models are and how
@@ -47,9 +48,9 @@ type common struct {
 }
 
 func (c *common) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.crunch, "crunch", "", "the crunch: its models are Consul service crunch-NAME; names the Vault certificate")
+	fs.StringVar(&c.crunch, "crunch", "", "the crunch's name, as on chain: its models are its Consul service (modelnodes-names crunch NAME: crunch-LABEL); the Vault certificate names it")
 	fs.StringVar(&c.crunchID, "crunch-id", "", "the crunch's on-chain id (base58), which the scheduler writes in each model's Consul service meta \"crunch\"; instances naming another crunch, or none, are ignored (default: --crunch, for a crunch without an on-chain id)")
-	fs.StringVar(&c.service, "service", "", "Consul service to watch instead of crunch-NAME")
+	fs.StringVar(&c.service, "service", "", "Consul service to watch instead of the crunch's")
 	fs.StringVar(&c.models, "models", "", "a fixed list of models, id=host:port,… (instead of Consul)")
 	fs.StringVar(&c.dns, "dns", "", "Consul DNS address (host:port): resolve --model-ids through SRV records")
 	fs.StringVar(&c.modelIDs, "model-ids", "", "with --dns: the model ids to resolve, comma separated")
@@ -148,7 +149,7 @@ func (c *common) serviceName() string {
 		return c.service
 	}
 	if c.crunch != "" {
-		return consul.ServiceName(c.crunch)
+		return names.Service(c.crunch)
 	}
 	return ""
 }

@@ -12,12 +12,11 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/mr-tron/base58"
 
-	"github.com/modelnodes/modelnodes/client/discovery"
-	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/delegation"
 	"github.com/modelnodes/modelnodes/internal/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testpki"
 	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/runner"
 )
 
@@ -33,8 +32,8 @@ func TestVerifyDelegation(t *testing.T) {
 	caFile := ca.WriteCA(t, dir, "ca.crt")
 	pub, wallet, _ := ed25519.GenerateKey(rand.Reader)
 
-	honest := ca.Issue(t, dir, testpki.Leaf{CommonName: "honest", DNSNames: []string{discovery.ServerName("dg-honest")}, RSA: true})
-	impostor := ca.Issue(t, dir, testpki.Leaf{CommonName: "impostor", DNSNames: []string{discovery.ServerName("dg-impostor")}, RSA: true})
+	honest := ca.Issue(t, dir, testpki.Leaf{CommonName: "honest", DNSNames: []string{names.ModelServerName("dg-honest")}, RSA: true})
+	impostor := ca.Issue(t, dir, testpki.Leaf{CommonName: "impostor", DNSNames: []string{names.ModelServerName("dg-impostor")}, RSA: true})
 	proof, err := delegation.Sign(wallet, delegation.Message{CertPub: delegation.CertPub(honest.Cert.RawSubjectPublicKeyInfo),
 		ModelID: "FullModel1", Hotkey: "hk-1", ExpiresAt: time.Now().Add(time.Hour).Unix()})
 	if err != nil {
@@ -53,9 +52,9 @@ func TestVerifyDelegation(t *testing.T) {
 		host, port, _ := net.SplitHostPort(addr)
 		p, _ := strconv.Atoi(port)
 		if err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
-			ID: "model-node-" + id, Name: consul.ServiceName("dg"), Address: host, Port: p,
-			Meta: map[string]string{consul.MetaModelID: id, consul.MetaModel: model, consul.MetaCrunch: "dg",
-				consul.MetaCruncher: base58.Encode(pub), consul.MetaHotkey: "hk-1"},
+			ID: "model-node-" + id, Name: names.Service("dg"), Address: host, Port: p,
+			Meta: map[string]string{names.MetaModelID: id, names.MetaModel: model, names.MetaCrunch: "dg",
+				names.MetaCruncher: base58.Encode(pub), names.MetaHotkey: "hk-1"},
 			Check: &consulapi.AgentServiceCheck{TTL: "10m", Status: consulapi.HealthPassing},
 		}); err != nil {
 			t.Fatal(err)

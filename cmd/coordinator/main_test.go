@@ -15,9 +15,9 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/gomodel"
@@ -213,8 +213,8 @@ func TestConsulCrunch(t *testing.T) {
 		host, port, _ := net.SplitHostPort(addr)
 		p, _ := strconv.Atoi(port)
 		err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
-			ID: "model-node-" + id, Name: consul.ServiceName("alpha"), Tags: []string{id}, Address: host, Port: p,
-			Meta:  map[string]string{consul.MetaModelID: id, consul.MetaModel: "Full" + id, consul.MetaCrunch: crunch},
+			ID: "model-node-" + id, Name: names.Service("alpha"), Tags: []string{id}, Address: host, Port: p,
+			Meta:  map[string]string{names.MetaModelID: id, names.MetaModel: "Full" + id, names.MetaCrunch: crunch},
 			Check: &consulapi.AgentServiceCheck{TTL: "10m", Status: consulapi.HealthPassing},
 		})
 		if err != nil {

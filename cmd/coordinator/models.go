@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/modelnodes/modelnodes/client"
-	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 func models(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -40,7 +40,7 @@ func models(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		} else if h.Code == "NOT_SERVING" {
 			status = h.Code
 		}
-		full := m.Meta[consul.MetaModel]
+		full := m.Meta[names.MetaModel]
 		if full == "" {
 			full = "-"
 		}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/internal/testpki"
+	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner/authz"
@@ -44,8 +45,8 @@ func startSecureRunner(t *testing.T, extra ...string) *secureRunner {
 		name: "model-node-7.crunchdao.internal"}
 	r.caFile = r.ca.WriteCA(t, dir, "ca.pem")
 	server := r.ca.Issue(t, dir, testpki.Leaf{CommonName: r.name, DNSNames: []string{r.name}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, RSA: true})
-	r.alpha = r.ca.Issue(t, dir, testpki.Leaf{CommonName: "alpha", Client: true, URIs: []string{authz.CrunchURIPrefix + "alpha"}})
-	r.beta = r.ca.Issue(t, dir, testpki.Leaf{CommonName: "beta", Client: true, URIs: []string{authz.CrunchURIPrefix + "beta"}})
+	r.alpha = r.ca.Issue(t, dir, testpki.Leaf{CommonName: "alpha", Client: true, URIs: []string{names.CoordinatorURIPrefix + "alpha"}})
+	r.beta = r.ca.Issue(t, dir, testpki.Leaf{CommonName: "beta", Client: true, URIs: []string{names.CoordinatorURIPrefix + "beta"}})
 	args := append([]string{"serve", "--listen", r.addr, "--health-listen", r.health,
 		"--runtime", "executable", "--model-dir", dir, "--entry", exampleModelBinary(t),
 		"--tls-cert", server.CertFile, "--tls-key", server.KeyFile, "--tls-client-ca", r.caFile,

@@ -11,8 +11,8 @@ import (
 
 	"github.com/gagliardetto/solana-go"
 
-	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // cruncherKeys are the wallets the demo plants as crunchers and hotkeys, by
@@ -46,13 +46,13 @@ func (d *demo) vouch(ctx context.Context, c *cluster, co *coordinator, m *model,
 	if err != nil {
 		return nil, err
 	}
-	entries, _, err := cc.Health().Service(jobs.ServiceName(crunchName), "", true, nil)
+	entries, _, err := cc.Health().Service(names.Service(crunchName), "", true, nil)
 	if err != nil {
 		return nil, err
 	}
 	addr := ""
 	for _, e := range entries {
-		if e.Service.Meta[jobs.MetaModelID] == m.ShortID {
+		if e.Service.Meta[names.MetaModelID] == m.ShortID {
 			addr = fmt.Sprintf("%s:%d", e.Service.Address, e.Service.Port)
 		}
 	}
@@ -61,7 +61,7 @@ func (d *demo) vouch(ctx context.Context, c *cluster, co *coordinator, m *model,
 	}
 	runnerBin := filepath.Join(d.bin, "model-runner")
 	argv := []string{runnerBin, "delegation", "key", "--runner-addr", addr,
-		"--runner-ca", filepath.Join(co.dir, "ca.crt"), "--runner-name", discovery.ServerName(m.ShortID)}
+		"--runner-ca", filepath.Join(co.dir, "ca.crt"), "--runner-name", names.ModelServerName(m.ShortID)}
 	d.command(d.rel(runnerBin) + " " + shellJoin(argv[1:]))
 	out, err := runCommand(ctx, os.Environ(), argv...)
 	if err != nil {

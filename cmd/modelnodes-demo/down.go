@@ -17,7 +17,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/leftovers"
 	"github.com/modelnodes/modelnodes/internal/procfs"
-	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // down stops everything a demo started, in order: a demo still running
@@ -142,7 +142,7 @@ func agentRunning(pidFile string) bool {
 // stopJobs purges the models' jobs and waits until their allocations have
 // stopped; it returns the allocation ids.
 func stopJobs(ctx context.Context, nc *nomadapi.Client) ([]string, error) {
-	list, _, err := nc.Jobs().PrefixList(jobs.JobPrefix)
+	list, _, err := nc.Jobs().PrefixList(names.JobPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing the models' jobs: %w", err)
 	}

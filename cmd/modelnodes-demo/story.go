@@ -20,6 +20,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/devchain"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/scheduler"
 	"github.com/modelnodes/modelnodes/scheduler/onchain"
 )
@@ -477,7 +478,7 @@ func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error 
 	if err != nil {
 		return err
 	}
-	service := jobs.ServiceName(crunchName)
+	service := names.Service(crunchName)
 	deadline := time.Now().Add(d.o.readyTimeout)
 	var brokenSince time.Time
 	last := map[string]string{}
@@ -488,7 +489,7 @@ func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error 
 		passing := map[string]string{}
 		if err == nil {
 			for _, e := range entries {
-				passing[e.Service.Meta[jobs.MetaModelID]] = fmt.Sprintf("%s:%d", e.Service.Address, e.Service.Port)
+				passing[e.Service.Meta[names.MetaModelID]] = fmt.Sprintf("%s:%d", e.Service.Address, e.Service.Port)
 			}
 		}
 		ready := 0
@@ -582,11 +583,11 @@ func (d *demo) revoke(ctx context.Context, c *cluster, chain *devchain.Front, m 
 			}
 		}
 		if gone == 0 {
-			entries, _, err := cc.Health().Service(jobs.ServiceName(crunchName), "", false, nil)
+			entries, _, err := cc.Health().Service(names.Service(crunchName), "", false, nil)
 			if err == nil {
 				found := false
 				for _, e := range entries {
-					found = found || e.Service.Meta[jobs.MetaModelID] == m.ShortID
+					found = found || e.Service.Meta[names.MetaModelID] == m.ShortID
 				}
 				if !found {
 					gone = time.Since(t0)

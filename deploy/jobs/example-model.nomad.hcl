@@ -41,7 +41,7 @@ job "model-node-pdxu2groar3jsn66" {
 
   meta {
     modelnodes_managed = "true"
-    modelnodes_spec    = "6246fidaifzh74eeduydoutw"
+    modelnodes_spec    = "32vhizncsewohmcq37m7xkvg"
     model_id           = "pdxu2groar3jsn66"
     model              = "example"
     crunch             = "demo"

@@ -20,6 +20,7 @@ import (
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner/authz"
 )
@@ -284,7 +285,7 @@ func newFleet(t testing.TB, n int) *fleet {
 	})
 
 	f.client, err = client.New(client.Config{
-		Source: &consul.Source{Client: c.Consul.Client, Service: jobs.ServiceName(scaleCrunch), Crunch: scaleCrunch, MaxBackoff: time.Second},
+		Source: &consul.Source{Client: c.Consul.Client, Service: names.Service(scaleCrunch), Crunch: scaleCrunch, MaxBackoff: time.Second},
 		TLS:    iss,
 		// A model rescheduled elsewhere is a fresh runner: CrunchDAO's
 		// client sets up each model as it joins.
@@ -314,7 +315,7 @@ func newFleet(t testing.TB, n int) *fleet {
 // machine's agents.
 func (f *fleet) logSizes(t testing.TB) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "http://"+f.c.Consul.Addr+"/v1/health/service/"+jobs.ServiceName(scaleCrunch)+"?passing=1", nil)
+	req, err := http.NewRequest(http.MethodGet, "http://"+f.c.Consul.Addr+"/v1/health/service/"+names.Service(scaleCrunch)+"?passing=1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@
 //   - when a revocation list source is configured: the list of the CA that
 //     issued its certificate is loaded, not past its nextUpdate plus a grace
 //     period, and does not name the certificate;
-//   - it names the model's crunch, as the URI SAN spiffe://modelnodes/crunch/<crunch>;
+//   - it names the model's crunch, as the URI SAN names.CoordinatorURI(crunch);
 //   - the SHA-256 of its certificate's SubjectPublicKeyInfo (DER), in
 //     lowercase hex, equals the primary or the secondary on-chain hash
 //     (CrunchDAO's CoordinatorCertificate account). Hashing the public key,
@@ -59,10 +59,8 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/filewatch"
 	"github.com/modelnodes/modelnodes/internal/redact"
+	"github.com/modelnodes/modelnodes/names"
 )
-
-// CrunchURIPrefix starts the URI SAN that names a coordinator's crunch.
-const CrunchURIPrefix = "spiffe://modelnodes/crunch/"
 
 // DefaultCRLGrace is how long past its nextUpdate a revocation list is still
 // trusted. Vault's CRLs live 72 h (pki config/crl expiry) and, with
@@ -644,7 +642,7 @@ func (a *Authorizer) check(chains [][]*x509.Certificate) *refusal {
 	}
 	pol := a.policy.Load()
 	if pol.Crunch != "" && !namesCrunch(leaf, pol.Crunch) {
-		return &refusal{codes.PermissionDenied, "crunch", fmt.Sprintf("certificate names crunch %v, not %q", crunchesOf(leaf), pol.Crunch)}
+		return &refusal{codes.PermissionDenied, "crunch", fmt.Sprintf("certificate names crunch %v, not %q (%s)", crunchesOf(leaf), names.Crunch(pol.Crunch), pol.Crunch)}
 	}
 	if len(pol.CoordinatorCertHashes) == 0 {
 		if a.cfg.AnyCoordinatorKey {
@@ -708,9 +706,13 @@ func (a *Authorizer) logRefusal(stage string, r *refusal, addr net.Addr) {
 	a.log.Warn("caller refused", "stage", stage, "reason", r.detail, "peer", peerAddr, "code", r.code)
 }
 
+// namesCrunch reports whether cert carries crunch's URI SAN
+// (names.CoordinatorURI: the crunch's name mapped to its DNS label, as Vault's
+// coordinator role writes it).
 func namesCrunch(cert *x509.Certificate, crunch string) bool {
-	for _, c := range crunchesOf(cert) {
-		if c == crunch {
+	want := names.CoordinatorURI(crunch)
+	for _, u := range cert.URIs {
+		if u.String() == want {
 			return true
 		}
 	}
@@ -720,8 +722,8 @@ func namesCrunch(cert *x509.Certificate, crunch string) bool {
 func crunchesOf(cert *x509.Certificate) []string {
 	var out []string
 	for _, u := range cert.URIs {
-		if s := u.String(); strings.HasPrefix(s, CrunchURIPrefix) {
-			out = append(out, strings.TrimPrefix(s, CrunchURIPrefix))
+		if label, ok := strings.CutPrefix(u.String(), names.CoordinatorURIPrefix); ok {
+			out = append(out, label)
 		}
 	}
 	return out

@@ -7,7 +7,7 @@
 //
 // A service name proves nothing: any job allowed to register services can
 // call one crunch-<name>. The scheduler writes the crunch's id in every
-// model's service meta (MetaCrunch); an instance that names another crunch,
+// model's service meta (names.MetaCrunch); an instance that names another crunch,
 // or none, is left out. The runner's certificate (it must name the model)
 // and, with client.DelegationFromMeta, the cruncher's delegation are
 // checked on top, at every connection.
@@ -24,30 +24,17 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
+	"github.com/modelnodes/modelnodes/names"
 )
-
-// Service meta keys written by the scheduler's job builder. Consul
-// lowercases service names and Nomad limits them, so the full base58 ids
-// live here and never in a name or tag.
-const (
-	MetaModelID  = "model_id" // short lowercase id: names the job and the certificate
-	MetaModel    = "model"    // full on-chain model id
-	MetaCrunch   = "crunch"   // on-chain crunch id, or the crunch's name when it has none (Source.Crunch)
-	MetaCruncher = "cruncher" // the cruncher's wallet (base58)
-	MetaHotkey   = "hotkey"   // the cruncher's hotkey for the model
-)
-
-// ServiceName returns the Consul service of a crunch's models.
-func ServiceName(crunch string) string { return "crunch-" + crunch }
 
 // Source watches one service.
 type Source struct {
 	// Client talks to the local Consul agent.
 	Client *consulapi.Client
-	// Service is the crunch's service (ServiceName).
+	// Service is the crunch's service (names.Service).
 	Service string
 	// Crunch is what the scheduler writes in the meta of each of the
-	// crunch's instances (MetaCrunch): the crunch's on-chain id (base58),
+	// crunch's instances (names.MetaCrunch): the crunch's on-chain id (base58),
 	// or its name when it has none. Required: instances whose meta names
 	// another crunch, or none, are not members (they are logged once).
 	Crunch string
@@ -79,7 +66,7 @@ func (s *Source) Watch(ctx context.Context, update func([]discovery.Model)) erro
 	if s.Crunch == "" {
 		// Fail closed: without it, anyone's crunch-<name> instance would
 		// be called.
-		return fmt.Errorf("consul: watching %q: the crunch id its instances must carry in meta %q is needed", s.Service, MetaCrunch)
+		return fmt.Errorf("consul: watching %q: the crunch id its instances must carry in meta %q is needed", s.Service, names.MetaCrunch)
 	}
 	var (
 		index    uint64
@@ -153,7 +140,7 @@ func logForeign(log hclog.Logger, service, crunch string, dropped []*consulapi.S
 		now[key] = true
 		if !logged[key] {
 			log.Warn("ignoring a service instance that does not belong to this crunch", "service", service,
-				"instance", key, "address", e.Service.Address, "crunch_meta", e.Service.Meta[MetaCrunch], "want", crunch)
+				"instance", key, "address", e.Service.Address, "crunch_meta", e.Service.Meta[names.MetaCrunch], "want", crunch)
 		}
 	}
 	clear(logged)
@@ -163,7 +150,7 @@ func logForeign(log hclog.Logger, service, crunch string, dropped []*consulapi.S
 }
 
 // Models turns health entries into the members of crunch: instances whose
-// meta MetaCrunch is crunch, their id from MetaModelID (the Consul service
+// meta names.MetaCrunch is crunch, their id from names.MetaModelID (the Consul service
 // id when absent), their address from the service (the node's when the
 // service has none). When a model has several passing instances (a Nomad
 // deployment in progress), the most recently registered one wins.
@@ -183,7 +170,7 @@ func members(crunch string, entries []*consulapi.ServiceEntry) ([]discovery.Mode
 		}
 		// Before picking the newest instance per model: a foreign
 		// instance must not displace the model's own.
-		if crunch == "" || e.Service.Meta[MetaCrunch] != crunch {
+		if crunch == "" || e.Service.Meta[names.MetaCrunch] != crunch {
 			foreign = append(foreign, e)
 			continue
 		}
@@ -213,7 +200,7 @@ func members(crunch string, entries []*consulapi.ServiceEntry) ([]discovery.Mode
 }
 
 func modelID(e *consulapi.ServiceEntry) string {
-	if id := e.Service.Meta[MetaModelID]; id != "" {
+	if id := e.Service.Meta[names.MetaModelID]; id != "" {
 		return id
 	}
 	return e.Service.ID

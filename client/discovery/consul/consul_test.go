@@ -14,6 +14,7 @@ import (
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
@@ -26,7 +27,7 @@ func TestMembershipFollowsConsul(t *testing.T) {
 	agent := cl.Consul.Client.Agent()
 	// A crunch of its own: the shared agent keeps what earlier runs
 	// (-count) registered.
-	service := consul.ServiceName(fmt.Sprintf("alpha%d", time.Now().UnixNano()))
+	service := names.Service(fmt.Sprintf("alpha%d", time.Now().UnixNano()))
 
 	src := &consul.Source{Client: cl.Consul.Client, Service: service, Crunch: "AlphaCrunchBase58", Wait: time.Minute}
 	updates := make(chan []discovery.Model, 16)
@@ -60,8 +61,8 @@ func TestMembershipFollowsConsul(t *testing.T) {
 		err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
 			ID: service + "-" + id, Name: service, Tags: []string{id}, Address: "127.0.0.1", Port: port,
 			Meta: map[string]string{
-				consul.MetaModelID: id, consul.MetaModel: "Model" + id + "FullBase58Id",
-				consul.MetaCrunch: "AlphaCrunchBase58", consul.MetaCruncher: "Wallet" + id,
+				names.MetaModelID: id, names.MetaModel: "Model" + id + "FullBase58Id",
+				names.MetaCrunch: "AlphaCrunchBase58", names.MetaCruncher: "Wallet" + id,
 			},
 			Check: &consulapi.AgentServiceCheck{CheckID: "check-" + id, TTL: "10m", Status: consulapi.HealthPassing},
 		})
@@ -73,7 +74,7 @@ func TestMembershipFollowsConsul(t *testing.T) {
 	expect("nothing registered")
 	register("m1", 7001)
 	ms := expect("m1 registered", "m1")
-	if ms[0].Target != "127.0.0.1:7001" || ms[0].Meta[consul.MetaModel] != "Modelm1FullBase58Id" || ms[0].TLSName() != "model-node-m1.crunchdao.internal" {
+	if ms[0].Target != "127.0.0.1:7001" || ms[0].Meta[names.MetaModel] != "Modelm1FullBase58Id" || ms[0].TLSName() != "model-node-m1.crunchdao.internal" {
 		t.Errorf("m1 reported as %+v", ms[0])
 	}
 	register("m2", 7002)
@@ -123,7 +124,7 @@ func TestUnreachableConsulKeepsMembership(t *testing.T) {
 func TestModelsPrefersNewestInstance(t *testing.T) {
 	e := func(id, addr string, idx uint64) *consulapi.ServiceEntry {
 		return &consulapi.ServiceEntry{Node: &consulapi.Node{Address: "10.0.0.9"}, Service: &consulapi.AgentService{
-			ID: fmt.Sprintf("%s-%d", id, idx), Address: addr, Port: 9000, CreateIndex: idx, Meta: map[string]string{consul.MetaModelID: id, consul.MetaCrunch: "C"}}}
+			ID: fmt.Sprintf("%s-%d", id, idx), Address: addr, Port: 9000, CreateIndex: idx, Meta: map[string]string{names.MetaModelID: id, names.MetaCrunch: "C"}}}
 	}
 	ms := consul.Models("C", []*consulapi.ServiceEntry{e("b", "10.0.0.2", 5), e("a", "10.0.0.1", 7), e("a", "10.0.0.3", 9), e("c", "", 1)})
 	want := []string{"a=10.0.0.3:9000", "b=10.0.0.2:9000", "c=10.0.0.9:9000"}
@@ -144,12 +145,12 @@ func TestModelsPrefersNewestInstance(t *testing.T) {
 func TestForeignInstancesAreNotMembers(t *testing.T) {
 	cl := testcluster.Shared(t, testcluster.Consul)
 	agent := cl.Consul.Client.Agent()
-	service := consul.ServiceName(fmt.Sprintf("alpha%d", time.Now().UnixNano()))
+	service := names.Service(fmt.Sprintf("alpha%d", time.Now().UnixNano()))
 	const crunch = "AlphaCrunchBase58"
 	register := func(id, model string, port int, meta map[string]string) {
 		t.Helper()
 		if model != "" {
-			meta[consul.MetaModelID] = model
+			meta[names.MetaModelID] = model
 		}
 		err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
 			ID: service + "-" + id, Name: service, Tags: []string{model}, Address: "127.0.0.1", Port: port, Meta: meta,
@@ -160,11 +161,11 @@ func TestForeignInstancesAreNotMembers(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = agent.ServiceDeregister(service + "-" + id) })
 	}
-	register("honest", "m1", 7101, map[string]string{consul.MetaCrunch: crunch, consul.MetaCruncher: "Wallet1"})
-	register("rogue-other-crunch", "m1", 7102, map[string]string{consul.MetaCrunch: "BetaCrunchBase58", consul.MetaCruncher: "Wallet1"})
+	register("honest", "m1", 7101, map[string]string{names.MetaCrunch: crunch, names.MetaCruncher: "Wallet1"})
+	register("rogue-other-crunch", "m1", 7102, map[string]string{names.MetaCrunch: "BetaCrunchBase58", names.MetaCruncher: "Wallet1"})
 	register("rogue-no-crunch", "m2", 7103, map[string]string{})
 	register("rogue-no-meta", "", 7104, map[string]string{})
-	register("rogue-crunch-prefix", "m3", 7105, map[string]string{consul.MetaCrunch: crunch + "x"})
+	register("rogue-crunch-prefix", "m3", 7105, map[string]string{names.MetaCrunch: crunch + "x"})
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -15,9 +15,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 
-	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/client/discovery/dnssrv"
 	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
@@ -73,7 +73,7 @@ func TestConsulDNSSRV(t *testing.T) {
 	cl := testcluster.Shared(t, testcluster.Consul)
 	anonymousDNS(t, cl.Consul.Client)
 	agent := cl.Consul.Client.Agent()
-	service := consul.ServiceName("alpha")
+	service := names.Service("alpha")
 	register := func(port int, status string) {
 		t.Helper()
 		err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{
