@@ -28,8 +28,8 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery"
-	"github.com/modelnodes/modelnodes/internal/testpki"
-	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner"

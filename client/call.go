@@ -16,7 +16,7 @@ import (
 	"github.com/modelnodes/modelnodes/client/credentials"
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/failures"
-	"github.com/modelnodes/modelnodes/client/fanout"
+	"github.com/modelnodes/modelnodes/client/internal/fanout"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	tipb "github.com/modelnodes/modelnodes/proto/train_infer"

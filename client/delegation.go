@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
-	"github.com/modelnodes/modelnodes/internal/delegation"
+	"github.com/modelnodes/modelnodes/delegation"
 	"github.com/modelnodes/modelnodes/names"
 )
 

@@ -11,9 +11,9 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery"
-	"github.com/modelnodes/modelnodes/internal/delegation"
-	"github.com/modelnodes/modelnodes/internal/testpki"
-	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/delegation"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner"

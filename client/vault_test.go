@@ -9,10 +9,10 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery"
-	"github.com/modelnodes/modelnodes/client/vaultpki"
-	"github.com/modelnodes/modelnodes/internal/testcluster"
-	"github.com/modelnodes/modelnodes/internal/testpki"
-	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 )

@@ -9,7 +9,7 @@ import (
 	dep "github.com/hashicorp/consul-template/dependency"
 	cttemplate "github.com/hashicorp/consul-template/template"
 
-	"github.com/modelnodes/modelnodes/internal/testpki"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
 	"github.com/modelnodes/modelnodes/jobs"
 )
 

@@ -15,9 +15,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
-	"github.com/modelnodes/modelnodes/internal/delegation"
-	"github.com/modelnodes/modelnodes/internal/testpki"
-	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/delegation"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/worker"

@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/modelnodes/modelnodes/internal/testpki"
-	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/worker"

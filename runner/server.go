@@ -29,8 +29,8 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
-	"github.com/modelnodes/modelnodes/internal/delegation"
-	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/delegation"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	tipb "github.com/modelnodes/modelnodes/proto/train_infer"

@@ -9,11 +9,11 @@ import (
 
 	solana "github.com/gagliardetto/solana-go"
 
-	"github.com/modelnodes/modelnodes/internal/devchain"
+	"github.com/modelnodes/modelnodes/internal/testing/devchain"
 )
 
 // solanaFront is a real Solana runtime for tests: litesvm 1.4.1 behind the
-// project's JSON-RPC + websocket front (internal/devchain,
+// project's JSON-RPC + websocket front (internal/testing/devchain,
 // deploy/dev/solana/front.js) on a free loopback port.
 type solanaFront struct {
 	RPC, WS string

@@ -11,8 +11,8 @@ import (
 	solana "github.com/gagliardetto/solana-go"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/modelnodes/modelnodes/internal/syncbuf"
-	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/nomad"
 )

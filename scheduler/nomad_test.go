@@ -24,7 +24,7 @@ import (
 	solana "github.com/gagliardetto/solana-go"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"

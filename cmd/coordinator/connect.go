@@ -23,9 +23,9 @@ import (
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/client/discovery/dnssrv"
-	"github.com/modelnodes/modelnodes/client/vaultpki"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/envflag"
-	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/names"
 )
 

@@ -12,10 +12,10 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/mr-tron/base58"
 
-	"github.com/modelnodes/modelnodes/internal/delegation"
-	"github.com/modelnodes/modelnodes/internal/testcluster"
-	"github.com/modelnodes/modelnodes/internal/testpki"
-	"github.com/modelnodes/modelnodes/internal/tlsfiles"
+	"github.com/modelnodes/modelnodes/delegation"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/runner"
 )

@@ -15,8 +15,8 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/modelnodes/modelnodes/internal/syncbuf"
-	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner"

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/modelnodes/modelnodes/internal/procfs"
-	"github.com/modelnodes/modelnodes/internal/testpki"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
 	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"

@@ -15,7 +15,7 @@ import (
 
 	"github.com/gagliardetto/solana-go"
 
-	"github.com/modelnodes/modelnodes/internal/delegation"
+	"github.com/modelnodes/modelnodes/delegation"
 	"github.com/modelnodes/modelnodes/internal/envflag"
 )
 

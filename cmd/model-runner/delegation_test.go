@@ -14,8 +14,8 @@ import (
 
 	"github.com/gagliardetto/solana-go"
 
-	"github.com/modelnodes/modelnodes/internal/delegation"
-	"github.com/modelnodes/modelnodes/internal/testpki"
+	"github.com/modelnodes/modelnodes/delegation"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
 )
 
 // A cruncher signs with a solana-keygen keypair; what it writes verifies

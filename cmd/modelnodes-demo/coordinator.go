@@ -21,8 +21,8 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/client/vaultpki"
-	"github.com/modelnodes/modelnodes/internal/logtail"
+	"github.com/modelnodes/modelnodes/internal/testing/logtail"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
 )
 
 // coordinator is the crunch's coordinator as the demo onboards it.

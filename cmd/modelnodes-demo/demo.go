@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/modelnodes/modelnodes/internal/logtail"
+	"github.com/modelnodes/modelnodes/internal/testing/logtail"
 )
 
 // Base ports of the demo's own processes; --port-offset shifts them like

@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/internal/leftovers"
-	"github.com/modelnodes/modelnodes/internal/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
+	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 )
 
 // The demo as a new user runs it (make demo), each run on ports and in a

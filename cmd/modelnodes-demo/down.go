@@ -15,7 +15,7 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/internal/leftovers"
+	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/names"
 )

@@ -13,8 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/modelnodes/modelnodes/internal/logtail"
 	"github.com/modelnodes/modelnodes/internal/procfs"
+	"github.com/modelnodes/modelnodes/internal/testing/logtail"
 )
 
 // The demo's processes run in their own sessions (Ctrl-C in the terminal

@@ -18,7 +18,7 @@ import (
 
 	solana "github.com/gagliardetto/solana-go"
 
-	"github.com/modelnodes/modelnodes/internal/devchain"
+	"github.com/modelnodes/modelnodes/internal/testing/devchain"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/scheduler"

@@ -16,7 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/modelnodes/modelnodes/internal/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 )
 
 func TestParse(t *testing.T) {

@@ -1,5 +1,5 @@
 # Consul dev agent: the settings shared by `make dev` (deploy/dev/up) and the
-# Go test helper (internal/testcluster). Both add a generated file with the
+# Go test helper (internal/testing/testcluster). Both add a generated file with the
 # addresses, ports and tokens of their own instance.
 log_level            = "INFO"
 disable_update_check = true

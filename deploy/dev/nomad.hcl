@@ -1,5 +1,5 @@
 # Nomad dev agent: the settings shared by `make dev` (deploy/dev/up) and the
-# Go test helper (internal/testcluster). Both add a generated file with the
+# Go test helper (internal/testing/testcluster). Both add a generated file with the
 # data dir, ports, plugin dir, Consul and Vault addresses of their own instance
 # (and the plugin "nomad-driver-modelbox" block when that binary exists).
 log_level            = "INFO"
@@ -12,7 +12,7 @@ client {
     "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
     "driver.denylist"      = "docker,qemu,java"
     # -dev mode enables raw_exec, which runs any command as root: with it,
-    # whoever may submit a job owns the machine. Off; internal/testcluster
+    # whoever may submit a job owns the machine. Off; internal/testing/testcluster
     # turns it back on (a plugin "raw_exec" block wins over this option) for
     # its test workloads. deploy/dev/up also turns Nomad's ACLs on.
     "driver.raw_exec.enable" = "false"

@@ -1,7 +1,7 @@
 // Package vaultkey keeps a runner's TLS private key in Vault's KV store
 // (version 2), one key per model, so the key outlives certificate renewals,
 // task restarts and rescheduling to another node. A cruncher's wallet
-// delegation names the runner's public key (internal/delegation): with a key
+// delegation names the runner's public key (package delegation): with a key
 // that changed at every renewal or allocation, the delegation would stop
 // matching and CrunchDAO's client would refuse the runner.
 //
@@ -26,8 +26,8 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
-	"github.com/modelnodes/modelnodes/client/vaultpki"
-	"github.com/modelnodes/modelnodes/internal/delegation"
+	"github.com/modelnodes/modelnodes/delegation"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
 )
 
 // Entry fields.

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/runner/vaultkey"
 )
 

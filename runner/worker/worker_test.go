@@ -13,7 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/modelnodes/modelnodes/internal/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/runner/frame"
 )
 

@@ -13,7 +13,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
-	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/names"
 )
 

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/modelnodes/modelnodes/client/discovery/dnssrv"
-	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/names"
 )
 

@@ -1,6 +1,6 @@
 // A Solana JSON-RPC + websocket front over a litesvm VM: the local Solana
 // endpoint of the scheduler's tests and of `make demo` (started through
-// internal/devchain). It binds 127.0.0.1 on PORT (0: any free port) and prints
+// internal/testing/devchain). It binds 127.0.0.1 on PORT (0: any free port) and prints
 // "LISTENING <port>" once ready. Everything a transaction does runs in the
 // real SVM (signatures, blockhashes, System program); callers plant program
 // accounts through POST /control, since the authorization program itself is

@@ -26,7 +26,7 @@ type Files struct {
 	CertFile, KeyFile, CAFile string
 	// Certificate, when set, replaces CertFile and KeyFile: every
 	// handshake takes what it returns (a certificate renewed in memory,
-	// e.g. client/vaultpki's Issuer), and only CAFile is watched.
+	// e.g. pki/vaultpki's Issuer), and only CAFile is watched.
 	Certificate func() *tls.Certificate
 }
 

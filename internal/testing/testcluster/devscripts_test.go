@@ -12,7 +12,7 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/internal/leftovers"
+	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 )
 
 // devPorts are the ports deploy/dev/up uses before DEV_PORT_OFFSET.

@@ -22,7 +22,7 @@ func frontDir(t *testing.T) string {
 	if _, err := exec.LookPath("node"); err != nil {
 		t.Skip("node is not installed (Debian: apt-get install nodejs npm; .ci/run does)")
 	}
-	dir, err := filepath.Abs(Dir("../.."))
+	dir, err := filepath.Abs(Dir("../../.."))
 	if err != nil {
 		t.Fatal(err)
 	}

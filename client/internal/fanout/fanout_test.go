@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/client/fanout"
+	"github.com/modelnodes/modelnodes/client/internal/fanout"
 )
 
 // A function that ignores its context does not hold the fan-out past the

@@ -31,8 +31,8 @@ import (
 
 	solana "github.com/gagliardetto/solana-go"
 
-	"github.com/modelnodes/modelnodes/internal/logtail"
-	"github.com/modelnodes/modelnodes/internal/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/logtail"
+	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 )
 
 // Dir returns the front's directory in the repository at repo.

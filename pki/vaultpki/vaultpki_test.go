@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/client/vaultpki"
-	"github.com/modelnodes/modelnodes/internal/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }

@@ -22,7 +22,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	vaultapi "github.com/hashicorp/vault/api"
 
-	"github.com/modelnodes/modelnodes/internal/leftovers"
+	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 )
 
 func TestMain(m *testing.M) { os.Exit(Main(m)) }

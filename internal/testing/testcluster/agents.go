@@ -19,7 +19,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	vaultapi "github.com/hashicorp/vault/api"
-	"github.com/modelnodes/modelnodes/client/vaultpki"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
 )
 
 // ConsulAgent is a Consul dev agent with ACLs enabled (default deny).

@@ -18,7 +18,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/internal/leftovers"
+	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 )
 
 // Options adjust how StartWith configures the agents; the zero value is

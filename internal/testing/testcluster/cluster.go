@@ -31,7 +31,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/internal/leftovers"
+	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 )
 
 // Agent selects agents to start; combine with |.

@@ -13,8 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/modelnodes/modelnodes/internal/leftovers"
-	"github.com/modelnodes/modelnodes/internal/logtail"
+	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
+	"github.com/modelnodes/modelnodes/internal/testing/logtail"
 )
 
 // process is one agent running as a child of the test binary, in its own
