@@ -9,8 +9,8 @@ import (
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
-	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 )
 

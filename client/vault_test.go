@@ -9,11 +9,11 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery"
-	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
-	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 )
 

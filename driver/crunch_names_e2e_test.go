@@ -10,10 +10,10 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
-	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	"github.com/modelnodes/modelnodes/runner/authz"
 )
 

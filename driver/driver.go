@@ -2,14 +2,13 @@ package driver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/modelnodes/modelnodes/driver/cgroup"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/runner/runneropts"
 )
 
 // ErrExecRefused answers every exec into a model task.
@@ -145,49 +145,107 @@ func (d *Driver) task(id string) (*taskHandle, error) {
 	return h, nil
 }
 
-// StartTask starts the runner, which starts the sandboxed worker.
+// StartTask starts the runner, which starts the sandboxed worker: prepare
+// builds everything the task needs, launch starts the runner, and a failure
+// at any point takes back all that was made through the one undo.
 func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drivers.DriverNetwork, error) {
 	if _, err := d.task(cfg.ID); err == nil {
 		return nil, nil, fmt.Errorf("modelbox: task %s is already started", cfg.ID)
 	}
+	p, err := d.prepare(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	h, handle, err := d.launch(p)
+	if err != nil {
+		p.undo()
+		return nil, nil, err
+	}
+	d.mu.Lock()
+	d.tasks[cfg.ID] = h
+	d.mu.Unlock()
+	go h.watch()
+	go d.watchOOM(h)
+	d.emit(cfg, "Model runner started; the worker runs sandboxed", map[string]string{
+		"listen": p.opts.Listen, "runtime": p.opts.Runtime, "worker_uid": strconv.Itoa(p.uid)})
+	h.log.Info("model task started", "listen", p.opts.Listen, "worker_uid", p.uid)
+	return handle, nil, nil
+}
+
+// prepared is a task ready to launch: what prepare made, and the undo steps
+// that take it back.
+type prepared struct {
+	cfg    *drivers.TaskConfig
+	runner string // the model-runner binary
+	uid    int
+	iso    Isolation
+	opts   runneropts.Options
+	undos  []func()
+}
+
+// onUndo adds a step to undo; steps run last first.
+func (p *prepared) onUndo(f func()) { p.undos = append(p.undos, f) }
+
+// undo takes back everything prepare (and launch) made, newest first.
+func (p *prepared) undo() {
+	for i := len(p.undos) - 1; i >= 0; i-- {
+		p.undos[i]()
+	}
+	p.undos = nil
+}
+
+// prepare checks the task's config and builds what the runner needs: the
+// model dir, a worker uid, the driver's private dir, the isolation and the
+// runner's options. It starts no process. On error it has undone its work.
+func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 	if d.isolator == nil {
-		return nil, nil, errors.New("modelbox: isolation is unavailable (see the plugin's log)")
+		return nil, errors.New("modelbox: isolation is unavailable (see the plugin's log)")
 	}
 	plugin := d.cfg()
 	var tc TaskConfig
 	if err := cfg.DecodeDriverConfig(&tc); err != nil {
-		return nil, nil, fmt.Errorf("modelbox: task config: %w", err)
+		return nil, fmt.Errorf("modelbox: task config: %w", err)
 	}
-	if err := tc.validate(plugin); err != nil {
-		return nil, nil, fmt.Errorf("modelbox: task config: %w", err)
+	if err := tc.Validate(plugin.AllowedRuntimes); err != nil {
+		return nil, fmt.Errorf("modelbox: task config: %w", err)
 	}
-	runner, err := exec.LookPath(plugin.RunnerPath)
-	if err != nil {
-		return nil, nil, fmt.Errorf("modelbox: runner_path %q: %w", plugin.RunnerPath, err)
+	p := &prepared{cfg: cfg}
+	defer func() {
+		if err != nil {
+			p.undo()
+		}
+	}()
+	if p.runner, err = exec.LookPath(plugin.RunnerPath); err != nil {
+		return nil, fmt.Errorf("modelbox: runner_path %q: %w", plugin.RunnerPath, err)
 	}
 	taskDir := cfg.TaskDir().Dir
 	listen, err := listenAddress(cfg, tc.Port)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	modelDir, err := resolveModelDir(plugin, taskDir, cfg.AllocID, cfg.Name, tc.ModelDir, d.log.With("task_id", cfg.ID))
 	if err != nil {
-		return nil, nil, fmt.Errorf("modelbox: %w", err)
+		return nil, fmt.Errorf("modelbox: %w", err)
 	}
 	if fi, err := os.Stat(modelDir); err != nil || !fi.IsDir() {
-		return nil, nil, fmt.Errorf("modelbox: model_dir %s is not a directory", modelDir)
+		return nil, fmt.Errorf("modelbox: model_dir %s is not a directory", modelDir)
 	}
 	uid, gid, err := d.workerUser(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	release := func() { d.releaseUID(uid) }
+	p.uid = uid
+	p.onUndo(func() { d.releaseUID(uid) })
 
 	private := filepath.Join(taskDir, "private", "modelbox")
 	hostDir := filepath.Join(private, "host")
+	if _, err := os.Lstat(private); errors.Is(err, fs.ErrNotExist) {
+		// Made by this start: a failed start leaves none. (The sandbox's
+		// mounts live in its own mount namespace: nothing is mounted here.)
+		p.onUndo(func() { _ = os.RemoveAll(private) })
+	}
 	if err := os.MkdirAll(hostDir, 0o755); err != nil {
-		release()
-		return nil, nil, fmt.Errorf("modelbox: %w", err)
+		return nil, fmt.Errorf("modelbox: %w", err)
 	}
 	_ = os.Chmod(private, 0o711) // the worker's bind mounts need no listing rights
 	python, _ := filepath.EvalSymlinks(plugin.Python)
@@ -202,129 +260,124 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		Limits: limitsOf(cfg, plugin),
 	})
 	if err != nil {
-		release()
-		return nil, nil, fmt.Errorf("modelbox: %w", err)
+		return nil, fmt.Errorf("modelbox: %w", err)
 	}
+	p.iso = iso
+	p.onUndo(func() { _ = iso.Destroy() })
 
-	args := []string{"serve", "--listen", listen, "--model-dir", modelDir, "--runtime", tc.Runtime,
-		"--python", plugin.Python, "--host-dir", hostDir, "--log-json"}
-	if tc.Entry != "" {
-		args = append(args, "--entry", tc.Entry)
+	if p.opts, err = runnerOptions(cfg, &tc, plugin, listen, modelDir, hostDir, iso.WorkerWrapper()); err != nil {
+		return nil, err
 	}
-	if w := iso.WorkerWrapper(); len(w) > 0 {
-		wj, _ := json.Marshal(w)
-		args = append(args, "--worker-wrapper", string(wj))
-	}
-	if tc.Plaintext {
-		args = append(args, "--plaintext")
-	} else {
-		if v := tc.TLS.Vault; v != nil {
-			args = append(args, vaultArgs(v, cfg)...)
-		} else {
-			args = append(args, "--tls-cert", inTaskDir(taskDir, tc.TLS.Cert), "--tls-key", inTaskDir(taskDir, tc.TLS.Key))
-		}
-		if tc.TLS.ClientCA != "" {
-			args = append(args, "--tls-client-ca", inTaskDir(taskDir, tc.TLS.ClientCA))
-		}
-	}
-	if a := tc.Authz; a != nil {
-		if a.PolicyFile != "" {
-			args = append(args, "--authz-file", inTaskDir(taskDir, a.PolicyFile))
-		}
-		if a.Crunch != "" {
-			args = append(args, "--crunch", a.Crunch)
-		}
-		if len(a.CertHashes) > 0 {
-			args = append(args, "--coordinator-cert-hash", strings.Join(a.CertHashes, ","))
-		}
-		if a.CRL != "" {
-			args = append(args, "--tls-crl", inTaskDir(taskDir, a.CRL))
-		}
-		if a.CRLURL != "" {
-			args = append(args, "--tls-crl-url", a.CRLURL)
-		}
-		if a.CRLGrace != "" {
-			args = append(args, "--crl-grace", a.CRLGrace)
-		}
-	}
-	if tc.Delegation != "" {
-		args = append(args, "--delegation", inTaskDir(taskDir, tc.Delegation))
-	}
-	if tc.HealthPort != "" {
-		health, err := listenAddress(cfg, tc.HealthPort)
-		if err != nil {
-			_ = iso.Destroy()
-			release()
-			return nil, nil, err
-		}
-		args = append(args, "--health-listen", health)
-	}
-	if tc.CallTimeout != "" {
-		args = append(args, "--call-timeout", tc.CallTimeout)
-	}
-	if tc.MaxQueue > 0 {
-		args = append(args, "--max-queue", strconv.Itoa(tc.MaxQueue))
-	}
+	return p, nil
+}
 
-	proc, err := startRunner(runner, args, cfg)
+// launch starts the prepared task's runner in the task's limits and returns
+// its handle. The processes it started join p's undo, which the caller runs
+// when launch fails.
+func (d *Driver) launch(p *prepared) (*taskHandle, *drivers.TaskHandle, error) {
+	cfg := p.cfg
+	proc, err := startRunner(p.runner, append([]string{"serve"}, p.opts.Args()...), cfg)
 	if err != nil {
-		_ = iso.Destroy()
-		release()
 		return nil, nil, fmt.Errorf("modelbox: start the runner: %w", err)
 	}
-	if err := iso.AddRunner(proc.Pid); err != nil {
+	p.onUndo(func() {
 		_ = proc.Kill()
 		_, _ = proc.Wait()
-		_ = iso.KillAll(5 * time.Second)
-		_ = iso.Destroy()
-		release()
+		// The worker, and anything it forked, dies with the task's limits.
+		_ = p.iso.KillAll(5 * time.Second)
+	})
+	if err := p.iso.AddRunner(proc.Pid); err != nil {
 		return nil, nil, fmt.Errorf("modelbox: %w", err)
 	}
 	st, _ := procfs.ReadStat(proc.Pid)
-	ticks := st.StartTicks
 	h := &taskHandle{
-		log: d.log.With("task_id", cfg.ID, "runner_pid", proc.Pid), cfg: cfg, pid: proc.Pid, startTick: ticks,
-		uid: uid, iso: iso, proc: proc, state: drivers.TaskStateRunning, startedAt: time.Now(), done: make(chan struct{}),
+		log: d.log.With("task_id", cfg.ID, "runner_pid", proc.Pid), cfg: cfg, pid: proc.Pid, startTick: st.StartTicks,
+		uid: p.uid, iso: p.iso, proc: proc, state: drivers.TaskStateRunning, startedAt: time.Now(), done: make(chan struct{}),
 	}
 	handle := drivers.NewTaskHandle(taskHandleVersion)
 	handle.Config = cfg
 	if err := handle.SetDriverState(h.encodeState()); err != nil {
-		_ = iso.KillAll(5 * time.Second)
-		_ = iso.Destroy()
-		release()
 		return nil, nil, fmt.Errorf("modelbox: encode task state: %w", err)
 	}
-	d.mu.Lock()
-	d.tasks[cfg.ID] = h
-	d.mu.Unlock()
-	go h.watch()
-	go d.watchOOM(h)
-	d.emit(cfg, "Model runner started; the worker runs sandboxed", map[string]string{
-		"listen": listen, "runtime": tc.Runtime, "worker_uid": strconv.Itoa(uid)})
-	h.log.Info("model task started", "listen", listen, "worker_uid", uid)
-	return handle, nil, nil
+	return h, handle, nil
+}
+
+// runnerOptions are the runner's options for the task: its addresses and
+// model, TLS from the task dir's files or from Vault, the caller checks and
+// limits the job asked for, and the sandbox as the worker's wrapper.
+func runnerOptions(cfg *drivers.TaskConfig, tc *TaskConfig, plugin *Config, listen, modelDir, hostDir string, wrapper []string) (runneropts.Options, error) {
+	taskDir := cfg.TaskDir().Dir
+	o := runneropts.Defaults()
+	o.Listen, o.ModelDir, o.Runtime, o.Entry = listen, modelDir, tc.Runtime, tc.Entry
+	o.Python, o.HostDir, o.WorkerWrapper, o.LogJSON = plugin.Python, hostDir, wrapper, true
+	if tc.Plaintext {
+		o.Plaintext = true
+	} else {
+		if v := tc.TLS.Vault; v != nil {
+			vaultOptions(&o, v, cfg)
+		} else {
+			o.TLSCert, o.TLSKey = inTaskDir(taskDir, tc.TLS.Cert), inTaskDir(taskDir, tc.TLS.Key)
+		}
+		if tc.TLS.ClientCA != "" {
+			o.TLSClientCA = inTaskDir(taskDir, tc.TLS.ClientCA)
+		}
+	}
+	if a := tc.Authz; a != nil {
+		if a.PolicyFile != "" {
+			o.AuthzFile = inTaskDir(taskDir, a.PolicyFile)
+		}
+		o.Crunch, o.CoordinatorCertHashes = a.Crunch, a.CertHashes
+		if a.CRL != "" {
+			o.CRLFile = inTaskDir(taskDir, a.CRL)
+		}
+		o.CRLURLs = runneropts.SplitList(a.CRLURL)
+		if a.CRLGrace != "" {
+			o.CRLGrace, _ = time.ParseDuration(a.CRLGrace) // TaskConfig.Validate checked it
+		}
+	}
+	if tc.Delegation != "" {
+		o.DelegationFile = inTaskDir(taskDir, tc.Delegation)
+	}
+	if tc.HealthPort != "" {
+		health, err := listenAddress(cfg, tc.HealthPort)
+		if err != nil {
+			return o, err
+		}
+		o.HealthListen = health
+	}
+	if tc.CallTimeout != "" {
+		o.CallTimeout, _ = time.ParseDuration(tc.CallTimeout) // validated
+	}
+	if tc.MaxQueue > 0 {
+		o.MaxQueue = tc.MaxQueue
+	}
+	// The runner would refuse the same; refusing here says so in the
+	// task's events instead of in a runner that exits at once.
+	if err := o.Validate(); err != nil {
+		return o, fmt.Errorf("modelbox: runner options: %w", err)
+	}
+	return o, nil
+}
+
+// vaultOptions has the runner sign its own certificate with Vault for the
+// model's long-lived key, with the task's Vault token.
+func vaultOptions(o *runneropts.Options, v *TLSVaultConfig, cfg *drivers.TaskConfig) {
+	o.VaultKey, o.CommonName = v.KeyPath, v.CommonName
+	if o.VaultKey == "" {
+		o.VaultKey = DefaultKeyMount + "/" + cfg.JobID
+	}
+	if o.CommonName == "" {
+		o.CommonName = names.RunnerCommonName(cfg.JobID)
+	}
+	o.VaultSign, o.VaultAddr = v.SignPath, v.Address
+	o.VaultTokenFile = filepath.Join(cfg.TaskDir().SecretsDir, "vault_token")
+	if v.TTL != "" {
+		o.CertTTL, _ = time.ParseDuration(v.TTL) // validated
+	}
 }
 
 // startRunner starts the runner in its own session (so it survives a plugin
 // restart), writing to the task's log fifos.
-// vaultArgs has the runner sign its own certificate with Vault for the
-// model's long-lived key, with the task's Vault token.
-func vaultArgs(v *TLSVaultConfig, cfg *drivers.TaskConfig) []string {
-	keyPath, name := v.KeyPath, v.CommonName
-	if keyPath == "" {
-		keyPath = DefaultKeyMount + "/" + cfg.JobID
-	}
-	if name == "" {
-		name = names.RunnerCommonName(cfg.JobID)
-	}
-	args := []string{"--tls-vault-sign", v.SignPath, "--tls-vault-key", keyPath, "--tls-common-name", name,
-		"--vault-addr", v.Address, "--vault-token-file", filepath.Join(cfg.TaskDir().SecretsDir, "vault_token")}
-	if v.TTL != "" {
-		args = append(args, "--tls-ttl", v.TTL)
-	}
-	return args
-}
-
 func startRunner(path string, args []string, cfg *drivers.TaskConfig) (*os.Process, error) {
 	stdout, err := openLog(cfg.StdoutPath)
 	if err != nil {

@@ -24,11 +24,11 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
-	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	"github.com/modelnodes/modelnodes/delegation"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner/authz"

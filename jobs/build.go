@@ -8,6 +8,7 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/modelnodes/modelnodes/driver/taskconfig"
 	"github.com/modelnodes/modelnodes/names"
 )
 
@@ -171,58 +172,9 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	job.Datacenters = o.Datacenters
 	job.Meta = jobMeta(m, opts)
 
-	runtime := m.Runtime
-	if runtime == "" {
-		runtime = "python"
-	}
-	cfg := map[string]any{
-		"model_dir": "local/model",
-		"runtime":   runtime,
-		"port":      PortLabel,
-	}
-	if m.ArtifactURL == "" {
-		cfg["model_dir"] = m.ModelDir
-	}
-	if m.Entry != "" {
-		cfg["entry"] = m.Entry
-	}
-	if o.Plaintext {
-		cfg["plaintext"] = true
-	} else {
-		if o.RunnerVaultAddr != "" {
-			signPath := strings.Replace(o.PKIIssuePath, "/issue/", "/sign/", 1)
-			cfg["tls"] = []map[string]any{{"client_ca": ClientCA, "vault": []map[string]any{{
-				"address": o.RunnerVaultAddr, "sign_path": signPath, "ttl": o.CertTTL,
-			}}}}
-			cfg["delegation"] = DelegationFile
-		} else {
-			cfg["tls"] = []map[string]any{{"cert": TLSBundle, "key": TLSBundle, "client_ca": ClientCA}}
-		}
-		// Only the crunch's coordinator may call: its certificate must name
-		// the crunch and, when the chain records them, its key must hash to
-		// one of the coordinator's on-chain hashes (docs/security.md).
-		az := map[string]any{"crunch": m.Crunch}
-		var hashes []string
-		for _, h := range []string{m.CertHash, m.CertHashSecondary} {
-			if h != "" {
-				hashes = append(hashes, h)
-			}
-		}
-		if len(hashes) > 0 {
-			az["cert_hashes"] = hashes
-		}
-		if o.CRLURL != "" {
-			az["crl_url"] = o.CRLURL
-		}
-		cfg["authz"] = []map[string]any{az}
-		// mTLS on the model port refuses Consul's check (it has no client
-		// certificate): the runner also serves plaintext gRPC health, and
-		// nothing else, on its own port.
-		cfg["health_port"] = HealthPortLabel
-	}
-
+	cfg := taskConfig(m, &o)
 	task := nomadapi.NewTask(TaskName, o.Driver)
-	task.Config = cfg
+	task.Config = cfg.Map()
 	cpu, mem, gpus := resources(m)
 	task.Resources = &nomadapi.Resources{CPU: &cpu, MemoryMB: &mem}
 	if gpus > 0 {
@@ -332,6 +284,45 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	tg.AddTask(task)
 	job.AddTaskGroup(tg)
 	return job, nil
+}
+
+// taskConfig is the modelbox driver's config block for m.
+func taskConfig(m *Model, o *Options) *taskconfig.Config {
+	runtime := m.Runtime
+	if runtime == "" {
+		runtime = "python"
+	}
+	cfg := &taskconfig.Config{ModelDir: "local/model", Runtime: runtime, Port: PortLabel, Entry: m.Entry}
+	if m.ArtifactURL == "" {
+		cfg.ModelDir = m.ModelDir
+	}
+	if o.Plaintext {
+		cfg.Plaintext = true
+	} else {
+		cfg.TLS = &taskconfig.TLS{ClientCA: ClientCA}
+		if o.RunnerVaultAddr != "" {
+			cfg.TLS.Vault = &taskconfig.TLSVault{
+				Address: o.RunnerVaultAddr, SignPath: strings.Replace(o.PKIIssuePath, "/issue/", "/sign/", 1), TTL: o.CertTTL,
+			}
+			cfg.Delegation = DelegationFile
+		} else {
+			cfg.TLS.Cert, cfg.TLS.Key = TLSBundle, TLSBundle
+		}
+		// Only the crunch's coordinator may call: its certificate must name
+		// the crunch and, when the chain records them, its key must hash to
+		// one of the coordinator's on-chain hashes (docs/security.md).
+		cfg.Authz = &taskconfig.Authz{Crunch: m.Crunch, CRLURL: o.CRLURL}
+		for _, h := range []string{m.CertHash, m.CertHashSecondary} {
+			if h != "" {
+				cfg.Authz.CertHashes = append(cfg.Authz.CertHashes, h)
+			}
+		}
+		// mTLS on the model port refuses Consul's check (it has no client
+		// certificate): the runner also serves plaintext gRPC health, and
+		// nothing else, on its own port.
+		cfg.HealthPort = HealthPortLabel
+	}
+	return cfg
 }
 
 func crunchMeta(m *Model) string {

@@ -25,8 +25,8 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
-	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/authz"

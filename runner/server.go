@@ -36,17 +36,18 @@ import (
 	tipb "github.com/modelnodes/modelnodes/proto/train_infer"
 	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/runner/frame"
+	"github.com/modelnodes/modelnodes/runner/runneropts"
 	"github.com/modelnodes/modelnodes/runner/worker"
 )
 
 // DefaultMaxRecvBytes is the largest request accepted: CrunchDAO's runner
 // takes 64 MiB (grpc-go's own default is 4 MiB).
-const DefaultMaxRecvBytes = 64 << 20
+const DefaultMaxRecvBytes = runneropts.DefaultMaxRecvBytes
 
 // DefaultMaxStreamsPerConn is a connection's concurrent calls: with the
 // 4 MiB stream window, a connection can make the runner buffer at most
 // 32 × 4 MiB of requests that wait for admission.
-const DefaultMaxStreamsPerConn = 32
+const DefaultMaxStreamsPerConn = runneropts.DefaultMaxStreamsPerConn
 
 // Service names, as health checks and reflection know them.
 const (

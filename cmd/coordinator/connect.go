@@ -23,10 +23,10 @@ import (
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/client/discovery/dnssrv"
-	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	"github.com/modelnodes/modelnodes/internal/envflag"
-	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
+	"github.com/modelnodes/modelnodes/pki/vaultpki"
 )
 
 // common are the flags every command shares: where the models are and how

@@ -15,8 +15,8 @@ import (
 	"github.com/modelnodes/modelnodes/delegation"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
-	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/runner"
 )
 

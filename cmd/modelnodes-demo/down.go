@@ -15,8 +15,8 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 	"github.com/modelnodes/modelnodes/internal/procfs"
+	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 	"github.com/modelnodes/modelnodes/names"
 )
 

@@ -1,0 +1,94 @@
+package runner_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/modelnodes/modelnodes/runner"
+	"github.com/modelnodes/modelnodes/runner/runneropts"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// A program embeds the runner through Run: it serves the model, its health
+// port and metrics, and returns once its context ends.
+func TestRunServesUntilCanceled(t *testing.T) {
+	o := runneropts.Defaults()
+	o.ModelDir, o.Runtime, o.Entry, o.Plaintext = t.TempDir(), "executable", exampleModel(t), true
+	o.Listen, o.HealthListen, o.MetricsListen = freeAddr(t), freeAddr(t), freeAddr(t)
+	o.LogLevel = "warn"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- runner.Run(ctx, o) }()
+
+	for _, addr := range []string{o.Listen, o.HealthListen} {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		(&harness{t: t, health: healthpb.NewHealthClient(conn)}).ready()
+	}
+	resp, err := http.Get("http://" + o.MetricsListen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "modelnodes_runner_worker_up 1") {
+		t.Errorf("metrics lack the worker's state:\n%s", body)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after cancel: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return within 20s of its context ending")
+	}
+	if _, err := net.DialTimeout("tcp", o.Listen, time.Second); err == nil {
+		t.Error("the model port still accepts connections after Run returned")
+	}
+}
+
+// Run refuses what the command would refuse, before it starts anything.
+func TestRunRefusesBadOptions(t *testing.T) {
+	for name, c := range map[string]struct {
+		edit func(o *runneropts.Options)
+		want string
+	}{
+		"no model dir": {func(o *runneropts.Options) {}, "--model-dir is required"},
+		"no tls":       {func(o *runneropts.Options) { o.ModelDir = t.TempDir() }, "refusing to serve without TLS"},
+		"missing dir":  {func(o *runneropts.Options) { o.ModelDir, o.Plaintext = "/does/not/exist", true }, "/does/not/exist is not a directory"},
+		"not a program": {func(o *runneropts.Options) {
+			o.ModelDir, o.Plaintext, o.Runtime, o.Entry = t.TempDir(), true, "executable", "missing"
+		}, "is not an executable file"},
+	} {
+		o := runneropts.Defaults()
+		c.edit(&o)
+		o.Listen = freeAddr(t)
+		if err := runner.Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+}
