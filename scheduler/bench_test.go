@@ -16,10 +16,13 @@ import (
 	solana "github.com/gagliardetto/solana-go"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
+	"github.com/modelnodes/modelnodes/scheduler/source"
+	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
 )
 
 func cpuTime() time.Duration {
@@ -78,7 +81,7 @@ func BenchmarkReconcile10k(b *testing.B) {
 			JobSummary: &nomadapi.JobSummary{JobID: *job.ID, Namespace: "default",
 				Summary: map[string]nomadapi.TaskGroupSummary{"model": {Running: 1}}}})
 	}
-	w.Report("chain", Snapshot{Models: models})
+	w.Report("chain", source.Snapshot{Models: models})
 	srv, other := recordedNomad(b, stubs)
 	nc, err := nomad.New(nomad.Config{Address: srv.URL})
 	if err != nil {
@@ -120,14 +123,14 @@ func BenchmarkChainToJob(b *testing.B) {
 	cl := testcluster.Shared(b, testcluster.Nomad)
 	nc := nomad.Wrap(cl.Nomad.Client)
 	b.Cleanup(func() { purgeAll(b, nc) })
-	f := startFront(b)
-	c := newChain(b, f)
+	f := solanatest.StartFront(b)
+	c := solanatest.NewChain(b, f)
 	key := solana.NewWallet().PublicKey()
-	f.setAccount(b, key, c.program, c.auth("bench", true, 256).Encode())
+	f.SetAccount(b, key, c.Program, c.Auth("bench", true, 256).Encode())
 	jobID := jobOf(c, "bench")
-	startScheduler(b, nc, nil, nil, &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: time.Minute})
+	startScheduler(b, nc, nil, nil, &solanasrc.Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Resync: time.Minute})
 	waitJobs(b, nc, 30*time.Second, "bench job registered", func(m map[string]nomad.JobStub) bool { _, ok := m[jobID]; return ok })
-	waitSubscribed(b, f, 1)
+	f.WaitSubscribed(b, 1)
 	time.Sleep(1500 * time.Millisecond) // past the post-subscribe resync
 
 	mem := uint32(256)
@@ -154,13 +157,13 @@ func BenchmarkChainToJob(b *testing.B) {
 				mem++
 				t0 := time.Now()
 				if path == "chain-websocket" {
-					f.setAccount(b, key, c.program, c.auth("bench", true, mem).Encode())
+					f.SetAccount(b, key, c.Program, c.Auth("bench", true, mem).Encode())
 				} else {
 					list, err := nc.ListJobs(context.Background(), jobID)
 					if err != nil || len(list) != 1 {
 						b.Fatalf("list: %v", err)
 					}
-					m := jobs.Model{Crunch: "mid-one", CrunchID: c.crunch.String(), ModelID: "bench", Hardware: jobs.CPU,
+					m := jobs.Model{Crunch: "mid-one", CrunchID: c.Crunch.String(), ModelID: "bench", Hardware: jobs.CPU,
 						ArtifactURL: "http://127.0.0.1:1/bench.tar.gz", ArtifactSHA256: strings.Repeat("ab", 32), MemoryMB: int(mem), Running: true}
 					job, _ := jobs.Build(&m, testOptions)
 					if err := nc.Register(context.Background(), job, list[0].JobModifyIndex); err != nil {

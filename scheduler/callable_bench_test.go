@@ -28,6 +28,7 @@ import (
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
@@ -35,7 +36,8 @@ import (
 	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner/authz"
-	"github.com/modelnodes/modelnodes/scheduler/onchain"
+	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
+	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 )
 
 // The model of BenchmarkAuthorizationToCallable: the Go example model
@@ -82,28 +84,28 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 
 	artURL, artSum := serveExampleModel(b)
 	coord := onboardCoordinator(b, ctx, cl, callableCrunch)
-	f := startFront(b)
-	c := newChain(b, f)
+	f := solanatest.StartFront(b)
+	c := solanatest.NewChain(b, f)
 	cr := &onchain.Crunch{Name: callableCrunch, Bump: 255}
-	copy(cr.Coordinator[:], c.coord[:])
+	copy(cr.Coordinator[:], c.Coord[:])
 	hashBytes(b, authz.SPKIHash(coord.issuer.Certificate().Leaf), &cr.CertHash)
-	f.setAccount(b, c.crunch, c.program, cr.Encode())
+	f.SetAccount(b, c.Crunch, c.Program, cr.Encode())
 
 	auth := func(id string, running bool) *onchain.ModelAuthorization {
-		a := c.auth(id, running, callableMemory)
+		a := c.Auth(id, running, callableMemory)
 		a.ArtifactURI, a.ArtifactSHA256 = artURL, artSum
 		a.Runtime, a.Entry, a.CPUMHz = onchain.RuntimeExecutable, "example-model", callableCPU
 		return a
 	}
-	// model is what the scheduler derives from auth(id) (SolanaSource's
+	// model is what the scheduler derives from auth(id) (the solana source's
 	// snapshot); the chain path checks the spec hashes agree.
 	model := func(id string) jobs.Model {
 		a := auth(id, true)
-		return jobs.Model{Crunch: cr.Name, CrunchID: c.crunch.String(), ModelID: id,
+		return jobs.Model{Crunch: cr.Name, CrunchID: c.Crunch.String(), ModelID: id,
 			Cruncher: solana.PublicKeyFromBytes(a.Cruncher[:]).String(), Hotkey: solana.PublicKeyFromBytes(a.Hotkey[:]).String(),
 			SubmissionID: a.SubmissionID, ArtifactURL: a.ArtifactURI, ArtifactSHA256: onchain.HashHex(a.ArtifactSHA256),
 			Runtime: "executable", Entry: a.Entry, Hardware: jobs.CPU, CPU: int(a.CPUMHz), MemoryMB: int(a.MemoryMB),
-			Coordinator: c.coord.String(), CertHash: onchain.HashHex(cr.CertHash), Running: true}
+			Coordinator: c.Coord.String(), CertHash: onchain.HashHex(cr.CertHash), Running: true}
 	}
 
 	// Production's options: runners fetch the test Vault's revocation lists.
@@ -111,11 +113,11 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
 	for _, path := range []string{"direct-nomad", "chain-scheduler"} {
 		b.Run(fmt.Sprintf("models=%d/path=%s", callableModels, path), func(b *testing.B) {
-			tr := watchMilestones(b, ctx, cl, coord, c.crunch.String())
+			tr := watchMilestones(b, ctx, cl, coord, c.Crunch.String())
 			if path == "chain-scheduler" {
 				startSchedulerWith(b, func(s *Scheduler) { s.Reconciler.Options = &opts }, nc, nc, nil,
-					&SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: time.Minute})
-				waitSubscribed(b, f, 1)
+					&solanasrc.Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Resync: time.Minute})
+				f.WaitSubscribed(b, 1)
 				time.Sleep(1500 * time.Millisecond) // past the post-subscribe resync
 			}
 			var all []*milestones
@@ -132,7 +134,7 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 				for i := range ms {
 					round[i].planted = time.Now()
 					if path == "chain-scheduler" {
-						f.setAccount(b, keys[i], c.program, auth(ms[i].ModelID, true).Encode())
+						f.SetAccount(b, keys[i], c.Program, auth(ms[i].ModelID, true).Encode())
 						continue
 					}
 					job, err := jobs.Build(&ms[i], &opts)
@@ -150,7 +152,7 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 				if path == "chain-scheduler" {
 					checkSameJobs(b, nc, &opts, ms)
 					for i := range ms {
-						f.setAccount(b, keys[i], c.program, auth(ms[i].ModelID, false).Encode())
+						f.SetAccount(b, keys[i], c.Program, auth(ms[i].ModelID, false).Encode())
 					}
 					waitJobs(b, nc, time.Minute, "the scheduler stopped the round's jobs", func(js map[string]nomad.JobStub) bool {
 						for i := range ms {
@@ -438,7 +440,7 @@ func checkSameJobs(b *testing.B, nc *nomad.Client, opts *jobs.Options, ms []jobs
 	}
 	for i := range ms {
 		if got, want := spec[jobs.JobID(&ms[i])], jobs.SpecHash(&ms[i], opts); got != want {
-			b.Fatalf("the scheduler's job for %s has spec %q, the baseline's model %q: the benchmark's model() no longer matches SolanaSource",
+			b.Fatalf("the scheduler's job for %s has spec %q, the baseline's model %q: the benchmark's model() no longer matches the solana source's",
 				ms[i].ModelID, got, want)
 		}
 	}

@@ -5,10 +5,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/modelnodes/modelnodes/scheduler/observer"
 )
 
 // Metrics are the scheduler's Prometheus metrics, on their own registry.
-// A nil *Metrics records nothing.
+// A nil *Metrics records nothing. The observer records through the
+// exported methods (observer.Metrics).
 type Metrics struct {
 	Registry *prometheus.Registry
 
@@ -115,16 +118,19 @@ func (m *Metrics) nomadWrite(op string) {
 	m.writes.WithLabelValues(op).Inc()
 }
 
-func (m *Metrics) setStates(counts map[string]int) {
+// ModelStates sets the models gauge to counts, by observed state; it
+// implements observer.Metrics.
+func (m *Metrics) ModelStates(counts map[string]int) {
 	if m == nil {
 		return
 	}
-	for _, s := range []string{StatePending, StateRunning, StateHealthy, StateFailed, StateBackoff, StateStopped} {
+	for _, s := range observer.AllStates {
 		m.models.WithLabelValues(s).Set(float64(counts[s]))
 	}
 }
 
-func (m *Metrics) backoff() {
+// CrashLoopHold counts a crash-loop hold; it implements observer.Metrics.
+func (m *Metrics) CrashLoopHold() {
 	if m == nil {
 		return
 	}

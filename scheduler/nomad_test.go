@@ -21,13 +21,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelnodes/modelnodes/names"
+
 	solana "github.com/gagliardetto/solana-go"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
-	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
+	"github.com/modelnodes/modelnodes/scheduler/leader"
+	"github.com/modelnodes/modelnodes/scheduler/observer"
+	"github.com/modelnodes/modelnodes/scheduler/source"
+	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
+	"github.com/modelnodes/modelnodes/scheduler/source/yamlfile"
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
@@ -47,12 +54,12 @@ type runningScheduler struct {
 	passes chan Result
 }
 
-func startScheduler(t testing.TB, nc NomadJobs, ev NomadEvents, el Elector, sources ...Source) *runningScheduler {
+func startScheduler(t testing.TB, nc NomadJobs, ev observer.NomadEvents, el Elector, sources ...source.Source) *runningScheduler {
 	return startSchedulerWith(t, nil, nc, ev, el, sources...)
 }
 
 // startSchedulerWith lets adjust changes the scheduler before it runs.
-func startSchedulerWith(t testing.TB, adjust func(*Scheduler), nc NomadJobs, ev NomadEvents, el Elector, sources ...Source) *runningScheduler {
+func startSchedulerWith(t testing.TB, adjust func(*Scheduler), nc NomadJobs, ev observer.NomadEvents, el Elector, sources ...source.Source) *runningScheduler {
 	rs := &runningScheduler{done: make(chan struct{}), passes: make(chan Result, 1000)}
 	rs.s = &Scheduler{
 		Sources:    sources,
@@ -70,7 +77,7 @@ func startSchedulerWith(t testing.TB, adjust func(*Scheduler), nc NomadJobs, ev 
 		},
 	}
 	if ev != nil {
-		rs.s.Observer = &Observer{Nomad: ev, Backoff: Backoff{Failures: 1000}}
+		rs.s.Observer = &observer.Observer{Nomad: ev, Backoff: observer.Backoff{Failures: 1000}}
 	}
 	if adjust != nil {
 		adjust(rs.s)
@@ -122,8 +129,8 @@ func purgeAll(t testing.TB, nc *nomad.Client) {
 	}
 }
 
-func jobOf(c *chainFixture, modelID string) string {
-	m := jobs.Model{Crunch: "mid-one", CrunchID: c.crunch.String(), ModelID: modelID}
+func jobOf(c *solanatest.Chain, modelID string) string {
+	m := jobs.Model{Crunch: "mid-one", CrunchID: c.Crunch.String(), ModelID: modelID}
 	return jobs.JobID(&m)
 }
 
@@ -134,13 +141,13 @@ func TestChainDrivesNomad(t *testing.T) {
 	cl := testcluster.Shared(t, testcluster.Nomad)
 	nc := nomad.Wrap(cl.Nomad.Client)
 	t.Cleanup(func() { purgeAll(t, nc) })
-	f := startFront(t)
-	c := newChain(t, f)
+	f := solanatest.StartFront(t)
+	c := solanatest.NewChain(t, f)
 	keyA, keyB := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
-	f.setAccount(t, keyA, c.program, c.auth("model-a", true, 0).Encode())
-	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 0).Encode())
-	newSource := func() *SolanaSource {
-		return &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: 3 * time.Second}
+	f.SetAccount(t, keyA, c.Program, c.Auth("model-a", true, 0).Encode())
+	f.SetAccount(t, keyB, c.Program, c.Auth("model-b", true, 0).Encode())
+	newSource := func() *solanasrc.Source {
+		return &solanasrc.Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Resync: 3 * time.Second}
 	}
 	s1 := startScheduler(t, nc, nc, nil, newSource())
 	jobA, jobB := jobOf(c, "model-a"), jobOf(c, "model-b")
@@ -148,7 +155,7 @@ func TestChainDrivesNomad(t *testing.T) {
 	js := waitJobs(t, nc, 30*time.Second, "both models registered", func(m map[string]nomad.JobStub) bool {
 		return len(m) == 2 && !m[jobA].Stop && !m[jobB].Stop
 	})
-	if js[jobA].Meta[names.MetaModel] != "model-a" || js[jobA].Meta[names.MetaCrunch] != c.crunch.String() {
+	if js[jobA].Meta[names.MetaModel] != "model-a" || js[jobA].Meta[names.MetaCrunch] != c.Crunch.String() {
 		t.Fatalf("job meta: %v", js[jobA].Meta)
 	}
 	job, _, err := cl.Nomad.Client.Jobs().Info(jobA, nil)
@@ -160,19 +167,19 @@ func TestChainDrivesNomad(t *testing.T) {
 	}
 
 	// Change: more memory for B -> B updated in place.
-	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 1024).Encode())
+	f.SetAccount(t, keyB, c.Program, c.Auth("model-b", true, 1024).Encode())
 	waitJobs(t, nc, 10*time.Second, "model-b updated", func(m map[string]nomad.JobStub) bool {
 		j, _, err := cl.Nomad.Client.Jobs().Info(jobB, nil)
 		return err == nil && *j.TaskGroups[0].Tasks[0].Resources.MemoryMB == 1024
 	})
 	// Desired STOPPED -> B stopped; A's authorization closed -> A stopped.
-	f.setAccount(t, keyB, c.program, c.auth("model-b", false, 1024).Encode())
-	f.closeAccount(t, keyA)
+	f.SetAccount(t, keyB, c.Program, c.Auth("model-b", false, 1024).Encode())
+	f.CloseAccount(t, keyA)
 	waitJobs(t, nc, 15*time.Second, "both stopped", func(m map[string]nomad.JobStub) bool {
 		return m[jobA].Stop && m[jobB].Stop
 	})
 	// B back to RUNNING.
-	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 1024).Encode())
+	f.SetAccount(t, keyB, c.Program, c.Auth("model-b", true, 1024).Encode())
 	before := waitJobs(t, nc, 10*time.Second, "model-b running again", func(m map[string]nomad.JobStub) bool {
 		return !m[jobB].Stop && m[jobA].Stop
 	})
@@ -280,14 +287,14 @@ func TestTwoSchedulersOneLeader(t *testing.T) {
 	nc := nomad.Wrap(cl.Nomad.Client)
 	t.Cleanup(func() { purgeAll(t, nc) })
 	path := modelsFile(t, fileModel("one"))
-	lock := func(name string) *ConsulLock {
-		return &ConsulLock{Client: cl.Consul.Client, Key: "modelnodes/scheduler/test-leader", Instance: name,
+	lock := func(name string) *leader.ConsulLock {
+		return &leader.ConsulLock{Client: cl.Consul.Client, Key: "modelnodes/scheduler/test-leader", Instance: name,
 			SessionTTL: 10 * time.Second, LockDelay: 500 * time.Millisecond}
 	}
 	var writes [2]atomic.Int64
 	counting := func(i int) NomadJobs { return &countingJobs{NomadJobs: nc, n: &writes[i]} }
-	a := startScheduler(t, counting(0), nil, lock("a"), &FileSource{Path: path, Interval: 50 * time.Millisecond})
-	b := startScheduler(t, counting(1), nil, lock("b"), &FileSource{Path: path, Interval: 50 * time.Millisecond})
+	a := startScheduler(t, counting(0), nil, lock("a"), &yamlfile.Source{Path: path, Interval: 50 * time.Millisecond})
+	b := startScheduler(t, counting(1), nil, lock("b"), &yamlfile.Source{Path: path, Interval: 50 * time.Millisecond})
 
 	waitJobs(t, nc, 20*time.Second, "model one registered", func(m map[string]nomad.JobStub) bool { return len(m) == 1 })
 	// Watch for 3 s while the desired state changes: at most one leads.
@@ -392,7 +399,7 @@ func TestNomadGoesAwayMidReconcile(t *testing.T) {
 		ms = append(ms, fileModel("m"+string(rune('a'+i/26))+string(rune('a'+i%26))))
 	}
 	path := modelsFile(t, ms...)
-	s := startScheduler(t, viaProxy, nil, nil, &FileSource{Path: path})
+	s := startScheduler(t, viaProxy, nil, nil, &yamlfile.Source{Path: path})
 	got := waitJobs(t, direct, 60*time.Second, "all 30 registered after the outage", func(m map[string]nomad.JobStub) bool {
 		if len(m) != 30 {
 			return false
@@ -428,7 +435,7 @@ func TestStatusReportsFailedModel(t *testing.T) {
 	t.Cleanup(func() { purgeAll(t, nc) })
 	requireModelbox(t, cl.Nomad.Client)
 	m := fileModel("broken") // artifact at 127.0.0.1:1: connection refused
-	s := startScheduler(t, nc, nc, nil, &FileSource{Path: modelsFile(t, m)})
+	s := startScheduler(t, nc, nc, nil, &yamlfile.Source{Path: modelsFile(t, m)})
 	id := jobs.JobID(&m)
 	srv := httptest.NewServer(s.s.Handler())
 	defer srv.Close()
@@ -438,7 +445,7 @@ func TestStatusReportsFailedModel(t *testing.T) {
 		last = nil
 		getJSON(t, srv.URL+"/v1/models", &last)
 		for _, ms := range last {
-			if ms.JobID == id && ms.State == StateFailed {
+			if ms.JobID == id && ms.State == observer.StateFailed {
 				if ms.Desired != "running" || !strings.Contains(ms.Reason, "artifact") || ms.Allocation == "" {
 					t.Fatalf("failed model without its cause (the artifact) or allocation: %+v", ms)
 				}
@@ -532,7 +539,7 @@ func TestJobStoppedByHandIsRestored(t *testing.T) {
 	nc := nomad.Wrap(cl.Nomad.Client)
 	t.Cleanup(func() { purgeAll(t, nc) })
 	m := fileModel("handstop")
-	startSchedulerWith(t, func(s *Scheduler) { s.Resync = time.Hour }, nc, nc, nil, &FileSource{Path: modelsFile(t, m)})
+	startSchedulerWith(t, func(s *Scheduler) { s.Resync = time.Hour }, nc, nc, nil, &yamlfile.Source{Path: modelsFile(t, m)})
 	id := jobs.JobID(&m)
 	waitJobs(t, nc, 20*time.Second, "registered", func(j map[string]nomad.JobStub) bool { _, ok := j[id]; return ok })
 	time.Sleep(500 * time.Millisecond) // let the passes that followed the registration settle
@@ -566,7 +573,7 @@ func TestScheduledModelTurnsHealthy(t *testing.T) {
 	// Production's revocation list: the runner fetches Vault's CRL.
 	opts := *testOptions
 	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
-	s := startSchedulerWith(t, func(s *Scheduler) { s.Reconciler.Options = &opts }, nc, nc, nil, &FileSource{Path: modelsFile(t, m)})
+	s := startSchedulerWith(t, func(s *Scheduler) { s.Reconciler.Options = &opts }, nc, nc, nil, &yamlfile.Source{Path: modelsFile(t, m)})
 	srv := httptest.NewServer(s.s.Handler())
 	defer srv.Close()
 	id := jobs.JobID(&m)
@@ -576,11 +583,11 @@ func TestScheduledModelTurnsHealthy(t *testing.T) {
 		last = nil
 		getJSON(t, srv.URL+"/v1/models", &last)
 		for _, ms := range last {
-			if ms.JobID == id && ms.State == StateHealthy {
+			if ms.JobID == id && ms.State == observer.StateHealthy {
 				checkRunnerCertificate(t, cl.Nomad.Client, ms.Allocation, id+".crunchdao.internal")
 				return
 			}
-			if ms.JobID == id && ms.State == StateFailed {
+			if ms.JobID == id && ms.State == observer.StateFailed {
 				t.Fatalf("scheduled model failed: %s", ms.Reason)
 			}
 		}

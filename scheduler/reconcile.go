@@ -7,11 +7,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/modelnodes/modelnodes/names"
+
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/modelnodes/modelnodes/internal/redact"
 	"github.com/modelnodes/modelnodes/jobs"
-	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 )
 
@@ -29,15 +31,17 @@ type NomadJobs interface {
 }
 
 // Reconciler makes Nomad's jobs match the desired state. It is level
-// triggered: every pass reads all our jobs (one List call) and compares them
-// with the whole desired state, so a missed event or a crash between two
-// writes is repaired by the next pass; writes use check-and-set, so two
-// writers (which the leader lock already prevents) cannot duplicate a job.
+// triggered: every pass reads all our jobs (one List call), plans from them
+// and the whole desired state (Plan), then makes the writes (Apply); a
+// missed event or a crash between two writes is repaired by the next pass.
+// Writes use check-and-set, so two writers (which the leader lock already
+// prevents) cannot duplicate a job.
 type Reconciler struct {
-	Nomad   NomadJobs
+	Nomad NomadJobs
+	// Options are the deployment's job options (jobs.Build).
 	Options *jobs.Options
 	// PurgeAfter is how long a stopped job stays visible before it is
-	// purged (default 24 h).
+	// purged (default DefaultPurgeAfter).
 	PurgeAfter time.Duration
 	// Concurrency bounds the writes in flight (default 4).
 	Concurrency int
@@ -45,6 +49,10 @@ type Reconciler struct {
 	Metrics     *Metrics
 	now         func() time.Time
 }
+
+// DefaultPurgeAfter is how long a stopped job stays before it is purged
+// when Reconciler.PurgeAfter is not set.
+const DefaultPurgeAfter = 24 * time.Hour
 
 // Result counts what one pass did.
 type Result struct {
@@ -57,162 +65,152 @@ func (r Result) String() string {
 		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, len(r.Errors))
 }
 
-// Reconcile runs one pass. desired maps job ids to models; held job ids are
-// kept stopped (crash-loop backoff). complete says every source has been
-// read: until then nothing is stopped or purged, since an absent model
-// could simply not have been read yet. The pass decides every write from
-// one listing, then makes the writes with bounded concurrency.
-func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired, held map[string]bool, complete bool) (Result, error) {
-	var res Result
-	log := r.Logger
-	if log == nil {
-		log = hclog.NewNullLogger()
+// add counts other's writes and errors into r.
+func (r *Result) add(other Result) {
+	r.Registered += other.Registered
+	r.Updated += other.Updated
+	r.Stopped += other.Stopped
+	r.Purged += other.Purged
+	r.Unchanged += other.Unchanged
+	r.Held += other.Held
+	r.Errors = append(r.Errors, other.Errors...)
+}
+
+func (r *Reconciler) log() hclog.Logger {
+	if r.Logger == nil {
+		return hclog.NewNullLogger()
 	}
+	return r.Logger
+}
+
+// Reconcile runs one pass: it lists our jobs, plans (Plan) and applies the
+// plan (Apply). desired maps job ids to models; held job ids are kept
+// stopped (crash-loop backoff). complete says every source has been read:
+// until then nothing is stopped or purged, since an absent model could
+// simply not have been read yet. An error is the listing's or ctx's; the
+// writes' own errors are in the result.
+func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired, held map[string]bool, complete bool) (Result, error) {
 	now := time.Now
 	if r.now != nil {
 		now = r.now
 	}
 	purgeAfter := r.PurgeAfter
 	if purgeAfter <= 0 {
-		purgeAfter = 24 * time.Hour
+		purgeAfter = DefaultPurgeAfter
 	}
 	existing, err := r.Nomad.ListJobs(ctx, names.JobPrefix)
 	if err != nil {
-		return res, err
+		return Result{}, err
 	}
-	have := make(map[string]*nomad.JobStub, len(existing))
-	for i := range existing {
-		have[existing[i].ID] = &existing[i]
+	actions, res := Plan(Want{Models: desired, Complete: complete}, Actual{Jobs: existing, Held: held, Now: now()}, purgeAfter)
+	for _, err := range res.Errors {
+		r.log().Error("reconcile", "error", redact.Error(err))
 	}
+	done, err := r.Apply(ctx, actions)
+	res.add(done)
+	return res, err
+}
+
+// Apply makes the writes of a plan, Concurrency at a time (default 4), so
+// that a first pass over thousands of models does not wait for each write
+// in turn. Each write stands alone: a failed one is logged and recorded in
+// the result's Errors, and the others go on. When ctx ends, the writes not
+// yet started are dropped and Apply returns ctx's error with what was done.
+func (r *Reconciler) Apply(ctx context.Context, actions []Action) (Result, error) {
+	var res Result
 	var mu sync.Mutex
-	fail := func(err error) {
-		mu.Lock()
-		res.Errors = append(res.Errors, err)
-		mu.Unlock()
-		log.Error("reconcile", "error", redactErr(err))
-	}
-	var ops []func(context.Context)
-
-	for id, d := range desired {
-		cur := have[id]
-		if cur != nil && cur.Meta[names.MetaManaged] != "true" {
-			fail(fmt.Errorf("job %s exists but was not created by the scheduler; leaving it alone (model %s of %s)", id, d.Model.ModelID, d.Model.Crunch))
-			continue
-		}
-		if !d.Model.Running || held[id] {
-			if held[id] {
-				res.Held++
-			}
-			continue // handled with the undesired jobs below
-		}
-		if cur != nil && !cur.Stop && cur.Meta[names.MetaSpec] == d.Spec {
-			res.Unchanged++
-			continue
-		}
-		ops = append(ops, func(ctx context.Context) {
-			job, err := jobs.Build(&d.Model, r.Options)
-			if err != nil {
-				fail(err)
-				return
-			}
-			job.Meta[names.MetaSource] = d.Source
-			var index uint64
-			if cur != nil {
-				index = cur.JobModifyIndex
-			}
-			if err := r.Nomad.Register(ctx, job, index); err != nil {
-				if errors.Is(err, nomad.ErrConflict) {
-					log.Warn("job changed under us; the next pass decides again", "job", id)
-				}
-				fail(err)
-				return
-			}
-			r.Metrics.nomadWrite("register")
-			mu.Lock()
-			defer mu.Unlock()
-			if cur == nil {
-				res.Registered++
-				log.Info("registered", "job", id, "crunch", d.Model.Crunch, "model", d.Model.ModelID)
-			} else {
-				res.Updated++
-				log.Info("updated", "job", id, "crunch", d.Model.Crunch, "model", d.Model.ModelID, "was_stopped", cur.Stop)
-			}
-		})
-	}
-
-	if complete {
-		for id, cur := range have {
-			if cur.Meta[names.MetaManaged] != "true" {
-				continue
-			}
-			d := desired[id]
-			if d != nil && d.Model.Running && !held[id] {
-				continue
-			}
-			if !cur.Stop {
-				why := "no longer authorized"
-				if d != nil && held[id] {
-					why = "crash-loop backoff"
-				} else if d != nil {
-					why = "desired state STOPPED"
-				}
-				ops = append(ops, func(ctx context.Context) {
-					if err := r.Nomad.Stop(ctx, id); err != nil {
-						fail(err)
-						return
-					}
-					r.Metrics.nomadWrite("stop")
-					mu.Lock()
-					res.Stopped++
-					mu.Unlock()
-					log.Info("stopped", "job", id, "reason", why)
-				})
-				continue
-			}
-			if held[id] || now().Sub(cur.SubmitTime) < purgeAfter {
-				continue
-			}
-			ops = append(ops, func(ctx context.Context) {
-				if err := r.Nomad.Purge(ctx, id); err != nil {
-					fail(err)
-					return
-				}
-				r.Metrics.nomadWrite("purge")
-				mu.Lock()
-				res.Purged++
-				mu.Unlock()
-				log.Info("purged", "job", id, "stopped_for", now().Sub(cur.SubmitTime).Round(time.Second))
-			})
-		}
-	}
-
+	work := make(chan Action)
 	workers := r.Concurrency
 	if workers <= 0 {
 		workers = 4
 	}
-	work := make(chan func(context.Context))
 	var wg sync.WaitGroup
-	for range min(workers, len(ops)) {
+	for range min(workers, len(actions)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for op := range work {
-				op(ctx)
+			for a := range work {
+				err := r.apply(ctx, a)
+				mu.Lock()
+				res.count(a, err)
+				mu.Unlock()
 			}
 		}()
 	}
 feed:
-	for _, op := range ops {
+	for _, a := range actions {
 		select {
-		case work <- op:
+		case work <- a:
 		case <-ctx.Done():
 			break feed
 		}
 	}
 	close(work)
 	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return res, err
+	return res, ctx.Err()
+}
+
+// count records the outcome of one action.
+func (r *Result) count(a Action, err error) {
+	switch {
+	case err != nil:
+		r.Errors = append(r.Errors, err)
+	case a.Op == OpRegister:
+		r.Registered++
+	case a.Op == OpUpdate:
+		r.Updated++
+	case a.Op == OpStop:
+		r.Stopped++
+	case a.Op == OpPurge:
+		r.Purged++
 	}
-	return res, nil
+}
+
+// apply makes one write, and logs and counts it.
+func (r *Reconciler) apply(ctx context.Context, a Action) error {
+	log := r.log()
+	var err error
+	switch a.Op {
+	case OpRegister, OpUpdate:
+		err = r.register(ctx, a)
+	case OpStop:
+		if err = r.Nomad.Stop(ctx, a.JobID); err == nil {
+			r.Metrics.nomadWrite("stop")
+			log.Info("stopped", "job", a.JobID, "reason", a.Reason)
+		}
+	case OpPurge:
+		if err = r.Nomad.Purge(ctx, a.JobID); err == nil {
+			r.Metrics.nomadWrite("purge")
+			log.Info("purged", "job", a.JobID, "stopped_for", a.StoppedFor.Round(time.Second))
+		}
+	default:
+		err = fmt.Errorf("job %s: unknown action %q", a.JobID, a.Op)
+	}
+	if err != nil {
+		log.Error("reconcile", "error", redact.Error(err))
+	}
+	return err
+}
+
+func (r *Reconciler) register(ctx context.Context, a Action) error {
+	log := r.log()
+	m := &a.Desired.Model
+	job, err := jobs.Build(m, r.Options)
+	if err != nil {
+		return err
+	}
+	job.Meta[names.MetaSource] = a.Desired.Source
+	if err := r.Nomad.Register(ctx, job, a.Index); err != nil {
+		if errors.Is(err, nomad.ErrConflict) {
+			log.Warn("job changed under us; the next pass decides again", "job", a.JobID)
+		}
+		return err
+	}
+	r.Metrics.nomadWrite("register")
+	if a.Op == OpRegister {
+		log.Info("registered", "job", a.JobID, "crunch", m.Crunch, "model", m.ModelID)
+	} else {
+		log.Info("updated", "job", a.JobID, "crunch", m.Crunch, "model", m.ModelID, "was_stopped", a.WasStopped)
+	}
+	return nil
 }

@@ -3,9 +3,14 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modelnodes/modelnodes/names"
+
+	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/nomad"
@@ -132,27 +137,70 @@ func TestReconcileHeldModelIsStopped(t *testing.T) {
 	}
 }
 
-// Fail static: a source that fails keeps its last good models.
-func TestWatcherKeepsLastGoodState(t *testing.T) {
-	w := NewWatcher([]string{"chain", "file"}, testOptions, nil)
-	a := testModel("demo", "a", true)
-	w.Report("chain", Snapshot{Models: []jobs.Model{a}})
-	if _, ready := w.Desired(); ready {
-		t.Fatal("ready before every source was read")
+// failingNomad refuses every write to one job.
+type failingNomad struct {
+	*fakeNomad
+	id string
+}
+
+func (f *failingNomad) Register(ctx context.Context, job *nomadapi.Job, idx uint64) error {
+	if *job.ID == f.id {
+		return fmt.Errorf("register %s: 500 internal error", f.id)
 	}
-	w.Report("file", Snapshot{})
-	w.Report("chain", Snapshot{Err: errors.New("rpc down")})
-	d, ready := w.Desired()
-	if !ready || len(d) != 1 || d[jobs.JobID(&a)] == nil {
-		t.Fatalf("desired state after a failed read: %v ready=%v", d, ready)
+	return f.fakeNomad.Register(ctx, job, idx)
+}
+
+func (f *failingNomad) Stop(ctx context.Context, id string) error {
+	if id == f.id {
+		return fmt.Errorf("stop %s: 500 internal error", id)
 	}
-	st := w.Sources()[0]
-	if st.LastError != "rpc down" || st.Models != 1 {
-		t.Fatalf("source status: %+v", st)
+	return f.fakeNomad.Stop(ctx, id)
+}
+
+// Each write stands alone: one that Nomad refuses, or one the builder
+// refuses, is an error of the pass and the others are made.
+func TestApplyWritesStandAlone(t *testing.T) {
+	ctx := context.Background()
+	f := newFakeNomad()
+	a, b, c, gone := testModel("demo", "a", true), testModel("demo", "b", true), testModel("demo", "c", true), testModel("demo", "gone", true)
+	refused := testModel("demo", "refused", true)
+	refused.ModelDir = "" // neither a model dir nor an artifact: jobs.Build refuses it
+	for _, m := range []jobs.Model{c, gone} {
+		j, _ := jobs.Build(&m, testOptions)
+		_ = f.Register(ctx, j, 0)
 	}
-	// A good empty snapshot is a real change.
-	w.Report("chain", Snapshot{})
-	if d, _ := w.Desired(); len(d) != 0 {
-		t.Fatalf("deauthorization ignored: %v", d)
+	r := &Reconciler{Nomad: &failingNomad{fakeNomad: f, id: jobs.JobID(&b)}, Options: testOptions, Concurrency: 1}
+	desired := desiredOf(testOptions, a, b, refused)
+	actions, planned := Plan(Want{Models: desired, Complete: true}, Actual{Jobs: mustList(t, f), Now: time.Now()}, time.Hour)
+	if len(actions) != 5 || len(planned.Errors) != 0 {
+		t.Fatalf("plan: %q %v", describe(actions), planned)
 	}
+	res, err := r.Apply(ctx, actions)
+	if err != nil || res.Registered != 1 || res.Stopped != 2 || len(res.Errors) != 2 {
+		t.Fatalf("apply: %v %v (want a registered, c and gone stopped, b and refused failed)", res, err)
+	}
+	joined := fmt.Sprint(res.Errors)
+	t.Logf("errors: %s", joined)
+	if !strings.Contains(joined, "500 internal error") || !strings.Contains(joined, `model "refused"`) {
+		t.Fatalf("errors do not name the failed writes: %s", joined)
+	}
+	if f.jobs[jobs.JobID(&a)] == nil || !f.jobs[jobs.JobID(&c)].Stop || !f.jobs[jobs.JobID(&gone)].Stop {
+		t.Fatalf("the writes after a failed one were not made: %v", f.jobs)
+	}
+
+	// A pass whose context ends says so (the leader lost its lock).
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if res, err := r.Apply(cctx, actions); !errors.Is(err, context.Canceled) {
+		t.Fatalf("apply after cancel: %v %v", res, err)
+	}
+}
+
+func mustList(t *testing.T, f *fakeNomad) []nomad.JobStub {
+	t.Helper()
+	list, err := f.ListJobs(context.Background(), names.JobPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
 }

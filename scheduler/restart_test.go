@@ -17,6 +17,7 @@ import (
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/nomad"
+	"github.com/modelnodes/modelnodes/scheduler/source/yamlfile"
 )
 
 // slowJobs spaces registrations out so that a pass is still running when
@@ -75,7 +76,7 @@ func TestNomadRestartedMidReconcile(t *testing.T) {
 	for i := range 40 {
 		ms = append(ms, fileModel(fmt.Sprintf("r%02d", i)))
 	}
-	s := startScheduler(t, slowJobs{nc}, nc, nil, &FileSource{Path: modelsFile(t, ms...)})
+	s := startScheduler(t, slowJobs{nc}, nc, nil, &yamlfile.Source{Path: modelsFile(t, ms...)})
 	waitJobs(t, nc, 30*time.Second, "the pass under way", func(m map[string]nomad.JobStub) bool { return len(m) >= 5 })
 
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
@@ -126,7 +127,7 @@ func TestNomadRestartedMidReconcile(t *testing.T) {
 	})
 	// The observer lost its event stream with Nomad and read the state again.
 	deadline = time.Now().Add(20 * time.Second)
-	for s.s.Observer.reads.Load() < 2 {
+	for s.s.Observer.Reads() < 2 {
 		if time.Now().After(deadline) {
 			t.Fatal("the observer did not re-read Nomad's allocations after the restart")
 		}

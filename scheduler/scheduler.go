@@ -1,26 +1,35 @@
+// Package scheduler keeps Nomad running exactly the models that are
+// authorized. Sources of desired state (package source and the packages
+// below it: Solana program accounts, CrunchDAO's HTTP feed, a YAML file)
+// report snapshots to a Watcher, which merges them (fail static: a source
+// that cannot be read keeps its last good snapshot). While this instance
+// leads (an Elector, such as leader.ConsulLock), a level-triggered,
+// idempotent Reconciler registers, updates, stops and purges one job per
+// model: a pure Plan from the desired state and Nomad's jobs, then Apply.
+// An observer of Nomad's event stream (package observer) reports each
+// model's state and holds crash-looping models stopped. The status API
+// (Handler) serves both views. See docs/scheduler.md.
 package scheduler
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/modelnodes/modelnodes/internal/redact"
+	"github.com/modelnodes/modelnodes/scheduler/observer"
+	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
 // Scheduler runs the sources, the observer and, while this instance leads,
 // the reconcile loop.
 type Scheduler struct {
-	Sources    []Source
+	Sources    []source.Source
 	Reconciler *Reconciler
-	Observer   *Observer // optional
-	Elector    Elector   // default AlwaysLead
+	Observer   *observer.Observer // optional
+	Elector    Elector            // default AlwaysLead
 	// Resync bounds the time between two reconcile passes when nothing
 	// happens (default 30 s).
 	Resync time.Duration
@@ -95,10 +104,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			defer wg.Done()
 			name := src.Name()
 			// The watcher logs errors and newly skipped entries (redacted).
-			err := src.Run(ctx, func(snap Snapshot) { s.watcher.Report(name, snap) })
+			err := src.Run(ctx, func(snap source.Snapshot) { s.watcher.Report(name, snap) })
 			if err != nil && ctx.Err() == nil {
-				s.Logger.Error("source stopped", "source", name, "error", redactErr(err))
-				s.watcher.Report(name, Snapshot{Err: err})
+				s.Logger.Error("source stopped", "source", name, "error", redact.Error(err))
+				s.watcher.Report(name, source.Snapshot{Err: err})
 			}
 		}()
 	}
@@ -112,7 +121,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
-			s.Logger.Error("cannot contend for leadership; retrying", "error", redactErr(err))
+			s.Logger.Error("cannot contend for leadership; retrying", "error", redact.Error(err))
 			select {
 			case <-ctx.Done():
 			case <-time.After(5 * time.Second):
@@ -173,7 +182,7 @@ func (s *Scheduler) lead(ctx context.Context) {
 		s.Metrics.reconciled(res, err, d, len(desired))
 		s.record(res, err, d)
 		if err != nil {
-			s.Logger.Error("reconcile failed; retrying", "error", redactErr(err), "in", backoff)
+			s.Logger.Error("reconcile failed; retrying", "error", redact.Error(err), "in", backoff)
 		} else if res.Registered+res.Updated+res.Stopped+res.Purged > 0 || len(res.Errors) > 0 {
 			s.Logger.Info("reconciled", "result", res.String(), "took", d.Round(time.Millisecond), "complete", complete)
 		}
@@ -225,89 +234,20 @@ func (s *Scheduler) record(res Result, err error, d time.Duration) {
 	s.mu.Unlock()
 }
 
-// ModelStatus is one model in the status API.
-type ModelStatus struct {
-	JobID    string `json:"job_id"`
-	Crunch   string `json:"crunch"`
-	ModelID  string `json:"model_id"`
-	Cruncher string `json:"cruncher,omitempty"`
-	Source   string `json:"source,omitempty"`
-	Desired  string `json:"desired"` // running, stopped, absent
-	ModelState
+// Elector decides which scheduler instance reconciles (leader.ConsulLock
+// among several instances).
+type Elector interface {
+	// Lead blocks until this instance leads (or ctx ends), then returns a
+	// context that is cancelled when leadership is lost or ctx ends, and a
+	// function that gives leadership up.
+	Lead(ctx context.Context) (context.Context, func(), error)
 }
 
-// Handler serves the status API: GET /v1/status, GET /v1/models,
-// GET /metrics (Prometheus) and GET /healthz.
-func (s *Scheduler) Handler() http.Handler {
-	s.init()
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		desired, complete := s.watcher.Desired()
-		s.mu.Lock()
-		body := map[string]any{
-			"leader": s.leading, "sources_ready": complete, "desired_models": len(desired),
-			"sources": s.watcher.Sources(), "last_reconcile": s.last,
-		}
-		s.mu.Unlock()
-		writeJSON(w, body)
-	})
-	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, s.Models())
-	})
-	if s.Metrics != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
-	}
-	return mux
-}
+// AlwaysLead is the Elector of a single instance without Consul.
+type AlwaysLead struct{}
 
-// Models joins the desired state with the observed one, by job id.
-func (s *Scheduler) Models() []ModelStatus {
-	desired, _ := s.watcher.Desired()
-	var observed []ModelState
-	if s.Observer != nil {
-		observed = s.Observer.States()
-	}
-	seen := map[string]bool{}
-	var out []ModelStatus
-	for _, st := range observed {
-		ms := ModelStatus{JobID: st.JobID, Desired: "absent", ModelState: st}
-		if d := desired[st.JobID]; d != nil {
-			fill(&ms, d)
-		}
-		seen[st.JobID] = true
-		out = append(out, ms)
-	}
-	for id, d := range desired {
-		if seen[id] {
-			continue
-		}
-		ms := ModelStatus{JobID: id, ModelState: ModelState{JobID: id, State: StatePending}}
-		if !d.Model.Running {
-			ms.State = StateStopped
-		}
-		fill(&ms, d)
-		out = append(out, ms)
-	}
-	sortStatuses(out)
-	return out
-}
-
-func fill(ms *ModelStatus, d *Desired) {
-	ms.Crunch, ms.ModelID, ms.Cruncher, ms.Source = d.Model.Crunch, d.Model.ModelID, d.Model.Cruncher, d.Source
-	ms.Desired = "stopped"
-	if d.Model.Running {
-		ms.Desired = "running"
-	}
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-func sortStatuses(ms []ModelStatus) {
-	sort.Slice(ms, func(i, j int) bool { return ms[i].JobID < ms[j].JobID })
+// Lead implements Elector.
+func (AlwaysLead) Lead(ctx context.Context) (context.Context, func(), error) {
+	c, cancel := context.WithCancel(ctx)
+	return c, cancel, nil
 }

@@ -22,7 +22,8 @@ import (
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/scheduler"
-	"github.com/modelnodes/modelnodes/scheduler/onchain"
+	"github.com/modelnodes/modelnodes/scheduler/observer"
+	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 )
 
 // model is one of the demo's three submissions.
@@ -497,10 +498,10 @@ func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error 
 			now := "pending"
 			if st := states[m.JobID]; st != nil {
 				now = st.State
-				if st.Reason != "" && (st.State == scheduler.StateFailed || st.State == scheduler.StateBackoff) {
+				if st.Reason != "" && (st.State == observer.StateFailed || st.State == observer.StateBackoff) {
 					now += " (" + st.Reason + ")"
 				}
-				if !m.Broken && (st.State == scheduler.StateFailed || st.State == scheduler.StateBackoff) {
+				if !m.Broken && (st.State == observer.StateFailed || st.State == observer.StateBackoff) {
 					return fmt.Errorf("%s did not start: %s", m.ID, now)
 				}
 			}
@@ -524,7 +525,7 @@ func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error 
 			b := modelBroken(rec.Models)
 			_, inConsul := passing[b.ShortID]
 			st := states[b.JobID]
-			settled := inConsul || (st != nil && (st.State == scheduler.StateFailed || st.State == scheduler.StateBackoff))
+			settled := inConsul || (st != nil && (st.State == observer.StateFailed || st.State == observer.StateBackoff))
 			if settled || time.Since(brokenSince) > 30*time.Second {
 				return nil
 			}

@@ -28,6 +28,11 @@ import (
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/nomad"
 	"github.com/modelnodes/modelnodes/scheduler"
+	"github.com/modelnodes/modelnodes/scheduler/leader"
+	"github.com/modelnodes/modelnodes/scheduler/observer"
+	"github.com/modelnodes/modelnodes/scheduler/source/feed"
+	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
+	"github.com/modelnodes/modelnodes/scheduler/source/yamlfile"
 )
 
 const envPrefix = "MODELNODES_SCHEDULER"
@@ -80,7 +85,7 @@ type config struct {
 	datacenters                                          stringList
 	gpuClass                                             string
 	resync, purgeAfter, sessionTTL                       time.Duration
-	backoff                                              scheduler.Backoff
+	backoff                                              observer.Backoff
 }
 
 func parse(args []string) (*config, error) {
@@ -208,7 +213,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	s := &scheduler.Scheduler{
 		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter,
 			Logger: log.Named("reconcile"), Metrics: metrics},
-		Observer: &scheduler.Observer{Nomad: nc, Backoff: c.backoff, Logger: log.Named("observer"), Metrics: metrics},
+		Observer: &observer.Observer{Nomad: nc, Backoff: c.backoff, Logger: log.Named("observer"), Metrics: metrics},
 		Resync:   c.resync, Logger: log, Metrics: metrics,
 	}
 	if c.solanaRPC != "" {
@@ -216,7 +221,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("--solana-program: %w", err)
 		}
-		src := &scheduler.SolanaSource{RPCURL: c.solanaRPC, WSURL: c.solanaWS, Program: prog,
+		src := &solanasrc.Source{RPCURL: c.solanaRPC, WSURL: c.solanaWS, Program: prog,
 			Commitment: rpc.CommitmentType(c.solanaCommitment), Resync: c.solanaResync, Logger: log.Named("solana")}
 		for _, k := range c.solanaCrunches {
 			pk, err := solana.PublicKeyFromBase58(k)
@@ -228,11 +233,11 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		s.Sources = append(s.Sources, src)
 	}
 	if c.feedURL != "" {
-		s.Sources = append(s.Sources, &scheduler.FeedSource{URL: c.feedURL, Crunches: c.feedCrunches,
+		s.Sources = append(s.Sources, &feed.Source{URL: c.feedURL, Crunches: c.feedCrunches,
 			ArtifactURL: c.feedArtifact, Interval: c.feedInterval, ModelIDNames: c.feedModelIDNames})
 	}
 	if c.modelsFile != "" {
-		s.Sources = append(s.Sources, &scheduler.FileSource{Path: c.modelsFile})
+		s.Sources = append(s.Sources, &yamlfile.Source{Path: c.modelsFile})
 	}
 	if c.lockKey != "" {
 		cc := consulapi.DefaultConfig()
@@ -246,7 +251,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("consul: %w", err)
 		}
-		s.Elector = &scheduler.ConsulLock{Client: client, Key: c.lockKey, Instance: c.instance,
+		s.Elector = &leader.ConsulLock{Client: client, Key: c.lockKey, Instance: c.instance,
 			SessionTTL: c.sessionTTL, Logger: log.Named("leader")}
 	}
 	ln, err := net.Listen("tcp", c.listen)

@@ -42,3 +42,21 @@ var urlPattern = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.\-]*://[^\s"'<>\x60]+`)
 
 // URLsIn returns s with every URL in it redacted as URL does.
 func URLsIn(s string) string { return urlPattern.ReplaceAllStringFunc(s, URL) }
+
+// Error wraps err so that its message has its URLs redacted as URLsIn does;
+// errors.Is and errors.As still see the original. A nil err stays nil, and
+// an error already wrapped is returned as is.
+func Error(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := err.(*redacted); ok {
+		return err
+	}
+	return &redacted{err}
+}
+
+type redacted struct{ err error }
+
+func (r *redacted) Error() string { return URLsIn(r.err.Error()) }
+func (r *redacted) Unwrap() error { return r.err }

@@ -1,6 +1,8 @@
 package redact
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -22,5 +24,19 @@ func TestURLsIn(t *testing.T) {
 	got := URLsIn(s)
 	if strings.Contains(got, "secret") || !strings.Contains(got, "rpc.example") || !strings.Contains(got, "dial tcp: refused") {
 		t.Fatalf("URLsIn: %q", got)
+	}
+}
+
+func TestError(t *testing.T) {
+	base := errors.New(`Get "https://u:secret@feed.example/x?token=secret": refused`)
+	err := Error(fmt.Errorf("feed: %w", base))
+	if strings.Contains(err.Error(), "secret") || !strings.Contains(err.Error(), "feed.example/x") {
+		t.Fatalf("Error: %q", err)
+	}
+	if !errors.Is(err, base) {
+		t.Fatal("the redacted error no longer wraps the original")
+	}
+	if Error(err) != err || Error(nil) != nil {
+		t.Fatal("Error wraps twice, or wraps nil")
 	}
 }

@@ -1,4 +1,8 @@
-package scheduler
+// Package observer follows Nomad's allocations of the scheduler's jobs
+// through the event stream: it reports each model's state (the status API's
+// /v1/models) and holds crash-looping models stopped, which the scheduler's
+// reconciler then honours.
+package observer
 
 import (
 	"context"
@@ -9,10 +13,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/modelnodes/modelnodes/names"
+
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/internal/redact"
 )
 
 // Model states reported by the status API and metrics.
@@ -25,10 +31,26 @@ const (
 	StateStopped = "stopped"
 )
 
+// AllStates lists every state, in the order metrics report them.
+var AllStates = []string{StatePending, StateRunning, StateHealthy, StateFailed, StateBackoff, StateStopped}
+
 // NomadEvents is the part of Nomad the observer reads (nomad.Client).
 type NomadEvents interface {
+	// Allocations lists the allocations of the jobs whose id starts with
+	// prefix, and the index the list is at.
 	Allocations(ctx context.Context, prefix string) ([]*nomadapi.AllocationListStub, uint64, error)
+	// Events streams Nomad's events from index on, until ctx ends or the
+	// stream breaks.
 	Events(ctx context.Context, index uint64) (<-chan *nomadapi.Events, error)
+}
+
+// Metrics receives the observer's measurements (the scheduler's
+// Prometheus metrics implement it).
+type Metrics interface {
+	// ModelStates sets how many jobs are in each state, after every change.
+	ModelStates(counts map[string]int)
+	// CrashLoopHold counts a hold that starts.
+	CrashLoopHold()
 }
 
 // Backoff holds crash-looping models stopped: Failures failed allocations
@@ -79,7 +101,7 @@ type Observer struct {
 	Nomad   NomadEvents
 	Backoff Backoff
 	Logger  hclog.Logger
-	Metrics *Metrics
+	Metrics Metrics // optional
 	// OnChange is called (without locks held) after a re-read, when a
 	// crash-loop hold starts and when one of our jobs was deregistered by
 	// someone else, so the leader reconciles.
@@ -88,8 +110,12 @@ type Observer struct {
 
 	mu     sync.Mutex
 	states map[string]*ModelState
-	reads  atomic.Int64 // full re-reads of the allocations (tests)
+	reads  atomic.Int64 // full reads of the allocations
 }
+
+// Reads counts the observer's full reads of the allocations: one when it
+// starts and one after every reconnect of the event stream.
+func (o *Observer) Reads() int64 { return o.reads.Load() }
 
 func (o *Observer) clock() time.Time {
 	if o.now != nil {
@@ -118,7 +144,7 @@ func (o *Observer) Run(ctx context.Context) {
 		if time.Since(t0) > time.Minute {
 			delay = 500 * time.Millisecond
 		}
-		log.Warn("nomad event stream ended; reconnecting and re-reading allocations", "error", redactErr(err), "in", delay)
+		log.Warn("nomad event stream ended; reconnecting and re-reading allocations", "error", redact.Error(err), "in", delay)
 		select {
 		case <-ctx.Done():
 			return
@@ -222,7 +248,9 @@ func (o *Observer) updateMetrics() {
 		counts[st.State]++
 	}
 	o.mu.Unlock()
-	o.Metrics.setStates(counts)
+	if o.Metrics != nil {
+		o.Metrics.ModelStates(counts)
+	}
 }
 
 // add records an allocation; o.mu held.
@@ -298,7 +326,9 @@ func (o *Observer) refresh(jobID string) (held bool) {
 		held = true
 		st.holdUntil = now.Add(d)
 		st.since = st.holdUntil
-		o.Metrics.backoff()
+		if o.Metrics != nil {
+			o.Metrics.CrashLoopHold()
+		}
 		if o.Logger != nil {
 			o.Logger.Warn("model crash-loops; holding it stopped", "job", jobID, "failures", recent, "for", d, "reason", st.Reason)
 		}

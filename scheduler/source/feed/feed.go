@@ -1,4 +1,9 @@
-package scheduler
+// Package feed is the scheduler's source for CrunchDAO's model-state feed,
+// the one their orchestrator polls: GET {url}/models/states?crunchNames[]=NAME...
+// Every entry is the feed's, so attacker-controlled: each becomes a
+// jobs.Model only through jobs.Model.Validate, and the scheduler's watcher
+// applies the deployment's policy after that.
+package feed
 
 import (
 	"context"
@@ -8,19 +13,19 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
-	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
+
+	"github.com/modelnodes/modelnodes/internal/redact"
+	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
-// FeedSource polls CrunchDAO's model-state feed, the one their orchestrator
+// Source polls CrunchDAO's model-state feed, the one their orchestrator
 // reads: GET {URL}/models/states?crunchNames[]=NAME...
-type FeedSource struct {
+type Source struct {
 	URL      string
 	Crunches []string
 	// ArtifactURL builds the artifact location of a model from the
@@ -34,11 +39,11 @@ type FeedSource struct {
 	Client       *http.Client
 }
 
-// Name implements Source.
-func (f *FeedSource) Name() string { return "crunchdao-feed" }
+// Name implements source.Source.
+func (f *Source) Name() string { return "crunchdao-feed" }
 
-// FeedEntry is one element of the feed's JSON array.
-type FeedEntry struct {
+// Entry is one element of the feed's JSON array.
+type Entry struct {
 	CrunchName             string `json:"crunchName"`
 	CrunchPubKey           string `json:"crunchPubKey"`
 	CruncherWalletPubkey   string `json:"cruncherWalletPubkey"`
@@ -63,8 +68,8 @@ type FeedEntry struct {
 	DesiredState string `json:"desiredState"`
 }
 
-// Run implements Source.
-func (f *FeedSource) Run(ctx context.Context, report func(Snapshot)) error {
+// Run implements source.Source.
+func (f *Source) Run(ctx context.Context, report func(source.Snapshot)) error {
 	if f.URL == "" || len(f.Crunches) == 0 {
 		return errors.New("crunchdao feed: need a URL and at least one crunch name")
 	}
@@ -74,7 +79,7 @@ func (f *FeedSource) Run(ctx context.Context, report func(Snapshot)) error {
 	}
 	for {
 		snap := f.read(ctx)
-		snap.Err = redactErr(snap.Err) // the feed URL may carry credentials
+		snap.Err = redact.Error(snap.Err) // the feed URL may carry credentials
 		report(snap)
 		select {
 		case <-ctx.Done():
@@ -84,7 +89,7 @@ func (f *FeedSource) Run(ctx context.Context, report func(Snapshot)) error {
 	}
 }
 
-func (f *FeedSource) read(ctx context.Context) Snapshot {
+func (f *Source) read(ctx context.Context) source.Snapshot {
 	q := url.Values{}
 	for _, c := range f.Crunches {
 		q.Add("crunchNames[]", c)
@@ -94,7 +99,7 @@ func (f *FeedSource) read(ctx context.Context) Snapshot {
 	defer cancel()
 	req, err := http.NewRequestWithContext(cctx, http.MethodGet, u, nil)
 	if err != nil {
-		return Snapshot{Err: err}
+		return source.Snapshot{Err: err}
 	}
 	client := f.Client
 	if client == nil {
@@ -102,25 +107,25 @@ func (f *FeedSource) read(ctx context.Context) Snapshot {
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return Snapshot{Err: fmt.Errorf("crunchdao feed: %w", err)}
+		return source.Snapshot{Err: fmt.Errorf("crunchdao feed: %w", err)}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return Snapshot{Err: fmt.Errorf("crunchdao feed: %w", err)}
+		return source.Snapshot{Err: fmt.Errorf("crunchdao feed: %w", err)}
 	}
 	if resp.StatusCode != http.StatusOK {
-		return Snapshot{Err: fmt.Errorf("crunchdao feed: status %d: %.200s", resp.StatusCode, body)}
+		return source.Snapshot{Err: fmt.Errorf("crunchdao feed: status %d: %.200s", resp.StatusCode, body)}
 	}
-	var entries []FeedEntry
+	var entries []Entry
 	if err := json.Unmarshal(body, &entries); err != nil {
-		return Snapshot{Err: fmt.Errorf("crunchdao feed: not a JSON array of model states: %w", err)}
+		return source.Snapshot{Err: fmt.Errorf("crunchdao feed: not a JSON array of model states: %w", err)}
 	}
 	return f.convert(entries)
 }
 
-func (f *FeedSource) convert(entries []FeedEntry) Snapshot {
-	var snap Snapshot
+func (f *Source) convert(entries []Entry) source.Snapshot {
+	var snap source.Snapshot
 	for i, e := range entries {
 		m := jobs.Model{
 			Crunch: e.CrunchName, CrunchID: e.CrunchPubKey, ModelID: e.Model.ID,
@@ -142,95 +147,11 @@ func (f *FeedSource) convert(entries []FeedEntry) Snapshot {
 				"{resource_id}", e.Model.ResourceID, "{model_id}", e.Model.ID).Replace(f.ArtifactURL)
 		}
 		if err := m.Validate(); err != nil {
-			snap.Skipped = append(snap.Skipped, &entryError{entry: fmt.Sprintf("feed entry %d (model %q of crunch %q)", i, e.Model.ID, e.CrunchName), err: err})
+			snap.Skipped = append(snap.Skipped, &source.EntryError{Entry: fmt.Sprintf("feed entry %d (model %q of crunch %q)", i, e.Model.ID, e.CrunchName), Err: err})
 			continue
 		}
 		snap.Models = append(snap.Models, m)
 	}
-	sortModels(snap.Models)
-	return snap
-}
-
-// FileSource reads models from a YAML file (development), re-reading it
-// when its content changes:
-//
-//	models:
-//	  - crunch: demo
-//	    model_id: example
-//	    model_dir: /srv/models/example   # or artifact_url + artifact_sha256
-//	    hardware: cpu
-//	    running: true
-type FileSource struct {
-	Path     string
-	Interval time.Duration // how often to look for changes (default 1 s)
-}
-
-// Name implements Source.
-func (f *FileSource) Name() string { return "file:" + f.Path }
-
-// Run implements Source.
-func (f *FileSource) Run(ctx context.Context, report func(Snapshot)) error {
-	interval := f.Interval
-	if interval <= 0 {
-		interval = time.Second
-	}
-	var last []byte
-	first := true
-	for {
-		b, err := os.ReadFile(f.Path)
-		switch {
-		case err != nil:
-			report(Snapshot{Err: fmt.Errorf("models file: %w", err)})
-			last = nil
-		case first || string(b) != string(last):
-			report(ParseModelsYAML(b))
-			last, first = b, false
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(interval):
-		}
-	}
-}
-
-// ParseModelsYAML parses a models file; invalid models are skipped, a file
-// that is not YAML of that shape is an error.
-func ParseModelsYAML(b []byte) Snapshot {
-	var doc struct {
-		Models []struct {
-			jobs.Model `yaml:",inline"`
-			// Desired accepts "running"/"stopped" besides running: bool.
-			Desired string `yaml:"desired"`
-		} `yaml:"models"`
-	}
-	dec := yaml.NewDecoder(strings.NewReader(string(b)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		return Snapshot{Err: fmt.Errorf("models file: %w", err)}
-	}
-	var snap Snapshot
-	for i, e := range doc.Models {
-		m := e.Model
-		switch strings.ToLower(e.Desired) {
-		case "running", "start", "started":
-			m.Running = true
-		case "stopped", "stop":
-			m.Running = false
-		case "":
-		default:
-			snap.Skipped = append(snap.Skipped, &entryError{entry: fmt.Sprintf("models[%d]", i), err: fmt.Errorf("desired %q is neither running nor stopped", e.Desired)})
-			continue
-		}
-		if m.Hardware == "" {
-			m.Hardware = jobs.CPU
-		}
-		if err := m.Validate(); err != nil {
-			snap.Skipped = append(snap.Skipped, &entryError{entry: fmt.Sprintf("models[%d] (model %q of crunch %q)", i, m.ModelID, m.Crunch), err: err})
-			continue
-		}
-		snap.Models = append(snap.Models, m)
-	}
-	sortModels(snap.Models)
+	source.SortModels(snap.Models)
 	return snap
 }

@@ -1,47 +1,17 @@
-// Package scheduler keeps Nomad running exactly the models that are
-// authorized: sources of desired state (Solana program accounts, CrunchDAO's
-// HTTP feed, a YAML file) feed a watcher, and a level-triggered, idempotent
-// reconciler registers, updates, stops and purges one job per model. Only
-// the instance holding a Consul lock reconciles. An observer of Nomad's
-// event stream reports each model's state and backs off models that
-// crash-loop. See docs/scheduler.md.
 package scheduler
 
 import (
-	"context"
+	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/modelnodes/modelnodes/internal/redact"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/scheduler/source"
 )
-
-// Source produces the complete desired state of its models, again and
-// again: each Snapshot replaces the previous one of the same source (level,
-// not deltas). A source that cannot read its data reports Err and the
-// watcher keeps its last good snapshot (fail static).
-type Source interface {
-	// Name identifies the source in logs, status and metrics.
-	Name() string
-	// Run reports snapshots until ctx ends. It returns only when ctx ends
-	// or on a configuration error; transient failures are reported as
-	// snapshots with Err and retried.
-	Run(ctx context.Context, report func(Snapshot)) error
-}
-
-// Snapshot is one complete reading of a source.
-type Snapshot struct {
-	Models []jobs.Model
-	// Skipped lists entries that could not be used (a corrupt account, an
-	// invalid feed entry), each error naming the entry; the others count.
-	Skipped []error
-	// Err means the source could not be read at all: the previous good
-	// snapshot stays in force.
-	Err error
-}
 
 // Desired is one model the scheduler wants to exist (running or stopped).
 type Desired struct {
@@ -96,18 +66,18 @@ func NewWatcher(sources []string, opts *jobs.Options, m *Metrics) *Watcher {
 
 // screen applies the deployment's policy to a snapshot's models and
 // redacts its errors.
-func (w *Watcher) screen(s Snapshot) Snapshot {
+func (w *Watcher) screen(s source.Snapshot) source.Snapshot {
 	if s.Err != nil {
-		return Snapshot{Err: redactErr(s.Err)}
+		return source.Snapshot{Err: redact.Error(s.Err)}
 	}
-	out := Snapshot{Models: make([]jobs.Model, 0, len(s.Models)), Skipped: make([]error, 0, len(s.Skipped))}
+	out := source.Snapshot{Models: make([]jobs.Model, 0, len(s.Models)), Skipped: make([]error, 0, len(s.Skipped))}
 	for _, e := range s.Skipped {
-		out.Skipped = append(out.Skipped, redactErr(e))
+		out.Skipped = append(out.Skipped, redact.Error(e))
 	}
 	for _, m := range s.Models {
 		if err := w.opts.CheckModel(&m); err != nil {
-			out.Skipped = append(out.Skipped, redactErr(&entryError{
-				entry: fmt.Sprintf("model %q of crunch %q", m.ModelID, m.Crunch), err: err}))
+			out.Skipped = append(out.Skipped, redact.Error(&source.EntryError{
+				Entry: fmt.Sprintf("model %q of crunch %q", m.ModelID, m.Crunch), Err: err}))
 			continue
 		}
 		out.Models = append(out.Models, m)
@@ -115,8 +85,10 @@ func (w *Watcher) screen(s Snapshot) Snapshot {
 	return out
 }
 
-// Report records a snapshot of source.
-func (w *Watcher) Report(source string, s Snapshot) {
+// Report records a snapshot of the named source. A snapshot with Err
+// changes nothing but the source's status: its last good models stay in force
+// (fail static).
+func (w *Watcher) Report(name string, s source.Snapshot) {
 	s = w.screen(s)
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -124,17 +96,17 @@ func (w *Watcher) Report(source string, s Snapshot) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	st, ok := w.status[source]
+	st, ok := w.status[name]
 	if !ok {
-		st = &SourceStatus{Name: source}
-		w.status[source] = st
-		w.order = append(w.order, source)
+		st = &SourceStatus{Name: name}
+		w.status[name] = st
+		w.order = append(w.order, name)
 	}
 	now := time.Now()
 	if s.Err != nil {
 		st.LastError, st.LastErrorAt = s.Err.Error(), now
-		w.metrics.sourceError(source)
-		log.Error("source unreadable; keeping its last good state", "source", source, "error", s.Err)
+		w.metrics.sourceError(name)
+		log.Error("source unreadable; keeping its last good state", "source", name, "error", s.Err)
 		return
 	}
 	st.Ready, st.LastSuccess, st.Models = true, now, len(s.Models)
@@ -144,18 +116,18 @@ func (w *Watcher) Report(source string, s Snapshot) {
 		msg := e.Error()
 		st.Skipped = append(st.Skipped, msg)
 		seen[msg] = true
-		if !w.logged[source][msg] {
+		if !w.logged[name][msg] {
 			class := refusalClass(e)
-			log.Warn("skipped entry", "source", source, "reason", class, "error", msg)
-			w.metrics.refused(source, class)
+			log.Warn("skipped entry", "source", name, "reason", class, "error", msg)
+			w.metrics.refused(name, class)
 		}
 	}
-	w.logged[source] = seen
-	w.metrics.sourceOK(source, len(s.Models), len(s.Skipped), now)
-	if sameModels(w.models[source], s.Models) {
+	w.logged[name] = seen
+	w.metrics.sourceOK(name, len(s.Models), len(s.Skipped), now)
+	if sameModels(w.models[name], s.Models) {
 		return
 	}
-	w.models[source] = s.Models
+	w.models[name] = s.Models
 	w.version++
 	close(w.changed)
 	w.changed = make(chan struct{})
@@ -217,22 +189,27 @@ func (w *Watcher) Sources() []SourceStatus {
 	return out
 }
 
-// sortModels orders models by crunch and id, so snapshots of the same
-// content compare equal.
-func sortModels(ms []jobs.Model) {
-	sort.Slice(ms, func(i, j int) bool {
-		if ms[i].Crunch != ms[j].Crunch {
-			return ms[i].Crunch < ms[j].Crunch
-		}
-		return ms[i].ModelID < ms[j].ModelID
-	})
-}
+// Refusal classes of skipped entries, the reason label of
+// modelnodes_scheduler_refused_entries_total.
+const (
+	RefusedInterpolation = "interpolation" // $ { } % or control characters
+	RefusedEntry         = "entry"         // entry grammar
+	RefusedArtifact      = "artifact"      // artifact URL policy or digest
+	RefusedModelDir      = "model_dir"     // host model dir
+	RefusedInvalid       = "invalid"       // anything else (corrupt account, missing field)
+)
 
-// entryError names a skipped entry.
-type entryError struct {
-	entry string
-	err   error
+// refusalClass classes a skipped entry's error.
+func refusalClass(err error) string {
+	switch {
+	case errors.Is(err, jobs.ErrInterpolation):
+		return RefusedInterpolation
+	case errors.Is(err, jobs.ErrEntry):
+		return RefusedEntry
+	case errors.Is(err, jobs.ErrArtifact):
+		return RefusedArtifact
+	case errors.Is(err, jobs.ErrModelDir):
+		return RefusedModelDir
+	}
+	return RefusedInvalid
 }
-
-func (e *entryError) Error() string { return fmt.Sprintf("%s: %v", e.entry, e.err) }
-func (e *entryError) Unwrap() error { return e.err }

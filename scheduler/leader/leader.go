@@ -1,4 +1,7 @@
-package scheduler
+// Package leader elects the one scheduler instance that reconciles, with a
+// Consul lock: the others keep reading their sources and serving their
+// status API, ready to take over.
+package leader
 
 import (
 	"context"
@@ -7,15 +10,9 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
-)
 
-// Elector decides which scheduler instance reconciles.
-type Elector interface {
-	// Lead blocks until this instance leads (or ctx ends), then returns a
-	// context that is cancelled when leadership is lost or ctx ends, and a
-	// function that gives leadership up.
-	Lead(ctx context.Context) (context.Context, func(), error)
-}
+	"github.com/modelnodes/modelnodes/internal/redact"
+)
 
 // ConsulLock elects a leader with a Consul lock (a KV key held by a
 // session with a TTL). When the leader dies without releasing it, the
@@ -30,7 +27,9 @@ type ConsulLock struct {
 	Logger     hclog.Logger
 }
 
-// Lead implements Elector.
+// Lead blocks until this instance holds the lock (or ctx ends), then
+// returns a context cancelled when the lock is lost or ctx ends, and a
+// function that releases the lock. It implements scheduler.Elector.
 func (l *ConsulLock) Lead(ctx context.Context) (context.Context, func(), error) {
 	ttl := l.SessionTTL
 	if ttl <= 0 {
@@ -63,7 +62,7 @@ func (l *ConsulLock) Lead(ctx context.Context) (context.Context, func(), error) 
 		}
 		if err != nil || lost == nil {
 			if l.Logger != nil {
-				l.Logger.Warn("consul lock not acquired; retrying", "key", l.Key, "error", redactErr(err))
+				l.Logger.Warn("consul lock not acquired; retrying", "key", l.Key, "error", redact.Error(err))
 			}
 			select {
 			case <-ctx.Done():
@@ -86,13 +85,4 @@ func (l *ConsulLock) Lead(ctx context.Context) (context.Context, func(), error) 
 		}
 		return lctx, release, nil
 	}
-}
-
-// AlwaysLead is the Elector of a single instance without Consul.
-type AlwaysLead struct{}
-
-// Lead implements Elector.
-func (AlwaysLead) Lead(ctx context.Context) (context.Context, func(), error) {
-	c, cancel := context.WithCancel(ctx)
-	return c, cancel, nil
 }

@@ -1,4 +1,10 @@
-package scheduler
+// Package solana is the scheduler's source for the chain: the program's
+// Crunch, ModelAuthorization and CoordinatorCertificate accounts
+// (docs/onchain.md, decoded by the onchain package below). Every account's
+// content is whoever wrote it, so attacker-controlled: each authorization
+// becomes a jobs.Model only through jobs.Model.Validate, and the
+// scheduler's watcher applies the deployment's policy after that.
+package solana
 
 import (
 	"context"
@@ -14,18 +20,20 @@ import (
 	"github.com/gagliardetto/solana-go/rpc/ws"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/modelnodes/modelnodes/internal/redact"
 	"github.com/modelnodes/modelnodes/jobs"
-	"github.com/modelnodes/modelnodes/scheduler/onchain"
+	"github.com/modelnodes/modelnodes/scheduler/source"
+	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 )
 
-// SolanaSource reads the program's Crunch, ModelAuthorization and
+// Source reads the program's Crunch, ModelAuthorization and
 // CoordinatorCertificate accounts (docs/onchain.md): a full listing with
 // getProgramAccounts (one call per account type, and per crunch when
 // Crunches is set, so no answer grows with the whole program), a
 // programSubscribe websocket for low latency, and a full resync every
 // Resync and after every reconnect (program subscriptions say nothing when
 // an account is closed, and changes during a disconnect are not replayed).
-type SolanaSource struct {
+type Source struct {
 	RPCURL     string
 	WSURL      string
 	Program    solana.PublicKey
@@ -49,7 +57,7 @@ type SolanaSource struct {
 // notified applies a websocket notification unless it is older than the
 // last full listing (a notification queued while the listing ran would
 // otherwise bring back an account the listing saw closed or changed).
-func (s *SolanaSource) notified(u *ws.ProgramResult) {
+func (s *Source) notified(u *ws.ProgramResult) {
 	s.mu.Lock()
 	stale := u.Context.Slot < s.listed
 	s.mu.Unlock()
@@ -58,30 +66,30 @@ func (s *SolanaSource) notified(u *ws.ProgramResult) {
 	}
 }
 
-// Name implements Source.
-func (s *SolanaSource) Name() string {
+// Name implements source.Source.
+func (s *Source) Name() string {
 	if s.Label != "" {
 		return s.Label
 	}
 	return "solana"
 }
 
-func (s *SolanaSource) log() hclog.Logger {
+func (s *Source) log() hclog.Logger {
 	if s.Logger == nil {
 		return hclog.NewNullLogger()
 	}
 	return s.Logger
 }
 
-func (s *SolanaSource) commitment() rpc.CommitmentType {
+func (s *Source) commitment() rpc.CommitmentType {
 	if s.Commitment == "" {
 		return rpc.CommitmentFinalized
 	}
 	return s.Commitment
 }
 
-// Run implements Source.
-func (s *SolanaSource) Run(ctx context.Context, report func(Snapshot)) error {
+// Run implements source.Source.
+func (s *Source) Run(ctx context.Context, report func(source.Snapshot)) error {
 	if s.RPCURL == "" {
 		return errors.New("solana: no RPC URL")
 	}
@@ -103,7 +111,7 @@ func (s *SolanaSource) Run(ctx context.Context, report func(Snapshot)) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			report(Snapshot{Err: redactErr(err)})
+			report(source.Snapshot{Err: redact.Error(err)})
 			retry = min(max(retry*2, 500*time.Millisecond), 30*time.Second)
 		} else {
 			report(s.snapshot())
@@ -145,14 +153,14 @@ func (s *SolanaSource) Run(ctx context.Context, report func(Snapshot)) error {
 
 // subscribeLoop keeps one program subscription open, reconnecting with
 // backoff, and asks for a resync after each (re)connect.
-func (s *SolanaSource) subscribeLoop(ctx context.Context, updates chan<- *ws.ProgramResult, resyncNow chan<- struct{}) {
+func (s *Source) subscribeLoop(ctx context.Context, updates chan<- *ws.ProgramResult, resyncNow chan<- struct{}) {
 	delay := 250 * time.Millisecond
 	for ctx.Err() == nil {
 		err := s.subscribeOnce(ctx, updates, resyncNow)
 		if ctx.Err() != nil {
 			return
 		}
-		s.log().Warn("solana websocket lost; reconnecting", "error", redactErr(err), "in", delay)
+		s.log().Warn("solana websocket lost; reconnecting", "error", redact.Error(err), "in", delay)
 		select {
 		case <-ctx.Done():
 			return
@@ -162,7 +170,7 @@ func (s *SolanaSource) subscribeLoop(ctx context.Context, updates chan<- *ws.Pro
 	}
 }
 
-func (s *SolanaSource) subscribeOnce(ctx context.Context, updates chan<- *ws.ProgramResult, resyncNow chan<- struct{}) error {
+func (s *Source) subscribeOnce(ctx context.Context, updates chan<- *ws.ProgramResult, resyncNow chan<- struct{}) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	conn, err := ws.Connect(cctx, s.WSURL)
 	cancel()
@@ -205,7 +213,7 @@ func (s *SolanaSource) subscribeOnce(ctx context.Context, updates chan<- *ws.Pro
 }
 
 // resync lists every account the source reads and replaces its state.
-func (s *SolanaSource) resync(ctx context.Context, client *rpc.Client) error {
+func (s *Source) resync(ctx context.Context, client *rpc.Client) error {
 	list := func(filters ...rpc.RPCFilter) (rpc.GetProgramAccountsResult, error) {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
@@ -262,7 +270,7 @@ func (s *SolanaSource) resync(ctx context.Context, client *rpc.Client) error {
 }
 
 // apply updates the state with one account as the chain now has it.
-func (s *SolanaSource) apply(key solana.PublicKey, acct *rpc.Account) {
+func (s *Source) apply(key solana.PublicKey, acct *rpc.Account) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.auths == nil {
@@ -321,23 +329,23 @@ func containsKey(keys []solana.PublicKey, k solana.PublicKey) bool {
 
 // snapshot joins authorizations with their crunch (and the coordinator's
 // certificate account, which wins over the hashes in the crunch).
-func (s *SolanaSource) snapshot() Snapshot {
+func (s *Source) snapshot() source.Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var snap Snapshot
+	var snap source.Snapshot
 	certOf := map[solana.PublicKey]*onchain.CoordinatorCertificate{}
 	for _, c := range s.certs {
 		certOf[solana.PublicKeyFromBytes(c.Coordinator[:])] = c
 	}
 	for key, err := range s.bad {
-		snap.Skipped = append(snap.Skipped, &entryError{entry: "account " + key.String(), err: err})
+		snap.Skipped = append(snap.Skipped, &source.EntryError{Entry: "account " + key.String(), Err: err})
 	}
 	for key, a := range s.auths {
 		crunchKey := solana.PublicKeyFromBytes(a.Crunch[:])
 		c := s.crunches[crunchKey]
 		if c == nil {
-			snap.Skipped = append(snap.Skipped, &entryError{entry: "account " + key.String(),
-				err: fmt.Errorf("its crunch %s is not a Crunch account of the program", crunchKey)})
+			snap.Skipped = append(snap.Skipped, &source.EntryError{Entry: "account " + key.String(),
+				Err: fmt.Errorf("its crunch %s is not a Crunch account of the program", crunchKey)})
 			continue
 		}
 		m := jobs.Model{
@@ -364,12 +372,12 @@ func (s *SolanaSource) snapshot() Snapshot {
 			m.CertHash, m.CertHashSecondary = onchain.HashHex(cert.CertHash), onchain.HashHex(cert.CertHashSecondary)
 		}
 		if err := m.Validate(); err != nil {
-			snap.Skipped = append(snap.Skipped, &entryError{entry: "account " + key.String(), err: err})
+			snap.Skipped = append(snap.Skipped, &source.EntryError{Entry: "account " + key.String(), Err: err})
 			continue
 		}
 		snap.Models = append(snap.Models, m)
 	}
-	sortModels(snap.Models)
+	source.SortModels(snap.Models)
 	sort.Slice(snap.Skipped, func(i, j int) bool { return snap.Skipped[i].Error() < snap.Skipped[j].Error() })
 	return snap
 }

@@ -1,4 +1,4 @@
-package scheduler
+package solana
 
 import (
 	"context"
@@ -12,44 +12,18 @@ import (
 	"github.com/gagliardetto/solana-go/rpc"
 	"github.com/gagliardetto/solana-go/rpc/ws"
 
+	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/jobs"
-	"github.com/modelnodes/modelnodes/scheduler/onchain"
+	"github.com/modelnodes/modelnodes/scheduler"
+	"github.com/modelnodes/modelnodes/scheduler/source"
+	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 )
-
-// chainFixture plants a program's accounts in the front.
-type chainFixture struct {
-	front   *solanaFront
-	program solana.PublicKey
-	crunch  solana.PublicKey
-	coord   solana.PublicKey
-}
-
-func newChain(t testing.TB, f *solanaFront) *chainFixture {
-	c := &chainFixture{front: f, program: solana.NewWallet().PublicKey(), crunch: solana.NewWallet().PublicKey(),
-		coord: solana.NewWallet().PublicKey()}
-	cr := &onchain.Crunch{Name: "mid-one", Bump: 255}
-	copy(cr.Coordinator[:], c.coord[:])
-	cr.CertHash[0] = 0xaa
-	f.setAccount(t, c.crunch, c.program, cr.Encode())
-	return c
-}
-
-func (c *chainFixture) auth(modelID string, running bool, memMB uint32) *onchain.ModelAuthorization {
-	a := &onchain.ModelAuthorization{ModelID: modelID, SubmissionID: "sub-" + modelID,
-		ArtifactURI: "https://models.example/" + modelID + ".tar.gz", MemoryMB: memMB, Bump: 1}
-	copy(a.Crunch[:], c.crunch[:])
-	a.Cruncher[0], a.Hotkey[0], a.ArtifactSHA256[0] = 1, 2, 3
-	if running {
-		a.DesiredState = onchain.DesiredRunning
-	}
-	return a
-}
 
 // collector keeps a source's snapshots.
 type collector struct {
 	mu    sync.Mutex
 	cond  *sync.Cond
-	last  Snapshot
+	last  source.Snapshot
 	good  int
 	fails int
 }
@@ -60,7 +34,7 @@ func newCollector() *collector {
 	return c
 }
 
-func (c *collector) report(s Snapshot) {
+func (c *collector) report(s source.Snapshot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s.Err != nil {
@@ -72,7 +46,7 @@ func (c *collector) report(s Snapshot) {
 }
 
 // wait returns the first good snapshot satisfying ok within d.
-func (c *collector) wait(t testing.TB, d time.Duration, what string, ok func(Snapshot) bool) Snapshot {
+func (c *collector) wait(t testing.TB, d time.Duration, what string, ok func(source.Snapshot) bool) source.Snapshot {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	go func() { time.Sleep(d); c.mu.Lock(); c.cond.Broadcast(); c.mu.Unlock() }()
@@ -87,7 +61,7 @@ func (c *collector) wait(t testing.TB, d time.Duration, what string, ok func(Sna
 	return c.last
 }
 
-func modelByID(s Snapshot, id string) *jobs.Model {
+func modelByID(s source.Snapshot, id string) *jobs.Model {
 	for i := range s.Models {
 		if s.Models[i].ModelID == id {
 			return &s.Models[i]
@@ -96,7 +70,7 @@ func modelByID(s Snapshot, id string) *jobs.Model {
 	return nil
 }
 
-func runSource(t testing.TB, src *SolanaSource) *collector {
+func runSource(t testing.TB, src *Source) *collector {
 	col := newCollector()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -106,26 +80,26 @@ func runSource(t testing.TB, src *SolanaSource) *collector {
 }
 
 func TestSolanaSource(t *testing.T) {
-	f := startFront(t)
-	c := newChain(t, f)
+	f := solanatest.StartFront(t)
+	c := solanatest.NewChain(t, f)
 	keyA, keyB, keyBad := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
-	f.setAccount(t, keyA, c.program, c.auth("model-a", true, 0).Encode())
-	f.setAccount(t, keyB, c.program, c.auth("model-b", false, 0).Encode())
+	f.SetAccount(t, keyA, c.Program, c.Auth("model-a", true, 0).Encode())
+	f.SetAccount(t, keyB, c.Program, c.Auth("model-b", false, 0).Encode())
 	garbage := append(onchain.ModelAuthorizationDiscriminator[:], 0xde, 0xad, 0xbe, 0xef)
-	f.setAccount(t, keyBad, c.program, garbage)
+	f.SetAccount(t, keyBad, c.Program, garbage)
 	cert := &onchain.CoordinatorCertificate{Bump: 1}
-	copy(cert.Coordinator[:], c.coord[:])
+	copy(cert.Coordinator[:], c.Coord[:])
 	cert.CertHash[0], cert.CertHashSecondary[0] = 0xcc, 0xdd
-	f.setAccount(t, solana.NewWallet().PublicKey(), c.program, cert.Encode())
+	f.SetAccount(t, solana.NewWallet().PublicKey(), c.Program, cert.Encode())
 	// An account of another program is never read.
-	f.setAccount(t, solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), c.auth("other", true, 0).Encode())
+	f.SetAccount(t, solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), c.Auth("other", true, 0).Encode())
 
-	src := &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Commitment: rpc.CommitmentConfirmed, Resync: time.Minute}
+	src := &Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Commitment: rpc.CommitmentConfirmed, Resync: time.Minute}
 	col := runSource(t, src)
 
-	s := col.wait(t, 10*time.Second, "initial listing", func(s Snapshot) bool { return len(s.Models) == 2 })
+	s := col.wait(t, 10*time.Second, "initial listing", func(s source.Snapshot) bool { return len(s.Models) == 2 })
 	a := modelByID(s, "model-a")
-	if a == nil || !a.Running || a.Crunch != "mid-one" || a.CrunchID != c.crunch.String() ||
+	if a == nil || !a.Running || a.Crunch != "mid-one" || a.CrunchID != c.Crunch.String() ||
 		!strings.HasPrefix(a.CertHash, "cc") || !strings.HasPrefix(a.CertHashSecondary, "dd") {
 		t.Fatalf("model-a: %+v (the CoordinatorCertificate's hashes win over the crunch's)", a)
 	}
@@ -135,14 +109,14 @@ func TestSolanaSource(t *testing.T) {
 	if len(s.Skipped) != 1 || !strings.Contains(s.Skipped[0].Error(), keyBad.String()) {
 		t.Fatalf("the corrupt account must be skipped with its address: %v", s.Skipped)
 	}
-	waitSubscribed(t, f, 1)
+	f.WaitSubscribed(t, 1)
 
 	// A change reaches the source over the websocket, not by a resync.
 	time.Sleep(1200 * time.Millisecond) // past the post-subscribe resync
 	before := src.resyncs.Load()
 	t0 := time.Now()
-	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 2048).Encode())
-	col.wait(t, 2*time.Second, "model-b running over the websocket", func(s Snapshot) bool {
+	f.SetAccount(t, keyB, c.Program, c.Auth("model-b", true, 2048).Encode())
+	col.wait(t, 2*time.Second, "model-b running over the websocket", func(s source.Snapshot) bool {
 		b := modelByID(s, "model-b")
 		return b != nil && b.Running && b.MemoryMB == 2048
 	})
@@ -165,7 +139,7 @@ func TestSolanaSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	tx, err := solana.NewTransaction([]solana.Instruction{
-		system.NewCreateAccountInstruction(10_000_000, 300, c.program, payer.PublicKey(), created.PublicKey()).Build(),
+		system.NewCreateAccountInstruction(10_000_000, 300, c.Program, payer.PublicKey(), created.PublicKey()).Build(),
 	}, bh.Value.Blockhash, solana.TransactionPayer(payer.PublicKey()))
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +158,7 @@ func TestSolanaSource(t *testing.T) {
 		t.Fatalf("send a signed transaction to the SVM: %v", err)
 	}
 	info, err := client.GetAccountInfo(ctx, created.PublicKey())
-	if err != nil || !info.Value.Owner.Equals(c.program) || len(info.Value.Data.GetBinary()) != 300 {
+	if err != nil || !info.Value.Owner.Equals(c.Program) || len(info.Value.Data.GetBinary()) != 300 {
 		t.Fatalf("account created by the transaction: %v %+v", err, info)
 	}
 	// The same transaction again is refused by the SVM (already processed / account in use).
@@ -194,37 +168,29 @@ func TestSolanaSource(t *testing.T) {
 
 }
 
-func waitSubscribed(t testing.TB, f *solanaFront, n int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for f.subscriptions(t) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("no program subscription registered at the front")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // Faults: the RPC goes down for a while (the source reports errors, the
 // watcher keeps the last good state, a change made meanwhile is read on
 // recovery); the websocket drops (the source resubscribes and a change
 // made while it was disconnected is not missed); a closed account
 // disappears at the next resync.
 func TestSolanaSourceFaults(t *testing.T) {
-	f := startFront(t)
-	c := newChain(t, f)
+	// The watcher applies the deployment's policy: the fixture's artifacts
+	// are on models.example.
+	watcherOptions := &jobs.Options{ArtifactHosts: []string{"models.example"}, CRLURL: "https://vault.example:8200/v1/pki_int/issuers"}
+	f := solanatest.StartFront(t)
+	c := solanatest.NewChain(t, f)
 	keyA, keyB := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
-	f.setAccount(t, keyA, c.program, c.auth("model-a", true, 0).Encode())
-	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 0).Encode())
-	src := &SolanaSource{RPCURL: f.RPC, WSURL: f.WS, Program: c.program, Resync: 2 * time.Second}
+	f.SetAccount(t, keyA, c.Program, c.Auth("model-a", true, 0).Encode())
+	f.SetAccount(t, keyB, c.Program, c.Auth("model-b", true, 0).Encode())
+	src := &Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Resync: 2 * time.Second}
 	col := runSource(t, src)
-	w := NewWatcher([]string{"solana"}, testOptions, nil)
-	col.wait(t, 10*time.Second, "initial listing", func(s Snapshot) bool { return len(s.Models) == 2 })
-	waitSubscribed(t, f, 1)
+	w := scheduler.NewWatcher([]string{"solana"}, watcherOptions, nil)
+	col.wait(t, 10*time.Second, "initial listing", func(s source.Snapshot) bool { return len(s.Models) == 2 })
+	f.WaitSubscribed(t, 1)
 
 	// RPC down for 3 s: a change made meanwhile shows up after recovery.
-	f.outage(t, 3*time.Second)
-	f.setAccount(t, keyB, c.program, c.auth("model-b", true, 4096).Encode())
+	f.Outage(t, 3*time.Second)
+	f.SetAccount(t, keyB, c.Program, c.Auth("model-b", true, 4096).Encode())
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		col.mu.Lock()
@@ -239,47 +205,47 @@ func TestSolanaSourceFaults(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	w.Report("solana", col.last)
-	w.Report("solana", Snapshot{Err: context.DeadlineExceeded})
+	w.Report("solana", source.Snapshot{Err: context.DeadlineExceeded})
 	if d, ready := w.Desired(); len(d) != 2 || !ready {
 		t.Fatalf("fail static: the desired state changed while the RPC was down: %d models", len(d))
 	}
-	col.wait(t, 20*time.Second, "the change made during the outage", func(s Snapshot) bool {
+	col.wait(t, 20*time.Second, "the change made during the outage", func(s source.Snapshot) bool {
 		b := modelByID(s, "model-b")
 		return b != nil && b.MemoryMB == 4096
 	})
-	waitSubscribed(t, f, 1)
+	f.WaitSubscribed(t, 1)
 
 	// Websocket dropped: the change made while disconnected is not missed.
-	f.dropWebsockets(t)
-	f.setAccount(t, keyB, c.program, c.auth("model-b", false, 4096).Encode())
-	col.wait(t, 10*time.Second, "the change made while the websocket was down", func(s Snapshot) bool {
+	f.DropWebsockets(t)
+	f.SetAccount(t, keyB, c.Program, c.Auth("model-b", false, 4096).Encode())
+	col.wait(t, 10*time.Second, "the change made while the websocket was down", func(s source.Snapshot) bool {
 		b := modelByID(s, "model-b")
 		return b != nil && !b.Running
 	})
-	waitSubscribed(t, f, 1)
+	f.WaitSubscribed(t, 1)
 
 	// Garbage written over a good account: skipped, named, the rest stays.
-	f.setAccount(t, keyB, c.program, append(onchain.ModelAuthorizationDiscriminator[:], make([]byte, 7)...))
-	s := col.wait(t, 5*time.Second, "corrupt account skipped", func(s Snapshot) bool { return len(s.Skipped) == 1 })
+	f.SetAccount(t, keyB, c.Program, append(onchain.ModelAuthorizationDiscriminator[:], make([]byte, 7)...))
+	s := col.wait(t, 5*time.Second, "corrupt account skipped", func(s source.Snapshot) bool { return len(s.Skipped) == 1 })
 	if modelByID(s, "model-a") == nil || !strings.Contains(s.Skipped[0].Error(), keyB.String()) {
 		t.Fatalf("after corrupting model-b: models %v skipped %v", s.Models, s.Skipped)
 	}
 
 	// Closed: gone at the next resync.
-	f.closeAccount(t, keyA)
-	col.wait(t, 5*time.Second, "closed account removed by a resync", func(s Snapshot) bool { return modelByID(s, "model-a") == nil })
+	f.CloseAccount(t, keyA)
+	col.wait(t, 5*time.Second, "closed account removed by a resync", func(s source.Snapshot) bool { return modelByID(s, "model-a") == nil })
 }
 
 // A notification older than the last full listing (it was queued while the
 // listing ran) must not bring back what the listing saw.
 func TestSolanaSourceIgnoresStaleNotifications(t *testing.T) {
-	f := startFront(t)
-	c := newChain(t, f)
+	f := solanatest.StartFront(t)
+	c := solanatest.NewChain(t, f)
 	key := solana.NewWallet().PublicKey()
-	old := c.auth("model-a", true, 0).Encode()
-	f.setAccount(t, key, c.program, old)
-	f.closeAccount(t, key)
-	src := &SolanaSource{RPCURL: f.RPC, Program: c.program}
+	old := c.Auth("model-a", true, 0).Encode()
+	f.SetAccount(t, key, c.Program, old)
+	f.CloseAccount(t, key)
+	src := &Source{RPCURL: f.RPC, Program: c.Program}
 	if err := src.resync(context.Background(), rpc.New(f.RPC)); err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +255,7 @@ func TestSolanaSourceIgnoresStaleNotifications(t *testing.T) {
 	stale := &ws.ProgramResult{}
 	stale.Context.Slot = src.listed - 1
 	stale.Value.Pubkey = key
-	stale.Value.Account = &rpc.Account{Owner: c.program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(old)}
+	stale.Value.Account = &rpc.Account{Owner: c.Program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(old)}
 	src.notified(stale)
 	if n := len(src.snapshot().Models); n != 0 {
 		t.Fatalf("a notification older than the listing resurrected a closed account (%d models)", n)
@@ -308,7 +274,7 @@ func TestSolanaSourceIgnoresStaleNotifications(t *testing.T) {
 // key replaces the crunch's hashes as a whole.
 func TestZeroCoordinatorCertificateNeverOverrides(t *testing.T) {
 	program, crunch, coord := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
-	src := &SolanaSource{Program: program}
+	src := &Source{Program: program}
 	src.crunches, src.certs = map[solana.PublicKey]*onchain.Crunch{}, map[solana.PublicKey]*onchain.CoordinatorCertificate{}
 	src.auths, src.bad = map[solana.PublicKey]*onchain.ModelAuthorization{}, map[solana.PublicKey]error{}
 	put := func(key solana.PublicKey, data []byte) {
@@ -318,8 +284,8 @@ func TestZeroCoordinatorCertificateNeverOverrides(t *testing.T) {
 	copy(cr.Coordinator[:], coord[:])
 	cr.CertHash[0], cr.CertHashSecondary[0] = 0xaa, 0xbb
 	put(crunch, cr.Encode())
-	c := &chainFixture{program: program, crunch: crunch, coord: coord}
-	put(solana.NewWallet().PublicKey(), c.auth("model-a", true, 0).Encode())
+	c := &solanatest.Chain{Program: program, Crunch: crunch, Coord: coord}
+	put(solana.NewWallet().PublicKey(), c.Auth("model-a", true, 0).Encode())
 	certKey := solana.NewWallet().PublicKey()
 	cert := &onchain.CoordinatorCertificate{Bump: 1}
 	copy(cert.Coordinator[:], coord[:])

@@ -1,0 +1,103 @@
+package scheduler
+
+import (
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
+	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/scheduler/source"
+)
+
+// Fail static: a source that fails keeps its last good models.
+func TestWatcherKeepsLastGoodState(t *testing.T) {
+	w := NewWatcher([]string{"chain", "file"}, testOptions, nil)
+	a := testModel("demo", "a", true)
+	w.Report("chain", source.Snapshot{Models: []jobs.Model{a}})
+	if _, ready := w.Desired(); ready {
+		t.Fatal("ready before every source was read")
+	}
+	w.Report("file", source.Snapshot{})
+	w.Report("chain", source.Snapshot{Err: errors.New("rpc down")})
+	d, ready := w.Desired()
+	if !ready || len(d) != 1 || d[jobs.JobID(&a)] == nil {
+		t.Fatalf("desired state after a failed read: %v ready=%v", d, ready)
+	}
+	st := w.Sources()[0]
+	if st.LastError != "rpc down" || st.Models != 1 {
+		t.Fatalf("source status: %+v", st)
+	}
+	// A good empty snapshot is a real change.
+	w.Report("chain", source.Snapshot{})
+	if d, _ := w.Desired(); len(d) != 0 {
+		t.Fatalf("deauthorization ignored: %v", d)
+	}
+}
+
+// The watcher applies the deployment's policy to every source (here the
+// feed and the YAML file, which chain-independent code reaches): a model
+// the options refuse is skipped with its reason, logged and counted once,
+// and the others stay desired.
+func TestWatcherRefusesByPolicy(t *testing.T) {
+	opts := &jobs.Options{ArtifactHosts: []string{"models.example"}, CRLURL: "https://vault.example:8200/v1/pki_int/issuers"}
+	m := NewMetrics()
+	w := NewWatcher([]string{"feed"}, opts, m)
+	var logs syncbuf.Buffer
+	w.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs})
+	good := jobs.Model{Crunch: "c", ModelID: "good", ArtifactURL: "https://models.example/a.tar.gz",
+		ArtifactSHA256: strings.Repeat("ab", 32), Hardware: jobs.CPU, Running: true}
+	elsewhere, plain, hostDir := good, good, good
+	elsewhere.ModelID, elsewhere.ArtifactURL = "elsewhere", "https://evil.example/a.tar.gz"
+	plain.ModelID, plain.ArtifactURL = "plain", "http://models.example/a.tar.gz"
+	hostDir.ModelID, hostDir.ArtifactURL, hostDir.ArtifactSHA256, hostDir.ModelDir = "hostdir", "", "", "/etc"
+	for range 3 {
+		w.Report("feed", source.Snapshot{Models: []jobs.Model{good, elsewhere, plain, hostDir}})
+	}
+	d, _ := w.Desired()
+	if len(d) != 1 || d[jobs.JobID(&good)] == nil {
+		t.Fatalf("desired: %v", d)
+	}
+	st := w.Sources()[0]
+	joined := strings.Join(st.Skipped, "\n")
+	for _, want := range []string{`model "elsewhere"`, "--artifact-hosts", "--allow-http-artifacts", "--allow-host-model-dirs"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("skipped lacks %q:\n%s", want, joined)
+		}
+	}
+	if n := strings.Count(logs.String(), "skipped entry"); n != 3 {
+		t.Errorf("logged %d times, want each refusal once:\n%s", n, logs.String())
+	}
+	rec := httptest.NewRecorder()
+	(&Scheduler{Metrics: m, Reconciler: &Reconciler{Options: opts}}).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`modelnodes_scheduler_refused_entries_total{reason="artifact",source="feed"} 2`,
+		`modelnodes_scheduler_refused_entries_total{reason="model_dir",source="feed"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, grepLines(rec.Body.String(), "refused"))
+		}
+	}
+	// A source error with credentials in its URL is kept redacted.
+	w.Report("feed", source.Snapshot{Err: &httpErr{"Get \"https://u:pw@feed.example/x?api-key=k\": refused"}})
+	if e := w.Sources()[0].LastError; strings.Contains(e, "pw") || strings.Contains(e, "api-key=k") {
+		t.Errorf("source error kept with credentials: %s", e)
+	}
+}
+
+type httpErr struct{ s string }
+
+func (e *httpErr) Error() string { return e.s }
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
