@@ -1,6 +1,8 @@
 # Model Nodes on Nomad: the one entry point.
 #   make build     binaries into ./bin
-#   make test      unit + integration tests against the real Nomad, Consul and Vault
+#   make test      every test: unit + e2e (the real Nomad, Consul, Vault, node, root)
+#   make unit      the quick loop: unit tests only (no agents, no node, no root)
+#   make e2e       the packages holding e2e suites, with the real agents
 #   make bench     benchmarks (see docs/performance.md)
 #   make lint      gofmt, go vet, staticcheck
 #   make proto     regenerate the Go code from proto/*.proto
@@ -17,7 +19,7 @@ BENCH_COUNT ?= 6
 
 export GOTOOLCHAIN := local
 
-.PHONY: all build test unit bench lint proto hashistack demo demo-down dev dev-down clean tools
+.PHONY: all build test unit e2e bench lint proto hashistack demo demo-down dev dev-down clean tools
 
 all: build
 
@@ -25,16 +27,33 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-# Obtain (or build once and cache) the pinned HashiCorp agents, then run every
-# test. The agents' paths reach the tests through NOMAD_BIN/CONSUL_BIN/VAULT_BIN.
-test: hashistack build
-	@eval "$$(deploy/hashistack/install | sed 's/^\([a-z]*\)=/export \U\1\E_BIN=/')"; \
-	  export MODELNODES_BIN=$(BIN); \
-	  $(GO) test $(GOTEST_FLAGS) ./...
+# with_agents obtains (or builds once and caches) the pinned HashiCorp agents
+# and hands their paths to the tests through NOMAD_BIN/CONSUL_BIN/VAULT_BIN,
+# and make build's binaries through MODELNODES_BIN.
+with_agents = eval "$$(deploy/hashistack/install | sed 's/^\([a-z]*\)=/export \U\1\E_BIN=/')"; \
+  export MODELNODES_BIN=$(BIN)
 
-# Unit tests only: no agents needed.
-unit:
-	$(GO) test -count=1 -short ./...
+# Every test: the unit tests and the e2e suites, the files whose first line
+# is //go:build e2e (they need the real agents, node for the dev chain, or
+# root for the driver's sandbox; see docs/testing.md). go vet of the untagged
+# build first: it compiles make unit's test binaries, which the tagged run
+# does not (an untagged test calling a helper only an e2e file defines).
+test: hashistack build
+	$(GO) vet ./...
+	@$(with_agents); \
+	  $(GO) test -tags e2e $(GOTEST_FLAGS) ./...
+
+# The quick loop: the untagged tests, which need no agents, no node, no root.
+# They take make build's binaries (MODELNODES_BIN) instead of each building its
+# own: a minute of go build saved on two cores.
+unit: build
+	MODELNODES_BIN=$(BIN) $(GO) test -count=1 ./...
+
+# The packages that hold e2e suites (scripts/e2e-packages lists them), each
+# whole: its unit tests run beside its e2e suites.
+e2e: hashistack build
+	@$(with_agents); \
+	  $(GO) test -tags e2e $(GOTEST_FLAGS) $$(scripts/e2e-packages)
 
 hashistack:
 	deploy/hashistack/install >/dev/null
@@ -42,11 +61,14 @@ hashistack:
 bench: build
 	MODELNODES_BIN=$(BIN) scripts/bench
 
+# go vet twice: the e2e build holds every test file, and the default build
+# (make unit's) fails when an untagged test uses a helper only e2e files define.
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	$(GO) vet -tags e2e ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags e2e ./...
 
 proto:
 	scripts/genproto

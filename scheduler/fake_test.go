@@ -96,3 +96,11 @@ func desiredOf(opts *jobs.Options, ms ...jobs.Model) map[string]*Desired {
 	}
 	return out
 }
+
+// testOptions are the production job options (secure runners) with the
+// development allowances the fixtures need: artifacts from models.example
+// and, over plain http, from loopback servers; host model dirs. The
+// revocation list's URL is a placeholder: TestScheduledModelTurnsHealthy,
+// the one test whose runner starts, sets the test Vault's.
+var testOptions = &jobs.Options{ArtifactHosts: []string{"models.example", "127.0.0.1"}, AllowHTTPArtifacts: true,
+	AllowHostModelDirs: true, CRLURL: "https://vault.example:8200/v1/pki_int/issuers"}

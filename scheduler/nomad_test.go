@@ -1,3 +1,5 @@
+//go:build e2e
+
 package scheduler
 
 import (
@@ -38,14 +40,6 @@ import (
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
-
-// testOptions are the production job options (secure runners) with the
-// development allowances the fixtures need: artifacts from models.example
-// and, over plain http, from loopback servers; host model dirs. The
-// revocation list's URL is a placeholder: TestScheduledModelTurnsHealthy,
-// the one test whose runner starts, sets the test Vault's.
-var testOptions = &jobs.Options{ArtifactHosts: []string{"models.example", "127.0.0.1"}, AllowHTTPArtifacts: true,
-	AllowHostModelDirs: true, CRLURL: "https://vault.example:8200/v1/pki_int/issuers"}
 
 type runningScheduler struct {
 	s      *Scheduler

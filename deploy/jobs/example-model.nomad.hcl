@@ -7,7 +7,7 @@
 # HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH, a CPU model whose submission
 # is fetched from var.artifact_url and checked against var.artifact_sha256
 # (set both to your submission's). jobs/hcl_test.go checks that this file and
-# the builder agree; regenerate the ids with `go test ./jobs -run HCL -v` when
+# the builder agree; regenerate the ids with `go test -tags e2e ./jobs -run HCL -v` when
 # the builder changes.
 #
 # The job id is the runner's identity for Vault ("model-node-<id>", see

@@ -251,7 +251,9 @@ func (a *Authorizer) Reload() (bool, error) {
 	defer a.mu.Unlock()
 	changed := false
 	var errs []error
-	if a.cfg.PolicyFile != "" && a.fileChanged(a.cfg.PolicyFile) {
+	// Until a policy is loaded, keep trying (a missing file has the stamp a
+	// never-read one has): check needs one.
+	if a.cfg.PolicyFile != "" && (a.policy.Load() == nil || a.fileChanged(a.cfg.PolicyFile)) {
 		p, err := loadPolicy(a.cfg.PolicyFile)
 		if err != nil {
 			errs = append(errs, err)

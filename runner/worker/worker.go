@@ -274,13 +274,15 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 
 	select {
 	case err := <-exited:
-		c.close(fmt.Errorf("%w: %s", ErrWorkerDied, exitReason(err)))
-		return fmt.Errorf("exited: %s", exitReason(err))
+		if c.close(fmt.Errorf("%w: %s", ErrWorkerDied, exitReason(err))) {
+			return fmt.Errorf("exited: %s", exitReason(err))
+		}
+		// The conn gave up on the worker first: its reason says why.
+		return fmt.Errorf("%w (exited: %s)", c.err(), exitReason(err))
 	case <-c.dead:
 		// Protocol error or hang: the conn already killed the group.
 		reason := c.err()
-		<-exited
-		return reason
+		return fmt.Errorf("%w (exited: %s)", reason, exitReason(<-exited))
 	case <-ctx.Done():
 		s.down(c)
 		_ = c.nc.(*net.UnixConn).CloseWrite() // EOF: a polite worker exits
@@ -490,21 +492,21 @@ func (c *conn) readLoop() {
 }
 
 // fail kills the worker because of err and fails every pending request.
+// The reason is recorded before the kill, so that the requests and the
+// supervisor learn it rather than the kill's "signal: killed".
 func (c *conn) fail(err error) {
-	c.mu.Lock()
-	alive := c.reason == nil
-	c.mu.Unlock()
-	if alive { // never signal a process group that may already be gone
+	if c.close(fmt.Errorf("%w: %v", ErrWorkerDied, err)) { // never signal a process group that may already be gone
 		c.kill()
 	}
-	c.close(fmt.Errorf("%w: %v", ErrWorkerDied, err))
 }
 
-func (c *conn) close(reason error) {
+// close fails the conn with reason and reports whether this was its first
+// failure (later reasons are dropped).
+func (c *conn) close(reason error) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.reason != nil {
-		return
+		return false
 	}
 	c.reason = reason
 	if c.onDead != nil {
@@ -516,6 +518,7 @@ func (c *conn) close(reason error) {
 	}
 	close(c.dead)
 	_ = c.nc.Close()
+	return true
 }
 
 func (c *conn) err() error {

@@ -17,12 +17,15 @@ import (
 	"github.com/modelnodes/modelnodes/runner/frame"
 )
 
-// The test binary doubles as a hostile worker, chosen by this variable.
+// The test binary doubles as a fake or hostile worker, its role chosen by
+// this variable (see fakeWorker and hostileWorker).
 const roleEnv = "WORKER_TEST_ROLE"
 
 func TestMain(m *testing.M) {
 	if role := os.Getenv(roleEnv); role != "" {
-		hostileWorker(role)
+		if !fakeWorker(role) {
+			hostileWorker(role)
+		}
 		return
 	}
 	os.Exit(m.Run())

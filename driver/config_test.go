@@ -1,0 +1,34 @@
+package driver_test
+
+import (
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/nomad/plugins/base"
+	"github.com/hashicorp/nomad/plugins/drivers/testutils"
+
+	"github.com/modelnodes/modelnodes/driver"
+)
+
+// Refused plugin configurations need no root: SetConfig validates before
+// anything is isolated. (The driver's lifecycle tests, which need root,
+// are in the e2e-tagged files.)
+func TestBadConfigsAreRefused(t *testing.T) {
+	d := driver.New(hclog.NewNullLogger())
+	h := testutils.NewDriverHarness(t, d)
+	for name, cfg := range map[string]map[string]any{
+		"unknown runtime":    {"allowed_runtimes": []string{"python", "bash"}},
+		"relative ro path":   {"readonly_paths": []string{"usr"}},
+		"uid range of root":  {"uid_range": "0-10"},
+		"bad landlock value": {"landlock": "sometimes"},
+		"relative store":     {"model_store": "models"},
+	} {
+		var data []byte
+		if err := base.MsgPackEncode(&data, cfg); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.SetConfig(&base.Config{PluginConfig: data}); err == nil {
+			t.Errorf("%s: plugin config accepted", name)
+		}
+	}
+}

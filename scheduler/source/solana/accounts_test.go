@@ -1,0 +1,57 @@
+package solana
+
+import (
+	"strings"
+	"testing"
+
+	solana "github.com/gagliardetto/solana-go"
+	"github.com/gagliardetto/solana-go/rpc"
+
+	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
+	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
+)
+
+// A CoordinatorCertificate account that names no key (just created, or
+// zeroed by whoever controls it) must not replace the crunch's hashes: the
+// runner would then get no hash at all (issue 13 item 3). One that names a
+// key replaces the crunch's hashes as a whole.
+func TestZeroCoordinatorCertificateNeverOverrides(t *testing.T) {
+	program, crunch, coord := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
+	src := &Source{Program: program}
+	src.crunches, src.certs = map[solana.PublicKey]*onchain.Crunch{}, map[solana.PublicKey]*onchain.CoordinatorCertificate{}
+	src.auths, src.bad = map[solana.PublicKey]*onchain.ModelAuthorization{}, map[solana.PublicKey]error{}
+	put := func(key solana.PublicKey, data []byte) {
+		src.apply(key, &rpc.Account{Owner: program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(data)})
+	}
+	cr := &onchain.Crunch{Name: "mid-one", Bump: 255}
+	copy(cr.Coordinator[:], coord[:])
+	cr.CertHash[0], cr.CertHashSecondary[0] = 0xaa, 0xbb
+	put(crunch, cr.Encode())
+	c := &solanatest.Chain{Program: program, Crunch: crunch, Coord: coord}
+	put(solana.NewWallet().PublicKey(), c.Auth("model-a", true, 0).Encode())
+	certKey := solana.NewWallet().PublicKey()
+	cert := &onchain.CoordinatorCertificate{Bump: 1}
+	copy(cert.Coordinator[:], coord[:])
+
+	hashes := func() (string, string) {
+		s := src.snapshot()
+		if len(s.Models) != 1 {
+			t.Fatalf("snapshot: %+v", s)
+		}
+		return s.Models[0].CertHash, s.Models[0].CertHashSecondary
+	}
+	put(certKey, cert.Encode()) // all zero
+	if p, s := hashes(); !strings.HasPrefix(p, "aa") || !strings.HasPrefix(s, "bb") {
+		t.Fatalf("an all-zero certificate replaced the crunch's hashes: primary %q secondary %q", p, s)
+	}
+	cert.CertHash[0] = 0xcc // names a key: it wins, its empty secondary means none
+	put(certKey, cert.Encode())
+	if p, s := hashes(); !strings.HasPrefix(p, "cc") || s != "" {
+		t.Fatalf("the certificate's key did not replace the crunch's: primary %q secondary %q", p, s)
+	}
+	cert.CertHash[0] = 0 // zeroed again: back to the crunch's
+	put(certKey, cert.Encode())
+	if p, s := hashes(); !strings.HasPrefix(p, "aa") || !strings.HasPrefix(s, "bb") {
+		t.Fatalf("a zeroed certificate blanked the hashes: primary %q secondary %q", p, s)
+	}
+}
