@@ -310,7 +310,10 @@ func workerCommand(o *runneropts.Options, modelDir string) ([]string, func(), er
 		cleanup()
 		return nil, nil, err
 	}
-	cmd := []string{o.Python, "-B", host, "--model-dir", modelDir}
+	// -u: the model's prints reach the runner's log as they happen, and none
+	// is left in a buffer when the worker is stopped (the driver's sandbox
+	// sets PYTHONUNBUFFERED too; a laptop's environment may not).
+	cmd := []string{o.Python, "-B", "-u", host, "--model-dir", modelDir}
 	if o.Entry != "" {
 		cmd = append(cmd, "--entry", o.Entry)
 	}

@@ -93,6 +93,13 @@ func TestServeOnALaptop(t *testing.T) {
 	cmd := exec.Command(binary(t), "serve", "--model-dir", "../../runner/testdata/pymodel",
 		"--listen", addr, "--plaintext", "--metrics-listen", metricsAddr, "--health-listen", healthAddr, "--log-json")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
+	// A laptop's environment, not this machine's: the model's last prints
+	// must reach the log at stop without PYTHONUNBUFFERED.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PYTHONUNBUFFERED=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -473,5 +473,18 @@ def main():
         send_frame(sock, RESULT, ident, result_body(code, message, variant))
 
 
+def run():
+    try:
+        return main()
+    finally:
+        # Flush what the model printed before main's socket is released: the
+        # runner takes the socket's end for the worker's, and stops it.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
