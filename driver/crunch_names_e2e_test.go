@@ -4,7 +4,6 @@ package driver_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
-	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/pki/vaultpki"
@@ -51,8 +49,14 @@ func TestE2ECrunchNameIsNoDNSLabel(t *testing.T) {
 		t.Fatalf("the coordinator's certificate names %s %v, want %s %s", leaf.Subject.CommonName, leaf.URIs,
 			names.CoordinatorCommonName(crunch), names.CoordinatorURI(crunch))
 	}
-	consulAs := consulToken(t, ctx, c, crunch)
-	twinConsul := consulToken(t, ctx, c, twin)
+	consulAs, err := c.CoordinatorConsul(ctx, crunch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	twinConsul, err := c.CoordinatorConsul(ctx, twin)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	m := &jobs.Model{Crunch: crunch, ModelID: "names-model", ModelDir: hostileModel(t), Runtime: "python",
 		Hardware: jobs.CPU, CPU: 200, MemoryMB: 256, CertHash: authz.SPKIHash(coordinator.Certificate().Leaf),
@@ -90,37 +94,21 @@ func TestE2ECrunchNameIsNoDNSLabel(t *testing.T) {
 	}
 }
 
-// consulToken onboards crunch's coordinator in Consul (deploy/consul/setup
-// coordinator) and returns a Consul client with its token.
-func consulToken(t *testing.T, ctx context.Context, c *testcluster.Cluster, crunch string) *consulapi.Client {
-	t.Helper()
-	out, err := c.RunScript(ctx, "deploy/consul/setup", "coordinator", crunch)
-	if err != nil {
-		t.Fatalf("deploy/consul/setup coordinator %q: %v\n%s", crunch, err, out)
-	}
-	var secret string
-	for _, l := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(l, "secret_id="); ok {
-			secret = v
-		}
-	}
-	cfg := consulapi.DefaultConfig()
-	cfg.Address, cfg.Token = c.Consul.Addr, secret
-	cl, err := consulapi.NewClient(cfg)
-	if err != nil || secret == "" {
-		t.Fatalf("Consul client for %q's coordinator (%v):\n%s", crunch, err, out)
-	}
-	return cl
-}
-
 // fanOutSetup discovers crunch's models through Consul as cl's token sees
 // them and calls Setup on each with iss's certificate. No models: no results.
 func fanOutSetup(t *testing.T, ctx context.Context, cl *consulapi.Client, crunch string, iss *vaultpki.Issuer) []client.Result {
 	t.Helper()
-	c, err := client.New(client.Config{
+	return setupEach(t, ctx, client.Config{
 		Source: &consul.Source{Client: cl, Service: names.Service(crunch), Crunch: crunch},
 		TLS:    iss,
 	})
+}
+
+// setupEach runs a coordinator's client with cfg until its first membership
+// and calls Setup("base.Base") on every member.
+func setupEach(t *testing.T, ctx context.Context, cfg client.Config) []client.Result {
+	t.Helper()
+	c, err := client.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,8 +116,10 @@ func fanOutSetup(t *testing.T, ctx context.Context, cl *consulapi.Client, crunch
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(cctx) }()
 	defer func() { cancel(); <-done }()
-	wctx, wcancel := context.WithTimeout(cctx, 5*time.Second)
+	wctx, wcancel := context.WithTimeout(cctx, 30*time.Second)
 	defer wcancel()
-	_ = c.WaitMembership(wctx)
+	if err := c.WaitMembership(wctx); err != nil {
+		t.Fatalf("no membership: %v", err)
+	}
 	return c.Setup(cctx, "base.Base", client.Request{Timeout: 10 * time.Second})
 }

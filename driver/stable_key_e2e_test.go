@@ -224,22 +224,11 @@ func TestE2EStableRunnerKey(t *testing.T) {
 // metadata (client.DelegationFromMeta); the call is a Setup.
 func verifiedCall(t *testing.T, ctx context.Context, c *testcluster.Cluster, iss *vaultpki.Issuer) client.Result {
 	t.Helper()
-	cl, err := client.New(client.Config{
+	res := setupEach(t, ctx, client.Config{
 		Source:     &consul.Source{Client: c.Consul.Client, Service: names.Service("alpha"), Crunch: "alpha"},
 		TLS:        iss,
 		Delegation: client.DelegationFromMeta,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = cl.Run(cctx) }()
-	defer func() { cancel(); <-done }()
-	if err := cl.WaitMembership(cctx); err != nil {
-		t.Fatal(err)
-	}
-	res := cl.Setup(cctx, "base.Base", client.Request{Timeout: 10 * time.Second})
 	if len(res) != 1 {
 		t.Fatalf("the client called %d models, want 1: %+v", len(res), res)
 	}

@@ -501,37 +501,11 @@ type coordinator struct {
 
 func onboardCoordinator(b *testing.B, ctx context.Context, cl *testcluster.Cluster, crunch string) *coordinator {
 	b.Helper()
-	role, err := cl.CoordinatorAppRole(ctx, crunch)
+	iss, err := cl.CoordinatorIssuer(ctx, crunch)
 	if err != nil {
 		b.Fatal(err)
 	}
-	vc, err := cl.Vault.Client.Clone()
-	if err != nil {
-		b.Fatal(err)
-	}
-	vc.ClearToken()
-	cn, uris := vaultpki.CoordinatorNames(crunch)
-	iss, err := vaultpki.New(ctx, vaultpki.Config{Client: vc, Login: vaultpki.AppRole{RoleID: role.RoleID, SecretID: role.SecretID},
-		CommonName: cn, URISANs: uris})
-	if err != nil {
-		b.Fatalf("coordinator certificate for crunch %s: %v", crunch, err)
-	}
-	out, err := cl.RunScript(ctx, "deploy/consul/setup", "coordinator", crunch)
-	if err != nil {
-		b.Fatalf("deploy/consul/setup coordinator %s: %v\n%s", crunch, err, out)
-	}
-	var token string
-	for _, l := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(l, "secret_id="); ok {
-			token = v
-		}
-	}
-	if token == "" {
-		b.Fatalf("deploy/consul/setup coordinator %s printed no secret_id:\n%s", crunch, out)
-	}
-	cfg := consulapi.DefaultConfig()
-	cfg.Address, cfg.Token = cl.Consul.Addr, token
-	cc, err := consulapi.NewClient(cfg)
+	cc, err := cl.CoordinatorConsul(ctx, crunch)
 	if err != nil {
 		b.Fatal(err)
 	}

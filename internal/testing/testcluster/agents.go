@@ -19,6 +19,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
 	"github.com/modelnodes/modelnodes/pki/vaultpki"
 )
 
@@ -319,6 +320,28 @@ func (c *Cluster) CoordinatorAppRole(ctx context.Context, crunch string) (AppRol
 		return r, fmt.Errorf("onboarding crunch %s printed no role_id/secret_id:\n%s", crunch, out)
 	}
 	return r, nil
+}
+
+// CoordinatorConsul onboards crunch's coordinator in Consul the way the
+// operator does (deploy/consul/setup coordinator CRUNCH) and returns a Consul
+// client with its token: it reads the crunch's models and nothing else.
+func (c *Cluster) CoordinatorConsul(ctx context.Context, crunch string) (*consulapi.Client, error) {
+	out, err := c.RunScript(ctx, "deploy/consul/setup", "coordinator", crunch)
+	if err != nil {
+		return nil, fmt.Errorf("onboarding crunch %s in Consul: %w\n%s", crunch, err, out)
+	}
+	var secret string
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "secret_id="); ok {
+			secret = v
+		}
+	}
+	if secret == "" {
+		return nil, fmt.Errorf("onboarding crunch %s in Consul printed no secret_id:\n%s", crunch, out)
+	}
+	cfg := consulapi.DefaultConfig()
+	cfg.Address, cfg.Token = c.Consul.Addr, secret
+	return consulapi.NewClient(cfg)
 }
 
 // CoordinatorCert onboards crunch and returns a client certificate Vault

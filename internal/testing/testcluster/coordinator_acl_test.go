@@ -25,22 +25,7 @@ func TestConsulCoordinatorToken(t *testing.T) {
 		}
 		defer func(id string) { _ = c.Consul.Client.Agent().ServiceDeregister(id) }(reg.ID)
 	}
-	out, err := c.RunScript(ctx, "deploy/consul/setup", "coordinator", "alpha")
-	if err != nil {
-		t.Fatalf("deploy/consul/setup coordinator alpha: %v\n%s", err, out)
-	}
-	var secret string
-	for _, l := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(l, "secret_id="); ok {
-			secret = v
-		}
-	}
-	if secret == "" {
-		t.Fatalf("no secret_id printed:\n%s", out)
-	}
-	cfg := consulapi.DefaultConfig()
-	cfg.Address, cfg.Token = c.Consul.Addr, secret
-	coord, err := consulapi.NewClient(cfg)
+	coord, err := c.CoordinatorConsul(ctx, "alpha")
 	if err != nil {
 		t.Fatal(err)
 	}
