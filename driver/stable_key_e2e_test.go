@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/mr-tron/base58"
 	"google.golang.org/grpc"
@@ -27,7 +28,6 @@ import (
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/delegation"
-	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/pki/vaultpki"
@@ -43,15 +43,45 @@ import (
 // once into the job's Nomad variable keeps verifying on the coordinator's
 // side; Vault's runner policy and role keep another model's runner from its
 // key and its name; the sandboxed model cannot read the task's Vault token.
+//
+// The crunch's name is no DNS label (upper case, an underscore, a dot), as a
+// chain may hold: the operator onboards its coordinator with the deploy
+// scripts under that name (Vault AppRole and certificate, Consul token), and
+// the coordinator's client finds the model through Consul with its own token
+// and calls it. Every part derives the crunch's names through package names
+// (the scripts through bin/modelnodes-names); before, the job registered
+// crunch-my-crunch-v2, the client watched crunch-My_Crunch.v2, and Vault
+// refused to onboard the name. The crunch whose name is the old mapping's
+// output, my-crunch-v2, is another crunch: its coordinator neither sees the
+// model in Consul nor gets past the runner, even with its key on the model's
+// list.
 func TestE2EStableRunnerKey(t *testing.T) {
-	c := startModelboxCluster(t)
+	c := startModelboxCluster(t, "modelnodes-names")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	alphaIssuer, err := c.CoordinatorIssuer(ctx, "alpha")
+	const crunch, twin = "My_Crunch.v2", "my-crunch-v2"
+	alphaIssuer, err := c.CoordinatorIssuer(ctx, crunch)
+	if err != nil {
+		t.Fatalf("onboarding the coordinator of %q in Vault: %v", crunch, err)
+	}
+	alpha := alphaIssuer.Certificate()
+	if leaf := alpha.Leaf; len(leaf.URIs) != 1 || leaf.URIs[0].String() != names.CoordinatorURI(crunch) ||
+		leaf.Subject.CommonName != names.CoordinatorCommonName(crunch) {
+		t.Fatalf("the coordinator's certificate names %s %v, want %s %s", leaf.Subject.CommonName, leaf.URIs,
+			names.CoordinatorCommonName(crunch), names.CoordinatorURI(crunch))
+	}
+	twinIssuer, err := c.CoordinatorIssuer(ctx, twin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	alpha := alphaIssuer.Certificate()
+	coordConsul, err := c.CoordinatorConsul(ctx, crunch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	twinConsul, err := c.CoordinatorConsul(ctx, twin)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// The cruncher's wallet, which the chain records with the model.
 	pub, wallet, _ := ed25519.GenerateKey(rand.Reader)
 	roots := vaultRoots(t, ctx, c)
@@ -62,11 +92,15 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	// the intermediate's revocation list, as the scheduler's --crl-url has
 	// them do.
 	opts := &jobs.Options{RunnerVaultAddr: c.Vault.Addr, CertTTL: "40s", CRLURL: c.Vault.Addr + "/v1/pki_int/crl/pem", AllowHostModelDirs: true}
-	m := &jobs.Model{Crunch: "alpha", ModelID: "stable-key-model", Cruncher: base58.Encode(pub), Hotkey: "hk-1", ModelDir: modelDir,
-		Runtime: "python", Hardware: jobs.CPU, CPU: 200, MemoryMB: 256, CertHash: authz.SPKIHash(alpha.Leaf)}
+	m := &jobs.Model{Crunch: crunch, ModelID: "stable-key-model", Cruncher: base58.Encode(pub), Hotkey: "hk-1", ModelDir: modelDir,
+		Runtime: "python", Hardware: jobs.CPU, CPU: 200, MemoryMB: 256, CertHash: authz.SPKIHash(alpha.Leaf),
+		CertHashSecondary: authz.SPKIHash(twinIssuer.Certificate().Leaf)}
 	job, err := jobs.Build(m, opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := job.TaskGroups[0].Services[0].Name; got != "crunch-my-crunch-v2--eocje7s2rsjigyf5" {
+		t.Fatalf("the job registers service %q", got)
 	}
 	jobID := *job.ID
 	name := jobID + ".crunchdao.internal"
@@ -133,7 +167,7 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	// The coordinator's client, discovering the model in Consul and checking
 	// delegations against its service metadata, refuses it while there is
 	// no delegation.
-	if r := verifiedCall(t, ctx, c, alphaIssuer); r.Status != client.Unauthenticated {
+	if r := verifiedCall(t, ctx, coordConsul, crunch, alphaIssuer); r.Status != client.Unauthenticated {
 		t.Fatalf("a runner without a delegation: %s %q, want Unauthenticated", r.Status, r.Message)
 	}
 	proof, err := delegation.Sign(wallet, delegation.Message{CertPub: delegation.CertPub(spki), ModelID: m.ModelID,
@@ -148,8 +182,20 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	}
 	expect := delegation.Expect{Wallet: base58.Encode(pub), ModelID: m.ModelID, Hotkey: m.Hotkey}
 	waitDelegation(t, portAddr(alloc, "grpc"), name, roots, alpha, expect)
-	if r := verifiedCall(t, ctx, c, alphaIssuer); r.Status != client.Success {
+	if r := verifiedCall(t, ctx, coordConsul, crunch, alphaIssuer); r.Status != client.Success {
 		t.Fatalf("with the delegation: %s %q, want success", r.Status, r.Message)
+	}
+	// The twin crunch's coordinator: its Consul token does not read the
+	// crunch's service, and, given the address, the runner refuses its
+	// certificate (it names my-crunch-v2), though its key is on the list.
+	if entries, _, err := twinConsul.Health().Service(names.Service(crunch), "", false, nil); err != nil || len(entries) != 0 {
+		t.Errorf("the coordinator of %q reads %s: %d entries, %v", twin, names.Service(crunch), len(entries), err)
+	}
+	if res := fanOutSetup(t, ctx, twinConsul, twin, twinIssuer); len(res) != 0 {
+		t.Errorf("the coordinator of %q finds models: %+v", twin, res)
+	}
+	if res := fanOutSetup(t, ctx, coordConsul, crunch, twinIssuer); len(res) != 1 || res[0].OK() {
+		t.Errorf("the coordinator of %q calling %q's model: %+v, want a refusal", twin, crunch, res)
 	}
 
 	// A new allocation (on a real cluster: another node) keeps the key, and
@@ -191,7 +237,7 @@ func TestE2EStableRunnerKey(t *testing.T) {
 		{"names another model", "common_name", name, "not allowed by this role"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			other := &jobs.Model{Crunch: "alpha", ModelID: "intruder-" + tc.field, ModelDir: modelDir, Runtime: "python",
+			other := &jobs.Model{Crunch: crunch, ModelID: "intruder-" + tc.field, ModelDir: modelDir, Runtime: "python",
 				Hardware: jobs.CPU, CPU: 200, MemoryMB: 256}
 			oj, err := jobs.Build(other, opts)
 			if err != nil {
@@ -219,13 +265,13 @@ func TestE2EStableRunnerKey(t *testing.T) {
 }
 
 // verifiedCall is one call from the coordinator's client library as a
-// coordinator runs it: Consul discovery of crunch alpha, the Vault-issued
-// certificate, and the wallet delegation checked against the model's Consul
-// metadata (client.DelegationFromMeta); the call is a Setup.
-func verifiedCall(t *testing.T, ctx context.Context, c *testcluster.Cluster, iss *vaultpki.Issuer) client.Result {
+// coordinator runs it: Consul discovery of its crunch with its own token, the
+// Vault-issued certificate, and the wallet delegation checked against the
+// model's Consul metadata (client.DelegationFromMeta); the call is a Setup.
+func verifiedCall(t *testing.T, ctx context.Context, cl *consulapi.Client, crunch string, iss *vaultpki.Issuer) client.Result {
 	t.Helper()
 	res := setupEach(t, ctx, client.Config{
-		Source:     &consul.Source{Client: c.Consul.Client, Service: names.Service("alpha"), Crunch: "alpha"},
+		Source:     &consul.Source{Client: cl, Service: names.Service(crunch), Crunch: crunch},
 		TLS:        iss,
 		Delegation: client.DelegationFromMeta,
 	})
@@ -345,4 +391,34 @@ func taskStderr(nomad *nomadapi.Client, a *nomadapi.Allocation) string {
 	defer rc.Close()
 	b, _ := io.ReadAll(io.LimitReader(rc, 1<<16))
 	return string(b)
+}
+
+// fanOutSetup discovers crunch's models through Consul as cl's token sees
+// them and calls Setup on each with iss's certificate. No models: no results.
+func fanOutSetup(t *testing.T, ctx context.Context, cl *consulapi.Client, crunch string, iss *vaultpki.Issuer) []client.Result {
+	t.Helper()
+	return setupEach(t, ctx, client.Config{
+		Source: &consul.Source{Client: cl, Service: names.Service(crunch), Crunch: crunch},
+		TLS:    iss,
+	})
+}
+
+// setupEach runs a coordinator's client with cfg until its first membership
+// and calls Setup("base.Base") on every member.
+func setupEach(t *testing.T, ctx context.Context, cfg client.Config) []client.Result {
+	t.Helper()
+	c, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(cctx) }()
+	defer func() { cancel(); <-done }()
+	wctx, wcancel := context.WithTimeout(cctx, 30*time.Second)
+	defer wcancel()
+	if err := c.WaitMembership(wctx); err != nil {
+		t.Fatalf("no membership: %v", err)
+	}
+	return c.Setup(cctx, "base.Base", client.Request{Timeout: 10 * time.Second})
 }
