@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/modelnodes/modelnodes/names"
-
 	"github.com/modelnodes/modelnodes/nomad"
 )
 

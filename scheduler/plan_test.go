@@ -7,9 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/names"
-
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 	"github.com/modelnodes/modelnodes/scheduler/source"
 )

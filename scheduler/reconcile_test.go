@@ -8,11 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/names"
-
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 )
 

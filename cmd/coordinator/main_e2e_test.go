@@ -10,12 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/names"
-
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // Against a real Consul agent: models of crunch alpha come from the health

@@ -13,12 +13,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/modelnodes/modelnodes/names"
-
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/internal/redact"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // Model states reported by the status API and metrics.

@@ -10,13 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/names"
-
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // Against a real Consul agent: every registration, deregistration and check

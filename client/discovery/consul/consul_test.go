@@ -8,13 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/names"
-
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }

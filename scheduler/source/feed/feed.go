@@ -16,10 +16,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/modelnodes/modelnodes/names"
-
 	"github.com/modelnodes/modelnodes/internal/redact"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
