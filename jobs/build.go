@@ -112,6 +112,10 @@ const (
 	DelegationItem = "delegation"
 )
 
+// ResourcesDir is where a submission's resources are, relative to its code
+// (CrunchDAO's runner links them as code/resources).
+const ResourcesDir = "resources"
+
 // CertTemplate renders the runner's bundle as docs/vault.md prescribes; the
 // common name is derived from the job id, which Vault's runner role binds.
 func CertTemplate(issuePath, ttl string) string {
@@ -187,6 +191,16 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 			art.GetterOptions = map[string]string{"checksum": "sha256:" + m.ArtifactSHA256}
 		}
 		task.Artifacts = []*nomadapi.TaskArtifact{art}
+		if m.ResourcesURL != "" {
+			// Unpacked inside the model, after it: the code reads
+			// resources/ relative to itself, as under CrunchDAO's runner,
+			// and the driver moves and mounts the whole model read-only.
+			task.Artifacts = append(task.Artifacts, &nomadapi.TaskArtifact{
+				GetterSource:  new(m.ResourcesURL),
+				RelativeDest:  new("local/model/" + ResourcesDir),
+				GetterOptions: map[string]string{"checksum": "sha256:" + m.ResourcesSHA256},
+			})
+		}
 	}
 	if !o.Plaintext {
 		// env = false: Nomad would otherwise put VAULT_TOKEN in the task's

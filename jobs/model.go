@@ -45,6 +45,13 @@ type Model struct {
 	SubmissionID   string `json:"submission_id,omitempty" yaml:"submission_id,omitempty"`
 	ArtifactURL    string `json:"artifact_url,omitempty" yaml:"artifact_url,omitempty"`
 	ArtifactSHA256 string `json:"artifact_sha256,omitempty" yaml:"artifact_sha256,omitempty"`
+	// ResourcesURL and ResourcesSHA256 are the submission's optional
+	// resources archive (fitted weights and other files its code reads),
+	// under the same rules as the artifact; Nomad unpacks it into the
+	// model's resources/ directory, where the code sees it read-only, as
+	// CrunchDAO's runner shows it (<code>/resources). Only with an artifact.
+	ResourcesURL    string `json:"resources_url,omitempty" yaml:"resources_url,omitempty"`
+	ResourcesSHA256 string `json:"resources_sha256,omitempty" yaml:"resources_sha256,omitempty"`
 	// ModelDir is a submission already on the node (development only,
 	// refused unless Options.AllowHostModelDirs); used when ArtifactURL is
 	// empty. No source but the operator's YAML file can set it.
@@ -124,8 +131,23 @@ func (m *Model) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	if m.ArtifactSHA256 != "" && (!isHex(m.ArtifactSHA256, 64) || m.ArtifactSHA256 == strings.Repeat("0", 64)) {
-		errs = append(errs, fmt.Errorf("%w: digest %s is not 64 lowercase hex digits, or is zero", ErrArtifact, quote(m.ArtifactSHA256)))
+	switch {
+	case m.ResourcesURL == "" && m.ResourcesSHA256 != "":
+		errs = append(errs, fmt.Errorf("%w: a resources digest without a resources URL", ErrArtifact))
+	case m.ResourcesURL != "" && m.ArtifactURL == "":
+		errs = append(errs, fmt.Errorf("%w: resources come only with an artifact (they are unpacked into it)", ErrArtifact))
+	case m.ResourcesURL != "":
+		if _, err := parseArtifactURL(m.ResourcesURL); err != nil {
+			errs = append(errs, fmt.Errorf("resources: %w", err))
+		}
+		if m.ResourcesSHA256 == "" {
+			errs = append(errs, fmt.Errorf("%w: resources: no sha256: an archive is only fetched with its digest", ErrArtifact))
+		}
+	}
+	for _, d := range []string{m.ArtifactSHA256, m.ResourcesSHA256} {
+		if d != "" && (!isHex(d, 64) || d == strings.Repeat("0", 64)) {
+			errs = append(errs, fmt.Errorf("%w: digest %s is not 64 lowercase hex digits, or is zero", ErrArtifact, quote(d)))
+		}
 	}
 	for _, h := range []string{m.CertHash, m.CertHashSecondary} {
 		if h != "" && !isHex(h, 64) {

@@ -204,21 +204,32 @@ func (o *Options) CheckModel(m *Model) error {
 	if m.ModelDir != "" && !o.AllowHostModelDirs {
 		return fmt.Errorf("%w: model dir %s is a path on the node; host model dirs are for development only (scheduler --allow-host-model-dirs)", ErrModelDir, quote(m.ModelDir))
 	}
-	if m.ArtifactURL == "" {
-		return nil
+	for _, raw := range []string{m.ArtifactURL, m.ResourcesURL} {
+		if raw == "" {
+			continue
+		}
+		if err := o.checkArtifactURL(raw); err != nil {
+			return err
+		}
 	}
-	u, err := parseArtifactURL(m.ArtifactURL)
+	return nil
+}
+
+// checkArtifactURL applies the deployment's policy to the URL of an archive
+// a node fetches (the code artifact or the resources).
+func (o *Options) checkArtifactURL(raw string) error {
+	u, err := parseArtifactURL(raw)
 	if err != nil {
 		return err
 	}
 	if u.Scheme == "http" && !o.AllowHTTPArtifacts {
-		return fmt.Errorf("%w: URL %s is plain http; only https artifacts are fetched (scheduler --allow-http-artifacts for development)", ErrArtifact, quote(m.ArtifactURL))
+		return fmt.Errorf("%w: URL %s is plain http; only https artifacts are fetched (scheduler --allow-http-artifacts for development)", ErrArtifact, quote(raw))
 	}
 	if len(o.ArtifactHosts) == 0 {
-		return fmt.Errorf("%w: URL %s: no artifact host is allowed; the operator lists the hosts models may be fetched from with the scheduler's --artifact-hosts", ErrArtifact, quote(m.ArtifactURL))
+		return fmt.Errorf("%w: URL %s: no artifact host is allowed; the operator lists the hosts models may be fetched from with the scheduler's --artifact-hosts", ErrArtifact, quote(raw))
 	}
 	if !hostAllowed(o.ArtifactHosts, u) {
-		return fmt.Errorf("%w: URL %s: host %s is not in the scheduler's --artifact-hosts", ErrArtifact, quote(m.ArtifactURL), quote(u.Hostname()))
+		return fmt.Errorf("%w: URL %s: host %s is not in the scheduler's --artifact-hosts", ErrArtifact, quote(raw), quote(u.Hostname()))
 	}
 	return nil
 }

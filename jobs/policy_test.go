@@ -117,22 +117,68 @@ func TestArtifactPolicy(t *testing.T) {
 		{"https:///a.tar.gz", sha, prod, "no host"},
 		{"https://models.example/a%2e.tar.gz", sha, prod, "interpolates"},
 	} {
-		m := model()
-		m.ArtifactURL, m.ArtifactSHA256 = tc.url, tc.sha
-		err := tc.opts.CheckModel(m)
-		switch {
-		case tc.want == "" && err != nil:
-			t.Errorf("%s: refused: %v", tc.url, err)
-		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-			t.Errorf("%s (sha %q): %v, want a refusal saying %q", tc.url, tc.sha, err, tc.want)
-		case tc.want != "" && !errors.Is(err, ErrArtifact) && !errors.Is(err, ErrInterpolation):
-			t.Errorf("%s: %v is not classed as an artifact refusal", tc.url, err)
+		// The code artifact, then the resources archive beside a good
+		// artifact: the same policy holds for both.
+		for _, archive := range []string{"artifact", "resources"} {
+			m := model()
+			o := *tc.opts
+			if archive == "artifact" {
+				m.ArtifactURL, m.ArtifactSHA256 = tc.url, tc.sha
+			} else if len(o.ArtifactHosts) > 0 {
+				m.ArtifactURL = "https://code.example/a.tar.gz"
+				o.ArtifactHosts = append(append([]string{}, o.ArtifactHosts...), "code.example")
+				m.ResourcesURL, m.ResourcesSHA256 = tc.url, tc.sha
+			} else {
+				m.ResourcesURL, m.ResourcesSHA256 = tc.url, tc.sha
+			}
+			err := o.CheckModel(m)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("%s %s: refused: %v", archive, tc.url, err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("%s %s (sha %q): %v, want a refusal saying %q", archive, tc.url, tc.sha, err, tc.want)
+			case tc.want != "" && !errors.Is(err, ErrArtifact) && !errors.Is(err, ErrInterpolation):
+				t.Errorf("%s %s: %v is not classed as an artifact refusal", archive, tc.url, err)
+			}
+			// jobs.Build applies the same policy.
+			o.CRLURL = "https://vault.example/v1/pki_int/crl/pem"
+			if _, berr := Build(m, &o); (berr == nil) != (err == nil) {
+				t.Errorf("%s %s: CheckModel says %v, Build says %v", archive, tc.url, err, berr)
+			}
 		}
-		// jobs.Build applies the same policy.
-		o := *tc.opts
-		o.CRLURL = "https://vault.example/v1/pki_int/crl/pem"
-		if _, berr := Build(m, &o); (berr == nil) != (err == nil) {
-			t.Errorf("%s: CheckModel says %v, Build says %v", tc.url, err, berr)
+	}
+}
+
+// A submission's resources archive is fetched with its digest into the
+// model's resources/ directory, after the code; it needs both a URL and a
+// digest, and an artifact to go into.
+func TestResources(t *testing.T) {
+	m := model()
+	m.ResourcesURL, m.ResourcesSHA256 = "https://models.example/r.tar.gz", strings.Repeat("ef", 32)
+	job, err := Build(m, opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	arts := job.TaskGroups[0].Tasks[0].Artifacts
+	if len(arts) != 2 || *arts[0].RelativeDest != "local/model" || *arts[1].GetterSource != m.ResourcesURL ||
+		*arts[1].RelativeDest != "local/model/resources" || arts[1].GetterOptions["checksum"] != "sha256:"+m.ResourcesSHA256 {
+		t.Fatalf("artifacts: %+v", arts)
+	}
+	if SpecHash(m, opts()) == SpecHash(model(), opts()) {
+		t.Error("adding resources does not change the spec hash: the job would not be updated")
+	}
+	for name, tc := range map[string]struct {
+		change func(*Model)
+		want   string
+	}{
+		"digest without URL":    {func(m *Model) { m.ResourcesURL = "" }, "a resources digest without a resources URL"},
+		"URL without digest":    {func(m *Model) { m.ResourcesSHA256 = "" }, "resources: no sha256"},
+		"with a host model dir": {func(m *Model) { m.ArtifactURL, m.ArtifactSHA256, m.ModelDir = "", "", "/srv/m" }, "only with an artifact"},
+	} {
+		bad := *m
+		tc.change(&bad)
+		if err := bad.Validate(); !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
 		}
 	}
 }

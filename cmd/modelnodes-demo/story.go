@@ -36,6 +36,10 @@ type model struct {
 	JobID   string // model-node-<ShortID>
 	ShortID string // the Consul member id
 	Art     artifact
+	// Resources is the submission's resources archive, if it has one: the
+	// node unpacks it as <code>/resources, read-only, as CrunchDAO's
+	// runner shows it.
+	Resources *artifact
 }
 
 // record is what the state dir remembers about a run (state.json): `down`
@@ -295,6 +299,13 @@ func (d *demo) publish(ctx context.Context) ([]*model, error) {
 		if m.Art, err = writeArtifact(www, m.ID, files); err != nil {
 			return nil, err
 		}
+		if res, ok := demoResources[m.ID]; ok {
+			a, err := writeArtifact(www, m.ID+"-resources", res)
+			if err != nil {
+				return nil, err
+			}
+			m.Resources = &a
+		}
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -319,6 +330,9 @@ func (d *demo) publish(ctx context.Context) ([]*model, error) {
 		}
 		if m.Broken {
 			what += ", imports a missing package"
+		}
+		if m.Resources != nil {
+			what += ", reads resources/ (" + d.artifactURL(*m.Resources) + ")"
 		}
 		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s…\n", m.ID, what, d.artifactURL(m.Art), hex.EncodeToString(m.Art.sha256[:8]))
 	}
@@ -362,6 +376,9 @@ func (d *demo) plant(ctx context.Context, chain *devchain.Front, coord *coordina
 			DesiredState: onchain.DesiredRunning, Bump: 253}
 		if m.Runtime == "executable" {
 			a.Runtime = onchain.RuntimeExecutable
+		}
+		if m.Resources != nil {
+			a.ResourcesURI, a.ResourcesSHA256 = d.artifactURL(*m.Resources), m.Resources.sha256
 		}
 		copy(a.Crunch[:], crunch[:])
 		cruncher, hotkey := solana.NewWallet(), solana.NewWallet().PublicKey()

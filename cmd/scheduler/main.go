@@ -73,7 +73,7 @@ type config struct {
 	solanaRPC, solanaWS, solanaProgram, solanaCommitment string
 	solanaCrunches                                       stringList
 	solanaResync                                         time.Duration
-	feedURL, feedArtifact                                string
+	feedURL, feedArtifact, feedResources                 string
 	feedModelIDNames                                     bool
 	feedCrunches                                         stringList
 	feedInterval                                         time.Duration
@@ -113,6 +113,7 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.feedURL, "feed-url", "", "CrunchDAO feed base URL (GET {url}/models/states)")
 	fs.Var(&c.feedCrunches, "feed-crunch", "crunch name(s) to ask the feed for, comma separated")
 	fs.StringVar(&c.feedArtifact, "feed-artifact-url", "", "artifact URL of a feed model; {submission_id}, {resource_id}, {model_id} are replaced")
+	fs.StringVar(&c.feedResources, "feed-resources-url", "", "resources archive URL of a feed model that names a resource id (placeholders as --feed-artifact-url); its digest is the entry's model.resourcesSha256")
 	fs.DurationVar(&c.feedInterval, "feed-interval", 10*time.Second, "feed polling interval")
 	fs.BoolVar(&c.feedModelIDNames, "feed-model-id-names", false, "name feed models' jobs model-node-<model id> (what CrunchDAO's client verifies) instead of a hash, when the id is a DNS label")
 	fs.StringVar(&c.modelsFile, "models-file", "", "YAML file of models (development)")
@@ -234,7 +235,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	}
 	if c.feedURL != "" {
 		s.Sources = append(s.Sources, &feed.Source{URL: c.feedURL, Crunches: c.feedCrunches,
-			ArtifactURL: c.feedArtifact, Interval: c.feedInterval, ModelIDNames: c.feedModelIDNames})
+			ArtifactURL: c.feedArtifact, ResourcesURL: c.feedResources, Interval: c.feedInterval, ModelIDNames: c.feedModelIDNames})
 	}
 	if c.modelsFile != "" {
 		s.Sources = append(s.Sources, &yamlfile.Source{Path: c.modelsFile})

@@ -30,7 +30,11 @@ type Source struct {
 	// ArtifactURL builds the artifact location of a model from the
 	// placeholders {submission_id}, {resource_id} and {model_id}.
 	ArtifactURL string
-	Interval    time.Duration // default 10 s, as their orchestrator
+	// ResourcesURL, when set, builds the location of a model's resources
+	// archive the same way, for entries that name a resource id; its digest
+	// is the entry's model.resourcesSha256 (required, as for the artifact).
+	ResourcesURL string
+	Interval     time.Duration // default 10 s, as their orchestrator
 	// ModelIDNames names jobs model-node-<model id> instead of a hash when
 	// the id is a lowercase DNS label (CrunchDAO's client verifies the
 	// runner's certificate as model-node-<model id>.crunchdao.internal).
@@ -63,6 +67,9 @@ type Entry struct {
 		// has no such field yet: without it a model with an artifact URL
 		// is refused (an artifact is only fetched with its digest).
 		ArtifactSHA256 string `json:"artifactSha256"`
+		// ResourcesSHA256 is the resources archive's digest (hex); like
+		// ArtifactSHA256, not in CrunchDAO's feed yet.
+		ResourcesSHA256 string `json:"resourcesSha256"`
 	} `json:"model"`
 	DesiredState string `json:"desiredState"`
 }
@@ -140,10 +147,15 @@ func (f *Source) convert(entries []Entry) source.Snapshot {
 		if f.ModelIDNames && names.IsLabel(m.ModelID, 52) {
 			m.Name = m.ModelID
 		}
+		fill := strings.NewReplacer("{submission_id}", e.Model.SubmissionID,
+			"{resource_id}", e.Model.ResourceID, "{model_id}", e.Model.ID).Replace
 		if f.ArtifactURL != "" {
 			m.ArtifactSHA256 = strings.ToLower(e.Model.ArtifactSHA256)
-			m.ArtifactURL = strings.NewReplacer("{submission_id}", e.Model.SubmissionID,
-				"{resource_id}", e.Model.ResourceID, "{model_id}", e.Model.ID).Replace(f.ArtifactURL)
+			m.ArtifactURL = fill(f.ArtifactURL)
+			if f.ResourcesURL != "" && e.Model.ResourceID != "" {
+				m.ResourcesSHA256 = strings.ToLower(e.Model.ResourcesSHA256)
+				m.ResourcesURL = fill(f.ResourcesURL)
+			}
 		}
 		if err := m.Validate(); err != nil {
 			snap.Skipped = append(snap.Skipped, &source.EntryError{Entry: fmt.Sprintf("feed entry %d (model %q of crunch %q)", i, e.Model.ID, e.CrunchName), Err: err})

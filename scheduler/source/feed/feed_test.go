@@ -87,3 +87,27 @@ func TestFeedModelIDNames(t *testing.T) {
 		}
 	}
 }
+
+// With --feed-resources-url, an entry naming a resource id gets its
+// resources archive, with the entry's digest; one without a digest is
+// skipped with the reason; one without a resource id has none.
+func TestFeedResources(t *testing.T) {
+	f := &Source{ArtifactURL: "https://store/{submission_id}.tar.gz", ResourcesURL: "https://store/resources/{resource_id}.tar.gz"}
+	entry := func(id, resource, digest string) Entry {
+		var e Entry
+		e.CrunchName, e.Model.ID, e.Model.SubmissionID, e.Model.HardwareType, e.DesiredState = "c", id, "sub-"+id, "CPU", "START"
+		e.Model.ArtifactSHA256, e.Model.ResourceID, e.Model.ResourcesSHA256 = strings.Repeat("ab", 32), resource, digest
+		return e
+	}
+	snap := f.convert([]Entry{entry("m1", "res-1", strings.Repeat("EF", 32)), entry("m2", "", ""), entry("m3", "res-3", "")})
+	if len(snap.Models) != 2 || len(snap.Skipped) != 1 || !strings.Contains(snap.Skipped[0].Error(), "resources: no sha256") {
+		t.Fatalf("snapshot: %+v %v", snap.Models, snap.Skipped)
+	}
+	m1, m2 := snap.Models[0], snap.Models[1]
+	if m1.ResourcesURL != "https://store/resources/res-1.tar.gz" || m1.ResourcesSHA256 != strings.Repeat("ef", 32) {
+		t.Errorf("m1's resources: %q %q", m1.ResourcesURL, m1.ResourcesSHA256)
+	}
+	if m2.ResourcesURL != "" || m2.ResourcesSHA256 != "" {
+		t.Errorf("m2 names no resource id but got %q %q", m2.ResourcesURL, m2.ResourcesSHA256)
+	}
+}

@@ -55,3 +55,33 @@ func TestZeroCoordinatorCertificateNeverOverrides(t *testing.T) {
 		t.Fatalf("a zeroed certificate blanked the hashes: primary %q secondary %q", p, s)
 	}
 }
+
+// An authorization's resources archive (the account's extension) reaches
+// the model with its digest; one written before the extension has none.
+func TestResourcesReachTheModel(t *testing.T) {
+	program, crunch, coord := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
+	src := &Source{Program: program}
+	src.crunches, src.certs = map[solana.PublicKey]*onchain.Crunch{}, map[solana.PublicKey]*onchain.CoordinatorCertificate{}
+	src.auths, src.bad = map[solana.PublicKey]*onchain.ModelAuthorization{}, map[solana.PublicKey]error{}
+	put := func(key solana.PublicKey, data []byte) {
+		src.apply(key, &rpc.Account{Owner: program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(data)})
+	}
+	cr := &onchain.Crunch{Name: "mid-one", Bump: 255}
+	copy(cr.Coordinator[:], coord[:])
+	put(crunch, cr.Encode())
+	c := &solanatest.Chain{Program: program, Crunch: crunch, Coord: coord}
+	with := c.Auth("model-a", true, 0)
+	with.ResourcesURI, with.ResourcesSHA256[31] = "https://models.example/model-a-resources.tar.gz", 0xee
+	put(solana.NewWallet().PublicKey(), with.Encode())
+	put(solana.NewWallet().PublicKey(), c.Auth("model-b", true, 0).Encode())
+	got := map[string][2]string{}
+	for _, m := range src.snapshot().Models {
+		got[m.ModelID] = [2]string{m.ResourcesURL, m.ResourcesSHA256}
+	}
+	if r := got["model-a"]; r[0] != with.ResourcesURI || !strings.HasSuffix(r[1], "ee") || len(r[1]) != 64 {
+		t.Errorf("model-a's resources: %q", r)
+	}
+	if r, ok := got["model-b"]; !ok || r != [2]string{} {
+		t.Errorf("model-b (no extension): %q %v", r, ok)
+	}
+}

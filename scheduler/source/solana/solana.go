@@ -352,6 +352,7 @@ func (s *Source) snapshot() source.Snapshot {
 			Crunch: c.Name, CrunchID: crunchKey.String(), ModelID: a.ModelID,
 			Cruncher: solana.PublicKeyFromBytes(a.Cruncher[:]).String(), Hotkey: solana.PublicKeyFromBytes(a.Hotkey[:]).String(),
 			SubmissionID: a.SubmissionID, ArtifactURL: a.ArtifactURI, ArtifactSHA256: onchain.HashHex(a.ArtifactSHA256),
+			ResourcesURL: a.ResourcesURI, ResourcesSHA256: onchain.HashHex(a.ResourcesSHA256),
 			Entry: a.Entry, Hardware: jobs.CPU, CPU: int(a.CPUMHz), MemoryMB: int(a.MemoryMB), GPUs: int(a.GPUs),
 			Coordinator: solana.PublicKeyFromBytes(c.Coordinator[:]).String(),
 			CertHash:    onchain.HashHex(c.CertHash), CertHashSecondary: onchain.HashHex(c.CertHashSecondary),

@@ -26,6 +26,7 @@ import (
 //	  - crunch: demo
 //	    model_id: example
 //	    model_dir: /srv/models/example   # or artifact_url + artifact_sha256
+//	    # resources_url + resources_sha256: the resources archive (with an artifact)
 //	    hardware: cpu
 //	    running: true
 type Source struct {

@@ -97,6 +97,11 @@ type ModelAuthorization struct {
 	GPUs           uint8
 	DesiredState   uint8 // DesiredStopped, DesiredRunning
 	Bump           uint8
+	// The resources extension, after Bump: an account that ends at Bump, or
+	// with zero padding there, has no resources archive. Accounts written
+	// before the extension existed decode unchanged.
+	ResourcesSHA256 [32]byte
+	ResourcesURI    string
 }
 
 // CoordinatorCertificate is CrunchDAO's account: the certificate hashes of
@@ -307,6 +312,15 @@ func DecodeModelAuthorization(data []byte) (*ModelAuthorization, error) {
 	if a.Bump, err = r.u8("bump"); err != nil {
 		return nil, err
 	}
+	if r.end() == nil {
+		return &a, nil // no extension: nothing, or zero padding
+	}
+	if err := r.fixed(a.ResourcesSHA256[:], "resources_sha256"); err != nil {
+		return nil, err
+	}
+	if a.ResourcesURI, err = r.str(MaxURILen, "resources_uri"); err != nil {
+		return nil, err
+	}
 	return &a, r.end()
 }
 
@@ -373,6 +387,10 @@ func (a *ModelAuthorization) Encode() []byte {
 	w.WriteByte(a.GPUs)
 	w.WriteByte(a.DesiredState)
 	w.WriteByte(a.Bump)
+	if a.ResourcesURI != "" || a.ResourcesSHA256 != ([32]byte{}) {
+		w.Write(a.ResourcesSHA256[:])
+		w.str(a.ResourcesURI)
+	}
 	return w.Bytes()
 }
 

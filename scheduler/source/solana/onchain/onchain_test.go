@@ -24,6 +24,20 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, a) {
 		t.Fatalf("authorization round trip: %v\n got %+v\nwant %+v", err, got, a)
 	}
+	// With the resources extension, and without it (an account written
+	// before the extension existed, ending at bump or zero-padded there).
+	r := sampleAuth()
+	r.ResourcesURI, r.ResourcesSHA256[0] = "https://models.example/sub-42-resources.tar.gz", 5
+	if got, err := DecodeModelAuthorization(r.Encode()); err != nil || !reflect.DeepEqual(got, r) {
+		t.Fatalf("authorization with resources: %v\n got %+v\nwant %+v", err, got, r)
+	}
+	if len(r.Encode()) != len(a.Encode())+32+4+len(r.ResourcesURI) {
+		t.Fatalf("the extension is %d bytes", len(r.Encode())-len(a.Encode()))
+	}
+	padded := append(a.Encode(), make([]byte, 100)...)
+	if got, err := DecodeModelAuthorization(padded); err != nil || !reflect.DeepEqual(got, a) || got.ResourcesURI != "" {
+		t.Fatalf("a zero-padded authorization without resources: %v %+v", err, got)
+	}
 	c := &Crunch{Name: "mid-one", Bump: 1}
 	c.CertHash[0] = 9
 	gc, err := DecodeCrunch(append(c.Encode(), 0, 0, 0)) // zero padding is allowed
@@ -63,7 +77,9 @@ func TestCorruptAccounts(t *testing.T) {
 		"empty":          {nil, ErrShort},
 		"other type":     {(&Crunch{Name: "x"}).Encode(), ErrDiscriminator},
 		"truncated":      {good[:len(good)-2], ErrShort},
-		"trailing":       {append(append([]byte{}, good...), 1), ErrTrailing},
+		"cut extension":  {append(append([]byte{}, good...), 1), ErrShort},
+		"trailing":       {append(withResources(), 1), ErrTrailing},
+		"resources uri":  {append(append([]byte{}, good...), append(make([]byte, 32), 0xff, 0xff, 0, 0)...), ErrInvalid},
 		"huge string":    {append(append([]byte{}, good[:104]...), 0xff, 0xff, 0xff, 0x7f), ErrInvalid},
 		"bad hardware":   {mutate(good, func(a *ModelAuthorization) { a.Hardware = 7 }), ErrInvalid},
 		"bad state":      {mutate(good, func(a *ModelAuthorization) { a.DesiredState = 2 }), ErrInvalid},
@@ -83,6 +99,12 @@ func TestCorruptAccounts(t *testing.T) {
 	}
 }
 
+func withResources() []byte {
+	a := sampleAuth()
+	a.ResourcesURI, a.ResourcesSHA256[9] = "https://models.example/r.tar.gz", 1
+	return a.Encode()
+}
+
 func mutate(_ []byte, f func(*ModelAuthorization)) []byte {
 	a := sampleAuth()
 	f(a)
@@ -93,6 +115,7 @@ func mutate(_ []byte, f func(*ModelAuthorization)) []byte {
 // that decodes to the same value.
 func FuzzDecodeModelAuthorization(f *testing.F) {
 	f.Add(sampleAuth().Encode())
+	f.Add(withResources())
 	f.Add((&Crunch{Name: "c"}).Encode())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		a, err := DecodeModelAuthorization(data)
