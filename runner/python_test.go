@@ -63,6 +63,10 @@ func TestPythonSetupStatuses(t *testing.T) {
 	wantCode(t, "base missing from module", h.setup("crunch_base.Nope", nil), "SETUP_FAILED", "no class Nope")
 	wantCode(t, "base module not importable", h.setup("no_such_module.Base", nil), "BAD_IMPLEMENTATION", "no_such_module")
 	wantCode(t, "no subclass", h.setup("crunch_base.Unused", nil), "BAD_IMPLEMENTATION", "no subclass")
+	if !pythonHas("pyarrow") {
+		wantCode(t, "PARQUET constructor argument without pyarrow", h.setup("crunch_base.Tracker", nil, kw("offset", commonspb.Parquet([]byte("PAR1")))),
+			"BAD_IMPLEMENTATION", "PARQUET arguments need pyarrow")
+	}
 	wantCode(t, "unknown constructor keyword", h.setup("crunch_base.Tracker", nil, kw("bogus", commonspb.Int(1))), "SETUP_FAILED", "bogus")
 	wantCode(t, "constructor arguments", h.setup("crunch_base.Tracker", args(commonspb.Double(2)), kw("offset", commonspb.Int(10))), "SUCCESS", "")
 	wantCode(t, "second Setup", h.setup("crunch_base.Tracker", nil), "SUCCESS", "Instance already exists")
@@ -145,6 +149,17 @@ func TestPythonCallVariantsAndArguments(t *testing.T) {
 	wantCode(t, "empty method", h.call("", nil).GetStatus(), "INVALID_ARGUMENT", "methodName")
 	wantCode(t, "raising method", h.call("fail", nil).GetStatus(), "MODEL_FAILED", "ValueError: the model is unhappy")
 	wantCode(t, "unencodable result", h.call("unencodable", nil).GetStatus(), "MODEL_FAILED", "object")
+	// A result that cannot be encoded is the model's failure, whatever
+	// breaks: CrunchDAO's client reads INVALID_ARGUMENT as the coordinator's
+	// own mistake, and UNKNOWN hides whose fault it is.
+	for kind, msg := range map[string]string{
+		"set":       "returned a set",
+		"surrogate": "cannot be encoded: UnicodeEncodeError",
+		"circular":  "Circular reference",
+		"huge int":  "does not fit in 64 bits",
+	} {
+		wantCode(t, "result "+kind, h.call("unencodable_as", args(commonspb.String(kind))).GetStatus(), "MODEL_FAILED", msg)
+	}
 	wantCode(t, "bad JSON", h.call("echo", args(commonspb.RawJSON([]byte("{nope")))).GetStatus(), "INVALID_ARGUMENT", "JSON")
 	wantCode(t, "7-byte DOUBLE", h.call("echo", args(&commonspb.Variant{Type: commonspb.VariantType_DOUBLE, Value: make([]byte, 7)})).GetStatus(),
 		"INVALID_ARGUMENT", "8 bytes")
@@ -153,14 +168,16 @@ func TestPythonCallVariantsAndArguments(t *testing.T) {
 		t.Errorf("noisy() = %v %v", v, err)
 	}
 
-	// PARQUET and ARROW need pandas and pyarrow in the model's runtime: with
-	// them the value arrives as a DataFrame; without, a clear error.
+	// PARQUET and ARROW need pyarrow in the model's environment: with it,
+	// bytes that are no table are the caller's mistake; without it, the
+	// submission's requirements are at fault (python_e2e_test.go decodes real
+	// tables in environments from PyPI).
 	for _, v := range []*commonspb.Variant{commonspb.Parquet([]byte("PAR1")), commonspb.Arrow([]byte{0xff})} {
 		st := h.call("types", args(v)).GetStatus()
-		if pythonHas("pandas, pyarrow") {
+		if pythonHas("pyarrow") {
 			wantCode(t, v.GetType().String(), st, "INVALID_ARGUMENT", "argument 0")
 		} else {
-			wantCode(t, v.GetType().String(), st, "INVALID_ARGUMENT", "runtime lacks")
+			wantCode(t, v.GetType().String(), st, "BAD_IMPLEMENTATION", v.GetType().String()+" arguments need pyarrow")
 		}
 	}
 	if t.Failed() {

@@ -3,14 +3,15 @@
 Started by model-runner with the participant's submission directory. Speaks the
 runner's frame protocol (docs/worker-protocol.md) on the inherited socket named
 by MODELNODES_WORKER_FD and applies CrunchDAO's DynamicSubclass and TrainInfer
-semantics. Uses only the standard library; pandas and pyarrow are imported when
-a PARQUET or ARROW value needs them.
+semantics. Uses only the standard library; pyarrow (and pandas, when the
+model's environment has it) is imported when a PARQUET or ARROW value needs it.
 
 usage: python3 -B host.py --model-dir DIR [--entry MODULE]
 """
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import io
 import json
@@ -74,13 +75,8 @@ def decode_variant(vtype, raw, where):
             return raw.decode("utf-8")
         if vtype == JSON:
             return json.loads(raw.decode("utf-8"))
-        if vtype == PARQUET:
-            pandas, _ = need("PARQUET", "pandas", "pyarrow")
-            return pandas.read_parquet(io.BytesIO(raw))
-        if vtype == ARROW:
-            _, pyarrow = need("ARROW", "pandas", "pyarrow")
-            import pyarrow.ipc  # noqa: F401  (submodule)
-            return pyarrow.ipc.open_stream(raw).read_pandas()
+        if vtype in (PARQUET, ARROW):
+            return decode_table(vtype, raw)
         raise ValueError("unknown variant type %d" % vtype)
     except Failure:
         raise
@@ -88,22 +84,58 @@ def decode_variant(vtype, raw, where):
         raise Failure(INVALID_ARGUMENT, "%s: %s" % (where, describe(exc)))
 
 
-def need(what, *modules):
-    """Imports the modules a value type needs, or says which are missing."""
-    found, missing = [], []
-    for name in modules:
-        try:
-            found.append(importlib.import_module(name))
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise Failure(INVALID_ARGUMENT, "%s values need %s; the model's Python runtime lacks %s" % (
-            what, " and ".join(modules), ", ".join(missing)))
-    return found
+TABLE_TYPES = {PARQUET: "PARQUET", ARROW: "ARROW"}
+
+
+def decode_table(vtype, raw):
+    """A PARQUET or ARROW value as a pandas DataFrame, as CrunchDAO's runner
+    hands PARQUET to a model (pyarrow.parquet.read_table(...).to_pandas()); an
+    environment with pyarrow but no pandas gets the pyarrow.Table itself."""
+    pyarrow = need_pyarrow("%s arguments" % TABLE_TYPES[vtype], BAD_IMPLEMENTATION)
+    if vtype == PARQUET:
+        import pyarrow.parquet
+        table = pyarrow.parquet.read_table(pyarrow.BufferReader(raw))
+    else:
+        import pyarrow.ipc
+        table = pyarrow.ipc.open_stream(raw).read_all()
+    if importlib.util.find_spec("pandas") is None:
+        return table
+    try:
+        importlib.import_module("pandas")
+    except Exception as exc:  # installed but broken: not the caller's fault
+        raise Failure(BAD_IMPLEMENTATION, "pandas fails to import: %s" % describe(exc))
+    return table.to_pandas()
+
+
+def need_pyarrow(what, code):
+    """Imports pyarrow, or fails with code and a message naming it.
+
+    An argument the environment cannot decode is BAD_IMPLEMENTATION: the
+    coordinator sent a valid value, and only the submission's requirements can
+    fix it (CrunchDAO's runner answers an ImportError at Setup so; its image
+    always has pandas and pyarrow, the runner's own dependencies). A result is
+    MODEL_FAILED, like any other result that cannot be encoded."""
+    try:
+        return importlib.import_module("pyarrow")
+    except Exception as exc:  # missing, or installed but broken
+        raise Failure(code, "%s need pyarrow, which the model's Python environment lacks (%s): "
+                      "add pyarrow (and pandas, for DataFrames) to requirements.txt" % (what, describe(exc)))
 
 
 def encode_variant(value):
-    """Types a result by value, as CrunchDAO's runner does."""
+    """Types a result by value, as CrunchDAO's runner does. A result that
+    cannot be encoded is the model's failure (MODEL_FAILED), never the
+    caller's: CrunchDAO's client raises INVALID_ARGUMENT as its own usage
+    error."""
+    try:
+        return encode_value(value)
+    except Failure:
+        raise
+    except Exception as exc:
+        raise Failure(MODEL_FAILED, "the result cannot be encoded: %s" % describe(exc))
+
+
+def encode_value(value):
     if value is None:
         return None
     if isinstance(value, bool):
@@ -121,12 +153,19 @@ def encode_variant(value):
             return JSON, json.dumps(value).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise Failure(MODEL_FAILED, "returned value is not JSON-serializable: %s" % exc)
+    # A DataFrame or a pyarrow Table goes back as PARQUET, what CrunchDAO's
+    # runner sends and the only table type its client decodes. Their modules
+    # are loaded if the model made such a value.
     pandas = sys.modules.get("pandas")
-    if pandas is not None and isinstance(value, pandas.DataFrame):
-        need("PARQUET", "pyarrow")
-        buf = io.BytesIO()
-        value.to_parquet(buf)
-        return PARQUET, buf.getvalue()
+    is_frame = pandas is not None and isinstance(value, pandas.DataFrame)
+    pyarrow = sys.modules.get("pyarrow")
+    if is_frame or (pyarrow is not None and isinstance(value, pyarrow.Table)):
+        pyarrow = need_pyarrow("DataFrame results", MODEL_FAILED)
+        import pyarrow.parquet
+        table = pyarrow.Table.from_pandas(value) if is_frame else value
+        sink = pyarrow.BufferOutputStream()
+        pyarrow.parquet.write_table(table, sink)
+        return PARQUET, sink.getvalue().to_pybytes()
     raise Failure(MODEL_FAILED, "returned a %s, which no Variant type carries" % type(value).__name__)
 
 

@@ -30,6 +30,20 @@ class MyTracker(Tracker):
     def unencodable(self):
         return object()
 
+    def unencodable_as(self, kind):
+        """Results no Variant carries, or that fail while being encoded."""
+        if kind == "set":
+            return {1, 2}
+        if kind == "surrogate":
+            return "half a pair: \ud800"
+        if kind == "circular":
+            loop = []
+            loop.append(loop)
+            return loop
+        if kind == "huge int":
+            return 1 << 64
+        raise ValueError(kind)
+
     def fail(self):
         raise ValueError("the model is unhappy")
 
