@@ -16,13 +16,7 @@ import (
 // runner would then get no hash at all (issue 13 item 3). One that names a
 // key replaces the crunch's hashes as a whole.
 func TestZeroCoordinatorCertificateNeverOverrides(t *testing.T) {
-	program, crunch, coord := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
-	src := &Source{Program: program}
-	src.crunches, src.certs = map[solana.PublicKey]*onchain.Crunch{}, map[solana.PublicKey]*onchain.CoordinatorCertificate{}
-	src.auths, src.bad = map[solana.PublicKey]*onchain.ModelAuthorization{}, map[solana.PublicKey]error{}
-	put := func(key solana.PublicKey, data []byte) {
-		src.apply(key, &rpc.Account{Owner: program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(data)})
-	}
+	src, put, program, crunch, coord := accountsSource()
 	cr := &onchain.Crunch{Name: "mid-one", Bump: 255}
 	copy(cr.Coordinator[:], coord[:])
 	cr.CertHash[0], cr.CertHashSecondary[0] = 0xaa, 0xbb
@@ -59,13 +53,7 @@ func TestZeroCoordinatorCertificateNeverOverrides(t *testing.T) {
 // An authorization's resources archive (the account's extension) reaches
 // the model with its digest; one written before the extension has none.
 func TestResourcesReachTheModel(t *testing.T) {
-	program, crunch, coord := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
-	src := &Source{Program: program}
-	src.crunches, src.certs = map[solana.PublicKey]*onchain.Crunch{}, map[solana.PublicKey]*onchain.CoordinatorCertificate{}
-	src.auths, src.bad = map[solana.PublicKey]*onchain.ModelAuthorization{}, map[solana.PublicKey]error{}
-	put := func(key solana.PublicKey, data []byte) {
-		src.apply(key, &rpc.Account{Owner: program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(data)})
-	}
+	src, put, program, crunch, coord := accountsSource()
 	cr := &onchain.Crunch{Name: "mid-one", Bump: 255}
 	copy(cr.Coordinator[:], coord[:])
 	put(crunch, cr.Encode())
@@ -84,4 +72,17 @@ func TestResourcesReachTheModel(t *testing.T) {
 	if r, ok := got["model-b"]; !ok || r != [2]string{} {
 		t.Errorf("model-b (no extension): %q %v", r, ok)
 	}
+}
+
+// accountsSource is a Source fed by hand, account by account, as its
+// subscription would: put applies an account of the program at key.
+func accountsSource() (src *Source, put func(key solana.PublicKey, data []byte), program, crunch, coord solana.PublicKey) {
+	program, crunch, coord = solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
+	src = &Source{Program: program}
+	src.crunches, src.certs = map[solana.PublicKey]*onchain.Crunch{}, map[solana.PublicKey]*onchain.CoordinatorCertificate{}
+	src.auths, src.bad = map[solana.PublicKey]*onchain.ModelAuthorization{}, map[solana.PublicKey]error{}
+	put = func(key solana.PublicKey, data []byte) {
+		src.apply(key, &rpc.Account{Owner: program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(data)})
+	}
+	return src, put, program, crunch, coord
 }
