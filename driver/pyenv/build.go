@@ -57,7 +57,11 @@ func (c *Cache) build(ctx context.Context, key string, spec Spec) error {
 			return fmt.Errorf("build environment %s: %w", key, err)
 		}
 		c.progress(key, "resolving", "")
-		err = c.runUV(bctx, dir, spec, out, "pip", "install", "--python", filepath.Join(venv, "bin", "python"), "-r", reqFile)
+		args := []string{"pip", "install", "--python", filepath.Join(venv, "bin", "python")}
+		if spec.OnlyBinary {
+			args = append(args, "--only-binary", ":all:")
+		}
+		err = c.runUV(bctx, dir, spec, out, append(args, "-r", reqFile)...)
 		if err == nil {
 			err = c.compile(bctx, dir, venv, out)
 		}

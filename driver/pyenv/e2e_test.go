@@ -171,6 +171,31 @@ func TestE2EUnresolvableRequirementIsRemembered(t *testing.T) {
 	}
 }
 
+// Wheels only: a requirement that has only a source distribution (its
+// setup.py would run during the build) fails, with uv's reason, and nothing
+// of it ran; one with wheels builds.
+func TestE2EOnlyBinaryRunsNoPackageCode(t *testing.T) {
+	c, _, py := realCache(t)
+	spec := py.Spec([]byte("termcolor==1.1.0\n")) // on PyPI as an sdist only
+	spec.OnlyBinary = true
+	_, err := c.Acquire(context.Background(), spec)
+	var be *pyenv.BuildError
+	if !errors.As(err, &be) || !strings.Contains(be.Output, "termcolor") {
+		t.Fatalf("an sdist-only requirement with OnlyBinary: %v, want a BuildError naming it", err)
+	}
+	t.Logf("uv said: %s", be.Output)
+	ok := py.Spec([]byte("six==1.16.0\n"))
+	ok.OnlyBinary = true
+	env, err := c.Acquire(context.Background(), ok)
+	if err != nil {
+		t.Fatalf("a wheel with OnlyBinary: %v", err)
+	}
+	defer env.Release()
+	if got := pythonSays(t, env, "import six; print(six.__version__)"); got != "1.16.0" {
+		t.Fatalf("six in the wheels-only environment: %q", got)
+	}
+}
+
 func TestE2EKilledBuildLeavesNothing(t *testing.T) {
 	c, _, py := realCache(t)
 	spec := py.Spec([]byte("six==1.16.0\n"))

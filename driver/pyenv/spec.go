@@ -33,6 +33,13 @@ type Spec struct {
 	// They may carry credentials (https://user:token@host/simple); the key
 	// and every message leave those out.
 	Indexes []string
+	// OnlyBinary installs wheels only (uv's --only-binary :all:): resolving
+	// reads wheel metadata and installing unpacks archives, so no code of
+	// any package runs while the environment is built, and a requirement
+	// that only has a source distribution fails the build, saying so. It is
+	// what makes a build on the trusted side (pyenv.RunOnHost) safe; a
+	// requirements file's --no-binary is then refused.
+	OnlyBinary bool
 }
 
 // keyVersion changes when the build itself changes in a way that makes old
@@ -53,7 +60,8 @@ func Key(s Spec) string {
 		Platform      string   `json:"platform"`
 		Indexes       []string `json:"indexes"`
 		Requirements  string   `json:"requirements"`
-	}{keyVersion, s.Python, s.PythonVersion, s.Platform, make([]string, len(s.Indexes)), string(normalizeRequirements(s.Requirements))}
+		OnlyBinary    bool     `json:"only_binary,omitempty"` // omitted when false: earlier keys stay
+	}{keyVersion, s.Python, s.PythonVersion, s.Platform, make([]string, len(s.Indexes)), string(normalizeRequirements(s.Requirements)), s.OnlyBinary}
 	for i, ix := range s.Indexes {
 		canon.Indexes[i] = redact.URL(ix)
 	}
@@ -124,6 +132,9 @@ func (s Spec) Validate() error {
 	for _, line := range logicalLines(string(normalizeRequirements(s.Requirements))) {
 		if err := checkRequirement(line.text); err != nil {
 			return fmt.Errorf("requirements line %d: %w", line.n, err)
+		}
+		if s.OnlyBinary && strings.HasPrefix(line.text, "--no-binary") {
+			return fmt.Errorf("requirements line %d: --no-binary: this node installs wheels only (no package code runs while it builds)", line.n)
 		}
 	}
 	return nil

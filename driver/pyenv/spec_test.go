@@ -50,6 +50,11 @@ func TestKey(t *testing.T) {
 			s.Platform = "linux-aarch64-glibc2.36"
 			return s
 		}, false},
+		{"wheels only", func() Spec {
+			s := baseSpec("six==1.16.0\nidna==3.7\n")
+			s.OnlyBinary = true
+			return s
+		}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := Key(tc.spec()) == base; got != tc.same {
@@ -115,6 +120,7 @@ func TestValidate(t *testing.T) {
 		{"no version", Spec{Python: "/usr/bin/python3", Platform: "p"}, "version"},
 		{"index with a space", Spec{Python: "/usr/bin/python3", PythonVersion: "3.11", Platform: "p", Indexes: []string{"https://a/simple https://evil/simple"}}, "not an http(s) URL"},
 		{"index not http", Spec{Python: "/usr/bin/python3", PythonVersion: "3.11", Platform: "p", Indexes: []string{"file:///srv/wheels"}}, "not an http(s) URL"},
+		{"--no-binary with wheels only", Spec{Python: "/usr/bin/python3", PythonVersion: "3.11", Platform: "p", OnlyBinary: true, Requirements: []byte("six\n--no-binary=lightgbm\n")}, "line 2: --no-binary: this node installs wheels only"},
 		{"index credentials stay out of the error", Spec{Python: "/usr/bin/python3", PythonVersion: "3.11", Platform: "p", Indexes: []string{"ftp://u:hunter2@x"}}, "ftp://REDACTED@x"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
