@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/internal/envflag"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/runner/runneropts"
@@ -330,7 +331,7 @@ func runnerOptions(cfg *drivers.TaskConfig, tc *TaskConfig, plugin *Config, list
 		if a.CRL != "" {
 			o.CRLFile = inTaskDir(taskDir, a.CRL)
 		}
-		o.CRLURLs = runneropts.SplitList(a.CRLURL)
+		o.CRLURLs = envflag.SplitList(a.CRLURL)
 		if a.CRLGrace != "" {
 			o.CRLGrace, _ = time.ParseDuration(a.CRLGrace) // TaskConfig.Validate checked it
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/variants"
+	"github.com/modelnodes/modelnodes/internal/envflag"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 )
 
@@ -57,7 +58,7 @@ func call(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	req := client.Request{Args: client.Same(a), Timeout: *timeout, Models: nil}
 	if *only != "" {
-		req.Models = splitList(*only)
+		req.Models = envflag.SplitList(*only)
 	}
 	if *deadline > 0 {
 		var cancel context.CancelFunc

@@ -171,7 +171,7 @@ func (c *common) source(log hclog.Logger) (discovery.Source, error) {
 		} else {
 			log.Info("--dns: Consul DNS carries no service meta; instances are told apart only by the runner certificate, which must name the model", "service", c.serviceName())
 		}
-		return dnssrv.Models(c.dns, c.serviceName(), splitList(c.modelIDs)...), nil
+		return dnssrv.Models(c.dns, c.serviceName(), envflag.SplitList(c.modelIDs)...), nil
 	case c.serviceName() != "":
 		cfg := consulapi.DefaultConfig()
 		if c.consulAddr != "" {
@@ -268,16 +268,6 @@ func (c *common) vault(ctx context.Context, log hclog.Logger) (credentials.Mater
 	}
 	go iss.Run(ctx)
 	return iss, nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // byteSize is a flag.Value for a size in bytes: "4194304", "4MiB", "512KiB",

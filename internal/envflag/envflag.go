@@ -55,3 +55,15 @@ func Usage(fs *flag.FlagSet, prefix, synopsis string) func() {
 		})
 	}
 }
+
+// SplitList reads a comma-separated flag value: blanks around items and
+// empty items are dropped; nil when none is left.
+func SplitList(s string) []string {
+	var items []string
+	for _, it := range strings.Split(s, ",") {
+		if it = strings.TrimSpace(it); it != "" {
+			items = append(items, it)
+		}
+	}
+	return items
+}

@@ -3,6 +3,7 @@ package envflag
 import (
 	"bytes"
 	"flag"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,5 +44,19 @@ func TestUsageListsEnvironment(t *testing.T) {
 	Usage(fs, "MR", "usage: x")()
 	if !strings.Contains(out.String(), "--model-dir  [$MR_MODEL_DIR]") {
 		t.Fatalf("usage lacks the env var:\n%s", out.String())
+	}
+}
+
+func TestSplitList(t *testing.T) {
+	for in, want := range map[string][]string{
+		"":                nil,
+		" , ,":            nil,
+		"a":               {"a"},
+		" a , b,,c ":      {"a", "b", "c"},
+		"https://x/a,b c": {"https://x/a", "b c"},
+	} {
+		if got := SplitList(in); !slices.Equal(got, want) || (want == nil && got != nil) {
+			t.Errorf("SplitList(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

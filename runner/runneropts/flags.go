@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/modelnodes/modelnodes/internal/envflag"
 	"github.com/modelnodes/modelnodes/names"
 )
 
@@ -175,20 +176,8 @@ func numErr(err error) error {
 // list is a comma-separated list; blanks around items and empty items are
 // dropped.
 func list(p *[]string) flag.Value {
-	return value[[]string]{p, func(s string) ([]string, error) { return SplitList(s), nil },
+	return value[[]string]{p, func(s string) ([]string, error) { return envflag.SplitList(s), nil },
 		func(l []string) string { return strings.Join(l, ",") }}
-}
-
-// SplitList reads a comma-separated list as the flags' lists do: blanks
-// around items and empty items are dropped; nil when none is left.
-func SplitList(s string) []string {
-	var items []string
-	for _, it := range strings.Split(s, ",") {
-		if it = strings.TrimSpace(it); it != "" {
-			items = append(items, it)
-		}
-	}
-	return items
 }
 
 // command is an argv: a JSON array of strings, or words separated by
