@@ -60,14 +60,16 @@ import (
 	"github.com/modelnodes/modelnodes/internal/filewatch"
 	"github.com/modelnodes/modelnodes/internal/redact"
 	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/runner/runneropts"
 )
 
 // DefaultCRLGrace is how long past its nextUpdate a revocation list is still
 // trusted. Vault's CRLs live 72 h (pki config/crl expiry) and, with
 // auto_rebuild, are rebuilt 12 h before they expire: a runner that fetches
 // every minute sees the new list long before nextUpdate, and the grace only
-// covers a short outage of the CRL source past that.
-const DefaultCRLGrace = time.Hour
+// covers a short outage of the CRL source past that. Its value lives with the
+// runner's other defaults (runneropts, which the driver links without authz).
+const DefaultCRLGrace = runneropts.DefaultCRLGrace
 
 // Policy says which coordinator may call the model.
 type Policy struct {

@@ -15,8 +15,8 @@ import (
 )
 
 // Defaults the runner shares with the libraries it configures: runner's
-// DefaultMaxRecvBytes and DefaultMaxStreamsPerConn are these, and a test
-// keeps DefaultCRLGrace equal to authz.DefaultCRLGrace.
+// DefaultMaxRecvBytes and DefaultMaxStreamsPerConn and authz's
+// DefaultCRLGrace are these.
 const (
 	// DefaultMaxRecvBytes is the largest request accepted: CrunchDAO's
 	// runner takes 64 MiB (grpc-go's own default is 4 MiB).

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/runner/runneropts"
 )
 
@@ -123,9 +122,6 @@ func TestFlagDefaultsAreTheDefaults(t *testing.T) {
 		if got := fs.Lookup(name).DefValue; got != want {
 			t.Errorf("--%s default %q, want %q", name, got, want)
 		}
-	}
-	if runneropts.DefaultCRLGrace != authz.DefaultCRLGrace {
-		t.Errorf("--crl-grace defaults to %s, runner/authz to %s", runneropts.DefaultCRLGrace, authz.DefaultCRLGrace)
 	}
 }
 
