@@ -130,8 +130,12 @@ func (c *Cache) compile(ctx context.Context, dir, venv string, out *uvOutput) er
 		return fmt.Errorf("compile: %d site-packages directories in %s", len(sites), venv)
 	}
 	c.progress(out.key, "compiling", "")
+	// -S: no site module, so no installed package's .pth file runs. A .pth
+	// line that starts with "import" is executed by every interpreter that
+	// starts with this site-packages, and a wheel may ship one: without -S
+	// a wheels-only build on the trusted side would run package code.
 	err := c.run(ctx, sites[0], dir, nil, out, filepath.Join(venv, "bin", "python"),
-		"-I", "-m", "compileall", "-q", "-j", "0", "-x", `/tests?/`, ".")
+		"-I", "-S", "-m", "compileall", "-q", "-j", "0", "-x", `/tests?/`, ".")
 	var exit *exec.ExitError
 	// compileall says "*** Error compiling" per file it could not compile;
 	// anything else (a traceback: no /dev/shm for its workers, say) is the
