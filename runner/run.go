@@ -55,12 +55,21 @@ func Run(ctx context.Context, o runneropts.Options) error {
 	if fi, err := os.Stat(modelDir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("--model-dir %s is not a directory", o.ModelDir)
 	}
-	command, cleanup, err := workerCommand(&o, modelDir)
+	faulty, err := readModelError(o.ModelErrorFile)
 	if err != nil {
 		return err
 	}
-	defer cleanup()
-	command = append(append([]string{}, o.WorkerWrapper...), command...)
+	var command []string
+	if faulty == "" {
+		cmd, cleanup, err := workerCommand(&o, modelDir)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		command = append(append([]string{}, o.WorkerWrapper...), cmd...)
+	} else {
+		log.Error("the model cannot run; every call answers BAD_IMPLEMENTATION", "reason", faulty)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -71,6 +80,7 @@ func Run(ctx context.Context, o runneropts.Options) error {
 		CallTimeout:       o.CallTimeout,
 		Logger:            log,
 		Registerer:        reg,
+		Faulty: faulty,
 		Worker: worker.Config{
 			Command:      command,
 			Dir:          modelDir,
@@ -282,6 +292,30 @@ func vaultCertificate(ctx context.Context, o *runneropts.Options, log hclog.Logg
 		Client: vc, Login: login, Mount: mount, Role: role, CommonName: o.CommonName,
 		TTL: o.CertTTL, Key: key, What: "runner", Logger: log,
 	})
+}
+
+// maxModelError bounds what --model-error-file contributes to each answer:
+// the last lines of a resolver's message, not its whole log.
+const maxModelError = 8 << 10
+
+// readModelError returns the text of --model-error-file ("" when unset),
+// its tail when it is long: the resolver's conclusion comes last.
+func readModelError(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--model-error-file: %w", err)
+	}
+	msg := strings.TrimSpace(strings.ToValidUTF8(string(b), "\uFFFD"))
+	if len(msg) > maxModelError {
+		msg = "…" + strings.ToValidUTF8(msg[len(msg)-maxModelError:], "")
+	}
+	if msg == "" {
+		return "", fmt.Errorf("--model-error-file %s is empty", path)
+	}
+	return msg, nil
 }
 
 // workerCommand returns the worker's argv for the chosen runtime, and what

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
+	tipb "github.com/modelnodes/modelnodes/proto/train_infer"
 	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/runneropts"
 )
@@ -90,5 +94,59 @@ func TestRunRefusesBadOptions(t *testing.T) {
 		if err := runner.Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
+	}
+}
+
+// A model whose environment failed to build: the runner serves, healthy, so
+// the coordinator finds it; its model services are NOT_SERVING; every model
+// call answers BAD_IMPLEMENTATION with the end of the resolver's message
+// (CrunchDAO's client then reports the model faulty); no worker starts, even
+// with a worker command that could not run.
+func TestRunAnswersBadImplementationWhenTheModelCannotRun(t *testing.T) {
+	dir := t.TempDir()
+	resolver := strings.Repeat("noise from the resolver\n", 1000) +
+		"  × No solution found when resolving dependencies:\n  ╰─▶ Because there is no version of pandas==0.0.1 and you require pandas==0.0.1, we can conclude that your requirements are unsatisfiable.\n"
+	errFile := filepath.Join(dir, "model-error")
+	if err := os.WriteFile(errFile, []byte(resolver), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := runneropts.Defaults()
+	o.ModelDir, o.Runtime, o.Plaintext, o.LogLevel = t.TempDir(), "python", true, "warn"
+	o.Python = "/does/not/exist/python" // nothing may try to start it
+	o.ModelErrorFile = errFile
+	o.Listen = freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- runner.Run(ctx, o) }()
+
+	conn, err := grpc.NewClient(o.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h := &harness{t: t, health: healthpb.NewHealthClient(conn)}
+	h.ready()
+	h.waitHealth(runner.ServiceDynamicSubclass, healthpb.HealthCheckResponse_NOT_SERVING)
+
+	res, err := dspb.NewDynamicSubclassServiceClient(conn).Setup(ctxTimeout(t, 10*time.Second), &dspb.SetupRequest{ClassName: "Model"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := res.GetStatus()
+	if st.GetCode() != "BAD_IMPLEMENTATION" || !strings.Contains(st.GetMessage(), "your requirements are unsatisfiable") {
+		t.Fatalf("Setup answered %s %q, want BAD_IMPLEMENTATION with the resolver's conclusion", st.GetCode(), st.GetMessage())
+	}
+	if len(st.GetMessage()) > 9<<10 {
+		t.Errorf("the answer carries %d bytes of the resolver's output; want its tail only", len(st.GetMessage()))
+	}
+	// TrainInfer carries no status: the code travels in the gRPC error.
+	_, err = tipb.NewTrainInferServiceClient(conn).Infer(ctxTimeout(t, 10*time.Second), &tipb.InferRequest{})
+	if err == nil || !strings.Contains(err.Error(), "BAD_IMPLEMENTATION: ") || !strings.Contains(err.Error(), "unsatisfiable") {
+		t.Errorf("Infer: %v, want BAD_IMPLEMENTATION with the resolver's conclusion", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 }

@@ -88,6 +88,13 @@ type Config struct {
 	Delegation func() *delegation.Proof
 	// Worker says how to run the model worker.
 	Worker worker.Config
+	// Faulty, when set, says why the model cannot run at all (the driver
+	// could not build its environment): no worker starts, the runner stays
+	// up and healthy while the model's services are NOT_SERVING, as for a
+	// submission that failed to import, and every model call answers
+	// BAD_IMPLEMENTATION with this text, which CrunchDAO's client reports as
+	// the model's fault.
+	Faulty string
 	// Logger receives structured logs.
 	Logger hclog.Logger
 	// Registerer receives the Prometheus metrics; nil keeps them private.
@@ -136,6 +143,9 @@ func New(cfg Config) *Server {
 	wc.OnRestart = s.metrics.restarts.Inc
 	s.sup = worker.New(wc)
 	s.workerState(nil)
+	if cfg.Faulty != "" {
+		s.workerState(&frame.Hello{LoadError: cfg.Faulty})
+	}
 
 	creds := insecure.NewCredentials()
 	opts := append(TransportOptions(),
@@ -241,7 +251,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, drain time.Duratio
 	workerDone := make(chan struct{})
 	go func() {
 		defer close(workerDone)
-		s.sup.Run(wctx)
+		if s.cfg.Faulty == "" {
+			s.sup.Run(wctx)
+		}
 	}()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.grpc.Serve(lis) }()
@@ -305,7 +317,13 @@ func (s *Server) do(ctx context.Context, rpc string, req *frame.Request) (*frame
 	defer s.metrics.inflight.Dec()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
 	defer cancel()
-	res, err := s.sup.Do(ctx, req)
+	var res *frame.Result
+	var err error
+	if s.cfg.Faulty != "" {
+		res = &frame.Result{Code: frame.CodeBadImplementation, Message: s.cfg.Faulty}
+	} else {
+		res, err = s.sup.Do(ctx, req)
+	}
 	outcome := ""
 	switch {
 	case err == nil:

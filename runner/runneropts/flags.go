@@ -30,6 +30,7 @@ var options = []option{
 	{name: "runtime", usage: "how to run the model: python or executable", field: func(o *Options) flag.Value { return str(&o.Runtime) }},
 	{name: "entry", usage: "python: module to import first (default main, else every module); executable: the program, relative to --model-dir", field: func(o *Options) flag.Value { return str(&o.Entry) }},
 	{name: "python", usage: "python interpreter for --runtime python", field: func(o *Options) flag.Value { return str(&o.Python) }},
+	{name: "model-error-file", usage: "a file saying why the model cannot run (its environment failed to build): no worker starts and every model call answers BAD_IMPLEMENTATION with its text", field: func(o *Options) flag.Value { return str(&o.ModelErrorFile) }},
 	{name: "tls-cert", usage: "server certificate (PEM); reloaded when it changes on disk", field: func(o *Options) flag.Value { return str(&o.TLSCert) }},
 	{name: "tls-key", usage: "server private key (PEM)", field: func(o *Options) flag.Value { return str(&o.TLSKey) }},
 	{name: "tls-client-ca", usage: "CA bundle (PEM) that client certificates must chain to: enables mTLS", field: func(o *Options) flag.Value { return str(&o.TLSClientCA) }},

@@ -56,6 +56,11 @@ type Options struct {
 	Entry string
 	// Python is the interpreter of the python runtime (--python).
 	Python string
+	// ModelErrorFile, when set, holds why the model cannot run (the driver
+	// writes its environment's build error there): the runner starts no
+	// worker and answers every model call BAD_IMPLEMENTATION with the
+	// file's text (--model-error-file).
+	ModelErrorFile string
 	// HostDir is where the Python host script is written; empty: a private
 	// temporary directory. A sandboxing wrapper must show it to the worker
 	// (--host-dir).
