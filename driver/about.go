@@ -42,6 +42,14 @@ var pluginInfo = &base.PluginInfoResponse{
 //	    landlock         = "best-effort"
 //	    model_store      = "/var/lib/modelbox/models"
 //	    allow_host_model_dirs = false
+//	    environments {                          # a python submission's requirements.txt
+//	      root          = "/var/lib/modelbox/envs"
+//	      uv            = "uv"                  # the uv binary (path or name in PATH)
+//	      index_urls    = ["https://pypi.org/simple"]   # first: default index; others: extra indexes
+//	      budget_mb     = 20480                 # disk for environments not in use
+//	      build_timeout = "30m"
+//	      build         = "wheels"              # wheels only, built on the trusted side
+//	    }
 //	  }
 //	}
 var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
@@ -65,6 +73,15 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		hclspec.NewLiteral(`"/var/lib/modelbox/models"`)),
 	"allow_host_model_dirs": hclspec.NewDefault(hclspec.NewAttr("allow_host_model_dirs", "bool", false),
 		hclspec.NewLiteral(`false`)),
+	// Absent fields take EnvironmentsConfig.withDefaults's values.
+	"environments": hclspec.NewBlock("environments", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"root":          hclspec.NewAttr("root", "string", false),
+		"uv":            hclspec.NewAttr("uv", "string", false),
+		"index_urls":    hclspec.NewAttr("index_urls", "list(string)", false),
+		"budget_mb":     hclspec.NewAttr("budget_mb", "number", false),
+		"build_timeout": hclspec.NewAttr("build_timeout", "string", false),
+		"build":         hclspec.NewAttr("build", "string", false),
+	})),
 })
 
 // taskConfigSpec is the task's config block:

@@ -6,7 +6,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/modelnodes/modelnodes/driver/pyenv"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
 	"github.com/modelnodes/modelnodes/driver/taskconfig"
 )
@@ -27,6 +29,85 @@ type Config struct {
 	// ModelStore is where the driver keeps each task's model, moved out of
 	// the alloc dir that `nomad alloc fs` serves.
 	ModelStore string `codec:"model_store"`
+	// Environments says how a Python submission's requirements.txt becomes
+	// its environment.
+	Environments EnvironmentsConfig `codec:"environments"`
+}
+
+// Build modes of the environments block.
+const (
+	// BuildWheels builds on the trusted side from wheels only: resolving
+	// reads wheel metadata and installing unpacks archives, so no package
+	// code runs; a requirement with only a source distribution fails.
+	BuildWheels = "wheels"
+)
+
+// EnvironmentsConfig is the plugin's environments block. Zero fields take
+// the defaults of withDefaults.
+type EnvironmentsConfig struct {
+	// Root is the environment cache's directory (one file system).
+	Root string `codec:"root"`
+	// UV is the uv binary (a path, or a name looked up in PATH).
+	UV string `codec:"uv"`
+	// IndexURLs: the first is the default index, the others are extra
+	// indexes, which uv consults first. Credentials may be written
+	// https://user:token@host/simple; they stay on the trusted side.
+	IndexURLs []string `codec:"index_urls"`
+	// BudgetMB bounds the cache's disk use; environments in use are kept
+	// whatever it says.
+	BudgetMB int64 `codec:"budget_mb"`
+	// BuildTimeout bounds one build (a Go duration).
+	BuildTimeout string `codec:"build_timeout"`
+	// Build is the build mode: "wheels".
+	Build string `codec:"build"`
+}
+
+// Defaults of the environments block.
+const (
+	defaultEnvRoot     = "/var/lib/modelbox/envs"
+	defaultEnvBudgetMB = 20 << 10
+	defaultBuildTime   = 30 * time.Minute
+)
+
+func (e EnvironmentsConfig) withDefaults() EnvironmentsConfig {
+	if e.Root == "" {
+		e.Root = defaultEnvRoot
+	}
+	if e.UV == "" {
+		e.UV = "uv"
+	}
+	if e.BudgetMB == 0 {
+		e.BudgetMB = defaultEnvBudgetMB
+	}
+	if e.BuildTimeout == "" {
+		e.BuildTimeout = defaultBuildTime.String()
+	}
+	if e.Build == "" {
+		e.Build = BuildWheels
+	}
+	return e
+}
+
+func (e EnvironmentsConfig) validate() error {
+	var errs []error
+	if !filepath.IsAbs(e.Root) {
+		errs = append(errs, fmt.Errorf("environments.root: %q is not absolute", e.Root))
+	}
+	if d, err := time.ParseDuration(e.BuildTimeout); err != nil || d <= 0 {
+		errs = append(errs, fmt.Errorf("environments.build_timeout = %q: want a positive duration such as \"30m\"", e.BuildTimeout))
+	}
+	if e.BudgetMB < 0 {
+		errs = append(errs, errors.New("environments.budget_mb must not be negative"))
+	}
+	if e.Build != BuildWheels {
+		errs = append(errs, fmt.Errorf("environments.build = %q: want %q", e.Build, BuildWheels))
+	}
+	for i, u := range e.IndexURLs {
+		if err := pyenv.CheckIndexURL(u); err != nil {
+			errs = append(errs, fmt.Errorf("environments.index_urls[%d]: %w", i, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (c *Config) validate() error {
@@ -52,6 +133,7 @@ func (c *Config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("landlock = %q: want off, best-effort or required", c.Landlock))
 	}
+	errs = append(errs, c.Environments.validate())
 	if c.WorkerPidsLimit < 0 || c.RunnerMemoryReserveMB < 0 {
 		errs = append(errs, errors.New("worker_pids_limit and runner_memory_reserve_mb must not be negative"))
 	}

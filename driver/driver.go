@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"sync"
 	"syscall"
@@ -41,6 +42,7 @@ type Driver struct {
 
 	mu     sync.RWMutex
 	config *Config
+	envs   *environments // the environment cache of config
 	tasks  map[string]*taskHandle
 	uids   map[int]string // worker uids in use from uid_range, by task id
 
@@ -85,10 +87,14 @@ func (d *Driver) SetConfig(c *base.Config) error {
 			return fmt.Errorf("modelbox: plugin config: %w", err)
 		}
 	}
+	cfg.Environments = cfg.Environments.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return fmt.Errorf("modelbox: plugin config: %w", err)
 	}
 	d.mu.Lock()
+	if d.envs == nil || !reflect.DeepEqual(d.envs.cfg, cfg.Environments) {
+		d.envs = newEnvironments(cfg.Environments, d.log)
+	}
 	d.config = &cfg
 	d.mu.Unlock()
 	d.sweepOnce.Do(func() { go d.sweepModels() })
@@ -110,6 +116,16 @@ func (d *Driver) sweepModels() {
 	}
 }
 
+// environments returns the environment cache of the current config.
+func (d *Driver) environments() *environments {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.envs == nil {
+		d.envs = newEnvironments(EnvironmentsConfig{}, d.log)
+	}
+	return d.envs
+}
+
 func (d *Driver) cfg() *Config {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
@@ -124,7 +140,7 @@ func defaultConfig() *Config {
 	return &Config{RunnerPath: "model-runner", Python: "/usr/bin/python3", AllowedRuntimes: []string{"python", "executable"},
 		ReadonlyPaths: []string{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"},
 		UIDRange:      "64000-64999", WorkerPidsLimit: 256, RunnerMemoryReserveMB: 48, Landlock: "best-effort",
-		ModelStore: "/var/lib/modelbox/models"}
+		ModelStore: "/var/lib/modelbox/models", Environments: EnvironmentsConfig{}.withDefaults()}
 }
 
 func (d *Driver) TaskEvents(ctx context.Context) (<-chan *drivers.TaskEvent, error) {
@@ -158,6 +174,9 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		return nil, nil, err
 	}
 	h, handle, err := d.launch(p)
+	// The runner inherited the environment's in-use lock (or is gone):
+	// the driver's own hold ends either way.
+	p.env.release()
 	if err != nil {
 		p.undo()
 		return nil, nil, err
@@ -180,6 +199,7 @@ type prepared struct {
 	runner string // the model-runner binary
 	uid    int
 	iso    Isolation
+	env    *taskEnv
 	opts   runneropts.Options
 	undos  []func()
 }
@@ -249,11 +269,16 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 		return nil, fmt.Errorf("modelbox: %w", err)
 	}
 	_ = os.Chmod(private, 0o711) // the worker's bind mounts need no listing rights
-	python, _ := filepath.EvalSymlinks(plugin.Python)
-	readOnly := append(append([]string{}, plugin.ReadonlyPaths...), modelDir, hostDir)
-	if python != "" {
-		readOnly = append(readOnly, filepath.Dir(python))
+	stderr, err := openLog(cfg.StderrPath)
+	if err != nil {
+		return nil, fmt.Errorf("modelbox: task log: %w", err)
 	}
+	defer stderr.Close()
+	if p.env, err = d.environment(cfg, tc.Runtime, plugin, modelDir, stderr); err != nil {
+		return nil, err
+	}
+	p.onUndo(p.env.release)
+	readOnly := append(append(append([]string{}, plugin.ReadonlyPaths...), modelDir, hostDir), p.env.readOnly...)
 	iso, err := d.isolator.Prepare(&IsolationRequest{
 		ID: cfg.AllocID + "." + cfg.Name, UID: uid, GID: gid, PrivateDir: private,
 		ReadOnly: readOnly, Landlock: plugin.Landlock,
@@ -269,6 +294,13 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 	if p.opts, err = runnerOptions(cfg, &tc, plugin, listen, modelDir, hostDir, iso.WorkerWrapper()); err != nil {
 		return nil, err
 	}
+	p.opts.Python = p.env.python
+	if p.env.faulty != "" {
+		p.opts.ModelErrorFile = filepath.Join(private, "model-error")
+		if err := os.WriteFile(p.opts.ModelErrorFile, []byte(p.env.faulty), 0o600); err != nil {
+			return nil, fmt.Errorf("modelbox: %w", err)
+		}
+	}
 	return p, nil
 }
 
@@ -277,7 +309,11 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 // when launch fails.
 func (d *Driver) launch(p *prepared) (*taskHandle, *drivers.TaskHandle, error) {
 	cfg := p.cfg
-	proc, err := startRunner(p.runner, append([]string{"serve"}, p.opts.Args()...), cfg)
+	var inherit []*os.File
+	if p.env.env != nil {
+		inherit = append(inherit, p.env.env.File())
+	}
+	proc, err := startRunner(p.runner, append([]string{"serve"}, p.opts.Args()...), cfg, inherit...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("modelbox: start the runner: %w", err)
 	}
@@ -378,8 +414,10 @@ func vaultOptions(o *runneropts.Options, v *TLSVaultConfig, cfg *drivers.TaskCon
 }
 
 // startRunner starts the runner in its own session (so it survives a plugin
-// restart), writing to the task's log fifos.
-func startRunner(path string, args []string, cfg *drivers.TaskConfig) (*os.Process, error) {
+// restart), writing to the task's log fifos. It inherits the files in
+// inherit as fds 3 and up (the environment's in-use lock: held for as long as
+// the runner lives).
+func startRunner(path string, args []string, cfg *drivers.TaskConfig, inherit ...*os.File) (*os.Process, error) {
 	stdout, err := openLog(cfg.StdoutPath)
 	if err != nil {
 		return nil, err
@@ -398,7 +436,7 @@ func startRunner(path string, args []string, cfg *drivers.TaskConfig) (*os.Proce
 	return os.StartProcess(path, append([]string{path}, args...), &os.ProcAttr{
 		Dir:   cfg.TaskDir().Dir,
 		Env:   cfg.EnvList(),
-		Files: []*os.File{devnull, stdout, stderr},
+		Files: append([]*os.File{devnull, stdout, stderr}, inherit...),
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
 }

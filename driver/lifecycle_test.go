@@ -163,6 +163,8 @@ func (i *fakeIsolation) State() *driver.IsolationState { return &driver.Isolatio
 type rootless struct {
 	t      *testing.T
 	python string
+	// plugin is added to the plugin config of every newDriver.
+	plugin map[string]any
 	iso    *fakeIsolator
 	d      *driver.Driver
 	task   *drivers.TaskConfig
@@ -216,9 +218,11 @@ func (r *rootless) newDriver() *driver.Driver {
 	r.t.Helper()
 	d := driver.NewWithIsolator(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: r.t.Output()}), r.iso)
 	var data []byte
-	if err := base.MsgPackEncode(&data, map[string]any{
-		"runner_path": modelRunner(r.t), "python": r.python, "model_store": r.store,
-	}); err != nil {
+	cfg := map[string]any{"runner_path": modelRunner(r.t), "python": r.python, "model_store": r.store}
+	for k, v := range r.plugin {
+		cfg[k] = v
+	}
+	if err := base.MsgPackEncode(&data, cfg); err != nil {
 		r.t.Fatal(err)
 	}
 	if err := d.SetConfig(&base.Config{PluginConfig: data}); err != nil {

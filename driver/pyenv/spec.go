@@ -90,9 +90,9 @@ func normalizeRequirements(req []byte) []byte {
 	return []byte(strings.Join(lines, "\n") + "\n")
 }
 
-// maxRequirementsBytes bounds a submission's requirements file: a real one
+// MaxRequirementsBytes bounds a submission's requirements file: a real one
 // is a few hundred bytes, with hashes a few tens of kilobytes.
-const maxRequirementsBytes = 1 << 20
+const MaxRequirementsBytes = 1 << 20
 
 // allowedOptions are the requirements-file options that only narrow what uv
 // may pick from the configured indexes. Every other option (-r, -c, -e,
@@ -117,14 +117,12 @@ func (s Spec) Validate() error {
 		return fmt.Errorf("python version and platform are required for the key")
 	}
 	for _, ix := range s.Indexes {
-		u, err := url.Parse(ix)
-		// uv takes the extra indexes as one space-separated variable.
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || strings.ContainsAny(ix, " \t\r\n") {
-			return fmt.Errorf("index %q is not an http(s) URL", redact.URL(ix))
+		if err := CheckIndexURL(ix); err != nil {
+			return err
 		}
 	}
-	if len(s.Requirements) > maxRequirementsBytes {
-		return fmt.Errorf("requirements: %d bytes, more than %d", len(s.Requirements), maxRequirementsBytes)
+	if len(s.Requirements) > MaxRequirementsBytes {
+		return fmt.Errorf("requirements: %d bytes, more than %d", len(s.Requirements), MaxRequirementsBytes)
 	}
 	if bytes.IndexByte(s.Requirements, 0) >= 0 {
 		return fmt.Errorf("requirements: contains a NUL byte")
@@ -136,6 +134,17 @@ func (s Spec) Validate() error {
 		if s.OnlyBinary && strings.HasPrefix(line.text, "--no-binary") {
 			return fmt.Errorf("requirements line %d: --no-binary: this node installs wheels only (no package code runs while it builds)", line.n)
 		}
+	}
+	return nil
+}
+
+// CheckIndexURL checks one package index URL (credentials, if any, are
+// left out of the error).
+func CheckIndexURL(ix string) error {
+	u, err := url.Parse(ix)
+	// uv takes the extra indexes as one space-separated variable.
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || strings.ContainsAny(ix, " \t\r\n") {
+		return fmt.Errorf("index %q is not an http(s) URL", redact.URL(ix))
 	}
 	return nil
 }

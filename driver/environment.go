@@ -1,0 +1,284 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/nomad/plugins/drivers"
+	"golang.org/x/sys/unix"
+
+	"github.com/modelnodes/modelnodes/driver/pyenv"
+)
+
+// RequirementsFile is the file at the root of a Python submission that lists
+// what its environment needs, as in CrunchDAO's layout.
+const RequirementsFile = "requirements.txt"
+
+// Annotations of the driver's task events about a task's environment:
+// EventEnvironment is set on each, to one of the stages below; the
+// scheduler's observer reads "failed" to tell why a model answers nothing.
+const (
+	EventEnvironment       = "environment"
+	EventEnvironmentKey    = "environment_key"
+	EnvironmentStageFailed = "failed"
+	EnvironmentStageReady  = "ready"
+)
+
+// maxFaultyLines bounds the resolver's lines kept in a model's
+// BAD_IMPLEMENTATION answer and its task event.
+const maxFaultyLines = 12
+
+// taskEnv is what a task's environment gave prepare.
+type taskEnv struct {
+	// python is the interpreter the runner starts the worker with.
+	python string
+	// readOnly lists what the sandbox must show for python to run.
+	readOnly []string
+	// env is the environment held for the task; nil without requirements.
+	// Its File goes to the runner, which keeps it in use for its life.
+	env *pyenv.Env
+	// faulty, when set, is why the model cannot run (its requirements are
+	// refused or their build failed): the runner answers BAD_IMPLEMENTATION.
+	faulty string
+}
+
+// release drops the driver's own hold; the runner's inherited lock stays.
+func (t *taskEnv) release() {
+	if t != nil && t.env != nil {
+		t.env.Release()
+	}
+}
+
+// environments is the driver's side of the environment cache: the cache
+// for the current plugin config, the fingerprints of its interpreters, and
+// who waits for which build (to tell each task's events how it goes).
+type environments struct {
+	log   hclog.Logger
+	cfg   EnvironmentsConfig
+	cache *pyenv.Cache
+
+	mu       sync.Mutex
+	interps  map[string]pyenv.Interpreter
+	watchers map[string]map[*envWatcher]bool // by key
+}
+
+// envWatcher is one task waiting for an environment. The build's goroutine
+// must not wait for Nomad to take an event: its stages go through a
+// buffered channel (dropped when it is full) to the task's own sender.
+type envWatcher struct {
+	stages   chan [2]string // stage, detail
+	lastSent time.Time
+	stage    string
+	built    bool // a build ran while the task waited
+}
+
+func newEnvironments(cfg EnvironmentsConfig, log hclog.Logger) *environments {
+	cfg = cfg.withDefaults()
+	e := &environments{log: log.Named("environments"), cfg: cfg, interps: map[string]pyenv.Interpreter{},
+		watchers: map[string]map[*envWatcher]bool{}}
+	timeout, _ := time.ParseDuration(cfg.BuildTimeout) // validated
+	e.cache = &pyenv.Cache{
+		Root: cfg.Root, UV: cfg.UV, BudgetBytes: cfg.BudgetMB << 20, BuildTimeout: timeout,
+		Logger: e.log, Progress: e.progress,
+	}
+	return e
+}
+
+// progress fans a build's stage out to the tasks waiting for it.
+func (e *environments) progress(key, stage, detail string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := time.Now()
+	for w := range e.watchers[key] {
+		w.built = true
+		// Nomad keeps a task's last 10 events: stage changes, and a
+		// download count at most every 5 seconds, leave room for the rest.
+		if stage == w.stage && now.Sub(w.lastSent) < 5*time.Second {
+			continue
+		}
+		w.stage, w.lastSent = stage, now
+		select {
+		case w.stages <- [2]string{stage, detail}:
+		default:
+		}
+	}
+}
+
+func (e *environments) watch(key string, w *envWatcher) func() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.watchers[key] == nil {
+		e.watchers[key] = map[*envWatcher]bool{}
+	}
+	e.watchers[key][w] = true
+	return func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		delete(e.watchers[key], w)
+		if len(e.watchers[key]) == 0 {
+			delete(e.watchers, key)
+		}
+	}
+}
+
+// interpreter fingerprints python once per path.
+func (e *environments) interpreter(ctx context.Context, python string) (pyenv.Interpreter, error) {
+	e.mu.Lock()
+	in, ok := e.interps[python]
+	e.mu.Unlock()
+	if ok {
+		return in, nil
+	}
+	in, err := pyenv.Fingerprint(ctx, python)
+	if err != nil {
+		return in, err
+	}
+	e.mu.Lock()
+	e.interps[python] = in
+	e.mu.Unlock()
+	return in, nil
+}
+
+// environment finds or builds the environment of a python task's
+// submission from its requirements.txt, telling the task's events how the
+// build goes. A submission without one runs on the interpreter as it is. A
+// failure that is the submission's (refused requirements, a build uv
+// rejects, remembered or not) is no error: it comes back as faulty, for the
+// runner to answer with. An error is the node's (no uv, a full disk) and
+// fails the task's start.
+func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Config, modelDir string, stderr io.Writer) (*taskEnv, error) {
+	te := &taskEnv{python: plugin.Python}
+	if python, err := filepath.EvalSymlinks(plugin.Python); err == nil {
+		te.readOnly = append(te.readOnly, filepath.Dir(python))
+	}
+	if runtime != "python" {
+		return te, nil
+	}
+	req, err := readSubmissionFile(modelDir, RequirementsFile, pyenv.MaxRequirementsBytes)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return te, nil
+	case err != nil:
+		te.faulty = fmt.Sprintf("%s: %v", RequirementsFile, err)
+		d.envFailed(cfg, "", te.faulty, stderr)
+		return te, nil
+	}
+	envs := d.environments()
+	in, err := envs.interpreter(d.ctx, plugin.Python)
+	if err != nil {
+		return nil, fmt.Errorf("modelbox: python interpreter: %w", err)
+	}
+	spec := in.Spec(req, envs.cfg.IndexURLs...)
+	spec.OnlyBinary = envs.cfg.Build == BuildWheels
+	if err := spec.Validate(); err != nil {
+		te.faulty = fmt.Sprintf("%s is refused: %v", RequirementsFile, err)
+		d.envFailed(cfg, "", te.faulty, stderr)
+		return te, nil
+	}
+	key := pyenv.Key(spec)
+	log := d.log.With("task_id", cfg.ID, "environment", key)
+	start := time.Now()
+	w := &envWatcher{stages: make(chan [2]string, 32)}
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for sd := range w.stages {
+			msg := "Environment: " + sd[0]
+			if sd[1] != "" {
+				msg += ": " + sd[1]
+			}
+			log.Info("environment build", "stage", sd[0], "detail", sd[1])
+			fmt.Fprintf(stderr, "modelbox: %s\n", msg)
+			d.emit(cfg, msg, map[string]string{EventEnvironment: sd[0], EventEnvironmentKey: key})
+		}
+	}()
+	unwatch := envs.watch(key, w)
+	env, err := envs.cache.Acquire(d.ctx, spec)
+	unwatch()
+	close(w.stages)
+	<-sent
+	var be *pyenv.BuildError
+	switch {
+	case errors.As(err, &be):
+		te.faulty = faultyMessage(be)
+		d.envFailed(cfg, key, te.faulty, stderr)
+		return te, nil
+	case err != nil:
+		return nil, fmt.Errorf("modelbox: environment %s: %w", key, err)
+	}
+	if w.built {
+		msg := fmt.Sprintf("Environment %s built in %s", key, time.Since(start).Round(100*time.Millisecond))
+		fmt.Fprintf(stderr, "modelbox: %s\n", msg)
+		d.emit(cfg, msg, map[string]string{EventEnvironment: EnvironmentStageReady, EventEnvironmentKey: key})
+	}
+	te.env, te.python = env, env.Python()
+	te.readOnly = append(te.readOnly, env.Path)
+	return te, nil
+}
+
+// envFailed reports a model whose environment cannot be had: a task event
+// (the scheduler's status API shows it), the task's log and the driver's.
+func (d *Driver) envFailed(cfg *drivers.TaskConfig, key, why string, stderr io.Writer) {
+	d.log.Warn("the model's environment failed; its runner answers BAD_IMPLEMENTATION", "task_id", cfg.ID, "environment", key, "error", why)
+	fmt.Fprintf(stderr, "modelbox: the model's environment failed; every call answers BAD_IMPLEMENTATION:\n%s\n", why)
+	d.emit(cfg, "Environment failed: "+lastLines(why, 3), map[string]string{EventEnvironment: EnvironmentStageFailed, EventEnvironmentKey: key})
+}
+
+// faultyMessage is what the model's callers read: the resolver's own last
+// lines, and when the node tries again.
+func faultyMessage(be *pyenv.BuildError) string {
+	when := "failed"
+	if be.Remembered {
+		when = fmt.Sprintf("failed at %s (not rebuilt until %s)", be.FailedAt.UTC().Format(time.RFC3339), be.RetryAt.UTC().Format(time.RFC3339))
+	}
+	return fmt.Sprintf("the model's environment %s: %s", when, lastLines(be.Output, maxFaultyLines))
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// readSubmissionFile reads name at the root of the submission in dir. The
+// submission is untrusted and the driver is root: a symbolic link (to
+// /etc/shadow, say) or anything but a regular file is refused, and so is a
+// file larger than limit. A missing file is os.ErrNotExist.
+func readSubmissionFile(dir, name string, limit int) ([]byte, error) {
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, errors.New("is a symbolic link; it must be a regular file")
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, os.ErrNotExist
+		}
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("is not a regular file (%s)", fi.Mode().Type())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > limit {
+		return nil, fmt.Errorf("is larger than %d bytes", limit)
+	}
+	return b, nil
+}
