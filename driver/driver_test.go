@@ -193,6 +193,7 @@ func copyDir(t *testing.T, src, dst string) {
 	}
 	for _, e := range ents {
 		if e.IsDir() {
+			copyDir(t, filepath.Join(src, e.Name()), filepath.Join(dst, e.Name()))
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(src, e.Name()))
