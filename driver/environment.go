@@ -16,20 +16,21 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/modelnodes/modelnodes/driver/pyenv"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // RequirementsFile is the file at the root of a Python submission that lists
 // what its environment needs, as in CrunchDAO's layout.
 const RequirementsFile = "requirements.txt"
 
-// Annotations of the driver's task events about a task's environment:
-// EventEnvironment is set on each, to one of the stages below; the
-// scheduler's observer reads "failed" to tell why a model answers nothing.
+// Annotations of the driver's task events about a task's environment (the
+// naming contract with the scheduler's observer is package names'):
+// EventEnvironment is set on each, to a stage of the build.
 const (
-	EventEnvironment       = "environment"
-	EventEnvironmentKey    = "environment_key"
-	EnvironmentStageFailed = "failed"
-	EnvironmentStageReady  = "ready"
+	EventEnvironment       = names.EventEnvironment
+	EventEnvironmentKey    = names.EventEnvironmentKey
+	EnvironmentStageFailed = names.EnvironmentFailed
+	EnvironmentStageReady  = names.EnvironmentReady
 )
 
 // maxFaultyLines bounds the resolver's lines kept in a model's

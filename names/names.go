@@ -66,6 +66,17 @@ const (
 	MetaSource  = "modelnodes_source"
 )
 
+// The modelbox driver's task events about a model's environment carry
+// EventEnvironment among their details, set to the build's stage; the
+// scheduler's observer reads EnvironmentFailed to say why a running model
+// answers nothing but BAD_IMPLEMENTATION.
+const (
+	EventEnvironment    = "environment"
+	EventEnvironmentKey = "environment_key"
+	EnvironmentFailed   = "failed"
+	EnvironmentReady    = "ready"
+)
+
 // MaxCrunchLabel is the longest label Crunch returns: "crunch-" plus it stays
 // well within Consul's and DNS's 63 characters.
 const MaxCrunchLabel = 50

@@ -26,12 +26,15 @@ const (
 	StateRunning = "running"
 	StateHealthy = "healthy"
 	StateFailed  = "failed"
+	// StateFaulty: the model runs but cannot serve (its environment failed
+	// to build); every call answers BAD_IMPLEMENTATION.
+	StateFaulty  = "faulty"
 	StateBackoff = "backoff"
 	StateStopped = "stopped"
 )
 
 // AllStates lists every state, in the order metrics report them.
-var AllStates = []string{StatePending, StateRunning, StateHealthy, StateFailed, StateBackoff, StateStopped}
+var AllStates = []string{StatePending, StateRunning, StateHealthy, StateFaulty, StateFailed, StateBackoff, StateStopped}
 
 // NomadEvents is the part of Nomad the observer reads (nomad.Client).
 type NomadEvents interface {
@@ -294,6 +297,9 @@ func (o *Observer) refresh(jobID string) (held bool) {
 			if latest.DeploymentStatus != nil && latest.DeploymentStatus.Healthy != nil && *latest.DeploymentStatus.Healthy {
 				st.State = StateHealthy
 			}
+			if why := environmentFailure(latest); why != "" {
+				st.State, st.Reason = StateFaulty, why
+			}
 		case nomadapi.AllocClientStatusFailed, nomadapi.AllocClientStatusLost:
 			st.State, st.Reason = StateFailed, failureReason(latest)
 		case nomadapi.AllocClientStatusComplete:
@@ -380,6 +386,29 @@ func failureReason(a *nomadapi.AllocationListStub) string {
 		return last.Type + ": " + last.DisplayMessage
 	}
 	return a.ClientDescription
+}
+
+// environmentFailure is why the allocation's model cannot serve when the
+// driver's last word on its environment is that it failed: "environment
+// failed: " and the resolver's last lines. Empty otherwise.
+func environmentFailure(a *nomadapi.AllocationListStub) string {
+	var last *nomadapi.TaskEvent
+	for _, ts := range a.TaskStates {
+		for _, e := range ts.Events {
+			if e.Details[names.EventEnvironment] != "" && (last == nil || e.Time > last.Time) {
+				last = e
+			}
+		}
+	}
+	if last == nil || last.Details[names.EventEnvironment] != names.EnvironmentFailed {
+		return ""
+	}
+	msg := last.DisplayMessage
+	if msg == "" {
+		msg = last.DriverMessage
+	}
+	_, why, _ := strings.Cut(msg, ": ")
+	return "environment failed: " + why
 }
 
 // Held returns the jobs on crash-loop hold now, and when the next hold ends

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/modelnodes/modelnodes/names"
 )
 
 func TestObserverCrashLoopBackoff(t *testing.T) {
@@ -44,5 +46,39 @@ func TestObserverCrashLoopBackoff(t *testing.T) {
 	fail("a6", 6)
 	if _, until := o.Held(); until.Sub(now) != 2*time.Minute {
 		t.Fatalf("second hold %v, want 2m", until.Sub(now))
+	}
+}
+
+// A model whose environment failed to build runs (its runner answers every
+// call BAD_IMPLEMENTATION): the status says so, with the resolver's words,
+// and it is no crash loop. A later task with a good environment clears it.
+func TestObserverReportsFailedEnvironment(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	o := &Observer{now: func() time.Time { return now }, states: map[string]*ModelState{}}
+	event := func(stage, msg string, at time.Time) *nomadapi.TaskEvent {
+		return &nomadapi.TaskEvent{Type: "Driver", DisplayMessage: msg, Time: at.UnixNano(),
+			Details: map[string]string{names.EventEnvironment: stage}}
+	}
+	running := func(idx uint64, evs ...*nomadapi.TaskEvent) ModelState {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.add(&nomadapi.AllocationListStub{ID: "a", JobID: "model-node-x", ClientStatus: "running", CreateIndex: idx,
+			TaskStates: map[string]*nomadapi.TaskState{"model": {Events: evs}}})
+		o.refresh("model-node-x")
+		return *o.states["model-node-x"]
+	}
+	st := running(1,
+		event("resolving", "Environment: resolving", now),
+		event(names.EnvironmentFailed, "Environment failed: ╰─▶ Because there is no version of pandas==0.0.1, we can conclude that your requirements are unsatisfiable.", now.Add(time.Second)),
+		&nomadapi.TaskEvent{Type: "Driver", DisplayMessage: "Model runner started; the worker runs sandboxed", Time: now.Add(2 * time.Second).UnixNano()})
+	if st.State != StateFaulty || st.Reason != "environment failed: ╰─▶ Because there is no version of pandas==0.0.1, we can conclude that your requirements are unsatisfiable." {
+		t.Fatalf("state %q reason %q", st.State, st.Reason)
+	}
+	if held, _ := o.Held(); held["model-node-x"] {
+		t.Fatal("a faulty model was put on crash-loop hold")
+	}
+	st = running(2, event("failed", "Environment failed: x", now), event(names.EnvironmentReady, "Environment abc built in 4s", now.Add(time.Minute)))
+	if st.State != StateRunning || st.Reason != "" {
+		t.Fatalf("after a good build: state %q reason %q", st.State, st.Reason)
 	}
 }
