@@ -38,7 +38,7 @@ func NewMetrics() *Metrics {
 		leader:   prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "leader", Help: "1 while this instance holds the reconcile lock."}),
 		desired:  prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "desired_models", Help: "Models the sources want running."}),
 		models: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "models",
-			Help: "Models by observed state (pending, running, healthy, failed, backoff, stopped)."}, []string{"state"}),
+			Help: "Models by observed state (pending, running, healthy, faulty, failed, backoff, stopped)."}, []string{"state"}),
 		sourceUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "source_up",
 			Help: "1 when the source's last read succeeded."}, []string{"source"}),
 		sourceErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "source_errors_total",
