@@ -49,6 +49,7 @@ var pluginInfo = &base.PluginInfoResponse{
 //	      budget_mb     = 20480                 # disk for environments not in use
 //	      build_timeout = "30m"
 //	      build         = "wheels"              # wheels only, built on the trusted side
+//	      default_requirements = ["pandas>=2.2.3,<3", "pyarrow>=18.1,<19"]   # unless a submission names them
 //	    }
 //	  }
 //	}
@@ -75,12 +76,13 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		hclspec.NewLiteral(`false`)),
 	// Absent fields take EnvironmentsConfig.withDefaults's values.
 	"environments": hclspec.NewBlock("environments", false, hclspec.NewObject(map[string]*hclspec.Spec{
-		"root":          hclspec.NewAttr("root", "string", false),
-		"uv":            hclspec.NewAttr("uv", "string", false),
-		"index_urls":    hclspec.NewAttr("index_urls", "list(string)", false),
-		"budget_mb":     hclspec.NewAttr("budget_mb", "number", false),
-		"build_timeout": hclspec.NewAttr("build_timeout", "string", false),
-		"build":         hclspec.NewAttr("build", "string", false),
+		"root":                 hclspec.NewAttr("root", "string", false),
+		"uv":                   hclspec.NewAttr("uv", "string", false),
+		"index_urls":           hclspec.NewAttr("index_urls", "list(string)", false),
+		"budget_mb":            hclspec.NewAttr("budget_mb", "number", false),
+		"build_timeout":        hclspec.NewAttr("build_timeout", "string", false),
+		"build":                hclspec.NewAttr("build", "string", false),
+		"default_requirements": hclspec.NewAttr("default_requirements", "list(string)", false),
 	})),
 })
 

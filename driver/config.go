@@ -60,6 +60,11 @@ type EnvironmentsConfig struct {
 	BuildTimeout string `codec:"build_timeout"`
 	// Build is the build mode: "wheels".
 	Build string `codec:"build"`
+	// DefaultRequirements are added to every python submission's
+	// requirements unless it names the same project (CrunchDAO's images
+	// carry pandas and pyarrow whatever a submission lists); with them, a
+	// submission without requirements.txt gets an environment too.
+	DefaultRequirements []string `codec:"default_requirements"`
 }
 
 // Defaults of the environments block.
@@ -101,6 +106,11 @@ func (e EnvironmentsConfig) validate() error {
 	}
 	if e.Build != BuildWheels {
 		errs = append(errs, fmt.Errorf("environments.build = %q: want %q", e.Build, BuildWheels))
+	}
+	for i, r := range e.DefaultRequirements {
+		if spec := (pyenv.Spec{Requirements: []byte(r), Python: "/", PythonVersion: "-", Platform: "-"}); strings.ContainsAny(r, "\n\r#") || spec.Validate() != nil {
+			errs = append(errs, fmt.Errorf("environments.default_requirements[%d] = %q: want one requirement such as \"pandas>=2.2.3,<3\"", i, r))
+		}
 	}
 	for i, u := range e.IndexURLs {
 		if err := pyenv.CheckIndexURL(u); err != nil {

@@ -17,11 +17,17 @@ func TestBadConfigsAreRefused(t *testing.T) {
 	d := driver.New(hclog.NewNullLogger())
 	h := testutils.NewDriverHarness(t, d)
 	for name, cfg := range map[string]map[string]any{
-		"unknown runtime":    {"allowed_runtimes": []string{"python", "bash"}},
-		"relative ro path":   {"readonly_paths": []string{"usr"}},
-		"uid range of root":  {"uid_range": "0-10"},
-		"bad landlock value": {"landlock": "sometimes"},
-		"relative store":     {"model_store": "models"},
+		"unknown runtime":     {"allowed_runtimes": []string{"python", "bash"}},
+		"relative ro path":    {"readonly_paths": []string{"usr"}},
+		"uid range of root":   {"uid_range": "0-10"},
+		"bad landlock value":  {"landlock": "sometimes"},
+		"relative store":      {"model_store": "models"},
+		"relative env root":   {"environments": map[string]any{"root": "envs"}},
+		"bad build timeout":   {"environments": map[string]any{"build_timeout": "soon"}},
+		"unknown build mode":  {"environments": map[string]any{"build": "anything"}},
+		"index not a URL":     {"environments": map[string]any{"index_urls": []string{"pypi.org/simple"}}},
+		"two defaults in one": {"environments": map[string]any{"default_requirements": []string{"pandas\nsix"}}},
+		"default is option":   {"environments": map[string]any{"default_requirements": []string{"--index-url https://evil/simple"}}},
 	} {
 		var data []byte
 		if err := base.MsgPackEncode(&data, cfg); err != nil {

@@ -163,16 +163,19 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 	if runtime != "python" {
 		return te, nil
 	}
+	envs := d.environments()
 	req, err := readSubmissionFile(modelDir, RequirementsFile, pyenv.MaxRequirementsBytes)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return te, nil
+		if len(envs.cfg.DefaultRequirements) == 0 {
+			return te, nil
+		}
 	case err != nil:
 		te.faulty = fmt.Sprintf("%s: %v", RequirementsFile, err)
 		d.envFailed(cfg, "", te.faulty, stderr)
 		return te, nil
 	}
-	envs := d.environments()
+	req = pyenv.WithDefaults(req, envs.cfg.DefaultRequirements)
 	in, err := envs.interpreter(d.ctx, plugin.Python)
 	if err != nil {
 		return nil, fmt.Errorf("modelbox: python interpreter: %w", err)

@@ -160,3 +160,52 @@ func (e *taskEvents) waitFor(t *testing.T, match func(*drivers.TaskEvent) bool) 
 }
 
 func mkfifo(p string) error { return syscall.Mkfifo(p, 0o644) }
+
+// fakeUV writes a uv stand-in that makes a bare virtual environment on the
+// host's python3 and records the requirements each install was asked for in
+// log, so the driver's wiring is tested without PyPI.
+func fakeUV(t *testing.T, python string) (uv, log string) {
+	t.Helper()
+	dir := t.TempDir()
+	uv, log = filepath.Join(dir, "uv"), filepath.Join(dir, "requested")
+	script := `#!/bin/sh
+set -e
+case "$1" in
+venv) venv=$5; mkdir -p "$venv/bin" "$venv/lib/python3.x/site-packages"; ln -s ` + python + ` "$venv/bin/python" ;;
+pip) while [ $# -gt 0 ]; do if [ "$1" = -r ]; then cat "$2" >> ` + log + `; fi; shift; done ;;
+esac
+`
+	if err := os.WriteFile(uv, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return uv, log
+}
+
+// The node's default requirements (CrunchDAO's images carry pandas and
+// pyarrow) reach the build of a submission that has no requirements.txt,
+// and a submission's own pin of one of them wins over the default.
+func TestDefaultRequirementsReachTheBuild(t *testing.T) {
+	for name, c := range map[string]struct{ submission, want string }{
+		"no requirements.txt": {"", "pandas>=2.2.3,<3  # the node's default\npyarrow>=18.1,<19  # the node's default\n"},
+		"its own pandas":      {"pandas==2.1.4\n", "pandas==2.1.4\npyarrow>=18.1,<19  # the node's default\n"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRootless(t, nil)
+			uv, requested := fakeUV(t, r.python)
+			r.plugin = map[string]any{"environments": map[string]any{"root": filepath.Join(t.TempDir(), "envs"), "uv": uv,
+				"default_requirements": []string{"pandas>=2.2.3,<3", "pyarrow>=18.1,<19"}}}
+			r.d = r.newDriver()
+			if c.submission != "" {
+				must(t, os.WriteFile(filepath.Join(r.task.TaskDir().LocalDir, "model", driver.RequirementsFile), []byte(c.submission), 0o644))
+			}
+			if _, _, err := r.d.StartTask(r.task); err != nil {
+				t.Fatalf("StartTask: %v", err)
+			}
+			r.waitServing()
+			got, err := os.ReadFile(requested)
+			if err != nil || string(got) != c.want {
+				t.Fatalf("the build was asked for %q (%v), want %q", got, err, c.want)
+			}
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/modelnodes/modelnodes/internal/redact"
@@ -218,4 +219,41 @@ func firstField(s string) string {
 		return f[0]
 	}
 	return s
+}
+
+// projectName matches the distribution name at the start of a requirement
+// (PEP 508).
+var projectName = regexp.MustCompile(`^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?`)
+
+// normalizeName is PEP 503's normalized form of a project name.
+func normalizeName(name string) string {
+	return strings.ToLower(nameSeparators.ReplaceAllString(name, "-"))
+}
+
+var nameSeparators = regexp.MustCompile(`[-_.]+`)
+
+// WithDefaults returns req with each of defaults (requirement lines the node
+// adds to every environment, such as CrunchDAO images' pandas and pyarrow)
+// appended unless req already names that project: a submission's own pin
+// wins. The result is what the environment is keyed and built by.
+func WithDefaults(req []byte, defaults []string) []byte {
+	if len(defaults) == 0 {
+		return req
+	}
+	named := map[string]bool{}
+	for _, l := range logicalLines(string(normalizeRequirements(req))) {
+		if n := projectName.FindString(l.text); n != "" && !strings.HasPrefix(l.text, "-") {
+			named[normalizeName(n)] = true
+		}
+	}
+	out := append([]byte{}, req...)
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\n')
+	}
+	for _, d := range defaults {
+		if n := projectName.FindString(d); n != "" && !named[normalizeName(n)] {
+			out = append(out, strings.TrimSpace(d)+"  # the node's default\n"...)
+		}
+	}
+	return out
 }

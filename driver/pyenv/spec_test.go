@@ -179,3 +179,23 @@ func TestFingerprint(t *testing.T) {
 		t.Fatal("a failing interpreter was accepted")
 	}
 }
+
+// The node's default requirements join a submission's unless it names the
+// same project (however it spells it): its own pin wins.
+func TestWithDefaults(t *testing.T) {
+	defaults := []string{"pandas>=2.2.3,<3", "pyarrow>=18.1,<19"}
+	for name, c := range map[string]struct{ req, want string }{
+		"none":              {"", "pandas>=2.2.3,<3  # the node's default\npyarrow>=18.1,<19  # the node's default\n"},
+		"its own pandas":    {"Pandas==2.1.0\nscikit-learn\n", "Pandas==2.1.0\nscikit-learn\npyarrow>=18.1,<19  # the node's default\n"},
+		"spelled otherwise": {"PyArrow_==1\n", "PyArrow_==1\npandas>=2.2.3,<3  # the node's default\n"},
+		"both, with extras": {"pandas[performance]==2.2.3 ; python_version>'3.8'\npyarrow==18.1.0 \\\n  --hash=sha256:00\n", "pandas[performance]==2.2.3 ; python_version>'3.8'\npyarrow==18.1.0 \\\n  --hash=sha256:00\n"},
+		"only in a comment": {"# pandas is not needed\nsix", "# pandas is not needed\nsix\npandas>=2.2.3,<3  # the node's default\npyarrow>=18.1,<19  # the node's default\n"},
+	} {
+		if got := string(WithDefaults([]byte(c.req), defaults)); got != c.want {
+			t.Errorf("%s: got\n%q\nwant\n%q", name, got, c.want)
+		}
+	}
+	if got := WithDefaults([]byte("six\n"), nil); string(got) != "six\n" {
+		t.Errorf("no defaults changed the requirements: %q", got)
+	}
+}
