@@ -5,10 +5,10 @@ package driver_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
-	"math/rand/v2"
 	"path/filepath"
 	"sort"
 	"syscall"

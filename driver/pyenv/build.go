@@ -37,23 +37,36 @@ func (c *Cache) build(ctx context.Context, key string, spec Spec) error {
 			log.Warn("remove build directory", "dir", dir, "error", err)
 		}
 	}()
-	// Builds share uv's cache; Collect clears it only when none runs.
-	ucl, err := lock(ctx, c.path("locks", "uv-cache.lock"), unix.LOCK_SH)
-	if err != nil {
-		return err
+	uvCache := c.path("uv-cache")
+	if c.Sandbox != nil {
+		uid, gid := c.Sandbox.User()
+		if uid <= 0 || gid <= 0 {
+			return fmt.Errorf("build environment %s: the build sandbox must run as a user that is not root (uid %d gid %d)", key, uid, gid)
+		}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return fmt.Errorf("build environment %s: %w", key, err)
+		}
+		uvCache = filepath.Join(dir, "uv-cache")
+	} else {
+		// Builds share uv's cache; Collect clears it only when none runs.
+		ucl, err := lock(ctx, c.path("locks", "uv-cache.lock"), unix.LOCK_SH)
+		if err != nil {
+			return err
+		}
+		defer ucl.unlock()
 	}
-	defer ucl.unlock()
 
 	start := time.Now()
 	log.Info("building environment", "python", spec.Python, "requirements_bytes", len(spec.Requirements))
 	venv := filepath.Join(dir, "env")
-	out := &uvOutput{cache: c, key: key}
+	out := &uvOutput{cache: c, key: key, uvCache: uvCache}
 	c.progress(key, "creating", "")
 	err = c.runUV(bctx, dir, spec, out, "venv", "--relocatable", "--python", spec.Python, venv)
 	req := normalizeRequirements(spec.Requirements)
 	if err == nil && len(req) > 0 {
 		reqFile := filepath.Join(dir, "requirements.txt")
-		if err = os.WriteFile(reqFile, req, 0o600); err != nil {
+		// Readable by the sandbox's user; the file is the submission's own.
+		if err = os.WriteFile(reqFile, req, 0o644); err != nil {
 			return fmt.Errorf("build environment %s: %w", key, err)
 		}
 		c.progress(key, "resolving", "")
@@ -72,6 +85,19 @@ func (c *Cache) build(ctx context.Context, key string, spec Spec) error {
 	// Moving a directory to another parent needs write permission on it
 	// (its ".." changes) unless one is root: its own mode is set last.
 	final := c.path("envs", key)
+	if c.Sandbox != nil {
+		// Every command has ended (Sandbox.Run's promise): nothing of the
+		// build's user can change the tree from here on. But the build's
+		// directory was its own: env/ may have been replaced by a link to
+		// a file of the host, which the chmods and the rename below would
+		// follow.
+		if fi, err := os.Lstat(venv); err != nil || !fi.IsDir() {
+			return fmt.Errorf("build environment %s: the build left no environment directory (%v)", key, modeOrErr(fi, err))
+		}
+		if err := chownTree(venv, 0, 0); err != nil {
+			return fmt.Errorf("build environment %s: %w", key, err)
+		}
+	}
 	if err := makeReadOnly(venv); err != nil {
 		return fmt.Errorf("build environment %s: %w", key, err)
 	}
@@ -96,7 +122,7 @@ func (c *Cache) build(ctx context.Context, key string, spec Spec) error {
 // user in ps.
 func (c *Cache) runUV(ctx context.Context, dir string, spec Spec, out *uvOutput, args ...string) error {
 	env := []string{
-		"UV_CACHE_DIR=" + c.path("uv-cache"),
+		"UV_CACHE_DIR=" + out.uvCache,
 		"UV_NO_CONFIG=1",
 		"UV_PYTHON_DOWNLOADS=never",
 		"UV_LINK_MODE=hardlink",
@@ -140,20 +166,21 @@ func (c *Cache) compile(ctx context.Context, dir, venv string, out *uvOutput) er
 	// compileall says "*** Error compiling" per file it could not compile;
 	// anything else (a traceback: no /dev/shm for its workers, say) is the
 	// build's failure, not the package's.
-	if errors.As(err, &exit) && exit.Exited() && !strings.Contains(out.tail(), "Traceback (most recent call last)") {
+	if errors.As(err, &exit) && exit.Exited() && !out.sawTraceback() {
 		c.logger().Warn("some files did not compile", "env", out.key, "output", redact.URLsIn(out.tail()))
 		return nil
 	}
 	return err
 }
 
-// run runs one build command through the Run seam, in dir, with an
-// environment made from scratch plus env and Cache.Env: nothing of the
-// plugin's own environment (tokens, Nomad's variables) reaches the build.
-func (c *Cache) run(ctx context.Context, dir, home string, env []string, out *uvOutput, path string, args ...string) error {
+// run runs one build command through the Run seam (or the Sandbox), in dir,
+// with an environment made from scratch plus env and Cache.Env: nothing of
+// the plugin's own environment (tokens, Nomad's variables) reaches the
+// build. buildDir is the build's directory, also its HOME.
+func (c *Cache) run(ctx context.Context, dir, buildDir string, env []string, out *uvOutput, path string, args ...string) error {
 	cmd := exec.Command(path, args...)
 	cmd.Dir = dir
-	cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + home, "NO_COLOR=1"}, env...)
+	cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + buildDir, "NO_COLOR=1"}, env...)
 	cmd.Env = append(cmd.Env, c.Env...)
 	out.reset() // the error carries the failing command's lines only
 	cmd.Stdout = out
@@ -161,11 +188,15 @@ func (c *Cache) run(ctx context.Context, dir, home string, env []string, out *uv
 	// A process the build left behind holding the output pipe must not hold
 	// the build up.
 	cmd.WaitDelay = 5 * time.Second
-	run := c.Run
-	if run == nil {
-		run = RunOnHost
+	var err error
+	switch {
+	case c.Sandbox != nil:
+		err = c.Sandbox.Run(ctx, buildDir, cmd)
+	case c.Run != nil:
+		err = c.Run(ctx, cmd)
+	default:
+		err = RunOnHost(ctx, cmd)
 	}
-	err := run(ctx, cmd)
 	out.flush()
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", filepath.Base(path), args[0], err)
@@ -257,9 +288,14 @@ func (c *Cache) writeFailure(f *BuildError) error {
 type uvOutput struct {
 	cache *Cache
 	key   string
-	mu    sync.Mutex
-	buf   []byte
-	lines []string
+	// uvCache is the build's UV_CACHE_DIR.
+	uvCache string
+	mu      sync.Mutex
+	buf     []byte
+	lines   []string
+	// traceback is set once a line starts a Python traceback: the tail
+	// may have lost that line to a long one.
+	traceback bool
 	// uv announces each large download ("Downloading numpy (16.1MiB)") and
 	// its end (" Downloaded numpy"): counted, they make "N of M".
 	downloads, downloaded int
@@ -293,7 +329,13 @@ func (o *uvOutput) Write(p []byte) (int, error) {
 func (o *uvOutput) reset() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.buf, o.lines = o.buf[:0], nil
+	o.buf, o.lines, o.traceback = o.buf[:0], nil, false
+}
+
+func (o *uvOutput) sawTraceback() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.traceback
 }
 
 func (o *uvOutput) flush() {
@@ -321,6 +363,9 @@ func (o *uvOutput) line(l string) {
 			detail = fmt.Sprintf("%s (%d of %d)", detail, o.downloaded, o.downloads)
 		}
 		o.cache.progress(o.key, stage, detail)
+	}
+	if strings.HasPrefix(l, "Traceback (most recent call last)") {
+		o.traceback = true
 	}
 	o.lines = append(o.lines, l)
 	if len(o.lines) > tailLines {
@@ -374,6 +419,25 @@ func makeReadOnly(root string) error {
 			mode = 0o555
 		}
 		return os.Chmod(p, mode)
+	})
+}
+
+func modeOrErr(fi fs.FileInfo, err error) any {
+	if err != nil {
+		return err
+	}
+	return fi.Mode()
+}
+
+// chownTree gives root and everything below it to uid:gid without following
+// a symbolic link: a link the build made to a file outside stays pointing
+// there, unchanged.
+func chownTree(root string, uid, gid int) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
 	})
 }
 

@@ -50,10 +50,13 @@ type Cache struct {
 	// Run runs one build command (uv venv, uv pip install) to completion. It
 	// must keep the command's Path, Args, Env, Dir, Stdout and Stderr, and
 	// stop it when ctx ends. The default runs it on the host in its own
-	// process group. The driver replaces it with its sandbox: the build runs
-	// untrusted code (an sdist's setup.py), and only the sandbox keeps it
-	// from the network beyond the indexes and from the host.
+	// process group, which isolates nothing: safe only for wheels-only
+	// builds (Spec.OnlyBinary). A build that may run package code (an
+	// sdist's setup.py) needs Sandbox instead, which replaces Run.
 	Run func(ctx context.Context, cmd *exec.Cmd) error
+	// Sandbox, when set, runs every build command instead of Run, as an
+	// unprivileged user, and the build is arranged for it (see Sandbox).
+	Sandbox Sandbox
 	// Env is added to the builds' environment, which is otherwise made from
 	// scratch: the operator's HTTPS_PROXY, SSL_CERT_FILE and the like
 	// ("NAME=value").
@@ -74,6 +77,30 @@ type Cache struct {
 	MinBackoff, MaxBackoff time.Duration
 
 	now func() time.Time // tests move the clock
+}
+
+// Sandbox runs a build's commands isolated from the host, as a user that is
+// not root: the driver's build sandbox, for builds that may run package code
+// (an sdist's setup.py). With a Sandbox, a build
+//
+//   - hands its directory (tmp/<key>.<rand>/, fresh, root's until then) to
+//     User before the first command; the commands may write there and
+//     nowhere else;
+//   - keeps uv's cache in that directory (uv-cache/ inside it, removed with
+//     it), never in the shared uv-cache/ that other environments hardlink
+//     their files from: a build's code could otherwise change a file that
+//     every later environment links;
+//   - once every command has ended, makes the environment root's again
+//     (lchown, no link followed) before it is made read-only and renamed
+//     into envs/.
+type Sandbox interface {
+	// User is the uid and gid the build's commands run as; never 0.
+	User() (uid, gid int)
+	// Run runs cmd like Cache.Run: it keeps its Path, Args, Env, Dir,
+	// Stdout and Stderr, and stops it, with every process it started, when
+	// ctx ends. dir is the build's directory, the only one it may write.
+	// When Run returns, no process of the command is left.
+	Run(ctx context.Context, dir string, cmd *exec.Cmd) error
 }
 
 // Env is an environment held for use. Its files stay until Release, whatever

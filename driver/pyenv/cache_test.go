@@ -101,7 +101,9 @@ func (f *fakeUV) run(ctx context.Context, cmd *exec.Cmd) error {
 		case strings.Contains(string(req), "compile=bad"):
 			script = `echo "*** Error compiling './py2only.py'..." >&2; echo "SyntaxError: Missing parentheses" >&2; exit 1`
 		case strings.Contains(string(req), "compile=crash"):
-			script = `echo "Traceback (most recent call last):" >&2; echo "OSError: [Errno 38] Function not implemented" >&2; exit 1`
+			// Longer than the kept tail: the traceback's first line is gone
+			// from it by the end.
+			script = `echo "Traceback (most recent call last):" >&2; for i in $(seq 30); do echo "  File \"x.py\", line $i" >&2; done; echo "OSError: [Errno 38] Function not implemented" >&2; exit 1`
 		}
 	}
 	msg := ""
@@ -592,5 +594,131 @@ func TestCompileErrorsOfSomeFilesAreNotABuildFailure(t *testing.T) {
 	var be *BuildError
 	if !errors.As(err, &be) || !strings.Contains(be.Output, "Function not implemented") {
 		t.Fatalf("compileall crashed: %v, want a BuildError with its message", err)
+	}
+}
+
+// fakeSandbox runs the fake uv and records what each command was given.
+type fakeSandbox struct {
+	f *fakeUV
+	// hostile, when set, runs as the build's user after each command
+	// (counted from 1).
+	hostile func(dir string, n int)
+	mu      sync.Mutex
+	runs    []sandboxedRun
+}
+
+type sandboxedRun struct {
+	dir, uvCache string
+	dirOwner     uint32
+}
+
+const sandboxUID, sandboxGID = 64999, 64998
+
+func (s *fakeSandbox) User() (int, int) { return sandboxUID, sandboxGID }
+
+func (s *fakeSandbox) Run(ctx context.Context, dir string, cmd *exec.Cmd) error {
+	r := sandboxedRun{dir: dir}
+	for _, kv := range cmd.Env {
+		if v, ok := strings.CutPrefix(kv, "UV_CACHE_DIR="); ok {
+			r.uvCache = v
+		}
+	}
+	if fi, err := os.Stat(dir); err == nil {
+		r.dirOwner = fi.Sys().(*syscall.Stat_t).Uid
+	}
+	s.mu.Lock()
+	s.runs = append(s.runs, r)
+	s.mu.Unlock()
+	err := s.f.run(ctx, cmd)
+	if s.hostile != nil {
+		s.hostile(dir, len(s.runs))
+	}
+	// What the build's user wrote is its own, as in the real sandbox.
+	_ = chownTree(dir, sandboxUID, sandboxGID)
+	return err
+}
+
+func TestSandboxedBuildHasAPrivateCacheAndEndsRootOwned(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a sandboxed build hands its directory to another uid and takes it back: run as root (CI does)")
+	}
+	f := &fakeUV{}
+	sb := &fakeSandbox{f: f}
+	c := newTestCache(t, f)
+	c.Sandbox = sb
+	env := acquire(t, c, "six==1.16.0\n")
+	defer env.Release()
+	if len(sb.runs) != 3 {
+		t.Fatalf("the sandbox ran %d commands, want 3 (venv, pip install, compileall)", len(sb.runs))
+	}
+	for i, r := range sb.runs {
+		if filepath.Dir(r.dir) != c.path("tmp") {
+			t.Errorf("command %d: build dir %s, want one under tmp/", i, r.dir)
+		}
+		if r.dirOwner != sandboxUID {
+			t.Errorf("command %d: build dir owned by uid %d, want the sandbox's %d", i, r.dirOwner, sandboxUID)
+		}
+		if i < 2 && r.uvCache != filepath.Join(r.dir, "uv-cache") {
+			t.Errorf("command %d: UV_CACHE_DIR=%q, want the build's private %s", i, r.uvCache, filepath.Join(r.dir, "uv-cache"))
+		}
+	}
+	err := filepath.WalkDir(env.Path, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || st.Gid != 0 {
+			t.Errorf("%s is owned by %d:%d, want root", p, st.Uid, st.Gid)
+		}
+		if fi.Mode().Perm()&0o222 != 0 {
+			t.Errorf("%s is writable (%v)", p, fi.Mode())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(c.path("tmp")); len(ents) != 0 {
+		t.Errorf("tmp/ keeps %d entries after the build (its private cache included)", len(ents))
+	}
+}
+
+// The build's directory is its user's: a build that replaces its
+// environment with a link to a host directory must not get that file chmodded,
+// chowned or renamed into envs/.
+func TestSandboxedBuildThatSwapsItsEnvironmentForALinkFails(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a sandboxed build hands its directory to another uid and takes it back: run as root (CI does)")
+	}
+	host := filepath.Join(t.TempDir(), "etc")
+	if err := os.Mkdir(host, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeUV{}
+	sb := &fakeSandbox{f: f, hostile: func(dir string, n int) {
+		if n == 3 { // compileall: the last command
+			env := filepath.Join(dir, "env")
+			_ = os.RemoveAll(env)
+			_ = os.Symlink(host, env)
+		}
+	}}
+	c := newTestCache(t, f)
+	c.Sandbox = sb
+	_, err := c.Acquire(context.Background(), baseSpec("six==1.16.0\n"))
+	if err == nil || !strings.Contains(err.Error(), "no environment directory") {
+		t.Fatalf("acquire: %v, want the build refused", err)
+	}
+	fi, err := os.Stat(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o700 || st.Uid != 0 {
+		t.Errorf("the host directory became %v owned by %d", fi.Mode(), st.Uid)
+	}
+	if ents, _ := os.ReadDir(c.path("envs")); len(ents) != 0 {
+		t.Errorf("envs/ holds %d entries", len(ents))
 	}
 }

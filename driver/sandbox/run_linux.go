@@ -54,6 +54,9 @@ func stage1(specFile string, argv []string) error {
 	cmd := exec.Command(self, append([]string{CmdStage2, specFile, "--"}, argv...)...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{os.NewFile(3, "worker-socket")}
+	if spec.ListenInside != "" {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(ListenerFD, "listener-socket"))
+	}
 	cmd.Env = []string{}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC |
@@ -103,6 +106,11 @@ func stage2(specFile string, argv []string) error {
 	}
 	if err := loopbackUp(); err != nil {
 		return err
+	}
+	if spec.ListenInside != "" {
+		if err := listenAndSend(spec.ListenInside); err != nil {
+			return err
+		}
 	}
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
 		return fmt.Errorf("disable core dumps: %w", err)
@@ -225,6 +233,11 @@ func buildRoot(spec *Spec) error {
 	}
 	if err := buildDev(root); err != nil {
 		return err
+	}
+	if spec.DevShmBytes > 0 {
+		if err := mkdirMount(root, "/dev/shm", "tmpfs", fmt.Sprintf("mode=1777,size=%d", spec.DevShmBytes)); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(filepath.Join(root, "proc"), 0o555); err != nil {
 		return err
@@ -441,6 +454,9 @@ func applyLandlock(spec *Spec) error {
 		return nil
 	}
 	paths := []*landlock.Path{landlock.Dir("/", "rx"), landlock.Dir("/tmp", "rwc"), landlock.Dir("/dev", "rw")}
+	if spec.DevShmBytes > 0 {
+		paths = append(paths, landlock.Dir("/dev/shm", "rwc"))
+	}
 	for _, p := range spec.Writable {
 		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
 			paths = append(paths, landlock.Dir(p, "rwc"))

@@ -20,6 +20,7 @@ package sandbox
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 )
 
@@ -62,7 +63,23 @@ type Spec struct {
 	// Env is the worker's whole environment besides MODELNODES_WORKER_FD:
 	// nothing of the runner's environment (which may hold tokens) passes.
 	Env []string
+	// ListenInside, when set ("127.0.0.1:3128"), is the sandbox's one way
+	// out, opt-in: stage 2, root in the new network namespace and before it
+	// drops privileges, listens there and sends the listening socket over
+	// the unix socket its starter passed as fd 4 (see ListenerFD and
+	// ReceiveListener). The starter, trusted and in the host's network
+	// namespace, serves what connects (an environment build's index proxy).
+	// The model's sandbox leaves it empty: loopback only, nothing listening.
+	ListenInside string `json:",omitempty"`
+	// DevShmBytes, when positive, mounts a tmpfs of that size at /dev/shm
+	// (POSIX semaphores and shared memory: Python's multiprocessing needs
+	// it). Its pages count against the cgroup's memory.
+	DevShmBytes int64 `json:",omitempty"`
 }
+
+// ListenerFD is the descriptor, in stage 1, of the unix socket stage 2 sends
+// the ListenInside socket over.
+const ListenerFD = 4
 
 // Validate rejects specs that would not isolate the worker.
 func (s *Spec) Validate() error {
@@ -73,6 +90,14 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("sandbox: no root directory")
 	case s.Landlock != LandlockOff && s.Landlock != LandlockBestEffort && s.Landlock != LandlockRequired:
 		return fmt.Errorf("sandbox: landlock mode %q: want off, best-effort or required", s.Landlock)
+	}
+	if s.ListenInside != "" {
+		// Loopback only: the namespace has no other interface, and the
+		// address must not read as a way to the host's.
+		host, _, err := net.SplitHostPort(s.ListenInside)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("sandbox: listen_inside %q: want a loopback address and port", s.ListenInside)
+		}
 	}
 	return nil
 }

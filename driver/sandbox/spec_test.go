@@ -14,3 +14,25 @@ func TestSpecRefusesRoot(t *testing.T) {
 		t.Fatal("an unknown landlock mode was accepted")
 	}
 }
+
+// ListenInside is the sandbox's one way out: only a loopback address of the
+// sandbox's own namespace may be named.
+func TestSpecListenInsideIsLoopbackOnly(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"", true},
+		{"127.0.0.1:3128", true},
+		{"[::1]:3128", true},
+		{"0.0.0.0:3128", false},
+		{"10.0.0.1:3128", false},
+		{"localhost:3128", false}, // a name: resolved by whom?
+		{"127.0.0.1", false},
+	} {
+		s := &Spec{UID: 1000, GID: 1000, Root: "/x", Landlock: LandlockOff, ListenInside: tc.addr}
+		if err := s.Validate(); (err == nil) != tc.ok {
+			t.Errorf("ListenInside %q: err = %v, want ok=%v", tc.addr, err, tc.ok)
+		}
+	}
+}
