@@ -48,7 +48,11 @@ var pluginInfo = &base.PluginInfoResponse{
 //	      index_urls    = ["https://pypi.org/simple"]   # first: default index; others: extra indexes
 //	      budget_mb     = 20480                 # disk for environments not in use
 //	      build_timeout = "30m"
-//	      build         = "wheels"              # wheels only, built on the trusted side
+//	      build         = "wheels"              # wheels only, built on the trusted side; or "sandbox" (sdists too)
+//	      build_uid        = 63999              # sandbox: the build's user (not root, not in uid_range)
+//	      build_memory_mb  = 4096               # sandbox: per build command
+//	      build_pids_limit = 1024
+//	      allowed_hosts    = []                 # sandbox: hosts besides the indexes'
 //	      default_requirements = ["pandas>=2.2.3,<3", "pyarrow>=18.1,<19"]   # unless a submission names them
 //	    }
 //	  }
@@ -83,6 +87,10 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"build_timeout":        hclspec.NewAttr("build_timeout", "string", false),
 		"build":                hclspec.NewAttr("build", "string", false),
 		"default_requirements": hclspec.NewAttr("default_requirements", "list(string)", false),
+		"build_uid":            hclspec.NewAttr("build_uid", "number", false),
+		"build_memory_mb":      hclspec.NewAttr("build_memory_mb", "number", false),
+		"build_pids_limit":     hclspec.NewAttr("build_pids_limit", "number", false),
+		"allowed_hosts":        hclspec.NewAttr("allowed_hosts", "list(string)", false),
 	})),
 })
 

@@ -40,6 +40,10 @@ const (
 	// reads wheel metadata and installing unpacks archives, so no package
 	// code runs; a requirement with only a source distribution fails.
 	BuildWheels = "wheels"
+	// BuildSandbox builds in a sandbox like the model's (driver/buildbox),
+	// with network only to the index hosts: source distributions build,
+	// their setup.py contained; indexes may not carry credentials.
+	BuildSandbox = "sandbox"
 )
 
 // EnvironmentsConfig is the plugin's environments block. Zero fields take
@@ -58,8 +62,18 @@ type EnvironmentsConfig struct {
 	BudgetMB int64 `codec:"budget_mb"`
 	// BuildTimeout bounds one build (a Go duration).
 	BuildTimeout string `codec:"build_timeout"`
-	// Build is the build mode: "wheels".
+	// Build is the build mode: "wheels" or "sandbox".
 	Build string `codec:"build"`
+	// BuildUID is the user a sandboxed build runs as (its group too):
+	// not root, and none of uid_range's.
+	BuildUID int `codec:"build_uid"`
+	// BuildMemoryMB and BuildPidsLimit bound each command of a sandboxed
+	// build.
+	BuildMemoryMB  int64 `codec:"build_memory_mb"`
+	BuildPidsLimit int64 `codec:"build_pids_limit"`
+	// AllowedHosts are hosts ("host" or "host:port") a sandboxed build may
+	// reach besides the indexes' own (PyPI brings files.pythonhosted.org).
+	AllowedHosts []string `codec:"allowed_hosts"`
 	// DefaultRequirements are added to every python submission's
 	// requirements unless it names the same project (CrunchDAO's images
 	// carry pandas and pyarrow whatever a submission lists); with them, a
@@ -72,6 +86,9 @@ const (
 	defaultEnvRoot     = "/var/lib/modelbox/envs"
 	defaultEnvBudgetMB = 20 << 10
 	defaultBuildTime   = 30 * time.Minute
+	defaultBuildUID    = 63999
+	defaultBuildMemMB  = 4096
+	defaultBuildPids   = 1024
 )
 
 func (e EnvironmentsConfig) withDefaults() EnvironmentsConfig {
@@ -90,6 +107,15 @@ func (e EnvironmentsConfig) withDefaults() EnvironmentsConfig {
 	if e.Build == "" {
 		e.Build = BuildWheels
 	}
+	if e.BuildUID == 0 {
+		e.BuildUID = defaultBuildUID
+	}
+	if e.BuildMemoryMB == 0 {
+		e.BuildMemoryMB = defaultBuildMemMB
+	}
+	if e.BuildPidsLimit == 0 {
+		e.BuildPidsLimit = defaultBuildPids
+	}
 	return e
 }
 
@@ -104,8 +130,11 @@ func (e EnvironmentsConfig) validate() error {
 	if e.BudgetMB < 0 {
 		errs = append(errs, errors.New("environments.budget_mb must not be negative"))
 	}
-	if e.Build != BuildWheels {
-		errs = append(errs, fmt.Errorf("environments.build = %q: want %q", e.Build, BuildWheels))
+	if e.Build != BuildWheels && e.Build != BuildSandbox {
+		errs = append(errs, fmt.Errorf("environments.build = %q: want %q or %q", e.Build, BuildWheels, BuildSandbox))
+	}
+	if e.BuildUID < 1 || e.BuildMemoryMB < 0 || e.BuildPidsLimit < 0 {
+		errs = append(errs, errors.New("environments: build_uid must be a user other than root; build_memory_mb and build_pids_limit must not be negative"))
 	}
 	for i, r := range e.DefaultRequirements {
 		if spec := (pyenv.Spec{Requirements: []byte(r), Python: "/", PythonVersion: "-", Platform: "-"}); strings.ContainsAny(r, "\n\r#") || spec.Validate() != nil {

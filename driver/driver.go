@@ -92,11 +92,15 @@ func (d *Driver) SetConfig(c *base.Config) error {
 		return fmt.Errorf("modelbox: plugin config: %w", err)
 	}
 	d.mu.Lock()
-	if d.envs == nil || !reflect.DeepEqual(d.envs.cfg, cfg.Environments) {
-		d.envs = newEnvironments(cfg.Environments, d.log)
+	defer d.mu.Unlock()
+	if d.envs == nil || !reflect.DeepEqual(d.envs.of, envsOf(&cfg)) {
+		envs, err := newEnvironments(&cfg, d.log)
+		if err != nil {
+			return fmt.Errorf("modelbox: plugin config: %w", err)
+		}
+		d.envs = envs
 	}
 	d.config = &cfg
-	d.mu.Unlock()
 	d.sweepOnce.Do(func() { go d.sweepModels() })
 	return nil
 }
@@ -121,7 +125,9 @@ func (d *Driver) environments() *environments {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.envs == nil {
-		d.envs = newEnvironments(EnvironmentsConfig{}, d.log)
+		// Never configured: the defaults build wheels only, which needs
+		// nothing that could fail here.
+		d.envs, _ = newEnvironments(defaultConfig(), d.log)
 	}
 	return d.envs
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,6 +16,8 @@ import (
 	"github.com/hashicorp/nomad/plugins/drivers"
 	"golang.org/x/sys/unix"
 
+	"github.com/modelnodes/modelnodes/driver/buildbox"
+	"github.com/modelnodes/modelnodes/driver/cgroup"
 	"github.com/modelnodes/modelnodes/driver/pyenv"
 	"github.com/modelnodes/modelnodes/names"
 )
@@ -64,6 +67,7 @@ func (t *taskEnv) release() {
 type environments struct {
 	log   hclog.Logger
 	cfg   EnvironmentsConfig
+	of    envsConfig // what they were made from
 	cache *pyenv.Cache
 
 	mu       sync.Mutex
@@ -81,16 +85,58 @@ type envWatcher struct {
 	built    bool // a build ran while the task waited
 }
 
-func newEnvironments(cfg EnvironmentsConfig, log hclog.Logger) *environments {
-	cfg = cfg.withDefaults()
-	e := &environments{log: log.Named("environments"), cfg: cfg, interps: map[string]pyenv.Interpreter{},
+// envsConfig is the part of the plugin config the environments are made
+// from: a new config that differs there makes new ones.
+type envsConfig struct {
+	Environments     EnvironmentsConfig
+	Python, Landlock string
+	ReadonlyPaths    []string
+}
+
+func envsOf(c *Config) envsConfig {
+	return envsConfig{Environments: c.Environments.withDefaults(), Python: c.Python, Landlock: c.Landlock, ReadonlyPaths: c.ReadonlyPaths}
+}
+
+// newEnvironments makes the environment cache of a plugin config. In
+// sandbox mode it also makes the build sandbox, and sweeps what builds of
+// an earlier plugin process left.
+func newEnvironments(plugin *Config, log hclog.Logger) (*environments, error) {
+	cfg := plugin.Environments.withDefaults()
+	e := &environments{log: log.Named("environments"), cfg: cfg, of: envsOf(plugin), interps: map[string]pyenv.Interpreter{},
 		watchers: map[string]map[*envWatcher]bool{}}
 	timeout, _ := time.ParseDuration(cfg.BuildTimeout) // validated
 	e.cache = &pyenv.Cache{
 		Root: cfg.Root, UV: cfg.UV, BudgetBytes: cfg.BudgetMB << 20, BuildTimeout: timeout,
 		Logger: e.log, Progress: e.progress,
 	}
-	return e
+	if cfg.Build != BuildSandbox {
+		return e, nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("environments: the build sandbox re-executes the plugin: %w", err)
+	}
+	uv, err := exec.LookPath(cfg.UV)
+	if err != nil {
+		return nil, fmt.Errorf("environments: uv: %w", err)
+	}
+	if uv, err = filepath.Abs(uv); err != nil {
+		return nil, err
+	}
+	box, err := buildbox.New(buildbox.Config{
+		Self: self, Dir: filepath.Clean(cfg.Root) + "-build", UID: cfg.BuildUID, GID: cfg.BuildUID,
+		Limits:   cgroup.Limits{MemoryBytes: cfg.BuildMemoryMB << 20, WorkerPids: cfg.BuildPidsLimit, CPUShares: 1024},
+		ReadOnly: plugin.ReadonlyPaths, Interpreters: []string{plugin.Python}, UV: uv,
+		Indexes: cfg.IndexURLs, ExtraHosts: cfg.AllowedHosts, Landlock: plugin.Landlock, Logger: e.log.Named("build"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("environments: %w", err)
+	}
+	if err := box.Sweep(); err != nil {
+		e.log.Warn("could not remove what earlier builds left", "error", err)
+	}
+	e.cache.UV, e.cache.Sandbox = uv, box
+	return e, nil
 }
 
 // progress fans a build's stage out to the tasks waiting for it.
@@ -181,6 +227,7 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 		return nil, fmt.Errorf("modelbox: python interpreter: %w", err)
 	}
 	spec := in.Spec(req, envs.cfg.IndexURLs...)
+	// Sandboxed builds may run an sdist's code; trusted-side ones must not.
 	spec.OnlyBinary = envs.cfg.Build == BuildWheels
 	if err := spec.Validate(); err != nil {
 		te.faulty = fmt.Sprintf("%s is refused: %v", RequirementsFile, err)

@@ -238,3 +238,43 @@ func diskUse(t *testing.T, dir string) int64 {
 	}
 	return total
 }
+
+// A requirement that only has a source distribution (termcolor 1.1.0 on
+// PyPI: its setup.py must run): the default wheels-only mode refuses it,
+// with uv's reason at Setup; build = "sandbox" builds it in the build
+// sandbox, through the allow-list proxy, and the model runs on it.
+func TestE2ESourceDistributionNeedsTheBuildSandbox(t *testing.T) {
+	requireRoot(t)
+	uv := pyenvtest.UV(t)
+	model := t.TempDir()
+	copyDir(t, "../runner/testdata/pymodel", model)
+	if err := os.WriteFile(filepath.Join(model, driver.RequirementsFile), []byte("termcolor==1.1.0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("build=wheels", func(t *testing.T) {
+		e := newEnv(t, model, nil, map[string]any{"environments": map[string]any{"root": filepath.Join(t.TempDir(), "envs"), "uv": uv}})
+		e.start()
+		st := setupOn(t, e.addr, "crunch_base.Tracker")
+		if st.GetCode() != "BAD_IMPLEMENTATION" || !strings.Contains(st.GetMessage(), "termcolor") {
+			t.Fatalf("Setup answered %s %q, want BAD_IMPLEMENTATION naming the sdist-only termcolor", st.GetCode(), st.GetMessage())
+		}
+	})
+	t.Run("build=sandbox", func(t *testing.T) {
+		root := filepath.Join(t.TempDir(), "envs")
+		e := newEnv(t, model, nil, map[string]any{"environments": map[string]any{"root": root, "uv": uv, "build": "sandbox"}})
+		evs := collectEvents(t, e.d)
+		e.start()
+		setup(t, e.client(), "crunch_base.Tracker")
+		if !hasEvent(evs.of(e.task.ID), "built in") {
+			t.Errorf("no build in the task's events: %q", messages(evs.of(e.task.ID)))
+		}
+		found, _ := filepath.Glob(filepath.Join(root, "envs", "*", "lib", "python3*", "site-packages", "termcolor*"))
+		if len(found) == 0 {
+			t.Fatalf("termcolor is not in the sandbox-built environment")
+		}
+		fi, err := os.Stat(found[0])
+		if err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode().Perm()&0o222 != 0 {
+			t.Errorf("the sandbox-built environment is not root's and read-only: %v %v", fi.Mode(), err)
+		}
+	})
+}
