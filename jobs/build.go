@@ -151,6 +151,11 @@ const CATemplate = `{{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end
 {{ end }}{{ end }}
 `
 
+// HealthyDeadline is how long a model's allocation has to turn healthy:
+// the longest environment build (the driver's default build_timeout) and
+// the model's own start.
+const HealthyDeadline = 35 * time.Minute
+
 // Build returns the job of one model. The model must pass
 // opts.CheckModel, and a secure job needs a revocation list (CRLURL): the
 // modelbox driver refuses to start a runner that checks callers without one.
@@ -283,9 +288,13 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		Delay: new(30 * time.Second), DelayFunction: new("exponential"), MaxDelay: new(time.Hour),
 		Unlimited: new(true),
 	}
+	// A python model's start includes building its environment when the
+	// node does not have it yet (the driver's build_timeout, 30 minutes by
+	// default; a torch environment takes minutes): the deadlines leave room
+	// for it, as CrunchDAO's jobs do for their large images.
 	tg.Update = &nomadapi.UpdateStrategy{
 		MaxParallel: new(1), HealthCheck: new("checks"), MinHealthyTime: new(10 * time.Second),
-		HealthyDeadline: new(5 * time.Minute), ProgressDeadline: new(10 * time.Minute),
+		HealthyDeadline: new(HealthyDeadline), ProgressDeadline: new(HealthyDeadline + 5*time.Minute),
 		AutoRevert: new(true),
 	}
 	// The "gpu" device request already keeps GPU models off nodes without

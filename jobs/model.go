@@ -208,5 +208,6 @@ func SpecHash(m *Model, o *Options) string {
 // specVersion changes whenever Build changes the jobs it produces for the
 // same input, so that an upgraded scheduler rolls the new shape out
 // (3: vault { env = false }; 4: services named by names.Service, which maps
-// a crunch name that is no DNS label injectively).
-const specVersion = 4
+// a crunch name that is no DNS label injectively; 5: healthy and progress
+// deadlines that leave room for an environment build).
+const specVersion = 5
