@@ -180,9 +180,10 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 		return nil, nil, err
 	}
 	h, handle, err := d.launch(p)
-	// The runner inherited the environment's in-use lock (or is gone):
-	// the driver's own hold ends either way.
+	// The runner inherited the environment's in-use lock and opened the
+	// task's log (or is gone): the driver's own holds end either way.
 	p.env.release()
+	p.closeLog()
 	if err != nil {
 		p.undo()
 		return nil, nil, err
@@ -206,8 +207,17 @@ type prepared struct {
 	uid    int
 	iso    Isolation
 	env    *taskEnv
+	stderr *os.File // the task's stderr, for what the driver says before the runner starts
 	opts   runneropts.Options
 	undos  []func()
+}
+
+// closeLog closes the driver's own end of the task's stderr.
+func (p *prepared) closeLog() {
+	if p.stderr != nil {
+		_ = p.stderr.Close()
+		p.stderr = nil
+	}
 }
 
 // onUndo adds a step to undo; steps run last first.
@@ -275,12 +285,14 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 		return nil, fmt.Errorf("modelbox: %w", err)
 	}
 	_ = os.Chmod(private, 0o711) // the worker's bind mounts need no listing rights
-	stderr, err := openLog(cfg.StderrPath)
-	if err != nil {
+	// The task's stderr is a fifo Nomad's log collector reads until its
+	// last writer closes it: this one stays open until the runner has its
+	// own (launch, or the undo of a failed start).
+	if p.stderr, err = openLog(cfg.StderrPath); err != nil {
 		return nil, fmt.Errorf("modelbox: task log: %w", err)
 	}
-	defer stderr.Close()
-	if p.env, err = d.environment(cfg, tc.Runtime, plugin, modelDir, stderr); err != nil {
+	p.onUndo(p.closeLog)
+	if p.env, err = d.environment(cfg, tc.Runtime, plugin, modelDir, p.stderr); err != nil {
 		return nil, err
 	}
 	p.onUndo(p.env.release)
