@@ -19,7 +19,7 @@ BENCH_COUNT ?= 6
 
 export GOTOOLCHAIN := local
 
-.PHONY: all build test unit e2e bench lint proto hashistack demo demo-down dev dev-down clean tools
+.PHONY: all build test unit e2e bench lint proto hashistack uv demo demo-down dev dev-down clean tools
 
 all: build
 
@@ -29,16 +29,17 @@ build:
 
 # with_agents obtains (or builds once and caches) the pinned HashiCorp agents
 # and hands their paths to the tests through NOMAD_BIN/CONSUL_BIN/VAULT_BIN,
-# and make build's binaries through MODELNODES_BIN.
+# make build's binaries through MODELNODES_BIN, and uv (deploy/uv/install:
+# it builds Python models' environments) through MODELNODES_UV.
 with_agents = eval "$$(deploy/hashistack/install | sed 's/^\([a-z]*\)=/export \U\1\E_BIN=/')"; \
-  export MODELNODES_BIN=$(BIN)
+  export MODELNODES_BIN=$(BIN) MODELNODES_UV=$$(deploy/uv/install | sed -n 's/^uv=//p')
 
 # Every test: the unit tests and the e2e suites, the files whose first line
 # is //go:build e2e (they need the real agents, node for the dev chain, or
 # root for the driver's sandbox; see docs/testing.md). go vet of the untagged
 # build first: it compiles make unit's test binaries, which the tagged run
 # does not (an untagged test calling a helper only an e2e file defines).
-test: hashistack build
+test: hashistack uv build
 	$(GO) vet ./...
 	@$(with_agents); \
 	  $(GO) test -tags e2e $(GOTEST_FLAGS) ./...
@@ -51,12 +52,16 @@ unit: build
 
 # The packages that hold e2e suites (scripts/e2e-packages lists them), each
 # whole: its unit tests run beside its e2e suites.
-e2e: hashistack build
+e2e: hashistack uv build
 	@$(with_agents); \
 	  $(GO) test -tags e2e $(GOTEST_FLAGS) $$(scripts/e2e-packages)
 
 hashistack:
 	deploy/hashistack/install >/dev/null
+
+# uv at its pinned version: on PATH, else fetched once from PyPI into ~/.cache/modelnodes.
+uv:
+	deploy/uv/install >/dev/null
 
 bench: build
 	MODELNODES_BIN=$(BIN) scripts/bench
@@ -76,7 +81,7 @@ proto:
 # The demo (cmd/modelnodes-demo): its dev cluster runs on deploy/dev/up's
 # ports + 1000 with its state in ~/.local/state/modelnodes/demo, next to any
 # `make dev` cluster. Ctrl-C or `make demo-down` (from any shell) tears it down.
-demo: hashistack build
+demo: hashistack uv build
 	@eval "$$(deploy/hashistack/install | sed 's/^\([a-z]*\)=/export \U\1\E_BIN=/')"; \
 	  $(BIN)/modelnodes-demo run $(if $(filter 1 yes true,$(DEMO_KEEP)),--keep)
 
@@ -84,7 +89,7 @@ demo-down:
 	@if [ -x $(BIN)/modelnodes-demo ]; then $(BIN)/modelnodes-demo down; \
 	  else $(GO) run ./cmd/modelnodes-demo down; fi
 
-dev: hashistack build
+dev: hashistack uv build
 	deploy/dev/up
 
 dev-down:

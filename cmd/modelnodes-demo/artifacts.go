@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,10 +48,37 @@ type file struct {
 }
 
 // demoResources are the resources archives of the demo's submissions: what
-// a cruncher ships beside its code (fitted weights, here a bias the tracker
-// adds: 0, so that the call still answers 42).
+// a cruncher ships beside its code. py-tracker's is a bias it adds (0, so
+// that the call still answers 42); py-sklearn's are its fitted weights, a
+// LinearRegression's coefficients (see its main.py for why not a pickle).
 var demoResources = map[string][]file{
 	"py-tracker": {{"bias.txt", 0o644, []byte("0\n")}},
+	"py-sklearn": {{"model.json", 0o644, []byte(sklearnWeights)}},
+}
+
+// sklearnWeights are py-sklearn's fitted weights: scikit-learn 1.6.1's
+// LinearRegression fitted offline on driver/testdata/skmodel/resources/train.csv
+// (20 rows of y = 2a - b + 0.5), rounded to 12 digits (the fit gave
+// 1.9999999999999996, -1.0000000000000002 and 0.5000000000000013).
+const sklearnWeights = `{"estimator": "sklearn.linear_model.LinearRegression", "features": ["a", "b"], "coef": [2.0, -1.0], "intercept": 0.5}
+`
+
+// requirements returns the requirement lines of a submission's
+// requirements.txt (comments and blanks left out), nil without one.
+func requirements(files []file) []string {
+	var out []string
+	for _, f := range files {
+		if f.name != "requirements.txt" {
+			continue
+		}
+		for _, line := range strings.Split(string(f.data), "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			if line = strings.TrimSpace(line); line != "" {
+				out = append(out, line)
+			}
+		}
+	}
+	return out
 }
 
 // pythonSubmission returns the files of models/<name> plus the crunch's

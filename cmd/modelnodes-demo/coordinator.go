@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -257,7 +259,7 @@ func (d *demo) checkFirstFanOut(models []*model, rows map[string]callRow) error 
 		case !ok:
 			says = "not callable: absent from the fan-out (never healthy)"
 		case r.status != "success":
-			says = "not callable: " + r.code + " at Setup (its import fails); a CrunchDAO coordinator reports it faulty"
+			says = "not callable: " + r.code + " at Setup (its environment failed to build); a CrunchDAO coordinator reports it faulty"
 		default:
 			problems = append(problems, fmt.Sprintf("the broken model %s answered %+v", m.ID, r))
 			says = "answered, although broken"
@@ -269,6 +271,48 @@ func (d *demo) checkFirstFanOut(models []*model, rows map[string]callRow) error 
 		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// The DataFrame py-sklearn predicts on, and what its weights give:
+// y = 2a - b + 0.5.
+var (
+	predictArgs = `[{"$parquet": {"a": [1, 3], "b": [2, 0]}}]`
+	predictWant = []float64{0.5, 6.5}
+)
+
+// predict calls the scikit-learn model alone with a DataFrame (a PARQUET
+// argument, a pandas DataFrame in the model) and checks its predictions.
+func (d *demo) predict(ctx context.Context, co *coordinator, m *model) error {
+	fmt.Fprintf(d.stdout, "\n    %s alone (--model), its predict on a DataFrame: a PARQUET argument, a pandas DataFrame in its sandbox.\n", m.ID)
+	rows, err := d.call(ctx, co, []string{"call", "predict", "--args", predictArgs, "--setup", setupClass, "--crunch", crunchName, "--model", m.ShortID})
+	if err != nil {
+		return err
+	}
+	r, ok := rows[m.ShortID]
+	got, perr := predictions(r.result)
+	if !ok || r.status != "success" || perr != nil || !slices.Equal(got, predictWant) {
+		return fmt.Errorf("%s's predict answered %+v (listed: %v, %v), want the DataFrame %v", m.ID, r, ok, perr, predictWant)
+	}
+	fmt.Fprintf(d.stdout, "\n    Predictions %v: scikit-learn's LinearRegression with the weights from its resources/ (y = 2a - b + 0.5), in the environment the node built from its requirements.txt.\n", got)
+	return nil
+}
+
+// predictions reads the "prediction" column of a call table's result:
+// PARQUET 2 rows [{"prediction":0.5},{"prediction":6.5}].
+func predictions(result string) ([]float64, error) {
+	i := strings.Index(result, "[")
+	if !strings.HasPrefix(result, "PARQUET ") || i < 0 {
+		return nil, fmt.Errorf("not a PARQUET table: %q", result)
+	}
+	var rows []map[string]float64
+	if err := json.Unmarshal([]byte(result[i:]), &rows); err != nil {
+		return nil, fmt.Errorf("%q: %w", result, err)
+	}
+	out := make([]float64, len(rows))
+	for j, row := range rows {
+		out[j] = row["prediction"]
+	}
+	return out, nil
 }
 
 // impostor calls with a certificate Vault signs for the same crunch (the

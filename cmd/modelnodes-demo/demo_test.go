@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,8 +183,8 @@ func (r *demoRun) models() map[string]*model {
 	for _, m := range rec.Models {
 		out[m.ID] = m
 	}
-	if len(out) != 3 {
-		r.t.Fatalf("state.json names %d models, want 3", len(out))
+	if len(out) != 4 {
+		r.t.Fatalf("state.json names %d models, want 4", len(out))
 	}
 	return out
 }
@@ -212,21 +213,26 @@ func (r *demoRun) assertClean() {
 	}
 }
 
-// callTables returns the tables printed after each `coordinator call` line.
-func callTables(stdout string) []string {
+// callTables returns the tables printed after each `coordinator call
+// METHOD` line.
+func callTables(stdout, method string) []string {
 	parts := strings.Split(stdout, "\n$ ")
 	var tables []string
 	for _, p := range parts {
-		if strings.Contains(strings.SplitN(p, "\n", 2)[0], "coordinator call add") {
+		if strings.Contains(strings.SplitN(p, "\n", 2)[0], "coordinator call "+method+" ") {
 			tables = append(tables, p)
 		}
 	}
 	return tables
 }
 
-// The whole story, as `make demo` runs it: the healthy models answer,
-// the broken one is reported not callable, a key that is not on chain is
-// refused, the revoked model leaves the fan-out, and the end leaves nothing.
+// The whole story, as `make demo` runs it: the healthy models answer, the
+// scikit-learn one after the node built its environment (the wait shows the
+// build's stages and how long it took: the cluster is new, so the build is
+// cold) and predicts on a DataFrame; the broken one's requirements cannot be
+// met, and both the call and the status API say so; a key that is not on
+// chain is refused, the revoked model leaves the fan-out, and the end
+// leaves nothing.
 func TestDemo(t *testing.T) {
 	r := newDemoRun(t)
 	r.start("run")
@@ -244,8 +250,8 @@ func TestDemo(t *testing.T) {
 		t.Error("the demo did not say it finished cleanly")
 	}
 	m := r.models()
-	py, goM, broken := m["py-tracker"], m["go-echo"], m["py-broken"]
-	tables := callTables(stdout)
+	py, sk, goM, broken := m["py-tracker"], m["py-sklearn"], m["go-echo"], m["py-broken"]
+	tables := callTables(stdout, "add")
 	if len(tables) != 4 {
 		t.Fatalf("want 4 `coordinator call` runs (fan-out, impostor, with delegations checked, after revocation), got %d:\n%s", len(tables), stdout)
 	}
@@ -258,14 +264,42 @@ func TestDemo(t *testing.T) {
 		}
 		return nil
 	}
-	// 1. Both healthy models compute 2 + 40; the broken one is not callable.
-	for _, x := range []*model{py, goM} {
+	// 1. The healthy models compute 2 + 40; the broken one is not callable.
+	for _, x := range []*model{py, sk, goM} {
 		if f := row(tables[0], x.ShortID); len(f) < 6 || f[1] != "success" || f[4] != "INT" || f[5] != "42" {
 			t.Errorf("first fan-out: %s (%s) row %q, want success INT 42\n%s", x.ID, x.ShortID, f, tables[0])
 		}
 	}
 	if f := row(tables[0], broken.ShortID); f != nil && (f[1] == "success" || f[2] != "BAD_IMPLEMENTATION") {
 		t.Errorf("first fan-out: the broken model's row %q, want absent or BAD_IMPLEMENTATION", f)
+	}
+	// 1b. The environment: built while the demo waited, then the
+	// scikit-learn model predicts on the DataFrame it is sent.
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`py-sklearn +its environment is being built from requirements.txt \(pandas==2.2.3, pyarrow==18.1.0, scikit-learn==1.6.1`),
+		regexp.MustCompile(`py-sklearn +Environment: (resolving|downloading|installing)`),
+		regexp.MustCompile(`py-sklearn's environment took [0-9.]+ s to build on this node`),
+	} {
+		if !want.MatchString(stderr) {
+			t.Errorf("the wait for the models does not show the environment's build (%s):\n%s", want, stderr)
+		}
+	}
+	predict := callTables(stdout, "predict")
+	if len(predict) != 1 {
+		t.Fatalf("want 1 `coordinator call predict` run, got %d:\n%s", len(predict), stdout)
+	}
+	if !strings.Contains(strings.SplitN(predict[0], "\n", 2)[0], "--model "+sk.ShortID) {
+		t.Errorf("the predict call is not py-sklearn's alone: %q", strings.SplitN(predict[0], "\n", 2)[0])
+	}
+	f := row(predict[0], sk.ShortID)
+	if len(f) < 5 || f[1] != "success" || !strings.HasPrefix(strings.Join(f[4:], " "), "PARQUET 2 rows ") {
+		t.Errorf("py-sklearn's predict row %q, want success, a PARQUET table of 2 rows\n%s", f, predict[0])
+	} else if got, err := predictions(strings.Join(f[4:], " ")); err != nil || !slices.Equal(got, []float64{0.5, 6.5}) {
+		t.Errorf("py-sklearn predicted %v (%v), want [0.5 6.5] (y = 2a - b + 0.5 on a = [1 3], b = [2 0])", got, err)
+	}
+	// 1c. The broken model: faulty in the status API, with uv's reason.
+	if !regexp.MustCompile(`the status API \(GET http://[0-9.:]+/v1/models\) says py-broken is faulty: environment failed: .*pandas==0\.0\.1`).MatchString(stderr) {
+		t.Errorf("the demo does not show the status API's reason for the broken model:\n%s", stderr)
 	}
 	// 2. A key that is not on chain is refused everywhere.
 	for _, x := range []*model{py, goM, broken} {
@@ -335,8 +369,8 @@ func TestDemoKeepThenDown(t *testing.T) {
 	cmd := exec.Command(filepath.Join(r.bin, "coordinator"), callArgs...)
 	cmd.Env = env
 	out, _ := cmd.Output()
-	if n := strings.Count(string(out), "INT 42"); n != 1 {
-		t.Errorf("the kept cluster's fan-out: %d models answered 42, want 1 (py-tracker; go-echo was revoked)\n%s", n, out)
+	if n := strings.Count(string(out), "INT 42"); n != 2 {
+		t.Errorf("the kept cluster's fan-out: %d models answered 42, want 2 (py-tracker, py-sklearn; go-echo was revoked)\n%s", n, out)
 	}
 	down := exec.Command(demoBin, append([]string{"down"}, r.args...)...)
 	var downErr bytes.Buffer

@@ -1,9 +1,11 @@
 // Command modelnodes-demo tells the whole Model Nodes story on one machine
 // (`make demo`): a dev cluster (Consul, Vault, Nomad with the modelbox
-// driver), a local Solana endpoint, the scheduler, a crunch with three model
-// authorizations (a Python model, a Go model, a broken one), a fan-out from
-// the coordinator CLI through Consul with Vault-issued mTLS, and a
-// revocation. Then it tears everything down (`--keep` leaves it running).
+// driver), a local Solana endpoint, the scheduler, a crunch with four model
+// authorizations (a Python model, a scikit-learn model whose environment the
+// node builds from its requirements.txt, a Go model, and one whose
+// requirements cannot be met), a fan-out from the coordinator CLI through
+// Consul with Vault-issued mTLS, a DataFrame prediction, and a revocation.
+// Then it tears everything down (`--keep` leaves it running).
 //
 //	modelnodes-demo [run] [--keep]   the story
 //	modelnodes-demo down             stop whatever a demo left running (make demo-down)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -26,16 +27,21 @@ import (
 	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 )
 
-// model is one of the demo's three submissions.
+// model is one of the demo's four submissions.
 type model struct {
 	ID      string // the on-chain model id
 	Runtime string // python or executable
 	Entry   string
 	Broken  bool
-	Auth    string // the authorization account
-	JobID   string // model-node-<ShortID>
-	ShortID string // the Consul member id
-	Art     artifact
+	// MemoryMB is what its authorization grants (default 256).
+	MemoryMB int `json:",omitempty"`
+	// Requirements are the lines of its requirements.txt: the node builds
+	// its environment from them before it can run.
+	Requirements []string `json:",omitempty"`
+	Auth         string   // the authorization account
+	JobID        string   // model-node-<ShortID>
+	ShortID      string   // the Consul member id
+	Art          artifact
 	// Resources is the submission's resources archive, if it has one: the
 	// node unpacks it as <code>/resources, read-only, as CrunchDAO's
 	// runner shows it.
@@ -205,7 +211,7 @@ func (d *demo) story(ctx context.Context, rec *record) error {
 	d.detail("JSON-RPC %s, websocket %s (pid %d)", chain.RPC, chain.WS, chain.Pid())
 
 	// 4. The submissions.
-	d.begin("publishing the three submissions (an artifact server, as a cruncher's storage)", d.path("artifacts", "artifacts.log"))
+	d.begin("publishing the four submissions (an artifact server, as a cruncher's storage)", d.path("artifacts", "artifacts.log"))
 	models, err := d.publish(ctx)
 	if err != nil {
 		return err
@@ -213,7 +219,7 @@ func (d *demo) story(ctx context.Context, rec *record) error {
 	rec.Models = models
 
 	// 5. The accounts.
-	d.begin("writing the crunch, the coordinator's certificate and three model authorizations on chain", d.path("solana", "front.log"))
+	d.begin("writing the crunch, the coordinator's certificate and four model authorizations on chain", d.path("solana", "front.log"))
 	if err := d.plant(ctx, chain, coord, rec); err != nil {
 		return err
 	}
@@ -241,6 +247,9 @@ func (d *demo) story(ctx context.Context, rec *record) error {
 		return err
 	}
 	if err := d.checkFirstFanOut(models, results); err != nil {
+		return err
+	}
+	if err := d.predict(ctx, coord, modelNamed(models, "py-sklearn")); err != nil {
 		return err
 	}
 	if err := d.impostor(ctx, coord, models); err != nil {
@@ -286,6 +295,8 @@ func (d *demo) publish(ctx context.Context) ([]*model, error) {
 	}
 	models := []*model{
 		{ID: "py-tracker", Runtime: "python"},
+		// pandas, pyarrow and scikit-learn need more than the others.
+		{ID: "py-sklearn", Runtime: "python", MemoryMB: 768},
 		{ID: "go-echo", Runtime: "executable", Entry: "example-model"},
 		{ID: "py-broken", Runtime: "python", Broken: true},
 	}
@@ -296,6 +307,7 @@ func (d *demo) publish(ctx context.Context) ([]*model, error) {
 		} else if files, err = pythonSubmission(m.ID); err != nil {
 			return nil, err
 		}
+		m.Requirements = requirements(files)
 		if m.Art, err = writeArtifact(www, m.ID, files); err != nil {
 			return nil, err
 		}
@@ -328,8 +340,11 @@ func (d *demo) publish(ctx context.Context) ([]*model, error) {
 		if m.Runtime == "executable" {
 			what = "Go (bin/example-model)"
 		}
+		if len(m.Requirements) > 0 {
+			what += ", requirements.txt: " + strings.Join(m.Requirements, " ")
+		}
 		if m.Broken {
-			what += ", imports a missing package"
+			what += " (no such release)"
 		}
 		if m.Resources != nil {
 			what += ", reads resources/ (" + d.artifactURL(*m.Resources) + ")"
@@ -372,7 +387,7 @@ func (d *demo) plant(ctx context.Context, chain *devchain.Front, coord *coordina
 		jm := jobs.Model{Crunch: crunchName, CrunchID: crunch.String(), ModelID: m.ID}
 		m.ShortID, m.JobID = jobs.ShortID(&jm), jobs.JobID(&jm)
 		a := &onchain.ModelAuthorization{ModelID: m.ID, SubmissionID: "sub-" + m.ID, ArtifactSHA256: m.Art.sha256,
-			ArtifactURI: d.artifactURL(m.Art), Entry: m.Entry, CPUMHz: 200, MemoryMB: 256,
+			ArtifactURI: d.artifactURL(m.Art), Entry: m.Entry, CPUMHz: 200, MemoryMB: uint32(cmp.Or(m.MemoryMB, 256)),
 			DesiredState: onchain.DesiredRunning, Bump: 253}
 		if m.Runtime == "executable" {
 			a.Runtime = onchain.RuntimeExecutable
@@ -489,13 +504,15 @@ func (d *demo) schedulerModels(ctx context.Context, rec *record) (map[string]*sc
 	return out, nil
 }
 
-// waitCallable waits until the healthy models pass their Consul checks;
-// the broken one is reported as it settles.
+// waitCallable waits until the healthy models pass their Consul checks,
+// showing how their environments' builds go; the broken one is reported as
+// it settles.
 func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error {
 	cc, err := c.consul()
 	if err != nil {
 		return err
 	}
+	envs := newEnvWatch(d, c.nomad)
 	service := names.Service(crunchName)
 	deadline := time.Now().Add(d.o.readyTimeout)
 	var brokenSince time.Time
@@ -510,19 +527,28 @@ func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error 
 				passing[e.Service.Meta[names.MetaModelID]] = fmt.Sprintf("%s:%d", e.Service.Address, e.Service.Port)
 			}
 		}
+		envs.poll(rec.Models)
 		ready := 0
 		for _, m := range rec.Models {
 			now := "pending"
+			faulty := false
 			if st := states[m.JobID]; st != nil {
 				now = st.State
-				if st.Reason != "" && (st.State == observer.StateFailed || st.State == observer.StateBackoff) {
+				faulty = st.State == observer.StateFaulty
+				switch {
+				case faulty:
+					// The whole reason follows once the wait is over.
+					now += " (" + shorten(oneLine(st.Reason), 60) + ")"
+				case st.Reason != "" && (st.State == observer.StateFailed || st.State == observer.StateBackoff):
 					now += " (" + st.Reason + ")"
 				}
-				if !m.Broken && (st.State == observer.StateFailed || st.State == observer.StateBackoff) {
+				if !m.Broken && (st.State == observer.StateFailed || st.State == observer.StateBackoff || faulty) {
 					return fmt.Errorf("%s did not start: %s", m.ID, now)
 				}
 			}
-			if addr, ok := passing[m.ShortID]; ok {
+			// A faulty model's runner is up (it answers why it cannot
+			// run), so Consul may list it: the status API says more.
+			if addr, ok := passing[m.ShortID]; ok && !faulty {
 				now = "callable: passing in Consul as " + m.ShortID + " at " + addr
 			}
 			if now != last[m.ID] {
@@ -542,8 +568,15 @@ func (d *demo) waitCallable(ctx context.Context, c *cluster, rec *record) error 
 			b := modelBroken(rec.Models)
 			_, inConsul := passing[b.ShortID]
 			st := states[b.JobID]
-			settled := inConsul || (st != nil && (st.State == observer.StateFailed || st.State == observer.StateBackoff))
+			settled := st != nil && (st.State == observer.StateFaulty || st.State == observer.StateFailed || st.State == observer.StateBackoff)
 			if settled || time.Since(brokenSince) > 30*time.Second {
+				envs.poll(rec.Models)
+				envs.summary(rec.Models)
+				if st != nil && st.State == observer.StateFaulty {
+					d.detail("the status API (GET %s/v1/models) says %s is %s: %s", rec.Scheduler, b.ID, st.State, oneLine(st.Reason))
+				} else if inConsul {
+					d.detail("%s is listed in Consul: its runner is up, to answer why it cannot run", b.ID)
+				}
 				return nil
 			}
 		}
@@ -662,6 +695,7 @@ Everything is still running (--keep). To explore:
     . %s          # NOMAD_ADDR, CONSUL_HTTP_ADDR, VAULT_ADDR, tokens; the agents on PATH
     . %s   # the coordinator's COORDINATOR_* settings
     %s call add --args '[2, 40]' --setup %s --crunch %s
+    %s call predict --args '%s' --setup %s --crunch %s --model %s
     nomad job status; consul catalog services; curl -s %s/v1/models
     tail -f %s
 
@@ -671,6 +705,7 @@ Revoke py-tracker: curl -s -X POST %s/control -d '{"op":"closeAccount","address"
 
 Stop everything: make demo-down   (or: %s down --state %s)
 `, filepath.Join(d.cluster.state, "env"), d.path("coordinator", "env"), filepath.Join(d.bin, "coordinator"), setupClass, crunchName,
+		filepath.Join(d.bin, "coordinator"), predictArgs, setupClass, crunchName, modelNamed(rec.Models, "py-sklearn").ShortID,
 		rec.Scheduler, d.path("scheduler", "scheduler.log"), strings.Join(ids, ", "), rec.SolanaRPC, py.Auth, d.path("state.json"),
 		filepath.Join(d.bin, "modelnodes-demo"), d.o.state)
 	d.progress("done; everything left running (--keep): `make demo-down` stops it")

@@ -3,10 +3,9 @@
 package pyenvtest
 
 import (
-	"archive/zip"
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,104 +14,67 @@ import (
 	"time"
 
 	"github.com/modelnodes/modelnodes/driver/pyenv"
-	"golang.org/x/sys/unix"
 )
 
-// UVVersion is the uv the tests fetch from PyPI when none is on PATH.
-const UVVersion = "0.13.9"
-
-// UV returns the path of a uv binary: MODELNODES_UV, then uv on PATH, then
-// ~/.cache/modelnodes/uv-<UVVersion>/uv, which it fetches once from PyPI
-// (pip download of the wheel, no install; concurrent test processes wait on
-// a lock). It skips the test, saying why, when none can be had.
+// UV returns the path of a uv binary (Install's), or skips the test saying
+// why none can be had.
 func UV(tb testing.TB) string {
 	tb.Helper()
-	if p := os.Getenv("MODELNODES_UV"); p != "" {
-		return p
-	}
-	if p, err := exec.LookPath("uv"); err == nil {
-		return p
-	}
-	cache, err := os.UserCacheDir()
+	uv, err := Install()
 	if err != nil {
-		tb.Skipf("uv: no cache dir to keep it in: %v", err)
+		tb.Skipf("no uv: %v", err)
 	}
-	dir := filepath.Join(cache, "modelnodes", "uv-"+UVVersion)
-	bin := filepath.Join(dir, "uv")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		tb.Skipf("uv: %v", err)
-	}
-	l, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		tb.Skipf("uv: %v", err)
-	}
-	defer l.Close()
-	if err := unix.Flock(int(l.Fd()), unix.LOCK_EX); err != nil {
-		tb.Skipf("uv: lock: %v", err)
-	}
-	if _, err := os.Stat(bin); err == nil { // another test process fetched it
-		return bin
-	}
-	if err := fetchUV(dir, bin); err != nil {
-		tb.Skipf("uv is not on PATH and could not be fetched from PyPI: %v", err)
-	}
-	return bin
+	return uv
 }
 
-func fetchUV(dir, bin string) error {
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		return fmt.Errorf("no python3 to run pip: %w", err)
+// Install returns the path of a uv binary: MODELNODES_UV, else what the
+// repository's deploy/uv/install prints (uv of the pinned version on PATH,
+// else the one it keeps in ~/.cache/modelnodes/uv-<version>/, fetched once
+// from PyPI and checked against its pinned SHA-256; concurrent processes
+// wait on its lock). The script is found above the working directory, which
+// go test sets to the package's.
+func Install() (string, error) {
+	if p := os.Getenv("MODELNODES_UV"); p != "" {
+		return p, nil
 	}
-	dl, err := os.MkdirTemp(dir, "download.")
+	script, err := installScript()
 	if err != nil {
-		return err
+		return "", err
 	}
-	defer os.RemoveAll(dl)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-		"--disable-pip-version-check", "-q", "-d", dl, "uv=="+UVVersion).CombinedOutput()
+	var stderr strings.Builder
+	cmd := exec.CommandContext(ctx, script)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return fmt.Errorf("pip download uv==%s: %w: %s", UVVersion, err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("%s: %w: %s", script, err, strings.TrimSpace(stderr.String()))
 	}
-	wheels, _ := filepath.Glob(filepath.Join(dl, "uv-*.whl"))
-	if len(wheels) != 1 {
-		return fmt.Errorf("pip download uv==%s: %d wheels", UVVersion, len(wheels))
+	for _, line := range strings.Split(string(out), "\n") {
+		if p, ok := strings.CutPrefix(line, "uv="); ok && p != "" {
+			return p, nil
+		}
 	}
-	z, err := zip.OpenReader(wheels[0])
+	return "", fmt.Errorf("%s printed no uv= line: %q", script, out)
+}
+
+// installScript finds deploy/uv/install above the working directory.
+func installScript() (string, error) {
+	dir, err := os.Getwd()
 	if err != nil {
-		return err
+		return "", err
 	}
-	defer z.Close()
-	want := "uv-" + UVVersion + ".data/scripts/uv"
-	for _, f := range z.File {
-		if f.Name != want {
-			continue
+	for {
+		p := filepath.Join(dir, "deploy", "uv", "install")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
 		}
-		r, err := f.Open()
-		if err != nil {
-			return err
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no deploy/uv/install above the working directory (set MODELNODES_UV)")
 		}
-		defer r.Close()
-		tmp := bin + ".tmp"
-		w, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(w, r); err != nil {
-			w.Close()
-			return err
-		}
-		if err := w.Close(); err != nil {
-			return err
-		}
-		return os.Rename(tmp, bin)
+		dir = parent
 	}
-	return fmt.Errorf("%s has no %s", filepath.Base(wheels[0]), want)
 }
 
 // Python fingerprints the interpreter python3 on PATH resolves to (its real

@@ -18,6 +18,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/modelnodes/modelnodes/driver/pyenv/pyenvtest"
 	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 )
 
@@ -61,17 +62,28 @@ const rawExecHCL = "plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n
 
 // modelboxPlugin returns the dir Nomad agents load plugins from (the
 // repository's bin) and the plugin block of the modelbox driver, empty when
-// that driver is not built.
+// that driver is not built. Python models' environments live in the
+// cluster's dir, built with the uv of deploy/uv/install; without one the
+// block says why, and only models with a requirements.txt fail to start.
 func (c *Cluster) modelboxPlugin() (dir, block string) {
 	dir = filepath.Join(c.root, "bin")
 	if isExecutable(filepath.Join(dir, "nomad-driver-modelbox")) {
+		uv, err := testUV()
+		env := fmt.Sprintf("    environments {\n      root = %q\n      uv   = %q\n    }\n", filepath.Join(c.Dir, "envs"), uv)
+		if err != nil {
+			env = fmt.Sprintf("    # no uv: %s\n    environments {\n      root = %q\n    }\n",
+				strings.Join(strings.Fields(err.Error()), " "), filepath.Join(c.Dir, "envs"))
+		}
 		// Tests run models from host directories (allow_host_model_dirs,
 		// off on real nodes); stored models stay in the cluster's dir.
-		block = fmt.Sprintf("plugin %q {\n  config {\n    runner_path = %q\n    allow_host_model_dirs = true\n    model_store = %q\n  }\n}\n",
-			"nomad-driver-modelbox", filepath.Join(dir, "model-runner"), filepath.Join(c.Dir, "modelbox-models"))
+		block = fmt.Sprintf("plugin %q {\n  config {\n    runner_path = %q\n    allow_host_model_dirs = true\n    model_store = %q\n%s  }\n}\n",
+			"nomad-driver-modelbox", filepath.Join(dir, "model-runner"), filepath.Join(c.Dir, "modelbox-models"), env)
 	}
 	return dir, block
 }
+
+// testUV is the uv of the test clusters' nodes, looked for once per process.
+var testUV = sync.OnceValues(pyenvtest.Install)
 
 // NomadClientAgent is one more Nomad client of a cluster: another machine,
 // as far as Nomad and Consul can tell. It has its own Nomad data, alloc and

@@ -1,11 +1,13 @@
-"""A deliberately broken submission: it imports a package the node does not
-have. The runner stays up (CrunchDAO's client must be able to ask), and
-Setup answers BAD_IMPLEMENTATION: the coordinator reports the model faulty."""
-import a_package_this_node_does_not_have  # noqa: F401
+"""A deliberately broken submission: its requirements.txt pins a pandas
+release that does not exist, so the node cannot build its environment. The
+runner stays up (CrunchDAO's client must be able to ask) and answers Setup
+BAD_IMPLEMENTATION with the resolver's reason: the coordinator reports the
+model faulty, and so does the scheduler's status API."""
+import pandas as pd
 
 from crunch_base import Tracker
 
 
 class BrokenTracker(Tracker):
     def add(self, a, b):
-        return a + b
+        return int(pd.Series([a, b]).sum())
