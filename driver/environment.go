@@ -218,7 +218,7 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 		}
 	case err != nil:
 		te.faulty = fmt.Sprintf("%s: %v", RequirementsFile, err)
-		d.envFailed(cfg, "", te.faulty, stderr)
+		d.envFailed(cfg, "", te.faulty, te.faulty, stderr)
 		return te, nil
 	}
 	req = pyenv.WithDefaults(req, envs.cfg.DefaultRequirements)
@@ -231,7 +231,7 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 	spec.OnlyBinary = envs.cfg.Build == BuildWheels
 	if err := spec.Validate(); err != nil {
 		te.faulty = fmt.Sprintf("%s is refused: %v", RequirementsFile, err)
-		d.envFailed(cfg, "", te.faulty, stderr)
+		d.envFailed(cfg, "", te.faulty, te.faulty, stderr)
 		return te, nil
 	}
 	key := pyenv.Key(spec)
@@ -260,7 +260,7 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 	switch {
 	case errors.As(err, &be):
 		te.faulty = faultyMessage(be)
-		d.envFailed(cfg, key, te.faulty, stderr)
+		d.envFailed(cfg, key, te.faulty, be.Output, stderr)
 		return te, nil
 	case err != nil:
 		return nil, fmt.Errorf("modelbox: environment %s: %w", key, err)
@@ -275,12 +275,13 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 	return te, nil
 }
 
-// envFailed reports a model whose environment cannot be had: a task event
-// (the scheduler's status API shows it), the task's log and the driver's.
-func (d *Driver) envFailed(cfg *drivers.TaskConfig, key, why string, stderr io.Writer) {
-	d.log.Warn("the model's environment failed; its runner answers BAD_IMPLEMENTATION", "task_id", cfg.ID, "environment", key, "error", why)
-	fmt.Fprintf(stderr, "modelbox: the model's environment failed; every call answers BAD_IMPLEMENTATION:\n%s\n", why)
-	d.emit(cfg, "Environment failed: "+lastLines(why, 3), map[string]string{EventEnvironment: EnvironmentStageFailed, EventEnvironmentKey: key})
+// envFailed reports a model whose environment cannot be had: the task's
+// log and the driver's get faulty (what the model answers), a task event
+// the last lines of reason (the scheduler's status API shows it).
+func (d *Driver) envFailed(cfg *drivers.TaskConfig, key, faulty, reason string, stderr io.Writer) {
+	d.log.Warn("the model's environment failed; its runner answers BAD_IMPLEMENTATION", "task_id", cfg.ID, "environment", key, "error", faulty)
+	fmt.Fprintf(stderr, "modelbox: the model's environment failed; every call answers BAD_IMPLEMENTATION:\n%s\n", faulty)
+	d.emit(cfg, "Environment failed: "+lastLines(reason, 3), map[string]string{EventEnvironment: EnvironmentStageFailed, EventEnvironmentKey: key})
 }
 
 // faultyMessage is what the model's callers read: the resolver's own last
