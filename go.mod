@@ -14,6 +14,7 @@ require (
 	github.com/hashicorp/vault/api v1.22.0
 	github.com/mr-tron/base58 v1.2.0
 	github.com/opencontainers/cgroups v0.0.6
+	github.com/pelletier/go-toml/v2 v2.4.3
 	github.com/prometheus/client_golang v1.25.0
 	github.com/shoenig/go-landlock v1.2.2
 	go.yaml.in/yaml/v3 v3.0.5

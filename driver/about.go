@@ -34,6 +34,7 @@ var pluginInfo = &base.PluginInfoResponse{
 //	  config {
 //	    runner_path      = "/usr/local/bin/model-runner"
 //	    python           = "/usr/bin/python3"
+//	    python_interpreters = ["/opt/python/3.13/bin/python3"]
 //	    allowed_runtimes = ["python", "executable"]
 //	    readonly_paths   = ["/usr", "/lib", "/lib64", "/bin", "/etc/ssl"]
 //	    uid_range        = "64000-64999"
@@ -62,6 +63,7 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		hclspec.NewLiteral(`"model-runner"`)),
 	"python": hclspec.NewDefault(hclspec.NewAttr("python", "string", false),
 		hclspec.NewLiteral(`"/usr/bin/python3"`)),
+	"python_interpreters": hclspec.NewAttr("python_interpreters", "list(string)", false),
 	"allowed_runtimes": hclspec.NewDefault(hclspec.NewAttr("allowed_runtimes", "list(string)", false),
 		hclspec.NewLiteral(`["python", "executable"]`)),
 	"readonly_paths": hclspec.NewDefault(hclspec.NewAttr("readonly_paths", "list(string)", false),

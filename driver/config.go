@@ -29,6 +29,10 @@ type Config struct {
 	// ModelStore is where the driver keeps each task's model, moved out of
 	// the alloc dir that `nomad alloc fs` serves.
 	ModelStore string `codec:"model_store"`
+	// PythonInterpreters are the node's other Python interpreters; with
+	// Python (the default, always included) they are fingerprinted as node
+	// attributes, and a submission chooses among them (docs/driver.md).
+	PythonInterpreters []string `codec:"python_interpreters"`
 	// Environments says how a Python submission's requirements.txt becomes
 	// its environment.
 	Environments EnvironmentsConfig `codec:"environments"`
@@ -159,6 +163,11 @@ func (c *Config) validate() error {
 	for _, p := range c.ReadonlyPaths {
 		if !filepath.IsAbs(p) {
 			errs = append(errs, fmt.Errorf("readonly_paths: %q is not absolute", p))
+		}
+	}
+	for _, p := range append([]string{c.Python}, c.PythonInterpreters...) {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("python, python_interpreters: %q is not an absolute path", p))
 		}
 	}
 	if !filepath.IsAbs(c.ModelStore) {

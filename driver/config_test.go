@@ -28,6 +28,7 @@ func TestBadConfigsAreRefused(t *testing.T) {
 		"index not a URL":     {"environments": map[string]any{"index_urls": []string{"pypi.org/simple"}}},
 		"two defaults in one": {"environments": map[string]any{"default_requirements": []string{"pandas\nsix"}}},
 		"default is option":   {"environments": map[string]any{"default_requirements": []string{"--index-url https://evil/simple"}}},
+		"relative python":     {"python_interpreters": []string{"python3.13"}},
 	} {
 		var data []byte
 		if err := base.MsgPackEncode(&data, cfg); err != nil {

@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/nomad/plugins/drivers"
-	"golang.org/x/sys/unix"
 
 	"github.com/modelnodes/modelnodes/driver/buildbox"
 	"github.com/modelnodes/modelnodes/driver/cgroup"
@@ -71,7 +69,6 @@ type environments struct {
 	cache *pyenv.Cache
 
 	mu       sync.Mutex
-	interps  map[string]pyenv.Interpreter
 	watchers map[string]map[*envWatcher]bool // by key
 }
 
@@ -88,13 +85,14 @@ type envWatcher struct {
 // envsConfig is the part of the plugin config the environments are made
 // from: a new config that differs there makes new ones.
 type envsConfig struct {
-	Environments     EnvironmentsConfig
-	Python, Landlock string
-	ReadonlyPaths    []string
+	Environments                EnvironmentsConfig
+	Landlock                    string
+	Interpreters, ReadonlyPaths []string
 }
 
 func envsOf(c *Config) envsConfig {
-	return envsConfig{Environments: c.Environments.withDefaults(), Python: c.Python, Landlock: c.Landlock, ReadonlyPaths: c.ReadonlyPaths}
+	return envsConfig{Environments: c.Environments.withDefaults(), Landlock: c.Landlock,
+		Interpreters: c.interpreterPaths(), ReadonlyPaths: c.ReadonlyPaths}
 }
 
 // newEnvironments makes the environment cache of a plugin config. In
@@ -102,8 +100,7 @@ func envsOf(c *Config) envsConfig {
 // an earlier plugin process left.
 func newEnvironments(plugin *Config, log hclog.Logger) (*environments, error) {
 	cfg := plugin.Environments.withDefaults()
-	e := &environments{log: log.Named("environments"), cfg: cfg, of: envsOf(plugin), interps: map[string]pyenv.Interpreter{},
-		watchers: map[string]map[*envWatcher]bool{}}
+	e := &environments{log: log.Named("environments"), cfg: cfg, of: envsOf(plugin), watchers: map[string]map[*envWatcher]bool{}}
 	timeout, _ := time.ParseDuration(cfg.BuildTimeout) // validated
 	e.cache = &pyenv.Cache{
 		Root: cfg.Root, UV: cfg.UV, BudgetBytes: cfg.BudgetMB << 20, BuildTimeout: timeout,
@@ -126,7 +123,7 @@ func newEnvironments(plugin *Config, log hclog.Logger) (*environments, error) {
 	box, err := buildbox.New(buildbox.Config{
 		Self: self, Dir: filepath.Clean(cfg.Root) + "-build", UID: cfg.BuildUID, GID: cfg.BuildUID,
 		Limits:   cgroup.Limits{MemoryBytes: cfg.BuildMemoryMB << 20, WorkerPids: cfg.BuildPidsLimit, CPUShares: 1024},
-		ReadOnly: plugin.ReadonlyPaths, Interpreters: []string{plugin.Python}, UV: uv,
+		ReadOnly: plugin.ReadonlyPaths, Interpreters: plugin.interpreterPaths(), UV: uv,
 		Indexes: cfg.IndexURLs, ExtraHosts: cfg.AllowedHosts, Landlock: plugin.Landlock, Logger: e.log.Named("build"),
 	})
 	if err != nil {
@@ -176,56 +173,45 @@ func (e *environments) watch(key string, w *envWatcher) func() {
 	}
 }
 
-// interpreter fingerprints python once per path.
-func (e *environments) interpreter(ctx context.Context, python string) (pyenv.Interpreter, error) {
-	e.mu.Lock()
-	in, ok := e.interps[python]
-	e.mu.Unlock()
-	if ok {
-		return in, nil
-	}
-	in, err := pyenv.Fingerprint(ctx, python)
-	if err != nil {
-		return in, err
-	}
-	e.mu.Lock()
-	e.interps[python] = in
-	e.mu.Unlock()
-	return in, nil
-}
-
-// environment finds or builds the environment of a python task's
-// submission from its requirements.txt, telling the task's events how the
-// build goes. A submission without one runs on the interpreter as it is. A
-// failure that is the submission's (refused requirements, a build uv
+// environment chooses the interpreter of a python task's submission (its
+// .python-version or requires-python among the node's) and finds or builds
+// its environment from its requirements.txt, telling the task's events how
+// the build goes. A submission without one runs on the interpreter as it
+// is. A failure that is the submission's (refused requirements, a build uv
 // rejects, remembered or not) is no error: it comes back as faulty, for the
-// runner to answer with. An error is the node's (no uv, a full disk) and
-// fails the task's start.
+// runner to answer with. An error is the node's (no interpreter matching
+// what the scheduler placed here, no uv, a full disk) and fails the task's
+// start.
 func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Config, modelDir string, stderr io.Writer) (*taskEnv, error) {
-	te := &taskEnv{python: plugin.Python}
-	if python, err := filepath.EvalSymlinks(plugin.Python); err == nil {
-		te.readOnly = append(te.readOnly, filepath.Dir(python))
-	}
 	if runtime != "python" {
-		return te, nil
+		return &taskEnv{python: plugin.Python}, nil
+	}
+	in, _, err := d.pythonFor(d.ctx, modelDir)
+	if err != nil {
+		return nil, err
+	}
+	te := &taskEnv{python: in.Path}
+	// The interpreter's whole installation: its standard library is beside
+	// its bin/ (a pyenv-built one lives outside readonly_paths).
+	if dir := buildbox.InstallDir(in.Path); dir != "" {
+		te.readOnly = append(te.readOnly, dir)
 	}
 	envs := d.environments()
-	req, err := readSubmissionFile(modelDir, RequirementsFile, pyenv.MaxRequirementsBytes)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if len(envs.cfg.DefaultRequirements) == 0 {
-			return te, nil
-		}
-	case err != nil:
-		te.faulty = fmt.Sprintf("%s: %v", RequirementsFile, err)
+	dir, err := os.Open(modelDir)
+	if err != nil {
+		return nil, fmt.Errorf("modelbox: %w", err)
+	}
+	req, err := readSubmissionFile(dir, RequirementsFile, pyenv.MaxRequirementsBytes)
+	_ = dir.Close()
+	if err != nil {
+		te.faulty = err.Error()
 		d.envFailed(cfg, "", te.faulty, te.faulty, stderr)
 		return te, nil
 	}
-	req = pyenv.WithDefaults(req, envs.cfg.DefaultRequirements)
-	in, err := envs.interpreter(d.ctx, plugin.Python)
-	if err != nil {
-		return nil, fmt.Errorf("modelbox: python interpreter: %w", err)
+	if len(req) == 0 && len(envs.cfg.DefaultRequirements) == 0 {
+		return te, nil
 	}
+	req = pyenv.WithDefaults(req, envs.cfg.DefaultRequirements)
 	spec := in.Spec(req, envs.cfg.IndexURLs...)
 	// Sandboxed builds may run an sdist's code; trusted-side ones must not.
 	spec.OnlyBinary = envs.cfg.Build == BuildWheels
@@ -300,37 +286,4 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// readSubmissionFile reads name at the root of the submission in dir. The
-// submission is untrusted and the driver is root: a symbolic link (to
-// /etc/shadow, say) or anything but a regular file is refused, and so is a
-// file larger than limit. A missing file is os.ErrNotExist.
-func readSubmissionFile(dir, name string, limit int) ([]byte, error) {
-	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if errors.Is(err, unix.ELOOP) {
-		return nil, errors.New("is a symbolic link; it must be a regular file")
-	}
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, os.ErrNotExist
-		}
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("is not a regular file (%s)", fi.Mode().Type())
-	}
-	b, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > limit {
-		return nil, fmt.Errorf("is larger than %d bytes", limit)
-	}
-	return b, nil
 }

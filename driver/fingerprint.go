@@ -63,8 +63,8 @@ func (d *Driver) fingerprint() *drivers.Fingerprint {
 		abi = 0
 	}
 	attrs["driver.modelbox.landlock_abi"] = pstructs.NewIntAttribute(int64(abi), "")
-	if v := pythonVersion(cfg.Python); v != "" {
-		attrs["driver.modelbox.python"] = pstructs.NewStringAttribute(v)
+	for k, v := range interpreterAttributes(d.ctx, cfg, d.log) {
+		attrs[k] = pstructs.NewStringAttribute(v)
 	}
 	fp := &drivers.Fingerprint{Attributes: attrs, Health: drivers.HealthStateHealthy, HealthDescription: drivers.DriverHealthy}
 	switch {
@@ -96,14 +96,4 @@ func readInt(path string) int {
 func hasGPU() bool {
 	m, _ := filepath.Glob("/dev/nvidia[0-9]*")
 	return len(m) > 0
-}
-
-func pythonVersion(python string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, python, "--version").CombinedOutput()
-	if err != nil {
-		return ""
-	}
-	return strings.TrimPrefix(strings.TrimSpace(string(out)), "Python ")
 }

@@ -208,16 +208,20 @@ func (o *Options) CheckModel(m *Model) error {
 		if raw == "" {
 			continue
 		}
-		if err := o.checkArtifactURL(raw); err != nil {
+		if err := o.CheckArtifactURL(raw); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// checkArtifactURL applies the deployment's policy to the URL of an archive
-// a node fetches (the code artifact or the resources).
-func (o *Options) checkArtifactURL(raw string) error {
+// CheckArtifactURL applies the deployment's policy to the URL of an archive
+// a node fetches (the code artifact or the resources), or a URL such a
+// fetch is redirected to. A nil o is the zero Options.
+func (o *Options) CheckArtifactURL(raw string) error {
+	if o == nil {
+		o = &Options{}
+	}
 	u, err := parseArtifactURL(raw)
 	if err != nil {
 		return err

@@ -77,6 +77,17 @@ const (
 	EnvironmentReady    = "ready"
 )
 
+// Node attributes the modelbox driver reports and jobs are constrained
+// with (docs/driver.md).
+const (
+	// AttrPythonVersions lists the versions of the node's Python
+	// interpreters, sorted and comma-separated ("3.11.2,3.13.0").
+	AttrPythonVersions = "driver.modelbox.python.versions"
+	// MetaPython is the job meta key holding the Python a submission asks
+	// for ("3.13 (.python-version)"), when it asks.
+	MetaPython = "python"
+)
+
 // MaxCrunchLabel is the longest label Crunch returns: "crunch-" plus it stays
 // well within Consul's and DNS's 63 characters.
 const MaxCrunchLabel = 50

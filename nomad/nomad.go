@@ -165,3 +165,31 @@ func (c *Client) Events(ctx context.Context, index uint64) (<-chan *nomadapi.Eve
 	}
 	return ch, nil
 }
+
+// PlacementFailure returns why Nomad's newest finished evaluation of the
+// job could not place a group (its metrics: nodes evaluated, and how many
+// each constraint filtered), or nil when it placed everything. The blocked
+// evaluation Nomad keeps waiting for a better node carries no metrics; the
+// one that failed does. Needs only read-job.
+func (c *Client) PlacementFailure(ctx context.Context, jobID string) (*nomadapi.AllocationMetric, error) {
+	evals, _, err := c.api.Jobs().Evaluations(jobID, c.q(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("evaluations of %s: %w", jobID, err)
+	}
+	var newest *nomadapi.Evaluation
+	for _, e := range evals {
+		if e.Status == nomadapi.EvalStatusBlocked || e.Status == nomadapi.EvalStatusPending {
+			continue
+		}
+		if newest == nil || e.CreateIndex > newest.CreateIndex {
+			newest = e
+		}
+	}
+	if newest == nil {
+		return nil, nil
+	}
+	for _, m := range newest.FailedTGAllocs {
+		return m, nil // a model's job has one group
+	}
+	return nil, nil
+}

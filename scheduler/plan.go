@@ -83,6 +83,7 @@ type Actual struct {
 //	running                   absent                              register
 //	running                   spec differs, or stopped            update
 //	running                   same spec, running                  none
+//	running, waiting (Wait)   anything                            none
 //	stopped, absent, or held  running                             stop (only when Complete)
 //	stopped, absent, or held  stopped for purgeAfter (not held)   purge (only when Complete)
 func Plan(want Want, actual Actual, purgeAfter time.Duration) ([]Action, Result) {
@@ -101,6 +102,10 @@ func Plan(want Want, actual Actual, purgeAfter time.Duration) ([]Action, Result)
 			res.Errors = append(res.Errors, fmt.Errorf("job %s exists but was not created by the scheduler; leaving it alone (model %s of %s)",
 				id, d.Model.ModelID, d.Model.Crunch))
 			continue
+		}
+		if d.Wait != "" && d.Model.Running && !held[id] {
+			res.Waiting++
+			continue // and not stopped below
 		}
 		if !d.Model.Running || held[id] {
 			if held[id] {

@@ -237,3 +237,18 @@ func TestPlanFromWatcher(t *testing.T) {
 		t.Fatalf("refused entry: %q %v, want %q", got, res, want)
 	}
 }
+
+// A model whose code is still being read (Desired.Wait) gets no job yet,
+// and a job it already has is neither updated nor stopped.
+func TestPlanLeavesWaitingModelsAlone(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	a, b := testModel("demo", "a", true), testModel("demo", "b", true)
+	want := desiredOf(testOptions, a, b)
+	da, db := want[jobs.JobID(&a)], want[jobs.JobID(&b)]
+	da.Wait, db.Wait = "reading the submission's code archive", "reading the submission's code archive"
+	actions, res := Plan(Want{Models: want, Complete: true},
+		Actual{Jobs: []nomad.JobStub{ours(db, "an older spec", false, time.Time{})}, Now: now}, time.Hour)
+	if len(actions) != 0 || res.Waiting != 2 {
+		t.Fatalf("actions %v, waiting %d; want none and 2", describe(actions), res.Waiting)
+	}
+}

@@ -56,12 +56,15 @@ const DefaultPurgeAfter = 24 * time.Hour
 // Result counts what one pass did.
 type Result struct {
 	Registered, Updated, Stopped, Purged, Unchanged, Held int
-	Errors                                                []error
+	// Waiting counts models left as they are until their code is inspected
+	// (Desired.Wait).
+	Waiting int
+	Errors  []error
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d errors=%d",
-		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, len(r.Errors))
+	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d errors=%d",
+		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, len(r.Errors))
 }
 
 // add counts other's writes and errors into r.
@@ -72,6 +75,7 @@ func (r *Result) add(other Result) {
 	r.Purged += other.Purged
 	r.Unchanged += other.Unchanged
 	r.Held += other.Held
+	r.Waiting += other.Waiting
 	r.Errors = append(r.Errors, other.Errors...)
 }
 
@@ -199,6 +203,10 @@ func (r *Reconciler) register(ctx context.Context, a Action) error {
 		return err
 	}
 	job.Meta[names.MetaSource] = a.Desired.Source
+	if err := jobs.ConstrainPython(job, a.Desired.Python); err != nil {
+		return fmt.Errorf("job %s: %w", a.JobID, err)
+	}
+	job.Meta[names.MetaSpec] = jobs.SpecWithPython(job.Meta[names.MetaSpec], a.Desired.Python) // as Desired.Spec
 	if err := r.Nomad.Register(ctx, job, a.Index); err != nil {
 		if errors.Is(err, nomad.ErrConflict) {
 			log.Warn("job changed under us; the next pass decides again", "job", a.JobID)

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/internal/redact"
+	"github.com/modelnodes/modelnodes/scheduler/inspect"
 	"github.com/modelnodes/modelnodes/scheduler/observer"
 	"github.com/modelnodes/modelnodes/scheduler/source"
 )
@@ -30,6 +31,14 @@ type Scheduler struct {
 	Reconciler *Reconciler
 	Observer   *observer.Observer // optional
 	Elector    Elector            // default AlwaysLead
+	// Inspector, when set, reads each running model's code archive before
+	// its job is written (package inspect): the job is then constrained to
+	// the nodes that have the Python the submission asks for.
+	Inspector *inspect.Inspector
+	// Placements, when set with an Observer, tells why Nomad does not place
+	// a pending model that asks for a Python (nomad.Client), so that the
+	// status API says when no node has it instead of showing it pending.
+	Placements NomadPlacements
 	// Resync bounds the time between two reconcile passes when nothing
 	// happens (default 30 s).
 	Resync time.Duration
@@ -46,6 +55,9 @@ type Scheduler struct {
 	mu      sync.Mutex
 	leading bool
 	last    *lastPass
+	notes   map[string]pythonNote // by job id, from the last pass
+	blocked map[string]string     // by job id: why Nomad does not place it
+	placed  chan struct{}         // a pass wrote jobs (watchPlacements)
 }
 
 type lastPass struct {
@@ -68,10 +80,20 @@ func (s *Scheduler) setup() {
 	}
 	s.watcher = NewWatcher(names, s.Reconciler.Options, s.Metrics)
 	s.kick = make(chan struct{}, 1)
+	s.placed = make(chan struct{}, 1)
 	if s.Logger == nil {
 		s.Logger = hclog.NewNullLogger()
 	}
 	s.watcher.Logger = s.Logger
+	if s.Inspector != nil {
+		prev := s.Inspector.OnDone
+		s.Inspector.OnDone = func() {
+			s.Kick()
+			if prev != nil {
+				prev()
+			}
+		}
+	}
 	if s.Elector == nil {
 		s.Elector = AlwaysLead{}
 	}
@@ -114,6 +136,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	if s.Observer != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.Observer.Run(ctx) }()
+	}
+	if s.Placements != nil && s.Observer != nil && s.Inspector != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.watchPlacements(ctx) }()
 	}
 	for ctx.Err() == nil {
 		lctx, release, err := s.Elector.Lead(ctx)
@@ -173,6 +199,7 @@ func (s *Scheduler) lead(ctx context.Context) {
 		if s.Observer != nil {
 			held, nextHoldEnd = s.Observer.Held()
 		}
+		s.readPythons(ctx, desired)
 		t0 := time.Now()
 		res, err := s.Reconciler.Reconcile(ctx, desired, held, complete)
 		if ctx.Err() != nil {
@@ -180,6 +207,9 @@ func (s *Scheduler) lead(ctx context.Context) {
 		}
 		d := time.Since(t0)
 		s.Metrics.reconciled(res, err, d, len(desired))
+		if res.Registered+res.Updated > 0 {
+			s.jobsWritten()
+		}
 		s.record(res, err, d)
 		if err != nil {
 			s.Logger.Error("reconcile failed; retrying", "error", redact.Error(err), "in", backoff)

@@ -18,6 +18,8 @@ type ModelStatus struct {
 	Cruncher string `json:"cruncher,omitempty"`
 	Source   string `json:"source,omitempty"`
 	Desired  string `json:"desired"` // running, stopped, absent
+	// Python is what the submission's code asks for, when it asks.
+	Python string `json:"python,omitempty"`
 	observer.ModelState
 }
 
@@ -53,12 +55,15 @@ func (s *Scheduler) Models() []ModelStatus {
 	if s.Observer != nil {
 		observed = s.Observer.States()
 	}
+	notes, blocked := s.pythonNotes(), s.placementNotes()
 	seen := map[string]bool{}
 	var out []ModelStatus
 	for _, st := range observed {
 		ms := ModelStatus{JobID: st.JobID, Desired: "absent", ModelState: st}
 		if d := desired[st.JobID]; d != nil {
 			fill(&ms, d)
+			n, ok := notes[st.JobID]
+			annotate(&ms, n, ok, blocked[st.JobID])
 		}
 		seen[st.JobID] = true
 		out = append(out, ms)
@@ -72,6 +77,10 @@ func (s *Scheduler) Models() []ModelStatus {
 			ms.State = observer.StateStopped
 		}
 		fill(&ms, d)
+		if d.Model.Running {
+			n, ok := notes[id]
+			annotate(&ms, n, ok, blocked[id])
+		}
 		out = append(out, ms)
 	}
 	sortStatuses(out)

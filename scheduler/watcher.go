@@ -17,8 +17,14 @@ import (
 type Desired struct {
 	Model  jobs.Model
 	JobID  string
-	Spec   string // jobs.SpecHash
+	Spec   string // jobs.SpecHash, with the Python folded in (jobs.SpecWithPython)
 	Source string
+	// Python is what the submission's code asks for (Scheduler.Inspector);
+	// the job is constrained to nodes that have it.
+	Python jobs.Python
+	// Wait, when set, says why the job is neither written nor stopped this
+	// pass (its code is being inspected, or asks for what no node can run).
+	Wait string
 }
 
 // SourceStatus is what the status API says about a source.

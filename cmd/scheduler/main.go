@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +29,7 @@ import (
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/nomad"
 	"github.com/modelnodes/modelnodes/scheduler"
+	"github.com/modelnodes/modelnodes/scheduler/inspect"
 	"github.com/modelnodes/modelnodes/scheduler/leader"
 	"github.com/modelnodes/modelnodes/scheduler/observer"
 	"github.com/modelnodes/modelnodes/scheduler/source/feed"
@@ -77,6 +79,10 @@ type config struct {
 	logJSON, plaintext                                   bool
 	crlURL, runnerVaultAddr                              string
 	allowHTTPArtifacts, allowHostModelDirs               bool
+	pythonConstraints                                    bool
+	codeMaxBytes                                         int64
+	codeTimeout                                          time.Duration
+	codeCache                                            string
 	artifactHosts                                        stringList
 	datacenters                                          stringList
 	gpuClass                                             string
@@ -124,6 +130,10 @@ func parse(args []string) (*config, error) {
 	fs.Var(&c.artifactHosts, "artifact-hosts", "hosts models' artifacts may be fetched from, comma separated: a name (any port), host:port, or *.domain; empty: every artifact URL is refused")
 	fs.BoolVar(&c.allowHTTPArtifacts, "allow-http-artifacts", false, "DEVELOPMENT ONLY: accept plain http artifact URLs (still on --artifact-hosts, still checked against their sha256)")
 	fs.BoolVar(&c.allowHostModelDirs, "allow-host-model-dirs", false, "DEVELOPMENT ONLY: accept models whose code is a directory on the node (model_dir in --models-file)")
+	fs.BoolVar(&c.pythonConstraints, "python-constraints", true, "read each model's code archive (.python-version, requires-python in pyproject.toml) before its job is written, and constrain the job to nodes with a matching Python interpreter")
+	fs.Int64Var(&c.codeMaxBytes, "code-max-bytes", inspect.DefaultMaxBytes, "largest code archive --python-constraints reads")
+	fs.DurationVar(&c.codeTimeout, "code-fetch-timeout", inspect.DefaultTimeout, "time limit of fetching and reading one code archive")
+	fs.StringVar(&c.codeCache, "code-cache-dir", defaultCodeCache(), "where --python-constraints keeps what each code archive's root held (by sha256), so a restart fetches nothing again; empty: in memory only")
 	fs.DurationVar(&c.resync, "resync", 30*time.Second, "longest time between two reconcile passes")
 	fs.DurationVar(&c.purgeAfter, "purge-after", 24*time.Hour, "how long a stopped job stays before it is purged")
 	fs.IntVar(&c.backoff.Failures, "crashloop-failures", 3, "failed allocations within --crashloop-window that hold a model stopped")
@@ -178,6 +188,16 @@ func main() {
 	}
 }
 
+// defaultCodeCache is the user's cache dir's modelnodes/scheduler-code, ""
+// where there is none (a service without HOME).
+func defaultCodeCache() string {
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(d, "modelnodes", "scheduler-code")
+}
+
 // warnPolicy says loudly, at every start, which development allowances
 // weaken this deployment.
 func warnPolicy(c *config, log hclog.Logger) {
@@ -212,6 +232,11 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 			Logger: log.Named("reconcile"), Metrics: metrics},
 		Observer: &observer.Observer{Nomad: nc, Backoff: c.backoff, Logger: log.Named("observer"), Metrics: metrics},
 		Resync:   c.resync, Logger: log, Metrics: metrics,
+	}
+	if c.pythonConstraints {
+		s.Inspector = &inspect.Inspector{Options: opts, MaxBytes: c.codeMaxBytes, Timeout: c.codeTimeout,
+			CacheDir: c.codeCache, Logger: log.Named("inspect")}
+		s.Placements = nc
 	}
 	if c.solanaRPC != "" {
 		prog, err := solana.PublicKeyFromBase58(c.solanaProgram)

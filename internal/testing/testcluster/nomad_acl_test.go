@@ -101,6 +101,9 @@ func TestNomadPolicies(t *testing.T) {
 	if _, _, err := sched.Allocations(ctx, *job.ID); err != nil {
 		t.Errorf("scheduler token, allocations: %v", err)
 	}
+	if _, err := sched.PlacementFailure(ctx, *job.ID); err != nil {
+		t.Errorf("scheduler token, evaluations (why a job is not placed): %v", err)
+	}
 	if err := sched.Stop(ctx, *job.ID); err != nil {
 		t.Errorf("scheduler token, stop: %v", err)
 	}
