@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -77,6 +78,48 @@ var callableRound atomic.Int64
 // its allocation running), consul-p50-ms (to its Consul check passing),
 // call-p50-ms (to the client's first successful Call).
 func BenchmarkAuthorizationToCallable(b *testing.B) {
+	exe := callableModel{runtime: onchain.RuntimeExecutable, entry: "example-model", class: callableClass}
+	exe.url, exe.sum = serveExampleModel(b)
+	benchAuthorizationToCallable(b, []callableRun{
+		{name: fmt.Sprintf("models=%d/path=direct-nomad", callableModels), path: "direct-nomad", model: exe},
+		{name: fmt.Sprintf("models=%d/path=chain-scheduler", callableModels), path: "chain-scheduler", model: exe},
+	})
+}
+
+// The same path, chain and scheduler, for a Python model (runner/testdata's
+// pymodel, with its own probe method echo) without requirements and with a
+// requirements.txt whose environment the node already has (a first,
+// untimed round builds it): the environment may cost at most 10 % of
+// authorization → callable (issue 15).
+func BenchmarkAuthorizationToCallablePython(b *testing.B) {
+	none := callableModel{runtime: onchain.RuntimePython, class: "crunch_base.Tracker"}
+	none.url, none.sum = servePythonModel(b, "")
+	shared := none
+	shared.url, shared.sum = servePythonModel(b, "six==1.16.0\n")
+	benchAuthorizationToCallable(b, []callableRun{
+		{name: fmt.Sprintf("models=%d/env=none", callableModels), path: "chain-scheduler", model: none},
+		{name: fmt.Sprintf("models=%d/env=shared", callableModels), path: "chain-scheduler", model: shared, warm: true},
+	})
+}
+
+// callableModel is the submission a benchmark authorizes: its artifact, how
+// it runs, and the class the coordinator sets up.
+type callableModel struct {
+	url          string
+	sum          [32]byte
+	runtime      uint8 // onchain.Runtime*
+	entry, class string
+}
+
+// callableRun is one sub-benchmark: a path, a model, and whether a first,
+// untimed round warms the node (builds the model's environment).
+type callableRun struct {
+	name, path string
+	model      callableModel
+	warm       bool
+}
+
+func benchAuthorizationToCallable(b *testing.B, runs []callableRun) {
 	cl := testcluster.Shared(b, testcluster.Nomad)
 	requireModelbox(b, cl.Nomad.Client)
 	nc := nomad.Wrap(cl.Nomad.Client)
@@ -84,7 +127,6 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
 
-	artURL, artSum := serveExampleModel(b)
 	coord := onboardCoordinator(b, ctx, cl, callableCrunch)
 	f := solanatest.StartFront(b)
 	c := solanatest.NewChain(b, f)
@@ -93,29 +135,34 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 	hashBytes(b, authz.SPKIHash(coord.issuer.Certificate().Leaf), &cr.CertHash)
 	f.SetAccount(b, c.Crunch, c.Program, cr.Encode())
 
-	auth := func(id string, running bool) *onchain.ModelAuthorization {
+	auth := func(m callableModel, id string, running bool) *onchain.ModelAuthorization {
 		a := c.Auth(id, running, callableMemory)
-		a.ArtifactURI, a.ArtifactSHA256 = artURL, artSum
-		a.Runtime, a.Entry, a.CPUMHz = onchain.RuntimeExecutable, "example-model", callableCPU
+		a.ArtifactURI, a.ArtifactSHA256 = m.url, m.sum
+		a.Runtime, a.Entry, a.CPUMHz = m.runtime, m.entry, callableCPU
 		return a
 	}
 	// model is what the scheduler derives from auth(id) (the solana source's
 	// snapshot); the chain path checks the spec hashes agree.
-	model := func(id string) jobs.Model {
-		a := auth(id, true)
+	model := func(m callableModel, id string) jobs.Model {
+		a := auth(m, id, true)
+		runtime := "executable"
+		if m.runtime == onchain.RuntimePython {
+			runtime = "python"
+		}
 		return jobs.Model{Crunch: cr.Name, CrunchID: c.Crunch.String(), ModelID: id,
 			Cruncher: solana.PublicKeyFromBytes(a.Cruncher[:]).String(), Hotkey: solana.PublicKeyFromBytes(a.Hotkey[:]).String(),
 			SubmissionID: a.SubmissionID, ArtifactURL: a.ArtifactURI, ArtifactSHA256: onchain.HashHex(a.ArtifactSHA256),
-			Runtime: "executable", Entry: a.Entry, Hardware: jobs.CPU, CPU: int(a.CPUMHz), MemoryMB: int(a.MemoryMB),
+			Runtime: runtime, Entry: a.Entry, Hardware: jobs.CPU, CPU: int(a.CPUMHz), MemoryMB: int(a.MemoryMB),
 			Coordinator: c.Coord.String(), CertHash: onchain.HashHex(cr.CertHash), Running: true}
 	}
 
 	// Production's options: runners fetch the test Vault's revocation lists.
 	opts := *testOptions
 	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
-	for _, path := range []string{"direct-nomad", "chain-scheduler"} {
-		b.Run(fmt.Sprintf("models=%d/path=%s", callableModels, path), func(b *testing.B) {
-			tr := watchMilestones(b, ctx, cl, coord, c.Crunch.String())
+	for _, run := range runs {
+		path := run.path
+		b.Run(run.name, func(b *testing.B) {
+			tr := watchMilestones(b, ctx, cl, coord, c.Crunch.String(), run.model.class)
 			if path == "chain-scheduler" {
 				startSchedulerWith(b, func(s *Scheduler) { s.Reconciler.Options = &opts }, nc, nc, nil,
 					&solanasrc.Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Resync: time.Minute})
@@ -123,20 +170,27 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 				time.Sleep(1500 * time.Millisecond) // past the post-subscribe resync
 			}
 			var all []*milestones
+			rounds := b.N
+			if run.warm {
+				rounds++
+			}
 			b.ResetTimer()
-			for range b.N {
+			for round := range rounds {
+				if run.warm && round == 0 {
+					b.StopTimer() // the warm-up round builds the environment
+				}
 				r := callableRound.Add(1)
 				ms := make([]jobs.Model, callableModels)
 				keys := make([]solana.PublicKey, callableModels)
 				for i := range ms {
-					ms[i] = model(fmt.Sprintf("%s-r%d-m%02d", path, r, i))
+					ms[i] = model(run.model, fmt.Sprintf("%s-r%d-m%02d", path, r, i))
 					keys[i] = solana.NewWallet().PublicKey()
 				}
-				round := tr.expect(ms)
+				marks := tr.expect(ms)
 				for i := range ms {
-					round[i].planted = time.Now()
+					marks[i].planted = time.Now()
 					if path == "chain-scheduler" {
-						f.SetAccount(b, keys[i], c.Program, auth(ms[i].ModelID, true).Encode())
+						f.SetAccount(b, keys[i], c.Program, auth(run.model, ms[i].ModelID, true).Encode())
 						continue
 					}
 					job, err := jobs.Build(&ms[i], &opts)
@@ -149,12 +203,14 @@ func BenchmarkAuthorizationToCallable(b *testing.B) {
 				}
 				tr.wait(b, callableTimeout)
 				b.StopTimer()
-				all = append(all, round...)
-				logSlowest(b, cl, round)
+				if !run.warm || round > 0 {
+					all = append(all, marks...)
+				}
+				logSlowest(b, cl, marks)
 				if path == "chain-scheduler" {
 					checkSameJobs(b, nc, &opts, ms)
 					for i := range ms {
-						f.SetAccount(b, keys[i], c.Program, auth(ms[i].ModelID, false).Encode())
+						f.SetAccount(b, keys[i], c.Program, auth(run.model, ms[i].ModelID, false).Encode())
 					}
 					waitJobs(b, nc, time.Minute, "the scheduler stopped the round's jobs", func(js map[string]nomad.JobStub) bool {
 						for i := range ms {
@@ -266,7 +322,7 @@ func (tr *tracker) wait(b *testing.B, d time.Duration) {
 // watchMilestones follows Nomad's event stream (job registered, allocation
 // running), Consul's health API (check passing) and a coordinator client
 // (first successful Call) until b ends.
-func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Cluster, coord *coordinator, crunchID string) *tracker {
+func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Cluster, coord *coordinator, crunchID, class string) *tracker {
 	tr := &tracker{done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(parent)
 	var wg sync.WaitGroup
@@ -314,7 +370,7 @@ func watchMilestones(b *testing.B, parent context.Context, cl *testcluster.Clust
 	// The coordinator: its own Consul watch, Setup as models join, and a
 	// probe Call to every ready model that has not answered yet.
 	cc, err := client.New(client.Config{Source: &consul.Source{Client: coord.consul, Service: service, Crunch: crunchID}, TLS: coord.issuer,
-		SetupOnJoin: &client.SetupOnJoin{ClassName: callableClass, Timeout: 10 * time.Second}, Timeout: 5 * time.Second})
+		SetupOnJoin: &client.SetupOnJoin{ClassName: class, Timeout: 10 * time.Second}, Timeout: 5 * time.Second})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -524,14 +580,41 @@ func serveExampleModel(b *testing.B) (string, [32]byte) {
 	if err != nil {
 		b.Skipf("the Go example model is missing (%v): run `make build`", err)
 	}
+	return serveArchive(b, map[string][]byte{"example-model": exe})
+}
+
+// servePythonModel serves runner/testdata/pymodel, with a requirements.txt
+// holding requirements unless it is empty, as a .tar.gz artifact.
+func servePythonModel(b *testing.B, requirements string) (string, [32]byte) {
+	b.Helper()
+	files := map[string][]byte{}
+	for _, name := range []string{"main.py", "crunch_base.py"} {
+		data, err := os.ReadFile(filepath.Join("../runner/testdata/pymodel", name))
+		if err != nil {
+			b.Fatal(err)
+		}
+		files[name] = data
+	}
+	if requirements != "" {
+		files["requirements.txt"] = []byte(requirements)
+	}
+	return serveArchive(b, files)
+}
+
+// serveArchive serves files as a .tar.gz artifact on a loopback port and
+// returns its URL and SHA-256.
+func serveArchive(b *testing.B, files map[string][]byte) (string, [32]byte) {
+	b.Helper()
 	var buf bytes.Buffer
 	gz := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(gz)
-	if err := tw.WriteHeader(&tar.Header{Name: "example-model", Mode: 0o755, Size: int64(len(exe)), ModTime: time.Now()}); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := tw.Write(exe); err != nil {
-		b.Fatal(err)
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(files[name])), ModTime: time.Now()}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := tw.Write(files[name]); err != nil {
+			b.Fatal(err)
+		}
 	}
 	if err := tw.Close(); err != nil {
 		b.Fatal(err)
@@ -541,10 +624,10 @@ func serveExampleModel(b *testing.B) (string, [32]byte) {
 	}
 	body := buf.Bytes()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "example-model.tar.gz", time.Time{}, bytes.NewReader(body))
+		http.ServeContent(w, r, "model.tar.gz", time.Time{}, bytes.NewReader(body))
 	}))
 	b.Cleanup(srv.Close)
-	return srv.URL + "/example-model.tar.gz", sha256.Sum256(body)
+	return srv.URL + "/model.tar.gz", sha256.Sum256(body)
 }
 
 func hashBytes(b *testing.B, hexHash string, dst *[32]byte) {

@@ -24,7 +24,7 @@ func TestRequirements(t *testing.T) {
 
 func TestBuiltIn(t *testing.T) {
 	for msg, want := range map[string]string{
-		"Environment vis5nfw3yzytdtif3pw6 built in 7.3s":  "7.3 s",
+		"Environment vis5nfw3yzytdtif3pw6 built in 7.3s":   "7.3 s",
 		"Environment vis5nfw3yzytdtif3pw6 built in 1m2.5s": "62.5 s",
 		"Environment vis5nfw3yzytdtif3pw6 is ready":        "Environment vis5nfw3yzytdtif3pw6 is ready",
 		"Environment k built in soon":                      "Environment k built in soon",
