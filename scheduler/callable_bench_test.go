@@ -147,7 +147,7 @@ func benchAuthorizationToCallable(b *testing.B, runs []callableRun) {
 		a := auth(m, id, true)
 		runtime := "executable"
 		if m.runtime == onchain.RuntimePython {
-			runtime = "python"
+			runtime = "" // the solana source leaves python, jobs' default, unsaid
 		}
 		return jobs.Model{Crunch: cr.Name, CrunchID: c.Crunch.String(), ModelID: id,
 			Cruncher: solana.PublicKeyFromBytes(a.Cruncher[:]).String(), Hotkey: solana.PublicKeyFromBytes(a.Hotkey[:]).String(),
