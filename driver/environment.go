@@ -76,10 +76,8 @@ type environments struct {
 // must not wait for Nomad to take an event: its stages go through a
 // buffered channel (dropped when it is full) to the task's own sender.
 type envWatcher struct {
-	stages   chan [2]string // stage, detail
-	lastSent time.Time
-	stage    string
-	built    bool // a build ran while the task waited
+	stages chan [2]string // stage, detail
+	built  bool           // a build ran while the task waited
 }
 
 // envsConfig is the part of the plugin config the environments are made
@@ -140,15 +138,8 @@ func newEnvironments(plugin *Config, log hclog.Logger) (*environments, error) {
 func (e *environments) progress(key, stage, detail string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	now := time.Now()
 	for w := range e.watchers[key] {
 		w.built = true
-		// Nomad keeps a task's last 10 events: stage changes, and a
-		// download count at most every 5 seconds, leave room for the rest.
-		if stage == w.stage && now.Sub(w.lastSent) < 5*time.Second {
-			continue
-		}
-		w.stage, w.lastSent = stage, now
 		select {
 		case w.stages <- [2]string{stage, detail}:
 		default:
@@ -223,10 +214,12 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 	key := pyenv.Key(spec)
 	log := d.log.With("task_id", cfg.ID, "environment", key)
 	start := time.Now()
-	w := &envWatcher{stages: make(chan [2]string, 32)}
+	w := &envWatcher{stages: make(chan [2]string, 256)}
 	sent := make(chan struct{})
 	go func() {
 		defer close(sent)
+		var stage string
+		var lastEvent time.Time
 		for sd := range w.stages {
 			msg := "Environment: " + sd[0]
 			if sd[1] != "" {
@@ -234,7 +227,13 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 			}
 			log.Info("environment build", "stage", sd[0], "detail", sd[1])
 			fmt.Fprintf(stderr, "modelbox: %s\n", msg)
-			d.emit(cfg, msg, map[string]string{EventEnvironment: sd[0], EventEnvironmentKey: key})
+			// Nomad keeps a task's last 10 events: stage changes, and a
+			// download count at most every 5 seconds, leave room for the
+			// rest. The task's log has every line.
+			if sd[0] != stage || time.Since(lastEvent) >= 5*time.Second {
+				stage, lastEvent = sd[0], time.Now()
+				d.emit(cfg, msg, map[string]string{EventEnvironment: sd[0], EventEnvironmentKey: key})
+			}
 		}
 	}()
 	unwatch := envs.watch(key, w)

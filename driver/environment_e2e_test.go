@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -52,7 +53,7 @@ func TestE2EEnvironmentsFromRequirements(t *testing.T) {
 	if !hasEvent(built, "Environment: downloading") || !hasEvent(built, "built in") {
 		t.Errorf("the build's progress is missing from the task's events: %q", messages(built))
 	}
-	if log := first.stderr(); !strings.Contains(log, "modelbox: Environment: installing") {
+	if log := first.stderr(); !strings.Contains(log, "modelbox: Environment: installing") || !regexp.MustCompile(`Downloaded pyarrow \([0-9]+ of [0-9]+\)`).MatchString(log) {
 		t.Errorf("the task's log does not show the build's stages:\n%s", log)
 	}
 	envs := dirs(t, filepath.Join(root, "envs"))

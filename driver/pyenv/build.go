@@ -136,7 +136,10 @@ func (c *Cache) runUV(ctx context.Context, dir string, spec Spec, out *uvOutput,
 			env = append(env, "UV_INDEX="+strings.Join(spec.Indexes[1:], " "))
 		}
 	}
-	return c.run(ctx, dir, dir, env, out, c.UV, append(args, "--no-progress", "--color", "never")...)
+	// No --no-progress: writing to a pipe, uv draws no bars but announces
+	// each large download ("Downloading pyarrow (38.2MiB)", " Downloaded
+	// pyarrow"), which Progress counts; --no-progress silences those too.
+	return c.run(ctx, dir, dir, env, out, c.UV, append(args, "--color", "never")...)
 }
 
 // compile writes the bytecode of what was installed, now, because the
