@@ -47,6 +47,7 @@ var pluginInfo = &base.PluginInfoResponse{
 //	      root          = "/var/lib/modelbox/envs"
 //	      uv            = "uv"                  # the uv binary (path or name in PATH)
 //	      index_urls    = ["https://pypi.org/simple"]   # first: default index; others: extra indexes
+//	      index_credentials = "secret/data/modelnodes/indexes"   # Vault KV v2: host -> "user:password" (wheels mode)
 //	      budget_mb     = 20480                 # disk for environments not in use
 //	      build_timeout = "30m"
 //	      build         = "wheels"              # wheels only, built on the trusted side; or "sandbox" (sdists too)
@@ -85,6 +86,7 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		"root":                 hclspec.NewAttr("root", "string", false),
 		"uv":                   hclspec.NewAttr("uv", "string", false),
 		"index_urls":           hclspec.NewAttr("index_urls", "list(string)", false),
+		"index_credentials":    hclspec.NewAttr("index_credentials", "string", false),
 		"budget_mb":            hclspec.NewAttr("budget_mb", "number", false),
 		"build_timeout":        hclspec.NewAttr("build_timeout", "string", false),
 		"build":                hclspec.NewAttr("build", "string", false),

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/modelnodes/modelnodes/driver/indexauth"
 	"github.com/modelnodes/modelnodes/driver/pyenv"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
 	"github.com/modelnodes/modelnodes/driver/taskconfig"
@@ -61,6 +62,12 @@ type EnvironmentsConfig struct {
 	// indexes, which uv consults first. Credentials may be written
 	// https://user:token@host/simple; they stay on the trusted side.
 	IndexURLs []string `codec:"index_urls"`
+	// IndexCredentials, when set, is the KV v2 secret in Vault
+	// ("secret/data/modelnodes/indexes") holding the indexes' credentials
+	// by host, read at each start with the task's own Vault token and put
+	// into that build's index URLs only (driver/indexauth). Wheels mode
+	// only.
+	IndexCredentials string `codec:"index_credentials"`
 	// BudgetMB bounds the cache's disk use; environments in use are kept
 	// whatever it says.
 	BudgetMB int64 `codec:"budget_mb"`
@@ -143,6 +150,14 @@ func (e EnvironmentsConfig) validate() error {
 	for i, r := range e.DefaultRequirements {
 		if spec := (pyenv.Spec{Requirements: []byte(r), Python: "/", PythonVersion: "-", Platform: "-"}); strings.ContainsAny(r, "\n\r#") || spec.Validate() != nil {
 			errs = append(errs, fmt.Errorf("environments.default_requirements[%d] = %q: want one requirement such as \"pandas>=2.2.3,<3\"", i, r))
+		}
+	}
+	if e.IndexCredentials != "" {
+		if err := indexauth.CheckPath(e.IndexCredentials); err != nil {
+			errs = append(errs, fmt.Errorf("environments.index_credentials: %w", err))
+		}
+		if e.Build != BuildWheels {
+			errs = append(errs, fmt.Errorf("environments.index_credentials: a %q build runs package code, which must not hold the indexes' credentials; build %q (wheels only, on the trusted side) to use them", e.Build, BuildWheels))
 		}
 	}
 	for i, u := range e.IndexURLs {

@@ -425,7 +425,7 @@ func vaultOptions(o *runneropts.Options, v *TLSVaultConfig, cfg *drivers.TaskCon
 		o.CommonName = names.RunnerCommonName(cfg.JobID)
 	}
 	o.VaultSign, o.VaultAddr = v.SignPath, v.Address
-	o.VaultTokenFile = filepath.Join(cfg.TaskDir().SecretsDir, "vault_token")
+	o.VaultTokenFile = vaultTokenFile(cfg)
 	if v.TTL != "" {
 		o.CertTTL, _ = time.ParseDuration(v.TTL) // validated
 	}

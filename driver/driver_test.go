@@ -25,6 +25,7 @@ import (
 	"github.com/modelnodes/modelnodes/driver"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
 	"github.com/modelnodes/modelnodes/internal/procfs"
+	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 )
@@ -54,14 +55,20 @@ type env struct {
 	task    *drivers.TaskConfig
 	addr    string
 	cleanup func()
-	store   string // the plugin's model_store
+	store   string          // the plugin's model_store
+	logs    *syncbuf.Buffer // the driver's log, every level
 }
 
 // newEnv configures a driver in Nomad's in-process harness and prepares a
 // task running model (a directory under driver/testdata or runner/testdata).
 func newEnv(t *testing.T, model string, res *drivers.LinuxResources, pluginExtra map[string]any) *env {
 	requireRoot(t)
-	d := driver.New(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}}))
+	// The test's log shows Info and up; logs keeps everything, for tests
+	// that check what the driver logged (uv's lines are Debug).
+	logs := &syncbuf.Buffer{}
+	log := hclog.NewInterceptLogger(&hclog.LoggerOptions{Level: hclog.Info, Output: testWriter{t}})
+	log.RegisterSink(hclog.NewSinkAdapter(&hclog.LoggerOptions{Level: hclog.Trace, Output: logs}))
+	d := driver.New(log)
 	h := testutils.NewDriverHarness(t, d)
 	store := filepath.Join(t.TempDir(), "models")
 	cfg := map[string]any{"runner_path": modelRunner(t), "python": "/usr/bin/python3", "model_store": store}
@@ -95,7 +102,7 @@ func newEnv(t *testing.T, model string, res *drivers.LinuxResources, pluginExtra
 	if err := task.EncodeConcreteDriverConfig(&driver.TaskConfig{ModelDir: "local/model", Runtime: "python", Port: "grpc", Plaintext: true}); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, d: d, h: h, task: task, addr: addr, cleanup: cleanup, store: store}
+	e := &env{t: t, d: d, h: h, task: task, addr: addr, cleanup: cleanup, store: store, logs: logs}
 	t.Cleanup(func() {
 		_ = d.DestroyTask(task.ID, true)
 		cleanup()

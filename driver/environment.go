@@ -16,6 +16,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/driver/buildbox"
 	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/driver/indexauth"
 	"github.com/modelnodes/modelnodes/driver/pyenv"
 	"github.com/modelnodes/modelnodes/names"
 )
@@ -211,6 +212,11 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 		d.envFailed(cfg, "", te.faulty, te.faulty, stderr)
 		return te, nil
 	}
+	// The node's own credentials, not the model's concern: an error fails
+	// the start (indexcreds.go). Key leaves them out.
+	if spec.Indexes, err = d.indexCredentials(cfg, envs, spec.Indexes); err != nil {
+		return nil, err
+	}
 	key := pyenv.Key(spec)
 	log := d.log.With("task_id", cfg.ID, "environment", key)
 	start := time.Now()
@@ -243,6 +249,9 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 	<-sent
 	var be *pyenv.BuildError
 	switch {
+	case errors.As(err, &be) && indexauth.Refused(be.Output, spec.Indexes):
+		// Not the model's fault (indexcreds.go): fail the start.
+		return nil, d.indexRefused(cfg, key, be)
 	case errors.As(err, &be):
 		te.faulty = faultyMessage(be)
 		d.envFailed(cfg, key, te.faulty, be.Output, stderr)

@@ -24,6 +24,7 @@ import (
 	"github.com/modelnodes/modelnodes/driver/pyenv"
 	"github.com/modelnodes/modelnodes/driver/pyenv/pyenvtest"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
+	"github.com/modelnodes/modelnodes/internal/testing/pyindex"
 )
 
 // The test binary is also the plugin binary: it runs the sandbox's hidden
@@ -46,7 +47,7 @@ type setup struct {
 	cache *pyenv.Cache
 	box   *buildbox.Box
 	py    pyenv.Interpreter
-	index *index
+	index *pyindex.Index
 	// visible is a directory the sandbox shows read-only, holding a
 	// root-only runner.key; secrets is a task's secrets/ dir it does not show.
 	visible, secrets string
@@ -69,7 +70,7 @@ func sandboxedCache(t *testing.T, limits cgroup.Limits, timeout time.Duration) *
 	}
 	base := t.TempDir()
 	t.Cleanup(func() { _ = exec.Command("chmod", "-R", "u+w", base).Run() })
-	s := &setup{py: py, index: newIndex(t), logs: &strings.Builder{}}
+	s := &setup{py: py, index: pyindex.New(t), logs: &strings.Builder{}}
 	s.visible = filepath.Join(base, "visible")
 	s.secrets = filepath.Join(base, "secrets")
 	for _, d := range []string{s.visible, s.secrets} {
@@ -157,7 +158,7 @@ func noneLeft(t *testing.T, mark string) {
 
 func TestE2EGoodSdistBuildsAndImports(t *testing.T) {
 	s := sandboxedCache(t, cgroup.Limits{MemoryBytes: 1 << 30, WorkerPids: 256}, 5*time.Minute)
-	s.index.add("goodpkg", "goodpkg-1.0.tar.gz", sdist(t, "goodpkg", "def hook():\n    return {}\n", "VALUE = 42\n"))
+	s.index.Add("goodpkg", "goodpkg-1.0.tar.gz", pyindex.SDist(t, "goodpkg", "def hook():\n    return {}\n", "VALUE = 42\n"))
 	env, err := s.cache.Acquire(context.Background(), s.spec("goodpkg==1.0\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -255,7 +256,7 @@ func TestE2EHostileSdistIsContained(t *testing.T) {
 	hook := fmt.Sprintf(hostileHook, trap.Addr().(*net.TCPAddr).Port,
 		filepath.Join(s.visible, "runner.key"), filepath.Join(s.secrets, "vault_token"), mark,
 		filepath.Join(s.cache.Root, "uv-cache"))
-	s.index.add("hostile", "hostile-1.0.tar.gz", sdist(t, "hostile", hook, ""))
+	s.index.Add("hostile", "hostile-1.0.tar.gz", pyindex.SDist(t, "hostile", hook, ""))
 
 	env, err := s.cache.Acquire(context.Background(), s.spec("hostile==1.0\n"))
 	if err != nil {
@@ -314,7 +315,7 @@ func TestE2EHostileSdistIsContained(t *testing.T) {
 func TestE2EBuildPastItsMemoryLimitFails(t *testing.T) {
 	s := sandboxedCache(t, cgroup.Limits{MemoryBytes: 256 << 20, WorkerPids: 256}, 5*time.Minute)
 	hook := "def hook():\n    hog = bytearray(b'x') * (768 << 20)\n    return {'n': len(hog)}\n"
-	s.index.add("hog", "hog-1.0.tar.gz", sdist(t, "hog", hook, ""))
+	s.index.Add("hog", "hog-1.0.tar.gz", pyindex.SDist(t, "hog", hook, ""))
 	_, err := s.cache.Acquire(context.Background(), s.spec("hog==1.0\n"))
 	var be *pyenv.BuildError
 	if !errors.As(err, &be) {
@@ -335,7 +336,7 @@ def hook():
     time.sleep(600)
     return {}
 `, mark)
-	s.index.add("sleeper", "sleeper-1.0.tar.gz", sdist(t, "sleeper", hook, ""))
+	s.index.Add("sleeper", "sleeper-1.0.tar.gz", pyindex.SDist(t, "sleeper", hook, ""))
 	start := time.Now()
 	_, err := s.cache.Acquire(context.Background(), s.spec("sleeper==1.0\n"))
 	took := time.Since(start)
@@ -355,11 +356,11 @@ def hook():
 func TestE2EWheelsOnlyBuildRunsNoPthFile(t *testing.T) {
 	uv := pyenvtest.UV(t)
 	py := pyenvtest.Python(t)
-	ix := newIndex(t)
+	ix := pyindex.New(t)
 	base := t.TempDir()
 	t.Cleanup(func() { _ = exec.Command("chmod", "-R", "u+w", base).Run() })
 	marker := filepath.Join(base, "pth-ran")
-	ix.add("pthpkg", "pthpkg-1.0-py3-none-any.whl", wheel(t, "pthpkg", map[string]string{
+	ix.Add("pthpkg", "pthpkg-1.0-py3-none-any.whl", pyindex.Wheel(t, "pthpkg", map[string]string{
 		"pthpkg/__init__.py": "",
 		"pthpkg.pth":         fmt.Sprintf("import os; open(%q, 'w').close()\n", marker),
 	}))

@@ -25,3 +25,12 @@ path "pki_int/sign/runner" {
 path "runner-keys/data/{{identity.entity.aliases.JWT_ACCESSOR.metadata.nomad_job_id}}" {
   capabilities = ["create", "read"]
 }
+
+# The package indexes' credentials (a private mirror's token), which the
+# modelbox driver reads with this token when it builds the model's Python
+# environment on the node's trusted side (plugin config
+# environments.index_credentials, docs/driver.md). The runner never reads
+# it, and the model never sees the token.
+path "secret/data/modelnodes/indexes" {
+  capabilities = ["read"]
+}

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -41,6 +42,20 @@ type VaultAgent struct {
 	Token  string // root token
 	Bin    string
 	Client *vaultapi.Client // authenticated with Token
+}
+
+// TokenWithPolicies creates a token, valid for an hour, that has only the
+// given policies (and Vault's "default"): a workload's token as a test needs
+// it, without a JWT login.
+func (v *VaultAgent) TokenWithPolicies(t testing.TB, policies ...string) string {
+	t.Helper()
+	tok, err := v.Client.Auth().Token().CreateWithContext(context.Background(), &vaultapi.TokenCreateRequest{
+		Policies: policies, TTL: "1h",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.Auth.ClientToken
 }
 
 // NomadAgent is a Nomad dev agent (server and client) with raw_exec enabled

@@ -227,13 +227,7 @@ func TestVaultCoordinatorLifecycle(t *testing.T) {
 // tokenWithPolicies returns a root-made token with exactly these policies.
 func tokenWithPolicies(t *testing.T, c *Cluster, policies ...string) string {
 	t.Helper()
-	tok, err := c.Vault.Client.Auth().Token().CreateWithContext(t.Context(), &vaultapi.TokenCreateRequest{
-		Policies: policies, TTL: "1h",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok.Auth.ClientToken
+	return c.Vault.TokenWithPolicies(t, policies...)
 }
 
 func clientWithToken(t *testing.T, c *Cluster, token string) *vaultapi.Client {

@@ -1,6 +1,9 @@
-//go:build e2e
-
-package buildbox_test
+// Package pyindex serves Python packages to tests the way a package index
+// does: a minimal PEP 503 "simple" index on 127.0.0.1, optionally behind
+// HTTP basic authentication as a private mirror is, and the wheels and
+// source distributions to put in it, built by the test (no setuptools, no
+// network). It is for tests only.
+package pyindex
 
 import (
 	"archive/tar"
@@ -8,6 +11,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -20,29 +24,51 @@ import (
 	"testing"
 )
 
-// index is a minimal PEP 503 "simple" index on 127.0.0.1: /simple/<name>/
+// Index is a minimal PEP 503 "simple" index on 127.0.0.1: /simple/<name>/
 // lists a project's files, /files/<file> serves them.
-type index struct {
+type Index struct {
 	srv   *httptest.Server
 	mu    sync.Mutex
 	files map[string]map[string][]byte // project -> file name -> content
+	user  string                       // with RequireAuth: the one login accepted
+	pass  string
+	// refused counts requests answered 401.
+	refused int
 }
 
-func newIndex(t *testing.T) *index {
+// New serves an empty index until the test ends.
+func New(t testing.TB) *Index {
 	t.Helper()
-	ix := &index{files: map[string]map[string][]byte{}}
+	ix := &Index{files: map[string]map[string][]byte{}}
 	ix.srv = httptest.NewServer(http.HandlerFunc(ix.serve))
 	t.Cleanup(ix.srv.Close)
 	return ix
 }
 
-// URL is the index's simple URL.
-func (ix *index) URL() string { return ix.srv.URL + "/simple" }
+// URL is the index's simple URL, without credentials.
+func (ix *Index) URL() string { return ix.srv.URL + "/simple" }
 
 // Host is the index's host:port.
-func (ix *index) Host() string { return ix.srv.Listener.Addr().String() }
+func (ix *Index) Host() string { return ix.srv.Listener.Addr().String() }
 
-func (ix *index) add(project, file string, content []byte) {
+// RequireAuth makes every request need HTTP basic authentication with
+// user and password, as a private mirror does; others get 401.
+func (ix *Index) RequireAuth(user, password string) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.user, ix.pass = user, password
+}
+
+// Refused is how many requests were answered 401 so far.
+func (ix *Index) Refused() int {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	return ix.refused
+}
+
+// Add serves file (a wheel or an sdist, named as pip expects) as one of
+// project's.
+func (ix *Index) Add(project, file string, content []byte) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	if ix.files[project] == nil {
@@ -55,9 +81,18 @@ var nonAlnum = regexp.MustCompile(`[-_.]+`)
 
 func normalize(name string) string { return strings.ToLower(nonAlnum.ReplaceAllString(name, "-")) }
 
-func (ix *index) serve(w http.ResponseWriter, r *http.Request) {
+func (ix *Index) serve(w http.ResponseWriter, r *http.Request) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	if ix.user != "" {
+		user, pass, ok := r.BasicAuth()
+		if !ok || subtle.ConstantTimeCompare([]byte(user), []byte(ix.user)) != 1 || subtle.ConstantTimeCompare([]byte(pass), []byte(ix.pass)) != 1 {
+			ix.refused++
+			w.Header().Set("WWW-Authenticate", `Basic realm="pyindex"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+	}
 	if name, ok := strings.CutPrefix(r.URL.Path, "/simple/"); ok {
 		files := ix.files[normalize(strings.TrimSuffix(name, "/"))]
 		if files == nil {
@@ -118,9 +153,10 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     return name
 `
 
-// sdist returns NAME-1.0.tar.gz whose setup.py runs hook (Python defining
-// hook() -> dict) while the wheel is built.
-func sdist(t *testing.T, name, hook, init string) []byte {
+// SDist returns NAME-1.0.tar.gz whose setup.py runs hook (Python defining
+// hook() -> dict) while the wheel is built, and whose package's __init__.py
+// is init.
+func SDist(t testing.TB, name, hook, init string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	gz := gzip.NewWriter(&buf)
@@ -149,9 +185,9 @@ func sdist(t *testing.T, name, hook, init string) []byte {
 	return buf.Bytes()
 }
 
-// wheel returns a pure-Python wheel NAME-1.0-py3-none-any.whl holding files
+// Wheel returns a pure-Python wheel NAME-1.0-py3-none-any.whl holding files
 // (path -> content) besides its dist-info.
-func wheel(t *testing.T, name string, files map[string]string) []byte {
+func Wheel(t testing.TB, name string, files map[string]string) []byte {
 	t.Helper()
 	di := name + "-1.0.dist-info"
 	all := map[string]string{
