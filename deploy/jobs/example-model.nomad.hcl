@@ -41,7 +41,7 @@ job "model-node-pdxu2groar3jsn66" {
 
   meta {
     modelnodes_managed = "true"
-    modelnodes_spec    = "32vhizncsewohmcq37m7xkvg"
+    modelnodes_spec    = "ic4jixryagb4jvmlgpkd4dx4"
     model_id           = "pdxu2groar3jsn66"
     model              = "example"
     crunch             = "demo"
@@ -75,12 +75,14 @@ job "model-node-pdxu2groar3jsn66" {
       unlimited      = true
     }
 
+    # The deadlines leave room for the node to build the model's Python
+    # environment at its first start (the driver's build_timeout, 30 min).
     update {
       max_parallel      = 1
       health_check      = "checks"
       min_healthy_time  = "10s"
-      healthy_deadline  = "5m"
-      progress_deadline = "10m"
+      healthy_deadline  = "35m"
+      progress_deadline = "40m"
       auto_revert       = true
     }
 
