@@ -80,7 +80,7 @@ func Run(ctx context.Context, o runneropts.Options) error {
 		CallTimeout:       o.CallTimeout,
 		Logger:            log,
 		Registerer:        reg,
-		Faulty: faulty,
+		Faulty:            faulty,
 		Worker: worker.Config{
 			Command:      command,
 			Dir:          modelDir,
