@@ -41,6 +41,9 @@ var pluginInfo = &base.PluginInfoResponse{
 //	    worker_pids_limit        = 256
 //	    runner_memory_reserve_mb = 48
 //	    landlock         = "best-effort"
+//	    disk_mb          = 256                  # a model's /tmp + /scratch (tmpfs, counted in its memory)
+//	    cpu_hard_limit   = true                 # cap each task at its cpu share (false: may burst)
+//	    allow_written_executables = false       # true: models may execute what they write
 //	    model_store      = "/var/lib/modelbox/models"
 //	    allow_host_model_dirs = false
 //	    environments {                          # a python submission's requirements.txt
@@ -77,6 +80,12 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		hclspec.NewLiteral(`48`)),
 	"landlock": hclspec.NewDefault(hclspec.NewAttr("landlock", "string", false),
 		hclspec.NewLiteral(`"best-effort"`)),
+	"disk_mb": hclspec.NewDefault(hclspec.NewAttr("disk_mb", "number", false),
+		hclspec.NewLiteral(`256`)),
+	"cpu_hard_limit": hclspec.NewDefault(hclspec.NewAttr("cpu_hard_limit", "bool", false),
+		hclspec.NewLiteral(`true`)),
+	"allow_written_executables": hclspec.NewDefault(hclspec.NewAttr("allow_written_executables", "bool", false),
+		hclspec.NewLiteral(`false`)),
 	"model_store": hclspec.NewDefault(hclspec.NewAttr("model_store", "string", false),
 		hclspec.NewLiteral(`"/var/lib/modelbox/models"`)),
 	"allow_host_model_dirs": hclspec.NewDefault(hclspec.NewAttr("allow_host_model_dirs", "bool", false),
@@ -114,6 +123,7 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 //	  plaintext    = false
 //	  call_timeout = "5m"
 //	  max_queue    = 128
+//	  disk_mb      = 300             # /tmp + /scratch (default: the plugin's disk_mb); match ephemeral_disk
 //	  authz {                        # who may call: the crunch's coordinator (docs/security.md)
 //	    crunch      = "alpha"        # or policy_file = "secrets/authz.json" (re-read on change)
 //	    cert_hashes = ["<sha256 of the coordinator's SPKI, hex>"]   # none: nobody may call
@@ -154,6 +164,7 @@ var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 	"plaintext":    hclspec.NewAttr("plaintext", "bool", false),
 	"call_timeout": hclspec.NewAttr("call_timeout", "string", false),
 	"max_queue":    hclspec.NewAttr("max_queue", "number", false),
+	"disk_mb":      hclspec.NewAttr("disk_mb", "number", false),
 })
 
 var capabilities = &drivers.Capabilities{

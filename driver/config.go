@@ -24,6 +24,18 @@ type Config struct {
 	WorkerPidsLimit       int64    `codec:"worker_pids_limit"`
 	RunnerMemoryReserveMB int64    `codec:"runner_memory_reserve_mb"`
 	Landlock              string   `codec:"landlock"`
+	// DiskMB bounds what a model writes (/tmp and /scratch together, a
+	// tmpfs counted in the task's memory) when its task config names no
+	// disk_mb.
+	DiskMB int64 `codec:"disk_mb"`
+	// AllowWrittenExecutables lets models execute (and map executable)
+	// files they wrote, for runtimes that compile code at run time; off,
+	// their writable places are noexec.
+	AllowWrittenExecutables bool `codec:"allow_written_executables"`
+	// CPUHardLimit caps a task at its CPU reservation (a CFS quota from
+	// its cpu MHz share), as Docker's cpu_hard_limit; off, the task may use
+	// idle CPU beyond its share.
+	CPUHardLimit bool `codec:"cpu_hard_limit"`
 	// AllowHostModelDirs lets a job's model_dir name a host directory
 	// (development); otherwise the model must come into the task dir.
 	AllowHostModelDirs bool `codec:"allow_host_model_dirs"`
@@ -38,6 +50,10 @@ type Config struct {
 	// its environment.
 	Environments EnvironmentsConfig `codec:"environments"`
 }
+
+// DefaultDiskMB is a model's writable space (/tmp and /scratch) when neither
+// the plugin's nor the task's disk_mb names one.
+const DefaultDiskMB = 256
 
 // Build modes of the environments block.
 const (
@@ -197,6 +213,9 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("landlock = %q: want off, best-effort or required", c.Landlock))
 	}
 	errs = append(errs, c.Environments.validate())
+	if c.DiskMB < 0 {
+		errs = append(errs, fmt.Errorf("disk_mb: %d: want a size in MiB (0: %d)", c.DiskMB, DefaultDiskMB))
+	}
 	if c.WorkerPidsLimit < 0 || c.RunnerMemoryReserveMB < 0 {
 		errs = append(errs, errors.New("worker_pids_limit and runner_memory_reserve_mb must not be negative"))
 	}

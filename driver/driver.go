@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -23,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/driver/sandbox"
 	"github.com/modelnodes/modelnodes/internal/envflag"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/names"
@@ -146,6 +149,7 @@ func defaultConfig() *Config {
 	return &Config{RunnerPath: "model-runner", Python: "/usr/bin/python3", AllowedRuntimes: []string{"python", "executable"},
 		ReadonlyPaths: []string{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"},
 		UIDRange:      "64000-64999", WorkerPidsLimit: 256, RunnerMemoryReserveMB: 48, Landlock: "best-effort",
+		DiskMB: DefaultDiskMB, CPUHardLimit: true,
 		ModelStore: "/var/lib/modelbox/models", Environments: EnvironmentsConfig{}.withDefaults()}
 }
 
@@ -296,10 +300,17 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 		return nil, err
 	}
 	p.onUndo(p.env.release)
-	readOnly := append(append(append([]string{}, plugin.ReadonlyPaths...), modelDir, hostDir), p.env.readOnly...)
+	// The task's own directories appear inside at neutral paths: the
+	// worker learns nothing of the host's tree (state path, alloc id).
+	binds := []sandbox.Bind{{Host: modelDir, Inside: InsideModelDir}, {Host: hostDir, Inside: InsideHostDir}}
+	if p.env.dir != "" {
+		binds = append(binds, sandbox.Bind{Host: p.env.dir, Inside: InsideEnvDir})
+	}
 	iso, err := d.isolator.Prepare(&IsolationRequest{
 		ID: cfg.AllocID + "." + cfg.Name, UID: uid, GID: gid, PrivateDir: private,
-		ReadOnly: readOnly, Landlock: plugin.Landlock,
+		ReadOnly: append(slices.Clone(plugin.ReadonlyPaths), p.env.readOnly...),
+		Binds:    binds, Landlock: plugin.Landlock,
+		DiskBytes: diskBytes(&tc, plugin), WritableExec: plugin.AllowWrittenExecutables,
 		Env:    []string{"LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"},
 		Limits: limitsOf(cfg, plugin),
 	})
@@ -313,6 +324,7 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 		return nil, err
 	}
 	p.opts.Python = p.env.python
+	p.opts.WorkerPaths = iso.WorkerPaths()
 	if p.env.faulty != "" {
 		p.opts.ModelErrorFile = filepath.Join(private, "model-error")
 		if err := os.WriteFile(p.opts.ModelErrorFile, []byte(p.env.faulty), 0o600); err != nil {
@@ -487,7 +499,25 @@ func inTaskDir(taskDir, p string) string {
 	return filepath.Join(taskDir, p)
 }
 
-// limitsOf maps the task's resources onto cgroup limits.
+// diskBytes is the model's writable space: the task's disk_mb, else the
+// plugin's, else DefaultDiskMB.
+func diskBytes(tc *TaskConfig, plugin *Config) int64 {
+	for _, mb := range []int64{int64(tc.DiskMB), plugin.DiskMB} {
+		if mb > 0 {
+			return mb << 20
+		}
+	}
+	return DefaultDiskMB << 20
+}
+
+// cfsPeriodMicros is the CFS period of the hard CPU cap (the kernel's
+// default, Docker's and Nomad's).
+const cfsPeriodMicros = 100_000
+
+// limitsOf maps the task's resources onto cgroup limits. Without a quota
+// from Nomad (cores, or the job's cpu_hard_limit), cpu_hard_limit caps the
+// task at its share of the node: the cpu MHz it reserved over the node's
+// total, times the node's cores, as Nomad's Docker driver computes it.
 func limitsOf(cfg *drivers.TaskConfig, plugin *Config) cgroup.Limits {
 	l := cgroup.Limits{WorkerPids: plugin.WorkerPidsLimit, RunnerReserveBytes: plugin.RunnerMemoryReserveMB << 20}
 	if cfg.Resources == nil {
@@ -496,8 +526,12 @@ func limitsOf(cfg *drivers.TaskConfig, plugin *Config) cgroup.Limits {
 	if lr := cfg.Resources.LinuxResources; lr != nil {
 		l.MemoryBytes = lr.MemoryLimitBytes
 		l.CPUShares = uint64(max(lr.CPUShares, 0))
-		if lr.CPUQuota > 0 && lr.CPUPeriod > 0 {
+		switch {
+		case lr.CPUQuota > 0 && lr.CPUPeriod > 0:
 			l.CPUQuotaMicros, l.CPUPeriodMicros = lr.CPUQuota, uint64(lr.CPUPeriod)
+		case plugin.CPUHardLimit && lr.PercentTicks > 0:
+			quota := int64(lr.PercentTicks * float64(runtime.NumCPU()) * cfsPeriodMicros)
+			l.CPUQuotaMicros, l.CPUPeriodMicros = max(quota, 1000), cfsPeriodMicros // the kernel's minimum is 1 ms
 		}
 	}
 	if nr := cfg.Resources.NomadResources; nr != nil {

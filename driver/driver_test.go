@@ -365,6 +365,14 @@ func TestFingerprint(t *testing.T) {
 			t.Errorf("fingerprint lacks %s", a)
 		}
 	}
+	// The node's hardening settings, as the kernel has them now.
+	want, _ := os.ReadFile("/proc/sys/kernel/io_uring_disabled")
+	if got, ok := fp.Attributes["driver.modelbox.sysctl.kernel.io_uring_disabled"]; !ok || got.GoString() != strings.TrimSpace(string(want)) {
+		t.Errorf("driver.modelbox.sysctl.kernel.io_uring_disabled = %v, want %q (the kernel's)", got, strings.TrimSpace(string(want)))
+	}
+	if got := fp.Attributes["driver.modelbox.cpu_hard_limit"]; got == nil || got.GoString() != "true" {
+		t.Errorf("driver.modelbox.cpu_hard_limit = %v, want true (the default)", got)
+	}
 	// A node whose runner binary is missing reports the driver unhealthy.
 	bad := testutils.NewDriverHarness(t, driver.New(hclog.NewNullLogger()))
 	setConfig(t, bad, map[string]any{"runner_path": "/nonexistent/model-runner"})

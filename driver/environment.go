@@ -43,8 +43,12 @@ const maxFaultyLines = 12
 type taskEnv struct {
 	// python is the interpreter the runner starts the worker with.
 	python string
-	// readOnly lists what the sandbox must show for python to run.
+	// readOnly lists what the sandbox must show, at its host path, for
+	// python to run (the interpreter's installation).
 	readOnly []string
+	// dir is the environment's directory, shown at /env; empty without
+	// requirements.
+	dir string
 	// env is the environment held for the task; nil without requirements.
 	// Its File goes to the runner, which keeps it in use for its life.
 	env *pyenv.Env
@@ -264,8 +268,7 @@ func (d *Driver) environment(cfg *drivers.TaskConfig, runtime string, plugin *Co
 		fmt.Fprintf(stderr, "modelbox: %s\n", msg)
 		d.emit(cfg, msg, map[string]string{EventEnvironment: EnvironmentStageReady, EventEnvironmentKey: key})
 	}
-	te.env, te.python = env, env.Python()
-	te.readOnly = append(te.readOnly, env.Path)
+	te.env, te.python, te.dir = env, env.Python(), env.Path
 	return te, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,8 +32,11 @@ func str(t *testing.T, res interface {
 // A hostile model tries each way out of its sandbox. Every attempt fails
 // inside the sandbox, and the runner keeps serving throughout.
 func TestHostileModelStaysInItsSandbox(t *testing.T) {
-	res := &drivers.LinuxResources{MemoryLimitBytes: 256 << 20, CPUShares: 100, CPUQuota: 20000, CPUPeriod: 100000}
-	e := newEnv(t, "testdata/hostile", res, map[string]any{"worker_pids_limit": 64})
+	// 20 % of one core, as Nomad describes a task's cpu share (its part of
+	// the node's MHz): no quota from Nomad, the driver's cpu_hard_limit
+	// (on by default) makes one.
+	res := &drivers.LinuxResources{MemoryLimitBytes: 256 << 20, CPUShares: 100, PercentTicks: 0.2 / float64(runtime.NumCPU())}
+	e := newEnv(t, "testdata/hostile", res, map[string]any{"worker_pids_limit": 64, "disk_mb": 8})
 	// Things the model must never reach: the runner's key in the secrets
 	// dir, and another allocation's files.
 	key := filepath.Join(e.task.TaskDir().SecretsDir, "runner.key")
@@ -75,6 +79,22 @@ func TestHostileModelStaysInItsSandbox(t *testing.T) {
 	if w["hostname"] != "model" || w["pid"] != 1.0 {
 		t.Errorf("the worker sees hostname %v, pid %v: want its own uts and pid namespaces", w["hostname"], w["pid"])
 	}
+	if w["tmpdir"] != "/tmp" || w["scratch"] != "/scratch" || w["model"] != "/model" {
+		t.Errorf("the worker sees TMPDIR=%v, MODELNODES_SCRATCH=%v, its code at %v: want /tmp, /scratch, /model", w["tmpdir"], w["scratch"], w["model"])
+	}
+	t.Run("learn the host's tree from the mount table", func(t *testing.T) {
+		mounts, err := call(t, c, "mounts").GetMethodResponse().AsJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range mounts.([]any) {
+			for _, host := range []string{e.task.AllocID, e.store, "/root", "/var/lib"} {
+				if strings.Contains(m.(string), host) {
+					t.Errorf("the worker sees a mount point at %s (names %s)", m, host)
+				}
+			}
+		}
+	})
 
 	for _, tc := range []struct {
 		name, method string
@@ -86,8 +106,12 @@ func TestHostileModelStaysInItsSandbox(t *testing.T) {
 		{"read the runner's TLS key", "read", []*commonspb.Variant{commonspb.String(key)}, "No such file"},
 		{"read another allocation's files", "read", []*commonspb.Variant{commonspb.String(other)}, "No such file"},
 		{"read the host's shadow file", "read", []*commonspb.Variant{commonspb.String("/etc/shadow")}, "No such file"},
-		{"change the model", "write", []*commonspb.Variant{commonspb.String(filepath.Join(e.store, e.task.AllocID+".model", "model", "main.py"))}, "Read-only file system"},
+		{"change the model", "write", []*commonspb.Variant{commonspb.String("/model/main.py")}, "Read-only file system"},
+		{"find the model at its host path", "read", []*commonspb.Variant{commonspb.String(filepath.Join(e.store, e.task.AllocID+".model", "model", "main.py"))}, "No such file"},
 		{"write outside scratch", "write", []*commonspb.Variant{commonspb.String("/usr/evil")}, "Read-only file system"},
+		{"run a program it wrote to /tmp", "execwritten", []*commonspb.Variant{commonspb.String("/tmp/prog")}, "Permission denied"},
+		{"run a program it wrote to /scratch", "execwritten", []*commonspb.Variant{commonspb.String("/scratch/prog")}, "Permission denied"},
+		{"fill the node's disk", "filldisk", []*commonspb.Variant{commonspb.String("/scratch/fill")}, "No space left on device"},
 		{"ptrace the runner", "ptrace", []*commonspb.Variant{commonspb.String(runnerPid)}, "errno 3"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

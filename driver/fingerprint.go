@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,6 +59,13 @@ func (d *Driver) fingerprint() *drivers.Fingerprint {
 		"driver.modelbox.user_namespaces": pstructs.NewBoolAttribute(
 			readInt("/proc/sys/user/max_user_namespaces") > 0),
 	}
+	for _, name := range hardeningSysctls {
+		if v, ok := readSysctl(name); ok {
+			attrs["driver.modelbox.sysctl."+name] = pstructs.NewIntAttribute(v, "")
+		}
+	}
+	attrs["driver.modelbox.cpu_hard_limit"] = pstructs.NewBoolAttribute(cfg.CPUHardLimit)
+	attrs["driver.modelbox.written_executables"] = pstructs.NewBoolAttribute(cfg.AllowWrittenExecutables)
 	abi, err := landlock.Detect()
 	if err != nil {
 		abi = 0
@@ -80,6 +88,32 @@ func (d *Driver) fingerprint() *drivers.Fingerprint {
 		}
 	}
 	return fp
+}
+
+// hardeningSysctls are the node settings that narrow what a model's kernel
+// surface is beyond the sandbox (deploy/nomad/client.hcl says which values
+// to set): fingerprinted as driver.modelbox.sysctl.<name>, so a security
+// team sees each node's from Nomad (`nomad node status -verbose`) and a job
+// may constrain on them.
+var hardeningSysctls = []string{
+	"kernel.io_uring_disabled",         // 2: io_uring off for everyone
+	"user.max_user_namespaces",         // 0: no user namespaces (the driver needs none)
+	"kernel.unprivileged_bpf_disabled", // 1 or 2: no bpf() without CAP_BPF
+	"kernel.perf_event_paranoid",       // ≥ 2 (3 on some kernels): no kernel profiling
+	"kernel.unprivileged_userns_clone", // Debian's older switch: 0
+	"kernel.yama.ptrace_scope",         // ≥ 1: ptrace only of descendants
+	"vm.unprivileged_userfaultfd",      // 0: userfaultfd only with CAP_SYS_PTRACE
+}
+
+// readSysctl reads an integer sysctl by its dotted name; false when the
+// kernel has no such setting.
+func readSysctl(name string) (int64, bool) {
+	b, err := os.ReadFile("/proc/sys/" + strings.ReplaceAll(name, ".", "/"))
+	if err != nil {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n, err == nil
 }
 
 func readInt(path string) int {

@@ -28,6 +28,9 @@ type Isolation interface {
 	// WorkerWrapper is the argv prefix the runner puts in front of the
 	// worker's command.
 	WorkerWrapper() []string
+	// WorkerPaths maps host directories to where the worker sees them
+	// (the runner's --worker-paths); nil where it sees the host's paths.
+	WorkerPaths() map[string]string
 	// AddRunner places the runner process (pid) in the task's limits.
 	AddRunner(pid int) error
 	// Usage reads the task's resource use.
@@ -47,12 +50,27 @@ type IsolationRequest struct {
 	UID, GID int
 	// PrivateDir is the driver's directory in the task dir (root only).
 	PrivateDir string
-	// ReadOnly lists host paths the worker may read.
+	// ReadOnly lists system paths the worker may read, at their host path.
 	ReadOnly []string
-	Limits   cgroup.Limits
-	Landlock string
-	Env      []string
+	// Binds shows the task's own directories (the model, its environment)
+	// read-only at neutral paths.
+	Binds []sandbox.Bind
+	// DiskBytes bounds what the worker writes (/tmp and /scratch).
+	DiskBytes int64
+	// WritableExec lets the worker execute files it wrote.
+	WritableExec bool
+	Limits       cgroup.Limits
+	Landlock     string
+	Env          []string
 }
+
+// Where the worker sees the task's own directories (the sandbox shows them
+// at these neutral paths, never at their host paths).
+const (
+	InsideModelDir = "/model"    // the submission, its resources at /model/resources
+	InsideEnvDir   = "/env"      // its Python environment, when it has requirements
+	InsideHostDir  = "/modelbox" // the runner's Python host script
+)
 
 // IsolationState is what Restore needs; it is msgpack-encoded in the task's
 // driver state.
@@ -80,18 +98,11 @@ func (h *hostIsolator) Prepare(req *IsolationRequest) (Isolation, error) {
 	if req.UID == 0 || req.GID == 0 {
 		return nil, fmt.Errorf("isolation: refusing to run a model worker as root")
 	}
+	// The worker writes only to its sandbox's own tmpfs (/tmp, /scratch):
+	// nothing of the host's disk.
 	root := filepath.Join(req.PrivateDir, "root")
-	scratch := filepath.Join(req.PrivateDir, "scratch")
-	tmp := filepath.Join(req.PrivateDir, "tmp")
-	for _, d := range []string{root, scratch, tmp} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("isolation: %w", err)
-		}
-	}
-	for _, d := range []string{scratch, tmp} {
-		if err := os.Chown(d, req.UID, req.GID); err != nil {
-			return nil, fmt.Errorf("isolation: %w", err)
-		}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("isolation: %w", err)
 	}
 	group, err := cgroup.Create(req.ID, req.Limits)
 	if err != nil {
@@ -102,18 +113,25 @@ func (h *hostIsolator) Prepare(req *IsolationRequest) (Isolation, error) {
 		Hostname:     "model",
 		Root:         root,
 		ReadOnly:     req.ReadOnly,
-		Writable:     []string{scratch},
-		TmpDir:       tmp,
+		Binds:        req.Binds,
+		DiskBytes:    req.DiskBytes,
+		WritableExec: req.WritableExec,
 		WorkerCgroup: group.State().Worker,
 		Landlock:     req.Landlock,
-		Env:          append([]string{"MODELNODES_SCRATCH=" + scratch}, req.Env...),
+		Env: append([]string{
+			"MODELNODES_SCRATCH=" + sandbox.ScratchDir, "TMPDIR=" + sandbox.TmpDir,
+		}, req.Env...),
 	}
 	specFile := filepath.Join(req.PrivateDir, "sandbox.json")
 	if err := spec.Write(specFile); err != nil {
 		_ = group.Destroy()
 		return nil, fmt.Errorf("isolation: %w", err)
 	}
-	return &hostIsolation{group: group, specFile: specFile, self: h.self}, nil
+	paths := map[string]string{}
+	for _, b := range spec.Binds {
+		paths[b.Host] = b.Inside
+	}
+	return &hostIsolation{group: group, specFile: specFile, self: h.self, paths: paths}, nil
 }
 
 func (h *hostIsolator) Restore(st *IsolationState) (Isolation, error) {
@@ -128,10 +146,14 @@ type hostIsolation struct {
 	group    *cgroup.Task
 	specFile string
 	self     string
+	// paths is the spec's binds, host → inside; nil once restored (the
+	// runner it was for is running).
+	paths map[string]string
 }
 
-func (i *hostIsolation) WorkerWrapper() []string { return sandbox.Command(i.self, i.specFile) }
-func (i *hostIsolation) AddRunner(pid int) error { return i.group.AddRunner(pid) }
+func (i *hostIsolation) WorkerWrapper() []string        { return sandbox.Command(i.self, i.specFile) }
+func (i *hostIsolation) WorkerPaths() map[string]string { return i.paths }
+func (i *hostIsolation) AddRunner(pid int) error        { return i.group.AddRunner(pid) }
 func (i *hostIsolation) Usage() (*cgroup.Usage, error) {
 	return i.group.Usage()
 }

@@ -110,7 +110,8 @@ type fakeIsolation struct {
 	pids []int // runners added
 }
 
-func (i *fakeIsolation) WorkerWrapper() []string { return nil }
+func (i *fakeIsolation) WorkerWrapper() []string        { return nil }
+func (i *fakeIsolation) WorkerPaths() map[string]string { return nil }
 
 func (i *fakeIsolation) AddRunner(pid int) error {
 	i.mu.Lock()

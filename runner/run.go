@@ -318,8 +318,9 @@ func readModelError(path string) (string, error) {
 	return msg, nil
 }
 
-// workerCommand returns the worker's argv for the chosen runtime, and what
-// removes the files it wrote.
+// workerCommand returns the worker's argv for the chosen runtime, with its
+// paths as the worker sees them (--worker-paths), and what removes the files
+// it wrote.
 func workerCommand(o *runneropts.Options, modelDir string) ([]string, func(), error) {
 	if o.Runtime == "executable" {
 		prog := o.Entry
@@ -329,7 +330,7 @@ func workerCommand(o *runneropts.Options, modelDir string) ([]string, func(), er
 		if fi, err := os.Stat(prog); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
 			return nil, nil, fmt.Errorf("--entry %s is not an executable file", prog)
 		}
-		return []string{prog}, func() {}, nil
+		return []string{o.WorkerPath(prog)}, func() {}, nil
 	}
 	dir, cleanup := o.HostDir, func() {}
 	if dir == "" {
@@ -347,7 +348,7 @@ func workerCommand(o *runneropts.Options, modelDir string) ([]string, func(), er
 	// -u: the model's prints reach the runner's log as they happen, and none
 	// is left in a buffer when the worker is stopped (the driver's sandbox
 	// sets PYTHONUNBUFFERED too; a laptop's environment may not).
-	cmd := []string{o.Python, "-B", "-u", host, "--model-dir", modelDir}
+	cmd := []string{o.WorkerPath(o.Python), "-B", "-u", o.WorkerPath(host), "--model-dir", o.WorkerPath(modelDir)}
 	if o.Entry != "" {
 		cmd = append(cmd, "--entry", o.Entry)
 	}

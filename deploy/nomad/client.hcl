@@ -30,8 +30,34 @@ plugin "nomad-driver-modelbox" {
     # Keep false on real nodes: true lets any job's model_dir show a host
     # directory to model code (development and test clusters only).
     allow_host_model_dirs = false
+    # What a model may write (/tmp and /scratch together): a tmpfs counted
+    # in the task's memory; a job's task config disk_mb overrides it.
+    disk_mb = 256
+    # Each task is capped at the CPU it reserved (Docker's cpu_hard_limit);
+    # false lets models burst into idle CPU, at their neighbours' expense.
+    cpu_hard_limit = true
+    # Models may not execute what they write (noexec, no Landlock execute
+    # right, no memfd exec). Only for runtimes that compile code at run time.
+    allow_written_executables = false
   }
 }
+
+# Node kernel settings the sandbox relies on beyond its own filter (set them
+# in /etc/sysctl.d/90-modelnodes.conf). The driver fingerprints each one as
+# driver.modelbox.sysctl.<name>, so `nomad node status -verbose` shows what a
+# node enforces and a job may constrain on it, e.g.
+#   constraint { attribute = "${attr.driver.modelbox.sysctl.kernel.io_uring_disabled}" value = "2" }
+#
+#   kernel.io_uring_disabled = 2          # io_uring off for every process (Linux 6.6+)
+#   user.max_user_namespaces = 0          # the driver needs no user namespaces; set it
+#                                         # where nothing else on the node does either
+#   kernel.unprivileged_bpf_disabled = 2  # no bpf() without CAP_BPF
+#   kernel.perf_event_paranoid = 3        # where the kernel has level 3; else 2
+#   kernel.yama.ptrace_scope = 2          # ptrace needs CAP_SYS_PTRACE
+#   vm.unprivileged_userfaultfd = 0       # userfaultfd needs CAP_SYS_PTRACE
+#
+# The model's seccomp filter refuses these calls already; the sysctls close
+# them for everything else on the node too (the runner, Nomad, other tasks).
 
 # The local Consul agent, over TLS. The token only needs to let Nomad read
 # its own node and (de)register services it derived identities for.

@@ -220,6 +220,10 @@ func (b *Box) Run(ctx context.Context, dir string, cmd *exec.Cmd) error {
 		ListenInside: ProxyAddr,
 		// compileall's workers (multiprocessing) need POSIX semaphores.
 		DevShmBytes: devShmBytes,
+		// A build runs what it builds: the environment's interpreter, the
+		// build backends uv installs under /tmp, their compiled modules.
+		// (It is still no_new_privs, unprivileged, offline but the proxy.)
+		WritableExec: true,
 	}
 	specFile := filepath.Join(work, "sandbox.json")
 	if err := spec.Write(specFile); err != nil {

@@ -204,7 +204,7 @@ func lookPath(prog string, env []string) (string, error) {
 }
 
 // buildRoot mounts a tmpfs on spec.Root, shows the listed host paths in it,
-// adds /dev, /tmp and /proc, and pivots into it.
+// adds /dev, /tmp, /scratch and /proc, and pivots into it.
 func buildRoot(spec *Spec) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
@@ -215,19 +215,24 @@ func buildRoot(spec *Spec) error {
 	}
 	// /tmp first: host paths that live under /tmp are shown on top of it.
 	if spec.TmpDir != "" {
-		if err := bind(root, spec.TmpDir, "/tmp", false); err != nil {
+		if err := bind(root, spec.TmpDir, TmpDir, false, spec.WritableExec); err != nil {
 			return err
 		}
-	} else if err := mkdirMount(root, "/tmp", "tmpfs", "mode=1777,size=64m"); err != nil {
+	} else if err := privateDisk(root, spec); err != nil {
 		return err
 	}
 	for _, p := range spec.ReadOnly {
-		if err := bind(root, p, p, true); err != nil {
+		if err := bind(root, p, p, true, true); err != nil {
+			return err
+		}
+	}
+	for _, b := range spec.Binds {
+		if err := bind(root, b.Host, b.Inside, true, true); err != nil {
 			return err
 		}
 	}
 	for _, p := range spec.Writable {
-		if err := bind(root, p, p, false); err != nil {
+		if err := bind(root, p, p, false, spec.WritableExec); err != nil {
 			return err
 		}
 	}
@@ -235,7 +240,8 @@ func buildRoot(spec *Spec) error {
 		return err
 	}
 	if spec.DevShmBytes > 0 {
-		if err := mkdirMount(root, "/dev/shm", "tmpfs", fmt.Sprintf("mode=1777,size=%d", spec.DevShmBytes)); err != nil {
+		shm := fmt.Sprintf("mode=1777,size=%d", spec.DevShmBytes)
+		if err := mkdirMount(root, "/dev/shm", "tmpfs", shm, !spec.WritableExec); err != nil {
 			return err
 		}
 	}
@@ -268,8 +274,8 @@ func buildRoot(spec *Spec) error {
 	return nil
 }
 
-// bind shows host path src at dst inside root.
-func bind(root, src, dst string, readOnly bool) error {
+// bind shows host path src at dst inside root; without exec, noexec.
+func bind(root, src, dst string, readOnly, exec bool) error {
 	fi, err := os.Stat(src)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -294,24 +300,70 @@ func bind(root, src, dst string, readOnly bool) error {
 	if err := unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind %s: %w", src, err)
 	}
-	if err := restrictTree(target, readOnly, true); err != nil {
+	if err := restrictTree(target, readOnly, !exec, true); err != nil {
 		return fmt.Errorf("remount %s: %w", dst, err)
 	}
 	return nil
 }
 
+// privateDisk gives the worker its writable places, /tmp and /scratch, on
+// one tmpfs of spec.DiskBytes: what it writes is bounded (ENOSPC past the
+// size), counted in its cgroup's memory, and gone with the sandbox; nothing
+// reaches the host's disk. The tmpfs is mounted aside, its two directories
+// bound in place, and the aside mount detached, so it shows nowhere else.
+func privateDisk(root string, spec *Spec) error {
+	size := spec.DiskBytes
+	if size == 0 {
+		size = DefaultDiskBytes
+	}
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
+	if !spec.WritableExec {
+		flags |= unix.MS_NOEXEC
+	}
+	aside := filepath.Join(root, ".disk")
+	if err := os.Mkdir(aside, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount("modelbox-disk", aside, "tmpfs", flags, fmt.Sprintf("mode=0755,size=%d", size)); err != nil {
+		return fmt.Errorf("mount the worker's disk: %w", err)
+	}
+	for _, d := range []string{TmpDir, ScratchDir} {
+		src := filepath.Join(aside, d)
+		if err := os.Mkdir(src, 0o700); err != nil {
+			return err
+		}
+		if err := os.Chown(src, spec.UID, spec.GID); err != nil {
+			return err
+		}
+		target := filepath.Join(root, d)
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind the worker's %s: %w", d, err)
+		}
+	}
+	if err := unix.Unmount(aside, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach the worker's disk: %w", err)
+	}
+	return os.Remove(aside)
+}
+
 // restrictTree makes the mount at target and every mount below it nosuid,
-// nodev and, with readOnly, read-only. A recursive bind brings the host's
+// nodev, with readOnly read-only and with noexec noexec. A recursive bind brings the host's
 // submounts along (a tmpfs or a volume mounted inside a read-only path), and
 // a plain remount changes only the top one: the worker could write to the
 // others. mount_setattr(AT_RECURSIVE) (Linux 5.12) does the whole tree in
 // one call; older kernels get every mount of the tree, from mountinfo,
 // remounted one by one.
-func restrictTree(target string, readOnly, useSetattr bool) error {
+func restrictTree(target string, readOnly, noexec, useSetattr bool) error {
 	if useSetattr {
 		attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
 		if readOnly {
 			attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
+		}
+		if noexec {
+			attr.Attr_set |= unix.MOUNT_ATTR_NOEXEC
 		}
 		err := unix.MountSetattr(unix.AT_FDCWD, target, unix.AT_RECURSIVE, attr)
 		if err == nil {
@@ -330,7 +382,7 @@ func restrictTree(target string, readOnly, useSetattr bool) error {
 		if readOnly || m.readOnly {
 			flags |= unix.MS_RDONLY
 		}
-		if m.noexec {
+		if noexec || m.noexec {
 			flags |= unix.MS_NOEXEC
 		}
 		if err := unix.Mount("", m.path, "", flags, ""); err != nil {
@@ -391,12 +443,18 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
-func mkdirMount(root, dst, fstype, data string) error {
+// mkdirMount mounts a new fstype at dst inside root, nosuid, nodev and,
+// with noexec, noexec.
+func mkdirMount(root, dst, fstype, data string, noexec bool) error {
 	target := filepath.Join(root, dst)
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return err
 	}
-	if err := unix.Mount(fstype, target, fstype, unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
+	if noexec {
+		flags |= unix.MS_NOEXEC
+	}
+	if err := unix.Mount(fstype, target, fstype, flags, data); err != nil {
 		return fmt.Errorf("mount %s on %s: %w", fstype, dst, err)
 	}
 	return nil
@@ -404,7 +462,7 @@ func mkdirMount(root, dst, fstype, data string) error {
 
 // buildDev gives the worker the harmless device nodes and nothing else.
 func buildDev(root string) error {
-	if err := mkdirMount(root, "/dev", "tmpfs", "mode=0755,size=64k"); err != nil {
+	if err := mkdirMount(root, "/dev", "tmpfs", "mode=0755,size=64k", true); err != nil {
 		return err
 	}
 	for _, d := range []string{"null", "zero", "full", "random", "urandom"} {
@@ -447,19 +505,40 @@ func loopbackUp() error {
 	return nil
 }
 
-// applyLandlock allows reading everywhere the root shows, writing only in
-// the writable paths, /tmp and the harmless devices.
+// applyLandlock allows reading everywhere the root shows; executing only
+// from the read-only paths and binds (system paths, interpreters, the model,
+// its environment); writing only in /tmp, /scratch, the writable paths and
+// the harmless devices, and executing there only with WritableExec.
 func applyLandlock(spec *Spec) error {
 	if spec.Landlock == LandlockOff {
 		return nil
 	}
-	paths := []*landlock.Path{landlock.Dir("/", "rx"), landlock.Dir("/tmp", "rwc"), landlock.Dir("/dev", "rw")}
-	if spec.DevShmBytes > 0 {
-		paths = append(paths, landlock.Dir("/dev/shm", "rwc"))
+	write := "rwc"
+	if spec.WritableExec {
+		write = "rwcx"
 	}
-	for _, p := range spec.Writable {
+	paths := []*landlock.Path{landlock.Dir("/", "r"), landlock.Dir("/dev", "rw")}
+	for _, p := range append([]string{TmpDir, ScratchDir}, spec.Writable...) {
 		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
-			paths = append(paths, landlock.Dir(p, "rwc"))
+			paths = append(paths, landlock.Dir(p, write))
+		}
+	}
+	if spec.DevShmBytes > 0 {
+		paths = append(paths, landlock.Dir("/dev/shm", write))
+	}
+	exec := append([]string{}, spec.ReadOnly...)
+	for _, b := range spec.Binds {
+		exec = append(exec, b.Inside)
+	}
+	for _, p := range exec {
+		fi, err := os.Stat(p)
+		switch {
+		case err != nil:
+			continue // a missing read-only path is not shown
+		case fi.IsDir():
+			paths = append(paths, landlock.Dir(p, "rx"))
+		default:
+			paths = append(paths, landlock.File(p, "rx"))
 		}
 	}
 	safety := landlock.OnlyAvailable

@@ -22,6 +22,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 )
 
 // Hidden subcommands of the plugin binary.
@@ -37,8 +39,18 @@ const (
 	LandlockRequired   = "required"    // the worker does not start without it
 )
 
-// Spec describes one task's sandbox. Host paths appear inside at the same
-// path, so the runner's argv for the worker needs no translation.
+// Bind shows a host directory inside the sandbox at a path of its own.
+type Bind struct {
+	// Host is the directory on the host.
+	Host string
+	// Inside is where the worker sees it: absolute, and a neutral name
+	// (/model, /env) that says nothing of the host's tree.
+	Inside string
+}
+
+// Spec describes one task's sandbox. System paths (ReadOnly, Writable) appear
+// inside at their host path; a task's own directories (Binds) at neutral
+// paths, so nothing of the host's state path or alloc id shows inside.
 type Spec struct {
 	// UID and GID the worker runs as; never 0.
 	UID, GID int
@@ -47,13 +59,27 @@ type Spec struct {
 	// Root is an empty directory, private to the driver, on which the
 	// sandbox mounts its root.
 	Root string
-	// ReadOnly lists host paths shown read-only (system paths, the model, the
-	// runtime, the Python host script). Missing ones are skipped.
+	// ReadOnly lists host paths shown read-only at the same path (system
+	// paths, Python interpreters). Missing ones are skipped.
 	ReadOnly []string
-	// Writable lists host directories shown read-write (scratch).
-	Writable []string
-	// TmpDir is a host directory shown read-write at /tmp.
-	TmpDir string
+	// Binds lists host directories shown read-only at neutral paths (the
+	// model, its environment, the Python host script).
+	Binds []Bind `json:",omitempty"`
+	// Writable lists host directories shown read-write at the same path
+	// (an environment build's output).
+	Writable []string `json:",omitempty"`
+	// TmpDir is a host directory shown read-write at /tmp. Empty: /tmp
+	// and /scratch are one tmpfs of DiskBytes, private to this sandbox.
+	TmpDir string `json:",omitempty"`
+	// DiskBytes bounds what the worker may write (/tmp and /scratch
+	// together) when TmpDir is empty: past it, writes fail with ENOSPC.
+	// The tmpfs's pages count against the cgroup's memory, and nothing
+	// reaches the host's disk. 0: DefaultDiskBytes.
+	DiskBytes int64 `json:",omitempty"`
+	// WritableExec lets the worker execute and map executable what it
+	// wrote (/tmp, /scratch, Writable). Off, they are mounted noexec and
+	// Landlock grants no execute right on them.
+	WritableExec bool `json:",omitempty"`
 	// WorkDir is the worker's working directory.
 	WorkDir string
 	// WorkerCgroup is the worker leaf to join (cgroup.State.Worker).
@@ -77,6 +103,18 @@ type Spec struct {
 	DevShmBytes int64 `json:",omitempty"`
 }
 
+// DefaultDiskBytes is a sandbox's writable space when its spec names none.
+const DefaultDiskBytes = 64 << 20
+
+// Paths inside the sandbox that mean something to the worker.
+const (
+	// ScratchDir is the worker's writable directory besides /tmp (both on
+	// the sandbox's own tmpfs).
+	ScratchDir = "/scratch"
+	// TmpDir is the worker's temporary directory; TMPDIR names it.
+	TmpDir = "/tmp"
+)
+
 // ListenerFD is the descriptor, in stage 1, of the unix socket stage 2 sends
 // the ListenInside socket over.
 const ListenerFD = 4
@@ -91,12 +129,41 @@ func (s *Spec) Validate() error {
 	case s.Landlock != LandlockOff && s.Landlock != LandlockBestEffort && s.Landlock != LandlockRequired:
 		return fmt.Errorf("sandbox: landlock mode %q: want off, best-effort or required", s.Landlock)
 	}
+	if s.DiskBytes < 0 {
+		return fmt.Errorf("sandbox: disk size %d is negative", s.DiskBytes)
+	}
+	seen := map[string]bool{}
+	for _, b := range s.Binds {
+		if err := b.validate(); err != nil {
+			return err
+		}
+		if seen[b.Inside] {
+			return fmt.Errorf("sandbox: two binds at %s", b.Inside)
+		}
+		seen[b.Inside] = true
+	}
 	if s.ListenInside != "" {
 		// Loopback only: the namespace has no other interface, and the
 		// address must not read as a way to the host's.
 		host, _, err := net.SplitHostPort(s.ListenInside)
 		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
 			return fmt.Errorf("sandbox: listen_inside %q: want a loopback address and port", s.ListenInside)
+		}
+	}
+	return nil
+}
+
+// reserved are the places the sandbox itself builds: a bind may not hide
+// them, or be hidden by them.
+var reserved = []string{"/", "/proc", "/dev", TmpDir, ScratchDir}
+
+func (b Bind) validate() error {
+	if !filepath.IsAbs(b.Host) || !filepath.IsAbs(b.Inside) || filepath.Clean(b.Inside) != b.Inside {
+		return fmt.Errorf("sandbox: bind %q at %q: want absolute, clean paths", b.Host, b.Inside)
+	}
+	for _, r := range reserved {
+		if b.Inside == r || (r != "/" && strings.HasPrefix(b.Inside, r+"/")) {
+			return fmt.Errorf("sandbox: bind at %s: the sandbox builds %s itself", b.Inside, r)
 		}
 	}
 	return nil

@@ -53,6 +53,19 @@ type probeReport struct {
 	Env             []string
 	HasFD3          bool
 	WriteSubmount   string
+	// ExecWritten and MmapExecWritten try to run code the worker wrote
+	// (/tmp and /scratch): a copy of a system binary, executed and mapped
+	// executable. Want EACCES / EPERM unless WritableExec.
+	ExecTmp, ExecScratch, MmapExecTmp string
+	// ExecSystem runs a system binary: always allowed.
+	ExecSystem string
+	// DiskWritten is how much the worker got onto /tmp and /scratch
+	// before a write failed, and FillErr that failure.
+	DiskWritten int64
+	FillErr     string
+	// HostPath is a line of the worker's mountinfo whose mount point is in
+	// the host tree the test built the sandbox from ("" when none is).
+	HostPath string
 	// FDs maps every open descriptor (but the one listing them) to what
 	// it points at.
 	FDs map[string]string
@@ -66,7 +79,7 @@ func errText(err error) string {
 }
 
 func probe(args []string) {
-	hostPort, secret, modelDir, scratch, submount := args[0], args[1], args[2], args[3], args[4]
+	hostPort, secret, modelDir, scratch, submount, hostBase := args[0], args[1], args[2], args[3], args[4], args[5]
 	// Descriptors first, before the probe opens any of its own.
 	r := probeReport{UID: os.Getuid(), GID: os.Getgid(), FDs: map[string]string{}}
 	if d, err := os.Open("/proc/self/fd"); err == nil {
@@ -112,7 +125,71 @@ func probe(args []string) {
 	r.Env = os.Environ()
 	_, err = os.Stat("/proc/self/fd/3")
 	r.HasFD3 = err == nil
+	r.ExecTmp, r.MmapExecTmp = execWritten("/tmp/written")
+	r.ExecScratch, _ = execWritten(filepath.Join(scratch, "written"))
+	r.ExecSystem = errText(exec.Command("/bin/true").Run())
+	r.DiskWritten, r.FillErr = fill("/tmp/fill", filepath.Join(scratch, "fill"))
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		// Field 5 is the mount point. (Field 4, a bind's root within its
+		// file system, names the source's path there: docs/driver.md.)
+		for _, l := range strings.Split(string(mi), "\n") {
+			if f := strings.Fields(l); len(f) > 4 && strings.Contains(f[4], hostBase) {
+				r.HostPath = l
+			}
+		}
+	}
 	_ = json.NewEncoder(os.Stdout).Encode(r)
+}
+
+// execWritten copies /bin/true to path (what a model would write), then
+// executes it and maps it executable.
+func execWritten(path string) (execErr, mmapErr string) {
+	b, err := os.ReadFile("/bin/true")
+	if err == nil {
+		err = os.WriteFile(path, b, 0o755)
+	}
+	if err != nil {
+		return "write: " + err.Error(), "write: " + err.Error()
+	}
+	execErr = errText(exec.Command(path).Run())
+	f, err := os.Open(path)
+	if err != nil {
+		return execErr, "open: " + err.Error()
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_EXEC, unix.MAP_PRIVATE)
+	if err == nil {
+		_ = unix.Munmap(m)
+	}
+	return execErr, errText(err)
+}
+
+// fill writes 1 MiB chunks to the given files in turn until a write fails
+// (or 64 MiB, far past the test's disk), and says how much it wrote.
+func fill(paths ...string) (int64, string) {
+	chunk := make([]byte, 1<<20)
+	var n int64
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+	}()
+	for _, p := range paths {
+		f, err := os.Create(p)
+		if err != nil {
+			return n, err.Error()
+		}
+		files = append(files, f)
+	}
+	for i := 0; n < 64<<20; i++ {
+		w, err := files[i%len(files)].Write(chunk)
+		n += int64(w)
+		if err != nil {
+			return n, err.Error()
+		}
+	}
+	return n, "no error"
 }
 
 func requireRoot(t *testing.T) {
@@ -140,14 +217,8 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	if err := os.WriteFile(secret, []byte("PRIVATE KEY"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	scratch := mkdir(t, base, "scratch", 0o700)
-	tmp := mkdir(t, base, "tmp", 0o700)
-	for _, d := range []string{scratch, tmp} {
-		if err := os.Chown(d, 64123, 64123); err != nil {
-			t.Fatal(err)
-		}
-	}
 	root := mkdir(t, base, "root", 0o700)
+	const diskBytes = 4 << 20
 	specFile := filepath.Join(base, "spec.json")
 
 	// A read-only path with a writable mount inside it (a tmpfs anyone may
@@ -174,6 +245,10 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	}
 	defer lis.Close()
 
+	hostEntries, err := os.ReadDir(base)
+	if err != nil {
+		t.Fatal(err)
+	}
 	group, err := cgroup.Create(fmt.Sprintf("sandbox-test-%d", time.Now().UnixNano()), cgroup.Limits{WorkerPids: 64})
 	if err != nil {
 		t.Fatal(err)
@@ -182,38 +257,44 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 
 	spec := &Spec{
 		UID: 64123, GID: 64123, Hostname: "model", Root: root,
-		ReadOnly:     []string{"/usr", "/lib", "/lib64", "/bin", filepath.Dir(self), modelDir, roTree},
-		Writable:     []string{scratch},
-		TmpDir:       tmp,
+		ReadOnly:     []string{"/usr", "/lib", "/lib64", "/bin", filepath.Dir(self)},
+		Binds:        []Bind{{Host: modelDir, Inside: "/model"}, {Host: roTree, Inside: "/ro-tree"}},
+		DiskBytes:    diskBytes,
 		WorkerCgroup: group.State().Worker,
 		Landlock:     landlockMode(),
 		Env:          []string{"LANG=C.UTF-8"},
 	}
-	if err := spec.Write(specFile); err != nil {
-		t.Fatal(err)
-	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := os.NewFile(uintptr(fds[1]), "sock")
-	defer os.NewFile(uintptr(fds[0]), "local").Close()
+	run := func(t *testing.T, spec *Spec) probeReport {
+		t.Helper()
+		if err := spec.Write(specFile); err != nil {
+			t.Fatal(err)
+		}
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sock := os.NewFile(uintptr(fds[1]), "sock")
+		defer sock.Close()
+		defer os.NewFile(uintptr(fds[0]), "local").Close()
 
-	argv := append(Command(self, specFile), self, "probe", lis.Addr().String(), secret, modelDir, scratch, submount)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.ExtraFiles = []*os.File{sock}
-	cmd.Env = append(os.Environ(), "VAULT_TOKEN=s.must-not-leak")
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("sandboxed probe: %v\n%s\n%s", err, out, stderr.String())
+		argv := append(Command(self, specFile), self, "probe", lis.Addr().String(), secret, "/model", ScratchDir, "/ro-tree/sub", base)
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.ExtraFiles = []*os.File{sock}
+		cmd.Env = append(os.Environ(), "VAULT_TOKEN=s.must-not-leak")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("sandboxed probe: %v\n%s\n%s", err, out, stderr.String())
+		}
+		var r probeReport
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("probe output %q: %v", out, err)
+		}
+		t.Logf("probe saw: %+v", r)
+		return r
 	}
-	var r probeReport
-	if err := json.Unmarshal(out, &r); err != nil {
-		t.Fatalf("probe output %q: %v", out, err)
-	}
-	t.Logf("probe saw: %+v", r)
+	r := run(t, spec)
 
 	check := func(what string, ok bool) {
 		t.Helper()
@@ -230,10 +311,17 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	check("cannot reach outside (no route, nothing sent)", strings.Contains(r.ConnectOutside, "network is unreachable"))
 	check("cannot see the secrets dir", strings.Contains(r.ReadSecret, "no such file"))
 	check("cannot change the model", strings.Contains(r.WriteModel, "read-only file system"))
-	check("can read the model", r.ReadModel == "ok")
+	check("can read the model at /model", r.ReadModel == "ok")
 	check("can write /tmp and scratch", r.WriteTmp == "ok" && r.WriteScratch == "ok")
 	check("gets the worker socket as fd 3", r.HasFD3)
 	check("cannot write to a mount inside a read-only path", strings.Contains(r.WriteSubmount, "read-only file system"))
+	check("cannot execute what it wrote to /tmp", strings.Contains(r.ExecTmp, "permission denied"))
+	check("cannot execute what it wrote to /scratch", strings.Contains(r.ExecScratch, "permission denied"))
+	check("cannot map what it wrote executable", strings.Contains(r.MmapExecTmp, "operation not permitted"))
+	check("can execute system binaries", r.ExecSystem == "ok")
+	check("fills its disk, then gets ENOSPC", strings.Contains(r.FillErr, "no space left on device"))
+	check(fmt.Sprintf("writes at most its disk (%d of %d bytes)", r.DiskWritten, diskBytes), r.DiskWritten <= diskBytes && r.DiskWritten >= diskBytes/2)
+	check("has no mount point at a host path", r.HostPath == "")
 	// The probe's own Go runtime opens its poller (eventpoll, eventfd)
 	// before it lists: those are its, not inherited.
 	var open []string
@@ -245,6 +333,20 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	slices.Sort(open)
 	check(fmt.Sprintf("inherits only stdio and its socket (fds %v)", open), slices.Equal(open, []string{"0", "1", "2", "3"}) && strings.HasPrefix(r.FDs["3"], "socket:"))
 	check("inherits none of the runner's environment", !strings.Contains(strings.Join(r.Env, " "), "VAULT_TOKEN"))
+	// Its 4 MiB went to its own tmpfs: the host's tree holds only what the
+	// test made (and the spec).
+	if ents, _ := os.ReadDir(base); len(ents) != len(hostEntries)+1 {
+		t.Errorf("the worker's writes reached the host: %s holds %d entries, %d before", base, len(ents), len(hostEntries))
+	}
+
+	// allow_written_executables: the same sandbox, written files may run.
+	t.Run("WritableExec", func(t *testing.T) {
+		spec.WritableExec = true
+		r := run(t, spec)
+		if r.ExecTmp != "ok" || r.ExecScratch != "ok" || r.MmapExecTmp != "ok" {
+			t.Errorf("with WritableExec the worker could not run what it wrote: exec /tmp %q, /scratch %q, mmap %q", r.ExecTmp, r.ExecScratch, r.MmapExecTmp)
+		}
+	})
 }
 
 // landlockMode demands Landlock where the kernel has it, so the test proves
@@ -295,7 +397,7 @@ func TestRestrictTreeReachesSubmounts(t *testing.T) {
 					if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 						return err
 					}
-					if err := restrictTree(dst, true, useSetattr); err != nil {
+					if err := restrictTree(dst, true, false, useSetattr); err != nil {
 						return fmt.Errorf("restrictTree: %w", err)
 					}
 					for _, p := range []string{filepath.Join(dst, "top"), filepath.Join(dst, "sub", "inner")} {

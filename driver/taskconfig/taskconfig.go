@@ -46,6 +46,9 @@ type Config struct {
 	// MaxQueue is how many calls may wait for a busy model (the runner's
 	// default when 0).
 	MaxQueue int `codec:"max_queue"`
+	// DiskMB bounds what the model writes (/tmp and /scratch together, a
+	// tmpfs counted in the task's memory); the plugin's disk_mb when 0.
+	DiskMB int `codec:"disk_mb"`
 }
 
 // TLS names the runner's TLS files, relative to the task dir (where Nomad
@@ -175,6 +178,9 @@ func (c *Config) Validate(allowedRuntimes []string) error {
 	}
 	if c.MaxQueue < 0 {
 		errs = append(errs, errors.New("max_queue must not be negative"))
+	}
+	if c.DiskMB < 0 {
+		errs = append(errs, errors.New("disk_mb must not be negative"))
 	}
 	return errors.Join(errs...)
 }

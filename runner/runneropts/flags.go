@@ -62,6 +62,7 @@ var options = []option{
 	{name: "delegation", usage: "the cruncher's wallet delegation (from `model-runner delegation sign`), sent with every model call; re-read when it changes", field: func(o *Options) flag.Value { return str(&o.DelegationFile) }},
 	{name: "host-dir", usage: "where to write the Python host script (default: a private temp dir); a sandboxing wrapper must show it to the worker", field: func(o *Options) flag.Value { return str(&o.HostDir) }},
 	{name: "worker-wrapper", usage: "command prefixed to the worker's argv, e.g. a sandbox (a JSON array, or words split on spaces); the Nomad driver sets it", field: func(o *Options) flag.Value { return command(&o.WorkerWrapper) }},
+	{name: "worker-paths", usage: `where the worker sees the runner's directories, as a JSON object {"/host/dir": "/inside"}: the worker's argv is written with the inside paths (a sandbox that shows the model at /model); the Nomad driver sets it`, field: func(o *Options) flag.Value { return pathMap(&o.WorkerPaths) }},
 	{name: "log-level", usage: "trace, debug, info, warn or error", field: func(o *Options) flag.Value { return str(&o.LogLevel) }},
 	{name: "log-json", usage: "write logs as JSON", field: func(o *Options) flag.Value { return boolean(&o.LogJSON) }},
 }
@@ -179,6 +180,26 @@ func numErr(err error) error {
 func list(p *[]string) flag.Value {
 	return value[[]string]{p, func(s string) ([]string, error) { return envflag.SplitList(s), nil },
 		func(l []string) string { return strings.Join(l, ",") }}
+}
+
+// pathMap is a JSON object of strings; written as one, with sorted keys.
+func pathMap(p *map[string]string) flag.Value {
+	return value[map[string]string]{p, func(s string) (map[string]string, error) {
+		m := map[string]string{}
+		if strings.TrimSpace(s) == "" {
+			return m, nil
+		}
+		if err := json.Unmarshal([]byte(s), &m); err != nil {
+			return nil, fmt.Errorf(`want a JSON object {"/host/dir": "/inside"}: %w`, err)
+		}
+		return m, nil
+	}, func(m map[string]string) string {
+		if len(m) == 0 {
+			return ""
+		}
+		b, _ := json.Marshal(m) // sorts the keys
+		return string(b)
+	}}
 }
 
 // command is an argv: a JSON array of strings, or words separated by

@@ -11,6 +11,8 @@ package runneropts
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -69,6 +71,11 @@ type Options struct {
 	// a sandbox; the Nomad driver sets it. On the command line a JSON array
 	// of strings, or words separated by spaces (--worker-wrapper).
 	WorkerWrapper []string
+	// WorkerPaths maps directories as the runner sees them to where the
+	// worker, behind WorkerWrapper, sees them (the driver's sandbox shows
+	// the model at /model): the worker's argv is written with the latter.
+	// Both sides absolute (--worker-paths).
+	WorkerPaths map[string]string
 
 	// Plaintext serves without TLS, for development only (--plaintext).
 	Plaintext bool
@@ -232,5 +239,26 @@ func (o *Options) Validate() error {
 	case o.MaxInflightBytes != 0 && o.MaxInflightBytes < int64(o.MaxRecvBytes):
 		return errors.New("--max-inflight-bytes must be at least --max-recv-bytes")
 	}
+	for host, inside := range o.WorkerPaths {
+		if !filepath.IsAbs(host) || !filepath.IsAbs(inside) {
+			return fmt.Errorf("--worker-paths: %q → %q: want absolute paths on both sides", host, inside)
+		}
+	}
 	return nil
+}
+
+// WorkerPath is p as the worker sees it: the longest --worker-paths entry
+// that holds p replaced by its inside path; p itself when none holds it.
+func (o *Options) WorkerPath(p string) string {
+	best, to := "", ""
+	for host, inside := range o.WorkerPaths {
+		h := filepath.Clean(host)
+		if (p == h || strings.HasPrefix(p, h+"/") || h == "/") && len(h) > len(best) {
+			best, to = h, inside
+		}
+	}
+	if best == "" {
+		return p
+	}
+	return filepath.Join(to, strings.TrimPrefix(p, best))
 }

@@ -39,6 +39,9 @@ func populated(t *testing.T) runneropts.Options {
 			if name != "WorkerWrapper" {
 				f.Set(reflect.ValueOf([]string{"a-" + name, "b-" + name}))
 			}
+		case map[string]string:
+			// Commas, spaces and '=' in paths: the JSON form keeps them.
+			f.Set(reflect.ValueOf(map[string]string{"/a, b=c/" + name: "/model", "/x": "/env"}))
 		default:
 			t.Fatalf("field %s has a type the test does not fill: %s", name, f.Type())
 		}
@@ -138,6 +141,36 @@ func TestListFlags(t *testing.T) {
 	}
 	if err := fs.Parse([]string{"--max-queue", "many"}); err == nil {
 		t.Error("a non-number --max-queue was accepted")
+	}
+}
+
+// The worker's argv names paths where the sandbox shows them: the longest
+// mapped directory that holds a path wins; paths outside every one are kept.
+func TestWorkerPath(t *testing.T) {
+	o := runneropts.Options{WorkerPaths: map[string]string{
+		"/var/lib/nomad/alloc/1234/model/local/model": "/model",
+		"/var/lib/nomad/alloc/1234/model/private":     "/modelbox",
+		"/var/lib/modelbox/envs/abc/":                 "/env",
+	}}
+	for in, want := range map[string]string{
+		"/var/lib/nomad/alloc/1234/model/local/model":            "/model",
+		"/var/lib/nomad/alloc/1234/model/local/model/main.py":    "/model/main.py",
+		"/var/lib/nomad/alloc/1234/model/local/modelx":           "/var/lib/nomad/alloc/1234/model/local/modelx",
+		"/var/lib/modelbox/envs/abc/bin/python":                  "/env/bin/python",
+		"/usr/bin/python3":                                       "/usr/bin/python3",
+		"/var/lib/nomad/alloc/1234/model/private/host/pyhost.py": "/modelbox/host/pyhost.py",
+	} {
+		if got := o.WorkerPath(in); got != want {
+			t.Errorf("WorkerPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+	o.ModelDir, o.Runtime, o.Plaintext, o.MaxStreamsPerConn = "/m", "python", true, 1
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	o.WorkerPaths["relative"] = "/x"
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "--worker-paths") {
+		t.Errorf("a relative worker path was accepted: %v", err)
 	}
 }
 

@@ -76,7 +76,44 @@ class Hostile(Base):
         return "left a daemon behind"
 
     def whoami(self):
-        return {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "hostname": socket.gethostname()}
+        return {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "hostname": socket.gethostname(),
+                "tmpdir": os.environ.get("TMPDIR", ""), "scratch": os.environ.get("MODELNODES_SCRATCH", ""),
+                "model": os.path.dirname(os.path.abspath(__file__))}
+
+    def execwritten(self, path):
+        """Write a program (a copy of /bin/true) and run it."""
+        try:
+            with open("/bin/true", "rb") as src, open(path, "wb") as dst:
+                dst.write(src.read())
+            os.chmod(path, 0o755)
+            subprocess.run([path], check=True)
+            return "executed"
+        except OSError as exc:
+            return "refused: %s" % exc
+
+    def filldisk(self, path):
+        """Write 1 MiB at a time until the disk refuses."""
+        written = 0
+        chunk = b"x" * (1 << 20)
+        try:
+            with open(path, "wb") as f:
+                while written < (1 << 30):
+                    f.write(chunk)
+                    f.flush()
+                    written += 1
+            return "wrote %d MiB" % written
+        except OSError as exc:
+            return "refused after %d MiB: %s" % (written, exc)
+        finally:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+    def mounts(self):
+        """The mount points the worker sees (mountinfo's fifth field)."""
+        with open("/proc/self/mountinfo") as f:
+            return [line.split()[4] for line in f]
 
     def fds(self):
         """Every descriptor the worker holds, with what it points at. The
