@@ -134,7 +134,8 @@ func TestWorkerHangPastDeadline(t *testing.T) {
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("call past --call-timeout: %v, want DeadlineExceeded", err)
 	}
-	// The replacement may still be starting: Unavailable until it is.
+	// The old worker answers until it is killed as hung; then calls wait
+	// for its replacement.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		res, err := h.ds.Call(ctxTimeout(t, 5*time.Second), &dspb.CallRequest{MethodName: "pid"})

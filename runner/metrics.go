@@ -1,6 +1,10 @@
 package runner
 
 import (
+	"context"
+	"errors"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -17,6 +21,9 @@ type metrics struct {
 	admissionWaits *prometheus.CounterVec
 	admissionWait  prometheus.Histogram
 	admittedBytes  prometheus.Gauge
+
+	restartHolds    *prometheus.CounterVec
+	restartHoldWait prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -60,9 +67,32 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "modelnodes_runner_request_bytes_held",
 			Help: "Request bytes reserved by calls being received (the largest request each) or held by calls queued or running.",
 		}),
+		restartHolds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modelnodes_runner_restart_held_calls_total",
+			Help: "Model calls that waited for a restarting worker, by how the wait ended (resumed: the new worker took the call; deadline: the call's time ran out; down: the worker crash-looped or the runner stopped).",
+		}, []string{"result"}),
+		restartHoldWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "modelnodes_runner_restart_hold_seconds",
+			Help:    "Time a model call waited for a restarting worker.",
+			Buckets: []float64{.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.calls, m.latency, m.restarts, m.up, m.inflight, m.tlsLoads, m.admissionWaits, m.admissionWait, m.admittedBytes)
+		reg.MustRegister(m.calls, m.latency, m.restarts, m.up, m.inflight, m.tlsLoads, m.admissionWaits, m.admissionWait, m.admittedBytes,
+			m.restartHolds, m.restartHoldWait)
 	}
 	return m
+}
+
+// held records a call that waited for a restarting worker (worker.Config.OnHeld).
+func (m *metrics) held(waited time.Duration, err error) {
+	result := "resumed"
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		result = "deadline"
+	case err != nil:
+		result = "down"
+	}
+	m.restartHolds.WithLabelValues(result).Inc()
+	m.restartHoldWait.Observe(waited.Seconds())
 }

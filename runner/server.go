@@ -140,6 +140,11 @@ func New(cfg Config) *Server {
 	wc.HangTimeout = cfg.CallTimeout + 5*time.Second
 	wc.MaxFrame = max(wc.MaxFrame, cfg.MaxRecvBytes+1<<20)
 	wc.OnState = s.workerState
+	// While a worker restarts, calls wait for the next one and health stays
+	// as it was: CrunchDAO's client reconnects (and sets the model up
+	// again) when it reads NOT_SERVING after a failed call.
+	wc.OnRestarting = func() { s.metrics.up.Set(0) }
+	wc.OnHeld = s.metrics.held
 	wc.OnRestart = s.metrics.restarts.Inc
 	s.sup = worker.New(wc)
 	s.workerState(nil)
@@ -278,8 +283,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, drain time.Duratio
 }
 
 // workerState turns the worker's hello into health statuses: "" is SERVING
-// whenever a worker takes calls; a service is SERVING when the model loaded
-// and implements it.
+// whenever a worker takes calls (or calls wait for one being restarted: the
+// supervisor reports no state then); a service is SERVING when the model
+// loaded and implements it.
 func (s *Server) workerState(h *frame.Hello) {
 	up := h != nil
 	s.metrics.up.Set(b2f(up))

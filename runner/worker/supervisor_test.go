@@ -28,7 +28,8 @@ import (
 // (a hello for protocol 99), result-first (a result before any hello).
 // Roles that serve, one request at a time, each request's Name choosing the
 // answer (see serve): serve (exits at EOF on its socket, as a polite worker
-// does) and stubborn (ignores that EOF, and has started a child process in
+// does; exits before its hello while the file named by failFileEnv exists)
+// and stubborn (ignores that EOF, and has started a child process in
 // its process group that the runner must kill with it). sleep is that child.
 func fakeWorker(role string) bool {
 	switch role {
@@ -41,6 +42,9 @@ func fakeWorker(role string) bool {
 	}
 	sock := os.NewFile(3, "worker-socket")
 	hello := frame.Hello{Protocol: frame.ProtocolVersion, Runtime: fmt.Sprintf("fake pid=%d", os.Getpid()), Services: []string{"dynamic_subclass"}}
+	if f := os.Getenv(failFileEnv); f != "" && fileExists(f) {
+		os.Exit(1)
+	}
 	switch role {
 	case "exit-before-hello":
 		os.Exit(1)
@@ -72,7 +76,8 @@ func fakeWorker(role string) bool {
 
 // serve answers requests by their Name: history (every request this worker
 // got, in order, as kind:name), fail (SETUP_FAILED), crash (exits without
-// answering), hang (never answers), unknown-id (answers another request id),
+// answering), hang (never answers), block (prints "blocked" and never
+// answers), unknown-id (answers another request id),
 // bad-kind (sends a request frame back), corrupt (a result frame whose body
 // cannot be decoded); anything else succeeds.
 func serve(sock *os.File, stubborn bool) {
@@ -101,6 +106,9 @@ func serve(sock *os.File, stubborn bool) {
 			os.Exit(3)
 		case "hang":
 			continue
+		case "block":
+			fmt.Println("blocked")
+			continue
 		case "unknown-id":
 			res.ID = id + 1000
 		case "bad-kind":
@@ -119,8 +127,8 @@ func serve(sock *os.File, stubborn bool) {
 }
 
 // running is a supervisor whose Run goroutine the test controls, with what
-// it reported: its log, the states (a hello's Runtime, or "down"), the
-// times of its restarts.
+// it reported: its log, the states (a hello's Runtime, "down", or
+// "restarting"), the times of its restarts, the outcome of each held call.
 type running struct {
 	s      *Supervisor
 	logs   *logBuffer
@@ -130,11 +138,12 @@ type running struct {
 	mu       sync.Mutex
 	states   []string
 	restarts []time.Time
+	held     []error
 }
 
 // start runs a supervisor of a fake worker playing role; cfg may set
-// timeouts and backoff (Command, Env, Logger and the callbacks are the
-// test's). prep runs before the first worker starts.
+// timeouts, backoff and more environment (Command, Logger and the callbacks
+// are the test's). prep runs before the first worker starts.
 func start(t *testing.T, role string, cfg Config, prep ...func(*Supervisor)) *running {
 	t.Helper()
 	self, err := os.Executable()
@@ -143,7 +152,7 @@ func start(t *testing.T, role string, cfg Config, prep ...func(*Supervisor)) *ru
 	}
 	r := &running{logs: &logBuffer{}, done: make(chan struct{})}
 	cfg.Command = []string{self}
-	cfg.Env = []string{roleEnv + "=" + role}
+	cfg.Env = append([]string{roleEnv + "=" + role}, cfg.Env...)
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: r.logs, JSONFormat: true})
 	cfg.OnState = func(h *frame.Hello) {
 		r.mu.Lock()
@@ -153,6 +162,16 @@ func start(t *testing.T, role string, cfg Config, prep ...func(*Supervisor)) *ru
 		} else {
 			r.states = append(r.states, h.Runtime)
 		}
+	}
+	cfg.OnRestarting = func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.states = append(r.states, "restarting")
+	}
+	cfg.OnHeld = func(_ time.Duration, err error) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.held = append(r.held, err)
 	}
 	cfg.OnRestart = func() {
 		r.mu.Lock()
@@ -193,6 +212,12 @@ func (r *running) statesNow() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]string(nil), r.states...)
+}
+
+func (r *running) heldNow() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]error(nil), r.held...)
 }
 
 func (r *running) restartsNow() []time.Time {
@@ -316,8 +341,8 @@ func alive(pid int) bool {
 // A worker that dies during a call fails that call with ErrWorkerDied; a new
 // worker takes over, the model's remembered setup replayed into it before
 // any call: the latest request under each key, in the order remembered, and
-// not one that failed on an earlier replay. The states say ready, down,
-// ready.
+// not one that failed on an earlier replay. The states say ready,
+// restarting, ready: never down.
 func TestCrashedWorkerIsReplacedWithItsSetup(t *testing.T) {
 	t.Parallel()
 	r := start(t, "serve", Config{MinBackoff: 10 * time.Millisecond}, func(s *Supervisor) {
@@ -337,7 +362,7 @@ func TestCrashedWorkerIsReplacedWithItsSetup(t *testing.T) {
 	if res, err := call(t, r.s, "history"); err != nil || res.Message != "setup:Model2,call:history" {
 		t.Errorf("second worker: %+v %v, want only setup:Model2 replayed (the latest under its key; the failed one forgotten)", res, err)
 	}
-	if got, want := r.statesNow(), []string{first.Runtime, "down", second.Runtime}; !slices.Equal(got, want) {
+	if got, want := r.statesNow(), []string{first.Runtime, "restarting", second.Runtime}; !slices.Equal(got, want) {
 		t.Errorf("states %q, want %q", got, want)
 	}
 	if n := len(r.restartsNow()); n != 1 {

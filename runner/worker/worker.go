@@ -6,7 +6,8 @@
 // The supervisor restarts a worker that exits, hangs or breaks the protocol,
 // with exponential backoff, and replays the requests that built the model's
 // state (Setup) so a restart is invisible to a coordinator beyond the calls
-// that were in flight.
+// that were in flight: calls that arrive while the worker restarts wait for
+// the new one, and the worker is reported down only when it crash-loops.
 package worker
 
 import (
@@ -34,12 +35,16 @@ import (
 
 // Errors returned by Do. Each says why the worker gave no answer.
 var (
-	// ErrUnavailable: no worker is running (starting, restarting or stopped).
+	// ErrUnavailable: no worker is running and none is expected soon (the
+	// first is starting, the worker crash-loops, or the supervisor stopped).
 	ErrUnavailable = errors.New("model worker is not running")
 	// ErrBusy: the queue in front of the worker is full.
 	ErrBusy = errors.New("model worker queue is full")
 	// ErrWorkerDied: the worker exited or was killed while handling the request.
 	ErrWorkerDied = errors.New("model worker died during the request")
+
+	// errNotSent: the worker died before the request was sent to it.
+	errNotSent = errors.New("model worker died before the request was sent")
 )
 
 // Config says how to run the worker.
@@ -65,11 +70,28 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the delay between restarts; the delay
 	// doubles after each quick failure. Defaults 100 ms and 30 s.
 	MinBackoff, MaxBackoff time.Duration
+	// MaxHeldRestarts is how many workers in a row may fail (die before
+	// they had been ready for a minute, or never get ready) while calls
+	// keep waiting for the next one. One more means the worker crash-loops:
+	// it is reported down (OnState(nil)) and calls get ErrUnavailable until
+	// a worker is ready again. Default 3.
+	MaxHeldRestarts int
 	// Logger receives the supervisor's events and the worker's output.
 	Logger hclog.Logger
-	// OnState is called with the worker's hello when it is ready, and with nil
-	// when it goes down.
+	// OnState is called with the worker's hello when it is ready, and with
+	// nil when it is down: calls are refused (before the first worker is
+	// ready, when it crash-loops, and when the supervisor stops). OnState
+	// and OnRestarting are called one at a time, in the order of the
+	// changes they report, and must not call the Supervisor back.
 	OnState func(*frame.Hello)
+	// OnRestarting is called when a ready worker died and its replacement
+	// is being started: calls wait for it, so the state reported by
+	// OnState still holds for callers.
+	OnRestarting func()
+	// OnHeld is called for each call that waited for a restarted worker,
+	// with how long it waited and why it stopped waiting: nil when the new
+	// worker took it, else the error the call returns.
+	OnHeld func(waited time.Duration, err error)
 	// OnRestart is called each time a worker is started after the first.
 	OnRestart func()
 }
@@ -88,6 +110,16 @@ type Supervisor struct {
 
 	cur    atomic.Pointer[conn] // nil while no worker is ready
 	queued atomic.Int64         // requests admitted and not yet answered
+	limit  atomic.Int64         // most requests admitted at once: the last hello's concurrency + MaxQueue
+
+	// mu guards the restart state. cur is swapped under it too, so a call
+	// sees either a worker or the hold, never neither while a restart is
+	// coming; and the state callbacks are called under it, so they report
+	// the transitions in the order they happened.
+	mu       sync.Mutex
+	holding  chan struct{} // non-nil while calls wait for a restart; closed when it ends
+	upSince  time.Time     // when the current worker got ready; zero before
+	failures int           // workers in a row that stopped before being ready for stableAfter
 
 	stickyMu sync.Mutex
 	sticky   []stickyReq // replayed in order on every new worker
@@ -117,6 +149,9 @@ func New(cfg Config) *Supervisor {
 	}
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(30*time.Second, cfg.MinBackoff)
+	}
+	if cfg.MaxHeldRestarts <= 0 {
+		cfg.MaxHeldRestarts = 3
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -163,6 +198,8 @@ func (s *Supervisor) forgetLocked(key string) {
 // the worker (closing its socket, then SIGKILL after a grace period) and
 // returns.
 func (s *Supervisor) Run(ctx context.Context) {
+	// Calls still waiting for a worker when the runner stops get ErrUnavailable.
+	defer s.endHold()
 	backoff := s.cfg.MinBackoff
 	for first := true; ; first = false {
 		if !first && s.cfg.OnRestart != nil {
@@ -172,6 +209,12 @@ func (s *Supervisor) Run(ctx context.Context) {
 		err := s.runOnce(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if n := s.stopped(); n > s.cfg.MaxHeldRestarts {
+			s.endHold()
+			if n == s.cfg.MaxHeldRestarts+1 {
+				s.log.Warn("model worker keeps failing; calls are refused until one is ready", "failures_in_a_row", n)
+			}
 		}
 		if time.Since(started) > stableAfter {
 			backoff = s.cfg.MinBackoff
@@ -237,7 +280,7 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	defer c.close(ErrWorkerDied)
 	// When the worker dies, stop routing calls to it and report it down
 	// before the calls in flight learn of it.
-	c.onDead = func() { s.down(c) }
+	c.onDead = func() { s.down(ctx, c) }
 
 	// Hello, then the replay, before any call may reach the worker.
 	helloErr := make(chan error, 1)
@@ -266,11 +309,8 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	if err := s.replay(ctx, c); err != nil {
 		log.Warn("replaying the model's setup failed", "error", CapField(err.Error()))
 	}
-	s.cur.Store(c)
-	if s.cfg.OnState != nil {
-		s.cfg.OnState(c.hello)
-	}
-	defer s.down(c)
+	s.ready(ctx, c)
+	defer s.down(ctx, c)
 
 	select {
 	case err := <-exited:
@@ -284,7 +324,7 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 		reason := c.err()
 		return fmt.Errorf("%w (exited: %s)", reason, exitReason(<-exited))
 	case <-ctx.Done():
-		s.down(c)
+		s.down(ctx, c)
 		_ = c.nc.(*net.UnixConn).CloseWrite() // EOF: a polite worker exits
 		select {
 		case <-exited:
@@ -296,11 +336,95 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	}
 }
 
-// down stops routing calls to c; the first call for a conn reports it.
-func (s *Supervisor) down(c *conn) {
-	if s.cur.CompareAndSwap(c, nil) && s.cfg.OnState != nil {
+// ready routes calls to c, the new worker, and lets the calls held for it
+// go on; then it reports the worker's hello.
+func (s *Supervisor) ready(ctx context.Context, c *conn) {
+	s.limit.Store(int64(c.hello.Concurrency + s.cfg.MaxQueue))
+	s.mu.Lock()
+	s.cur.Store(c)
+	s.upSince = time.Now()
+	if s.holding != nil {
+		close(s.holding)
+		s.holding = nil
+	}
+	if s.cfg.OnState != nil {
+		s.cfg.OnState(c.hello)
+	}
+	s.mu.Unlock()
+	// A worker that died before it was routed calls is not reported down by
+	// its conn (see down): do it here, so that no call keeps finding it.
+	if c.err() != nil {
+		s.down(ctx, c)
+	}
+}
+
+// down stops routing calls to c; the first call for a conn reports it. A
+// worker that died while the supervisor runs is restarted: unless it
+// crash-loops, calls wait for the next one and nothing is reported down.
+func (s *Supervisor) down(ctx context.Context, c *conn) {
+	s.mu.Lock()
+	if !s.cur.CompareAndSwap(c, nil) {
+		s.mu.Unlock()
+		return
+	}
+	defer s.mu.Unlock()
+	hold := ctx.Err() == nil && s.failuresAfterThis() <= s.cfg.MaxHeldRestarts
+	if hold && s.holding == nil {
+		s.holding = make(chan struct{})
+	}
+	switch {
+	case hold && s.cfg.OnRestarting != nil:
+		s.cfg.OnRestarting()
+	case !hold && s.cfg.OnState != nil:
 		s.cfg.OnState(nil)
 	}
+}
+
+// failuresAfterThis is failures once the current worker has stopped now:
+// one more, unless the worker had been ready for stableAfter. The caller
+// holds mu.
+func (s *Supervisor) failuresAfterThis() int {
+	if !s.upSince.IsZero() && time.Since(s.upSince) > stableAfter {
+		return 0
+	}
+	return s.failures + 1
+}
+
+// stopped counts the current worker's stop and returns the failures in a
+// row, this one included.
+func (s *Supervisor) stopped() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failures = s.failuresAfterThis()
+	s.upSince = time.Time{}
+	return s.failures
+}
+
+// endHold refuses the calls waiting for a restart and reports the worker
+// down; false if none was held.
+func (s *Supervisor) endHold() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	held := s.holding != nil
+	if held {
+		close(s.holding)
+		s.holding = nil
+		if s.cfg.OnState != nil {
+			s.cfg.OnState(nil)
+		}
+	}
+	return held
+}
+
+// current returns the ready worker, or else the channel closed when the
+// restart in progress ends; both nil when calls are refused.
+func (s *Supervisor) current() (*conn, <-chan struct{}) {
+	if c := s.cur.Load(); c != nil {
+		return c, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur.Load(), s.holding
 }
 
 // replay sends the remembered requests to a fresh worker, dropping those that
@@ -329,18 +453,62 @@ func (s *Supervisor) replay(ctx context.Context, c *conn) error {
 // Do sends req to the worker and waits for its result, ctx's end, or the
 // worker's death. A request whose caller gave up still occupies the worker
 // until the worker answers it: the model is busy either way.
+//
+// While a worker that died is being restarted, Do waits for the new one
+// (after the model's setup is replayed into it), within ctx and the queue's
+// bound; so does a request that was queued for the dead worker and never
+// sent to it. A request the worker had received when it died fails with
+// ErrWorkerDied: it may have had effects.
 func (s *Supervisor) Do(ctx context.Context, req *frame.Request) (*frame.Result, error) {
-	c := s.cur.Load()
-	if c == nil {
+	c, wait := s.current()
+	if c == nil && wait == nil {
 		return nil, ErrUnavailable
 	}
-	limit := int64(c.hello.Concurrency + s.cfg.MaxQueue)
-	if s.queued.Add(1) > limit {
+	if s.queued.Add(1) > s.limit.Load() {
 		s.queued.Add(-1)
 		return nil, ErrBusy
 	}
 	defer s.queued.Add(-1)
-	return c.do(ctx, req, s.cfg.HangTimeout)
+	for {
+		if c == nil {
+			var err error
+			if c, err = s.await(ctx, wait); err != nil {
+				return nil, err
+			}
+		}
+		res, err := c.do(ctx, req, s.cfg.HangTimeout)
+		if !errors.Is(err, errNotSent) {
+			return res, err
+		}
+		if c, wait = s.current(); c == nil && wait == nil {
+			return nil, ErrUnavailable
+		}
+	}
+}
+
+// await waits for the worker being restarted; wait is closed when the
+// restart ends, with a new worker or without one.
+func (s *Supervisor) await(ctx context.Context, wait <-chan struct{}) (*conn, error) {
+	t0 := time.Now()
+	c, err := func() (*conn, error) {
+		for {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-wait:
+			}
+			var c *conn
+			if c, wait = s.current(); c != nil {
+				return c, nil
+			} else if wait == nil {
+				return nil, ErrUnavailable
+			}
+		}
+	}()
+	if s.cfg.OnHeld != nil {
+		s.cfg.OnHeld(time.Since(t0), err)
+	}
+	return c, err
 }
 
 // MaxLogField bounds each string from the worker (an output line, a hello
@@ -533,14 +701,14 @@ func (c *conn) do(ctx context.Context, req *frame.Request, hang time.Duration) (
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-c.dead:
-		return nil, ErrUnavailable
+		return nil, errNotSent
 	}
 	ch := make(chan *frame.Result, 1)
 	c.mu.Lock()
 	if c.reason != nil {
 		c.mu.Unlock()
 		<-c.slots
-		return nil, ErrUnavailable
+		return nil, errNotSent
 	}
 	c.nextID++
 	r := *req
@@ -556,8 +724,10 @@ func (c *conn) do(ctx context.Context, req *frame.Request, hang time.Duration) (
 	}
 	c.wmu.Unlock()
 	if err != nil {
+		// A write that failed did not deliver the whole frame: the worker
+		// cannot have acted on the request, so the next worker may take it.
 		c.fail(fmt.Errorf("write to worker: %w", err))
-		return nil, c.err()
+		return nil, errNotSent
 	}
 
 	hung := time.AfterFunc(hang, func() {
