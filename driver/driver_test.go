@@ -20,12 +20,12 @@ import (
 	"github.com/hashicorp/nomad/plugins/drivers/testutils"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/modelnodes/modelnodes/driver"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/testtime"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 )
@@ -127,7 +127,7 @@ func (e *env) start() *drivers.TaskHandle {
 	if err != nil {
 		e.t.Fatalf("StartTask: %v", err)
 	}
-	if err := e.h.WaitUntilStarted(e.task.ID, 10*time.Second); err != nil {
+	if err := e.h.WaitUntilStarted(e.task.ID, testtime.Scaled(10*time.Second)); err != nil {
 		e.t.Fatal(err)
 	}
 	return handle
@@ -141,18 +141,8 @@ func (e *env) client() dspb.DynamicSubclassServiceClient {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { _ = conn.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	health := healthpb.NewHealthClient(conn)
-	for {
-		res, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: "dynamic_subclass.DynamicSubclassService"})
-		if err == nil && res.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			break
-		}
-		if ctx.Err() != nil {
-			e.t.Fatalf("the model never became SERVING: %v %v\nrunner stderr:\n%s", res, err, e.stderr())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := awaitServing(e.addr, serviceDynamicSubclass, testtime.Scaled(30*time.Second)); err != nil {
+		e.t.Fatalf("the model never became SERVING: %v\nrunner stderr:\n%s", err, e.stderr())
 	}
 	return dspb.NewDynamicSubclassServiceClient(conn)
 }
@@ -168,7 +158,7 @@ func call(t *testing.T, c dspb.DynamicSubclassServiceClient, method string, args
 	for i, v := range args {
 		a = append(a, &commonspb.Argument{Position: uint32(i), Data: v})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(60*time.Second))
 	defer cancel()
 	res, err := c.Call(ctx, &dspb.CallRequest{MethodName: method, MethodArguments: a})
 	if err != nil {
@@ -181,7 +171,7 @@ func callReq(method string) *dspb.CallRequest { return &dspb.CallRequest{MethodN
 
 func setup(t *testing.T, c dspb.DynamicSubclassServiceClient, className string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(30*time.Second))
 	defer cancel()
 	res, err := c.Setup(ctx, &dspb.SetupRequest{ClassName: className})
 	if err != nil || res.GetStatus().GetCode() != "SUCCESS" {
@@ -249,8 +239,8 @@ func TestLifecycleWithRecovery(t *testing.T) {
 		if u == nil || u.ResourceUsage.MemoryStats.Usage == 0 {
 			t.Errorf("TaskStats sent %+v, want the task's memory usage", u)
 		}
-	case <-time.After(10 * time.Second):
-		t.Error("no TaskStats within 10s")
+	case <-time.After(testtime.Scaled(10 * time.Second)):
+		t.Error("no TaskStats within 10s (times MODELNODES_TEST_TIMEOUT_SCALE)")
 	}
 	cancelStats()
 
@@ -306,7 +296,7 @@ func TestLifecycleWithRecovery(t *testing.T) {
 		if res == nil {
 			t.Fatal("WaitTask closed without a result")
 		}
-	case <-time.After(20 * time.Second):
+	case <-time.After(testtime.Scaled(20 * time.Second)):
 		t.Fatal("WaitTask did not return after StopTask")
 	}
 	for _, pid := range pids {
@@ -320,8 +310,11 @@ func TestLifecycleWithRecovery(t *testing.T) {
 	if _, err := h2.InspectTask(e.task.ID); err == nil {
 		t.Fatal("the task is still known after DestroyTask")
 	}
-	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/memory", "modelbox", e.task.AllocID+".model")); !os.IsNotExist(err) {
-		t.Errorf("the task's cgroup is left behind: %v", err)
+	// v1 keeps a group per controller hierarchy, v2 one in the unified tree.
+	for _, root := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"} {
+		if _, err := os.Stat(filepath.Join(root, "modelbox", e.task.AllocID+".model")); !os.IsNotExist(err) {
+			t.Errorf("the task's cgroup is left behind under %s: %v", root, err)
+		}
 	}
 }
 
@@ -372,6 +365,17 @@ func TestFingerprint(t *testing.T) {
 	}
 	if got := fp.Attributes["driver.modelbox.cpu_hard_limit"]; got == nil || got.GoString() != "true" {
 		t.Errorf("driver.modelbox.cpu_hard_limit = %v, want true (the default)", got)
+	}
+	// scripts/v2vm's guests say which hierarchy they booted: the driver
+	// must have seen the same, or the v2 run tested the v1 code path.
+	if want := os.Getenv("MODELNODES_EXPECT_CGROUP"); want != "" {
+		got := ""
+		if a := fp.Attributes["driver.modelbox.cgroup"]; a != nil {
+			got, _ = a.GetString()
+		}
+		if got != want {
+			t.Errorf("driver.modelbox.cgroup = %q on a host booted with cgroup %s (MODELNODES_EXPECT_CGROUP)", got, want)
+		}
 	}
 	// A node whose runner binary is missing reports the driver unhealthy.
 	bad := testutils.NewDriverHarness(t, driver.New(hclog.NewNullLogger()))

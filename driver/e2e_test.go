@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testtime"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 )
@@ -38,6 +39,12 @@ func TestE2ENomadRunsModels(t *testing.T) {
 	}
 	pyDir := filepath.Join(models, "python")
 	copyDir(t, "../runner/testdata/pymodel", pyDir)
+	// A model whose import takes seconds, as one importing a large library
+	// does: its runner listens (and Nomad's TCP check passes) long before it
+	// answers, and the first call must still find it serving.
+	slowDir := filepath.Join(models, "python-slow")
+	copyDir(t, "../runner/testdata/pymodel", slowDir)
+	prependFile(t, filepath.Join(slowDir, "main.py"), "import time\ntime.sleep(4)\n")
 	goDir := filepath.Join(models, "go")
 	copyDir(t, bin, goDir) // brings example-model (and the other binaries: harmless)
 	if err := os.Chmod(filepath.Join(goDir, "example-model"), 0o755); err != nil {
@@ -49,8 +56,9 @@ func TestE2ENomadRunsModels(t *testing.T) {
 	}{
 		{"model-node-python", "python", pyDir, "", "crunch_base.Tracker"},
 		{"model-node-go", "executable", goDir, "example-model", "tracker.Base"},
+		{"model-node-python-slow", "python", slowDir, "", "crunch_base.Tracker"},
 	} {
-		t.Run(m.runtime, func(t *testing.T) {
+		t.Run(filepath.Base(m.dir), func(t *testing.T) {
 			job := modelJob(m.job, m.runtime, m.dir, m.entry)
 			if _, _, err := nomad.Jobs().Register(job, nil); err != nil {
 				t.Fatal(err)
@@ -90,7 +98,7 @@ func modelJob(name, runtime, modelDir, entry string) *nomadapi.Job {
 	tg := nomadapi.NewTaskGroup("model", 1)
 	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: "grpc"}}}}
 	tg.Update = &nomadapi.UpdateStrategy{HealthCheck: ptr("checks"), MinHealthyTime: ptr(time.Second),
-		HealthyDeadline: ptr(time.Minute), ProgressDeadline: ptr(2 * time.Minute)}
+		HealthyDeadline: ptr(testtime.Scaled(time.Minute)), ProgressDeadline: ptr(testtime.Scaled(2 * time.Minute))}
 	tg.RestartPolicy = &nomadapi.RestartPolicy{Attempts: ptr(0), Mode: ptr("fail")}
 	tg.ReschedulePolicy = &nomadapi.ReschedulePolicy{Attempts: ptr(0), Unlimited: ptr(false)}
 	cfg := map[string]any{"model_dir": modelDir, "runtime": runtime, "port": "grpc", "plaintext": true}
@@ -110,6 +118,17 @@ func modelJob(name, runtime, modelDir, entry string) *nomadapi.Job {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func prependFile(t *testing.T, path, text string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append([]byte(text), b...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // startModelboxCluster starts Consul, Vault and Nomad with the project's
 // modelbox driver (from bin/, which make test builds) and waits until Nomad
@@ -131,11 +150,12 @@ func startModelboxCluster(t *testing.T, moreBinaries ...string) *testcluster.Clu
 
 func waitDriverHealthy(t *testing.T, nomad *nomadapi.Client) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(testtime.Scaled(60 * time.Second))
 	for time.Now().Before(deadline) {
 		if nodes, _, err := nomad.Nodes().List(nil); err == nil && len(nodes) > 0 {
 			if node, _, err := nomad.Nodes().Info(nodes[0].ID, nil); err == nil {
 				if d := node.Drivers["modelbox"]; d != nil && d.Healthy {
+					expectCgroup(t, node.Attributes["os.cgroups.version"], d.Attributes["driver.modelbox.cgroup"])
 					return
 				} else if d != nil {
 					t.Logf("modelbox driver: detected=%v healthy=%v %s", d.Detected, d.Healthy, d.HealthDescription)
@@ -147,9 +167,44 @@ func waitDriverHealthy(t *testing.T, nomad *nomadapi.Client) {
 	t.Fatal("the modelbox driver never became healthy on the Nomad node")
 }
 
+// expectCgroup fails t when the host was booted with another cgroup layout
+// (MODELNODES_EXPECT_CGROUP, set by scripts/v2vm's guests) than the one Nomad
+// and the driver fingerprinted on the node.
+func expectCgroup(t *testing.T, nomad, driver string) {
+	t.Helper()
+	want := os.Getenv("MODELNODES_EXPECT_CGROUP")
+	if want != "" && ("v"+nomad != want || driver != want) {
+		t.Fatalf("host booted with cgroup %s, but Nomad fingerprinted os.cgroups.version %q and the driver driver.modelbox.cgroup %q",
+			want, nomad, driver)
+	}
+}
+
+// waitHealthyAlloc waits until job's allocation is healthy in Nomad's eyes
+// and its runner's gRPC health says SERVING, and returns the allocation.
+// The second wait matters: modelJob's TCP check passes as soon as the runner
+// listens, before its worker is up, and a call made then fails (slow
+// machines showed it: the cgroup v2 guest of scripts/v2vm).
 func waitHealthyAlloc(t *testing.T, nomad *nomadapi.Client, job string) *nomadapi.Allocation {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	a := waitNomadHealthyAlloc(t, nomad, job)
+	// The health-only port when the job has one (its gRPC port wants TLS),
+	// else the plaintext gRPC port; "" is SERVING once a worker takes calls.
+	addr := portAddr(a, "health")
+	if addr == "" {
+		addr = portAddr(a, "grpc")
+	}
+	if err := awaitServing(addr, "", testtime.Scaled(30*time.Second)); err != nil {
+		t.Fatalf("job %s: its allocation is healthy in Nomad but the runner is not serving: %v", job, err)
+	}
+	return a
+}
+
+// waitNomadHealthyAlloc waits until Nomad reports job's allocation running
+// and healthy (its service checks pass).
+func waitNomadHealthyAlloc(t *testing.T, nomad *nomadapi.Client, job string) *nomadapi.Allocation {
+	t.Helper()
+	timeout := testtime.Scaled(90 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for {
 		stubs, _, err := nomad.Jobs().Allocations(job, false, nil)
@@ -175,7 +230,7 @@ func waitHealthyAlloc(t *testing.T, nomad *nomadapi.Client, job string) *nomadap
 				a, _, _ := nomad.Allocations().Info(s.ID, nil)
 				detail += allocEvents(a)
 			}
-			t.Fatalf("job %s has no healthy allocation after 90s: %s", job, detail)
+			t.Fatalf("job %s has no healthy allocation after %s: %s", job, timeout, detail)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -206,7 +261,7 @@ func stopJob(t *testing.T, nomad *nomadapi.Client, job string, alloc *nomadapi.A
 	if _, err := os.Stat("/sys/fs/cgroup/pids"); err != nil {
 		group = filepath.Join("/sys/fs/cgroup/modelbox", alloc.ID+".model")
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(testtime.Scaled(60 * time.Second))
 	for {
 		a, _, err := nomad.Allocations().Info(alloc.ID, nil)
 		_, statErr := os.Stat(group)

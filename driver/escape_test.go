@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/nomad/plugins/drivers"
 
+	"github.com/modelnodes/modelnodes/internal/testing/testtime"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 )
 
@@ -163,7 +164,7 @@ func TestHostileModelStaysInItsSandbox(t *testing.T) {
 		if res.GetStatus().GetCode() != "UNKNOWN" {
 			t.Errorf("balloon(400 MiB) under a 256 MiB task: %v, want the worker killed (UNKNOWN)", res.GetStatus())
 		}
-		deadline := time.After(15 * time.Second)
+		deadline := time.After(testtime.Scaled(15 * time.Second))
 		for found := false; !found; {
 			select {
 			case ev := <-events:
@@ -176,7 +177,7 @@ func TestHostileModelStaysInItsSandbox(t *testing.T) {
 
 	// The runner survived all of it and the model answers again (the
 	// runner restarted the worker and replayed Setup).
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(30*time.Second))
 	defer cancel()
 	for {
 		res, err := c.Call(ctx, callReq("whoami"))

@@ -20,13 +20,11 @@ import (
 	"github.com/hashicorp/nomad/nomad/structs"
 	"github.com/hashicorp/nomad/plugins/base"
 	"github.com/hashicorp/nomad/plugins/drivers"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/modelnodes/modelnodes/driver"
 	"github.com/modelnodes/modelnodes/driver/cgroup"
 	"github.com/modelnodes/modelnodes/internal/procfs"
+	"github.com/modelnodes/modelnodes/internal/testing/testtime"
 )
 
 // The tests in this file drive the driver's own logic (start, wait,
@@ -236,23 +234,9 @@ func (r *rootless) newDriver() *driver.Driver {
 // waitServing waits until the model behind addr is loaded.
 func (r *rootless) waitServing() {
 	r.t.Helper()
-	conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for {
-		res, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "dynamic_subclass.DynamicSubclassService"})
-		if err == nil && res.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			return
-		}
-		if ctx.Err() != nil {
-			b, _ := os.ReadFile(r.task.StderrPath)
-			r.t.Fatalf("the model never became SERVING: %v %v\nrunner stderr:\n%s", res, err, b)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := awaitServing(r.addr, serviceDynamicSubclass, testtime.Scaled(30*time.Second)); err != nil {
+		b, _ := os.ReadFile(r.task.StderrPath)
+		r.t.Fatalf("the model never became SERVING: %v\nrunner stderr:\n%s", err, b)
 	}
 }
 

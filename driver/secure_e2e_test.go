@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testtime"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	"github.com/modelnodes/modelnodes/runner/authz"
@@ -34,7 +35,7 @@ import (
 // sitting in the task's secrets dir.
 func TestE2ESecureModel(t *testing.T) {
 	c := startModelboxCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(3*time.Minute))
 	defer cancel()
 
 	alpha := mustCoordinator(t, ctx, c, "alpha")
@@ -90,7 +91,7 @@ func TestE2ESecureModel(t *testing.T) {
 		return dspb.NewDynamicSubclassServiceClient(conn)
 	}
 	code := func(ds dspb.DynamicSubclassServiceClient) codes.Code {
-		cctx, ccancel := context.WithTimeout(ctx, 20*time.Second)
+		cctx, ccancel := context.WithTimeout(ctx, testtime.Scaled(20*time.Second))
 		defer ccancel()
 		_, err := ds.Setup(cctx, &dspb.SetupRequest{ClassName: "base.Base"})
 		return status.Code(err)

@@ -166,7 +166,7 @@ func (c *Cluster) addNomadClient() (*NomadClientAgent, error) {
 		return a, err
 	}
 	a.ports = ports
-	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout())
 	defer cancel()
 	if err := a.startConsul(ctx, ports[0], ports[1], ports[2]); err != nil {
 		return a, err
@@ -310,7 +310,7 @@ func launchProcess(ctx context.Context, name, dir, bin string, args []string, re
 			}
 			return p, err
 		case <-ctx.Done():
-			return p, fmt.Errorf("%s not ready within %s; last lines of %s:\n%s", name, readyTimeout, p.logPath, p.tail(25))
+			return p, fmt.Errorf("%s not ready within %s; last lines of %s:\n%s", name, readyTimeout(), p.logPath, p.tail(25))
 		case <-tick.C:
 		}
 	}

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
+	"github.com/modelnodes/modelnodes/internal/testing/testtime"
 )
 
 // Agent selects agents to start; combine with |.
@@ -75,9 +76,13 @@ type Cluster struct {
 	ports  []int
 }
 
+// readyTimeout bounds the agents' start and setup, stopTimeout an agent's
+// exit after SIGTERM: both stretch with MODELNODES_TEST_TIMEOUT_SCALE on a
+// slow machine (internal/testing/testtime).
+func readyTimeout() time.Duration { return testtime.Scaled(60 * time.Second) }
+func stopTimeout() time.Duration  { return testtime.Scaled(20 * time.Second) }
+
 const (
-	readyTimeout = 60 * time.Second
-	stopTimeout  = 20 * time.Second
 	// portAttempts bounds restarts when another process took a chosen port
 	// between choosing it and the agent binding it.
 	portAttempts = 3
@@ -174,7 +179,7 @@ func (c *Cluster) startAll(bins map[string]string, logf func(string, ...any)) er
 		return err
 	}
 	t0 := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout())
 	defer cancel()
 	if c.agents&Consul != 0 {
 		if err := c.startConsul(ctx, bins["consul"]); err != nil {
@@ -272,8 +277,8 @@ func (c *Cluster) Stop() error {
 	}
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		p := c.procs[i]
-		if !p.stop(stopTimeout) {
-			errs = append(errs, fmt.Errorf("%s did not stop within %s after SIGTERM; killed it", p.name, stopTimeout))
+		if !p.stop(stopTimeout()) {
+			errs = append(errs, fmt.Errorf("%s did not stop within %s after SIGTERM; killed it", p.name, stopTimeout()))
 		}
 	}
 	c.procs = nil
