@@ -29,8 +29,9 @@ type Config struct {
 	// disk_mb.
 	DiskMB int64 `codec:"disk_mb"`
 	// AllowWrittenExecutables lets models execute (and map executable)
-	// files they wrote, for runtimes that compile code at run time; off,
-	// their writable places are noexec.
+	// code they wrote, for runtimes that compile code at run time. Off (the
+	// default), their writable places are noexec and the seccomp filter
+	// refuses memfd_create.
 	AllowWrittenExecutables bool `codec:"allow_written_executables"`
 	// CPUHardLimit caps a task at its CPU reservation (a CFS quota from
 	// its cpu MHz share), as Docker's cpu_hard_limit; off, the task may use

@@ -310,7 +310,7 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 		ID: cfg.AllocID + "." + cfg.Name, UID: uid, GID: gid, PrivateDir: private,
 		ReadOnly: append(slices.Clone(plugin.ReadonlyPaths), p.env.readOnly...),
 		Binds:    binds, Landlock: plugin.Landlock,
-		DiskBytes: diskBytes(&tc, plugin), WritableExec: plugin.AllowWrittenExecutables,
+		DiskBytes: diskBytes(&tc, plugin), AllowWrittenExecutables: plugin.AllowWrittenExecutables,
 		Env:    []string{"LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"},
 		Limits: limitsOf(cfg, plugin),
 	})

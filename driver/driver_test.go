@@ -23,9 +23,11 @@ import (
 
 	"github.com/modelnodes/modelnodes/driver"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
+	"github.com/modelnodes/modelnodes/driver/sandbox/seccomp"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testtime"
+	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 )
@@ -376,6 +378,19 @@ func TestFingerprint(t *testing.T) {
 		if got != want {
 			t.Errorf("driver.modelbox.cgroup = %q on a host booted with cgroup %s (MODELNODES_EXPECT_CGROUP)", got, want)
 		}
+	}
+	// The node says which seccomp profile its workers run under, and the
+	// plugin option that changes the profile changes it.
+	if got, want := fp.Attributes[names.AttrSeccompProfile], seccomp.Hash(seccomp.Options{}); got == nil || *got.String != want {
+		t.Errorf("%s = %v, want %s", names.AttrSeccompProfile, got, want)
+	}
+	written := testutils.NewDriverHarness(t, driver.New(hclog.NewNullLogger()))
+	setConfig(t, written, map[string]any{"runner_path": modelRunner(t), "model_store": t.TempDir(), "allow_written_executables": true})
+	if ch, err = written.Fingerprint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := (<-ch).Attributes[names.AttrSeccompProfile], seccomp.Hash(seccomp.Options{AllowWrittenExecutables: true}); got == nil || *got.String != want || want == seccomp.Hash(seccomp.Options{}) {
+		t.Errorf("with allow_written_executables: %s = %v, want %s (another profile)", names.AttrSeccompProfile, got, want)
 	}
 	// A node whose runner binary is missing reports the driver unhealthy.
 	bad := testutils.NewDriverHarness(t, driver.New(hclog.NewNullLogger()))

@@ -15,6 +15,8 @@ import (
 	"github.com/shoenig/go-landlock"
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/driver/sandbox/seccomp"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 var _ drivers.DriverPlugin = (*Driver)(nil)
@@ -71,6 +73,8 @@ func (d *Driver) fingerprint() *drivers.Fingerprint {
 		abi = 0
 	}
 	attrs["driver.modelbox.landlock_abi"] = pstructs.NewIntAttribute(int64(abi), "")
+	profile := seccompProfile(cfg)
+	attrs[names.AttrSeccompProfile] = pstructs.NewStringAttribute(profile)
 	for k, v := range interpreterAttributes(d.ctx, cfg, d.log) {
 		attrs[k] = pstructs.NewStringAttribute(v)
 	}
@@ -85,6 +89,8 @@ func (d *Driver) fingerprint() *drivers.Fingerprint {
 			fp.Health, fp.HealthDescription = drivers.HealthStateUnhealthy, fmt.Sprintf("runner_path %q not found", cfg.RunnerPath)
 		} else if cfg.Landlock == "required" && abi == 0 {
 			fp.Health, fp.HealthDescription = drivers.HealthStateUnhealthy, "landlock = required, but the kernel has no Landlock"
+		} else if profile == seccompUnsupported {
+			fp.Health, fp.HealthDescription = drivers.HealthStateUnhealthy, "the kernel cannot filter system calls (seccomp): model workers would start unfiltered"
 		}
 	}
 	return fp
@@ -114,6 +120,19 @@ func readSysctl(name string) (int64, bool) {
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 	return n, err == nil
+}
+
+// seccompUnsupported is the seccomp profile attribute of a kernel without
+// seccomp filters.
+const seccompUnsupported = "unsupported"
+
+// seccompProfile is the hash of the filter the node's workers run under
+// (names.AttrSeccompProfile).
+func seccompProfile(cfg *Config) string {
+	if !seccomp.Supported() {
+		return seccompUnsupported
+	}
+	return seccomp.Hash(seccomp.Options{AllowWrittenExecutables: cfg.AllowWrittenExecutables})
 }
 
 func readInt(path string) int {

@@ -57,11 +57,12 @@ type IsolationRequest struct {
 	Binds []sandbox.Bind
 	// DiskBytes bounds what the worker writes (/tmp and /scratch).
 	DiskBytes int64
-	// WritableExec lets the worker execute files it wrote.
-	WritableExec bool
-	Limits       cgroup.Limits
-	Landlock     string
-	Env          []string
+	// AllowWrittenExecutables lets the worker execute files it wrote
+	// (the plugin's allow_written_executables).
+	AllowWrittenExecutables bool
+	Limits                  cgroup.Limits
+	Landlock                string
+	Env                     []string
 }
 
 // Where the worker sees the task's own directories (the sandbox shows them
@@ -110,14 +111,14 @@ func (h *hostIsolator) Prepare(req *IsolationRequest) (Isolation, error) {
 	}
 	spec := &sandbox.Spec{
 		UID: req.UID, GID: req.GID,
-		Hostname:     "model",
-		Root:         root,
-		ReadOnly:     req.ReadOnly,
-		Binds:        req.Binds,
-		DiskBytes:    req.DiskBytes,
-		WritableExec: req.WritableExec,
-		WorkerCgroup: group.State().Worker,
-		Landlock:     req.Landlock,
+		Hostname:                "model",
+		Root:                    root,
+		ReadOnly:                req.ReadOnly,
+		Binds:                   req.Binds,
+		DiskBytes:               req.DiskBytes,
+		AllowWrittenExecutables: req.AllowWrittenExecutables,
+		WorkerCgroup:            group.State().Worker,
+		Landlock:                req.Landlock,
 		Env: append([]string{
 			"MODELNODES_SCRATCH=" + sandbox.ScratchDir, "TMPDIR=" + sandbox.TmpDir,
 		}, req.Env...),

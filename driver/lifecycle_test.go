@@ -430,3 +430,23 @@ func TestFailedStartUndoesEverything(t *testing.T) {
 		})
 	}
 }
+
+// allow_written_executables reaches the task's isolation (the sandbox then
+// allows memfd_create): off unless the node's plugin block says so.
+func TestAllowWrittenExecutablesReachesTheIsolation(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow_written_executables=%v", allow), func(t *testing.T) {
+			r := newRootless(t, nil)
+			if allow {
+				r.plugin = map[string]any{"allow_written_executables": true}
+				r.d = r.newDriver()
+			}
+			if _, _, err := r.d.StartTask(r.task); err != nil {
+				t.Fatalf("StartTask: %v", err)
+			}
+			if got := r.iso.lastRequest(t).AllowWrittenExecutables; got != allow {
+				t.Errorf("the isolation request allows written executables: %v, want %v", got, allow)
+			}
+		})
+	}
+}

@@ -28,6 +28,7 @@ import (
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/delegation"
+	"github.com/modelnodes/modelnodes/driver/sandbox/seccomp"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/pki/vaultpki"
@@ -184,6 +185,13 @@ func TestE2EStableRunnerKey(t *testing.T) {
 	waitDelegation(t, portAddr(alloc, "grpc"), name, roots, alpha, expect)
 	if r := verifiedCall(t, ctx, coordConsul, crunch, alphaIssuer); r.Status != client.Success {
 		t.Fatalf("with the delegation: %s %q, want success", r.Status, r.Message)
+	}
+	// The model's Consul meta says which seccomp profile its node enforces:
+	// Nomad filled in the driver's fingerprint attribute.
+	if entries, _, err := coordConsul.Health().Service(names.Service(crunch), "", false, nil); err != nil || len(entries) != 1 {
+		t.Errorf("the model's service: %d entries, %v", len(entries), err)
+	} else if got, want := entries[0].Service.Meta[names.MetaSeccompProfile], seccomp.Hash(seccomp.Options{}); got != want {
+		t.Errorf("service meta %s = %q, want the node's profile %s", names.MetaSeccompProfile, got, want)
 	}
 	// The twin crunch's coordinator: its Consul token does not read the
 	// crunch's service, and, given the address, the runner refuses its

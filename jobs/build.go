@@ -272,6 +272,9 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 			names.MetaModel:    m.ModelID,
 			names.MetaCrunch:   crunchMeta(m),
 			names.MetaCruncher: m.Cruncher,
+			// The node's seccomp profile, filled in by Nomad: a security
+			// team reads from Consul which filter each model runs under.
+			names.MetaSeccompProfile: "${attr." + names.AttrSeccompProfile + "}",
 		},
 		Checks: []nomadapi.ServiceCheck{check},
 	}}

@@ -40,6 +40,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/driver"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // vaultToken is what the vault hook would give the task.
@@ -429,4 +430,25 @@ func fetch(src, checksum string, h http.Header) error {
 		return fmt.Errorf("checksum mismatch: got %x, want %s", sum, want)
 	}
 	return nil
+}
+
+// The model's service meta carries the node's seccomp profile: Nomad's
+// client fills the attribute in from the node's fingerprint, as its group
+// service hook does when it registers the service (driver e2e
+// TestE2EStableRunnerKey reads it back from Consul).
+func TestServiceMetaCarriesTheNodesSeccompProfile(t *testing.T) {
+	job, err := jobs.Build(goodModel(newArtifactServer(t)), httpOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sj := toStructs(t, job)
+	tg := sj.TaskGroups[0]
+	alloc := &structs.Allocation{ID: "3f1c2e5a-0000-4000-8000-000000000002", Name: sj.ID + ".model[0]",
+		Namespace: "default", TaskGroup: tg.Name, Job: sj}
+	node := &structs.Node{ID: "node-1", Name: "node-1", Datacenter: "dc1",
+		Attributes: map[string]string{names.AttrSeccompProfile: "0123456789abcdef"}}
+	services := taskenv.InterpolateServices(taskenv.NewBuilder(node, alloc, nil, "global").Build(), tg.Services)
+	if got := services[0].Meta[names.MetaSeccompProfile]; got != "0123456789abcdef" {
+		t.Errorf("service meta %s = %q, want the node's attribute", names.MetaSeccompProfile, got)
+	}
 }

@@ -209,5 +209,6 @@ func SpecHash(m *Model, o *Options) string {
 // same input, so that an upgraded scheduler rolls the new shape out
 // (3: vault { env = false }; 4: services named by names.Service, which maps
 // a crunch name that is no DNS label injectively; 5: healthy and progress
-// deadlines that leave room for an environment build).
-const specVersion = 5
+// deadlines that leave room for an environment build; 6: the node's seccomp
+// profile in the service's meta).
+const specVersion = 6

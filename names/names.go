@@ -83,6 +83,15 @@ const (
 	// AttrPythonVersions lists the versions of the node's Python
 	// interpreters, sorted and comma-separated ("3.11.2,3.13.0").
 	AttrPythonVersions = "driver.modelbox.python.versions"
+	// AttrSeccompProfile is the short hash of the seccomp profile the
+	// node's driver installs in every model worker's sandbox
+	// (driver/sandbox/seccomp.Hash); "unsupported" where the kernel cannot
+	// filter system calls (the driver then reports itself unhealthy).
+	AttrSeccompProfile = "driver.modelbox.seccomp.profile"
+	// MetaSeccompProfile is the model service's Consul meta key holding
+	// AttrSeccompProfile of the node the model runs on: Nomad interpolates
+	// the attribute when it registers the service.
+	MetaSeccompProfile = "seccomp_profile"
 	// MetaPython is the job meta key holding the Python a submission asks
 	// for ("3.13 (.python-version)"), when it asks.
 	MetaPython = "python"

@@ -41,7 +41,7 @@ job "model-node-pdxu2groar3jsn66" {
 
   meta {
     modelnodes_managed = "true"
-    modelnodes_spec    = "ic4jixryagb4jvmlgpkd4dx4"
+    modelnodes_spec    = "2jehndc5i3uinftdcyrfoajr"
     model_id           = "pdxu2groar3jsn66"
     model              = "example"
     crunch             = "demo"
@@ -96,6 +96,9 @@ job "model-node-pdxu2groar3jsn66" {
         model    = "example"
         crunch   = "demo"
         cruncher = "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH"
+        # The node's seccomp profile (its driver's fingerprint), filled in
+        # by Nomad when it registers the service.
+        seccomp_profile = "${attr.driver.modelbox.seccomp.profile}"
       }
       check {
         name     = "grpc-health"

@@ -36,8 +36,11 @@ plugin "nomad-driver-modelbox" {
     # Each task is capped at the CPU it reserved (Docker's cpu_hard_limit);
     # false lets models burst into idle CPU, at their neighbours' expense.
     cpu_hard_limit = true
-    # Models may not execute what they write (noexec, no Landlock execute
-    # right, no memfd exec). Only for runtimes that compile code at run time.
+    # Models may not execute what they write: their writable places are
+    # noexec without a Landlock execute right, and the seccomp filter refuses
+    # memfd_create. true lifts all three (runtimes that compile code at run
+    # time) and changes the profile hash the node reports
+    # (driver.modelbox.seccomp.profile; docs/driver.md "System calls").
     allow_written_executables = false
   }
 }

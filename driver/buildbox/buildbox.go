@@ -223,7 +223,7 @@ func (b *Box) Run(ctx context.Context, dir string, cmd *exec.Cmd) error {
 		// A build runs what it builds: the environment's interpreter, the
 		// build backends uv installs under /tmp, their compiled modules.
 		// (It is still no_new_privs, unprivileged, offline but the proxy.)
-		WritableExec: true,
+		AllowWrittenExecutables: true,
 	}
 	specFile := filepath.Join(work, "sandbox.json")
 	if err := spec.Write(specFile); err != nil {

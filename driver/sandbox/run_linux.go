@@ -115,6 +115,9 @@ func stage2(specFile string, argv []string) error {
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
 		return fmt.Errorf("disable core dumps: %w", err)
 	}
+	if err := restrictMemfdExec(spec); err != nil {
+		return err
+	}
 	if err := applyLandlock(spec); err != nil {
 		return err
 	}
@@ -137,6 +140,9 @@ func stage2(specFile string, argv []string) error {
 	}
 	prog, err := lookPath(argv[0], env)
 	if err != nil {
+		return err
+	}
+	if err := installSeccomp(spec); err != nil {
 		return err
 	}
 	if err := closeInherited(); err != nil {
@@ -215,7 +221,7 @@ func buildRoot(spec *Spec) error {
 	}
 	// /tmp first: host paths that live under /tmp are shown on top of it.
 	if spec.TmpDir != "" {
-		if err := bind(root, spec.TmpDir, TmpDir, false, spec.WritableExec); err != nil {
+		if err := bind(root, spec.TmpDir, TmpDir, false, spec.AllowWrittenExecutables); err != nil {
 			return err
 		}
 	} else if err := privateDisk(root, spec); err != nil {
@@ -232,7 +238,7 @@ func buildRoot(spec *Spec) error {
 		}
 	}
 	for _, p := range spec.Writable {
-		if err := bind(root, p, p, false, spec.WritableExec); err != nil {
+		if err := bind(root, p, p, false, spec.AllowWrittenExecutables); err != nil {
 			return err
 		}
 	}
@@ -241,7 +247,7 @@ func buildRoot(spec *Spec) error {
 	}
 	if spec.DevShmBytes > 0 {
 		shm := fmt.Sprintf("mode=1777,size=%d", spec.DevShmBytes)
-		if err := mkdirMount(root, "/dev/shm", "tmpfs", shm, !spec.WritableExec); err != nil {
+		if err := mkdirMount(root, "/dev/shm", "tmpfs", shm, !spec.AllowWrittenExecutables); err != nil {
 			return err
 		}
 	}
@@ -317,7 +323,7 @@ func privateDisk(root string, spec *Spec) error {
 		size = DefaultDiskBytes
 	}
 	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
-	if !spec.WritableExec {
+	if !spec.AllowWrittenExecutables {
 		flags |= unix.MS_NOEXEC
 	}
 	aside := filepath.Join(root, ".disk")
@@ -508,13 +514,13 @@ func loopbackUp() error {
 // applyLandlock allows reading everywhere the root shows; executing only
 // from the read-only paths and binds (system paths, interpreters, the model,
 // its environment); writing only in /tmp, /scratch, the writable paths and
-// the harmless devices, and executing there only with WritableExec.
+// the harmless devices, and executing there only with AllowWrittenExecutables.
 func applyLandlock(spec *Spec) error {
 	if spec.Landlock == LandlockOff {
 		return nil
 	}
 	write := "rwc"
-	if spec.WritableExec {
+	if spec.AllowWrittenExecutables {
 		write = "rwcx"
 	}
 	paths := []*landlock.Path{landlock.Dir("/", "r"), landlock.Dir("/dev", "rw")}

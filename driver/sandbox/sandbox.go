@@ -10,8 +10,9 @@
 //     root holding only what the Spec lists (read-only system paths, the model
 //     read-only, a writable scratch dir, a minimal /dev, its own /proc),
 //     brings up loopback as the only network interface, applies Landlock,
-//     sets no_new_privs, drops every capability, becomes the unprivileged user
-//     and executes the worker.
+//     sets no_new_privs, drops every capability, becomes the unprivileged
+//     user, installs the seccomp filter (package seccomp) and executes the
+//     worker.
 //
 // When the worker (pid 1 of its namespace) exits, the kernel kills everything
 // it left behind; the task's cgroup catches the rest.
@@ -76,10 +77,6 @@ type Spec struct {
 	// The tmpfs's pages count against the cgroup's memory, and nothing
 	// reaches the host's disk. 0: DefaultDiskBytes.
 	DiskBytes int64 `json:",omitempty"`
-	// WritableExec lets the worker execute and map executable what it
-	// wrote (/tmp, /scratch, Writable). Off, they are mounted noexec and
-	// Landlock grants no execute right on them.
-	WritableExec bool `json:",omitempty"`
 	// WorkDir is the worker's working directory.
 	WorkDir string
 	// WorkerCgroup is the worker leaf to join (cgroup.State.Worker).
@@ -101,6 +98,15 @@ type Spec struct {
 	// (POSIX semaphores and shared memory: Python's multiprocessing needs
 	// it). Its pages count against the cgroup's memory.
 	DevShmBytes int64 `json:",omitempty"`
+	// Seccomp is SeccompDefault (""): the worker's system call allowlist
+	// (package seccomp), installed as stage 2's last step before exec; or
+	// SeccompOff, no filter (the sandbox's own tests compare with it).
+	Seccomp string `json:",omitempty"`
+	// AllowWrittenExecutables lets the worker execute code it wrote. Off,
+	// its writable places (/tmp, /scratch, /dev/shm, Writable) are noexec
+	// and Landlock grants no execute right on them, the seccomp filter
+	// refuses memfd_create, and vm.memfd_noexec is 2 in its pid namespace.
+	AllowWrittenExecutables bool `json:",omitempty"`
 }
 
 // DefaultDiskBytes is a sandbox's writable space when its spec names none.
@@ -113,6 +119,12 @@ const (
 	ScratchDir = "/scratch"
 	// TmpDir is the worker's temporary directory; TMPDIR names it.
 	TmpDir = "/tmp"
+)
+
+// Seccomp modes.
+const (
+	SeccompDefault = ""
+	SeccompOff     = "off"
 )
 
 // ListenerFD is the descriptor, in stage 1, of the unix socket stage 2 sends
@@ -128,6 +140,8 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("sandbox: no root directory")
 	case s.Landlock != LandlockOff && s.Landlock != LandlockBestEffort && s.Landlock != LandlockRequired:
 		return fmt.Errorf("sandbox: landlock mode %q: want off, best-effort or required", s.Landlock)
+	case s.Seccomp != SeccompDefault && s.Seccomp != SeccompOff:
+		return fmt.Errorf("sandbox: seccomp mode %q: want the default (empty) or %q", s.Seccomp, SeccompOff)
 	}
 	if s.DiskBytes < 0 {
 		return fmt.Errorf("sandbox: disk size %d is negative", s.DiskBytes)

@@ -33,6 +33,14 @@ func TestMain(m *testing.M) {
 		probe(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "syscalls" {
+		syscallProbe()
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "gomodel" {
+		goEchoModel()
+		return
+	}
 	os.Exit(m.Run())
 }
 
@@ -55,7 +63,7 @@ type probeReport struct {
 	WriteSubmount   string
 	// ExecWritten and MmapExecWritten try to run code the worker wrote
 	// (/tmp and /scratch): a copy of a system binary, executed and mapped
-	// executable. Want EACCES / EPERM unless WritableExec.
+	// executable. Want EACCES / EPERM unless AllowWrittenExecutables.
 	ExecTmp, ExecScratch, MmapExecTmp string
 	// ExecSystem runs a system binary: always allowed.
 	ExecSystem string
@@ -98,9 +106,13 @@ func probe(args []string) {
 		}
 	}
 	r.Hostname, _ = os.Hostname()
-	ifs, _ := net.Interfaces()
-	for _, i := range ifs {
-		r.Interfaces = append(r.Interfaces, i.Name)
+	// The namespace's interfaces, from /proc: the seccomp filter refuses
+	// the netlink socket net.Interfaces would list them with.
+	dev, _ := os.ReadFile("/proc/net/dev")
+	for _, l := range strings.Split(string(dev), "\n") {
+		if name, _, ok := strings.Cut(l, ":"); ok && !strings.Contains(name, "|") {
+			r.Interfaces = append(r.Interfaces, strings.TrimSpace(name))
+		}
 	}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -340,11 +352,11 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	}
 
 	// allow_written_executables: the same sandbox, written files may run.
-	t.Run("WritableExec", func(t *testing.T) {
-		spec.WritableExec = true
+	t.Run("AllowWrittenExecutables", func(t *testing.T) {
+		spec.AllowWrittenExecutables = true
 		r := run(t, spec)
 		if r.ExecTmp != "ok" || r.ExecScratch != "ok" || r.MmapExecTmp != "ok" {
-			t.Errorf("with WritableExec the worker could not run what it wrote: exec /tmp %q, /scratch %q, mmap %q", r.ExecTmp, r.ExecScratch, r.MmapExecTmp)
+			t.Errorf("with AllowWrittenExecutables the worker could not run what it wrote: exec /tmp %q, /scratch %q, mmap %q", r.ExecTmp, r.ExecScratch, r.MmapExecTmp)
 		}
 	})
 }

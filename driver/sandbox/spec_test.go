@@ -36,3 +36,14 @@ func TestSpecListenInsideIsLoopbackOnly(t *testing.T) {
 		}
 	}
 }
+
+// The seccomp mode is the default filter or "off"; anything else is a
+// mistake, refused before anything runs.
+func TestSpecSeccompMode(t *testing.T) {
+	for mode, ok := range map[string]bool{SeccompDefault: true, SeccompOff: true, "on": false, "permissive": false} {
+		s := &Spec{UID: 1000, GID: 1000, Root: "/x", Landlock: LandlockOff, Seccomp: mode}
+		if err := s.Validate(); (err == nil) != ok {
+			t.Errorf("Seccomp %q: err = %v, want ok=%v", mode, err, ok)
+		}
+	}
+}

@@ -4,11 +4,27 @@ inside the sandbox while the runner kept serving."""
 
 import ctypes
 import os
+import platform
 import socket
 import subprocess
 import time
 
 from base import Base
+
+# Numbers of the kernel calls the hostile model tries (ctypes has no
+# wrappers for them), on the two architectures nodes run.
+SYSCALLS = {
+    "x86_64": {"io_uring_setup": 425, "userfaultfd": 323, "keyctl": 250, "add_key": 248,
+               "bpf": 321, "perf_event_open": 298, "unshare": 272, "setns": 308, "mount": 165,
+               "fsopen": 430, "process_vm_readv": 310, "personality": 135, "clone3": 435,
+               "init_module": 175, "kexec_load": 246},
+    "aarch64": {"io_uring_setup": 425, "userfaultfd": 282, "keyctl": 219, "add_key": 217,
+                "bpf": 280, "perf_event_open": 241, "unshare": 97, "setns": 268, "mount": 40,
+                "fsopen": 430, "process_vm_readv": 270, "personality": 92, "clone3": 435,
+                "init_module": 105, "kexec_load": 104},
+}
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+ADDR_NO_RANDOMIZE = 0x0040000
 
 
 class Hostile(Base):
@@ -44,6 +60,83 @@ class Hostile(Base):
         if libc.ptrace(PTRACE_ATTACH, int(pid), None, None) == 0:
             return "attached"
         return "refused: errno %d" % ctypes.get_errno()
+
+    def syscall(self, name):
+        """One kernel call of each family the sandbox's seccomp filter
+        refuses, with arguments that would work without the filter."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        buf = ctypes.create_string_buffer(256)
+        opened = []
+
+        def netns():
+            opened.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+            return opened[-1]
+
+        args = {
+            "io_uring_setup": lambda: [1, buf],
+            "userfaultfd": lambda: [0o2000000 | 1],  # O_CLOEXEC | UFFD_USER_MODE_ONLY
+            "keyctl": lambda: [0, -3, 1],  # KEYCTL_GET_KEYRING_ID of the session keyring, created
+            "add_key": lambda: [b"user", b"hostile", b"x", 1, -2],  # into the process keyring
+            "bpf": lambda: [0, buf, 72],  # BPF_MAP_CREATE
+            "perf_event_open": lambda: [buf, 0, -1, -1, 0],
+            "unshare": lambda: [CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS],
+            "setns": lambda: [netns(), CLONE_NEWNET],
+            "mount": lambda: [b"none", b"/tmp", b"tmpfs", 0, None],
+            "fsopen": lambda: [b"tmpfs", 0],
+            "process_vm_readv": lambda: [os.getpid(), buf, 1, buf, 1, 0],
+            "personality": lambda: [ADDR_NO_RANDOMIZE],
+            "clone3": lambda: [None, 0],  # EINVAL unfiltered: no child
+            "init_module": lambda: [buf, 16, b""],
+            "kexec_load": lambda: [0, 0, None, 0],
+        }[name]()
+        nr = SYSCALLS[platform.machine()][name]
+        try:
+            r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+        finally:
+            for fd in opened:
+                os.close(fd)
+        if r == -1:
+            return "refused: errno %d" % ctypes.get_errno()
+        return "allowed: %s returned %d" % (name, r)
+
+    def socket_family(self, family):
+        """A socket of a family other than unix and IP: netlink is the way
+        to nf_tables and routing, AF_ALG the kernel's crypto API."""
+        kind = {"AF_NETLINK": socket.SOCK_RAW, "AF_ALG": socket.SOCK_SEQPACKET, "AF_PACKET": socket.SOCK_RAW}[family]
+        try:
+            socket.socket(getattr(socket, family), kind, 0).close()
+            return "opened"
+        except OSError as exc:
+            return "refused: errno %d" % exc.errno
+
+    def memfd_exec(self):
+        """Code that was never on the disk: copy a binary into an anonymous
+        file and run it."""
+        try:
+            fd = os.memfd_create("payload", 0)
+        except OSError as exc:
+            return "refused: errno %d" % exc.errno
+        with open("/bin/true", "rb") as f:
+            os.write(fd, f.read())
+        try:
+            subprocess.run(["/proc/self/fd/%d" % fd], pass_fds=(fd,), check=True)
+            return "executed"
+        except OSError as exc:
+            return "refused: errno %d" % exc.errno
+
+    def threads(self, n):
+        """Threads and processes still work under the filter (clone without
+        namespace flags; clone3 answers ENOSYS and libc falls back)."""
+        import threading
+        out = []
+        ts = [threading.Thread(target=lambda: out.append(1)) for _ in range(int(n))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        p = subprocess.run(["/bin/echo", "child"], capture_output=True, text=True)
+        return "%d threads, %s" % (len(out), p.stdout.strip())
 
     def balloon(self, mb):
         chunks = []
