@@ -361,8 +361,14 @@ func TestFingerprint(t *testing.T) {
 		}
 	}
 	// The node's hardening settings, as the kernel has them now.
-	want, _ := os.ReadFile("/proc/sys/kernel/io_uring_disabled")
-	if got, ok := fp.Attributes["driver.modelbox.sysctl.kernel.io_uring_disabled"]; !ok || got.GoString() != strings.TrimSpace(string(want)) {
+	// (kernel.io_uring_disabled came with Linux 6.6: an older kernel has
+	// none, and the attribute is absent.)
+	want, err := os.ReadFile("/proc/sys/kernel/io_uring_disabled")
+	got, ok := fp.Attributes["driver.modelbox.sysctl.kernel.io_uring_disabled"]
+	switch {
+	case err != nil && ok:
+		t.Errorf("driver.modelbox.sysctl.kernel.io_uring_disabled = %v on a kernel without the setting", got)
+	case err == nil && (!ok || got.GoString() != strings.TrimSpace(string(want))):
 		t.Errorf("driver.modelbox.sysctl.kernel.io_uring_disabled = %v, want %q (the kernel's)", got, strings.TrimSpace(string(want)))
 	}
 	if got := fp.Attributes["driver.modelbox.cpu_hard_limit"]; got == nil || got.GoString() != "true" {

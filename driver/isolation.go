@@ -73,6 +73,9 @@ const (
 	InsideHostDir  = "/modelbox" // the runner's Python host script
 )
 
+// workerShmBytes bounds the worker's /dev/shm.
+const workerShmBytes = 64 << 20
+
 // IsolationState is what Restore needs; it is msgpack-encoded in the task's
 // driver state.
 type IsolationState struct {
@@ -117,8 +120,11 @@ func (h *hostIsolator) Prepare(req *IsolationRequest) (Isolation, error) {
 		Binds:                   req.Binds,
 		DiskBytes:               req.DiskBytes,
 		AllowWrittenExecutables: req.AllowWrittenExecutables,
-		WorkerCgroup:            group.State().Worker,
-		Landlock:                req.Landlock,
+		// POSIX semaphores and shared memory (multiprocessing's locks,
+		// joblib): a tmpfs counted in the task's memory, noexec.
+		DevShmBytes:  workerShmBytes,
+		WorkerCgroup: group.State().Worker,
+		Landlock:     req.Landlock,
 		Env: append([]string{
 			"MODELNODES_SCRATCH=" + sandbox.ScratchDir, "TMPDIR=" + sandbox.TmpDir,
 		}, req.Env...),

@@ -69,6 +69,7 @@ func TestE2EPythonStackUnderSeccomp(t *testing.T) {
 				{"lightgbm trains on OpenMP threads", num("threads_after_lightgbm") > num("threads_before_lightgbm")},
 				{"a thread runs", num("thread") == 1},
 				{"a forked process answers over a socketpair", got["fork"] == "pid True exit 0"},
+				{"a multiprocessing pool works (semaphores in /dev/shm)", got["pool"] == 6.0},
 				{"a spawned program runs (clone3 answers ENOSYS, libc falls back to clone)", got["subprocess"] == "42"},
 				{"a loopback socket binds", got["loopback_socket"] == "bound"},
 			} {

@@ -27,6 +27,18 @@ def _threads():
     return len(os.listdir("/proc/self/task"))
 
 
+# lightgbm's OpenMP pool, counted in a fresh interpreter: in this one,
+# numpy, scikit-learn and joblib may have started threads of their own.
+_OPENMP = """
+import os, numpy as np, lightgbm as lgb
+n = lambda: len(os.listdir("/proc/self/task"))
+X = np.random.default_rng(0).normal(size=(500, 4)); y = X @ [1.0, 2.0, 0.0, -1.0]
+before = n()
+lgb.train({"objective": "regression", "num_threads": 2, "verbose": -1}, lgb.Dataset(X, y), num_boost_round=5)
+print(before, n())
+"""
+
+
 def _child(conn):
     conn.send(os.getpid())
     conn.close()
@@ -61,13 +73,12 @@ class Stack(Model):
         out["sklearn_forest_r2"] = float(RandomForestRegressor(n_estimators=10, n_jobs=2, random_state=0).fit(X, y).score(X, y))
 
         # lightgbm: training on OpenMP threads.
-        before = _threads()
         booster = lgb.train({"objective": "regression", "num_threads": 2, "verbose": -1},
                             lgb.Dataset(X, y), num_boost_round=50)
         pred = booster.predict(X, num_threads=2)
         out["lightgbm_r2"] = float(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
-        out["threads_before_lightgbm"] = before
-        out["threads_after_lightgbm"] = _threads()
+        counts = subprocess.run([sys.executable, "-c", _OPENMP], capture_output=True, text=True, check=True).stdout.split()
+        out["threads_before_lightgbm"], out["threads_after_lightgbm"] = int(counts[0]), int(counts[1])
 
         # Threads, a forked process with a socketpair, a spawned program.
         done = []
@@ -81,6 +92,9 @@ class Stack(Model):
         pid = parent.recv()
         p.join()
         out["fork"] = "pid %s exit %s" % (pid > 0, p.exitcode)
+        # A process pool: its locks are POSIX semaphores in /dev/shm.
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            out["pool"] = sum(pool.map(abs, [-1, -2, -3]))
         out["subprocess"] = subprocess.run([sys.executable, "-c", "print(6*7)"], capture_output=True, text=True).stdout.strip()
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.bind(("127.0.0.1", 0))
