@@ -555,7 +555,7 @@ type coordinator struct {
 	consul *consulapi.Client
 }
 
-func onboardCoordinator(b *testing.B, ctx context.Context, cl *testcluster.Cluster, crunch string) *coordinator {
+func onboardCoordinator(b testing.TB, ctx context.Context, cl *testcluster.Cluster, crunch string) *coordinator {
 	b.Helper()
 	iss, err := cl.CoordinatorIssuer(ctx, crunch)
 	if err != nil {
@@ -570,7 +570,7 @@ func onboardCoordinator(b *testing.B, ctx context.Context, cl *testcluster.Clust
 
 // serveExampleModel serves bin/example-model as a .tar.gz artifact on a
 // loopback port and returns its URL and SHA-256.
-func serveExampleModel(b *testing.B) (string, [32]byte) {
+func serveExampleModel(b testing.TB) (string, [32]byte) {
 	b.Helper()
 	dir, _ := filepath.Abs("../bin")
 	if env := os.Getenv("MODELNODES_BIN"); env != "" {
@@ -603,7 +603,7 @@ func servePythonModel(b *testing.B, requirements string) (string, [32]byte) {
 
 // serveArchive serves files as a .tar.gz artifact on a loopback port and
 // returns its URL and SHA-256.
-func serveArchive(b *testing.B, files map[string][]byte) (string, [32]byte) {
+func serveArchive(b testing.TB, files map[string][]byte) (string, [32]byte) {
 	b.Helper()
 	var buf bytes.Buffer
 	gz := gzip.NewWriter(&buf)
@@ -630,7 +630,7 @@ func serveArchive(b *testing.B, files map[string][]byte) (string, [32]byte) {
 	return srv.URL + "/model.tar.gz", sha256.Sum256(body)
 }
 
-func hashBytes(b *testing.B, hexHash string, dst *[32]byte) {
+func hashBytes(b testing.TB, hexHash string, dst *[32]byte) {
 	b.Helper()
 	raw, err := hex.DecodeString(hexHash)
 	if err != nil || len(raw) != len(dst) {

@@ -28,6 +28,9 @@ type Metrics struct {
 	writes        *prometheus.CounterVec
 	backoffs      prometheus.Counter
 	refusedTotal  *prometheus.CounterVec
+	undecodableN  *prometheus.GaugeVec
+	heldStops     prometheus.Gauge
+	stopHolds     prometheus.Counter
 }
 
 // NewMetrics registers the scheduler's metrics on a new registry.
@@ -60,9 +63,16 @@ func NewMetrics() *Metrics {
 		refusedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "refused_entries_total",
 			Help: "Entries (authorizations, feed entries, models) refused, counted once when they appear, by source and reason " +
 				"(interpolation, entry, artifact, model_dir, invalid)."}, []string{"source", "reason"}),
+		undecodableN: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "undecodable_accounts",
+			Help: "Entries (accounts) whose newest reading did not decode; the last good version of each stays in force."}, []string{"source"}),
+		heldStops: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "held_stops",
+			Help: "Stops held because a pass would stop more than --max-stop-share of a crunch's models; alert when above 0."}),
+		stopHolds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "stop_holds_total",
+			Help: "Holds of a crunch's stops started (see held_stops)."}),
 	}
 	m.Registry.MustRegister(m.leader, m.desired, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
 		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.writes, m.backoffs, m.refusedTotal,
+		m.undecodableN, m.heldStops, m.stopHolds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -142,4 +152,19 @@ func (m *Metrics) refused(source, reason string) {
 		return
 	}
 	m.refusedTotal.WithLabelValues(source, reason).Inc()
+}
+
+func (m *Metrics) undecodable(source string, n int) {
+	if m == nil {
+		return
+	}
+	m.undecodableN.WithLabelValues(source).Set(float64(n))
+}
+
+func (m *Metrics) stopsHeld(n int, started int) {
+	if m == nil {
+		return
+	}
+	m.heldStops.Set(float64(n))
+	m.stopHolds.Add(float64(started))
 }

@@ -28,6 +28,10 @@ const (
 	OpPurge Op = "purge"
 )
 
+// ReasonCrashLoop is the Reason of a stop that holds a crash-looping model
+// (the observer's decision, which the StopGuard never holds).
+const ReasonCrashLoop = "crash-loop backoff"
+
 var opOrder = map[Op]int{OpRegister: 0, OpUpdate: 1, OpStop: 2, OpPurge: 3}
 
 // Action is one write to Nomad that a plan decides.
@@ -83,6 +87,7 @@ type Actual struct {
 //	running                   absent                              register
 //	running                   spec differs, or stopped            update
 //	running                   same spec, running                  none
+//	running, a duplicate      running (any spec)                  none
 //	running, waiting (Wait)   anything                            none
 //	stopped, absent, or held  running                             stop (only when Complete)
 //	stopped, absent, or held  stopped for purgeAfter (not held)   purge (only when Complete)
@@ -118,6 +123,10 @@ func Plan(want Want, actual Actual, purgeAfter time.Duration) ([]Action, Result)
 			actions = append(actions, Action{Op: OpRegister, JobID: id, Desired: d})
 		case !cur.Stop && cur.Meta[names.MetaSpec] == d.Spec:
 			res.Unchanged++
+		case !cur.Stop && d.Duplicate != "":
+			// Another entry names the same model: whichever the job runs,
+			// a duplicate never replaces a running job.
+			res.Duplicates++
 		default:
 			actions = append(actions, Action{Op: OpUpdate, JobID: id, Desired: d, Index: cur.JobModifyIndex, WasStopped: cur.Stop})
 		}
@@ -136,7 +145,7 @@ func Plan(want Want, actual Actual, purgeAfter time.Duration) ([]Action, Result)
 			if !cur.Stop {
 				why := "no longer authorized"
 				if d != nil && held[id] {
-					why = "crash-loop backoff"
+					why = ReasonCrashLoop
 				} else if d != nil {
 					why = "desired state STOPPED"
 				}

@@ -44,9 +44,12 @@ type Reconciler struct {
 	PurgeAfter time.Duration
 	// Concurrency bounds the writes in flight (default 4).
 	Concurrency int
-	Logger      hclog.Logger
-	Metrics     *Metrics
-	now         func() time.Time
+	// Guard, when set, holds the stops of a pass that would stop too large
+	// a share of a crunch's models (StopGuard).
+	Guard   *StopGuard
+	Logger  hclog.Logger
+	Metrics *Metrics
+	now     func() time.Time
 }
 
 // DefaultPurgeAfter is how long a stopped job stays before it is purged
@@ -59,12 +62,17 @@ type Result struct {
 	// Waiting counts models left as they are until their code is inspected
 	// (Desired.Wait).
 	Waiting int
-	Errors  []error
+	// Duplicates counts running jobs left as they are because two entries
+	// name their model (Desired.Duplicate).
+	Duplicates int
+	// HeldStops counts the stops the StopGuard held this pass.
+	HeldStops int
+	Errors    []error
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d errors=%d",
-		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, len(r.Errors))
+	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d errors=%d",
+		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, len(r.Errors))
 }
 
 // add counts other's writes and errors into r.
@@ -76,6 +84,8 @@ func (r *Result) add(other Result) {
 	r.Unchanged += other.Unchanged
 	r.Held += other.Held
 	r.Waiting += other.Waiting
+	r.Duplicates += other.Duplicates
+	r.HeldStops += other.HeldStops
 	r.Errors = append(r.Errors, other.Errors...)
 }
 
@@ -105,7 +115,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	if err != nil {
 		return Result{}, err
 	}
-	actions, res := Plan(Want{Models: desired, Complete: complete}, Actual{Jobs: existing, Held: held, Now: now()}, purgeAfter)
+	at := now()
+	actions, res := Plan(Want{Models: desired, Complete: complete}, Actual{Jobs: existing, Held: held, Now: at}, purgeAfter)
+	actions, res.HeldStops = r.Guard.filter(actions, existing, at)
 	for _, err := range res.Errors {
 		r.log().Error("reconcile", "error", redact.Error(err))
 	}

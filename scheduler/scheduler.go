@@ -5,7 +5,9 @@
 // that cannot be read keeps its last good snapshot). While this instance
 // leads (an Elector, such as leader.ConsulLock), a level-triggered,
 // idempotent Reconciler registers, updates, stops and purges one job per
-// model: a pure Plan from the desired state and Nomad's jobs, then Apply.
+// model: a pure Plan from the desired state and Nomad's jobs, then Apply,
+// whose stops a StopGuard holds when a pass would stop too large a share of
+// a crunch's models.
 // An observer of Nomad's event stream (package observer) reports each
 // model's state and holds crash-looping models stopped. The status API
 // (Handler) serves both views. See docs/scheduler.md.
@@ -36,16 +38,20 @@ type Scheduler struct {
 	// the nodes that have the Python the submission asks for.
 	Inspector *inspect.Inspector
 	// Placements, when set with an Observer, tells why Nomad does not place
-	// a pending model that asks for a Python (nomad.Client), so that the
-	// status API says when no node has it instead of showing it pending.
+	// a pending model (its evaluation's placement failure: no node has the
+	// Python it asks for, memory exhausted...; nomad.Client), so that the
+	// status API says why instead of showing it pending.
 	Placements NomadPlacements
 	// Resync bounds the time between two reconcile passes when nothing
 	// happens (default 30 s).
 	Resync time.Duration
 	// Debounce gathers bursts of changes into one pass (default 20 ms).
 	Debounce time.Duration
-	Logger   hclog.Logger
-	Metrics  *Metrics
+	// AdminToken authenticates the status API's write endpoints (POST
+	// /v1/stop-holds/confirm) as a bearer token; empty: they are refused.
+	AdminToken string
+	Logger     hclog.Logger
+	Metrics    *Metrics
 	// OnReconcile, if set, is called after each pass (tests, benchmarks).
 	OnReconcile func(Result, error)
 
@@ -58,6 +64,10 @@ type Scheduler struct {
 	notes   map[string]pythonNote // by job id, from the last pass
 	blocked map[string]string     // by job id: why Nomad does not place it
 	placed  chan struct{}         // a pass wrote jobs (watchPlacements)
+	// stateMetrics receive the models gauge (the Observer's Metrics),
+	// recounted on recountC (countModels).
+	stateMetrics observer.Metrics
+	recountC     chan struct{}
 }
 
 type lastPass struct {
@@ -81,6 +91,7 @@ func (s *Scheduler) setup() {
 	s.watcher = NewWatcher(names, s.Reconciler.Options, s.Metrics)
 	s.kick = make(chan struct{}, 1)
 	s.placed = make(chan struct{}, 1)
+	s.recountC = make(chan struct{}, 1)
 	if s.Logger == nil {
 		s.Logger = hclog.NewNullLogger()
 	}
@@ -98,6 +109,13 @@ func (s *Scheduler) setup() {
 		s.Elector = AlwaysLead{}
 	}
 	if s.Observer != nil {
+		// The models gauge counts the desired models Nomad has no
+		// allocation of as well (countModels): the observer's counts only
+		// ask for a recount.
+		if s.Observer.Metrics != nil {
+			s.stateMetrics = s.Observer.Metrics
+			s.Observer.Metrics = recount{Metrics: s.Observer.Metrics, s: s}
+		}
 		prev := s.Observer.OnChange
 		s.Observer.OnChange = func() {
 			s.Kick()
@@ -137,9 +155,13 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.Observer.Run(ctx) }()
 	}
-	if s.Placements != nil && s.Observer != nil && s.Inspector != nil {
+	if s.Placements != nil && s.Observer != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.watchPlacements(ctx) }()
+	}
+	if s.stateMetrics != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.countModels(ctx) }()
 	}
 	for ctx.Err() == nil {
 		lctx, release, err := s.Elector.Lead(ctx)
@@ -191,6 +213,7 @@ func (s *Scheduler) lead(ctx context.Context) {
 		debounce = 20 * time.Millisecond
 	}
 	backoff := 100 * time.Millisecond
+	s.Reconciler.Guard.Reset()
 	for {
 		changed := s.watcher.Changed()
 		desired, complete := s.watcher.Desired()
@@ -226,8 +249,10 @@ func (s *Scheduler) lead(ctx context.Context) {
 		} else {
 			backoff = 100 * time.Millisecond
 		}
-		if !nextHoldEnd.IsZero() {
-			wait = min(wait, time.Until(nextHoldEnd)+10*time.Millisecond)
+		for _, next := range []time.Time{nextHoldEnd, s.Reconciler.Guard.NextRelease()} {
+			if !next.IsZero() {
+				wait = min(wait, time.Until(next)+10*time.Millisecond)
+			}
 		}
 		timer := time.NewTimer(wait)
 		select {

@@ -1,9 +1,13 @@
 package scheduler
 
 import (
+	"crypto/subtle"
 	"encoding/json"
+	"errors"
+	"io"
 	"net/http"
 	"sort"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -20,11 +24,23 @@ type ModelStatus struct {
 	Desired  string `json:"desired"` // running, stopped, absent
 	// Python is what the submission's code asks for, when it asks.
 	Python string `json:"python,omitempty"`
+	// Duplicate names the two entries (accounts) that claim this model,
+	// when two do.
+	Duplicate string `json:"duplicate,omitempty"`
 	observer.ModelState
 }
 
+// placementNote gives a pending model without a reason Nomad's placement
+// failure, when there is one.
+func placementNote(ms *ModelStatus, blocked string) {
+	if ms.State == observer.StatePending && ms.Reason == "" && blocked != "" {
+		ms.Reason = blocked
+	}
+}
+
 // Handler serves the status API: GET /v1/status, GET /v1/models,
-// GET /metrics (Prometheus) and GET /healthz.
+// GET /metrics (Prometheus), GET /healthz, and the write endpoint POST
+// /v1/stop-holds/confirm (bearer AdminToken).
 func (s *Scheduler) Handler() http.Handler {
 	s.init()
 	mux := http.NewServeMux()
@@ -37,8 +53,10 @@ func (s *Scheduler) Handler() http.Handler {
 			"sources": s.watcher.Sources(), "last_reconcile": s.last,
 		}
 		s.mu.Unlock()
+		body["stop_holds"] = s.Reconciler.Guard.Holds()
 		writeJSON(w, body)
 	})
+	mux.HandleFunc("POST /v1/stop-holds/confirm", s.confirmStops)
 	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, s.Models())
 	})
@@ -64,6 +82,7 @@ func (s *Scheduler) Models() []ModelStatus {
 			fill(&ms, d)
 			n, ok := notes[st.JobID]
 			annotate(&ms, n, ok, blocked[st.JobID])
+			placementNote(&ms, blocked[st.JobID])
 		}
 		seen[st.JobID] = true
 		out = append(out, ms)
@@ -80,6 +99,7 @@ func (s *Scheduler) Models() []ModelStatus {
 		if d.Model.Running {
 			n, ok := notes[id]
 			annotate(&ms, n, ok, blocked[id])
+			placementNote(&ms, blocked[id])
 		}
 		out = append(out, ms)
 	}
@@ -89,10 +109,58 @@ func (s *Scheduler) Models() []ModelStatus {
 
 func fill(ms *ModelStatus, d *Desired) {
 	ms.Crunch, ms.ModelID, ms.Cruncher, ms.Source = d.Model.Crunch, d.Model.ModelID, d.Model.Cruncher, d.Source
+	ms.Duplicate = d.Duplicate
 	ms.Desired = "stopped"
 	if d.Model.Running {
 		ms.Desired = "running"
 	}
+}
+
+// ConfirmRequest is the body of POST /v1/stop-holds/confirm.
+type ConfirmRequest struct {
+	// Crunch names the hold to confirm (its id or name); empty confirms
+	// every hold.
+	Crunch string `json:"crunch"`
+}
+
+// confirmStops serves POST /v1/stop-holds/confirm: an operator confirms
+// held stops, which the next pass then makes (StopGuard.Confirm).
+func (s *Scheduler) confirmStops(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(w, r) {
+		return
+	}
+	var req ConfirmRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+		http.Error(w, "body: want {\"crunch\": \"<crunch id or name>\"} or nothing: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !s.Leading() {
+		http.Error(w, "this instance does not lead: held stops live in the leader; ask it", http.StatusConflict)
+		return
+	}
+	held, err := s.Reconciler.Guard.Confirm(req.Crunch)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	s.Kick()
+	writeJSON(w, map[string]any{"confirmed": held})
+}
+
+// authorized checks a write request's bearer token against AdminToken,
+// and answers it when it fails.
+func (s *Scheduler) authorized(w http.ResponseWriter, r *http.Request) bool {
+	if s.AdminToken == "" {
+		http.Error(w, "write endpoints are off: start the scheduler with --admin-token (or MODELNODES_SCHEDULER_ADMIN_TOKEN)", http.StatusForbidden)
+		return false
+	}
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(s.AdminToken)) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="modelnodes scheduler"`)
+		http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
+		return false
+	}
+	return true
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

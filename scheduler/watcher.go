@@ -3,6 +3,7 @@ package scheduler
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -25,6 +26,10 @@ type Desired struct {
 	// Wait, when set, says why the job is neither written nor stopped this
 	// pass (its code is being inspected, or asks for what no node can run).
 	Wait string
+	// Duplicate, when set, says that another entry of the source names the
+	// same model (source.Duplicate, naming both): a running job of it is
+	// left as it is rather than replaced by either entry.
+	Duplicate string
 }
 
 // SourceStatus is what the status API says about a source.
@@ -36,6 +41,14 @@ type SourceStatus struct {
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 	Skipped     []string  `json:"skipped,omitempty"`
+	// Undecodable are entries whose newest reading did not decode; their
+	// last good version stays in force.
+	Undecodable []string `json:"undecodable,omitempty"`
+	// Kept are entries kept from an earlier reading for want of positive
+	// evidence that they stop (source.Snapshot.Kept).
+	Kept []string `json:"kept,omitempty"`
+	// Duplicates are entries left out because another names the same model.
+	Duplicates []string `json:"duplicates,omitempty"`
 }
 
 // Watcher merges the sources' last good snapshots into the desired state.
@@ -53,16 +66,20 @@ type Watcher struct {
 	order   []string
 	status  map[string]*SourceStatus
 	models  map[string][]jobs.Model
-	logged  map[string]map[string]bool // per source: skipped entries already logged and counted
+	dups    map[string]map[string]string // per source: job id -> its duplicate's message
+	logged  map[string]map[string]bool   // per source: skipped entries already logged and counted
 	version uint64
 	changed chan struct{} // closed and replaced on every change
+	// running caches runningIDs at runningAt (a version).
+	running   map[string]bool
+	runningAt uint64
 }
 
 // NewWatcher returns a watcher of the named sources; the desired state is
 // ready once each of them delivered one good snapshot.
 func NewWatcher(sources []string, opts *jobs.Options, m *Metrics) *Watcher {
 	w := &Watcher{opts: opts, metrics: m, status: map[string]*SourceStatus{}, models: map[string][]jobs.Model{},
-		logged: map[string]map[string]bool{}, changed: make(chan struct{})}
+		dups: map[string]map[string]string{}, logged: map[string]map[string]bool{}, changed: make(chan struct{})}
 	for _, s := range sources {
 		w.order = append(w.order, s)
 		w.status[s] = &SourceStatus{Name: s}
@@ -76,9 +93,16 @@ func (w *Watcher) screen(s source.Snapshot) source.Snapshot {
 	if s.Err != nil {
 		return source.Snapshot{Err: redact.Error(s.Err)}
 	}
-	out := source.Snapshot{Models: make([]jobs.Model, 0, len(s.Models)), Skipped: make([]error, 0, len(s.Skipped))}
+	out := source.Snapshot{Models: make([]jobs.Model, 0, len(s.Models)), Skipped: make([]error, 0, len(s.Skipped)),
+		Duplicates: s.Duplicates}
 	for _, e := range s.Skipped {
 		out.Skipped = append(out.Skipped, redact.Error(e))
+	}
+	for _, e := range s.Undecodable {
+		out.Undecodable = append(out.Undecodable, redact.Error(e))
+	}
+	for _, e := range s.Kept {
+		out.Kept = append(out.Kept, redact.Error(e))
 	}
 	for _, m := range s.Models {
 		if err := w.opts.CheckModel(&m); err != nil {
@@ -128,12 +152,44 @@ func (w *Watcher) Report(name string, s source.Snapshot) {
 			w.metrics.refused(name, class)
 		}
 	}
+	st.Undecodable, st.Kept, st.Duplicates = nil, nil, nil
+	for _, e := range s.Undecodable {
+		msg := e.Error()
+		st.Undecodable = append(st.Undecodable, msg)
+		// Logged once per entry: the message names slots, which change
+		// with every reading.
+		key := "undecodable " + msg
+		if ee := (*source.EntryError)(nil); errors.As(e, &ee) {
+			key = "undecodable " + ee.Entry
+		}
+		if !w.logged[name][key] {
+			log.Warn("undecodable entry; keeping its last good version", "source", name, "error", msg)
+		}
+		seen[key] = true
+	}
+	for _, e := range s.Kept {
+		st.Kept = append(st.Kept, e.Error())
+	}
+	dups := map[string]string{}
+	for _, d := range s.Duplicates {
+		msg := redact.URLsIn(d.Error())
+		st.Duplicates = append(st.Duplicates, msg)
+		if !w.logged[name]["duplicate "+msg] {
+			log.Warn("duplicate model id; a running job of it is left as it is", "source", name, "error", msg)
+		}
+		seen["duplicate "+msg] = true
+		id := jobs.JobID(&d.Model)
+		if dups[id] == "" {
+			dups[id] = msg
+		}
+	}
 	w.logged[name] = seen
 	w.metrics.sourceOK(name, len(s.Models), len(s.Skipped), now)
-	if sameModels(w.models[name], s.Models) {
+	w.metrics.undecodable(name, len(s.Undecodable))
+	if sameModels(w.models[name], s.Models) && maps.Equal(w.dups[name], dups) {
 		return
 	}
-	w.models[name] = s.Models
+	w.models[name], w.dups[name] = s.Models, dups
 	w.version++
 	close(w.changed)
 	w.changed = make(chan struct{})
@@ -176,10 +232,32 @@ func (w *Watcher) Desired() (map[string]*Desired, bool) {
 			if _, dup := out[id]; dup {
 				continue
 			}
-			out[id] = &Desired{Model: m, JobID: id, Spec: jobs.SpecHash(&m, w.opts), Source: name}
+			out[id] = &Desired{Model: m, JobID: id, Spec: jobs.SpecHash(&m, w.opts), Source: name, Duplicate: w.dups[name][id]}
 		}
 	}
 	return out, ready
+}
+
+// runningIDs returns the job ids of the models desired running, computed
+// once per change of the desired state.
+func (w *Watcher) runningIDs() map[string]bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.running != nil && w.runningAt == w.version {
+		return w.running
+	}
+	ids := map[string]bool{}
+	for _, name := range w.order {
+		for _, m := range w.models[name] {
+			id := jobs.JobID(&m)
+			if _, seen := ids[id]; !seen {
+				ids[id] = m.Running // the first source wins, as in Desired
+			}
+		}
+	}
+	maps.DeleteFunc(ids, func(_ string, running bool) bool { return !running })
+	w.running, w.runningAt = ids, w.version
+	return ids
 }
 
 // Sources returns each source's status, in configuration order.
@@ -190,6 +268,9 @@ func (w *Watcher) Sources() []SourceStatus {
 	for _, name := range w.order {
 		st := *w.status[name]
 		st.Skipped = append([]string(nil), st.Skipped...)
+		st.Undecodable = append([]string(nil), st.Undecodable...)
+		st.Kept = append([]string(nil), st.Kept...)
+		st.Duplicates = append([]string(nil), st.Duplicates...)
 		out = append(out, st)
 	}
 	return out

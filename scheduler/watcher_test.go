@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -100,4 +101,41 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// What a source reports besides its models reaches the status API and the
+// log: undecodable entries (logged once per entry, though their message
+// changes with every reading), kept entries, and duplicates, which mark the
+// model's desired state.
+func TestWatcherReportsUndecodableKeptAndDuplicates(t *testing.T) {
+	m := NewMetrics()
+	w := NewWatcher([]string{"chain"}, testOptions, m)
+	var logs syncbuf.Buffer
+	w.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs})
+	a := testModel("demo", "a", true)
+	for slot := range 3 {
+		w.Report("chain", source.Snapshot{
+			Models:      []jobs.Model{a},
+			Undecodable: []error{&source.EntryError{Entry: "account X", Err: fmt.Errorf("garbage at slot %d", slot)}},
+			Kept:        []error{errors.New("account Y: awaiting confirmation")},
+			Duplicates:  []source.Duplicate{{Model: a, Entry: "account Z", Used: "account W"}},
+		})
+	}
+	st := w.Sources()[0]
+	if len(st.Undecodable) != 1 || !strings.Contains(st.Undecodable[0], "slot 2") || len(st.Kept) != 1 || len(st.Duplicates) != 1 {
+		t.Fatalf("status: %+v", st)
+	}
+	if n := strings.Count(logs.String(), "undecodable entry"); n != 1 {
+		t.Fatalf("undecodable entry logged %d times, want once:\n%s", n, logs.String())
+	}
+	if line := grepLines(logs.String(), "duplicate model id"); !strings.Contains(line, "[WARN]") || !strings.Contains(line, "account Z") || !strings.Contains(line, "account W") {
+		t.Fatalf("duplicate not logged naming both entries: %q", line)
+	}
+	d, _ := w.Desired()
+	if got := d[jobs.JobID(&a)].Duplicate; !strings.Contains(got, "account Z") {
+		t.Fatalf("the desired model does not carry its duplicate: %q", got)
+	}
+	if g := gauge(t, m, "modelnodes_scheduler_undecodable_accounts"); g != 1 {
+		t.Fatalf("undecodable_accounts %v", g)
+	}
 }

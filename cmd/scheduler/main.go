@@ -43,6 +43,9 @@ const synopsis = `scheduler: run exactly the authorized models on Nomad, one job
 
 Usage:
   scheduler [flags]
+  scheduler confirm-stops [--status-addr URL] [--crunch ID|NAME]
+      confirm held stops (see --max-stop-share); the token is --admin-token's
+      (MODELNODES_SCHEDULER_ADMIN_TOKEN)
 
 Sources of desired state (at least one; several are merged, the first named wins on a
 duplicate model):
@@ -52,7 +55,9 @@ duplicate model):
   --models-file                               a YAML file (development), re-read on change
 
 A source that cannot be read keeps its last good state: models are never stopped because
-a source is down. Several instances may run; with --lock-key only the holder of that Consul
+a source is down, nor because it lists nothing; a model stops on positive evidence about
+its own authorization, and a pass that would stop more than --max-stop-share of a crunch's
+models is held (GET /v1/status) until it persists for --stop-hold or an operator confirms. Several instances may run; with --lock-key only the holder of that Consul
 lock reconciles. Status: GET /v1/status, GET /v1/models, GET /metrics on --listen.
 See docs/scheduler.md.
 `
@@ -88,6 +93,10 @@ type config struct {
 	gpuClass                                             string
 	resync, purgeAfter, sessionTTL                       time.Duration
 	backoff                                              observer.Backoff
+	maxStopShare                                         float64
+	stopHold                                             time.Duration
+	stopHoldMin                                          int
+	adminToken                                           string
 }
 
 func parse(args []string) (*config, error) {
@@ -140,6 +149,10 @@ func parse(args []string) (*config, error) {
 	fs.DurationVar(&c.backoff.Window, "crashloop-window", 10*time.Minute, "window counting failures")
 	fs.DurationVar(&c.backoff.Initial, "crashloop-backoff", time.Minute, "first hold; doubles at each new hold")
 	fs.DurationVar(&c.backoff.Max, "crashloop-backoff-max", time.Hour, "longest hold")
+	fs.Float64Var(&c.maxStopShare, "max-stop-share", 0.5, "hold a pass that would stop more than this share of a crunch's running models (1: never hold)")
+	fs.DurationVar(&c.stopHold, "stop-hold", 10*time.Minute, "make held stops once the passes have wanted them this long (0: only when an operator confirms)")
+	fs.IntVar(&c.stopHoldMin, "stop-hold-min-models", 2, "hold only passes that stop at least this many of a crunch's models")
+	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token of the status API's write endpoint (POST /v1/stop-holds/confirm); empty: it is off. Prefer MODELNODES_SCHEDULER_ADMIN_TOKEN to the flag")
 	fs.Usage = envflag.Usage(fs, envPrefix, synopsis)
 	if err := envflag.Parse(fs, envPrefix, args); err != nil {
 		return nil, err
@@ -162,6 +175,12 @@ func parse(args []string) (*config, error) {
 	if !c.plaintext && c.crlURL == "" {
 		return nil, errors.New("secure runners need a revocation list: set --crl-url (e.g. Vault's issuer list, https://vault:8200/v1/pki_int/issuers); the modelbox driver refuses runners that check callers without one")
 	}
+	if c.maxStopShare < 0 || c.maxStopShare > 1 {
+		return nil, fmt.Errorf("--max-stop-share %v: want a share between 0 and 1", c.maxStopShare)
+	}
+	if c.stopHold < 0 || c.stopHoldMin < 1 {
+		return nil, errors.New("--stop-hold must not be negative and --stop-hold-min-models at least 1")
+	}
 	switch c.solanaCommitment {
 	case "confirmed", "finalized":
 	default:
@@ -171,6 +190,16 @@ func parse(args []string) (*config, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "confirm-stops" {
+		if err := confirmStops(context.Background(), os.Args[2:], os.Stdout); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				os.Exit(0)
+			}
+			fmt.Fprintln(os.Stderr, "scheduler confirm-stops:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	c, err := parse(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -231,12 +260,15 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter,
 			Logger: log.Named("reconcile"), Metrics: metrics},
 		Observer: &observer.Observer{Nomad: nc, Backoff: c.backoff, Logger: log.Named("observer"), Metrics: metrics},
-		Resync:   c.resync, Logger: log, Metrics: metrics,
+		Resync:   c.resync, Logger: log, Metrics: metrics, Placements: nc, AdminToken: c.adminToken,
+	}
+	if c.maxStopShare < 1 {
+		s.Reconciler.Guard = &scheduler.StopGuard{MaxShare: c.maxStopShare, Hold: c.stopHold, MinModels: c.stopHoldMin,
+			Logger: log.Named("reconcile"), Metrics: metrics}
 	}
 	if c.pythonConstraints {
 		s.Inspector = &inspect.Inspector{Options: opts, MaxBytes: c.codeMaxBytes, Timeout: c.codeTimeout,
 			CacheDir: c.codeCache, Logger: log.Named("inspect")}
-		s.Placements = nc
 	}
 	if c.solanaRPC != "" {
 		prog, err := solana.PublicKeyFromBase58(c.solanaProgram)

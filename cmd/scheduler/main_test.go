@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -164,4 +165,57 @@ func TestFailingSourcesDoNotLeakURLCredentials(t *testing.T) {
 		t.Errorf("the status no longer says which endpoint failed:\n%s", body)
 	}
 	t.Logf("status:\n%s", body)
+}
+
+// The stop hold's flags: defaults, environment, and refusals.
+func TestParseStopHold(t *testing.T) {
+	base := []string{"--models-file", "m.yaml", "--plaintext-runners"}
+	c, err := parse(base)
+	if err != nil || c.maxStopShare != 0.5 || c.stopHold != 10*time.Minute || c.stopHoldMin != 2 || c.adminToken != "" {
+		t.Fatalf("defaults: %v %+v", err, c)
+	}
+	t.Setenv("MODELNODES_SCHEDULER_MAX_STOP_SHARE", "0.25")
+	t.Setenv("MODELNODES_SCHEDULER_STOP_HOLD", "0s")
+	t.Setenv("MODELNODES_SCHEDULER_ADMIN_TOKEN", "tok")
+	if c, err := parse(base); err != nil || c.maxStopShare != 0.25 || c.stopHold != 0 || c.adminToken != "tok" {
+		t.Fatalf("environment: %v %+v", err, c)
+	}
+	for _, bad := range [][]string{{"--max-stop-share", "1.5"}, {"--max-stop-share", "-1"}, {"--stop-hold", "-1s"}, {"--stop-hold-min-models", "0"}} {
+		if _, err := parse(append(base, bad...)); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
+
+// confirm-stops posts the crunch with the token and prints what the
+// scheduler confirmed; a refusal is an error carrying the scheduler's words.
+func TestConfirmStopsCommand(t *testing.T) {
+	var gotAuth, gotBody string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotAuth = r.Header.Get("Authorization")
+		b, _ := io.ReadAll(r.Body)
+		gotBody = string(b)
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/stop-holds/confirm" {
+			http.NotFound(w, r)
+			return
+		}
+		if gotAuth != "Bearer tok" {
+			http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
+			return
+		}
+		_, _ = w.Write([]byte(`{"confirmed":[{"crunch":"C1","crunch_name":"demo","jobs":["model-node-a","model-node-b"],"running":2}]}`))
+	}))
+	defer srv.Close()
+	var out strings.Builder
+	t.Setenv("MODELNODES_SCHEDULER_ADMIN_TOKEN", "tok")
+	if err := confirmStops(context.Background(), []string{"--status-addr", srv.URL, "--crunch", "demo"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(gotBody, `"crunch":"demo"`) || !strings.Contains(out.String(), "crunch C1 (demo): 2 of 2 running models will stop: model-node-a model-node-b") {
+		t.Fatalf("body %q, output %q", gotBody, out.String())
+	}
+	err := confirmStops(context.Background(), []string{"--status-addr", srv.URL, "--admin-token", "wrong"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "wrong bearer token") {
+		t.Fatalf("a refused confirmation: %v", err)
+	}
 }

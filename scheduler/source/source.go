@@ -32,9 +32,62 @@ type Snapshot struct {
 	// Skipped lists entries that could not be used (a corrupt account, an
 	// invalid feed entry), each error naming the entry; the others count.
 	Skipped []error
+	// Undecodable lists entries whose newest reading could not be decoded
+	// (an account overwritten with garbage). Undecodable is not revoked:
+	// the entry's last good version, when there is one, stays in Models.
+	Undecodable []error
+	// Kept lists entries kept in Models from an earlier reading although
+	// this one lacks them or says they stop, for want of positive evidence
+	// (a closing or stop awaiting its confirmation at a later slot, a
+	// crunch the feed listed empty), each error saying why.
+	Kept []error
+	// Duplicates lists the entries left out because an earlier one names
+	// the same model (Dedupe).
+	Duplicates []Duplicate
 	// Err means the source could not be read at all: the previous good
 	// snapshot stays in force.
 	Err error
+}
+
+// Duplicate is an entry that names the same model (the same crunch and
+// model id, so the same job) as the entry used instead.
+type Duplicate struct {
+	// Model is the left-out entry's model.
+	Model jobs.Model
+	// Entry names the left-out entry, Used the entry used.
+	Entry, Used string
+}
+
+func (d Duplicate) Error() string {
+	return fmt.Sprintf("%s names model %q of crunch %q, as %s does: %s is used", d.Entry, d.Model.ModelID, d.Model.Crunch, d.Used, d.Used)
+}
+
+// Dedupe keeps one model per job id (jobs.JobID): models[i] comes from the
+// entry entries[i], and the order of the input decides, so a source passes
+// its entries in a stable order (the chain by account address, a list in
+// its own order). Of the entries naming one model, the first that wants it
+// running is used, else the first; the others are returned as
+// Duplicates, in input order. Models keeps the input order.
+func Dedupe(models []jobs.Model, entries []string) ([]jobs.Model, []Duplicate) {
+	chosen := map[string]int{} // job id -> index in models
+	for i := range models {
+		id := jobs.JobID(&models[i])
+		j, seen := chosen[id]
+		if !seen || (models[i].Running && !models[j].Running) {
+			chosen[id] = i
+		}
+	}
+	var out []jobs.Model
+	var dups []Duplicate
+	for i := range models {
+		j := chosen[jobs.JobID(&models[i])]
+		if j == i {
+			out = append(out, models[i])
+			continue
+		}
+		dups = append(dups, Duplicate{Model: models[i], Entry: entries[i], Used: entries[j]})
+	}
+	return out, dups
 }
 
 // EntryError is a skipped entry: the entry named as an operator finds it
@@ -50,9 +103,10 @@ func (e *EntryError) Error() string { return fmt.Sprintf("%s: %v", e.Entry, e.Er
 func (e *EntryError) Unwrap() error { return e.Err }
 
 // SortModels orders models by crunch and id, so snapshots of the same
-// content compare equal.
+// content compare equal. The sort is stable: models of the same crunch and
+// id (which Dedupe leaves none of) keep their input order.
 func SortModels(ms []jobs.Model) {
-	sort.Slice(ms, func(i, j int) bool {
+	sort.SliceStable(ms, func(i, j int) bool {
 		if ms[i].Crunch != ms[j].Crunch {
 			return ms[i].Crunch < ms[j].Crunch
 		}

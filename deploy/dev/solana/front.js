@@ -12,7 +12,12 @@
 // - programSubscribe reports account changes with the subscription's
 //   filters, and says nothing when an account is closed;
 // - during an outage (POST /control {"op":"outage","ms":N}) HTTP answers
-//   503 and websockets are dropped and refused.
+//   503 and websockets are dropped and refused;
+// - the slot advances every SLOT_MS milliseconds (default 400, a
+//   validator's pace) besides every write, so readers can tell a later
+//   reading from an earlier one;
+// - {"op":"reset"} is the front restarted empty on the same port: a new VM
+//   with no accounts, the slot back to 1, websockets dropped.
 //
 // It exits when its stdin closes (it dies with the test that started it),
 // unless FRONT_DETACHED=1: then it runs until signalled (the demo's front,
@@ -25,8 +30,9 @@ const kit = require("@solana/kit");
 
 const b58 = kit.getBase58Codec();
 const b64 = kit.getBase64Codec();
-const svm = new LiteSVM();
+let svm = new LiteSVM();
 let slot = 1n;
+setInterval(() => { slot++; }, Number(process.env.SLOT_MS || 400)).unref();
 let downUntil = 0;
 const statuses = new Map(); // signature -> {slot, err}
 const subs = new Map(); // id -> {ws, kind, key, filters, encoding}
@@ -191,6 +197,12 @@ function control(req) {
     case "dropWebsockets":
       dropAll();
       return {};
+    case "reset":
+      svm = new LiteSVM();
+      slot = 1n;
+      statuses.clear();
+      dropAll();
+      return { slot: Number(slot) };
     case "stats":
       return { ...stats, subscriptions: subs.size, slot: Number(slot) };
     default:

@@ -277,6 +277,12 @@ func (f *Front) Outage(ctx context.Context, d time.Duration) error {
 	return f.do(ctx, map[string]any{"op": "outage", "ms": d.Milliseconds()}, nil)
 }
 
+// Reset is the front restarted empty on the same port: a new VM without
+// any account, the slot back to 1, every websocket dropped.
+func (f *Front) Reset(ctx context.Context) error {
+	return f.do(ctx, map[string]any{"op": "reset"}, nil)
+}
+
 // DropWebsockets closes every websocket (subscriptions are lost).
 func (f *Front) DropWebsockets(ctx context.Context) error {
 	return f.do(ctx, map[string]any{"op": "dropWebsockets"}, nil)

@@ -123,6 +123,29 @@ func (f *Front) Outage(t testing.TB, d time.Duration) {
 	}
 }
 
+// Reset makes the front what a restarted one would be: empty (no account
+// at all), its slot back to 1, every websocket dropped.
+func (f *Front) Reset(t testing.TB) {
+	t.Helper()
+	ctx, cancel := controlCtx()
+	defer cancel()
+	if err := f.f.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Slot is the front's current slot.
+func (f *Front) Slot(t testing.TB) uint64 {
+	t.Helper()
+	ctx, cancel := controlCtx()
+	defer cancel()
+	s, err := f.f.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Slot
+}
+
 // DropWebsockets closes every websocket connection once.
 func (f *Front) DropWebsockets(t testing.TB) {
 	t.Helper()
@@ -168,8 +191,13 @@ type Chain struct {
 
 // NewChain plants a new program's crunch in f.
 func NewChain(t testing.TB, f *Front) *Chain {
-	c := &Chain{Front: f, Program: solana.NewWallet().PublicKey(), Crunch: solana.NewWallet().PublicKey(),
-		Coord: solana.NewWallet().PublicKey()}
+	return NewChainWith(t, f, solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey())
+}
+
+// NewChainWith plants the crunch of NewChain at the given addresses (the
+// same chain again, in a front that was reset).
+func NewChainWith(t testing.TB, f *Front, program, crunch, coord solana.PublicKey) *Chain {
+	c := &Chain{Front: f, Program: program, Crunch: crunch, Coord: coord}
 	cr := &onchain.Crunch{Name: "mid-one", Bump: 255}
 	copy(cr.Coordinator[:], c.Coord[:])
 	cr.CertHash[0] = 0xaa

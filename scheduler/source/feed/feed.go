@@ -40,6 +40,10 @@ type Source struct {
 	// runner's certificate as model-node-<model id>.crunchdao.internal).
 	ModelIDNames bool
 	Client       *http.Client
+
+	// last holds, per crunch asked for, the models of the last reading
+	// that listed any (an empty listing keeps them: not evidence).
+	last map[string][]jobs.Model
 }
 
 // Name implements source.Source.
@@ -127,11 +131,46 @@ func (f *Source) read(ctx context.Context) source.Snapshot {
 	if err := json.Unmarshal(body, &entries); err != nil {
 		return source.Snapshot{Err: fmt.Errorf("crunchdao feed: not a JSON array of model states: %w", err)}
 	}
-	return f.convert(entries)
+	return f.keepListedEmpty(entries, f.convert(entries))
+}
+
+// keepListedEmpty fails static per crunch: a crunch asked for of which the
+// feed lists no entry at all keeps the models of the last reading that
+// listed some (a feed that answers an empty list, after a restart or for
+// a lost crunch, is no evidence that its models were revoked). An entry
+// of the crunch, even STOPPED or refused, is evidence about the crunch:
+// its models absent from that listing are no longer desired.
+func (f *Source) keepListedEmpty(entries []Entry, snap source.Snapshot) source.Snapshot {
+	listed := map[string]bool{}
+	for _, e := range entries {
+		listed[e.CrunchName] = true
+	}
+	if f.last == nil {
+		f.last = map[string][]jobs.Model{}
+	}
+	for _, c := range f.Crunches {
+		if listed[c] {
+			f.last[c] = nil
+			for _, m := range snap.Models {
+				if m.Crunch == c {
+					f.last[c] = append(f.last[c], m)
+				}
+			}
+			continue
+		}
+		if kept := f.last[c]; len(kept) > 0 {
+			snap.Models = append(snap.Models, kept...)
+			snap.Kept = append(snap.Kept, &source.EntryError{Entry: fmt.Sprintf("crunch %q", c),
+				Err: fmt.Errorf("the feed lists no model of it: keeping the %d of its last listing that had any (an empty listing is no evidence)", len(kept))})
+		}
+	}
+	source.SortModels(snap.Models)
+	return snap
 }
 
 func (f *Source) convert(entries []Entry) source.Snapshot {
 	var snap source.Snapshot
+	var labels []string
 	for i, e := range entries {
 		m := jobs.Model{
 			Crunch: e.CrunchName, CrunchID: e.CrunchPubKey, ModelID: e.Model.ID,
@@ -162,7 +201,11 @@ func (f *Source) convert(entries []Entry) source.Snapshot {
 			continue
 		}
 		snap.Models = append(snap.Models, m)
+		labels = append(labels, fmt.Sprintf("feed entry %d", i))
 	}
+	// Entries of the same model: the first in the feed's order that wants
+	// it running is used.
+	snap.Models, snap.Duplicates = source.Dedupe(snap.Models, labels)
 	source.SortModels(snap.Models)
 	return snap
 }

@@ -111,3 +111,49 @@ func TestFeedResources(t *testing.T) {
 		t.Errorf("m2 names no resource id but got %q %q", m2.ResourcesURL, m2.ResourcesSHA256)
 	}
 }
+
+// A feed that answers an empty list (for one crunch, or for all) is no
+// evidence that the crunch's models were revoked: they stay, and the
+// snapshot says why. An entry of the crunch, even STOPPED, is evidence:
+// a model absent from such a listing goes.
+func TestFeedEmptyListingKeepsTheCrunch(t *testing.T) {
+	body := feedBody
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(body)) }))
+	defer srv.Close()
+	f := &Source{URL: srv.URL, Crunches: []string{"mid-one", "other"}, ArtifactURL: "https://store/{submission_id}.tar.gz"}
+	if snap := f.read(context.Background()); len(snap.Models) != 2 || len(snap.Kept) != 0 {
+		t.Fatalf("first reading: %+v", snap)
+	}
+	for _, empty := range []string{"[]", `[{"crunchName":"other","model":{"id":"o"},"desiredState":"START"}]`} {
+		body = empty
+		snap := f.read(context.Background())
+		if snap.Err != nil || len(snap.Models) != 2 || !snap.Models[0].Running || len(snap.Kept) != 1 ||
+			!strings.Contains(snap.Kept[0].Error(), `crunch "mid-one"`) {
+			t.Fatalf("an empty listing of mid-one (%s) changed its models: %+v", empty, snap)
+		}
+	}
+	// mid-one listed again, with only model 99 (STOPPED): 1234 goes.
+	body = `[{"crunchName":"mid-one","model":{"id":"99","submissionId":"sub-9","hardwareType":"GPU","artifactSha256":"` +
+		strings.Repeat("cd", 32) + `"},"desiredState":"STOP"}]`
+	snap := f.read(context.Background())
+	if len(snap.Models) != 1 || snap.Models[0].ModelID != "99" || len(snap.Kept) != 0 {
+		t.Fatalf("a listing of the crunch is evidence: %+v", snap)
+	}
+}
+
+// Two entries of one model: the first (in the feed's order) that wants it
+// running is used, whatever comes after; the other is named as a duplicate.
+func TestFeedDuplicates(t *testing.T) {
+	f := &Source{ArtifactURL: "https://store/{submission_id}.tar.gz"}
+	entry := func(sub, state string) Entry {
+		var e Entry
+		e.CrunchName, e.Model.ID, e.Model.SubmissionID, e.Model.HardwareType, e.DesiredState = "c", "m", sub, "CPU", state
+		e.Model.ArtifactSHA256 = strings.Repeat("ab", 32)
+		return e
+	}
+	snap := f.convert([]Entry{entry("old", "STOP"), entry("a", "START"), entry("b", "START")})
+	if len(snap.Models) != 1 || snap.Models[0].SubmissionID != "a" || len(snap.Duplicates) != 2 ||
+		snap.Duplicates[0].Used != "feed entry 1" || !strings.Contains(snap.Duplicates[1].Error(), "feed entry 2") {
+		t.Fatalf("duplicates: %+v", snap)
+	}
+}

@@ -79,10 +79,11 @@ func TestResourcesReachTheModel(t *testing.T) {
 func accountsSource() (src *Source, put func(key solana.PublicKey, data []byte), program, crunch, coord solana.PublicKey) {
 	program, crunch, coord = solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
 	src = &Source{Program: program}
-	src.crunches, src.certs = map[solana.PublicKey]*onchain.Crunch{}, map[solana.PublicKey]*onchain.CoordinatorCertificate{}
-	src.auths, src.bad = map[solana.PublicKey]*onchain.ModelAuthorization{}, map[solana.PublicKey]error{}
+	src.accts, src.check = map[solana.PublicKey]*account{}, map[solana.PublicKey]bool{}
+	slot := uint64(0)
 	put = func(key solana.PublicKey, data []byte) {
-		src.apply(key, &rpc.Account{Owner: program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(data)})
+		slot++
+		src.apply(key, &rpc.Account{Owner: program, Lamports: 1, Data: rpc.DataBytesOrJSONFromBytes(data)}, slot)
 	}
 	return src, put, program, crunch, coord
 }

@@ -79,6 +79,7 @@ func Parse(b []byte) source.Snapshot {
 		return source.Snapshot{Err: fmt.Errorf("models file: %w", err)}
 	}
 	var snap source.Snapshot
+	var entries []string
 	for i, e := range doc.Models {
 		m := e.Model
 		switch strings.ToLower(e.Desired) {
@@ -99,7 +100,11 @@ func Parse(b []byte) source.Snapshot {
 			continue
 		}
 		snap.Models = append(snap.Models, m)
+		entries = append(entries, fmt.Sprintf("models[%d]", i))
 	}
+	// The operator's own file: an entry removed is evidence, and of two
+	// entries of one model the first listed that wants it running is used.
+	snap.Models, snap.Duplicates = source.Dedupe(snap.Models, entries)
 	source.SortModels(snap.Models)
 	return snap
 }

@@ -1,0 +1,532 @@
+//go:build e2e
+
+package scheduler
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	solana "github.com/gagliardetto/solana-go"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/modelnodes/modelnodes/client"
+	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
+	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
+	"github.com/modelnodes/modelnodes/nomad"
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+	"github.com/modelnodes/modelnodes/runner/authz"
+	"github.com/modelnodes/modelnodes/scheduler/observer"
+	"github.com/modelnodes/modelnodes/scheduler/source/feed"
+	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
+	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
+	"github.com/modelnodes/modelnodes/scheduler/source/yamlfile"
+)
+
+// Fail static on the real stack (issue 19, items 1-3), with three Go
+// models serving a coordinator that calls them all every 100 ms through
+// Consul and mTLS. One fault at a time, and the coordinator must see no
+// failed call and every model answer in every round:
+//
+//  1. the Solana front restarts empty (a new VM, its slot back to 1):
+//     nothing is stopped, the kept authorizations are reported;
+//  2. every account closed (slots advancing): the closings are confirmed,
+//     but stopping 3 of 3 models is held (status, gauge, warning) and ends
+//     when the accounts come back;
+//  3. garbage over a running model's account: the model keeps running on
+//     its last good version, the account is reported undecodable;
+//  4. a second authorization of a running model's id, at a lower address
+//     (the one the rule picks): the running job is not replaced, the
+//     duplicate is reported naming both accounts;
+//
+// then 5. two of the three authorizations closed: held until an operator
+// confirms with the admin token, then exactly those two stop, and the
+// third never misses a call.
+func TestFailStaticUnderFanOut(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Nomad)
+	requireModelbox(t, cl.Nomad.Client)
+	nc := nomad.Wrap(cl.Nomad.Client)
+	t.Cleanup(func() { purgeAll(t, nc) })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	const crunchName = "failstatic"
+	coord := onboardCoordinator(t, ctx, cl, crunchName)
+	artifact, sum := serveExampleModel(t)
+	f := solanatest.StartFront(t)
+	c := solanatest.NewChain(t, f)
+	cr := &onchain.Crunch{Name: crunchName, Bump: 255}
+	copy(cr.Coordinator[:], c.Coord[:])
+	hashBytes(t, authz.SPKIHash(coord.issuer.Certificate().Leaf), &cr.CertHash)
+	auth := func(id string, memMB uint32) []byte {
+		a := c.Auth(id, true, memMB)
+		a.ArtifactURI, a.ArtifactSHA256 = artifact, sum
+		a.Runtime, a.Entry, a.CPUMHz = onchain.RuntimeExecutable, "example-model", callableCPU
+		return a.Encode()
+	}
+	ids := []string{"fs-a", "fs-b", "fs-c"}
+	keys := []solana.PublicKey{solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()}
+	plant := func() {
+		f.SetAccount(t, c.Crunch, c.Program, cr.Encode())
+		for i, k := range keys {
+			f.SetAccount(t, k, c.Program, auth(ids[i], callableMemory))
+		}
+	}
+	plant()
+	jobIDs := make([]string, len(ids))
+	for i, id := range ids {
+		m := jobs.Model{Crunch: crunchName, CrunchID: c.Crunch.String(), ModelID: id}
+		jobIDs[i] = jobs.JobID(&m)
+	}
+
+	var logs syncbuf.Buffer
+	logger := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
+	opts := *testOptions
+	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
+	const token = "e2e-admin-token"
+	guard := &StopGuard{MaxShare: 0.5, Hold: time.Hour, Logger: logger}
+	rs := startSchedulerWith(t, func(s *Scheduler) {
+		s.Reconciler.Options, s.Reconciler.Guard, s.Reconciler.Logger = &opts, guard, logger
+		s.Logger, s.AdminToken = logger, token
+		guard.Metrics = s.Metrics
+	}, nc, nc, nil, &solanasrc.Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Resync: 2 * time.Second, Logger: logger})
+	srv := httptest.NewServer(rs.s.Handler())
+	defer srv.Close()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("scheduler log:\n%s", logs.String())
+		}
+	})
+
+	// The coordinator, and every model answering it.
+	cc, err := client.New(client.Config{Source: &consul.Source{Client: coord.consul, Service: names.Service(crunchName), Crunch: c.Crunch.String()},
+		TLS: coord.issuer, SetupOnJoin: &client.SetupOnJoin{ClassName: callableClass, Timeout: 10 * time.Second}, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cc.Run(ctx) }()
+	loop := &fanOut{cc: cc}
+	loop.run(ctx)
+	defer loop.stop()
+	short := func(i int) string { return strings.TrimPrefix(jobIDs[i], names.JobPrefix) }
+
+	// phase runs one fault as a subtest: once every model answers, it
+	// records what the coordinator sees while body runs (restore puts the
+	// chain back, even when body fails), and checks it: no failed call, and
+	// every model answering every round (except where allowed says a failed
+	// call is allowed).
+	phase := func(name string, body func(t *testing.T, before map[string]string), restore func(), allowed func(fail string) bool) {
+		t.Run(name, func(t *testing.T) {
+			if !loop.waitAll(len(ids), callableTimeout) {
+				t.Fatalf("the models do not all answer before the phase: %v", loop.lastFails())
+			}
+			before := jobIndexes(t, nc)
+			loop.enter(name)
+			func() {
+				if restore != nil {
+					defer restore()
+				}
+				body(t, before)
+			}()
+			p := loop.enter("between phases")
+			t.Logf("the coordinator saw: %d rounds, %d calls ok, %d failed, fewest models answering a round %d of %d",
+				p.rounds, p.ok, len(p.fails), p.fewest, len(ids))
+			var bad []string
+			for _, fl := range p.fails {
+				if allowed == nil || !allowed(fl) {
+					bad = append(bad, fl)
+				}
+			}
+			if len(bad) > 0 || (allowed == nil && p.fewest < len(ids)) || p.rounds < 10 {
+				t.Errorf("the coordinator saw %d failed calls (%.3q), fewest models answering a round %d of %d, in %d rounds",
+					len(bad), bad, p.fewest, len(ids), p.rounds)
+			}
+		})
+	}
+	replant := func() {
+		c = solanatest.NewChainWith(t, f, c.Program, c.Crunch, c.Coord)
+		plant()
+	}
+
+	// 1. The front restarts empty: its listings are empty and its slots
+	// older than those that authorized the models.
+	phase("front restarted empty", func(t *testing.T, before map[string]string) {
+		slot := f.Slot(t)
+		f.Reset(t)
+		until := time.Now().Add(8 * time.Second)
+		for time.Now().Before(until) && f.Slot(t) < slot {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if st := schedulerStatus(t, srv.URL); len(st.Sources[0].Kept) != len(ids) {
+			t.Errorf("the kept authorizations are not reported: %v", st.Sources[0].Kept)
+		}
+		sameJobs(t, nc, before, "after the front restarted empty")
+		replant()
+		waitStatus(t, srv.URL, "the chain back", func(st statusBody) bool { return len(st.Sources[0].Kept) == 0 && st.Sources[0].Models == len(ids) })
+		sameJobs(t, nc, before, "after the chain came back")
+	}, replant, nil)
+
+	// 2. Every account closed, at advancing slots: positive evidence, read
+	// twice; but 3 of 3 models is more than the allowed share: held.
+	phase("every account closed", func(t *testing.T, before map[string]string) {
+		f.CloseAccount(t, c.Crunch)
+		for _, k := range keys {
+			f.CloseAccount(t, k)
+		}
+		st := waitStatus(t, srv.URL, "the stops held", func(st statusBody) bool { return len(st.StopHolds) == 1 && len(st.StopHolds[0].Jobs) == len(ids) })
+		if h := st.StopHolds[0]; h.Crunch != c.Crunch.String() || h.CrunchName != crunchName || h.Running != len(ids) || h.Until.IsZero() {
+			t.Errorf("the hold: %+v", h)
+		}
+		if !strings.Contains(metricsText(t, srv.URL), "modelnodes_scheduler_held_stops 3") {
+			t.Error("held_stops is not 3")
+		}
+		if !strings.Contains(grepLine(logs.String(), "holding stops"), "[WARN]") {
+			t.Error("the hold is not logged as a warning")
+		}
+		time.Sleep(3 * time.Second)
+		sameJobs(t, nc, before, "with every account closed")
+		plant()
+		waitStatus(t, srv.URL, "the hold ended", func(st statusBody) bool { return len(st.StopHolds) == 0 && st.Sources[0].Models == len(ids) })
+		sameJobs(t, nc, before, "after the accounts came back")
+	}, plant, nil)
+
+	// 3. Garbage over model A's account (another discriminator: listings
+	// no longer return it, its own read does not decode).
+	phase("corrupt account", func(t *testing.T, before map[string]string) {
+		garbage := make([]byte, 96)
+		_, _ = rand.Read(garbage)
+		f.SetAccount(t, keys[0], c.Program, garbage)
+		time.Sleep(4 * time.Second) // two resyncs, their reads, and passes
+		sameJobs(t, nc, before, "with model A's account corrupt")
+		waitStatus(t, srv.URL, "the account reported undecodable", func(st statusBody) bool {
+			return len(st.Sources[0].Undecodable) == 1 && strings.Contains(st.Sources[0].Undecodable[0], keys[0].String())
+		})
+		if !strings.Contains(metricsText(t, srv.URL), `modelnodes_scheduler_undecodable_accounts{source="solana"} 1`) {
+			t.Error("undecodable_accounts is not 1")
+		}
+		f.SetAccount(t, keys[0], c.Program, auth(ids[0], callableMemory))
+		waitStatus(t, srv.URL, "the account decodes again", func(st statusBody) bool { return len(st.Sources[0].Undecodable) == 0 })
+	}, plant, nil)
+
+	// 4. A second authorization of model B at a lower address (the one the
+	// rule picks) asking for more memory: the running job stays.
+	dup := solana.NewWallet().PublicKey()
+	for bytes.Compare(dup[:], keys[1][:]) >= 0 {
+		dup = solana.NewWallet().PublicKey()
+	}
+	phase("duplicate model id", func(t *testing.T, before map[string]string) {
+		f.SetAccount(t, dup, c.Program, auth(ids[1], callableMemory+64))
+		time.Sleep(5 * time.Second) // passes, resyncs and re-reads: no flapping
+		sameJobs(t, nc, before, "with a duplicate of model B")
+		waitFor(t, 30*time.Second, "the duplicate reported", func() bool {
+			var models []ModelStatus
+			getJSON(t, srv.URL+"/v1/models", &models)
+			for _, m := range models {
+				if m.JobID == jobIDs[1] && strings.Contains(m.Duplicate, dup.String()) && strings.Contains(m.Duplicate, keys[1].String()) {
+					return true
+				}
+			}
+			return false
+		})
+		if line := grepLine(logs.String(), "duplicate model id"); !strings.Contains(line, "[WARN]") || !strings.Contains(line, dup.String()) || !strings.Contains(line, keys[1].String()) {
+			t.Errorf("the duplicate is not logged as a warning naming both accounts: %q", line)
+		}
+		f.CloseAccount(t, dup)
+		waitStatus(t, srv.URL, "the duplicate gone", func(st statusBody) bool { return len(st.Sources[0].Duplicates) == 0 })
+		sameJobs(t, nc, before, "after the duplicate closed")
+	}, func() { f.CloseAccount(t, dup); plant() }, nil)
+
+	// 5. A and B closed: 2 of 3, held until an operator confirms; then they
+	// stop (their calls may fail while they go), and C never misses one.
+	phase("two closed, confirmed", func(t *testing.T, before map[string]string) {
+		f.CloseAccount(t, keys[0])
+		f.CloseAccount(t, keys[1])
+		waitStatus(t, srv.URL, "the stops of A and B held", func(st statusBody) bool { return len(st.StopHolds) == 1 && len(st.StopHolds[0].Jobs) == 2 })
+		if code := postConfirm(t, srv.URL, "wrong-token"); code != http.StatusUnauthorized {
+			t.Fatalf("a confirmation with a wrong token: %d", code)
+		}
+		time.Sleep(time.Second)
+		sameJobs(t, nc, before, "before the confirmation")
+		if code := postConfirm(t, srv.URL, token); code != http.StatusOK {
+			t.Fatalf("the confirmation: %d", code)
+		}
+		waitJobs(t, nc, 20*time.Second, "A and B stopped", func(m map[string]nomad.JobStub) bool {
+			return m[jobIDs[0]].Stop && m[jobIDs[1]].Stop && !m[jobIDs[2]].Stop
+		})
+		waitFor(t, 30*time.Second, "the coordinator down to model C", func() bool { return len(cc.Members()) == 1 })
+		time.Sleep(2 * time.Second)
+	}, nil, func(fail string) bool { return strings.HasPrefix(fail, short(0)) || strings.HasPrefix(fail, short(1)) })
+}
+
+// fanOut is the coordinator's loop: every model called every 100 ms,
+// what it saw recorded per phase.
+type fanOut struct {
+	cc     *client.Client
+	mu     sync.Mutex
+	cur    *phaseRecord
+	lastOK int
+	last   []string
+	done   chan struct{}
+	quit   context.CancelFunc
+}
+
+type phaseRecord struct {
+	rounds, ok int
+	fewest     int // fewest models answering a round
+	fails      []string
+}
+
+// enter starts recording a new phase and returns the one it ends.
+func (l *fanOut) enter(string) *phaseRecord {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	prev := l.cur
+	l.cur = &phaseRecord{fewest: 1 << 30}
+	return prev
+}
+
+// round calls every model once, records it in the current phase, and
+// returns how many answered.
+func (l *fanOut) round(ctx context.Context) {
+	res := l.cc.Call(ctx, "echo", client.Request{Args: client.Positional(commonspb.String(probeEcho))})
+	ok := 0
+	var fails []string
+	for _, r := range res {
+		if got, _ := r.Value.AsString(); r.OK() && got == probeEcho {
+			ok++
+			continue
+		}
+		fails = append(fails, fmt.Sprintf("%s: %s %s %s", r.Model.ID, r.Status, r.Code, r.Message))
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
+	l.lastOK, l.last = ok, fails
+	if p := l.cur; p != nil {
+		p.rounds++
+		p.ok += ok
+		p.fails = append(p.fails, fails...)
+		p.fewest = min(p.fewest, ok)
+	}
+}
+
+// waitAll waits up to d for a round in which n models answered.
+func (l *fanOut) waitAll(n int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		l.mu.Lock()
+		ok := l.lastOK
+		l.mu.Unlock()
+		if ok >= n {
+			return true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return false
+}
+
+func (l *fanOut) lastFails() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last
+}
+
+func (l *fanOut) run(ctx context.Context) {
+	ctx, l.quit = context.WithCancel(ctx)
+	l.done = make(chan struct{})
+	go func() {
+		defer close(l.done)
+		for ctx.Err() == nil {
+			l.round(ctx)
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+}
+
+func (l *fanOut) stop() {
+	l.quit()
+	<-l.done
+}
+
+// statusBody is the part of GET /v1/status the tests read.
+type statusBody struct {
+	Sources   []SourceStatus `json:"sources"`
+	StopHolds []StopHold     `json:"stop_holds"`
+}
+
+func schedulerStatus(t testing.TB, base string) statusBody {
+	t.Helper()
+	var st statusBody
+	getJSON(t, base+"/v1/status", &st)
+	return st
+}
+
+// waitStatus polls GET /v1/status (up to 30 s) until ok holds.
+func waitStatus(t *testing.T, base, what string, ok func(statusBody) bool) statusBody {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := schedulerStatus(t, base)
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 30 s; status: %+v", what, st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func metricsText(t testing.TB, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func postConfirm(t testing.TB, base, token string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/stop-holds/confirm", strings.NewReader(`{}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// jobIndexes returns each of our jobs' modify index and whether it is stopped.
+func jobIndexes(t testing.TB, nc *nomad.Client) map[string]string {
+	t.Helper()
+	list, err := nc.ListJobs(context.Background(), names.JobPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, j := range list {
+		out[j.ID] = fmt.Sprintf("index=%d stop=%v", j.JobModifyIndex, j.Stop)
+	}
+	return out
+}
+
+// sameJobs fails the test when a job was written since before.
+func sameJobs(t testing.TB, nc *nomad.Client, before map[string]string, when string) {
+	t.Helper()
+	now := jobIndexes(t, nc)
+	for _, id := range slices.Sorted(maps.Keys(before)) {
+		if now[id] != before[id] {
+			t.Errorf("%s: job %s changed: %s -> %s", when, id, before[id], now[id])
+		}
+	}
+}
+
+// grepLine returns the last line of s that contains sub.
+func grepLine(s, sub string) string {
+	last := ""
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			last = l
+		}
+	}
+	return last
+}
+
+// A model Nomad cannot place (more memory than any node has) is not left
+// "pending" without a word: the status API gives Nomad's placement failure,
+// and the models gauge counts it pending although it has no allocation.
+func TestStatusSaysWhyAModelIsNotPlaced(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Nomad)
+	nc := nomad.Wrap(cl.Nomad.Client)
+	t.Cleanup(func() { purgeAll(t, nc) })
+	m := fileModel("huge")
+	m.MemoryMB = 4 << 20 // 4 TiB
+	s := startSchedulerWith(t, func(s *Scheduler) {
+		s.Placements = nc
+		s.Observer.Metrics = s.Metrics
+	}, nc, nc, nil, &yamlfile.Source{Path: modelsFile(t, m)})
+	srv := httptest.NewServer(s.s.Handler())
+	defer srv.Close()
+	id := jobs.JobID(&m)
+	var got ModelStatus
+	waitFor(t, 60*time.Second, "a reason for the pending model", func() bool {
+		var models []ModelStatus
+		getJSON(t, srv.URL+"/v1/models", &models)
+		for _, ms := range models {
+			if ms.JobID == id {
+				got = ms
+			}
+		}
+		return got.Reason != ""
+	})
+	if got.State != observer.StatePending || !strings.HasPrefix(got.Reason, "not placed by Nomad (nodes evaluated: ") ||
+		!(strings.Contains(got.Reason, `dimension "memory" exhausted`) || strings.Contains(got.Reason, "filtered")) {
+		t.Fatalf("the unplaced model: %+v", got)
+	}
+	t.Logf("reported: state=%s reason=%q", got.State, got.Reason)
+	waitFor(t, 10*time.Second, "the models gauge counting it pending", func() bool {
+		return strings.Contains(metricsText(t, srv.URL), `modelnodes_scheduler_models{state="pending"} 1`)
+	})
+}
+
+// The feed's fail-static rule on the real Nomad: a feed answering an empty
+// list (a restarted indexer) stops nothing; a listing of the crunch that
+// lacks a model is evidence, and stops that one.
+func TestFeedEmptyListingStopsNothing(t *testing.T) {
+	cl := testcluster.Shared(t, testcluster.Nomad)
+	nc := nomad.Wrap(cl.Nomad.Client)
+	t.Cleanup(func() { purgeAll(t, nc) })
+	entry := func(id string) string {
+		return `{"crunchName":"feedcrunch","crunchPubKey":"FeedCrunch1111","model":{"id":"` + id + `","submissionId":"s-` + id +
+			`","hardwareType":"CPU","artifactSha256":"` + strings.Repeat("ab", 32) + `"},"desiredState":"START"}`
+	}
+	var mu sync.Mutex
+	body := "[" + entry("f1") + "," + entry("f2") + "]"
+	feedSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		_, _ = w.Write([]byte(body))
+	}))
+	defer feedSrv.Close()
+	set := func(b string) { mu.Lock(); body = b; mu.Unlock() }
+	src := &feed.Source{URL: feedSrv.URL, Crunches: []string{"feedcrunch"}, ArtifactURL: "http://127.0.0.1:1/{model_id}.tar.gz", Interval: 100 * time.Millisecond}
+	startScheduler(t, nc, nil, nil, src)
+	idOf := func(id string) string {
+		m := jobs.Model{Crunch: "feedcrunch", CrunchID: "FeedCrunch1111", ModelID: id}
+		return jobs.JobID(&m)
+	}
+	waitJobs(t, nc, 20*time.Second, "both feed models registered", func(m map[string]nomad.JobStub) bool {
+		return len(m) == 2 && !m[idOf("f1")].Stop && !m[idOf("f2")].Stop
+	})
+	before := jobIndexes(t, nc)
+	set("[]")
+	time.Sleep(2 * time.Second) // 20 readings of the empty feed, and passes after each
+	sameJobs(t, nc, before, "with the feed answering []")
+	set("[" + entry("f1") + "]")
+	waitJobs(t, nc, 10*time.Second, "f2 stopped, f1 running", func(m map[string]nomad.JobStub) bool {
+		return m[idOf("f2")].Stop && !m[idOf("f1")].Stop
+	})
+}
