@@ -37,7 +37,8 @@ var pluginInfo = &base.PluginInfoResponse{
 //	    python_interpreters = ["/opt/python/3.13/bin/python3"]
 //	    allowed_runtimes = ["python", "executable"]
 //	    readonly_paths   = ["/usr", "/lib", "/lib64", "/bin", "/etc/ssl"]
-//	    uid_range        = "64000-64999"
+//	    uid_range        = "64000-64999"    # the model workers' users
+//	    runner_uid_range = "62000-62999"    # the runners' users (one per task), apart from uid_range
 //	    worker_pids_limit        = 256
 //	    runner_memory_reserve_mb = 48
 //	    landlock         = "best-effort"
@@ -74,6 +75,8 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 		hclspec.NewLiteral(`["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"]`)),
 	"uid_range": hclspec.NewDefault(hclspec.NewAttr("uid_range", "string", false),
 		hclspec.NewLiteral(`"64000-64999"`)),
+	"runner_uid_range": hclspec.NewDefault(hclspec.NewAttr("runner_uid_range", "string", false),
+		hclspec.NewLiteral(`"62000-62999"`)),
 	"worker_pids_limit": hclspec.NewDefault(hclspec.NewAttr("worker_pids_limit", "number", false),
 		hclspec.NewLiteral(`256`)),
 	"runner_memory_reserve_mb": hclspec.NewDefault(hclspec.NewAttr("runner_memory_reserve_mb", "number", false),

@@ -50,6 +50,9 @@ type Config struct {
 	// Environments says how a Python submission's requirements.txt becomes
 	// its environment.
 	Environments EnvironmentsConfig `codec:"environments"`
+	// RunnerUIDRange holds the runners' users: each task's runner runs as
+	// one of its own (uid and gid), never root and never a model's.
+	RunnerUIDRange string `codec:"runner_uid_range"`
 }
 
 // DefaultDiskMB is a model's writable space (/tmp and /scratch) when neither
@@ -205,8 +208,16 @@ func (c *Config) validate() error {
 	if !filepath.IsAbs(c.ModelStore) {
 		errs = append(errs, fmt.Errorf("model_store: %q is not absolute", c.ModelStore))
 	}
-	if _, _, err := parseRange(c.UIDRange); err != nil {
+	wlo, whi, err := parseRange(c.UIDRange)
+	if err != nil {
 		errs = append(errs, err)
+	}
+	if rlo, rhi, err := parseRange(c.RunnerUIDRange); err != nil {
+		errs = append(errs, fmt.Errorf("runner_%w", err))
+	} else if b := c.Environments.BuildUID; (wlo <= rhi && rlo <= whi) || (rlo <= b && b <= rhi) {
+		// A runner sharing a uid with model code could be reached by it
+		// (signals, ptrace, its files).
+		errs = append(errs, fmt.Errorf("runner_uid_range = %q must not overlap uid_range (%q) nor hold environments.build_uid (%d)", c.RunnerUIDRange, c.UIDRange, b))
 	}
 	switch c.Landlock {
 	case sandbox.LandlockOff, sandbox.LandlockBestEffort, sandbox.LandlockRequired:

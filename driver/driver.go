@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/driver/launcher"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
 	"github.com/modelnodes/modelnodes/internal/envflag"
 	"github.com/modelnodes/modelnodes/internal/procfs"
@@ -48,6 +49,8 @@ type Driver struct {
 	envs   *environments // the environment cache of config
 	tasks  map[string]*taskHandle
 	uids   map[int]string // worker uids in use from uid_range, by task id
+	// runnerUIDs are the runner uids in use from runner_uid_range, by task id.
+	runnerUIDs map[int]string
 
 	sweepOnce sync.Once
 }
@@ -73,6 +76,8 @@ func NewWithIsolator(log hclog.Logger, iso Isolator) *Driver {
 		isolator: iso,
 		tasks:    map[string]*taskHandle{},
 		uids:     map[int]string{},
+
+		runnerUIDs: map[int]string{},
 	}
 }
 
@@ -148,7 +153,7 @@ func (d *Driver) cfg() *Config {
 func defaultConfig() *Config {
 	return &Config{RunnerPath: "model-runner", Python: "/usr/bin/python3", AllowedRuntimes: []string{"python", "executable"},
 		ReadonlyPaths: []string{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"},
-		UIDRange:      "64000-64999", WorkerPidsLimit: 256, RunnerMemoryReserveMB: 48, Landlock: "best-effort",
+		UIDRange:      "64000-64999", RunnerUIDRange: "62000-62999", WorkerPidsLimit: 256, RunnerMemoryReserveMB: 48, Landlock: "best-effort",
 		DiskMB: DefaultDiskMB, CPUHardLimit: true,
 		ModelStore: "/var/lib/modelbox/models", Environments: EnvironmentsConfig{}.withDefaults()}
 }
@@ -198,8 +203,8 @@ func (d *Driver) StartTask(cfg *drivers.TaskConfig) (*drivers.TaskHandle, *drive
 	go h.watch()
 	go d.watchOOM(h)
 	d.emit(cfg, "Model runner started; the worker runs sandboxed", map[string]string{
-		"listen": p.opts.Listen, "runtime": p.opts.Runtime, "worker_uid": strconv.Itoa(p.uid)})
-	h.log.Info("model task started", "listen", p.opts.Listen, "worker_uid", p.uid)
+		"listen": p.opts.Listen, "runtime": p.opts.Runtime, "worker_uid": strconv.Itoa(p.uid), "runner_uid": strconv.Itoa(p.runnerUID)})
+	h.log.Info("model task started", "listen", p.opts.Listen, "worker_uid", p.uid, "runner_uid", p.runnerUID)
 	return handle, nil, nil
 }
 
@@ -214,6 +219,11 @@ type prepared struct {
 	stderr *os.File // the task's stderr, for what the driver says before the runner starts
 	opts   runneropts.Options
 	undos  []func()
+
+	// runnerUID is the runner's user (uid and gid); launcher, when set,
+	// starts the runner as that user.
+	runnerUID int
+	launcher  []string
 }
 
 // closeLog closes the driver's own end of the task's stderr.
@@ -277,6 +287,10 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 	}
 	p.uid = uid
 	p.onUndo(func() { d.releaseUID(uid) })
+	if p.runnerUID, err = d.runnerUser(cfg, uid); err != nil {
+		return nil, err
+	}
+	p.onUndo(func() { d.releaseRunnerUID(p.runnerUID) })
 
 	private := filepath.Join(taskDir, "private", "modelbox")
 	hostDir := filepath.Join(private, "host")
@@ -307,7 +321,7 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 		binds = append(binds, sandbox.Bind{Host: p.env.dir, Inside: InsideEnvDir})
 	}
 	iso, err := d.isolator.Prepare(&IsolationRequest{
-		ID: cfg.AllocID + "." + cfg.Name, UID: uid, GID: gid, PrivateDir: private,
+		ID: cfg.AllocID + "." + cfg.Name, UID: uid, GID: gid, RunnerUID: p.runnerUID, RunnerGID: p.runnerUID, PrivateDir: private,
 		ReadOnly: append(slices.Clone(plugin.ReadonlyPaths), p.env.readOnly...),
 		Binds:    binds, Landlock: plugin.Landlock,
 		DiskBytes: diskBytes(&tc, plugin), AllowWrittenExecutables: plugin.AllowWrittenExecutables,
@@ -331,6 +345,15 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 			return nil, fmt.Errorf("modelbox: %w", err)
 		}
 	}
+	if p.launcher = iso.RunnerWrapper(); len(p.launcher) > 0 {
+		// The launcher puts the sandbox in front of the worker itself.
+		p.opts.WorkerLauncher, p.opts.WorkerWrapper = true, nil
+		p.onUndo(func() { _ = lockSecrets(cfg, p.runnerUID) })
+		if err := grantRunner(p, p.runnerUID); err != nil {
+			return nil, err
+		}
+		relativeToTaskDir(&p.opts, taskDir)
+	}
 	return p, nil
 }
 
@@ -343,7 +366,25 @@ func (d *Driver) launch(p *prepared) (*taskHandle, *drivers.TaskHandle, error) {
 	if p.env.env != nil {
 		inherit = append(inherit, p.env.env.File())
 	}
-	proc, err := startRunner(p.runner, append([]string{"serve"}, p.opts.Args()...), cfg, inherit...)
+	argv := append([]string{p.runner, "serve"}, p.opts.Args()...)
+	env := cfg.EnvList()
+	// The launcher starts the runner once the gate says it is in the
+	// task's cgroup, and only then learns the runner's environment: the
+	// launcher is root, and the task's environment is the job's to set
+	// (LD_PRELOAD...).
+	var gate *os.File
+	gateEnv := env
+	if len(p.launcher) > 0 {
+		argv, env = append(append([]string{}, p.launcher...), argv...), []string{}
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, nil, fmt.Errorf("modelbox: %w", err)
+		}
+		defer r.Close()
+		defer w.Close()
+		inherit, gate = append([]*os.File{r}, inherit...), w // its fd 3 (launcher.GateFD)
+	}
+	proc, err := startRunner(argv[0], argv[1:], env, cfg, inherit...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("modelbox: start the runner: %w", err)
 	}
@@ -356,10 +397,15 @@ func (d *Driver) launch(p *prepared) (*taskHandle, *drivers.TaskHandle, error) {
 	if err := p.iso.AddRunner(proc.Pid); err != nil {
 		return nil, nil, fmt.Errorf("modelbox: %w", err)
 	}
+	if gate != nil {
+		if err := launcher.Release(gate, gateEnv); err != nil {
+			return nil, nil, fmt.Errorf("modelbox: release the runner's launcher: %w", err)
+		}
+	}
 	st, _ := procfs.ReadStat(proc.Pid)
 	h := &taskHandle{
 		log: d.log.With("task_id", cfg.ID, "runner_pid", proc.Pid), cfg: cfg, pid: proc.Pid, startTick: st.StartTicks,
-		uid: p.uid, iso: p.iso, proc: proc, state: drivers.TaskStateRunning, startedAt: time.Now(), done: make(chan struct{}),
+		uid: p.uid, runnerUID: p.runnerUID, iso: p.iso, proc: proc, state: drivers.TaskStateRunning, startedAt: time.Now(), done: make(chan struct{}),
 	}
 	handle := drivers.NewTaskHandle(taskHandleVersion)
 	handle.Config = cfg
@@ -443,11 +489,11 @@ func vaultOptions(o *runneropts.Options, v *TLSVaultConfig, cfg *drivers.TaskCon
 	}
 }
 
-// startRunner starts the runner in its own session (so it survives a plugin
-// restart), writing to the task's log fifos. It inherits the files in
-// inherit as fds 3 and up (the environment's in-use lock: held for as long as
-// the runner lives).
-func startRunner(path string, args []string, cfg *drivers.TaskConfig, inherit ...*os.File) (*os.Process, error) {
+// startRunner starts the runner (or its launcher) in its own session (so it
+// survives a plugin restart), in the task dir with env, writing to the
+// task's log fifos. It inherits the files in inherit as fds 3 and up (the
+// environment's in-use lock: held for as long as the runner lives).
+func startRunner(path string, args, env []string, cfg *drivers.TaskConfig, inherit ...*os.File) (*os.Process, error) {
 	stdout, err := openLog(cfg.StdoutPath)
 	if err != nil {
 		return nil, err
@@ -465,7 +511,7 @@ func startRunner(path string, args []string, cfg *drivers.TaskConfig, inherit ..
 	defer devnull.Close()
 	return os.StartProcess(path, append([]string{path}, args...), &os.ProcAttr{
 		Dir:   cfg.TaskDir().Dir,
-		Env:   cfg.EnvList(),
+		Env:   env,
 		Files: append([]*os.File{devnull, stdout, stderr}, inherit...),
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
@@ -599,6 +645,8 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 		return fmt.Errorf("modelbox: decode task state: %w", err)
 	}
 	if ps, err := procfs.ReadStat(st.Pid); err != nil || ps.StartTicks != st.StartTicks || ps.State == 'Z' {
+		// Its runner uid is free from now on: its secrets must not be.
+		_ = lockSecrets(handle.Config, st.RunnerUID)
 		return fmt.Errorf("modelbox: the task's runner (pid %d) is gone", st.Pid)
 	}
 	if st.Isolation == nil || d.isolator == nil {
@@ -614,7 +662,7 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 	}
 	h := &taskHandle{
 		log: d.log.With("task_id", cfg.ID, "runner_pid", st.Pid), cfg: cfg, pid: st.Pid, startTick: st.StartTicks,
-		uid: st.UID, iso: iso, state: drivers.TaskStateRunning, startedAt: st.StartedAt, done: make(chan struct{}),
+		uid: st.UID, runnerUID: st.RunnerUID, iso: iso, state: drivers.TaskStateRunning, startedAt: st.StartedAt, done: make(chan struct{}),
 	}
 	lo, hi, rangeErr := parseRange(d.cfg().UIDRange)
 	d.mu.Lock()
@@ -623,6 +671,7 @@ func (d *Driver) RecoverTask(handle *drivers.TaskHandle) error {
 		d.uids[st.UID] = cfg.ID
 	}
 	d.mu.Unlock()
+	d.markRunnerUID(st.RunnerUID, cfg.ID)
 	go h.watch()
 	go d.watchOOM(h)
 	h.log.Info("model task recovered")
@@ -698,6 +747,10 @@ func (d *Driver) DestroyTask(id string, force bool) error {
 		h.log.Warn("could not remove the task's cgroups", "error", err)
 	}
 	d.releaseUID(h.uid)
+	if err := lockSecrets(h.cfg, h.runnerUID); err != nil {
+		h.log.Warn("could not take the secrets dir back from the runner's user", "error", err)
+	}
+	d.releaseRunnerUID(h.runnerUID)
 	d.mu.Lock()
 	delete(d.tasks, id)
 	d.mu.Unlock()

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/modelnodes/modelnodes/driver"
+	"github.com/modelnodes/modelnodes/driver/launcher"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
 	"github.com/modelnodes/modelnodes/driver/sandbox/seccomp"
 	"github.com/modelnodes/modelnodes/internal/procfs"
@@ -32,9 +33,10 @@ import (
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 )
 
-// The test binary is the plugin binary too: it must run the sandbox.
+// The test binary is the plugin binary too: it must run the sandbox and the
+// runner's launcher.
 func TestMain(m *testing.M) {
-	if sandbox.Main(os.Args[1:]) {
+	if sandbox.Main(os.Args[1:]) || launcher.Main(os.Args[1:]) {
 		return
 	}
 	os.Exit(m.Run())

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/driver/launcher"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
 )
 
@@ -26,11 +27,18 @@ type Isolator interface {
 // Isolation is one task's isolation.
 type Isolation interface {
 	// WorkerWrapper is the argv prefix the runner puts in front of the
-	// worker's command.
+	// worker's command, for a runner started without RunnerWrapper.
 	WorkerWrapper() []string
 	// WorkerPaths maps host directories to where the worker sees them
 	// (the runner's --worker-paths); nil where it sees the host's paths.
 	WorkerPaths() map[string]string
+	// RunnerWrapper is the argv prefix the driver puts in front of the
+	// runner's command: the launcher (driver/launcher) that starts the
+	// runner as the request's runner user and its workers in the sandbox.
+	// The launcher waits on its fd 3 (launcher.GateFD) for a byte the
+	// driver writes once AddRunner placed it. Nil: the runner is started
+	// as it is and wraps its workers in WorkerWrapper.
+	RunnerWrapper() []string
 	// AddRunner places the runner process (pid) in the task's limits.
 	AddRunner(pid int) error
 	// Usage reads the task's resource use.
@@ -48,6 +56,8 @@ type IsolationRequest struct {
 	// ID is unique per task (alloc id and task name).
 	ID       string
 	UID, GID int
+	// RunnerUID and RunnerGID are the runner's user: not root, not UID.
+	RunnerUID, RunnerGID int
 	// PrivateDir is the driver's directory in the task dir (root only).
 	PrivateDir string
 	// ReadOnly lists system paths the worker may read, at their host path.
@@ -102,6 +112,9 @@ func (h *hostIsolator) Prepare(req *IsolationRequest) (Isolation, error) {
 	if req.UID == 0 || req.GID == 0 {
 		return nil, fmt.Errorf("isolation: refusing to run a model worker as root")
 	}
+	if req.RunnerUID <= 0 || req.RunnerGID <= 0 || req.RunnerUID == req.UID || req.RunnerGID == req.GID {
+		return nil, fmt.Errorf("isolation: the runner's user (%d:%d) must be neither root nor the worker's (%d:%d)", req.RunnerUID, req.RunnerGID, req.UID, req.GID)
+	}
 	// The worker writes only to its sandbox's own tmpfs (/tmp, /scratch):
 	// nothing of the host's disk.
 	root := filepath.Join(req.PrivateDir, "root")
@@ -138,7 +151,7 @@ func (h *hostIsolator) Prepare(req *IsolationRequest) (Isolation, error) {
 	for _, b := range spec.Binds {
 		paths[b.Host] = b.Inside
 	}
-	return &hostIsolation{group: group, specFile: specFile, self: h.self, paths: paths}, nil
+	return &hostIsolation{group: group, specFile: specFile, self: h.self, paths: paths, runnerUID: req.RunnerUID, runnerGID: req.RunnerGID}, nil
 }
 
 func (h *hostIsolator) Restore(st *IsolationState) (Isolation, error) {
@@ -156,11 +169,16 @@ type hostIsolation struct {
 	// paths is the spec's binds, host → inside; nil once restored (the
 	// runner it was for is running).
 	paths map[string]string
+	// The runner's user; zero after Restore (the runner runs already).
+	runnerUID, runnerGID int
 }
 
 func (i *hostIsolation) WorkerWrapper() []string        { return sandbox.Command(i.self, i.specFile) }
 func (i *hostIsolation) WorkerPaths() map[string]string { return i.paths }
-func (i *hostIsolation) AddRunner(pid int) error        { return i.group.AddRunner(pid) }
+func (i *hostIsolation) RunnerWrapper() []string {
+	return launcher.Command(i.self, i.specFile, i.runnerUID, i.runnerGID)
+}
+func (i *hostIsolation) AddRunner(pid int) error { return i.group.AddRunner(pid) }
 func (i *hostIsolation) Usage() (*cgroup.Usage, error) {
 	return i.group.Usage()
 }

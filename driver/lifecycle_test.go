@@ -110,6 +110,7 @@ type fakeIsolation struct {
 
 func (i *fakeIsolation) WorkerWrapper() []string        { return nil }
 func (i *fakeIsolation) WorkerPaths() map[string]string { return nil }
+func (i *fakeIsolation) RunnerWrapper() []string        { return nil }
 
 func (i *fakeIsolation) AddRunner(pid int) error {
 	i.mu.Lock()

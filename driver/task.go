@@ -25,6 +25,7 @@ type taskState struct {
 	StartTicks uint64
 	StartedAt  time.Time
 	UID        int
+	RunnerUID  int
 	Isolation  *IsolationState
 }
 
@@ -35,6 +36,7 @@ type taskHandle struct {
 	pid       int
 	startTick uint64
 	uid       int
+	runnerUID int
 	iso       Isolation
 	proc      *os.Process // nil after a recovery: the runner is not our child
 
@@ -74,7 +76,7 @@ func (h *taskHandle) exitResult() *drivers.ExitResult {
 
 func (h *taskHandle) encodeState() taskState {
 	return taskState{TaskConfig: h.cfg, Pid: h.pid, StartTicks: h.startTick, StartedAt: h.startedAt,
-		UID: h.uid, Isolation: h.iso.State()}
+		UID: h.uid, RunnerUID: h.runnerUID, Isolation: h.iso.State()}
 }
 
 // watch waits for the runner to exit, then kills whatever of the task is

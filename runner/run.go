@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -26,6 +27,7 @@ import (
 	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/pki/vaultpki"
 	"github.com/modelnodes/modelnodes/runner/authz"
+	"github.com/modelnodes/modelnodes/runner/launch"
 	"github.com/modelnodes/modelnodes/runner/pyhost"
 	"github.com/modelnodes/modelnodes/runner/runneropts"
 	"github.com/modelnodes/modelnodes/runner/vaultkey"
@@ -52,7 +54,9 @@ func Run(ctx context.Context, o runneropts.Options) error {
 	if err != nil {
 		return err
 	}
-	if fi, err := os.Stat(modelDir); err != nil || !fi.IsDir() {
+	if fi, err := os.Stat(modelDir); hiddenFromRunner(&o, err) {
+		log.Debug("the model is not visible to the runner; the driver checked it, and the worker reads it", "model_dir", modelDir)
+	} else if err != nil || !fi.IsDir() {
 		return fmt.Errorf("--model-dir %s is not a directory", o.ModelDir)
 	}
 	faulty, err := readModelError(o.ModelErrorFile)
@@ -71,6 +75,16 @@ func Run(ctx context.Context, o runneropts.Options) error {
 		log.Error("the model cannot run; every call answers BAD_IMPLEMENTATION", "reason", faulty)
 	}
 
+	var starter worker.Starter
+	if o.WorkerLauncher {
+		lc, err := launch.FromEnv()
+		if err != nil {
+			return fmt.Errorf("--worker-launcher: %w", err)
+		}
+		defer lc.Close()
+		starter = lc
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg := Config{
@@ -86,6 +100,7 @@ func Run(ctx context.Context, o runneropts.Options) error {
 			Dir:          modelDir,
 			StartTimeout: o.StartTimeout,
 			MaxQueue:     o.MaxQueue,
+			Starter:      starter,
 		},
 	}
 	var srv *Server
@@ -327,7 +342,7 @@ func workerCommand(o *runneropts.Options, modelDir string) ([]string, func(), er
 		if !filepath.IsAbs(prog) {
 			prog = filepath.Join(modelDir, prog)
 		}
-		if fi, err := os.Stat(prog); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		if fi, err := os.Stat(prog); !hiddenFromRunner(o, err) && (err != nil || fi.IsDir() || fi.Mode()&0o111 == 0) {
 			return nil, nil, fmt.Errorf("--entry %s is not an executable file", prog)
 		}
 		return []string{o.WorkerPath(prog)}, func() {}, nil
@@ -341,6 +356,11 @@ func workerCommand(o *runneropts.Options, modelDir string) ([]string, func(), er
 		dir, cleanup = tmp, func() { _ = os.RemoveAll(tmp) }
 	}
 	host, err := pyhost.Install(dir)
+	if err == nil {
+		// The worker starts elsewhere (the sandbox): it needs the host
+		// script's whole path, also when --host-dir is relative.
+		host, err = filepath.Abs(host)
+	}
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -353,4 +373,13 @@ func workerCommand(o *runneropts.Options, modelDir string) ([]string, func(), er
 		cmd = append(cmd, "--entry", o.Entry)
 	}
 	return cmd, cleanup, nil
+}
+
+// hiddenFromRunner reports whether err, from looking at the model, only
+// says that a runner behind the launcher may not see it: the driver keeps
+// the model where only root and the sandbox reach it (a compromised runner
+// must not read model code), checks it before it starts the runner, and
+// the worker reads it inside its sandbox.
+func hiddenFromRunner(o *runneropts.Options, err error) bool {
+	return o.WorkerLauncher && errors.Is(err, fs.ErrPermission)
 }

@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	tipb "github.com/modelnodes/modelnodes/proto/train_infer"
 	"github.com/modelnodes/modelnodes/runner"
+	"github.com/modelnodes/modelnodes/runner/launch"
 	"github.com/modelnodes/modelnodes/runner/runneropts"
 )
 
@@ -87,6 +90,11 @@ func TestRunRefusesBadOptions(t *testing.T) {
 		"not a program": {func(o *runneropts.Options) {
 			o.ModelDir, o.Plaintext, o.Runtime, o.Entry = t.TempDir(), true, "executable", "missing"
 		}, "is not an executable file"},
+		// Told to start workers through a launcher it was not given: it
+		// refuses rather than run the model unsandboxed.
+		"no launcher": {func(o *runneropts.Options) {
+			o.ModelDir, o.Plaintext, o.Runtime, o.Entry, o.WorkerLauncher = t.TempDir(), true, "executable", exampleModel(t), true
+		}, "MODELNODES_LAUNCHER_FD is not set"},
 	} {
 		o := runneropts.Defaults()
 		c.edit(&o)
@@ -94,6 +102,67 @@ func TestRunRefusesBadOptions(t *testing.T) {
 		if err := runner.Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
+	}
+}
+
+// A runner started by the driver's launcher has it start the worker: the
+// worker runs behind the launcher's prefix, with the launcher's environment
+// (not the runner's), and the model serves.
+func TestRunStartsTheWorkerThroughItsLauncher(t *testing.T) {
+	lf, rf, err := launch.Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The runner takes over a bare descriptor, as one it inherited (an
+	// *os.File's finalizer would close the number under it).
+	fd, err := syscall.Dup(int(rf.Fd()))
+	_ = rf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := filepath.Join(t.TempDir(), "argv")
+	srv := &launch.Server{
+		// The prefix records that it ran, then runs the worker: the sandbox's place.
+		Prefix: []string{"/bin/sh", "-c", `echo "$0 $*" > ` + seen + `; exec "$0" "$@"`},
+		Env:    []string{"MODELNODES_WORKER_FD=3"},
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lf) }()
+	t.Setenv(launch.EnvFD, strconv.Itoa(fd))
+
+	o := runneropts.Defaults()
+	o.ModelDir, o.Runtime, o.Entry, o.Plaintext, o.WorkerLauncher = t.TempDir(), "executable", exampleModel(t), true, true
+	o.Listen, o.LogLevel = freeAddr(t), "warn"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- runner.Run(ctx, o) }()
+	conn, err := grpc.NewClient(o.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h := &harness{t: t, health: healthpb.NewHealthClient(conn)}
+	h.ready()
+	h.waitHealth(runner.ServiceDynamicSubclass, healthpb.HealthCheckResponse_SERVING)
+	if b, err := os.ReadFile(seen); err != nil || !strings.Contains(string(b), o.Entry) {
+		t.Fatalf("the launcher's prefix did not run the worker: %q %v", b, err)
+	}
+	if _, ok := os.LookupEnv(launch.EnvFD); ok {
+		t.Errorf("%s is still in the runner's environment, for whatever it starts to inherit", launch.EnvFD)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	// The runner closed its end: the launcher's Serve returns.
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the launcher kept serving after the runner returned")
 	}
 }
 

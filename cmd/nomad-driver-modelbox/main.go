@@ -5,8 +5,10 @@
 //	  config { runner_path = "/usr/local/bin/model-runner" }
 //	}
 //
-// The same binary is the sandbox that confines model workers: the driver has
-// the runner start workers through its hidden "sandbox" subcommand.
+// The same binary is the sandbox that confines model workers, and the
+// launcher that starts the runner as an unprivileged user: the driver starts
+// its hidden "runner-launch" subcommand in the runner's place, which starts
+// workers through the hidden "sandbox" subcommand when the runner asks.
 //
 // For a security team, it prints the seccomp profile it installs in every
 // worker's sandbox, and the hash nodes report as the attribute
@@ -25,12 +27,13 @@ import (
 	"github.com/hashicorp/nomad/plugins"
 
 	"github.com/modelnodes/modelnodes/driver"
+	"github.com/modelnodes/modelnodes/driver/launcher"
 	"github.com/modelnodes/modelnodes/driver/sandbox"
 	"github.com/modelnodes/modelnodes/driver/sandbox/seccomp"
 )
 
 func main() {
-	if sandbox.Main(os.Args[1:]) {
+	if sandbox.Main(os.Args[1:]) || launcher.Main(os.Args[1:]) {
 		return
 	}
 	if len(os.Args) > 1 && os.Args[1] == "seccomp-profile" {

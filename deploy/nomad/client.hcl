@@ -42,6 +42,10 @@ plugin "nomad-driver-modelbox" {
     # time) and changes the profile hash the node reports
     # (driver.modelbox.seccomp.profile; docs/driver.md "System calls").
     allow_written_executables = false
+    # Each running model's runner runs as a user of this range of its own
+    # (not root, no capabilities); the workers use uid_range (64000-64999).
+    # Keep both free of the node's accounts and of Nomad's dynamic users.
+    runner_uid_range = "62000-62999"
   }
 }
 

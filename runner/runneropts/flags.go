@@ -63,6 +63,7 @@ var options = []option{
 	{name: "host-dir", usage: "where to write the Python host script (default: a private temp dir); a sandboxing wrapper must show it to the worker", field: func(o *Options) flag.Value { return str(&o.HostDir) }},
 	{name: "worker-wrapper", usage: "command prefixed to the worker's argv, e.g. a sandbox (a JSON array, or words split on spaces); the Nomad driver sets it", field: func(o *Options) flag.Value { return command(&o.WorkerWrapper) }},
 	{name: "worker-paths", usage: `where the worker sees the runner's directories, as a JSON object {"/host/dir": "/inside"}: the worker's argv is written with the inside paths (a sandbox that shows the model at /model); the Nomad driver sets it`, field: func(o *Options) flag.Value { return pathMap(&o.WorkerPaths) }},
+	{name: "worker-launcher", usage: "start each worker through the privileged launcher that started this runner (its socket in $MODELNODES_LAUNCHER_FD); the Nomad driver sets it", field: func(o *Options) flag.Value { return boolean(&o.WorkerLauncher) }},
 	{name: "log-level", usage: "trace, debug, info, warn or error", field: func(o *Options) flag.Value { return str(&o.LogLevel) }},
 	{name: "log-json", usage: "write logs as JSON", field: func(o *Options) flag.Value { return boolean(&o.LogJSON) }},
 }

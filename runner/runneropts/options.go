@@ -76,6 +76,13 @@ type Options struct {
 	// the model at /model): the worker's argv is written with the latter.
 	// Both sides absolute (--worker-paths).
 	WorkerPaths map[string]string
+	// WorkerLauncher has the privileged launcher that started the runner
+	// start each worker (package runner/launch; its socket is named in
+	// $MODELNODES_LAUNCHER_FD): the runner is not root and cannot build
+	// the sandbox itself. Without that socket the runner refuses to start,
+	// rather than run the worker unsandboxed. The Nomad driver sets it
+	// (--worker-launcher).
+	WorkerLauncher bool
 
 	// Plaintext serves without TLS, for development only (--plaintext).
 	Plaintext bool
@@ -234,6 +241,8 @@ func (o *Options) Validate() error {
 		return errors.New("refusing to check callers without a revocation list (a revoked coordinator would stay admitted): pass --tls-crl or --tls-crl-url (--authz-without-crl for development only)")
 	case (o.AnyCoordinatorKey || o.WithoutCRL) && !authorizer:
 		return errors.New("--authz-any-coordinator-key and --authz-without-crl only change the caller checks (--crunch, --coordinator-cert-hash, --authz-file)")
+	case o.WorkerLauncher && len(o.WorkerWrapper) > 0:
+		return errors.New("--worker-launcher and --worker-wrapper exclude each other: the launcher puts the sandbox in front of the worker itself")
 	case o.MaxStreamsPerConn == 0 || o.MaxStreamsPerConn > 1<<16:
 		return errors.New("--max-streams-per-conn: want 1 to 65536")
 	case o.MaxInflightBytes != 0 && o.MaxInflightBytes < int64(o.MaxRecvBytes):

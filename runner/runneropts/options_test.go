@@ -214,6 +214,10 @@ func TestValidate(t *testing.T) {
 		}), "only change the caller checks"},
 		"streams":  {secure(func(o *runneropts.Options) { o.MaxStreamsPerConn = 1<<16 + 1 }), "want 1 to 65536"},
 		"inflight": {secure(func(o *runneropts.Options) { o.MaxInflightBytes = 1 }), "at least --max-recv-bytes"},
+		"launcher": {secure(func(o *runneropts.Options) { o.WorkerLauncher = true }), ""},
+		"launcher and wrapper": {secure(func(o *runneropts.Options) {
+			o.WorkerLauncher, o.WorkerWrapper = true, []string{"/plugin", "sandbox"}
+		}), "exclude each other"},
 	} {
 		err := c.o.Validate()
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {

@@ -20,7 +20,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,6 +93,9 @@ type Config struct {
 	OnHeld func(waited time.Duration, err error)
 	// OnRestart is called each time a worker is started after the first.
 	OnRestart func()
+	// Starter starts each worker; nil: ExecStarter (the runner's own
+	// child).
+	Starter Starter
 }
 
 const (
@@ -247,22 +249,13 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 		return fmt.Errorf("worker socket: %w", err)
 	}
 
-	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
-	cmd.Env = append(append(os.Environ(), s.cfg.Env...), "MODELNODES_WORKER_FD=3")
-	cmd.Dir = s.cfg.Dir
-	cmd.ExtraFiles = []*os.File{remote}
-	// Its own process group, so a kill reaches everything the model forked;
-	// and it dies with the runner.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stdout, _ := cmd.StdoutPipe()
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		_ = remote.Close()
-		_ = nc.Close()
-		return fmt.Errorf("start worker %q: %w", s.cfg.Command[0], err)
-	}
+	proc, stdout, stderr, err := s.start(remote)
 	_ = remote.Close()
-	pid := cmd.Process.Pid
+	if err != nil {
+		_ = nc.Close()
+		return err
+	}
+	pid := proc.Pid()
 	log := s.log.With("worker_pid", pid)
 	log.Info("model worker started", "command", s.cfg.Command)
 
@@ -272,11 +265,13 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	go s.forward(&outputs, log, "stderr", stderr)
 	exited := make(chan error, 1)
 	go func() {
-		outputs.Wait() // Wait closes the pipes: read them to the end first
-		exited <- cmd.Wait()
+		outputs.Wait() // read the output to its end first
+		_ = stdout.Close()
+		_ = stderr.Close()
+		exited <- proc.Wait()
 	}()
 
-	c := newConn(nc, s.cfg.MaxFrame, func() { killGroup(pid) })
+	c := newConn(nc, s.cfg.MaxFrame, proc.Kill)
 	defer c.close(ErrWorkerDied)
 	// When the worker dies, stop routing calls to it and report it down
 	// before the calls in flight learn of it.
@@ -298,7 +293,7 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	if err != nil {
-		killGroup(pid)
+		proc.Kill()
 		<-exited
 		return err
 	}
@@ -329,7 +324,7 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 		select {
 		case <-exited:
 		case <-time.After(stopGrace):
-			killGroup(pid)
+			proc.Kill()
 			<-exited
 		}
 		return ctx.Err()
