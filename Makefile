@@ -5,6 +5,7 @@
 #   make test-v2   the driver's cgroup limits on cgroup v2, in qemu guests (scripts/v2vm)
 #   make unit      the quick loop: unit tests only (no agents, no node, no root)
 #   make e2e       the packages holding e2e suites, with the real agents
+#   make soak      faults on Nomad's own timers (a 10.5-minute Vault outage); CI runs it
 #   make bench     benchmarks (see docs/performance.md)
 #   make lint      gofmt, go vet, staticcheck
 #   make proto     regenerate the Go code from proto/*.proto
@@ -21,7 +22,7 @@ BENCH_COUNT ?= 6
 
 export GOTOOLCHAIN := local
 
-.PHONY: all build test test-v2 unit e2e bench lint proto hashistack uv demo demo-down dev dev-down clean tools
+.PHONY: all build test test-v2 unit e2e soak bench lint proto hashistack uv demo demo-down dev dev-down clean tools
 
 all: build
 
@@ -78,6 +79,14 @@ unit: build
 e2e: hashistack uv build
 	@$(with_agents); \
 	  $(GO) test -tags e2e $(GOTEST_FLAGS) $$(scripts/e2e-packages)
+
+# Soak tests (TestSoak*): the faults make test runs with shortened timers,
+# on Nomad's own (a Vault outage longer than Nomad's default template
+# retries and its 5-minute re-read: about 13 minutes). CI runs it after
+# make test.
+soak: hashistack uv build
+	@$(with_agents); \
+	  MODELNODES_SOAK=1 $(GO) test -tags e2e $(GOTEST_FLAGS) -run '^TestSoak' -v ./internal/testing/testcluster/
 
 hashistack:
 	deploy/hashistack/install >/dev/null

@@ -87,9 +87,7 @@ func (h *taskHandle) watch() {
 		ps, err := h.proc.Wait()
 		res = exitResultOf(ps, err)
 	} else {
-		err := waitForeign(h.pid)
-		res = &drivers.ExitResult{ExitCode: 1,
-			Err: fmt.Errorf("model runner (pid %d) exited after the driver restarted; its exit status is unknown: %v", h.pid, err)}
+		res = foreignExitResult(h.pid, waitForeign(h.pid))
 	}
 	if err := h.iso.KillAll(10 * time.Second); err != nil {
 		h.log.Error("could not kill every process of the task", "error", err)
@@ -100,7 +98,11 @@ func (h *taskHandle) watch() {
 	h.completedAt = time.Now()
 	h.mu.Unlock()
 	close(h.done)
-	h.log.Info("model runner exited", "exit_code", res.ExitCode, "signal", res.Signal, "error", res.Err)
+	if res.Err != nil {
+		h.log.Info("model runner exited", "exit_code", res.ExitCode, "signal", res.Signal, "error", res.Err)
+	} else {
+		h.log.Info("model runner exited", "exit_code", res.ExitCode, "signal", res.Signal)
+	}
 }
 
 func exitResultOf(ps *os.ProcessState, err error) *drivers.ExitResult {
@@ -114,6 +116,17 @@ func exitResultOf(ps *os.ProcessState, err error) *drivers.ExitResult {
 		r.ExitCode = 128 + r.Signal
 	}
 	return r
+}
+
+// foreignExitResult is the result of a runner the driver recovered after a
+// restart: only its parent learns its exit status, so it is unknown here.
+// err is why waiting failed, if it did (nil: the runner exited).
+func foreignExitResult(pid int, err error) *drivers.ExitResult {
+	msg := fmt.Sprintf("model runner (pid %d) exited after the driver restarted; its exit status is unknown", pid)
+	if err != nil {
+		return &drivers.ExitResult{ExitCode: 1, Err: fmt.Errorf("%s: %w", msg, err)}
+	}
+	return &drivers.ExitResult{ExitCode: 1, Err: errors.New(msg)}
 }
 
 // waitForeign waits for a process that is not our child, with a pidfd.

@@ -26,7 +26,8 @@ Arguments are JSON: --args '[1, 2.5, "text", {"a": [1, 2]}]' and --kwargs '{"k":
 Integers become INT, other numbers DOUBLE, strings STRING, objects and arrays JSON.
 Tables: {"$parquet": {"col": [1.5, 2]}} or {"$arrow": {...}} (columns of numbers, strings or
 booleans); {"$json": ...} forces JSON. --infer (no METHOD) calls TrainInfer Setup, then Infer
-with the first argument. Exit status 3 when some model did not answer SUCCESS.`
+with the first argument. Exit status 3 when some model did not answer SUCCESS, 1 when there was
+no model to call (discovery found none).`
 
 func call(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c common
@@ -105,6 +106,11 @@ func call(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err != nil {
 		return err
+	}
+	if len(results) == 0 {
+		// "0/0 succeeded" is no success: a monitor reading the exit status
+		// must see that nothing answered.
+		return errNoModel
 	}
 	if failed {
 		return errSomeFailed

@@ -53,7 +53,8 @@ func main() {
 
 // run is main without the process: it returns the exit status.
 //   - 0: done (for call: every model answered SUCCESS)
-//   - 1: an error before any model was called (flags, TLS, discovery)
+//   - 1: an error before any model was called (flags, TLS, discovery), or
+//     no model to call
 //   - 2: usage error
 //   - 3: call: some models did not answer SUCCESS
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -95,3 +96,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 type usageError struct{ error }
 
 var errSomeFailed = errors.New("some models did not answer SUCCESS")
+
+// errNoModel: discovery found no model (none registered, none passing its
+// check, or none of the --model ones).
+var errNoModel = errors.New("no model to call: discovery found none")

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -226,5 +228,25 @@ func TestMaxReplySize(t *testing.T) {
 	}
 	if code, _, stderr := runCLI(t, "models", "--models", models, "--plaintext", "--max-reply-size", "4MB"); code != 2 || !strings.Contains(stderr, "KiB, MiB or GiB") {
 		t.Errorf("--max-reply-size 4MB: exit %d, want 2 (usage)\n%s", code, stderr)
+	}
+}
+
+// Discovery that finds no model is not a success: `call` prints 0/0 and
+// exits 1 (a monitor reads the exit status). Consul here is a stand-in that
+// knows the service but has no instance of it.
+func TestCallWithNoModelFails(t *testing.T) {
+	consul := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/v1/health/service/") {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("X-Consul-Index", "7")
+		_, _ = w.Write([]byte("[]"))
+	}))
+	defer consul.Close()
+	code, out, stderr := runCLI(t, "call", "echo", "--plaintext", "--crunch", "empty",
+		"--consul-addr", strings.TrimPrefix(consul.URL, "http://"), "--args", `["x"]`)
+	if code != 1 || !strings.Contains(out, "0/0 succeeded") || !strings.Contains(stderr, "no model") {
+		t.Errorf("call with no model discovered: exit %d, want 1\n%s%s", code, out, stderr)
 	}
 }

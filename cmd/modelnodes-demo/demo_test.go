@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	solana "github.com/gagliardetto/solana-go"
+	"github.com/gagliardetto/solana-go/rpc"
 
 	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
@@ -372,6 +376,23 @@ func TestDemoKeepThenDown(t *testing.T) {
 	if n := strings.Count(string(out), "INT 42"); n != 2 {
 		t.Errorf("the kept cluster's fan-out: %d models answered 42, want 2 (py-tracker, py-sklearn; go-echo was revoked)\n%s", n, out)
 	}
+	// The front and Nomad restart with their state: the same chain, the
+	// same models, still answering.
+	accounts := programAccounts(t, r.state)
+	restart := exec.Command(demoBin, append([]string{"restart", "front", "nomad"}, r.args...)...)
+	if out, err := restart.CombinedOutput(); err != nil {
+		t.Fatalf("modelnodes-demo restart front nomad: %v\n%s", err, out)
+	}
+	if after := programAccounts(t, r.state); after != accounts {
+		t.Errorf("the restarted front serves %d program accounts, want the %d it had", after, accounts)
+	}
+	time.Sleep(6 * time.Second) // past the scheduler's next listing (--solana-resync 5s)
+	cmd = exec.Command(filepath.Join(r.bin, "coordinator"), callArgs...)
+	cmd.Env = env
+	out, _ = cmd.Output()
+	if n := strings.Count(string(out), "INT 42"); n != 2 {
+		t.Errorf("after restarting the front and Nomad: %d models answered 42, want 2\n%s", n, out)
+	}
 	down := exec.Command(demoBin, append([]string{"down"}, r.args...)...)
 	var downErr bytes.Buffer
 	down.Stderr = &downErr
@@ -481,4 +502,25 @@ func stepTimes(tb testing.TB, stderr string) map[int]float64 {
 		tb.Fatalf("progress lines: found %d of 13 timestamps:\n%s", len(at), stderr)
 	}
 	return at
+}
+
+// programAccounts counts the accounts of the demo's program that its
+// Solana front serves (state.json names both).
+func programAccounts(t *testing.T, state string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(state, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	accts, err := rpc.New(rec.SolanaRPC).GetProgramAccounts(ctx, solana.MustPublicKeyFromBase58(rec.Program))
+	if err != nil {
+		t.Fatalf("listing the demo's program accounts: %v", err)
+	}
+	return len(accts)
 }

@@ -9,6 +9,7 @@
 //
 //	modelnodes-demo [run] [--keep]   the story
 //	modelnodes-demo down             stop whatever a demo left running (make demo-down)
+//	modelnodes-demo restart WHAT...  restart the kept demo's front or agents with their state
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,6 +36,10 @@ Usage:
   modelnodes-demo [run] [flags]   start everything, fan calls out, revoke a model, tear down
   modelnodes-demo down [flags]    stop what a demo left running (a --keep run, a killed run,
                                   or a run in another shell)
+  modelnodes-demo restart WHAT... [flags]
+                                  restart parts of a kept demo with their state: front (the
+                                  Solana endpoint, same chain), consul, vault, nomad (the
+                                  models keep running; Vault is unsealed again)
 
 Progress goes to stderr ("[demo 12.3s] step 4/12: …"), the commands it runs and their
 output to stdout. Ctrl-C tears everything down. Everything lives in --state: the dev
@@ -56,8 +62,13 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "run"
-	if len(args) > 0 && (args[0] == "run" || args[0] == "down" || args[0] == "artifacts") {
+	if len(args) > 0 && (args[0] == "run" || args[0] == "down" || args[0] == "restart" || args[0] == "artifacts") {
 		cmd, args = args[0], args[1:]
+	}
+	// restart's arguments come first: what to restart, then flags.
+	var what []string
+	for cmd == "restart" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		what, args = append(what, args[0]), args[1:]
 	}
 	if len(args) > 0 && args[0] == "help" {
 		args = []string{"--help"}
@@ -107,6 +118,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 
+	if cmd == "restart" {
+		if err := d.restart(ctx, what); err != nil {
+			d.progress("restart: %v", err)
+			return exitFailed
+		}
+		return 0
+	}
 	if cmd == "down" {
 		if err := d.down(ctx, true); err != nil {
 			d.progress("demo-down: %v", err)

@@ -199,7 +199,10 @@ func (d *demo) story(ctx context.Context, rec *record) error {
 		return err
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	chain, err := devchain.Start(sctx, devchain.Options{Dir: front, Port: d.port(baseSolanaPort), Detached: true, LogFile: d.path("solana", "front.log")})
+	// The chain is kept in the state dir: `modelnodes-demo restart front`
+	// brings the same accounts back.
+	chain, err := devchain.Start(sctx, devchain.Options{Dir: front, Port: d.port(baseSolanaPort), Detached: true,
+		LogFile: d.path("solana", "front.log"), StateFile: d.path("solana", "accounts.json")})
 	cancel()
 	if err != nil {
 		return err
@@ -702,12 +705,13 @@ Everything is still running (--keep). To explore:
 Models (Consul member ids): %s
 Revoke py-tracker: curl -s -X POST %s/control -d '{"op":"closeAccount","address":"%s"}'
 (every account in %s)
+Restart with their state (the models keep running): %s restart front|consul|vault|nomad --state %s
 
 Stop everything: make demo-down   (or: %s down --state %s)
 `, filepath.Join(d.cluster.state, "env"), d.path("coordinator", "env"), filepath.Join(d.bin, "coordinator"), setupClass, crunchName,
 		filepath.Join(d.bin, "coordinator"), predictArgs, setupClass, crunchName, modelNamed(rec.Models, "py-sklearn").ShortID,
 		rec.Scheduler, d.path("scheduler", "scheduler.log"), strings.Join(ids, ", "), rec.SolanaRPC, py.Auth, d.path("state.json"),
-		filepath.Join(d.bin, "modelnodes-demo"), d.o.state)
+		filepath.Join(d.bin, "modelnodes-demo"), d.o.state, filepath.Join(d.bin, "modelnodes-demo"), d.o.state)
 	d.progress("done; everything left running (--keep): `make demo-down` stops it")
 }
 

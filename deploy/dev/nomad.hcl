@@ -17,6 +17,26 @@ client {
     # its test workloads. deploy/dev/up also turns Nomad's ACLs on.
     "driver.raw_exec.enable" = "false"
   }
+
+  # As deploy/nomad/client.hcl (why: there): templates retry Vault, Consul
+  # and Nomad for as long as they are down, and never kill a running task.
+  template {
+    vault_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "1m"
+    }
+    consul_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "1m"
+    }
+    nomad_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "1m"
+    }
+  }
 }
 
 # Consul integration through workload identities: each service logs in to

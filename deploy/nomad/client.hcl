@@ -7,6 +7,38 @@ client {
     # could exec into a model) is needed.
     "driver.allowlist" = "modelbox"
   }
+
+  # Fail static through an outage of Vault, Consul or Nomad's servers.
+  # Every model's job has templates (its CA bundle from Vault; its wallet
+  # delegation from a Nomad variable; without runner_vault_addr its
+  # certificate too). Nomad re-reads them (secrets without a lease about
+  # every 5 minutes, at each agent restart) and, by default, gives up
+  # after 12 attempts (250 ms doubling to 1 min: about 5 minutes), then KILLS
+  # the task ("Template failed"): a Vault outage stops every model 5 to 10
+  # minutes in, and replacements cannot start until Vault is back.
+  # attempts = 0 retries for as long as the source is down: the task keeps
+  # running on what it rendered last (the runner on its current certificate,
+  # until it expires; docs/vault.md) and re-renders once the source is back.
+  # A task that starts during an outage waits for its first render.
+  # max_stale is left at Nomad's default (87600h): it only concerns Consul
+  # reads, which any Consul server may then answer from its own state.
+  template {
+    vault_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "1m"
+    }
+    consul_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "1m"
+    }
+    nomad_retry {
+      attempts    = 0
+      backoff     = "250ms"
+      max_backoff = "1m"
+    }
+  }
 }
 
 # Nomad only loads plugin binaries named in a plugin block below.

@@ -252,13 +252,13 @@ func (a *Authorizer) Reload() (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	changed := false
-	var errs []error
+	var policyErr error
 	// Until a policy is loaded, keep trying (a missing file has the stamp a
 	// never-read one has): check needs one.
 	if a.cfg.PolicyFile != "" && (a.policy.Load() == nil || a.fileChanged(a.cfg.PolicyFile)) {
 		p, err := loadPolicy(a.cfg.PolicyFile)
 		if err != nil {
-			errs = append(errs, err)
+			policyErr = err
 		} else {
 			a.policy.Store(p)
 			a.remember(a.cfg.PolicyFile)
@@ -295,20 +295,28 @@ func (a *Authorizer) Reload() (bool, error) {
 			changed = true
 		}
 	}
-	if err := errors.Join(crlErrs...); err != nil {
+	crlErr := errors.Join(crlErrs...)
+	if crlErr != nil {
 		a.fetchFailures.Inc()
-		errs = append(errs, err)
 	}
 	a.warnExpiring()
-	err := errors.Join(errs...)
+	err := errors.Join(policyErr, crlErr)
 	if a.policy.Load() == nil && err != nil {
 		return false, err
 	}
 	if a.checked && len(*a.crls.Load()) == 0 && err != nil {
 		return false, err
 	}
-	if err != nil {
-		a.log.Error("authorization inputs changed or were fetched but cannot be used; keeping the previous ones until they expire", "error", err)
+	// Say which input failed: a revocation list that could not be fetched
+	// (Vault down) is not a changed file, and an operator reading the log
+	// during an outage must not go looking for one.
+	if policyErr != nil {
+		a.log.Error("the authorization policy file changed but cannot be used; keeping the previous policy",
+			"file", a.cfg.PolicyFile, "error", policyErr)
+	}
+	if crlErr != nil {
+		a.log.Error("the revocation lists could not be fetched or read; keeping the lists in force until they expire",
+			"error", crlErr, "grace", a.cfg.CRLGrace)
 	}
 	return changed, err
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"github.com/modelnodes/modelnodes/names"
 	"maps"
 	"net"
 	"net/http"
@@ -16,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelnodes/modelnodes/names"
+
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -301,4 +303,44 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A revocation list that cannot be fetched (Vault down) is logged as what it
+// is, not as a changed file, and the list in force stays until it expires.
+func TestFailedFetchIsLoggedAsSuch(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "ca")
+	caFile := ca.WriteCA(t, dir, "ca.crt")
+	list := mustRead(t, ca.WriteCRL(t, dir, "crl.pem"))
+	up := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up {
+			http.Error(w, "Vault is sealed", http.StatusServiceUnavailable)
+			return
+		}
+		if strings.Contains(r.URL.Path, "/delta/") {
+			http.NotFound(w, r) // no delta list
+			return
+		}
+		_, _ = w.Write(list)
+	}))
+	defer srv.Close()
+	var logs strings.Builder
+	now := time.Now()
+	auth, err := authz.New(authz.Config{Static: authz.Policy{Crunch: "alpha", CoordinatorCertHashes: []string{strings.Repeat("ab", 32)}},
+		CRLURLs: []string{srv.URL + "/v1/pki_int/crl/pem"}, CAFile: caFile, CRLRefresh: time.Minute,
+		Now:    func() time.Time { return now },
+		Logger: hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Error})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up = false
+	now = now.Add(2 * time.Minute)
+	if _, err := auth.Reload(); err == nil {
+		t.Fatal("Reload with the CRL URL answering 503: no error")
+	}
+	got := logs.String()
+	if !strings.Contains(got, "revocation lists could not be fetched") || strings.Contains(got, "changed") {
+		t.Errorf("a failed fetch logged as:\n%s\nwant it named as a failed fetch, with no word of a change", got)
+	}
 }

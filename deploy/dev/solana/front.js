@@ -22,7 +22,14 @@
 // It exits when its stdin closes (it dies with the test that started it),
 // unless FRONT_DETACHED=1: then it runs until signalled (the demo's front,
 // stopped by pid).
+//
+// FRONT_STATE=<file> keeps the chain across restarts: every account a
+// control call, an airdrop or a transaction touched, and the slot, are
+// written there (atomically, after each change) and loaded at start, so a
+// restarted front serves the same chain at a later slot (the demo keeps it
+// in its state dir). Without it the chain lives in memory only.
 "use strict";
+const fs = require("fs");
 const http = require("http");
 const { WebSocketServer } = require("ws");
 const { LiteSVM, FailedTransactionMetadata } = require("litesvm");
@@ -41,6 +48,41 @@ const stats = { rpc: 0, subscribe: 0, notifications: 0, dropped: 0 };
 
 function down() {
   return Date.now() < downUntil;
+}
+
+// Persistence (FRONT_STATE): the addresses whose accounts are kept.
+const stateFile = process.env.FRONT_STATE || "";
+const touched = new Set();
+
+function load() {
+  if (!stateFile || !fs.existsSync(stateFile)) return;
+  const st = JSON.parse(fs.readFileSync(stateFile, "utf8"));
+  for (const a of st.accounts || []) {
+    const data = b64.encode(a.data || "");
+    svm.setAccount({ address: kit.address(a.address), programAddress: kit.address(a.owner),
+      lamports: kit.lamports(BigInt(a.lamports)), data: new Uint8Array(data), executable: false,
+      space: BigInt(data.length), exists: true });
+    touched.add(a.address);
+  }
+  // Never back in time: the scheduler compares slots across reads.
+  slot = BigInt(st.slot || 1) + 1n;
+  process.stderr.write(`loaded ${touched.size} accounts at slot ${slot} from ${stateFile}\n`);
+}
+
+function save(addrs) {
+  if (!stateFile) return;
+  for (const a of addrs) touched.add(String(a));
+  const accounts = [];
+  for (const addr of touched) {
+    const a = svm.getAccount(kit.address(addr));
+    // Programs (the System program a transfer names) come with the VM.
+    if (!a || !a.exists || a.executable) continue;
+    accounts.push({ address: addr, owner: a.programAddress, lamports: String(a.lamports),
+      data: b64.decode(a.data) });
+  }
+  const tmp = stateFile + ".tmp";
+  fs.writeFileSync(tmp, JSON.stringify({ slot: Number(slot), accounts }), { mode: 0o600 });
+  fs.renameSync(tmp, stateFile);
 }
 
 function encodeAccount(acct, encoding) {
@@ -130,6 +172,7 @@ function rpc(method, params) {
     case "requestAirdrop": {
       const r = svm.airdrop(kit.address(params[0]), kit.lamports(BigInt(params[1])));
       slot++;
+      save([params[0]]);
       notify([params[0]]);
       return r && r.signature ? b58.decode(r.signature()) : "airdrop";
     }
@@ -147,6 +190,7 @@ function rpc(method, params) {
       }
       statuses.set(sigText, { slot: Number(slot), err: null });
       const msg = kit.getCompiledTransactionMessageDecoder().decode(tx.messageBytes);
+      save(msg.staticAccounts);
       notify(msg.staticAccounts);
       return sigText;
     }
@@ -180,6 +224,7 @@ function control(req) {
         lamports: kit.lamports(BigInt(req.lamports || 1000000)), data: new Uint8Array(data), executable: false,
         space: BigInt(data.length), exists: true });
       slot++;
+      save([req.address]);
       notify([req.address]);
       return { slot: Number(slot) };
     }
@@ -187,6 +232,7 @@ function control(req) {
       svm.setAccount({ address: kit.address(req.address), programAddress: kit.address("11111111111111111111111111111111"),
         lamports: kit.lamports(0n), data: new Uint8Array(0), executable: false, space: 0n, exists: true });
       slot++;
+      save([req.address]);
       notify([req.address]); // program subscribers hear nothing, as on a validator
       return { slot: Number(slot) };
     }
@@ -292,6 +338,7 @@ server.on("upgrade", (req, socket, head) => {
   });
 });
 
+load();
 server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
   process.stdout.write("LISTENING " + server.address().port + "\n");
 });

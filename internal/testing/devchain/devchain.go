@@ -93,6 +93,11 @@ type Options struct {
 	LogFile  string
 	// Node is the node binary (default: node on PATH).
 	Node string
+	// StateFile, when set, keeps the chain: the front loads the accounts
+	// and slot written there by an earlier front, and writes them after
+	// every change, so a restarted front serves the same chain at a later
+	// slot. Empty: the chain lives in memory only.
+	StateFile string
 }
 
 // Front is a running front.
@@ -121,7 +126,7 @@ func Start(ctx context.Context, o Options) (*Front, error) {
 	}
 	cmd := exec.Command(node, "front.js")
 	cmd.Dir = o.Dir
-	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", o.Port))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", o.Port), "FRONT_STATE="+o.StateFile)
 	f := &Front{cmd: cmd, done: make(chan struct{}), logFile: o.LogFile}
 	listening := make(chan int, 1)
 	if o.Detached {

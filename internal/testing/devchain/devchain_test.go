@@ -100,3 +100,52 @@ func TestDetached(t *testing.T) {
 		t.Fatal("the front still answers after Stop")
 	}
 }
+
+// With a state file, a front stopped and started again serves the same
+// accounts (a closed one stays closed) at a later slot: the demo's chain
+// survives a restart of its front.
+func TestStateSurvivesRestart(t *testing.T) {
+	dir := frontDir(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	state := filepath.Join(t.TempDir(), "accounts.json")
+	f, err := Start(ctx, Options{Dir: dir, StateFile: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, closed, owner := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
+	if _, err := f.SetAccount(ctx, kept, owner, []byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.SetAccount(ctx, closed, owner, []byte("closed")); err != nil {
+		t.Fatal(err)
+	}
+	last, err := f.CloseAccount(ctx, closed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(state); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v %v, want mode 0600", fi, err)
+	}
+
+	f, err = Start(ctx, Options{Dir: dir, StateFile: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop(5 * time.Second)
+	c := rpc.New(f.RPC)
+	accts, err := c.GetProgramAccounts(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(accts) != 1 || !accts[0].Pubkey.Equals(kept) || !bytes.Equal(accts[0].Account.Data.GetBinary(), []byte("kept")) {
+		t.Fatalf("after a restart the program owns %d accounts, want only %s holding \"kept\"", len(accts), kept)
+	}
+	slot, err := c.GetSlot(ctx, rpc.CommitmentFinalized)
+	if err != nil || slot <= last {
+		t.Errorf("slot after the restart %d (%v), want past %d: slots never go back", slot, err, last)
+	}
+}

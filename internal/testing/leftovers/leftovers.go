@@ -16,9 +16,11 @@ import (
 )
 
 // Processes returns the running processes (this one excepted) whose working
-// directory or command line lies under dir: agents and the tasks they
-// started, which run in their own process groups and survive an agent that
-// was killed rather than stopped.
+// directory or command line lies under dir, or that hold a file under dir
+// open: agents and the tasks they started, which run in their own process
+// groups and survive an agent that was killed rather than stopped, and
+// Nomad's logmon, which holds the tasks' log files open and outlives a
+// killed agent whatever its working directory.
 func Processes(dir string) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -34,11 +36,26 @@ func Processes(dir string) []int {
 		}
 		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
 		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if strings.HasPrefix(cwd+"/", prefix) || strings.Contains(string(cmdline), prefix) {
+		if strings.HasPrefix(cwd+"/", prefix) || strings.Contains(string(cmdline), prefix) || holdsOpen(pid, prefix) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// holdsOpen reports whether pid has a file under prefix open.
+func holdsOpen(pid int, prefix string) bool {
+	fdDir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	fds, err := os.ReadDir(fdDir)
+	if err != nil {
+		return false
+	}
+	for _, fd := range fds {
+		if target, err := os.Readlink(filepath.Join(fdDir, fd.Name())); err == nil && strings.HasPrefix(target, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // Kill sends SIGKILL to pids and returns those it reached.

@@ -4,66 +4,32 @@ package testcluster
 
 import (
 	"bytes"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/internal/testing/leftovers"
 )
 
-// devPorts are the ports deploy/dev/up uses before DEV_PORT_OFFSET.
-var devPorts = []int{18500, 18600, 18502, 18301, 18302, 18300, 18200, 18201, 14646, 14647, 14648}
-
 // devEnv prepares a run of deploy/dev/{up,down} next to any dev cluster of
-// the user's: its own state dir and an offset that moves every port to a
-// free one below Nomad's dynamic port range.
+// the user's (see DevEnv).
 func devEnv(t *testing.T) (env []string, state string, ports []int) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts the real agents; skipped with -short")
-	}
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	versions, err := pinnedVersions(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"nomad", "consul", "vault"} {
-		bin, err := findBinary(name, versions[name])
-		if err != nil {
-			t.Skip("testcluster: " + err.Error())
-		}
-		env = append(env, strings.ToUpper(name)+"_BIN="+bin)
-	}
-	for range 20 {
-		off := -9000 + rand.IntN(5000)
-		ports = ports[:0]
-		for _, p := range devPorts {
-			ports = append(ports, p+off)
-		}
-		if len(leftovers.Listening(ports)) == 0 {
-			state = filepath.Join(t.TempDir(), "dev")
-			base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-			env = append(append(base, env...), "MODELNODES_STATE="+state, "DEV_PORT_OFFSET="+strconv.Itoa(off))
-			return env, state, ports
-		}
-	}
-	t.Skip("found no free set of dev ports")
-	return nil, "", nil
+	return DevEnv(t)
 }
 
-func runDev(t *testing.T, env []string, script string) (stdout, stderr string, err error) {
+func runDev(t *testing.T, env []string, script string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	root, _ := repoRoot()
-	cmd := exec.Command(filepath.Join(root, "deploy", "dev", script))
+	cmd := exec.Command(filepath.Join(root, "deploy", "dev", script), args...)
 	cmd.Env = env
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
@@ -97,8 +63,9 @@ func TestDevUpDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nomad node status / consul members / vault status with the printed env: %v\n%s", err, out)
 	}
-	for _, want := range []string{"ready", "alive", "Sealed          false"} {
-		if !bytes.Contains(out, []byte(want)) {
+	// Vault keeps its data (raft storage), unsealed by up.
+	for _, want := range []string{"ready", "alive", "Storage Type            raft"} {
+		if !bytes.Contains(out, []byte(want)) || !regexp.MustCompile(`Sealed\s+false`).Match(out) {
 			t.Errorf("CLI output lacks %q:\n%s", want, out)
 		}
 	}
@@ -106,14 +73,30 @@ func TestDevUpDown(t *testing.T) {
 	if _, stderr, err := runDev(t, env, "up"); err != nil || !strings.Contains(stderr, "already up") {
 		t.Errorf("second up: %v, %q; want it to say the cluster is already up", err, stderr)
 	}
+	orphan := logmonStandIn(t, state)
 	if _, stderr, err := runDev(t, env, "down"); err != nil {
 		t.Fatalf("deploy/dev/down: %v\n%s", err, stderr)
+	}
+	if procfs.Running(orphan) {
+		t.Errorf("down left the stand-in for a killed agent's logmon running (pid %d)", orphan)
 	}
 	if busy := leftovers.Listening(ports); len(busy) > 0 {
 		t.Errorf("ports still listening after down: %v", busy)
 	}
 	if pids := leftovers.Kill(leftovers.Processes(state)); len(pids) > 0 {
 		t.Errorf("processes left running in the state dir after down: %v", pids)
+	}
+	// The next up resumes the same cluster: same tokens, Vault unsealed
+	// by up, nothing configured again.
+	again, stderr, err := runDev(t, env, "up")
+	if err != nil || again != stdout || !strings.Contains(stderr, "resuming") || strings.Contains(stderr, "configuring") {
+		t.Errorf("up after down: %v; printed the same env: %v\n%s", err, again == stdout, stderr)
+	}
+	if _, stderr, err := runDev(t, env, "down", "--purge"); err != nil {
+		t.Fatalf("deploy/dev/down --purge: %v\n%s", err, stderr)
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Errorf("state dir after down --purge: %v, want it gone", err)
 	}
 }
 
@@ -149,7 +132,7 @@ func TestDevUpFailedAgent(t *testing.T) {
 // raw_exec, which runs any command as root, is not enabled.
 func checkDevLockedDown(t *testing.T, state string, nomadPort int) {
 	t.Helper()
-	for _, f := range []string{"env", "nomad/management-token", "vault/root-token", "consul/management-token"} {
+	for _, f := range []string{"env", "nomad/management-token", "vault/root-token", "vault/unseal-key", "consul/management-token"} {
 		fi, err := os.Stat(filepath.Join(state, f))
 		if err != nil {
 			t.Errorf("%s: %v", f, err)
@@ -186,4 +169,33 @@ func checkDevLockedDown(t *testing.T, state string, nomadPort int) {
 	if d := node.Drivers["raw_exec"]; d != nil && (d.Detected || d.Healthy) {
 		t.Errorf("raw_exec is enabled on the dev cluster: %+v", d)
 	}
+}
+
+// logmonStandIn starts what a killed Nomad agent leaves behind: a process in
+// a session of its own, started from another working dir, holding a task's
+// log file open (Nomad's logmon). It returns its pid.
+func logmonStandIn(t *testing.T, state string) int {
+	t.Helper()
+	log := filepath.Join(state, "nomad", "data", "alloc", "stand-in", "alloc", "logs", ".model.stdout.fifo")
+	if err := os.MkdirAll(filepath.Dir(log), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(log, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("sleep", "300")
+	cmd.Dir = "/"
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return cmd.Process.Pid
 }
