@@ -25,6 +25,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
+	"github.com/modelnodes/modelnodes/driver/launcher"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
@@ -337,14 +338,17 @@ func (f *goFleet) passing() (map[string]int, error) {
 }
 
 // runners returns the model runners running on this host for the fleet's
-// allocations, by allocation id (the runner's --model-dir names it).
+// allocations, by allocation id (the runner's --model-dir names it), without
+// their launchers.
 func (f *goFleet) runners(t testing.TB, allocIDs []string) map[string][]int {
 	t.Helper()
 	out := map[string][]int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmd, []byte("model-runner\x00serve")) {
+		// The driver's root launcher (its runner-launch subcommand) holds
+		// the runner's argv too: it is not a runner.
+		if err != nil || !bytes.Contains(cmd, []byte("model-runner\x00serve")) || bytes.Contains(cmd, []byte("\x00"+launcher.CmdLaunch+"\x00")) {
 			continue
 		}
 		var pid int
