@@ -116,6 +116,7 @@ func newDemoRun(t testing.TB) *demoRun {
 		t.Fatal(demoBinErr)
 	}
 	r := &demoRun{t: t, state: filepath.Join(t.TempDir(), "demo"), bin: bin, stderr: &lineBuffer{}}
+	t.Cleanup(r.logTranscriptOnFailure)
 	for range 20 {
 		r.offset = -9000 + rand.IntN(5000)
 		r.ports = r.ports[:0]
@@ -131,13 +132,33 @@ func newDemoRun(t testing.TB) *demoRun {
 	return nil
 }
 
+// logTranscriptOnFailure logs the last lines of the demo's progress
+// (stderr) and output (stdout) when the test failed and go test ran
+// without -v (with -v they streamed into the log already).
+func (r *demoRun) logTranscriptOnFailure() {
+	if !r.t.Failed() || testing.Verbose() {
+		return
+	}
+	const n = 60
+	for _, x := range []struct{ name, text string }{{"progress (stderr)", r.stderr.String()}, {"output (stdout)", r.stdout.String()}} {
+		lines := strings.Split(strings.TrimRight(x.text, "\n"), "\n")
+		if len(lines) > n {
+			lines = lines[len(lines)-n:]
+		}
+		r.t.Logf("the demo's %s, last %d lines:\n%s", x.name, len(lines), strings.Join(lines, "\n"))
+	}
+}
+
 // start starts `modelnodes-demo [sub] ARGS… extra…`.
 func (r *demoRun) start(sub string, extra ...string) {
 	r.t.Helper()
 	r.cmd = exec.Command(demoBin, append(append([]string{sub}, r.args...), extra...)...)
-	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, io.MultiWriter(r.stderr, &testLog{t: r.t})
-	if _, bench := r.t.(*testing.B); bench {
-		r.cmd.Stderr = r.stderr // a benchmark prints its figures only
+	// The progress streams into the log only with go test -v; otherwise a
+	// failure prints the test's own errors first and the transcript's tail
+	// after them (CI shows a failed test's first lines).
+	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, r.stderr
+	if _, bench := r.t.(*testing.B); !bench && testing.Verbose() {
+		r.cmd.Stderr = io.MultiWriter(r.stderr, &testLog{t: r.t})
 	}
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatal(err)
@@ -166,7 +187,7 @@ func (r *demoRun) wait(timeout time.Duration) int {
 	case <-time.After(timeout):
 		_ = r.cmd.Process.Signal(syscall.SIGTERM)
 		<-done
-		r.t.Fatalf("the demo did not finish within %s\nstdout:\n%s", timeout, r.stdout.String())
+		r.t.Fatalf("the demo did not finish within %s", timeout)
 	}
 	r.elapsed += time.Since(t0)
 	return r.cmd.ProcessState.ExitCode()
@@ -241,7 +262,7 @@ func TestDemo(t *testing.T) {
 	r := newDemoRun(t)
 	r.start("run")
 	if code := r.wait(10 * time.Minute); code != 0 {
-		t.Fatalf("make demo exited %d\nstdout:\n%s", code, r.stdout.String())
+		t.Fatalf("make demo exited %d", code)
 	}
 	t.Logf("the demo took %s end to end (teardown included)", r.elapsed.Round(100*time.Millisecond))
 	stdout, stderr := r.stdout.String(), r.stderr.String()
@@ -257,7 +278,7 @@ func TestDemo(t *testing.T) {
 	py, sk, goM, broken := m["py-tracker"], m["py-sklearn"], m["go-echo"], m["py-broken"]
 	tables := callTables(stdout, "add")
 	if len(tables) != 4 {
-		t.Fatalf("want 4 `coordinator call` runs (fan-out, impostor, with delegations checked, after revocation), got %d:\n%s", len(tables), stdout)
+		t.Fatalf("want 4 `coordinator call` runs (fan-out, impostor, with delegations checked, after revocation), got %d", len(tables))
 	}
 	row := func(table, id string) []string {
 		table, _, _ = strings.Cut(table, " succeeded\n") // the table ends with "N/M succeeded"
@@ -285,12 +306,12 @@ func TestDemo(t *testing.T) {
 		regexp.MustCompile(`py-sklearn's environment took [0-9.]+ s to build on this node`),
 	} {
 		if !want.MatchString(stderr) {
-			t.Errorf("the wait for the models does not show the environment's build (%s):\n%s", want, stderr)
+			t.Errorf("the wait for the models does not show the environment's build (%s)", want)
 		}
 	}
 	predict := callTables(stdout, "predict")
 	if len(predict) != 1 {
-		t.Fatalf("want 1 `coordinator call predict` run, got %d:\n%s", len(predict), stdout)
+		t.Fatalf("want 1 `coordinator call predict` run, got %d", len(predict))
 	}
 	if !strings.Contains(strings.SplitN(predict[0], "\n", 2)[0], "--model "+sk.ShortID) {
 		t.Errorf("the predict call is not py-sklearn's alone: %q", strings.SplitN(predict[0], "\n", 2)[0])
@@ -303,7 +324,7 @@ func TestDemo(t *testing.T) {
 	}
 	// 1c. The broken model: faulty in the status API, with uv's reason.
 	if !regexp.MustCompile(`the status API \(GET http://[0-9.:]+/v1/models\) says py-broken is faulty: environment failed: .*pandas==0\.0\.1`).MatchString(stderr) {
-		t.Errorf("the demo does not show the status API's reason for the broken model:\n%s", stderr)
+		t.Errorf("the demo does not show the status API's reason for the broken model")
 	}
 	// 2. A key that is not on chain is refused everywhere.
 	for _, x := range []*model{py, goM, broken} {
@@ -360,7 +381,7 @@ func TestDemoKeepThenDown(t *testing.T) {
 	r := newDemoRun(t)
 	r.start("run", "--keep")
 	if code := r.wait(10 * time.Minute); code != 0 {
-		t.Fatalf("make demo DEMO_KEEP=1 exited %d\nstdout:\n%s", code, r.stdout.String())
+		t.Fatalf("make demo DEMO_KEEP=1 exited %d", code)
 	}
 	if s := r.stdout.String(); !strings.Contains(s, "Stop everything: make demo-down") || !strings.Contains(s, "coordinator/env") {
 		t.Errorf("--keep does not say how to explore and stop:\n%s", s)

@@ -656,19 +656,28 @@ func (d *demo) revoke(ctx context.Context, c *cluster, chain *devchain.Front, m 
 			return err
 		}
 	}
-	// What Nomad says, as an operator would ask (the allocation may take a
-	// moment longer to finish stopping).
-	var out string
-	for range 50 {
-		if out, err = runCommand(ctx, c.environ(), c.env["NOMAD_BIN"], "job", "status", m.JobID); err != nil {
-			return err
-		}
-		if strings.Contains(out, "complete") || strings.Contains(out, "failed") {
+	// What Nomad says, as an operator would ask, once the allocation has
+	// stopped: the runner drains its calls first (up to its task's
+	// kill_timeout, 10 s), longer on a loaded machine.
+	deadline = time.Now().Add(60 * time.Second)
+	for waited := false; ; waited = true {
+		job, _, err := c.nomad.Jobs().Info(m.JobID, nil)
+		if err == nil && job.Status != nil && *job.Status == "dead" {
+			if waited {
+				d.detail("its allocation stopped %.1f s after the account closed", time.Since(t0).Seconds())
+			}
 			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("job %s: its allocation still runs 60 s after the job was stopped", m.JobID)
 		}
 		if err := sleep(ctx, 200*time.Millisecond); err != nil {
 			return err
 		}
+	}
+	out, err := runCommand(ctx, c.environ(), c.env["NOMAD_BIN"], "job", "status", m.JobID)
+	if err != nil {
+		return err
 	}
 	d.command("nomad job status " + m.JobID)
 	d.output(out)
