@@ -35,6 +35,15 @@ type Options struct {
 	// issues a fresh key with every certificate (PKIIssuePath), which a
 	// delegation cannot follow.
 	RunnerVaultAddr string `json:"runner_vault_addr,omitempty"`
+	// RunnerConsulAddr, when set, is the node's Consul agent as runners
+	// reach it (e.g. https://127.0.0.1:8501; RunnerConsulCACert its CA on
+	// the node): each runner then watches its crunch's service there and
+	// stops answering once Nomad has placed its model elsewhere (another
+	// passing instance, registered after its own: runner/supersede), so a
+	// model never answers from an allocation Nomad replaced while its
+	// runner lived on. The task gets a Consul token for it (service read).
+	RunnerConsulAddr   string `json:"runner_consul_addr,omitempty"`
+	RunnerConsulCACert string `json:"runner_consul_ca_cert,omitempty"`
 	// CRLURL is where runners fetch the CA's revocation list (e.g.
 	// https://vault.service.consul:8200/v1/pki_int/issuers: every issuer's
 	// full and delta list, docs/vault.md). Secure jobs
@@ -244,6 +253,21 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 				ChangeMode:   new("signal"),
 				ChangeSignal: new("SIGHUP"),
 			}, ca}
+		}
+	}
+	if o.RunnerConsulAddr != "" {
+		// The runner reads its flags from MODEL_RUNNER_* and Consul's
+		// client its settings from CONSUL_*; the consul block gets the
+		// task a Consul token (CONSUL_HTTP_TOKEN) from its workload
+		// identity.
+		task.Consul = &nomadapi.Consul{}
+		task.Env = map[string]string{
+			"CONSUL_HTTP_ADDR":             o.RunnerConsulAddr,
+			"MODEL_RUNNER_CONSUL_SERVICE":  names.Service(m.Crunch),
+			"MODEL_RUNNER_CONSUL_MODEL_ID": ShortID(m),
+		}
+		if o.RunnerConsulCACert != "" {
+			task.Env["CONSUL_CACERT"] = o.RunnerConsulCACert
 		}
 	}
 	task.KillTimeout = new(10 * time.Second)

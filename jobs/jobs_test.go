@@ -154,3 +154,40 @@ func TestBuildStableKey(t *testing.T) {
 		t.Errorf("the runner needs the task's Vault token, in secrets/ only (env = false), and a new token after max TTL must not restart the model (change_mode = noop): %+v", task.Vault)
 	}
 }
+
+// With RunnerConsulAddr the runner watches its crunch's service for a newer
+// instance of its model: the task gets a Consul token, Consul's address and
+// the runner's two flags in its environment, and nothing else changes.
+func TestBuildRunnerWatchesConsul(t *testing.T) {
+	m := model()
+	o := opts()
+	o.RunnerConsulAddr = "https://127.0.0.1:8501"
+	o.RunnerConsulCACert = "/etc/consul.d/tls/ca/consul.pem"
+	job, err := Build(m, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := job.TaskGroups[0].Tasks[0]
+	want := map[string]string{
+		"CONSUL_HTTP_ADDR": o.RunnerConsulAddr, "CONSUL_CACERT": o.RunnerConsulCACert,
+		"MODEL_RUNNER_CONSUL_SERVICE": names.Service(m.Crunch), "MODEL_RUNNER_CONSUL_MODEL_ID": ShortID(m),
+	}
+	for k, v := range want {
+		if task.Env[k] != v {
+			t.Errorf("env %s = %q, want %q", k, task.Env[k], v)
+		}
+	}
+	if task.Consul == nil {
+		t.Error("no consul block: the task gets no Consul token")
+	}
+	if job.TaskGroups[0].Services[0].Meta[names.MetaModelID] != ShortID(m) {
+		t.Error("the service meta's model id is not the one the runner watches")
+	}
+	plain, err := Build(m, opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt := plain.TaskGroups[0].Tasks[0]; pt.Consul != nil || len(pt.Env) != 0 {
+		t.Errorf("without RunnerConsulAddr: consul %v, env %v", pt.Consul, pt.Env)
+	}
+}

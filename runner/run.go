@@ -224,7 +224,14 @@ func Run(ctx context.Context, o runneropts.Options) error {
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
-	return srv.Serve(ctx, lis, o.DrainTimeout)
+	serveCtx, superseded, err := watchSuperseded(ctx, &o, lis.Addr().String(), log.Named("supersede"))
+	if err != nil {
+		return err
+	}
+	if err := srv.Serve(serveCtx, lis, o.DrainTimeout); err != nil {
+		return err
+	}
+	return superseded()
 }
 
 // reloadDelegation picks up a changed delegation file.

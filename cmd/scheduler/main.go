@@ -83,6 +83,7 @@ type config struct {
 	modelsFile, listen, logLevel                         string
 	logJSON, plaintext                                   bool
 	crlURL, runnerVaultAddr                              string
+	runnerConsulAddr, runnerConsulCA                     string
 	allowHTTPArtifacts, allowHostModelDirs               bool
 	pythonConstraints                                    bool
 	codeMaxBytes                                         int64
@@ -135,6 +136,8 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.gpuClass, "gpu-node-class", "", "also constrain GPU models to this node class")
 	fs.BoolVar(&c.plaintext, "plaintext-runners", false, "runners without TLS or Vault (tests only; CrunchDAO's secure client refuses them)")
 	fs.StringVar(&c.runnerVaultAddr, "runner-vault-addr", "", "Vault address runners reach: each runner then keeps one key per model in Vault (runner-keys/<job>) and signs its own certificates, so crunchers' wallet delegations (the job variable's \"delegation\" item) hold across renewals; empty: a template issues a new key with each certificate")
+	fs.StringVar(&c.runnerConsulAddr, "runner-consul-addr", "", "the node's Consul agent as runners reach it (e.g. https://127.0.0.1:8501): each runner then stops answering once Nomad has placed its model elsewhere (a newer passing instance in Consul), so a model never answers from an allocation Nomad replaced while its runner lived on; empty: runners do not watch")
+	fs.StringVar(&c.runnerConsulCA, "runner-consul-ca-cert", "", "with --runner-consul-addr over https: the CA of the Consul agents' certificates, a path on the nodes")
 	fs.StringVar(&c.crlURL, "crl-url", "", "runners fetch the model-call CA's revocation lists from this URL: Vault's issuer list, https://vault:8200/v1/pki_int/issuers, has them fetch every issuer's CRL, so certificates of an intermediate replaced by rotate-intermediate stay revocable (a single CRL URL such as .../pki_int/crl/pem covers the default issuer only); required for secure runners")
 	fs.Var(&c.artifactHosts, "artifact-hosts", "hosts models' artifacts may be fetched from, comma separated: a name (any port), host:port, or *.domain; empty: every artifact URL is refused")
 	fs.BoolVar(&c.allowHTTPArtifacts, "allow-http-artifacts", false, "DEVELOPMENT ONLY: accept plain http artifact URLs (still on --artifact-hosts, still checked against their sha256)")
@@ -251,6 +254,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	opts := &jobs.Options{
 		Region: c.nomad.Region, Namespace: c.nomad.Namespace, Datacenters: c.datacenters,
 		Plaintext: c.plaintext, CRLURL: c.crlURL, RunnerVaultAddr: c.runnerVaultAddr, GPUNodeClass: c.gpuClass,
+		RunnerConsulAddr: c.runnerConsulAddr, RunnerConsulCACert: c.runnerConsulCA,
 		ArtifactHosts: c.artifactHosts, AllowHTTPArtifacts: c.allowHTTPArtifacts,
 		AllowHostModelDirs: c.allowHostModelDirs,
 	}

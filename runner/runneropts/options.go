@@ -157,6 +157,14 @@ type Options struct {
 	// re-read when it changes (--delegation).
 	DelegationFile string
 
+	// ConsulService and ConsulModelID name the runner's instance in
+	// Consul: the runner stops answering once another passing instance of
+	// the model is registered after its own (runner/supersede). Consul's
+	// address, token and CA come from CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN
+	// (a Nomad task's Consul token) and CONSUL_CACERT (--consul-service,
+	// --consul-model-id).
+	ConsulService, ConsulModelID string
+
 	// CallTimeout is the longest a call may run, whatever the caller's
 	// deadline (--call-timeout).
 	CallTimeout time.Duration
@@ -247,6 +255,8 @@ func (o *Options) Validate() error {
 		return errors.New("--max-streams-per-conn: want 1 to 65536")
 	case o.MaxInflightBytes != 0 && o.MaxInflightBytes < int64(o.MaxRecvBytes):
 		return errors.New("--max-inflight-bytes must be at least --max-recv-bytes")
+	case (o.ConsulService == "") != (o.ConsulModelID == ""):
+		return errors.New("--consul-service and --consul-model-id go together")
 	}
 	for host, inside := range o.WorkerPaths {
 		if !filepath.IsAbs(host) || !filepath.IsAbs(inside) {

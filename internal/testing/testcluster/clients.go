@@ -252,6 +252,12 @@ client {
   enabled           = true
   servers           = [%q]
   network_interface = "lo"
+  # This machine's Consul agent, for jobs that reach it from their tasks
+  # (CONSUL_HTTP_ADDR = "${meta.consul_http_addr}"): on a real node it is
+  # the same address everywhere, here each machine has its own port.
+  meta {
+    consul_http_addr = %q
+  }
 }
 consul {
   address      = %q
@@ -261,7 +267,7 @@ consul {
 vault {
   address = %q
 }
-%s`, a.Name, a.DataDir, pluginDir, httpPort, rpcPort, serfPort, server,
+%s`, a.Name, a.DataDir, pluginDir, httpPort, rpcPort, serfPort, server, a.ConsulAddr,
 		a.ConsulAddr, a.ports[1], c.Consul.Token, c.Vault.Addr, rawExecHCL+plugin)); err != nil {
 		return err
 	}
@@ -365,6 +371,19 @@ func (a *NomadClientAgent) Kill() ([]int, error) {
 	}
 	slices.Sort(tasks)
 	return slices.Compact(tasks), errors.Join(errs...)
+}
+
+// KillNomad takes the machine's Nomad agent away alone, as its crash would:
+// SIGKILL to the agent and its plugins. The runners of its tasks (the
+// modelbox driver starts each in a session of its own) go on serving, and
+// the machine's Consul agent goes on checking them; the servers mark the
+// node down after its heartbeats stop. Kill takes the rest away.
+func (a *NomadClientAgent) KillNomad() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.nomad != nil && !a.killed {
+		a.nomad.kill()
+	}
 }
 
 // allocIDs lists the allocations whose dirs the client made.

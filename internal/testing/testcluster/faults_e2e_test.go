@@ -46,6 +46,7 @@ type goFleet struct {
 	client *client.Client
 
 	url, digest, certHash string // the submission and the coordinator's key hash
+	opts                  []func(*jobs.Options)
 
 	mu      sync.Mutex // guards models, samples, changed
 	samples []sample
@@ -64,8 +65,12 @@ func (f *goFleet) register() (string, error) {
 	// As the demo's scheduler builds them (make demo): runner keys in
 	// Vault, every issuer's revocation list, artifacts over http on
 	// loopback.
-	job, err := jobs.Build(&m, &jobs.Options{CertTTL: "1h", RunnerVaultAddr: f.c.Vault.Addr,
-		CRLURL: f.c.Vault.Addr + "/v1/pki_int/issuers", ArtifactHosts: []string{"127.0.0.1"}, AllowHTTPArtifacts: true})
+	o := &jobs.Options{CertTTL: "1h", RunnerVaultAddr: f.c.Vault.Addr,
+		CRLURL: f.c.Vault.Addr + "/v1/pki_int/issuers", ArtifactHosts: []string{"127.0.0.1"}, AllowHTTPArtifacts: true}
+	for _, opt := range f.opts {
+		opt(o)
+	}
+	job, err := jobs.Build(&m, o)
 	if err != nil {
 		return "", err
 	}
@@ -127,7 +132,7 @@ func artifactServer(t testing.TB, root string) (url, digest string) {
 
 // newGoFleet registers n models on c and starts the coordinator's fan-out;
 // it returns once a fan-out is OK from all of them.
-func newGoFleet(t testing.TB, c *Cluster, crunch string, n int) *goFleet {
+func newGoFleet(t testing.TB, c *Cluster, crunch string, n int, opts ...func(*jobs.Options)) *goFleet {
 	t.Helper()
 	for _, b := range []string{"nomad-driver-modelbox", "model-runner", "example-model"} {
 		if !isExecutable(filepath.Join(c.root, "bin", b)) {
@@ -147,7 +152,7 @@ func newGoFleet(t testing.TB, c *Cluster, crunch string, n int) *goFleet {
 		t.Fatal(err)
 	}
 	f := &goFleet{c: c, crunch: crunch, jobIDs: map[string]string{}, changed: make(chan struct{}),
-		url: url, digest: digest, certHash: authz.SPKIHash(iss.Certificate().Leaf)}
+		url: url, digest: digest, certHash: authz.SPKIHash(iss.Certificate().Leaf), opts: opts}
 	nc := c.Nomad.Client
 	for range n {
 		if _, err := f.register(); err != nil {
@@ -606,4 +611,123 @@ func TestSoakVaultOutage(t *testing.T) {
 			t.Errorf("model %s runs as %+v after the outage, was %+v", m, after[m], before[m])
 		}
 	}
+}
+
+// supersedeBound is how long after its replacement passes its check in
+// Consul a replaced runner that lives on may still answer: one Consul
+// blocking query's answer (the runner watches the crunch's service) and the
+// runner's graceful stop, with room for a loaded machine.
+const supersedeBound = 5 * time.Second
+
+// A model runs on a machine whose Nomad agent dies alone: its runner (in a
+// session of its own) goes on serving and the machine's Consul agent goes on
+// checking it. Nomad marks the node down and places the model on another
+// machine. The old runner must stop answering once the replacement passes
+// its check (within supersedeBound), and the coordinator's fan-out must never
+// fail but while it moves from the old runner to the new one (the Setup of
+// a joining model).
+func TestReplacedRunnerStopsAnswering(t *testing.T) {
+	c := StartWith(t, All, scaleHeartbeat)
+	// The models run on the two added machines only, whose Consul agents
+	// the runners reach through node meta (see AddNomadClient).
+	a, b := c.AddNomadClient(t), c.AddNomadClient(t)
+	stubs, _, err := c.Nomad.Client.Nodes().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range stubs {
+		if n.ID != a.NodeID && n.ID != b.NodeID {
+			if _, err := c.Nomad.Client.Nodes().ToggleEligibility(n.ID, false, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	f := newGoFleet(t, c, "replaced", 1, func(o *jobs.Options) { o.RunnerConsulAddr = "${meta.consul_http_addr}" })
+	model := f.models[0]
+	before := f.allocs(t)[model]
+	as, _, err := c.Nomad.Client.Allocations().Info(before.id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim, other := a, b
+	if as.NodeID == b.NodeID {
+		victim, other = b, a
+	}
+	f.mu.Lock()
+	oldTarget := f.samples[len(f.samples)-1].targets[model]
+	f.mu.Unlock()
+	t.Logf("model %s runs on %s at %s; killing that machine's Nomad agent alone", model, victim.Name, oldTarget)
+
+	t0 := time.Now()
+	victim.KillNomad()
+	var down, placed, passing, stopped time.Duration
+	for deadline := t0.Add(recoveryBound); stopped == 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: node down %v, replacement placed %v, passing %v; the old runner at %s still answers",
+				recoveryBound, down, placed, passing, oldTarget)
+		}
+		if down == 0 {
+			if n, _, err := c.Nomad.Client.Nodes().Info(victim.NodeID, nil); err == nil && n.Status == nomadapi.NodeStatusDown {
+				down = time.Since(t0)
+			}
+		}
+		if placed == 0 {
+			if st := f.allocs(t)[model]; st.id != "" && st.id != before.id {
+				placed = time.Since(t0)
+			}
+		}
+		if passing == 0 {
+			entries, _, err := c.Consul.Client.Health().Service(names.Service(f.crunch), "", true, nil)
+			for _, e := range entries {
+				if err == nil && e.Node != nil && e.Node.Node == other.Name {
+					passing = time.Since(t0)
+				}
+			}
+		}
+		if conn, err := net.DialTimeout("tcp", oldTarget, time.Second); err != nil {
+			stopped = time.Since(t0)
+		} else {
+			conn.Close()
+		}
+	}
+	t.Logf("agent killed -> node down %.1fs -> replacement placed %.1fs -> passing on %s %.1fs -> old runner stopped answering %.1fs",
+		down.Seconds(), placed.Seconds(), other.Name, passing.Seconds(), stopped.Seconds())
+	if passing == 0 || stopped < passing {
+		t.Errorf("the old runner stopped answering (%.1fs) before its replacement passed (%v): it must serve until then", stopped.Seconds(), passing)
+	}
+	if stopped-passing > supersedeBound {
+		t.Errorf("the old runner answered %.1fs after its replacement passed, want at most %s", (stopped - passing).Seconds(), supersedeBound)
+	}
+	ok := f.waitAllOK(t, time.Now(), time.Minute)
+	if ok.targets[model] == oldTarget {
+		t.Errorf("the coordinator still calls the old runner at %s", oldTarget)
+	}
+	// What the coordinator saw through it: answers from the old runner,
+	// then from the new one; in between only the new one's Setup.
+	for _, s := range f.failures(t0) {
+		for _, msg := range s.failed {
+			if !strings.Contains(msg, "Setup on join has not succeeded yet") && !strings.Contains(msg, "no such model in the membership") {
+				t.Errorf("fan-out at %s failed: %s", s.at.Format("15:04:05.000"), msg)
+			}
+		}
+	}
+	var gap time.Duration
+	var first time.Time
+	for _, s := range f.failures(t0) {
+		if first.IsZero() {
+			first = s.at
+		}
+		gap = s.at.Sub(first)
+	}
+	t.Logf("the coordinator's fan-out went without the model for %.1fs (from the old runner to the new one)", gap.Seconds())
+	if gap > supersedeBound {
+		t.Errorf("the coordinator went without the model for %.1fs, want at most %s", gap.Seconds(), supersedeBound)
+	}
+	// The old runner lives on (Nomad will stop it when its agent is back)
+	// but answers nothing, its health NOT_SERVING: its instance leaves the
+	// passing ones at its next check.
+	waitFor(t, jobs.CheckInterval+5*time.Second, "only the replacement passing in Consul", func() bool {
+		n, err := f.passing()
+		return err == nil && n[model] == 1
+	})
 }

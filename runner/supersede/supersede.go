@@ -1,0 +1,169 @@
+// Package supersede tells a runner that its model runs elsewhere now, so it
+// stops answering: a model must never answer from two runners.
+//
+// Nomad replaces an allocation whose client it lost (the agent died alone,
+// or the node is cut off from the servers) while the old runner may still
+// run: the modelbox driver starts each runner in a session of its own so that
+// it survives a restart of the agent, and the node's Consul agent goes on
+// checking it, so its instance stays registered and passing. Only the Nomad
+// agent would stop it, when it comes back.
+//
+// The runner watches its crunch's service in Consul (blocking queries on
+// the health API, as the coordinators' discovery does) and stops answering
+// on positive evidence only: another passing instance of the same model,
+// registered after its own. An unreachable Consul, its own instance missing
+// or failing, or no other instance are no evidence: it keeps serving (fail
+// static), as the Nomad agent's absence alone is none either (a restarting
+// agent must not stop its models).
+package supersede
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/modelnodes/modelnodes/names"
+)
+
+// Watch describes the runner's instance.
+type Watch struct {
+	// Client reaches the node's Consul agent with a token that may read
+	// the service (a Nomad task's Consul token does).
+	Client *consulapi.Client
+	// Service is the crunch's service (names.Service).
+	Service string
+	// ModelID is the model's id in its instances' meta (names.MetaModelID).
+	ModelID string
+	// Self is the address the runner serves on (host:port): its own
+	// instance is the one registered there.
+	Self string
+	// Wait bounds one blocking query; default 5 minutes.
+	Wait time.Duration
+	// MaxBackoff bounds the wait between failed queries; default 30 s.
+	MaxBackoff time.Duration
+	Logger     hclog.Logger
+}
+
+// Newer is the evidence: the instance that superseded the runner's.
+type Newer struct {
+	Node, ServiceID, Address string
+	CreateIndex              uint64 // of the newer instance
+	Own                      uint64 // CreateIndex of the runner's own instance
+}
+
+func (n *Newer) String() string {
+	return fmt.Sprintf("instance %s on node %s at %s (registered at index %d, after this runner's at %d)",
+		n.ServiceID, n.Node, n.Address, n.CreateIndex, n.Own)
+}
+
+// Run watches until ctx ends (it returns nil, ctx.Err()) or another passing
+// instance of the model was registered after the runner's own (it returns
+// that instance).
+func (w *Watch) Run(ctx context.Context) (*Newer, error) {
+	log := w.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	wait := w.Wait
+	if wait <= 0 {
+		wait = 5 * time.Minute
+	}
+	maxBackoff := w.MaxBackoff
+	if maxBackoff <= 0 {
+		maxBackoff = 30 * time.Second
+	}
+	var index uint64
+	var backoff time.Duration
+	for {
+		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+		entries, meta, err := w.Client.Health().Service(w.Service, "", true, q)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err != nil {
+			// No evidence: keep serving and ask again.
+			backoff = min(max(2*backoff, 100*time.Millisecond), maxBackoff)
+			log.Warn("cannot read the model's instances from Consul; serving on", "service", w.Service, "error", err, "retry_in", backoff)
+			index = 0
+			if !sleep(ctx, backoff) {
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		backoff = 0
+		if n := Supersedes(entries, w.ModelID, w.Self); n != nil {
+			return n, nil
+		}
+		switch {
+		case meta.LastIndex < index:
+			index = 0 // a Consul restore or a new leader: start over
+		default:
+			index = meta.LastIndex
+		}
+		if index <= 1 {
+			// Consul may answer early with index 0 or 1: never spin.
+			index = 0
+			if !sleep(ctx, time.Second) {
+				return nil, ctx.Err()
+			}
+		}
+	}
+}
+
+// Supersedes applies the rule to passing instances of a service: it returns
+// the newest instance of model registered after the one at self, if any.
+// Without an instance at self (not registered yet, or failing) there is no
+// evidence, whatever else is registered.
+func Supersedes(entries []*consulapi.ServiceEntry, model, self string) *Newer {
+	var own *consulapi.ServiceEntry
+	for _, e := range entries {
+		if e.Service != nil && e.Service.Meta[names.MetaModelID] == model && at(e, self) {
+			own = e
+		}
+	}
+	if own == nil {
+		return nil
+	}
+	var newer *Newer
+	for _, e := range entries {
+		if e.Service == nil || e == own || e.Service.Meta[names.MetaModelID] != model || at(e, self) {
+			continue
+		}
+		if e.Service.CreateIndex > own.Service.CreateIndex && (newer == nil || e.Service.CreateIndex > newer.CreateIndex) {
+			newer = &Newer{ServiceID: e.Service.ID, Address: address(e), CreateIndex: e.Service.CreateIndex, Own: own.Service.CreateIndex}
+			if e.Node != nil {
+				newer.Node = e.Node.Node
+			}
+		}
+	}
+	return newer
+}
+
+// at reports whether the instance is registered at host:port self.
+func at(e *consulapi.ServiceEntry, self string) bool {
+	return address(e) == self
+}
+
+func address(e *consulapi.ServiceEntry) string {
+	host := e.Service.Address
+	if host == "" && e.Node != nil {
+		host = e.Node.Address
+	}
+	return net.JoinHostPort(host, strconv.Itoa(e.Service.Port))
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
