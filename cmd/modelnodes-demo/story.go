@@ -434,6 +434,9 @@ func (d *demo) startScheduler(ctx context.Context, c *cluster, chain *devchain.F
 		// issuer's CRL (a rotated intermediate's too).
 		"--runner-vault-addr", c.env["VAULT_ADDR"],
 		"--crl-url", c.env["VAULT_ADDR"] + "/v1/pki_int/issuers",
+		// Each runner stops answering once Nomad has placed its model
+		// elsewhere (a newer passing instance in Consul).
+		"--runner-consul-addr", c.env["CONSUL_HTTP_ADDR"],
 		// The demo's artifact server is plain http on loopback.
 		"--artifact-hosts", "127.0.0.1", "--allow-http-artifacts",
 		"--listen", status}
