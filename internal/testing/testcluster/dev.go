@@ -126,8 +126,22 @@ func StartDev(t testing.TB, o DevOptions) *DevCluster {
 			}
 		}
 		t0 := time.Now()
+		// down finds the cgroups of the allocations whose dirs Nomad
+		// still has; those it garbage-collected are only known here.
+		var allocIDs []string
+		if d.Nomad != nil {
+			if stubs, _, err := d.Nomad.Client.Allocations().List(nil); err == nil {
+				for _, a := range stubs {
+					allocIDs = append(allocIDs, a.ID)
+				}
+			}
+		}
 		if _, stderr, err := d.Script("down"); err != nil {
 			t.Errorf("deploy/dev/down: %v\n%s", err, stderr)
+		}
+		if left := leftovers.AllocCgroups(allocIDs); len(left) > 0 {
+			t.Logf("testcluster: removing the cgroups the allocations left: %v", left)
+			removeNomadCgroups(allocIDs)
 		}
 		if busy := leftovers.Listening(ports); len(busy) > 0 {
 			t.Errorf("ports still listening after deploy/dev/down: %v", busy)
