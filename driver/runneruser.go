@@ -85,7 +85,9 @@ func grantRunner(p *prepared, uid int) error {
 	if err := os.Chmod(secrets, 0o750); err != nil {
 		return fmt.Errorf("modelbox: give the runner the secrets dir: %w", err)
 	}
-	for _, f := range []string{o.TLSCert, o.TLSKey, o.TLSClientCA, o.VaultTokenFile, o.AuthzFile, o.CRLFile, o.DelegationFile} {
+	// consul_token: Nomad's Consul hook writes a task's Consul token there
+	// (0440, root's), which a runner watching Consul reads (runner/supersede).
+	for _, f := range []string{o.TLSCert, o.TLSKey, o.TLSClientCA, o.VaultTokenFile, o.AuthzFile, o.CRLFile, o.DelegationFile, filepath.Join(secrets, "consul_token")} {
 		if rel, err := filepath.Rel(secrets, f); f == "" || err != nil || rel == "." || strings.HasPrefix(rel, "..") {
 			continue
 		}

@@ -113,6 +113,9 @@ const (
 	// would issue two key pairs); ClientCA the root coordinators chain to.
 	TLSBundle = "secrets/tls.pem"
 	ClientCA  = "secrets/ca.crt"
+	// ConsulTokenFile is where Nomad puts a task's Consul token (tasks
+	// with a consul block), relative to the task dir.
+	ConsulTokenFile = "secrets/consul_token"
 	// DelegationFile is the cruncher's wallet delegation, rendered from the
 	// job's variable; empty until someone writes one.
 	DelegationFile = "local/delegation.json"
@@ -262,7 +265,12 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		// identity.
 		task.Consul = &nomadapi.Consul{}
 		task.Env = map[string]string{
-			"CONSUL_HTTP_ADDR":             o.RunnerConsulAddr,
+			"CONSUL_HTTP_ADDR": o.RunnerConsulAddr,
+			// Nomad writes the task's token there (its Consul hook); the
+			// runner starts in the task dir. Without it a Consul with ACLs
+			// answers an empty list, which is no evidence: the runner
+			// would never learn it was replaced.
+			"CONSUL_HTTP_TOKEN_FILE":       ConsulTokenFile,
 			"MODEL_RUNNER_CONSUL_SERVICE":  names.Service(m.Crunch),
 			"MODEL_RUNNER_CONSUL_MODEL_ID": ShortID(m),
 		}

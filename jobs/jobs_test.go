@@ -169,7 +169,7 @@ func TestBuildRunnerWatchesConsul(t *testing.T) {
 	}
 	task := job.TaskGroups[0].Tasks[0]
 	want := map[string]string{
-		"CONSUL_HTTP_ADDR": o.RunnerConsulAddr, "CONSUL_CACERT": o.RunnerConsulCACert,
+		"CONSUL_HTTP_ADDR": o.RunnerConsulAddr, "CONSUL_CACERT": o.RunnerConsulCACert, "CONSUL_HTTP_TOKEN_FILE": "secrets/consul_token",
 		"MODEL_RUNNER_CONSUL_SERVICE": names.Service(m.Crunch), "MODEL_RUNNER_CONSUL_MODEL_ID": ShortID(m),
 	}
 	for k, v := range want {

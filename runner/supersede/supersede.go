@@ -30,6 +30,11 @@ import (
 	"github.com/modelnodes/modelnodes/names"
 )
 
+// unseenWarnAfter is how long the runner's own instance may be missing from
+// the passing ones (registration and the first check take seconds) before a
+// warning says the watch sees nothing.
+var unseenWarnAfter = 2 * time.Minute
+
 // Watch describes the runner's instance.
 type Watch struct {
 	// Client reaches the node's Consul agent with a token that may read
@@ -79,8 +84,14 @@ func (w *Watch) Run(ctx context.Context) (*Newer, error) {
 	}
 	var index uint64
 	var backoff time.Duration
+	var unseenSince time.Time
+	var warned bool
 	for {
-		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+		qwait := wait
+		if !warned && unseenWarnAfter < qwait {
+			qwait = unseenWarnAfter // look again in time to warn
+		}
+		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: qwait}).WithContext(ctx)
 		entries, meta, err := w.Client.Health().Service(w.Service, "", true, q)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -98,6 +109,18 @@ func (w *Watch) Run(ctx context.Context) (*Newer, error) {
 		backoff = 0
 		if n := Supersedes(entries, w.ModelID, w.Self); n != nil {
 			return n, nil
+		}
+		if ownInstance(entries, w.ModelID, w.Self) != nil {
+			unseenSince, warned = time.Time{}, false
+		} else if unseenSince.IsZero() {
+			unseenSince = time.Now()
+		} else if !warned && time.Since(unseenSince) > unseenWarnAfter {
+			// Consul filters what a token may not read out of its answers
+			// (an empty list, no error): say so, or the watch would be off
+			// without a word.
+			log.Warn("this runner's own instance is not among the model's passing instances in Consul: without it the runner cannot learn that it was replaced (is the task's Consul token allowed to read the service? is the instance registered and passing?)",
+				"service", w.Service, "model", w.ModelID, "self", w.Self, "for", time.Since(unseenSince).Round(time.Second))
+			warned = true
 		}
 		switch {
 		case meta.LastIndex < index:
@@ -120,12 +143,7 @@ func (w *Watch) Run(ctx context.Context) (*Newer, error) {
 // Without an instance at self (not registered yet, or failing) there is no
 // evidence, whatever else is registered.
 func Supersedes(entries []*consulapi.ServiceEntry, model, self string) *Newer {
-	var own *consulapi.ServiceEntry
-	for _, e := range entries {
-		if e.Service != nil && e.Service.Meta[names.MetaModelID] == model && at(e, self) {
-			own = e
-		}
-	}
+	own := ownInstance(entries, model, self)
 	if own == nil {
 		return nil
 	}
@@ -142,6 +160,17 @@ func Supersedes(entries []*consulapi.ServiceEntry, model, self string) *Newer {
 		}
 	}
 	return newer
+}
+
+// ownInstance returns the instance of model registered at self, if listed.
+func ownInstance(entries []*consulapi.ServiceEntry, model, self string) *consulapi.ServiceEntry {
+	var own *consulapi.ServiceEntry
+	for _, e := range entries {
+		if e.Service != nil && e.Service.Meta[names.MetaModelID] == model && at(e, self) {
+			own = e
+		}
+	}
+	return own
 }
 
 // at reports whether the instance is registered at host:port self.

@@ -1,9 +1,18 @@
 package supersede
 
 import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/names"
 )
@@ -50,5 +59,44 @@ func TestSupersedes(t *testing.T) {
 	if got := Supersedes([]*consulapi.ServiceEntry{instance("a", "m1", "", 2000, 10), instance("b", "m1", "10.0.0.2", 3000, 20)},
 		"m1", "10.0.0.9:2000"); got == nil {
 		t.Error("an instance without an address was not matched by its node's")
+	}
+}
+
+// A Consul with ACLs answers a token that may not read the service with an
+// empty list, not an error: the watch says that it sees nothing rather than
+// wait in silence, and it supersedes nothing.
+func TestWatchWarnsWhenItCannotSeeItself(t *testing.T) {
+	defer func(d time.Duration) { unseenWarnAfter = d }(unseenWarnAfter)
+	unseenWarnAfter = 300 * time.Millisecond
+	var queries atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/health/service/crunch-demo" {
+			http.NotFound(w, r)
+			return
+		}
+		n := queries.Add(1)
+		if wait, _ := time.ParseDuration(r.URL.Query().Get("wait")); n == 1 && wait > unseenWarnAfter {
+			t.Errorf("the first query waits %s, longer than the warning's delay", wait)
+		}
+		time.Sleep(50 * time.Millisecond)
+		w.Header().Set("X-Consul-Index", strconv.FormatInt(10+n, 10))
+		_, _ = w.Write([]byte("[]"))
+	}))
+	defer srv.Close()
+	client, err := consulapi.NewClient(&consulapi.Config{Address: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Warn})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	w := &Watch{Client: client, Service: "crunch-demo", ModelID: "m1", Self: "127.0.0.1:2000", Logger: log}
+	newer, err := w.Run(ctx)
+	if newer != nil || err == nil {
+		t.Fatalf("Run = %v, %v; want nothing until the context ends", newer, err)
+	}
+	if got := strings.Count(logs.String(), "own instance is not among"); got != 1 {
+		t.Errorf("warned %d times, want once:\n%s", got, logs.String())
 	}
 }
