@@ -64,6 +64,14 @@ const (
 	MetaManaged = "modelnodes_managed"
 	MetaSpec    = "modelnodes_spec"
 	MetaSource  = "modelnodes_source"
+	// MetaAuthorization, MetaAuthorizedSlot and MetaAuthorizedChain are
+	// the entry that authorized the job (an account address), the slot of
+	// the reading that put its version in force and the chain's genesis
+	// hash (source.Origin): what a restarted scheduler reads again before
+	// it may stop a job its first readings lack.
+	MetaAuthorization   = "authorization"
+	MetaAuthorizedSlot  = "authorized_slot"
+	MetaAuthorizedChain = "authorized_chain"
 )
 
 // The modelbox driver's task events about a model's environment carry

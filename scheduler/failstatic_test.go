@@ -52,8 +52,11 @@ import (
 //  4. a second authorization of a running model's id, at a lower address
 //     (the one the rule picks): the running job is not replaced, the
 //     duplicate is reported naming both accounts;
+//  5. the scheduler restarted while the front restarted empty: the new
+//     scheduler reads the running jobs' accounts (from their meta) on its
+//     own, and stops nothing, holds nothing;
 //
-// then 5. two of the three authorizations closed: held until an operator
+// then 6. two of the three authorizations closed: held until an operator
 // confirms with the admin token, then exactly those two stop, and the
 // third never misses a call.
 func TestFailStaticUnderFanOut(t *testing.T) {
@@ -98,14 +101,20 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 	opts := *testOptions
 	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
 	const token = "e2e-admin-token"
-	guard := &StopGuard{MaxShare: 0.5, Hold: time.Hour, Logger: logger}
-	rs := startSchedulerWith(t, func(s *Scheduler) {
-		s.Reconciler.Options, s.Reconciler.Guard, s.Reconciler.Logger = &opts, guard, logger
-		s.Logger, s.AdminToken = logger, token
-		guard.Metrics = s.Metrics
-	}, nc, nc, nil, &solanasrc.Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Resync: 2 * time.Second, Logger: logger})
-	srv := httptest.NewServer(rs.s.Handler())
-	defer srv.Close()
+	// start starts a scheduler as a fresh process would: its own source,
+	// stop guard and status API.
+	start := func() (*runningScheduler, *httptest.Server) {
+		guard := &StopGuard{MaxShare: 0.5, Hold: time.Hour, Logger: logger}
+		rs := startSchedulerWith(t, func(s *Scheduler) {
+			s.Reconciler.Options, s.Reconciler.Guard, s.Reconciler.Logger = &opts, guard, logger
+			s.Logger, s.AdminToken = logger, token
+			guard.Metrics = s.Metrics
+		}, nc, nc, nil, &solanasrc.Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Resync: 2 * time.Second, Logger: logger})
+		srv := httptest.NewServer(rs.s.Handler())
+		t.Cleanup(srv.Close)
+		return rs, srv
+	}
+	rs, srv := start()
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("scheduler log:\n%s", logs.String())
@@ -250,7 +259,38 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 		sameJobs(t, nc, before, "after the duplicate closed")
 	}, func() { f.CloseAccount(t, dup); plant() }, nil)
 
-	// 5. A and B closed: 2 of 3, held until an operator confirms; then they
+	// 5. The scheduler restarted while the front restarted empty: the new
+	// one has never read the authorizations, and its first listings lack
+	// them. Its source reads each running job's account (named in the
+	// job's meta) on its own; another chain's "closed" is no evidence, so
+	// nothing is stopped, nor even held, and the jobs are reported kept.
+	phase("scheduler restarted, chain empty", func(t *testing.T, before map[string]string) {
+		rs.stop()
+		f.Reset(t)
+		rs, srv = start()
+		time.Sleep(6 * time.Second) // three resyncs, the reads of the accounts, passes
+		st := waitStatus(t, srv.URL, "the running jobs reported kept", func(st statusBody) bool {
+			n := 0
+			for _, k := range st.Sources[0].Kept {
+				if strings.Contains(k, "another chain") {
+					n++
+				}
+			}
+			return n == len(ids)
+		})
+		if len(st.StopHolds) != 0 {
+			t.Errorf("the restarted scheduler holds stops: %+v", st.StopHolds)
+		}
+		sameJobs(t, nc, before, "after the scheduler restarted with the chain empty")
+		if grepLine(logs.String(), "reading the authorization of a running job on its own") == "" {
+			t.Error("the restarted scheduler does not log that it reads the running jobs' authorizations on their own")
+		}
+		replant()
+		waitStatus(t, srv.URL, "the chain back", func(st statusBody) bool { return len(st.Sources[0].Kept) == 0 && st.Sources[0].Models == len(ids) })
+		sameJobs(t, nc, before, "after the chain came back")
+	}, replant, nil)
+
+	// 6. A and B closed: 2 of 3, held until an operator confirms; then they
 	// stop (their calls may fail while they go), and C never misses one.
 	phase("two closed, confirmed", func(t *testing.T, before map[string]string) {
 		f.CloseAccount(t, keys[0])

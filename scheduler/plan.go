@@ -62,6 +62,10 @@ type Want struct {
 	// stopped or purged; this is how a source that is down never stops
 	// models.
 	Complete bool
+	// Keep are running jobs no model of Models names that a source vouches
+	// for (source.Adopter: their authorization is being read again), by job
+	// id, with why: they are left running.
+	Keep map[string]string
 }
 
 // Actual is Nomad's side of a pass, read before planning.
@@ -140,6 +144,10 @@ func Plan(want Want, actual Actual, purgeAfter time.Duration) ([]Action, Result)
 			}
 			d := want.Models[id]
 			if d != nil && d.Model.Running && !held[id] {
+				continue
+			}
+			if _, keep := want.Keep[id]; keep && d == nil && !cur.Stop {
+				res.Kept++
 				continue
 			}
 			if !cur.Stop {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
+	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
 // NomadJobs is the part of Nomad the reconciler writes to (nomad.Client).
@@ -46,7 +48,13 @@ type Reconciler struct {
 	Concurrency int
 	// Guard, when set, holds the stops of a pass that would stop too large
 	// a share of a crunch's models (StopGuard).
-	Guard   *StopGuard
+	Guard *StopGuard
+	// Sources, when set, are asked about the running jobs the desired state
+	// lacks (Plan's stops "no longer authorized"): a source.Adopter named
+	// by a job's meta keeps those it has no evidence against yet. Only
+	// jobs whose meta carries an Origin (names.MetaAuthorization) are asked
+	// about.
+	Sources []source.Source
 	Logger  hclog.Logger
 	Metrics *Metrics
 	now     func() time.Time
@@ -67,12 +75,15 @@ type Result struct {
 	Duplicates int
 	// HeldStops counts the stops the StopGuard held this pass.
 	HeldStops int
-	Errors    []error
+	// Kept counts running jobs the desired state lacks that a source kept
+	// running until it reads their authorization again (source.Adopter).
+	Kept   int
+	Errors []error
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d errors=%d",
-		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, len(r.Errors))
+	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d kept=%d errors=%d",
+		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, r.Kept, len(r.Errors))
 }
 
 // add counts other's writes and errors into r.
@@ -86,6 +97,7 @@ func (r *Result) add(other Result) {
 	r.Waiting += other.Waiting
 	r.Duplicates += other.Duplicates
 	r.HeldStops += other.HeldStops
+	r.Kept += other.Kept
 	r.Errors = append(r.Errors, other.Errors...)
 }
 
@@ -116,7 +128,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 		return Result{}, err
 	}
 	at := now()
-	actions, res := Plan(Want{Models: desired, Complete: complete}, Actual{Jobs: existing, Held: held, Now: at}, purgeAfter)
+	var keep map[string]string
+	if complete {
+		keep = r.adopt(existing, desired)
+	}
+	actions, res := Plan(Want{Models: desired, Complete: complete, Keep: keep}, Actual{Jobs: existing, Held: held, Now: at}, purgeAfter)
 	actions, res.HeldStops = r.Guard.filter(actions, existing, at)
 	for _, err := range res.Errors {
 		r.log().Error("reconcile", "error", redact.Error(err))
@@ -124,6 +140,38 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	done, err := r.Apply(ctx, actions)
 	res.add(done)
 	return res, err
+}
+
+// adopt asks the sources that can vouch for jobs they have no entry for
+// (source.Adopter) about the running jobs the desired state lacks: it
+// returns those they keep, by job id, with why.
+func (r *Reconciler) adopt(existing []nomad.JobStub, desired map[string]*Desired) map[string]string {
+	bySource := map[string][]source.Adoptee{}
+	for _, j := range existing {
+		if j.Stop || j.Meta[names.MetaManaged] != "true" || j.Meta[names.MetaAuthorization] == "" || desired[j.ID] != nil {
+			continue
+		}
+		slot, err := strconv.ParseUint(j.Meta[names.MetaAuthorizedSlot], 10, 64)
+		if err != nil {
+			slot = 0 // no slot: any reading is newer
+		}
+		name := j.Meta[names.MetaSource]
+		bySource[name] = append(bySource[name], source.Adoptee{JobID: j.ID, Origin: source.Origin{
+			Entry: j.Meta[names.MetaAuthorization], Slot: slot, Chain: j.Meta[names.MetaAuthorizedChain]}})
+	}
+	keep := map[string]string{}
+	for _, src := range r.Sources {
+		a, ok := src.(source.Adopter)
+		if !ok {
+			continue
+		}
+		// Asked every pass, with nothing too: the source forgets the
+		// jobs it is no longer asked about.
+		for id, why := range a.Adopt(bySource[src.Name()]) {
+			keep[id] = why
+		}
+	}
+	return keep
 }
 
 // Apply makes the writes of a plan, Concurrency at a time (default 4), so
@@ -215,6 +263,13 @@ func (r *Reconciler) register(ctx context.Context, a Action) error {
 		return err
 	}
 	job.Meta[names.MetaSource] = a.Desired.Source
+	if o := a.Desired.Origin; o.Entry != "" {
+		job.Meta[names.MetaAuthorization] = o.Entry
+		job.Meta[names.MetaAuthorizedSlot] = strconv.FormatUint(o.Slot, 10)
+		if o.Chain != "" {
+			job.Meta[names.MetaAuthorizedChain] = o.Chain
+		}
+	}
 	if err := jobs.ConstrainPython(job, a.Desired.Python); err != nil {
 		return fmt.Errorf("job %s: %w", a.JobID, err)
 	}

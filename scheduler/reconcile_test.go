@@ -13,6 +13,7 @@ import (
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
+	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
 func TestReconcileLifecycle(t *testing.T) {
@@ -202,4 +203,71 @@ func mustList(t *testing.T, f *fakeNomad) []nomad.JobStub {
 		t.Fatal(err)
 	}
 	return list
+}
+
+// adoptingSource vouches for the jobs named in keep (source.Adopter) and
+// records what it was asked.
+type adoptingSource struct {
+	keep  map[string]string
+	asked []source.Adoptee
+}
+
+func (a *adoptingSource) Name() string                                     { return "test" }
+func (a *adoptingSource) Run(context.Context, func(source.Snapshot)) error { return nil }
+func (a *adoptingSource) Adopt(jobs []source.Adoptee) map[string]string {
+	a.asked = jobs
+	out := map[string]string{}
+	for _, j := range jobs {
+		if why, ok := a.keep[j.JobID]; ok {
+			out[j.JobID] = why
+		}
+	}
+	return out
+}
+
+// A job is written with the entry that authorized it; a running job the
+// desired state lacks is stopped unless the source named in its meta
+// vouches for it (a restarted scheduler whose first readings lack its
+// authorization): the source is asked with the job's origin, and a job it
+// does not keep is stopped.
+func TestReconcileAsksTheSourceBeforeStopping(t *testing.T) {
+	ctx := context.Background()
+	f := newFakeNomad()
+	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
+	src := &adoptingSource{keep: map[string]string{}}
+	r := &Reconciler{Nomad: f, Options: opts, PurgeAfter: time.Hour, Sources: []source.Source{src}}
+	a, b := testModel("demo", "a", true), testModel("demo", "b", true)
+	want := desiredOf(opts, a, b)
+	ida, idb := jobs.JobID(&a), jobs.JobID(&b)
+	want[ida].Origin = source.Origin{Entry: "AccountA", Slot: 1234, Chain: "genesis-1"}
+	if res, err := r.Reconcile(ctx, want, nil, true); err != nil || res.Registered != 2 {
+		t.Fatalf("first pass: %v %v", res, err)
+	}
+	meta := f.jobs[ida].Meta
+	if meta[names.MetaAuthorization] != "AccountA" || meta[names.MetaAuthorizedSlot] != "1234" || meta[names.MetaAuthorizedChain] != "genesis-1" {
+		t.Fatalf("job a's meta lacks its origin: %v", meta)
+	}
+	if _, ok := f.jobs[idb].Meta[names.MetaAuthorization]; ok {
+		t.Fatalf("job b has an origin it was not given: %v", f.jobs[idb].Meta)
+	}
+	// A scheduler whose readings lack both: a is kept while its source
+	// vouches for it, b (no origin) stops as before.
+	src.keep[ida] = "reading it on its own"
+	res, err := r.Reconcile(ctx, map[string]*Desired{}, nil, true)
+	if err != nil || res.Kept != 1 || res.Stopped != 1 || f.jobs[ida].Stop || !f.jobs[idb].Stop {
+		t.Fatalf("pass without a and b: %v %v (a stopped %v, b stopped %v)", res, err, f.jobs[ida].Stop, f.jobs[idb].Stop)
+	}
+	if len(src.asked) != 1 || src.asked[0] != (source.Adoptee{JobID: ida, Origin: source.Origin{Entry: "AccountA", Slot: 1234, Chain: "genesis-1"}}) {
+		t.Fatalf("the source was asked about %+v", src.asked)
+	}
+	// Incomplete desired state: nothing is stopped, nobody is asked.
+	src.asked = nil
+	if res, _ := r.Reconcile(ctx, map[string]*Desired{}, nil, false); res.Stopped != 0 || src.asked != nil {
+		t.Fatalf("incomplete pass: %v, asked %v", res, src.asked)
+	}
+	// Evidence: the source no longer vouches, and a stops.
+	delete(src.keep, ida)
+	if res, _ := r.Reconcile(ctx, map[string]*Desired{}, nil, true); res.Stopped != 1 || !f.jobs[ida].Stop {
+		t.Fatalf("pass after the evidence: %v", res)
+	}
 }

@@ -89,6 +89,9 @@ func (s *Scheduler) setup() {
 		names = append(names, src.Name())
 	}
 	s.watcher = NewWatcher(names, s.Reconciler.Options, s.Metrics)
+	if s.Reconciler.Sources == nil {
+		s.Reconciler.Sources = s.Sources // they vouch for their jobs (source.Adopter)
+	}
 	s.kick = make(chan struct{}, 1)
 	s.placed = make(chan struct{}, 1)
 	s.recountC = make(chan struct{}, 1)

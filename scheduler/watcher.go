@@ -30,6 +30,9 @@ type Desired struct {
 	// same model (source.Duplicate, naming both): a running job of it is
 	// left as it is rather than replaced by either entry.
 	Duplicate string
+	// Origin is the entry that authorized the model (source.Snapshot.Origins),
+	// written into the job's meta; zero when the source gives none.
+	Origin source.Origin
 }
 
 // SourceStatus is what the status API says about a source.
@@ -67,6 +70,7 @@ type Watcher struct {
 	status  map[string]*SourceStatus
 	models  map[string][]jobs.Model
 	dups    map[string]map[string]string // per source: job id -> its duplicate's message
+	origins map[string]map[string]source.Origin
 	logged  map[string]map[string]bool   // per source: skipped entries already logged and counted
 	version uint64
 	changed chan struct{} // closed and replaced on every change
@@ -79,7 +83,7 @@ type Watcher struct {
 // ready once each of them delivered one good snapshot.
 func NewWatcher(sources []string, opts *jobs.Options, m *Metrics) *Watcher {
 	w := &Watcher{opts: opts, metrics: m, status: map[string]*SourceStatus{}, models: map[string][]jobs.Model{},
-		dups: map[string]map[string]string{}, logged: map[string]map[string]bool{}, changed: make(chan struct{})}
+		dups: map[string]map[string]string{}, origins: map[string]map[string]source.Origin{}, logged: map[string]map[string]bool{}, changed: make(chan struct{})}
 	for _, s := range sources {
 		w.order = append(w.order, s)
 		w.status[s] = &SourceStatus{Name: s}
@@ -94,7 +98,7 @@ func (w *Watcher) screen(s source.Snapshot) source.Snapshot {
 		return source.Snapshot{Err: redact.Error(s.Err)}
 	}
 	out := source.Snapshot{Models: make([]jobs.Model, 0, len(s.Models)), Skipped: make([]error, 0, len(s.Skipped)),
-		Duplicates: s.Duplicates}
+		Duplicates: s.Duplicates, Origins: s.Origins}
 	for _, e := range s.Skipped {
 		out.Skipped = append(out.Skipped, redact.Error(e))
 	}
@@ -184,6 +188,9 @@ func (w *Watcher) Report(name string, s source.Snapshot) {
 		}
 	}
 	w.logged[name] = seen
+	// Origins change with every reading (slots) and change no job: they
+	// are written with the next write of each job, and trigger no pass.
+	w.origins[name] = s.Origins
 	w.metrics.sourceOK(name, len(s.Models), len(s.Skipped), now)
 	w.metrics.undecodable(name, len(s.Undecodable))
 	if sameModels(w.models[name], s.Models) && maps.Equal(w.dups[name], dups) {
@@ -232,7 +239,8 @@ func (w *Watcher) Desired() (map[string]*Desired, bool) {
 			if _, dup := out[id]; dup {
 				continue
 			}
-			out[id] = &Desired{Model: m, JobID: id, Spec: jobs.SpecHash(&m, w.opts), Source: name, Duplicate: w.dups[name][id]}
+			out[id] = &Desired{Model: m, JobID: id, Spec: jobs.SpecHash(&m, w.opts), Source: name, Duplicate: w.dups[name][id],
+				Origin: w.origins[name][id]}
 		}
 	}
 	return out, ready

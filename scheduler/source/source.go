@@ -44,9 +44,39 @@ type Snapshot struct {
 	// Duplicates lists the entries left out because an earlier one names
 	// the same model (Dedupe).
 	Duplicates []Duplicate
+	// Origins says, by job id (jobs.JobID), which entry authorized each
+	// model and when: the scheduler writes it into the job's meta, so that
+	// a later scheduler (restarted, or a new leader) that does not find the
+	// entry can tell the source what to look for (Adopter). Optional.
+	Origins map[string]Origin
 	// Err means the source could not be read at all: the previous good
 	// snapshot stays in force.
 	Err error
+}
+
+// Origin is the entry that authorized a model, as a source can find it
+// again: for the chain, the authorization's account address, the slot of
+// the reading that put its version in force, and the chain's genesis hash.
+type Origin struct {
+	Entry string
+	Slot  uint64
+	Chain string
+}
+
+// Adopter is a source that can vouch for jobs it has no entry for: jobs an
+// earlier scheduler wrote from its entries (their meta names the source
+// and the Origin) that its own readings lack so far. Absence is not
+// evidence: Adopt returns those it keeps running until it has positive
+// evidence that their authorization ended (by job id, why), and reads
+// their entries on its own. A job it does not return may be stopped.
+type Adopter interface {
+	Adopt(jobs []Adoptee) map[string]string
+}
+
+// Adoptee is a running job of the source that its snapshot lacks.
+type Adoptee struct {
+	JobID  string
+	Origin Origin
 }
 
 // Duplicate is an entry that names the same model (the same crunch and

@@ -17,7 +17,8 @@
 //   validator's pace) besides every write, so readers can tell a later
 //   reading from an earlier one;
 // - {"op":"reset"} is the front restarted empty on the same port: a new VM
-//   with no accounts, the slot back to 1, websockets dropped.
+//   with no accounts, the slot back to 1, a new genesis hash, websockets
+//   dropped.
 //
 // It exits when its stdin closes (it dies with the test that started it),
 // unless FRONT_DETACHED=1: then it runs until signalled (the demo's front,
@@ -39,6 +40,10 @@ const b58 = kit.getBase58Codec();
 const b64 = kit.getBase64Codec();
 let svm = new LiteSVM();
 let slot = 1n;
+// The genesis hash tells one chain from another (getGenesisHash): a new one
+// for every new chain (start without state, reset), kept with the state.
+const newGenesis = () => b58.decode(require("crypto").randomBytes(32));
+let genesis = newGenesis();
 setInterval(() => { slot++; }, Number(process.env.SLOT_MS || 400)).unref();
 let downUntil = 0;
 const statuses = new Map(); // signature -> {slot, err}
@@ -66,6 +71,7 @@ function load() {
   }
   // Never back in time: the scheduler compares slots across reads.
   slot = BigInt(st.slot || 1) + 1n;
+  if (st.genesis) genesis = st.genesis;
   process.stderr.write(`loaded ${touched.size} accounts at slot ${slot} from ${stateFile}\n`);
 }
 
@@ -81,7 +87,7 @@ function save(addrs) {
       data: b64.decode(a.data) });
   }
   const tmp = stateFile + ".tmp";
-  fs.writeFileSync(tmp, JSON.stringify({ slot: Number(slot), accounts }), { mode: 0o600 });
+  fs.writeFileSync(tmp, JSON.stringify({ slot: Number(slot), genesis, accounts }), { mode: 0o600 });
   fs.renameSync(tmp, stateFile);
 }
 
@@ -151,6 +157,7 @@ function rpc(method, params) {
     case "getHealth": return "ok";
     case "getVersion": return { "solana-core": "2.2.0-litesvm", "feature-set": 0 };
     case "getSlot": return Number(slot);
+    case "getGenesisHash": return genesis;
     case "getLatestBlockhash":
       return ctx({ blockhash: svm.latestBlockhash(), lastValidBlockHeight: Number(slot) + 150 });
     case "getMinimumBalanceForRentExemption":
@@ -246,6 +253,7 @@ function control(req) {
     case "reset":
       svm = new LiteSVM();
       slot = 1n;
+      genesis = newGenesis();
       statuses.clear();
       dropAll();
       return { slot: Number(slot) };

@@ -9,6 +9,8 @@ import (
 	"github.com/gagliardetto/solana-go/rpc"
 
 	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
+	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/scheduler/source"
 	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 )
 
@@ -169,5 +171,96 @@ func TestDuplicateModelIDsResolveByAddress(t *testing.T) {
 	}
 	if s := rs.snapshot(); len(s.Models) != 1 || !s.Models[0].Running {
 		t.Fatalf("a STOPPED duplicate won: %+v", s)
+	}
+}
+
+// A restarted scheduler (or a new leader) whose readings lack a running
+// job's authorization keeps the job until the account, read on its own, is
+// closed twice at slots later than the job's meta says it was authorized
+// at, on the chain its meta names. A reading from another chain (a node
+// restarted empty: another genesis hash) or an older slot is no evidence;
+// the account read alive makes its model the source's again; a job no
+// longer asked about is forgotten.
+func TestAdoptedJobsNeedEvidence(t *testing.T) {
+	rs := newReadingSource(t)
+	rs.genesis = "chain-1"
+	a, b, c, d := solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()
+	jobsAsked := []source.Adoptee{
+		{JobID: "model-node-a", Origin: source.Origin{Entry: a.String(), Slot: 100, Chain: "chain-1"}},
+		{JobID: "model-node-b", Origin: source.Origin{Entry: b.String(), Slot: 100, Chain: "chain-0"}},
+		{JobID: "model-node-c", Origin: source.Origin{Entry: c.String(), Slot: 100, Chain: "chain-1"}},
+		{JobID: "model-node-d", Origin: source.Origin{Entry: d.String(), Slot: 100, Chain: "chain-1"}},
+		{JobID: "model-node-x", Origin: source.Origin{Entry: "not an account", Slot: 100}},
+	}
+	keep := rs.Adopt(jobsAsked)
+	if len(keep) != 4 || keep["model-node-x"] != "" {
+		t.Fatalf("first Adopt kept %v, want the four jobs with an account", keep)
+	}
+	for _, k := range []solana.PublicKey{a, b, c, d} {
+		if !rs.check[k] {
+			t.Fatalf("account %s is not queued for a read of its own", k)
+		}
+	}
+	// Older readings, and readings of another chain, are no evidence.
+	rs.gone(a, 50)
+	rs.gone(b, 500)
+	rs.gone(b, 501)
+	keep = rs.Adopt(jobsAsked)
+	if len(keep) != 4 || !strings.Contains(keep["model-node-a"], "not evidence") || !strings.Contains(keep["model-node-b"], "another chain") {
+		t.Fatalf("a stale reading or another chain's stopped a job: %v", keep)
+	}
+	// Two newer readings on the same chain: c may stop; one is not enough.
+	rs.gone(c, 101)
+	if keep = rs.Adopt(jobsAsked); keep["model-node-c"] == "" || !rs.check[c] {
+		t.Fatalf("one reading stopped job c, or no confirming read is queued: %v", keep)
+	}
+	rs.gone(c, 101) // the same slot confirms nothing
+	if keep = rs.Adopt(jobsAsked); keep["model-node-c"] == "" {
+		t.Fatal("a second reading at the same slot confirmed a stop")
+	}
+	rs.gone(c, 102)
+	keep = rs.Adopt(jobsAsked)
+	if _, kept := keep["model-node-c"]; kept || len(keep) != 3 {
+		t.Fatalf("two newer readings of a closed account did not release job c: %v", keep)
+	}
+	// d read alive: held, its model in the snapshot, no longer adopted.
+	rs.put(d, rs.chain.Auth("model-d", true, 0).Encode(), 101)
+	if keep = rs.Adopt(jobsAsked); keep["model-node-d"] != "" || !rs.running(t, "model-d") {
+		t.Fatalf("job d read alive: kept %v, running %v", keep, rs.running(t, "model-d"))
+	}
+	s := rs.snapshot()
+	if o := s.Origins[jobs.JobID(&s.Models[0])]; o.Entry != d.String() || o.Slot != 101 || o.Chain != "chain-1" {
+		t.Fatalf("the snapshot's origin of model-d is %+v", o)
+	}
+	if len(s.Kept) != 2 {
+		t.Fatalf("the snapshot's kept entries are %v, want the two adopted jobs (a, b)", s.Kept)
+	}
+	// A job no longer asked about (stopped by hand) is forgotten.
+	if keep = rs.Adopt(jobsAsked[:1]); len(keep) != 1 || len(rs.adopted) != 1 {
+		t.Fatalf("after asking about job a alone: kept %v, %d adoptions", keep, len(rs.adopted))
+	}
+}
+
+// An authorization whose closing the source confirmed itself is never
+// adopted back: its job, which the desired state now lacks, may stop.
+func TestConfirmedEndIsNotAdopted(t *testing.T) {
+	rs := newReadingSource(t)
+	rs.genesis = "chain-2" // the job was written on another chain: no reading of this one is evidence
+	a := solana.NewWallet().PublicKey()
+	rs.put(a, rs.chain.Auth("model-a", true, 0).Encode(), 100)
+	rs.gone(a, 101)
+	rs.gone(a, 102)
+	if rs.running(t, "model-a") {
+		t.Fatal("the confirmed closing did not end model-a")
+	}
+	asked := []source.Adoptee{{JobID: "model-node-a", Origin: source.Origin{Entry: a.String(), Slot: 100, Chain: "chain-1"}}}
+	if keep := rs.Adopt(asked); len(keep) != 0 {
+		t.Fatalf("the source vouches for a job whose end it read itself: %v", keep)
+	}
+	// Alive again: its model is the source's again, and a later end is
+	// confirmed as any other.
+	rs.put(a, rs.chain.Auth("model-a", true, 0).Encode(), 103)
+	if !rs.running(t, "model-a") || rs.ended[a] {
+		t.Fatal("model-a read alive again is not running")
 	}
 }

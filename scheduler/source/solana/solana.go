@@ -73,6 +73,15 @@ type Source struct {
 	reads    atomic.Int64                  // getMultipleAccounts calls done
 	listed   uint64                        // the slot a full listing is at least as new as
 	resubbed atomic.Int64                  // websocket reconnects (tests)
+	// genesis is the chain's genesis hash, read with every full listing:
+	// readings from another chain are no evidence about an authorization
+	// read on this one (adoptions).
+	genesis string
+	adopted map[solana.PublicKey]*adoption // running jobs whose account no listing had (Adopt)
+	// ended are the authorizations whose end this source confirmed itself
+	// (closed, or another crunch's now): Adopt never vouches for their jobs.
+	ended map[solana.PublicKey]bool
+	wake    chan struct{}                  // Adopt queued reads
 }
 
 // kind is an account type of the program.
@@ -173,6 +182,12 @@ func (s *Source) Run(ctx context.Context, report func(source.Snapshot)) error {
 		confirmAfter = 500 * time.Millisecond
 	}
 	client := rpc.New(s.RPCURL)
+	s.mu.Lock()
+	if s.wake == nil {
+		s.wake = make(chan struct{}, 1)
+	}
+	wake := s.wake
+	s.mu.Unlock()
 	updates := make(chan *ws.ProgramResult, 256)
 	resyncNow := make(chan struct{}, 1)
 	if s.WSURL != "" {
@@ -224,6 +239,8 @@ func (s *Source) Run(ctx context.Context, report func(source.Snapshot)) error {
 				break wait
 			case <-resyncNow:
 				break wait
+			case <-wake:
+				armCheck()
 			case <-checkC:
 				checkC = nil
 				pending, err := s.readChecks(ctx, client)
@@ -358,6 +375,12 @@ func (s *Source) resync(ctx context.Context, client *rpc.Client) error {
 	if err != nil {
 		return fmt.Errorf("solana: get slot: %w", err)
 	}
+	gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	genesis, err := client.GetGenesisHash(gctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("solana: get genesis hash: %w", err)
+	}
 	crunches, err := list(disc(onchain.CrunchDiscriminator))
 	if err != nil {
 		return fmt.Errorf("solana: list crunches: %w", err)
@@ -387,6 +410,12 @@ func (s *Source) resync(ctx context.Context, client *rpc.Client) error {
 		s.accts, s.check = map[solana.PublicKey]*account{}, map[solana.PublicKey]bool{}
 	}
 	s.listed = slot
+	if g := genesis.String(); g != s.genesis {
+		if s.genesis != "" {
+			s.log().Warn("the chain's genesis hash changed: this RPC endpoint serves another chain now", "was", s.genesis, "now", g)
+		}
+		s.genesis = g
+	}
 	s.mu.Unlock()
 	listed := map[solana.PublicKey]bool{}
 	for _, group := range []rpc.GetProgramAccountsResult{crunches, certs, auths} {
@@ -408,6 +437,11 @@ func (s *Source) resync(ctx context.Context, client *rpc.Client) error {
 		}
 		// A crunch or certificate the listing lacks keeps its last good
 		// version: its authorizations are the authority on its models.
+	}
+	for key, ad := range s.adopted {
+		if !ad.gone && !listed[key] {
+			s.check[key] = true
+		}
 	}
 	return nil
 }
@@ -507,13 +541,23 @@ func (s *Source) apply(key solana.PublicKey, acct *rpc.Account, slot uint64) {
 		if crunch := v.(*onchain.ModelAuthorization).Crunch; !slices.ContainsFunc(s.Crunches, func(c solana.PublicKey) bool { return c == solana.PublicKey(crunch) }) {
 			if a != nil && a.auth != nil {
 				s.evidence(key, a, slot, nil, "it authorizes another crunch now")
+			} else if ad := s.adopted[key]; ad != nil {
+				s.adoptedEvidence(key, ad, slot, "it authorizes another crunch now")
 			}
 			return
 		}
 	}
+	if ad := s.adopted[key]; ad != nil && k == kindAuth && (a == nil || !a.good()) {
+		if v.(*onchain.ModelAuthorization).DesiredState != onchain.DesiredRunning {
+			s.adoptedEvidence(key, ad, slot, "its desired state is STOPPED")
+			return
+		}
+		delete(s.adopted, key) // read alive: held from now on
+	}
 	if a == nil || !a.good() {
 		a = &account{kind: k}
 		s.accts[key] = a
+		delete(s.ended, key) // alive again
 	}
 	a.bad = nil
 	switch k {
@@ -536,10 +580,14 @@ func (s *Source) apply(key solana.PublicKey, acct *rpc.Account, slot uint64) {
 // owned by the program); s.mu held.
 func (s *Source) closed(key solana.PublicKey, a *account, slot uint64) {
 	switch {
-	case a == nil:
-	case !a.good():
-		delete(s.accts, key)
-		delete(s.check, key)
+	case a == nil || !a.good():
+		if a != nil {
+			delete(s.accts, key)
+			delete(s.check, key)
+		}
+		if ad := s.adopted[key]; ad != nil {
+			s.adoptedEvidence(key, ad, slot, "its account is closed")
+		}
 	case a.kind == kindAuth:
 		s.evidence(key, a, slot, nil, "its account is closed")
 	}
@@ -578,6 +626,10 @@ func (s *Source) evidence(key solana.PublicKey, a *account, slot uint64, next *o
 	delete(s.check, key)
 	if next == nil {
 		delete(s.accts, key)
+		if s.ended == nil {
+			s.ended = map[solana.PublicKey]bool{}
+		}
+		s.ended[key] = true
 		return
 	}
 	a.auth, a.slot, a.stop = next, slot, nil
@@ -604,6 +656,7 @@ func (s *Source) snapshot() source.Snapshot {
 	}
 	var models []jobs.Model
 	var entries []string
+	var origins []source.Origin // of models[i]
 	for _, key := range keys {
 		a := s.accts[key]
 		entry := "account " + key.String()
@@ -640,8 +693,20 @@ func (s *Source) snapshot() source.Snapshot {
 		}
 		models = append(models, m)
 		entries = append(entries, entry)
+		origins = append(origins, source.Origin{Entry: key.String(), Slot: a.slot, Chain: s.genesis})
 	}
 	snap.Models, snap.Duplicates = source.Dedupe(models, entries)
+	snap.Origins = map[string]source.Origin{}
+	leftOut := map[string]bool{}
+	for _, d := range snap.Duplicates {
+		leftOut[d.Entry] = true
+	}
+	for i := range models {
+		if !leftOut[entries[i]] {
+			snap.Origins[jobs.JobID(&models[i])] = origins[i]
+		}
+	}
+	snap.Kept = append(snap.Kept, s.adoptedKept()...)
 	source.SortModels(snap.Models)
 	sort.Slice(snap.Skipped, func(i, j int) bool { return snap.Skipped[i].Error() < snap.Skipped[j].Error() })
 	return snap
