@@ -71,6 +71,8 @@ type Watcher struct {
 	models  map[string][]jobs.Model
 	dups    map[string]map[string]string // per source: job id -> its duplicate's message
 	origins map[string]map[string]source.Origin
+	// crossLogged are the models two sources name, as last warned about.
+	crossLogged map[string]bool
 	logged  map[string]map[string]bool   // per source: skipped entries already logged and counted
 	version uint64
 	changed chan struct{} // closed and replaced on every change
@@ -230,20 +232,35 @@ func (w *Watcher) Desired() (map[string]*Desired, bool) {
 	defer w.mu.Unlock()
 	ready := true
 	out := map[string]*Desired{}
+	cross := map[string]bool{}
 	for _, name := range w.order {
 		if !w.status[name].Ready {
 			ready = false
 		}
 		for _, m := range w.models[name] {
 			id := jobs.JobID(&m)
-			if _, dup := out[id]; dup {
+			if prev, dup := out[id]; dup {
+				// Another source names it too: the first configured wins,
+				// and the operator hears of it once.
+				msg := crossDuplicate(&m, name, prev.Source)
+				cross[msg] = true
+				if !w.crossLogged[msg] && w.Logger != nil {
+					w.Logger.Warn("model named by two sources; the first configured source's entry is used",
+						"model", m.ModelID, "crunch", m.Crunch, "used", prev.Source, "ignored", name)
+				}
 				continue
 			}
 			out[id] = &Desired{Model: m, JobID: id, Spec: jobs.SpecHash(&m, w.opts), Source: name, Duplicate: w.dups[name][id],
 				Origin: w.origins[name][id]}
 		}
 	}
+	w.crossLogged = cross
 	return out, ready
+}
+
+// crossDuplicate says that source ignored names the same model as used.
+func crossDuplicate(m *jobs.Model, ignored, used string) string {
+	return fmt.Sprintf("model %q of crunch %q: source %s names it too; the entry of %s (configured first) is used", m.ModelID, m.Crunch, ignored, used)
 }
 
 // runningIDs returns the job ids of the models desired running, computed
@@ -273,12 +290,21 @@ func (w *Watcher) Sources() []SourceStatus {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []SourceStatus
+	first := map[string]string{} // job id -> the source whose entry is used
 	for _, name := range w.order {
 		st := *w.status[name]
 		st.Skipped = append([]string(nil), st.Skipped...)
 		st.Undecodable = append([]string(nil), st.Undecodable...)
 		st.Kept = append([]string(nil), st.Kept...)
 		st.Duplicates = append([]string(nil), st.Duplicates...)
+		for _, m := range w.models[name] {
+			id := jobs.JobID(&m)
+			if used, dup := first[id]; dup {
+				st.Duplicates = append(st.Duplicates, crossDuplicate(&m, name, used))
+			} else {
+				first[id] = name
+			}
+		}
 		out = append(out, st)
 	}
 	return out

@@ -139,3 +139,30 @@ func TestWatcherReportsUndecodableKeptAndDuplicates(t *testing.T) {
 		t.Fatalf("undecodable_accounts %v", g)
 	}
 }
+
+// Two sources naming the same model: the first configured source's entry
+// is used, the other source's status says so, and the operator is warned
+// once, not at every pass.
+func TestWatcherReportsDuplicatesAcrossSources(t *testing.T) {
+	w := NewWatcher([]string{"chain", "yaml"}, testOptions, NewMetrics())
+	var logs syncbuf.Buffer
+	w.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs})
+	a, b := testModel("demo", "a", true), testModel("demo", "b", true)
+	bigger := a
+	bigger.MemoryMB = 4096
+	w.Report("chain", source.Snapshot{Models: []jobs.Model{a}})
+	w.Report("yaml", source.Snapshot{Models: []jobs.Model{bigger, b}})
+	for range 3 {
+		d, _ := w.Desired()
+		if got := d[jobs.JobID(&a)]; got.Source != "chain" || got.Model.MemoryMB != a.MemoryMB {
+			t.Fatalf("model a comes from %s with %d MB, want the chain's entry", got.Source, got.Model.MemoryMB)
+		}
+	}
+	if n := strings.Count(logs.String(), "model named by two sources"); n != 1 || !strings.Contains(logs.String(), "ignored=yaml") {
+		t.Fatalf("warned %d times (want once, naming yaml as ignored):\n%s", n, logs.String())
+	}
+	st := w.Sources()
+	if len(st[0].Duplicates) != 0 || len(st[1].Duplicates) != 1 || !strings.Contains(st[1].Duplicates[0], `source yaml names it too; the entry of chain`) {
+		t.Fatalf("status duplicates: chain %v, yaml %v", st[0].Duplicates, st[1].Duplicates)
+	}
+}
