@@ -3,15 +3,10 @@
 package testcluster
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -74,33 +69,8 @@ func artifactServer(t testing.TB, root string) (url, digest string) {
 	if err != nil {
 		t.Skipf("bin/example-model: %v (make build)", err)
 	}
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	if err := tw.WriteHeader(&tar.Header{Name: "example-model", Mode: 0o755, Size: int64(len(bin))}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write(bin); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	archive := buf.Bytes()
-	sum := sha256.Sum256(archive)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write(archive)
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "http://" + l.Addr().String() + "/example-model.tar.gz", hex.EncodeToString(sum[:])
+	url, sum := ServeArchive(t, "example-model", map[string][]byte{"example-model": bin})
+	return url, hex.EncodeToString(sum[:])
 }
 
 // newGoFleet registers n models on c and starts the coordinator's fan-out;
