@@ -293,7 +293,8 @@ func TestDevAgentRestartsKeepModelsServing(t *testing.T) {
 // into the outage). Here the attempts are 100 ms apart doubling to 400 ms
 // and a request is not retried: about 4 s. The number of attempts is not
 // set here: it comes from deploy/dev/nomad.hcl, as on a production node
-// from deploy/nomad/client.hcl. consul-template gives up when attempts > 0
+// from deploy/nomad/client.hcl (TestNomadClientTemplateSettingsMatchProduction
+// keeps the two the same). consul-template gives up when attempts > 0
 // and that many retries failed, whatever their spacing; with attempts = 0
 // it never does. So a task killed after 12 quick attempts here is killed
 // after 12 slow ones in production, and a task that outlives 7 windows
