@@ -2,53 +2,23 @@ package driver_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/modelnodes/modelnodes/internal/testing/testbin"
 )
 
 // Helpers of both the rootless tests and the root ones.
 
-var (
-	runnerOnce sync.Once
-	runnerPath string
-	runnerErr  error
-)
-
 // modelRunner returns the model-runner binary: `make build`'s, or a fresh one.
-func modelRunner(t *testing.T) string {
-	runnerOnce.Do(func() {
-		if dir := os.Getenv("MODELNODES_BIN"); dir != "" {
-			if p := filepath.Join(dir, "model-runner"); fileExists(p) {
-				runnerPath = p
-				return
-			}
-		}
-		dir, err := os.MkdirTemp("", "modelbox-test-")
-		if err != nil {
-			runnerErr = err
-			return
-		}
-		runnerPath = filepath.Join(dir, "model-runner")
-		if out, err := exec.Command("go", "build", "-o", runnerPath, "../cmd/model-runner").CombinedOutput(); err != nil {
-			runnerErr = errors.New(string(out))
-		}
-	})
-	if runnerErr != nil {
-		t.Fatalf("building model-runner: %v", runnerErr)
-	}
-	return runnerPath
-}
+func modelRunner(t *testing.T) string { return testbin.Path(t, "model-runner") }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/modelnodes/modelnodes/internal/testing/testbin"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	tipb "github.com/modelnodes/modelnodes/proto/train_infer"
 	"github.com/modelnodes/modelnodes/runner"
@@ -33,40 +33,9 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-var (
-	buildOnce    sync.Once
-	exampleBin   string
-	exampleBuild error
-)
-
 // exampleModel returns the path of cmd/example-model: the one `make build`
 // left in $MODELNODES_BIN, or a fresh build.
-func exampleModel(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		if dir := os.Getenv("MODELNODES_BIN"); dir != "" {
-			if p := filepath.Join(dir, "example-model"); fileExists(p) {
-				exampleBin = p
-				return
-			}
-		}
-		dir, err := os.MkdirTemp("", "example-model-")
-		if err != nil {
-			exampleBuild = err
-			return
-		}
-		exampleBin = filepath.Join(dir, "example-model")
-		out, err := exec.Command("go", "build", "-o", exampleBin, "../cmd/example-model").CombinedOutput()
-		if err != nil {
-			exampleBuild = err
-			t.Logf("go build: %s", out)
-		}
-	})
-	if exampleBuild != nil {
-		t.Fatalf("building cmd/example-model: %v", exampleBuild)
-	}
-	return exampleBin
-}
+func exampleModel(t testing.TB) string { return testbin.Path(t, "example-model") }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 

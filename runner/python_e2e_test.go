@@ -17,14 +17,11 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/modelnodes/modelnodes/client/variants"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	tipb "github.com/modelnodes/modelnodes/proto/train_infer"
-	"github.com/modelnodes/modelnodes/runner"
 	"github.com/modelnodes/modelnodes/runner/runneropts"
 )
 
@@ -168,21 +165,8 @@ func startPython(t *testing.T, python, model string) *harness {
 	o := runneropts.Defaults()
 	o.ModelDir, o.Python, o.Plaintext, o.Listen, o.LogLevel = dir, python, true, freeAddr(t), "warn"
 	o.HostDir = t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- runner.Run(ctx, o) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("runner.Run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("runner.Run did not return within 20s of its context ending")
-		}
-	})
-	return dialHarness(t, nil, o.Listen, grpc.WithTransportCredentials(insecure.NewCredentials())).ready()
+	h, _ := run(t, o)
+	return h
 }
 
 // pythonEnv returns the interpreter of a virtual environment holding pkgs

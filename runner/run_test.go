@@ -2,6 +2,7 @@ package runner_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +36,41 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// run serves o through runner.Run in this process, as a program embedding
+// the runner does, and returns a harness on o.Listen (plaintext) once the
+// runner serves, and stop: it ends Run's context and returns what Run
+// returned, or an error when Run did not return within 20 s. When the test
+// did not call stop, its cleanup does and reports the error.
+func run(t testing.TB, o runneropts.Options) (h *harness, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runner.Run(ctx, o) }()
+	var (
+		once    sync.Once
+		err     error
+		stopped bool // by the test, which reports err itself
+	)
+	end := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(20 * time.Second):
+				err = errors.New("runner.Run did not return within 20s of its context ending")
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() {
+		if err := end(); err != nil && !stopped {
+			t.Errorf("runner.Run: %v", err)
+		}
+	})
+	h = dialHarness(t, nil, o.Listen, grpc.WithTransportCredentials(insecure.NewCredentials())).ready()
+	return h, func() error { stopped = true; return end() }
+}
+
 // A program embeds the runner through Run: it serves the model, its health
 // port and metrics, and returns once its context ends.
 func TestRunServesUntilCanceled(t *testing.T) {
@@ -41,19 +78,8 @@ func TestRunServesUntilCanceled(t *testing.T) {
 	o.ModelDir, o.Runtime, o.Entry, o.Plaintext = t.TempDir(), "executable", exampleModel(t), true
 	o.Listen, o.HealthListen, o.MetricsListen = freeAddr(t), freeAddr(t), freeAddr(t)
 	o.LogLevel = "warn"
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- runner.Run(ctx, o) }()
-
-	for _, addr := range []string{o.Listen, o.HealthListen} {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		(&harness{t: t, health: healthpb.NewHealthClient(conn)}).ready()
-	}
+	_, stop := run(t, o)
+	dialHarness(t, nil, o.HealthListen, grpc.WithTransportCredentials(insecure.NewCredentials())).ready()
 	resp, err := http.Get("http://" + o.MetricsListen + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -64,14 +90,8 @@ func TestRunServesUntilCanceled(t *testing.T) {
 		t.Errorf("metrics lack the worker's state:\n%s", body)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run after cancel: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return within 20s of its context ending")
+	if err := stop(); err != nil {
+		t.Fatalf("Run after cancel: %v", err)
 	}
 	if _, err := net.DialTimeout("tcp", o.Listen, time.Second); err == nil {
 		t.Error("the model port still accepts connections after Run returned")
@@ -133,17 +153,7 @@ func TestRunStartsTheWorkerThroughItsLauncher(t *testing.T) {
 	o := runneropts.Defaults()
 	o.ModelDir, o.Runtime, o.Entry, o.Plaintext, o.WorkerLauncher = t.TempDir(), "executable", exampleModel(t), true, true
 	o.Listen, o.LogLevel = freeAddr(t), "warn"
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- runner.Run(ctx, o) }()
-	conn, err := grpc.NewClient(o.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	h := &harness{t: t, health: healthpb.NewHealthClient(conn)}
-	h.ready()
+	h, stop := run(t, o)
 	h.waitHealth(runner.ServiceDynamicSubclass, healthpb.HealthCheckResponse_SERVING)
 	if b, err := os.ReadFile(seen); err != nil || !strings.Contains(string(b), o.Entry) {
 		t.Fatalf("the launcher's prefix did not run the worker: %q %v", b, err)
@@ -151,8 +161,7 @@ func TestRunStartsTheWorkerThroughItsLauncher(t *testing.T) {
 	if _, ok := os.LookupEnv(launch.EnvFD); ok {
 		t.Errorf("%s is still in the runner's environment, for whatever it starts to inherit", launch.EnvFD)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	// The runner closed its end: the launcher's Serve returns.
@@ -184,21 +193,10 @@ func TestRunAnswersBadImplementationWhenTheModelCannotRun(t *testing.T) {
 	o.Python = "/does/not/exist/python" // nothing may try to start it
 	o.ModelErrorFile = errFile
 	o.Listen = freeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- runner.Run(ctx, o) }()
-
-	conn, err := grpc.NewClient(o.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	h := &harness{t: t, health: healthpb.NewHealthClient(conn)}
-	h.ready()
+	h, stop := run(t, o)
 	h.waitHealth(runner.ServiceDynamicSubclass, healthpb.HealthCheckResponse_NOT_SERVING)
 
-	res, err := dspb.NewDynamicSubclassServiceClient(conn).Setup(ctxTimeout(t, 10*time.Second), &dspb.SetupRequest{ClassName: "Model"})
+	res, err := h.ds.Setup(ctxTimeout(t, 10*time.Second), &dspb.SetupRequest{ClassName: "Model"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,12 +208,11 @@ func TestRunAnswersBadImplementationWhenTheModelCannotRun(t *testing.T) {
 		t.Errorf("the answer carries %d bytes of the resolver's output; want its tail only", len(st.GetMessage()))
 	}
 	// TrainInfer carries no status: the code travels in the gRPC error.
-	_, err = tipb.NewTrainInferServiceClient(conn).Infer(ctxTimeout(t, 10*time.Second), &tipb.InferRequest{})
+	_, err = h.ti.Infer(ctxTimeout(t, 10*time.Second), &tipb.InferRequest{})
 	if err == nil || !strings.Contains(err.Error(), "BAD_IMPLEMENTATION: ") || !strings.Contains(err.Error(), "unsatisfiable") {
 		t.Errorf("Infer: %v, want BAD_IMPLEMENTATION with the resolver's conclusion", err)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 }

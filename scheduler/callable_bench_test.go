@@ -3,18 +3,11 @@
 package scheduler
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
-	"maps"
 	"math"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -580,7 +573,7 @@ func serveExampleModel(b testing.TB) (string, [32]byte) {
 	if err != nil {
 		b.Skipf("the Go example model is missing (%v): run `make build`", err)
 	}
-	return serveArchive(b, map[string][]byte{"example-model": exe})
+	return testcluster.ServeArchive(b, "model", map[string][]byte{"example-model": exe})
 }
 
 // servePythonModel serves runner/testdata/pymodel, with a requirements.txt
@@ -598,36 +591,7 @@ func servePythonModel(b *testing.B, requirements string) (string, [32]byte) {
 	if requirements != "" {
 		files["requirements.txt"] = []byte(requirements)
 	}
-	return serveArchive(b, files)
-}
-
-// serveArchive serves files as a .tar.gz artifact on a loopback port and
-// returns its URL and SHA-256.
-func serveArchive(b testing.TB, files map[string][]byte) (string, [32]byte) {
-	b.Helper()
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	for _, name := range slices.Sorted(maps.Keys(files)) {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(files[name])), ModTime: time.Now()}); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := tw.Write(files[name]); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		b.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		b.Fatal(err)
-	}
-	body := buf.Bytes()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "model.tar.gz", time.Time{}, bytes.NewReader(body))
-	}))
-	b.Cleanup(srv.Close)
-	return srv.URL + "/model.tar.gz", sha256.Sum256(body)
+	return testcluster.ServeArchive(b, "model", files)
 }
 
 func hashBytes(b testing.TB, hexHash string, dst *[32]byte) {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,25 +19,13 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/modelnodes/modelnodes/internal/testing/testbin"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 )
 
-func binary(t testing.TB) string {
-	t.Helper()
-	if dir := os.Getenv("MODELNODES_BIN"); dir != "" {
-		if p := filepath.Join(dir, "model-runner"); fileExists(p) {
-			return p
-		}
-	}
-	p := filepath.Join(t.TempDir(), "model-runner")
-	if out, err := exec.Command("go", "build", "-o", p, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return p
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+// binary returns the model-runner binary: `make build`'s, or a fresh one.
+func binary(t testing.TB) string { return testbin.Path(t, "model-runner") }
 
 func freePort(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/modelnodes/modelnodes/internal/procfs"
+	"github.com/modelnodes/modelnodes/internal/testing/testbin"
 )
 
 // The test binary doubles as the RSS baseline: an idle grpc-go server with
@@ -95,13 +96,6 @@ func idleRSS(b *testing.B, mk func(addr string) *exec.Cmd) float64 {
 	return rss
 }
 
-func exampleModelBinary(b testing.TB) string {
-	if dir := os.Getenv("MODELNODES_BIN"); dir != "" && fileExists(dir+"/example-model") {
-		return dir + "/example-model"
-	}
-	p := b.TempDir() + "/example-model"
-	if out, err := exec.Command("go", "build", "-o", p, "../example-model").CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
-	return p
-}
+// exampleModelBinary returns the example-model binary: `make build`'s, or a
+// fresh one.
+func exampleModelBinary(b testing.TB) string { return testbin.Path(b, "example-model") }

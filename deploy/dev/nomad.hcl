@@ -20,6 +20,7 @@ client {
 
   # As deploy/nomad/client.hcl (why: there): templates retry Vault, Consul
   # and Nomad for as long as they are down, and never kill a running task.
+  # TestNomadClientTemplateSettingsMatchProduction keeps the two the same.
   template {
     vault_retry {
       attempts    = 0

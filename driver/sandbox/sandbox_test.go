@@ -278,31 +278,9 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	}
 	run := func(t *testing.T, spec *Spec) probeReport {
 		t.Helper()
-		if err := spec.Write(specFile); err != nil {
-			t.Fatal(err)
-		}
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sock := os.NewFile(uintptr(fds[1]), "sock")
-		defer sock.Close()
-		defer os.NewFile(uintptr(fds[0]), "local").Close()
-
-		argv := append(Command(self, specFile), self, "probe", lis.Addr().String(), secret, "/model", ScratchDir, "/ro-tree/sub", base)
-		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.ExtraFiles = []*os.File{sock}
-		cmd.Env = append(os.Environ(), "VAULT_TOKEN=s.must-not-leak")
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("sandboxed probe: %v\n%s\n%s", err, out, stderr.String())
-		}
 		var r probeReport
-		if err := json.Unmarshal(out, &r); err != nil {
-			t.Fatalf("probe output %q: %v", out, err)
-		}
+		runInSandbox(t, spec, specFile, []string{"VAULT_TOKEN=s.must-not-leak"}, &r,
+			"probe", lis.Addr().String(), secret, "/model", ScratchDir, "/ro-tree/sub", base)
 		t.Logf("probe saw: %+v", r)
 		return r
 	}
@@ -359,6 +337,41 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 			t.Errorf("with AllowWrittenExecutables the worker could not run what it wrote: exec /tmp %q, /scratch %q, mmap %q", r.ExecTmp, r.ExecScratch, r.MmapExecTmp)
 		}
 	})
+}
+
+// runInSandbox writes spec to specFile, runs this test binary with args in
+// the sandbox of spec, as the runner starts a worker (its socket as fd 3,
+// env added to the runner's environment), and decodes its JSON output into
+// out.
+func runInSandbox(t *testing.T, spec *Spec, specFile string, env []string, out any, args ...string) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spec.Write(specFile); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := os.NewFile(uintptr(fds[1]), "sock")
+	defer sock.Close()
+	defer os.NewFile(uintptr(fds[0]), "local").Close()
+	argv := append(Command(self, specFile), append([]string{self}, args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.ExtraFiles = []*os.File{sock}
+	cmd.Env = append(os.Environ(), env...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("sandboxed %s: %v\n%s\n%s", args[0], err, stdout, stderr.String())
+	}
+	if err := json.Unmarshal(stdout, out); err != nil {
+		t.Fatalf("%s output %q: %v", args[0], stdout, err)
+	}
 }
 
 // landlockMode demands Landlock where the kernel has it, so the test proves

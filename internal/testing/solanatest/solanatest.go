@@ -89,83 +89,75 @@ func repoRoot() (string, error) {
 // controlTimeout bounds one control request.
 const controlTimeout = 10 * time.Second
 
-func controlCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), controlTimeout)
+// control runs one control request, bounded by controlTimeout, and fails t
+// when it fails.
+func control(t testing.TB, req func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
+	defer cancel()
+	if err := req(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // SetAccount plants (or overwrites) an account owned by owner.
 func (f *Front) SetAccount(t testing.TB, addr, owner solana.PublicKey, data []byte) {
 	t.Helper()
-	ctx, cancel := controlCtx()
-	defer cancel()
-	if _, err := f.f.SetAccount(ctx, addr, owner, data); err != nil {
-		t.Fatal(err)
-	}
+	control(t, func(ctx context.Context) error {
+		_, err := f.f.SetAccount(ctx, addr, owner, data)
+		return err
+	})
 }
 
 // CloseAccount closes an account (a validator announces nothing for it).
 func (f *Front) CloseAccount(t testing.TB, addr solana.PublicKey) {
 	t.Helper()
-	ctx, cancel := controlCtx()
-	defer cancel()
-	if _, err := f.f.CloseAccount(ctx, addr); err != nil {
-		t.Fatal(err)
-	}
+	control(t, func(ctx context.Context) error {
+		_, err := f.f.CloseAccount(ctx, addr)
+		return err
+	})
 }
 
 // Outage makes the RPC answer 503 and drops websockets for d.
 func (f *Front) Outage(t testing.TB, d time.Duration) {
 	t.Helper()
-	ctx, cancel := controlCtx()
-	defer cancel()
-	if err := f.f.Outage(ctx, d); err != nil {
-		t.Fatal(err)
-	}
+	control(t, func(ctx context.Context) error { return f.f.Outage(ctx, d) })
 }
 
 // Reset makes the front what a restarted one would be: empty (no account
 // at all), its slot back to 1, every websocket dropped.
 func (f *Front) Reset(t testing.TB) {
 	t.Helper()
-	ctx, cancel := controlCtx()
-	defer cancel()
-	if err := f.f.Reset(ctx); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// Slot is the front's current slot.
-func (f *Front) Slot(t testing.TB) uint64 {
-	t.Helper()
-	ctx, cancel := controlCtx()
-	defer cancel()
-	s, err := f.f.Stats(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s.Slot
+	control(t, f.f.Reset)
 }
 
 // DropWebsockets closes every websocket connection once.
 func (f *Front) DropWebsockets(t testing.TB) {
 	t.Helper()
-	ctx, cancel := controlCtx()
-	defer cancel()
-	if err := f.f.DropWebsockets(ctx); err != nil {
-		t.Fatal(err)
-	}
+	control(t, f.f.DropWebsockets)
+}
+
+// stats reads the front's counters.
+func (f *Front) stats(t testing.TB) devchain.Stats {
+	t.Helper()
+	var s devchain.Stats
+	control(t, func(ctx context.Context) (err error) {
+		s, err = f.f.Stats(ctx)
+		return err
+	})
+	return s
+}
+
+// Slot is the front's current slot.
+func (f *Front) Slot(t testing.TB) uint64 {
+	t.Helper()
+	return f.stats(t).Slot
 }
 
 // Subscriptions counts the program subscriptions the front serves.
 func (f *Front) Subscriptions(t testing.TB) int {
 	t.Helper()
-	ctx, cancel := controlCtx()
-	defer cancel()
-	s, err := f.f.Stats(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s.Subscriptions
+	return f.stats(t).Subscriptions
 }
 
 // WaitSubscribed waits up to 10 s for n program subscriptions.

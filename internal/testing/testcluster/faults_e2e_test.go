@@ -3,32 +3,24 @@
 package testcluster
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/client"
-	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/driver/launcher"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
-	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner/authz"
 )
 
@@ -39,27 +31,19 @@ import (
 // coordinator's own token, Vault mTLS, Setup on join) fanning "echo" out to
 // them every 200 ms, recording what it saw.
 type goFleet struct {
+	recorder
 	c      *Cluster
 	crunch string
-	models []string          // model ids (jobs.ShortID), sorted
 	jobIDs map[string]string // model id -> job id
-	client *client.Client
 
 	url, digest, certHash string // the submission and the coordinator's key hash
 	opts                  []func(*jobs.Options)
-
-	mu      sync.Mutex // guards models, samples, changed
-	samples []sample
-	changed chan struct{} // closed and replaced at every sample
 }
 
 // register registers the next model's job (go-<n>) and adds it to the
 // fan-out; it returns the model id.
 func (f *goFleet) register() (string, error) {
-	f.mu.Lock()
-	i := len(f.models)
-	f.mu.Unlock()
-	m := jobs.Model{Crunch: f.crunch, ModelID: fmt.Sprintf("go-%d", i), ArtifactURL: f.url, ArtifactSHA256: f.digest,
+	m := jobs.Model{Crunch: f.crunch, ModelID: fmt.Sprintf("go-%d", len(f.modelIDs())), ArtifactURL: f.url, ArtifactSHA256: f.digest,
 		Runtime: "executable", Entry: "example-model", Hardware: jobs.CPU, CPU: 100, MemoryMB: 128,
 		Running: true, CertHash: f.certHash}
 	// As the demo's scheduler builds them (make demo): runner keys in
@@ -78,19 +62,9 @@ func (f *goFleet) register() (string, error) {
 		return "", err
 	}
 	id := jobs.ShortID(&m)
-	f.mu.Lock()
 	f.jobIDs[id] = *job.ID
-	f.models = append(f.models, id)
-	slices.Sort(f.models)
-	f.mu.Unlock()
+	f.addModel(id)
 	return id, nil
-}
-
-// modelIDs returns the models the fan-out calls.
-func (f *goFleet) modelIDs() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.models)
 }
 
 // artifactServer serves bin/example-model packed as a submission (.tar.gz)
@@ -101,33 +75,8 @@ func artifactServer(t testing.TB, root string) (url, digest string) {
 	if err != nil {
 		t.Skipf("bin/example-model: %v (make build)", err)
 	}
-	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(gz)
-	if err := tw.WriteHeader(&tar.Header{Name: "example-model", Mode: 0o755, Size: int64(len(bin))}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write(bin); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	archive := buf.Bytes()
-	sum := sha256.Sum256(archive)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write(archive)
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "http://" + l.Addr().String() + "/example-model.tar.gz", hex.EncodeToString(sum[:])
+	url, sum := ServeArchive(t, "example-model", map[string][]byte{"example-model": bin})
+	return url, hex.EncodeToString(sum[:])
 }
 
 // newGoFleet registers n models on c and starts the coordinator's fan-out;
@@ -141,155 +90,27 @@ func newGoFleet(t testing.TB, c *Cluster, crunch string, n int, opts ...func(*jo
 	}
 	url, digest := artifactServer(t, c.root)
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	iss, err := c.CoordinatorIssuer(ctx, crunch)
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
 	discoveryClient, err := c.CoordinatorConsul(ctx, crunch)
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	f := &goFleet{c: c, crunch: crunch, jobIDs: map[string]string{}, changed: make(chan struct{}),
+	f := &goFleet{c: c, crunch: crunch, jobIDs: map[string]string{},
 		url: url, digest: digest, certHash: authz.SPKIHash(iss.Certificate().Leaf), opts: opts}
 	nc := c.Nomad.Client
 	for range n {
 		if _, err := f.register(); err != nil {
-			cancel()
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() {
-		for _, id := range f.jobIDs {
-			if _, _, err := nc.Jobs().Deregister(id, true, nil); err != nil {
-				t.Errorf("stop job %s: %v", id, err)
-			}
-		}
-		waitFor(t, time.Minute, "models stopped", func() bool {
-			for _, id := range f.jobIDs {
-				as, _, err := nc.Jobs().Allocations(id, true, nil)
-				if err != nil {
-					return true // purged: gone with its allocations
-				}
-				for _, a := range as {
-					switch a.ClientStatus {
-					case nomadapi.AllocClientStatusComplete, nomadapi.AllocClientStatusFailed, nomadapi.AllocClientStatusLost:
-					default:
-						return false
-					}
-				}
-			}
-			return true
-		})
-	})
-	f.client, err = client.New(client.Config{
-		Source:      &consul.Source{Client: discoveryClient, Service: names.Service(crunch), Crunch: crunch, MaxBackoff: time.Second},
-		TLS:         iss,
-		SetupOnJoin: &client.SetupOnJoin{ClassName: "crunch_base.Tracker", Timeout: 20 * time.Second, MaxBackoff: time.Second},
-		Timeout:     5 * time.Second,
-		Logger:      hclog.New(&hclog.LoggerOptions{Name: "coordinator", Level: hclog.Warn, Output: testWriter{t}}),
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = f.client.Run(ctx) }()
-	go func() { defer wg.Done(); f.fanOut(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	start := time.Now()
-	f.waitAllOK(t, start, 3*time.Minute)
-	t.Logf("%d Go models answering through Consul discovery and Vault mTLS %.1fs after registration", n, time.Since(start).Seconds())
+	t.Cleanup(func() { stopJobs(t, nc, f.jobIDs, true) })
+	took := f.start(t, ctx, crunch, discoveryClient, iss, hclog.Warn)
+	t.Logf("%d Go models answering through Consul discovery and Vault mTLS %.1fs after registration", n, took.Seconds())
 	return f
-}
-
-// fanOut calls every model, every 200 ms, until ctx ends.
-func (f *goFleet) fanOut(ctx context.Context) {
-	for ctx.Err() == nil {
-		rs := f.client.Call(ctx, "echo", client.Request{Args: client.Positional(commonspb.String("ping")), Models: f.modelIDs(), Timeout: 3 * time.Second})
-		s := sample{at: time.Now(), targets: map[string]string{}}
-		for _, r := range rs {
-			s.targets[r.Model.ID] = r.Model.Target
-			if got, _ := r.Value.AsString(); r.OK() && got == "ping" {
-				s.ok++
-			} else {
-				s.failed = append(s.failed, fmt.Sprintf("%s: %s %s", r.Model.ID, r.Status, r.Message))
-			}
-		}
-		f.mu.Lock()
-		f.samples = append(f.samples, s)
-		close(f.changed)
-		f.changed = make(chan struct{})
-		f.mu.Unlock()
-		select {
-		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// waitAllOK waits for a fan-out that returned after since with every model
-// OK, and returns it.
-func (f *goFleet) waitAllOK(t testing.TB, since time.Time, timeout time.Duration) sample {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		f.mu.Lock()
-		changed := f.changed
-		var last sample
-		for _, s := range f.samples {
-			if s.at.After(since) {
-				last = s
-				if s.ok == len(s.targets) && len(s.targets) == len(f.models) {
-					f.mu.Unlock()
-					return s
-				}
-			}
-		}
-		f.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("no fan-out with all %d models OK within %s; last: %d OK, failed %v", len(f.models), timeout, last.ok, last.failed)
-		}
-	}
-}
-
-// since returns the fan-outs that returned after t0.
-func (f *goFleet) since(t0 time.Time) []sample {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []sample
-	for _, s := range f.samples {
-		if s.at.After(t0) {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// failures returns the fan-outs after t0 that were not OK from every model
-// they called (of the given ones, when given).
-func (f *goFleet) failures(t0 time.Time, only ...string) []sample {
-	var out []sample
-	for _, s := range f.since(t0) {
-		if len(only) == 0 {
-			if s.ok < len(s.targets) {
-				out = append(out, s)
-			}
-			continue
-		}
-		for _, msg := range s.failed {
-			id, _, _ := strings.Cut(msg, ":")
-			if slices.Contains(only, id) {
-				out = append(out, s)
-				break
-			}
-		}
-	}
-	return out
 }
 
 // allocState is what a model runs as: its allocation and how often Nomad
@@ -381,19 +202,6 @@ func (f *goFleet) allocIDsOf(t testing.TB) []string {
 		}
 	}
 	return ids
-}
-
-// describe summarises failed fan-outs for an error message.
-func describe(ss []sample) string {
-	var b strings.Builder
-	for i, s := range ss {
-		if i == 5 {
-			fmt.Fprintf(&b, "... and %d more", len(ss)-5)
-			break
-		}
-		fmt.Fprintf(&b, "\n  %s: %d OK, %v", s.at.Format("15:04:05.000"), s.ok, s.failed)
-	}
-	return b.String()
 }
 
 // consulRestartGap bounds how long after a restarted Consul agent is back a
@@ -491,7 +299,8 @@ func TestDevAgentRestartsKeepModelsServing(t *testing.T) {
 // into the outage). Here the attempts are 100 ms apart doubling to 400 ms
 // and a request is not retried: about 4 s. The number of attempts is not
 // set here: it comes from deploy/dev/nomad.hcl, as on a production node
-// from deploy/nomad/client.hcl. consul-template gives up when attempts > 0
+// from deploy/nomad/client.hcl (TestNomadClientTemplateSettingsMatchProduction
+// keeps the two the same). consul-template gives up when attempts > 0
 // and that many retries failed, whatever their spacing; with attempts = 0
 // it never does. So a task killed after 12 quick attempts here is killed
 // after 12 slow ones in production, and a task that outlives 7 windows

@@ -11,19 +11,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/client"
-	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/procfs"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
-	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	"github.com/modelnodes/modelnodes/runner/authz"
 )
 
@@ -181,24 +177,10 @@ type recovery struct {
 // fleet is a three-machine cluster running n models, and a coordinator
 // client fanning out to them continuously.
 type fleet struct {
+	recorder
 	c      *Cluster
 	extra  []*NomadClientAgent
-	models []string // model ids (jobs.ShortID)
 	jobIDs map[string]string
-	client *client.Client
-
-	mu      sync.Mutex
-	samples []sample
-	changed chan struct{} // closed and replaced at every sample
-}
-
-// sample is one fan-out: when it returned, how many models answered OK and
-// each model's target.
-type sample struct {
-	at      time.Time
-	ok      int
-	targets map[string]string
-	failed  []string // "<model>: <status> <message>" of failed results
 }
 
 func newFleet(t testing.TB, n int) *fleet {
@@ -214,7 +196,7 @@ func newFleet(t testing.TB, n int) *fleet {
 	}
 	t0 := time.Now()
 	c := StartWith(t, All, scaleHeartbeat)
-	f := &fleet{c: c, jobIDs: map[string]string{}, changed: make(chan struct{})}
+	f := &fleet{c: c, jobIDs: map[string]string{}}
 	f.extra = []*NomadClientAgent{c.AddNomadClient(t), c.AddNomadClient(t)}
 	nc := c.Nomad.Client
 	// Each model is its own job of count 1, so a job's spread or
@@ -229,9 +211,9 @@ func newFleet(t testing.TB, n int) *fleet {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	iss, err := c.CoordinatorIssuer(ctx, scaleCrunch)
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
 	modelDir := copyModel(t, filepath.Join(root, "runner", "testdata", "pymodel"))
@@ -244,7 +226,6 @@ func newFleet(t testing.TB, n int) *fleet {
 		job, err := jobs.Build(&m, &jobs.Options{CertTTL: "1h", AllowHostModelDirs: true,
 			CRLURL: c.Vault.Addr + "/v1/pki_int/issuers"})
 		if err != nil {
-			cancel()
 			t.Fatal(err)
 		}
 		// The test's one change to the production job: a spread makes
@@ -252,62 +233,21 @@ func newFleet(t testing.TB, n int) *fleet {
 		// them, so with 3 nodes each model surely goes to the least loaded.
 		job.TaskGroups[0].AddSpread(&nomadapi.Spread{Attribute: "${node.unique.id}"})
 		if _, _, err := nc.Jobs().Register(job, nil); err != nil {
-			cancel()
 			t.Fatal(err)
 		}
 		f.jobIDs[jobs.ShortID(&m)] = *job.ID
-		f.models = append(f.models, jobs.ShortID(&m))
+		f.addModel(jobs.ShortID(&m))
 		// One placement at a time: each sees the previous one.
 		waitFor(t, 30*time.Second, "model "+*job.ID+" placed", func() bool {
 			as, _, err := nc.Jobs().Allocations(*job.ID, false, nil)
 			return err == nil && len(as) > 0
 		})
 	}
-	slices.Sort(f.models)
-	t.Cleanup(func() {
-		// Stop the models and wait until their tasks are gone: agents
-		// stopped while tasks are stopping leave them running.
-		for _, id := range f.jobIDs {
-			if _, _, err := nc.Jobs().Deregister(id, false, nil); err != nil {
-				t.Errorf("stop job %s: %v", id, err)
-			}
-		}
-		waitFor(t, time.Minute, "models stopped", func() bool {
-			for model := range f.jobIDs {
-				for _, a := range f.allocs(t, model) {
-					switch a.ClientStatus {
-					case nomadapi.AllocClientStatusComplete, nomadapi.AllocClientStatusFailed, nomadapi.AllocClientStatusLost:
-					default:
-						return false
-					}
-				}
-			}
-			return true
-		})
-	})
+	t.Cleanup(func() { stopJobs(t, nc, f.jobIDs, false) })
 
-	f.client, err = client.New(client.Config{
-		Source: &consul.Source{Client: c.Consul.Client, Service: names.Service(scaleCrunch), Crunch: scaleCrunch, MaxBackoff: time.Second},
-		TLS:    iss,
-		// A model rescheduled elsewhere is a fresh runner: CrunchDAO's
-		// client sets up each model as it joins.
-		SetupOnJoin: &client.SetupOnJoin{ClassName: "crunch_base.Tracker", Timeout: 20 * time.Second, MaxBackoff: time.Second},
-		Timeout:     5 * time.Second,
-		Logger:      hclog.New(&hclog.LoggerOptions{Name: "coordinator", Level: logLevel(t), Output: testWriter{t}}),
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = f.client.Run(ctx) }()
-	go func() { defer wg.Done(); f.fanOut(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	start := time.Now()
-	f.waitAllOK(t, start, 3*time.Minute)
+	took := f.start(t, ctx, scaleCrunch, c.Consul.Client, iss, logLevel(t))
 	t.Logf("%d models answering through Consul discovery and Vault mTLS %.1fs after registration (%.1fs with the cluster)",
-		n, time.Since(start).Seconds(), time.Since(t0).Seconds())
+		n, took.Seconds(), time.Since(t0).Seconds())
 	f.logSizes(t)
 	return f
 }
@@ -336,58 +276,6 @@ func (f *fleet) logSizes(t testing.TB) {
 	consulRSS, _ := procfs.RSSMiB(a.consul.cmd.Process.Pid)
 	t.Logf("sizes: Consul health answer %d bytes for %d models (%d per model); machine %s: Nomad client agent %.0f MiB RSS, Consul client agent %.0f MiB RSS",
 		len(body), len(f.models), len(body)/len(f.models), a.Name, nomadRSS, consulRSS)
-}
-
-// fanOut calls every model, every 200 ms, until ctx ends.
-func (f *fleet) fanOut(ctx context.Context) {
-	for ctx.Err() == nil {
-		rs := f.client.Call(ctx, "echo", client.Request{Args: client.Positional(commonspb.String("ping")), Models: f.models, Timeout: 3 * time.Second})
-		s := sample{at: time.Now(), targets: map[string]string{}}
-		for _, r := range rs {
-			s.targets[r.Model.ID] = r.Model.Target
-			if got, _ := r.Value.AsString(); r.OK() && got == "ping" {
-				s.ok++
-			} else {
-				s.failed = append(s.failed, fmt.Sprintf("%s: %s %s", r.Model.ID, r.Status, r.Message))
-			}
-		}
-		f.mu.Lock()
-		f.samples = append(f.samples, s)
-		close(f.changed)
-		f.changed = make(chan struct{})
-		f.mu.Unlock()
-		select {
-		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// waitAllOK waits for a fan-out that returned after since with every model
-// OK, and returns it.
-func (f *fleet) waitAllOK(t testing.TB, since time.Time, timeout time.Duration) sample {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		f.mu.Lock()
-		changed := f.changed
-		var last sample
-		for _, s := range f.samples {
-			if s.at.After(since) {
-				last = s
-				if s.ok == len(f.models) {
-					f.mu.Unlock()
-					return s
-				}
-			}
-		}
-		f.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("no fan-out with all %d models OK within %s; last: %d OK, failed %v", len(f.models), timeout, last.ok, last.failed)
-		}
-	}
 }
 
 // placement returns the models' running allocations by node id.
@@ -474,9 +362,7 @@ func (f *fleet) recoverFrom(tb testing.TB, node string, lost []string, nodeDown 
 			old[a.ID] = true
 		}
 	}
-	f.mu.Lock()
-	before := f.samples[len(f.samples)-1].targets
-	f.mu.Unlock()
+	before := f.last().targets
 
 	t0 := time.Now()
 	r := recovery{killed: loss()}
@@ -520,11 +406,7 @@ func (f *fleet) recoverFrom(tb testing.TB, node string, lost []string, nodeDown 
 			tb.Errorf("model %s still answers at %s, its old address", model, before[model])
 		}
 	}
-	f.mu.Lock()
-	for _, s := range f.samples {
-		if !s.at.After(t0) {
-			continue
-		}
+	for _, s := range f.since(t0) {
 		if r.firstFail == 0 && s.ok < len(f.models) {
 			r.firstFail = s.at.Sub(t0)
 		}
@@ -544,7 +426,6 @@ func (f *fleet) recoverFrom(tb testing.TB, node string, lost []string, nodeDown 
 			r.listed = s.at.Sub(t0)
 		}
 	}
-	f.mu.Unlock()
 	if r.firstFail == 0 {
 		tb.Errorf("no fan-out failed after the models on node %.8s were taken away: the loss went unnoticed", node)
 	}
