@@ -320,13 +320,22 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 	if p.env.dir != "" {
 		binds = append(binds, sandbox.Bind{Host: p.env.dir, Inside: InsideEnvDir})
 	}
+	devices, err := taskDevices(cfg.Devices)
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := taskMounts(cfg.Mounts)
+	if err != nil {
+		return nil, err
+	}
 	iso, err := d.isolator.Prepare(&IsolationRequest{
 		ID: cfg.AllocID + "." + cfg.Name, UID: uid, GID: gid, RunnerUID: p.runnerUID, RunnerGID: p.runnerUID, PrivateDir: private,
 		ReadOnly: append(slices.Clone(plugin.ReadonlyPaths), p.env.readOnly...),
 		Binds:    binds, Landlock: plugin.Landlock,
 		DiskBytes: diskBytes(&tc, plugin), AllowWrittenExecutables: plugin.AllowWrittenExecutables,
-		Env:    []string{"LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"},
-		Limits: limitsOf(cfg, plugin),
+		Env:     append([]string{"LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"}, deviceEnv(cfg)...),
+		Limits:  limitsOf(cfg, plugin),
+		Devices: devices, Mounts: mounts,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("modelbox: %w", err)
