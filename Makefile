@@ -53,13 +53,14 @@ test: hashistack uv build
 # whose kernel has only v2 (scripts/v2vm; docs/testing.md): the cgroup and
 # sandbox packages; the driver's tests that set and read limits (CPU quota,
 # pids cap, the OOM kill reported, stats, cleanup, no process outliving its
-# task); and one model job through the real Nomad, Consul and Vault in the
-# guest. TestFingerprint, TestVersionIsTheBootedOne and the e2e test fail
+# task); one model job through the real Nomad, Consul and Vault in the
+# guest, and two jobs that each reserve a test device (the device BPF
+# program). TestFingerprint, TestVersionIsTheBootedOne and the e2e test fail
 # unless the driver (and Nomad) saw v2. Where no guest can run (not root; no
 # qemu and no apt to install it) it is skipped, saying why. The guests
 # stretch the tests' deadlines (MODELNODES_TEST_TIMEOUT_SCALE) for qemu's
 # software CPU.
-V2_DRIVER_TESTS ?= TestFingerprint|TestLifecycleWithRecovery|TestHostileModelStaysInItsSandbox|TestE2ESecureModel
+V2_DRIVER_TESTS ?= TestFingerprint|TestLifecycleWithRecovery|TestHostileModelStaysInItsSandbox|TestE2ESecureModel|TestE2EReservedDevices
 test-v2: hashistack build
 	@rc=0; scripts/v2vm --setup || rc=$$?; \
 	  if [ $$rc = 77 ]; then echo "test-v2: SKIPPED: no cgroup v2 guest can run on this machine (the reason is above)"; exit 0; fi; \
