@@ -215,8 +215,12 @@ func openPTY(t *testing.T, pts string) (*os.File, string) {
 func waitTestDevices(t *testing.T, nomad *nomadapi.Client, n int) {
 	t.Helper()
 	deadline := time.Now().Add(testtime.Scaled(60 * time.Second))
-	var seen string
+	seen, said := "no such device on the node", time.Now()
 	for time.Now().Before(deadline) {
+		if time.Since(said) > 10*time.Second {
+			t.Logf("waiting for %d healthy %s/%s devices: %s", n, testdevice.Vendor, testdevice.Type, seen)
+			said = time.Now()
+		}
 		if nodes, _, err := nomad.Nodes().List(nil); err == nil && len(nodes) > 0 {
 			if node, _, err := nomad.Nodes().Info(nodes[0].ID, nil); err == nil && node.NodeResources != nil {
 				for _, d := range node.NodeResources.Devices {

@@ -1,0 +1,155 @@
+//go:build e2e
+
+package driver_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/modelnodes/modelnodes/driver/nvidia"
+	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
+	"github.com/modelnodes/modelnodes/internal/testing/testtime"
+	commonspb "github.com/modelnodes/modelnodes/proto/commons"
+	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
+)
+
+// nvidiaPlugin is nomad-device-nvidia's binary name: Nomad loads it from
+// the repository's bin (scripts/gpu-check puts it there).
+const nvidiaPlugin = "nomad-device-nvidia"
+
+// The whole GPU path on a real NVIDIA host (scripts/gpu-check runs it):
+// Nomad with nomad-device-nvidia reserves a GPU for a model job, the
+// modelbox driver gives the sandboxed worker that GPU, and a torch model
+// reports torch.cuda.is_available(), the device and a matrix multiply's
+// time. On a host with two GPUs or more, two jobs each see their own GPU
+// and only it. Lines starting "gpu-check:" are the report.
+func TestGPUCheck(t *testing.T) {
+	requireRoot(t)
+	gpus, err := nvidia.Node.GPUs()
+	if err != nil || len(gpus) == 0 {
+		t.Skipf("no NVIDIA GPU on this host (%v): scripts/gpu-check runs this test on a GPU host", err)
+	}
+	repo, _ := filepath.Abs("..")
+	if !fileExists(filepath.Join(repo, "bin", nvidiaPlugin)) {
+		t.Skipf("bin/%s is missing: scripts/gpu-check builds it", nvidiaPlugin)
+	}
+	version, _ := nvidia.Node.DriverVersion()
+	report := func(format string, a ...any) { fmt.Printf("gpu-check: "+format+"\n", a...) }
+	report("host: %d GPU(s), driver %s, first %s", len(gpus), version, gpus[0].Model)
+
+	// The model runs on the node's Python; without torch there, its
+	// environment is built from requirements.txt (uv, and network).
+	python := "/usr/bin/python3"
+	model := filepath.Join(t.TempDir(), "gpumodel")
+	copyDir(t, "testdata/gpumodel", model)
+	if err := os.Chmod(filepath.Dir(model), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(python, "-c", "import torch; print(torch.__version__)").Output(); err == nil {
+		report("torch %s from the node's %s", strings.TrimSpace(string(out)), python)
+	} else {
+		report("no torch for %s: the model's environment installs it (uv, network, minutes)", python)
+		if err := os.WriteFile(filepath.Join(model, "requirements.txt"), []byte("torch\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	hcl := fmt.Sprintf("plugin %q {\n  config {\n    enabled            = true\n    fingerprint_period = \"5s\"\n  }\n}\n", nvidiaPlugin)
+	c := testcluster.StartWith(t, testcluster.Nomad, testcluster.Options{NomadPluginHCL: hcl})
+	nomad := c.Nomad.Client
+	waitDriverHealthy(t, nomad)
+	waitNvidiaGPUs(t, nomad, min(len(gpus), 2))
+
+	jobs := min(len(gpus), 2)
+	seen := map[string]string{}
+	for i := range jobs {
+		name := fmt.Sprintf("gpu-check-%d", i)
+		job := modelJob(name, "python", model, "")
+		task := job.TaskGroups[0].Tasks[0]
+		task.Resources = &nomadapi.Resources{CPU: new(2000), MemoryMB: new(8192),
+			Devices: []*nomadapi.RequestedDevice{{Name: "nvidia/gpu", Count: new(uint64(1))}}}
+		task.Config["disk_mb"] = 2048
+		if _, _, err := nomad.Jobs().Register(job, nil); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		alloc := waitHealthyAlloc(t, nomad, name)
+		defer stopJob(t, nomad, name, alloc)
+		conn, err := grpc.NewClient(portAddr(alloc, "grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ds := dspb.NewDynamicSubclassServiceClient(conn)
+		setup(t, ds, "base.Base")
+		rep, err := call(t, ds, "report", commonspb.Int(4096)).GetMethodResponse().AsJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := rep.(map[string]any)
+		report("job %s: healthy after %.1fs; NVIDIA_VISIBLE_DEVICES=%v; /dev: %v", name, time.Since(t0).Seconds(), r["visible"], r["dev"])
+		report("job %s: torch %v, torch.cuda.is_available() = %v", name, r["torch"], r["cuda_available"])
+		report("job %s: nvidia-smi -L in the sandbox: %v", name, r["nvidia_smi"])
+		if r["cuda_available"] != true {
+			t.Errorf("job %s: CUDA is not available in the sandbox (see the task's stderr: nomad alloc logs -stderr %s)", name, alloc.ID)
+			continue
+		}
+		report("job %s: device %v (%v MiB), %v device(s) visible; 4096x4096 fp32 matmul %.2f ms (max error %.2g)",
+			name, r["device_name"], r["memory_mib"], r["device_count"], r["matmul_ms"], r["matmul_max_error"])
+		if n, _ := r["device_count"].(float64); n != 1 {
+			t.Errorf("job %s sees %v GPUs, want exactly its one", name, r["device_count"])
+		}
+		if e, _ := r["matmul_max_error"].(float64); e > 0.1 {
+			t.Errorf("job %s: the matmul is wrong (max error %v)", name, e)
+		}
+		uuid := strings.ToLower(strings.TrimPrefix(fmt.Sprint(r["device_uuid"]), "GPU-"))
+		visible := strings.ToLower(strings.TrimPrefix(fmt.Sprint(r["visible"]), "GPU-"))
+		if uuid != "" && uuid != visible {
+			t.Errorf("job %s: torch's device %s is not the reserved %s", name, uuid, visible)
+		}
+		if other, ok := seen[visible]; ok {
+			t.Errorf("jobs %s and %s both got GPU %s", other, name, visible)
+		}
+		seen[visible] = name
+	}
+	if jobs > 1 && len(seen) == jobs {
+		report("isolation: %d jobs, each saw only its own GPU", jobs)
+	}
+}
+
+// waitNvidiaGPUs waits until the node reports at least n healthy
+// nvidia/gpu devices.
+func waitNvidiaGPUs(t *testing.T, nomad *nomadapi.Client, n int) {
+	t.Helper()
+	deadline := time.Now().Add(testtime.Scaled(90 * time.Second))
+	for time.Now().Before(deadline) {
+		if nodes, _, err := nomad.Nodes().List(nil); err == nil && len(nodes) > 0 {
+			if node, _, err := nomad.Nodes().Info(nodes[0].ID, nil); err == nil && node.NodeResources != nil {
+				healthy := 0
+				for _, d := range node.NodeResources.Devices {
+					if d.Vendor == "nvidia" && d.Type == "gpu" {
+						for _, inst := range d.Instances {
+							if inst.Healthy {
+								healthy++
+							}
+						}
+					}
+				}
+				if healthy >= n {
+					return
+				}
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("the node never reported %d healthy nvidia/gpu devices (is %s loaded? see the Nomad log above)", n, nvidiaPlugin)
+}
