@@ -13,12 +13,12 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testing/testdevice"
+	"github.com/modelnodes/modelnodes/internal/testing/testpty"
 	"github.com/modelnodes/modelnodes/internal/testing/testtime"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
@@ -41,20 +41,14 @@ func TestE2EReservedDevices(t *testing.T) {
 	if err := os.Chmod(base, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// Mounted first, so it is unmounted after the cluster has stopped.
 	pts := filepath.Join(base, "pts")
-	if err := os.Mkdir(pts, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("devpts", pts, "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0666"); err != nil {
-		t.Fatal(err)
-	}
-	// Registered first, so it runs after the cluster has stopped.
-	t.Cleanup(func() { _ = unix.Unmount(pts, unix.MNT_DETACH) })
+	testpty.Mount(t, pts)
 	var masters []*os.File
 	var slaves []string
 	mounts := filepath.Join(base, "mounts")
 	for i := range 2 {
-		m, s := openPTY(t, pts)
+		m, s := testpty.Open(t, pts)
 		masters, slaves = append(masters, m), append(slaves, s)
 		if err := os.MkdirAll(filepath.Join(mounts, fmt.Sprintf("testdev%d", i)), 0o777); err != nil {
 			t.Fatal(err)
@@ -88,20 +82,7 @@ func TestE2EReservedDevices(t *testing.T) {
 	var tasks []task
 	for i := range 2 {
 		name := fmt.Sprintf("model-node-testdev-%d", i)
-		job := modelJob(name, "python", model, "")
-		job.TaskGroups[0].Tasks[0].Resources.Devices = []*nomadapi.RequestedDevice{{Name: testdevice.Vendor + "/" + testdevice.Type, Count: new(uint64(1))}}
-		if _, _, err := nomad.Jobs().Register(job, nil); err != nil {
-			t.Fatal(err)
-		}
-		alloc := waitHealthyAlloc(t, nomad, name)
-		defer stopJob(t, nomad, name, alloc)
-		conn, err := grpc.NewClient(portAddr(alloc, "grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ds := dspb.NewDynamicSubclassServiceClient(conn)
-		setup(t, ds, "base.Base")
+		alloc, ds := runDeviceModel(t, nomad, name, model, testdevice.Vendor+"/"+testdevice.Type, nil)
 		rep, err := call(t, ds, "devices").GetMethodResponse().AsJSON()
 		if err != nil {
 			t.Fatal(err)
@@ -168,7 +149,8 @@ func TestE2EReservedDevices(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantList := "c 1:3 rw\nc 1:5 rw\nc 1:7 rw\nc 1:8 rw\nc 1:9 rw\n" + fmt.Sprintf("c %s rw\n", devNumbers(t, slaves[mine]))
+			major, minor := testpty.Numbers(t, slaves[mine])
+			wantList := "c 1:3 rw\nc 1:5 rw\nc 1:7 rw\nc 1:8 rw\nc 1:9 rw\n" + fmt.Sprintf("c %d:%d rw\n", major, minor)
 			if string(b) != wantList {
 				t.Errorf("%s:\n%s\nwant\n%s", list, b, wantList)
 			}
@@ -176,38 +158,31 @@ func TestE2EReservedDevices(t *testing.T) {
 	}
 }
 
-// devNumbers is the "major:minor" of the device node at path.
-func devNumbers(t *testing.T, path string) string {
+// runDeviceModel runs the Python model at dir as job name, its task asking
+// for one device named device (and, with edit, changed further), waits
+// until it serves and returns its allocation and a client of its runner,
+// set up with base.Base. The job is stopped when t ends.
+func runDeviceModel(t *testing.T, nomad *nomadapi.Client, name, dir, device string, edit func(*nomadapi.Task)) (*nomadapi.Allocation, dspb.DynamicSubclassServiceClient) {
 	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
+	job := modelJob(name, "python", dir, "")
+	task := job.TaskGroups[0].Tasks[0]
+	task.Resources.Devices = []*nomadapi.RequestedDevice{{Name: device, Count: new(uint64(1))}}
+	if edit != nil {
+		edit(task)
+	}
+	if _, _, err := nomad.Jobs().Register(job, nil); err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
-}
-
-// openPTY opens a new pty pair of the devpts instance mounted at pts and
-// returns its master and the path of its slave (mode 0666: the workers'
-// users may open it).
-func openPTY(t *testing.T, pts string) (*os.File, string) {
-	t.Helper()
-	m, err := os.OpenFile(filepath.Join(pts, "ptmx"), os.O_RDWR|unix.O_NOCTTY, 0)
+	alloc := waitHealthyAlloc(t, nomad, name)
+	t.Cleanup(func() { stopJob(t, nomad, name, alloc) })
+	conn, err := grpc.NewClient(portAddr(alloc, "grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = m.Close() })
-	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
-		t.Fatal(err)
-	}
-	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	slave := filepath.Join(pts, fmt.Sprint(n))
-	if err := os.Chmod(slave, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	return m, slave
+	t.Cleanup(func() { _ = conn.Close() })
+	ds := dspb.NewDynamicSubclassServiceClient(conn)
+	setup(t, ds, "base.Base")
+	return alloc, ds
 }
 
 // waitTestDevices waits until the node reports n healthy instances of the

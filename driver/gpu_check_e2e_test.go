@@ -12,14 +12,11 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/modelnodes/modelnodes/driver/nvidia"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testing/testtime"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
-	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 )
 
 // nvidiaPlugin is nomad-device-nvidia's binary name: Nomad loads it from
@@ -73,24 +70,11 @@ func TestGPUCheck(t *testing.T) {
 	seen := map[string]string{}
 	for i := range jobs {
 		name := fmt.Sprintf("gpu-check-%d", i)
-		job := modelJob(name, "python", model, "")
-		task := job.TaskGroups[0].Tasks[0]
-		task.Resources = &nomadapi.Resources{CPU: new(2000), MemoryMB: new(8192),
-			Devices: []*nomadapi.RequestedDevice{{Name: "nvidia/gpu", Count: new(uint64(1))}}}
-		task.Config["disk_mb"] = 2048
-		if _, _, err := nomad.Jobs().Register(job, nil); err != nil {
-			t.Fatal(err)
-		}
 		t0 := time.Now()
-		alloc := waitHealthyAlloc(t, nomad, name)
-		defer stopJob(t, nomad, name, alloc)
-		conn, err := grpc.NewClient(portAddr(alloc, "grpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ds := dspb.NewDynamicSubclassServiceClient(conn)
-		setup(t, ds, "base.Base")
+		alloc, ds := runDeviceModel(t, nomad, name, model, "nvidia/gpu", func(task *nomadapi.Task) {
+			task.Resources.CPU, task.Resources.MemoryMB = new(2000), new(8192)
+			task.Config["disk_mb"] = 2048
+		})
 		rep, err := call(t, ds, "report", commonspb.Int(4096)).GetMethodResponse().AsJSON()
 		if err != nil {
 			t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/internal/testing/testpty"
 )
 
 // devReport is what devProbe saw from inside.
@@ -64,36 +64,10 @@ func devProbe() {
 	_ = json.NewEncoder(os.Stdout).Encode(r)
 }
 
-// openPTY opens a new pty pair of the devpts instance mounted at pts and
-// returns its master and the path of its slave.
-func openPTY(t *testing.T, pts string) (*os.File, string) {
-	t.Helper()
-	m, err := os.OpenFile(filepath.Join(pts, "ptmx"), os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Close() })
-	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
-		t.Fatal(err)
-	}
-	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	slave := filepath.Join(pts, fmt.Sprint(n))
-	if err := os.Chmod(slave, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	return m, slave
-}
-
 func devOf(t *testing.T, path string) cgroup.Device {
 	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return cgroup.Device{Type: 'c', Major: int64(unix.Major(st.Rdev)), Minor: int64(unix.Minor(st.Rdev)), Permissions: "rw"}
+	major, minor := testpty.Numbers(t, path)
+	return cgroup.Device{Type: 'c', Major: int64(major), Minor: int64(minor), Permissions: "rw"}
 }
 
 // A reserved device reaches the worker's /dev and works (the worker writes
@@ -114,13 +88,10 @@ func TestSandboxReservedDevices(t *testing.T) {
 	}
 	// A private devpts instance: its ptys are harmless character devices
 	// of their own numbers, and nothing of the host's terminals is used.
-	pts := mkdir(t, base, "pts", 0o755)
-	if err := unix.Mount("devpts", pts, "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0666"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(pts, unix.MNT_DETACH) })
-	masterA, ptyA := openPTY(t, pts)
-	_, slaveB := openPTY(t, pts)
+	pts := filepath.Join(base, "pts")
+	testpty.Mount(t, pts)
+	masterA, ptyA := testpty.Open(t, pts)
+	_, slaveB := testpty.Open(t, pts)
 	// The reserved node is seen through a nodev mount, as a node's
 	// directory may be: the sandbox shows it usable anyway (the device
 	// cgroup decides what opens).
@@ -169,33 +140,11 @@ func TestSandboxReservedDevices(t *testing.T) {
 		},
 		Mounts: []Mount{{Host: data, Inside: "/data"}, {Host: ro, Inside: "/ro", ReadOnly: true}},
 	}
+	specFile := filepath.Join(base, "spec.json")
 	run := func(t *testing.T, spec *Spec) devReport {
 		t.Helper()
-		specFile := filepath.Join(base, "spec.json")
-		if err := spec.Write(specFile); err != nil {
-			t.Fatal(err)
-		}
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sock := os.NewFile(uintptr(fds[1]), "sock")
-		defer sock.Close()
-		defer os.NewFile(uintptr(fds[0]), "local").Close()
-		argv := append(Command(self, specFile), self, "devprobe")
-		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.ExtraFiles = []*os.File{sock}
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("sandboxed device probe: %v\n%s\n%s", err, out, stderr.String())
-		}
 		var r devReport
-		if err := json.Unmarshal(out, &r); err != nil {
-			t.Fatalf("probe output %q: %v", out, err)
-		}
-		t.Logf("probe saw: %+v", r)
+		runSandboxed(t, spec, specFile, &r, nil, "devprobe")
 		return r
 	}
 	// The master's side: what the worker wrote through the reserved pty.

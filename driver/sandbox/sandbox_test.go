@@ -282,32 +282,9 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 	}
 	run := func(t *testing.T, spec *Spec) probeReport {
 		t.Helper()
-		if err := spec.Write(specFile); err != nil {
-			t.Fatal(err)
-		}
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sock := os.NewFile(uintptr(fds[1]), "sock")
-		defer sock.Close()
-		defer os.NewFile(uintptr(fds[0]), "local").Close()
-
-		argv := append(Command(self, specFile), self, "probe", lis.Addr().String(), secret, "/model", ScratchDir, "/ro-tree/sub", base)
-		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.ExtraFiles = []*os.File{sock}
-		cmd.Env = append(os.Environ(), "VAULT_TOKEN=s.must-not-leak")
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("sandboxed probe: %v\n%s\n%s", err, out, stderr.String())
-		}
 		var r probeReport
-		if err := json.Unmarshal(out, &r); err != nil {
-			t.Fatalf("probe output %q: %v", out, err)
-		}
-		t.Logf("probe saw: %+v", r)
+		runSandboxed(t, spec, specFile, &r, []string{"VAULT_TOKEN=s.must-not-leak"},
+			"probe", lis.Addr().String(), secret, "/model", ScratchDir, "/ro-tree/sub", base)
 		return r
 	}
 	r := run(t, spec)
@@ -363,6 +340,42 @@ func TestSandboxConfinesTheWorker(t *testing.T) {
 			t.Errorf("with AllowWrittenExecutables the worker could not run what it wrote: exec /tmp %q, /scratch %q, mmap %q", r.ExecTmp, r.ExecScratch, r.MmapExecTmp)
 		}
 	})
+}
+
+// runSandboxed writes spec to specFile and runs the test binary's
+// subcommand args as a worker in that sandbox (a socket as its fd 3, env
+// added to the test's environment), then decodes the JSON it prints into
+// report.
+func runSandboxed(t *testing.T, spec *Spec, specFile string, report any, env []string, args ...string) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spec.Write(specFile); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := os.NewFile(uintptr(fds[1]), "sock")
+	defer sock.Close()
+	defer os.NewFile(uintptr(fds[0]), "local").Close()
+	argv := append(append(Command(self, specFile), self), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.ExtraFiles = []*os.File{sock}
+	cmd.Env = append(os.Environ(), env...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("sandboxed %s: %v\n%s\n%s", args[0], err, out, stderr.String())
+	}
+	if err := json.Unmarshal(out, report); err != nil {
+		t.Fatalf("%s's output %q: %v", args[0], out, err)
+	}
+	t.Logf("%s saw: %+v", args[0], report)
 }
 
 // landlockMode demands Landlock where the kernel has it, so the test proves

@@ -218,30 +218,8 @@ func runSyscallProbe(t *testing.T, edit func(*Spec)) map[string]string {
 		Landlock: landlockMode(),
 	}
 	edit(spec)
-	specFile := filepath.Join(base, "spec.json")
-	if err := spec.Write(specFile); err != nil {
-		t.Fatal(err)
-	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := os.NewFile(uintptr(fds[1]), "sock")
-	defer sock.Close()
-	defer os.NewFile(uintptr(fds[0]), "local").Close()
-	argv := append(Command(self, specFile), self, "syscalls")
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.ExtraFiles = []*os.File{sock}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("sandboxed syscall probe: %v\n%s\n%s", err, out, stderr.String())
-	}
 	got := map[string]string{}
-	if err := json.Unmarshal(out, &got); err != nil {
-		t.Fatalf("probe output %q: %v", out, err)
-	}
+	runSandboxed(t, spec, filepath.Join(base, "spec.json"), &got, nil, "syscalls")
 	return got
 }
 
