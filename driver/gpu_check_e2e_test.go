@@ -7,11 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
+	"github.com/hashicorp/nomad/plugins/drivers"
 
 	"github.com/modelnodes/modelnodes/driver/nvidia"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
@@ -109,6 +111,52 @@ func TestGPUCheck(t *testing.T) {
 		report("isolation: %d jobs, each saw only its own GPU", jobs)
 	}
 }
+
+// The driver alone on a GPU host, without Nomad (the harness plays Nomad
+// and sets the reservation nomad-device-nvidia would): the sandboxed torch
+// model gets the first GPU, and only it. It needs torch for the node's
+// /usr/bin/python3 and bin/'s model-runner, nothing else: the quick device
+// check where the agents cannot be carried.
+func TestGPUInSandbox(t *testing.T) {
+	requireRoot(t)
+	gpus, err := nvidia.Node.GPUs()
+	if err != nil || len(gpus) == 0 {
+		t.Skipf("no NVIDIA GPU on this host (%v)", err)
+	}
+	if err := exec.Command("/usr/bin/python3", "-c", "import torch").Run(); err != nil {
+		t.Skipf("no torch for /usr/bin/python3 (%v): this check runs the node's torch", err)
+	}
+	e := newEnv(t, "testdata/gpumodel", &drivers.LinuxResources{MemoryLimitBytes: 8 << 30, CPUShares: 2000}, map[string]any{"disk_mb": 2048})
+	e.task.DeviceEnv = map[string]string{nvidia.EnvVisibleDevices: gpus[0].UUID}
+	e.start()
+	c := e.client()
+	setup(t, c, "base.Base")
+	rep, err := call(t, c, "report", commonspb.Int(4096)).GetMethodResponse().AsJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.(map[string]any)
+	fmt.Printf("gpu-check: sandbox: torch %v, cuda %v, /dev %v, device %v (%v MiB), %v visible, matmul %v ms (max error %v)\n",
+		r["torch"], r["cuda_available"], r["dev"], r["device_name"], r["memory_mib"], r["device_count"], r["matmul_ms"], r["matmul_max_error"])
+	fmt.Printf("gpu-check: sandbox: nvidia-smi -L: %v\n", r["nvidia_smi"])
+	if r["cuda_available"] != true {
+		t.Fatalf("CUDA is not available in the sandbox; the runner's stderr:\n%s", e.stderr())
+	}
+	if n, _ := r["device_count"].(float64); n != 1 {
+		t.Errorf("the worker sees %v GPUs, want its one", r["device_count"])
+	}
+	for _, d := range r["dev"].([]any) {
+		if name := d.(string); gpuNode.MatchString(name) && name != fmt.Sprintf("nvidia%d", gpus[0].Minor) {
+			t.Errorf("the worker's /dev holds %s, another GPU's node", name)
+		}
+	}
+	if e, _ := r["matmul_max_error"].(float64); e > 0.1 {
+		t.Errorf("the matmul is wrong (max error %v)", e)
+	}
+}
+
+// gpuNode matches a GPU's node name in /dev.
+var gpuNode = regexp.MustCompile(`^nvidia[0-9]+$`)
 
 // waitNvidiaGPUs waits until the node reports at least n healthy
 // nvidia/gpu devices.
