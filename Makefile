@@ -53,8 +53,11 @@ test: hashistack uv build
 # whose kernel has only v2 (scripts/v2vm; docs/testing.md): the cgroup and
 # sandbox packages; the driver's tests that set and read limits (CPU quota,
 # pids cap, the OOM kill reported, stats, cleanup, no process outliving its
-# task); and one model job through the real Nomad, Consul and Vault in the
-# guest. TestFingerprint, TestVersionIsTheBootedOne and the e2e test fail
+# task; the device allowlist, whose BPF program driver/sandbox's
+# TestSandboxReservedDevices checks); and one model job through the real
+# Nomad, Consul and Vault in the guest (TestE2EReservedDevices, the same
+# through Nomad's device plugins, adds about 3 minutes there: run it with
+# V2_DRIVER_TESTS='...|TestE2EReservedDevices'). TestFingerprint, TestVersionIsTheBootedOne and the e2e test fail
 # unless the driver (and Nomad) saw v2. Where no guest can run (not root; no
 # qemu and no apt to install it) it is skipped, saying why. The guests
 # stretch the tests' deadlines (MODELNODES_TEST_TIMEOUT_SCALE) for qemu's

@@ -23,7 +23,10 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require github.com/elastic/go-seccomp-bpf v1.6.0 // indirect
+require (
+	github.com/cilium/ebpf v0.17.3 // indirect
+	github.com/elastic/go-seccomp-bpf v1.6.0 // indirect
+)
 
 require (
 	dario.cat/mergo v1.0.2 // indirect

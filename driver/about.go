@@ -61,6 +61,10 @@ var pluginInfo = &base.PluginInfoResponse{
 //	      allowed_hosts    = []                 # sandbox: hosts besides the indexes'
 //	      default_requirements = ["pandas>=2.2.3,<3", "pyarrow>=18.1,<19"]   # unless a submission names them
 //	    }
+//	    gpu {                                   # NVIDIA GPUs reserved by nomad-device-nvidia (docs/driver.md)
+//	      libraries  = []                       # the driver's user-space libraries; empty: found with ldconfig -p
+//	      nvidia_smi = ""                       # empty: looked up in PATH
+//	    }
 //	  }
 //	}
 var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
@@ -94,6 +98,10 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 	"allow_host_model_dirs": hclspec.NewDefault(hclspec.NewAttr("allow_host_model_dirs", "bool", false),
 		hclspec.NewLiteral(`false`)),
 	// Absent fields take EnvironmentsConfig.withDefaults's values.
+	"gpu": hclspec.NewBlock("gpu", false, hclspec.NewObject(map[string]*hclspec.Spec{
+		"libraries":  hclspec.NewAttr("libraries", "list(string)", false),
+		"nvidia_smi": hclspec.NewAttr("nvidia_smi", "string", false),
+	})),
 	"environments": hclspec.NewBlock("environments", false, hclspec.NewObject(map[string]*hclspec.Spec{
 		"root":                 hclspec.NewAttr("root", "string", false),
 		"uv":                   hclspec.NewAttr("uv", "string", false),

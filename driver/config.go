@@ -53,6 +53,17 @@ type Config struct {
 	// RunnerUIDRange holds the runners' users: each task's runner runs as
 	// one of its own (uid and gid), never root and never a model's.
 	RunnerUIDRange string `codec:"runner_uid_range"`
+	// GPU says where the host's NVIDIA driver files are (driver/gpu.go).
+	GPU GPUConfig `codec:"gpu"`
+}
+
+// GPUConfig is the plugin's gpu block.
+type GPUConfig struct {
+	// Libraries are the driver's user-space libraries shown to a GPU
+	// task's worker; empty: those `ldconfig -p` lists (package nvidia).
+	Libraries []string `codec:"libraries"`
+	// NvidiaSMI is nvidia-smi's path; empty: looked up in PATH.
+	NvidiaSMI string `codec:"nvidia_smi"`
 }
 
 // DefaultDiskMB is a model's writable space (/tmp and /scratch) when neither
@@ -204,6 +215,14 @@ func (c *Config) validate() error {
 		if !filepath.IsAbs(p) {
 			errs = append(errs, fmt.Errorf("python, python_interpreters: %q is not an absolute path", p))
 		}
+	}
+	for _, p := range c.GPU.Libraries {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+			errs = append(errs, fmt.Errorf("gpu.libraries: %q is not an absolute, clean path", p))
+		}
+	}
+	if p := c.GPU.NvidiaSMI; p != "" && !filepath.IsAbs(p) {
+		errs = append(errs, fmt.Errorf("gpu.nvidia_smi: %q is not absolute", p))
 	}
 	if !filepath.IsAbs(c.ModelStore) {
 		errs = append(errs, fmt.Errorf("model_store: %q is not absolute", c.ModelStore))

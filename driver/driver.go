@@ -43,6 +43,8 @@ type Driver struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	isolator Isolator
+	// nvidia is where GPU tasks' driver files are found (the host's).
+	nvidia nvidiaSource
 
 	mu     sync.RWMutex
 	config *Config
@@ -74,6 +76,7 @@ func NewWithIsolator(log hclog.Logger, iso Isolator) *Driver {
 		ctx:      ctx,
 		cancel:   cancel,
 		isolator: iso,
+		nvidia:   hostNvidia,
 		tasks:    map[string]*taskHandle{},
 		uids:     map[int]string{},
 
@@ -320,13 +323,35 @@ func (d *Driver) prepare(cfg *drivers.TaskConfig) (_ *prepared, err error) {
 	if p.env.dir != "" {
 		binds = append(binds, sandbox.Bind{Host: p.env.dir, Inside: InsideEnvDir})
 	}
+	devices, err := taskDevices(cfg.Devices)
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := taskMounts(cfg.Mounts)
+	if err != nil {
+		return nil, err
+	}
+	env := append([]string{"LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"}, deviceEnv(cfg)...)
+	gpu, err := d.nvidia.gpu(d.ctx, cfg, plugin)
+	if err != nil {
+		return nil, err
+	}
+	if gpu != nil {
+		for _, g := range gpu.devices {
+			if !slices.ContainsFunc(devices, func(r ReservedDevice) bool { return r.Node.Inside == g.Node.Inside }) {
+				devices = append(devices, g)
+			}
+		}
+		binds, env = append(binds, gpu.binds...), append(env, gpu.env...)
+	}
 	iso, err := d.isolator.Prepare(&IsolationRequest{
 		ID: cfg.AllocID + "." + cfg.Name, UID: uid, GID: gid, RunnerUID: p.runnerUID, RunnerGID: p.runnerUID, PrivateDir: private,
 		ReadOnly: append(slices.Clone(plugin.ReadonlyPaths), p.env.readOnly...),
 		Binds:    binds, Landlock: plugin.Landlock,
 		DiskBytes: diskBytes(&tc, plugin), AllowWrittenExecutables: plugin.AllowWrittenExecutables,
-		Env:    []string{"LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"},
-		Limits: limitsOf(cfg, plugin),
+		Env:     env,
+		Limits:  limitsOf(cfg, plugin),
+		Devices: devices, Mounts: mounts,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("modelbox: %w", err)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/shoenig/go-landlock"
 
 	"github.com/modelnodes/modelnodes/driver/cgroup"
+	"github.com/modelnodes/modelnodes/driver/nvidia"
 	"github.com/modelnodes/modelnodes/driver/sandbox/seccomp"
 	"github.com/modelnodes/modelnodes/names"
 )
@@ -73,6 +75,9 @@ func (d *Driver) fingerprint() *drivers.Fingerprint {
 		abi = 0
 	}
 	attrs["driver.modelbox.landlock_abi"] = pstructs.NewIntAttribute(int64(abi), "")
+	for k, v := range gpuAttributes(d.nvidia.host) {
+		attrs[k] = v
+	}
 	profile := seccompProfile(cfg)
 	attrs[names.AttrSeccompProfile] = pstructs.NewStringAttribute(profile)
 	for k, v := range interpreterAttributes(d.ctx, cfg, d.log) {
@@ -143,6 +148,33 @@ func readInt(path string) int {
 	var n int
 	_, _ = fmt.Sscan(strings.TrimSpace(string(b)), &n)
 	return n
+}
+
+// gpuAttributes describes the node's NVIDIA GPUs as the driver sees them
+// (/proc/driver/nvidia): driver.modelbox.gpu.count, .models (the distinct
+// model names, sorted, comma-separated) and .driver_version; none on a node
+// without an NVIDIA driver or GPU. The device plugin (nomad-device-nvidia)
+// reports each GPU's memory and the like as device attributes.
+func gpuAttributes(h nvidia.Host) map[string]*pstructs.Attribute {
+	gpus, err := h.GPUs()
+	if err != nil || len(gpus) == 0 {
+		return nil
+	}
+	var models []string
+	for _, g := range gpus {
+		if !slices.Contains(models, g.Model) {
+			models = append(models, g.Model)
+		}
+	}
+	slices.Sort(models)
+	attrs := map[string]*pstructs.Attribute{
+		"driver.modelbox.gpu.count":  pstructs.NewIntAttribute(int64(len(gpus)), ""),
+		"driver.modelbox.gpu.models": pstructs.NewStringAttribute(strings.Join(models, ",")),
+	}
+	if v, err := h.DriverVersion(); err == nil {
+		attrs["driver.modelbox.gpu.driver_version"] = pstructs.NewStringAttribute(v)
+	}
+	return attrs
 }
 
 // hasGPU reports an NVIDIA device node.

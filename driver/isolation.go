@@ -73,6 +73,12 @@ type IsolationRequest struct {
 	Limits                  cgroup.Limits
 	Landlock                string
 	Env                     []string
+	// Devices are the devices reserved for the task: in the worker's
+	// /dev, and the only ones its device cgroup allows besides
+	// cgroup.DefaultDevices.
+	Devices []ReservedDevice
+	// Mounts are the task's mounts (Nomad's volume and device mounts).
+	Mounts []sandbox.Mount
 }
 
 // Where the worker sees the task's own directories (the sandbox shows them
@@ -121,9 +127,11 @@ func (h *hostIsolator) Prepare(req *IsolationRequest) (Isolation, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("isolation: %w", err)
 	}
-	group, err := cgroup.Create(req.ID, req.Limits)
-	if err != nil {
-		return nil, fmt.Errorf("isolation: %w", err)
+	limits := req.Limits
+	var devices []sandbox.Device
+	for _, d := range req.Devices {
+		devices = append(devices, d.Node)
+		limits.WorkerDevices = append(limits.WorkerDevices, d.Rule)
 	}
 	spec := &sandbox.Spec{
 		UID: req.UID, GID: req.GID,
@@ -131,17 +139,28 @@ func (h *hostIsolator) Prepare(req *IsolationRequest) (Isolation, error) {
 		Root:                    root,
 		ReadOnly:                req.ReadOnly,
 		Binds:                   req.Binds,
+		Devices:                 devices,
+		Mounts:                  req.Mounts,
 		DiskBytes:               req.DiskBytes,
 		AllowWrittenExecutables: req.AllowWrittenExecutables,
 		// POSIX semaphores and shared memory (multiprocessing's locks,
 		// joblib): a tmpfs counted in the task's memory, noexec.
-		DevShmBytes:  workerShmBytes,
-		WorkerCgroup: group.State().Worker,
-		Landlock:     req.Landlock,
+		DevShmBytes: workerShmBytes,
+		Landlock:    req.Landlock,
 		Env: append([]string{
 			"MODELNODES_SCRATCH=" + sandbox.ScratchDir, "TMPDIR=" + sandbox.TmpDir,
 		}, req.Env...),
 	}
+	// A spec the sandbox would refuse (a task mount over /model, a device
+	// outside /dev) is refused before anything is created.
+	if err := spec.Validate(); err != nil {
+		return nil, fmt.Errorf("isolation: %w", err)
+	}
+	group, err := cgroup.Create(req.ID, limits)
+	if err != nil {
+		return nil, fmt.Errorf("isolation: %w", err)
+	}
+	spec.WorkerCgroup = group.State().Worker
 	specFile := filepath.Join(req.PrivateDir, "sandbox.json")
 	if err := spec.Write(specFile); err != nil {
 		_ = group.Destroy()

@@ -3,6 +3,9 @@
 // and two leaves: one for the trusted runner and one for the model worker,
 // which also gets its own pids and memory caps, so a hostile model that
 // fork-bombs or balloons exhausts its own leaf and never the runner's threads.
+// The worker's leaf also allows only its devices (DefaultDevices and those
+// reserved for the task): the v1 devices controller, or v2's device BPF
+// program.
 package cgroup
 
 import (
@@ -10,10 +13,15 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
 	"syscall"
 	"time"
 
 	"github.com/opencontainers/cgroups"
+	// Registers the device rules' writers (v1 devices.allow/deny, v2's BPF
+	// program) with the managers: without it they refuse device rules.
+	_ "github.com/opencontainers/cgroups/devices"
+	devrules "github.com/opencontainers/cgroups/devices/config"
 	"github.com/opencontainers/cgroups/manager"
 )
 
@@ -30,6 +38,60 @@ type Limits struct {
 	CPUPeriodMicros uint64
 	// WorkerPids caps the worker's processes and threads; 0: none.
 	WorkerPids int64
+	// WorkerDevices are the devices the worker may open besides
+	// DefaultDevices (Nomad's device reservations); every other device is
+	// refused (EPERM), whatever node the worker finds for it.
+	WorkerDevices []Device
+}
+
+// Device is a device a worker may open, by its numbers: the kernel checks
+// the device cgroup on open, whichever node (path) names the device.
+type Device struct {
+	// Type is 'c' (character device) or 'b' (block device).
+	Type         rune
+	Major, Minor int64
+	// Permissions is a non-empty subset of "rwm": read, write, mknod.
+	Permissions string
+}
+
+// String is the device in the v1 devices.list form: "c 1:3 rw".
+func (d Device) String() string {
+	return fmt.Sprintf("%c %d:%d %s", d.Type, d.Major, d.Minor, d.Permissions)
+}
+
+// Validate rejects a device the cgroup could not express, or one that names
+// more than one device (no wildcards).
+func (d Device) Validate() error {
+	switch {
+	case d.Type != 'c' && d.Type != 'b':
+		return fmt.Errorf("cgroup: device %s: type %q, want 'c' or 'b'", d, d.Type)
+	case d.Major < 0 || d.Minor < 0:
+		return fmt.Errorf("cgroup: device %s: negative (wildcard) numbers", d)
+	case d.Permissions == "" || !devrules.Permissions(d.Permissions).IsValid():
+		return fmt.Errorf("cgroup: device %s: permissions %q, want a non-empty subset of \"rwm\"", d, d.Permissions)
+	}
+	return nil
+}
+
+// DefaultDevices are the devices every worker may read and write: the nodes
+// the sandbox puts in its /dev (null, zero, full, random, urandom, bound from
+// the host's, whose numbers Linux fixes).
+var DefaultDevices = []Device{
+	{'c', 1, 3, "rw"}, {'c', 1, 5, "rw"}, {'c', 1, 7, "rw"}, {'c', 1, 8, "rw"}, {'c', 1, 9, "rw"},
+}
+
+// deviceRules is the worker's allowlist: DefaultDevices and extra, and
+// nothing else (the library's rules deny what they do not allow).
+func deviceRules(extra []Device) ([]*devrules.Rule, error) {
+	var rules []*devrules.Rule
+	for _, d := range append(slices.Clone(DefaultDevices), extra...) {
+		if err := d.Validate(); err != nil {
+			return nil, err
+		}
+		rules = append(rules, &devrules.Rule{Type: devrules.Type(d.Type), Major: d.Major, Minor: d.Minor,
+			Permissions: devrules.Permissions(d.Permissions), Allow: true})
+	}
+	return rules, nil
 }
 
 // State is what Open needs to find a task's groups again after the plugin
@@ -72,7 +134,13 @@ func Create(name string, l Limits) (*Task, error) {
 		// cgroup v2 wants shares as a weight in [1, 10000].
 		taskRes.CpuWeight = cgroups.ConvertCPUSharesToCgroupV2Value(l.CPUShares)
 	}
-	workerRes := &cgroups.Resources{SkipDevices: true}
+	rules, err := deviceRules(l.WorkerDevices)
+	if err != nil {
+		return nil, err
+	}
+	// The task's group and the runner's leaf leave devices alone (the
+	// runner opens none); the worker's leaf allows only its own.
+	workerRes := &cgroups.Resources{Devices: rules}
 	if l.WorkerPids > 0 {
 		workerRes.PidsLimit = &l.WorkerPids
 	}
@@ -81,7 +149,6 @@ func Create(name string, l Limits) (*Task, error) {
 		workerRes.MemorySwap = workerRes.Memory
 	}
 	t := &Task{}
-	var err error
 	if t.task, err = newGroup(base, taskRes); err != nil {
 		return nil, err
 	}
@@ -148,7 +215,12 @@ func (t *Task) AddRunner(pid int) error { return t.runner.Apply(pid) }
 // JoinWorker moves process pid into the worker leaf whose paths are given; the
 // sandbox calls it on itself before it starts the model.
 func JoinWorker(paths map[string]string, pid int) error {
-	m, err := manager.NewWithPaths(&cgroups.Cgroup{Resources: &cgroups.Resources{SkipDevices: true}}, paths)
+	// v1: the leaf's devices group holds the worker's device rules, so the
+	// worker joins it too; a leaf made before workers had device rules
+	// (a task recovered across an upgrade) has none to join.
+	_, err := os.Stat(paths["devices"])
+	skip := !cgroups.IsCgroup2UnifiedMode() && errors.Is(err, os.ErrNotExist)
+	m, err := manager.NewWithPaths(&cgroups.Cgroup{Resources: &cgroups.Resources{SkipDevices: skip}}, paths)
 	if err != nil {
 		return err
 	}

@@ -242,7 +242,17 @@ func buildRoot(spec *Spec) error {
 			return err
 		}
 	}
-	if err := buildDev(root); err != nil {
+	for _, m := range spec.Mounts {
+		// Unlike a system path, a task's mount is never skipped: the
+		// task asked for it.
+		if _, err := os.Stat(m.Host); err != nil {
+			return fmt.Errorf("mount %s at %s: %w", m.Host, m.Inside, err)
+		}
+		if err := bind(root, m.Host, m.Inside, m.ReadOnly, m.ReadOnly || spec.AllowWrittenExecutables); err != nil {
+			return err
+		}
+	}
+	if err := buildDev(root, spec.Devices); err != nil {
 		return err
 	}
 	if spec.DevShmBytes > 0 {
@@ -466,12 +476,13 @@ func mkdirMount(root, dst, fstype, data string, noexec bool) error {
 	return nil
 }
 
-// buildDev gives the worker the harmless device nodes and nothing else.
-func buildDev(root string) error {
+// buildDev gives the worker the harmless device nodes, the task's reserved
+// devices, and nothing else.
+func buildDev(root string, devices []Device) error {
 	if err := mkdirMount(root, "/dev", "tmpfs", "mode=0755,size=64k", true); err != nil {
 		return err
 	}
-	for _, d := range []string{"null", "zero", "full", "random", "urandom"} {
+	for _, d := range defaultDevices {
 		target := filepath.Join(root, "dev", d)
 		f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o666)
 		if err != nil {
@@ -482,10 +493,45 @@ func buildDev(root string) error {
 			return fmt.Errorf("bind /dev/%s: %w", d, err)
 		}
 	}
-	for name, to := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
+	for name, to := range devLinks {
 		if err := os.Symlink(to, filepath.Join(root, "dev", name)); err != nil {
 			return err
 		}
+	}
+	for _, d := range devices {
+		if err := bindDevice(root, d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bindDevice shows a reserved device node at its place in /dev. The bind
+// is remounted nosuid and noexec but not nodev, whatever the host's mount
+// of the node says (a node made in a nodev directory still opens): what the
+// worker may open is the device cgroup's to say, by device number.
+func bindDevice(root string, d Device) error {
+	var st unix.Stat_t
+	if err := unix.Stat(d.Host, &st); err != nil {
+		return fmt.Errorf("device %s: %w", d.Host, err)
+	}
+	if t := st.Mode & unix.S_IFMT; t != unix.S_IFCHR && t != unix.S_IFBLK {
+		return fmt.Errorf("device %s is not a device node", d.Host)
+	}
+	target := filepath.Join(root, d.Inside)
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return fmt.Errorf("device %s: %w", d.Inside, err)
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("device %s: %w", d.Inside, err)
+	}
+	_ = f.Close()
+	if err := unix.Mount(d.Host, target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind device %s: %w", d.Host, err)
+	}
+	if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("remount device %s: %w", d.Inside, err)
 	}
 	return nil
 }
@@ -532,9 +578,25 @@ func applyLandlock(spec *Spec) error {
 	if spec.DevShmBytes > 0 {
 		paths = append(paths, landlock.Dir("/dev/shm", write))
 	}
+	if len(spec.Devices) > 0 {
+		// CUDA's initialisation writes the worker's own /proc/self
+		// files (cuInit fails with CUDA_ERROR_OPERATING_SYSTEM without
+		// it). Taken here, /proc/self is pid 1's directory in the
+		// sandbox's own /proc: the worker's, which exec keeps.
+		paths = append(paths, landlock.Dir("/proc/self", "rw"))
+	}
 	exec := append([]string{}, spec.ReadOnly...)
 	for _, b := range spec.Binds {
 		exec = append(exec, b.Inside)
+	}
+	for _, m := range spec.Mounts {
+		if m.ReadOnly {
+			exec = append(exec, m.Inside)
+		} else if fi, err := os.Stat(m.Inside); err == nil && fi.IsDir() {
+			paths = append(paths, landlock.Dir(m.Inside, write))
+		} else if err == nil {
+			paths = append(paths, landlock.File(m.Inside, write))
+		}
 	}
 	for _, p := range exec {
 		fi, err := os.Stat(p)

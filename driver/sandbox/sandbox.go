@@ -49,6 +49,31 @@ type Bind struct {
 	Inside string
 }
 
+// Device shows a host device node in the worker's /dev (a device Nomad
+// reserved for the task). The node is bound, not copied: the worker opens the
+// host's node, with its owner and mode, and the worker's device cgroup
+// decides which devices (by number) it may open at all.
+type Device struct {
+	// Host is the device node on the host.
+	Host string
+	// Inside is where the worker sees it: a path under /dev.
+	Inside string
+}
+
+// Mount shows a host path at a path of the task's choosing (Nomad's
+// volume mounts and device plugins' mounts).
+type Mount struct {
+	// Host is the file or directory on the host; it must exist.
+	Host string
+	// Inside is where the worker sees it: absolute, clean, and clear of
+	// every place the sandbox builds or shows.
+	Inside string
+	// ReadOnly mounts it read-only (and lets the worker execute from it,
+	// as from the system paths); writable mounts are noexec unless
+	// AllowWrittenExecutables.
+	ReadOnly bool
+}
+
 // Spec describes one task's sandbox. System paths (ReadOnly, Writable) appear
 // inside at their host path; a task's own directories (Binds) at neutral
 // paths, so nothing of the host's state path or alloc id shows inside.
@@ -69,6 +94,12 @@ type Spec struct {
 	// Writable lists host directories shown read-write at the same path
 	// (an environment build's output).
 	Writable []string `json:",omitempty"`
+	// Devices are host device nodes shown in /dev besides the default
+	// ones. With any, the worker may also write its own /proc/self files
+	// (CUDA's initialisation does; see applyLandlock).
+	Devices []Device `json:",omitempty"`
+	// Mounts are host paths shown at the task's paths.
+	Mounts []Mount `json:",omitempty"`
 	// TmpDir is a host directory shown read-write at /tmp. Empty: /tmp
 	// and /scratch are one tmpfs of DiskBytes, private to this sandbox.
 	TmpDir string `json:",omitempty"`
@@ -156,6 +187,12 @@ func (s *Spec) Validate() error {
 		}
 		seen[b.Inside] = true
 	}
+	if err := s.validateDevices(); err != nil {
+		return err
+	}
+	if err := s.validateMounts(); err != nil {
+		return err
+	}
 	if s.ListenInside != "" {
 		// Loopback only: the namespace has no other interface, and the
 		// address must not read as a way to the host's.
@@ -168,8 +205,83 @@ func (s *Spec) Validate() error {
 }
 
 // reserved are the places the sandbox itself builds: a bind may not hide
-// them, or be hidden by them.
-var reserved = []string{"/", "/proc", "/dev", TmpDir, ScratchDir}
+// them, or be hidden by them. (".disk" and ".old-root" are its work places
+// while it builds the root.)
+var reserved = []string{"/", "/proc", "/dev", TmpDir, ScratchDir, "/.disk", "/.old-root"}
+
+// defaultDevices are the nodes every sandbox's /dev holds, bound from the
+// host's /dev (cgroup.DefaultDevices allows their numbers).
+var defaultDevices = []string{"null", "zero", "full", "random", "urandom"}
+
+// devLinks are /dev's symbolic links to the worker's own descriptors.
+var devLinks = map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
+
+// validateDevices checks that each device lands in /dev, on a name of its
+// own, and hides none of the nodes the sandbox makes there.
+func (s *Spec) validateDevices() error {
+	taken := map[string]bool{"/dev/shm": true}
+	for _, d := range defaultDevices {
+		taken["/dev/"+d] = true
+	}
+	for l := range devLinks {
+		taken["/dev/"+l] = true
+	}
+	seen := map[string]bool{}
+	for _, d := range s.Devices {
+		if !filepath.IsAbs(d.Host) || filepath.Clean(d.Host) != d.Host {
+			return fmt.Errorf("sandbox: device %q: want an absolute, clean host path", d.Host)
+		}
+		if filepath.Clean(d.Inside) != d.Inside || !strings.HasPrefix(d.Inside, "/dev/") {
+			return fmt.Errorf("sandbox: device %s at %q: want a clean path under /dev/", d.Host, d.Inside)
+		}
+		for t := range taken {
+			if d.Inside == t || strings.HasPrefix(d.Inside, t+"/") {
+				return fmt.Errorf("sandbox: device %s at %s: the sandbox makes %s itself", d.Host, d.Inside, t)
+			}
+		}
+		for o := range seen {
+			if d.Inside == o || strings.HasPrefix(d.Inside, o+"/") || strings.HasPrefix(o, d.Inside+"/") {
+				return fmt.Errorf("sandbox: two devices at %s and %s", o, d.Inside)
+			}
+		}
+		seen[d.Inside] = true
+	}
+	return nil
+}
+
+// validateMounts checks that each mount lands clear of everything else the
+// sandbox shows: not on, under or over a place it builds, a system path, a
+// bind, a writable path or another mount. Mount paths come from jobs and
+// device plugins; a mount over /model or /usr would hide what the worker
+// must see, or change what it runs.
+func (s *Spec) validateMounts() error {
+	taken := append([]string{}, reserved[1:]...)
+	taken = append(taken, s.ReadOnly...)
+	taken = append(taken, s.Writable...)
+	for _, b := range s.Binds {
+		taken = append(taken, b.Inside)
+	}
+	for _, m := range s.Mounts {
+		if !filepath.IsAbs(m.Host) || filepath.Clean(m.Host) != m.Host {
+			return fmt.Errorf("sandbox: mount %q: want an absolute, clean host path", m.Host)
+		}
+		if !filepath.IsAbs(m.Inside) || filepath.Clean(m.Inside) != m.Inside || m.Inside == "/" {
+			return fmt.Errorf("sandbox: mount %s at %q: want an absolute, clean path other than /", m.Host, m.Inside)
+		}
+		for _, t := range taken {
+			if overlaps(m.Inside, filepath.Clean(t)) {
+				return fmt.Errorf("sandbox: mount %s at %s: overlaps %s, which the sandbox shows itself", m.Host, m.Inside, t)
+			}
+		}
+		taken = append(taken, m.Inside)
+	}
+	return nil
+}
+
+// overlaps reports whether a and b are the same path or one holds the other.
+func overlaps(a, b string) bool {
+	return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/") || b == "/"
+}
 
 func (b Bind) validate() error {
 	if !filepath.IsAbs(b.Host) || !filepath.IsAbs(b.Inside) || filepath.Clean(b.Inside) != b.Inside {

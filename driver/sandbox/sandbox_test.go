@@ -37,6 +37,10 @@ func TestMain(m *testing.M) {
 		syscallProbe()
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "devprobe" {
+		devProbe()
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "gomodel" {
 		goEchoModel()
 		return

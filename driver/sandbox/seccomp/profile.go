@@ -119,7 +119,7 @@ func Families(o Options) []Family {
 		},
 		{
 			Name: "files",
-			Why:  "read the model, the environment and the system's libraries; write scratch and /tmp (what the worker may touch is the mount layout's and Landlock's to say, not this list's); descriptors; directory listings; extended attributes (shutil.copy2)",
+			Why:  "read the model, the environment and the system's libraries; write scratch and /tmp (what the worker may touch is the mount layout's and Landlock's to say, not this list's); descriptors; directory listings; extended attributes (shutil.copy2); ioctl with any request: terminals and sockets take some, and a reserved GPU's whole interface is ioctls on /dev/nvidia* (which devices a worker may open at all is its device cgroup's to say)",
 			Calls: []string{
 				"read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
 				"open", "openat", "openat2", "creat", "close", "close_range", "lseek", "dup", "dup2", "dup3",

@@ -218,3 +218,40 @@ class Hostile(Base):
             except FileNotFoundError:
                 pass
         return out
+
+    def devices(self):
+        """What a model with reserved devices sees: /dev, the device plugin's
+        variable (MODELNODES_TESTDEV), each testdev node opened for writing
+        and given a line, and a file written in each directory of /testdev."""
+        me = os.environ.get("MODELNODES_TESTDEV", "")
+        out = {"env": me, "dev": [], "wrote": {}, "mounts": {}}
+        for root, dirs, files in os.walk("/dev"):
+            out["dev"] += [os.path.join(root, n) for n in dirs + files]
+        for path in out["dev"]:
+            if os.path.basename(path).startswith("testdev"):
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)
+                    try:
+                        os.write(fd, ("written by %s\n" % me).encode())
+                    finally:
+                        os.close(fd)
+                    out["wrote"][path] = "wrote"
+                except OSError as exc:
+                    out["wrote"][path] = "refused: %s" % exc
+        if os.path.isdir("/testdev"):
+            for name in os.listdir("/testdev"):
+                try:
+                    with open(os.path.join("/testdev", name, "out"), "w") as f:
+                        f.write("written by %s" % me)
+                    out["mounts"][name] = "wrote"
+                except OSError as exc:
+                    out["mounts"][name] = "refused: %s" % exc
+        return out
+
+    def opendev(self, path):
+        """Open a device node for writing (nothing is written)."""
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NOCTTY))
+            return "opened"
+        except OSError as exc:
+            return "refused: %s" % exc

@@ -209,7 +209,7 @@ vault {
   address = %q
 }
 %s%s%s`, dataDir, pluginDir, ports[0], ports[1], ports[2],
-		c.Consul.Addr, c.Consul.GRPCAddr, c.Consul.Token, c.Vault.Addr, rawExecHCL+plugin, c.opts.nomadServerHCL(), acl)); err != nil {
+		c.Consul.Addr, c.Consul.GRPCAddr, c.Consul.Token, c.Vault.Addr, rawExecHCL+plugin+c.opts.NomadPluginHCL, c.opts.nomadServerHCL(), acl)); err != nil {
 		return err
 	}
 	addr := fmt.Sprintf("http://127.0.0.1:%d", ports[0])

@@ -38,6 +38,10 @@ type Options struct {
 	// keeps the management token in Nomad.Token (Nomad.Client and the
 	// scripts' NOMAD_TOKEN use it).
 	NomadACL bool
+	// NomadPluginHCL is added to the Nomad agent's configuration: plugin
+	// blocks for more plugins of the repository's bin (a test's device
+	// plugin, cmd/nomad-device-testdev).
+	NomadPluginHCL string
 }
 
 // nomadServerHCL is the server block carrying the options, if any.

@@ -1,0 +1,2 @@
+class Base:
+    """What the coordinator publishes; the GPU report model subclasses it."""
