@@ -26,9 +26,11 @@ export GOTOOLCHAIN := local
 
 all: build
 
+# The commands, and the device plugin the tests give Nomad (a test rig: it
+# lives under internal/testing, which production code never imports).
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/... ./internal/testing/testdevice/cmd/...
 
 # with_agents obtains (or builds once and caches) the pinned HashiCorp agents
 # and hands their paths to the tests through NOMAD_BIN/CONSUL_BIN/VAULT_BIN,

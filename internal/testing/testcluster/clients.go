@@ -40,7 +40,7 @@ type Options struct {
 	NomadACL bool
 	// NomadPluginHCL is added to the Nomad agent's configuration: plugin
 	// blocks for more plugins of the repository's bin (a test's device
-	// plugin, cmd/nomad-device-testdev).
+	// plugin, internal/testing/testdevice/cmd/nomad-device-testdev).
 	NomadPluginHCL string
 }
 

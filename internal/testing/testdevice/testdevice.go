@@ -2,7 +2,7 @@
 // device nodes the test made (ptys of a private devpts instance, say) as
 // instances of the device "modelnodes/testdev/pty", so a test can reserve
 // devices through Nomad's real scheduler and device hook on a machine
-// without a GPU. cmd/nomad-device-testdev serves it; a Nomad client loads it
+// without a GPU. internal/testing/testdevice/cmd/nomad-device-testdev serves it; a Nomad client loads it
 // with
 //
 //	plugin "nomad-device-testdev" {
