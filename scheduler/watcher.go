@@ -73,9 +73,9 @@ type Watcher struct {
 	origins map[string]map[string]source.Origin
 	// crossLogged are the models two sources name, as last warned about.
 	crossLogged map[string]bool
-	logged  map[string]map[string]bool   // per source: skipped entries already logged and counted
-	version uint64
-	changed chan struct{} // closed and replaced on every change
+	logged      map[string]map[string]bool // per source: skipped entries already logged and counted
+	version     uint64
+	changed     chan struct{} // closed and replaced on every change
 	// running caches runningIDs at runningAt (a version).
 	running   map[string]bool
 	runningAt uint64

@@ -81,7 +81,7 @@ type Source struct {
 	// ended are the authorizations whose end this source confirmed itself
 	// (closed, or another crunch's now): Adopt never vouches for their jobs.
 	ended map[solana.PublicKey]bool
-	wake    chan struct{}                  // Adopt queued reads
+	wake  chan struct{} // Adopt queued reads
 }
 
 // kind is an account type of the program.
