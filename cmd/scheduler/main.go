@@ -98,6 +98,7 @@ type config struct {
 	stopHold                                             time.Duration
 	stopHoldMin                                          int
 	adminToken                                           string
+	orch                                                 orchestratorFlags
 }
 
 func parse(args []string) (*config, error) {
@@ -156,6 +157,7 @@ func parse(args []string) (*config, error) {
 	fs.DurationVar(&c.stopHold, "stop-hold", 10*time.Minute, "make held stops once the passes have wanted them this long (0: only when an operator confirms)")
 	fs.IntVar(&c.stopHoldMin, "stop-hold-min-models", 2, "hold only passes that stop at least this many of a crunch's models")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token of the status API's write endpoint (POST /v1/stop-holds/confirm); empty: it is off. Prefer MODELNODES_SCHEDULER_ADMIN_TOKEN to the flag")
+	c.orch.register(fs)
 	fs.Usage = envflag.Usage(fs, envPrefix, synopsis)
 	if err := envflag.Parse(fs, envPrefix, args); err != nil {
 		return nil, err
@@ -183,6 +185,9 @@ func parse(args []string) (*config, error) {
 	}
 	if c.stopHold < 0 || c.stopHoldMin < 1 {
 		return nil, errors.New("--stop-hold must not be negative and --stop-hold-min-models at least 1")
+	}
+	if err := c.orch.check(); err != nil {
+		return nil, err
 	}
 	switch c.solanaCommitment {
 	case "confirmed", "finalized":
@@ -311,6 +316,13 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		}
 		s.Elector = &leader.ConsulLock{Client: client, Key: c.lockKey, Instance: c.instance,
 			SessionTTL: c.sessionTTL, Logger: log.Named("leader")}
+	}
+	if c.orch.listen != "" {
+		stopOrch, err := serveOrchestrator(ctx, c, log.Named("orchestrator"), metrics)
+		if err != nil {
+			return err
+		}
+		defer stopOrch()
 	}
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
