@@ -219,3 +219,23 @@ func TestConfirmStopsCommand(t *testing.T) {
 		t.Fatalf("a refused confirmation: %v", err)
 	}
 }
+
+// The orchestrator WebSocket never starts open to anybody: it needs its TLS
+// material and the coordinators' CA, and crunch ids are NAME=ID.
+func TestParseOrchestrator(t *testing.T) {
+	base := []string{"--models-file", "m.yaml", "--plaintext-runners", "--orchestrator-listen", "127.0.0.1:0"}
+	if _, err := parse(base); err == nil || !strings.Contains(err.Error(), "--orchestrator-client-ca") {
+		t.Errorf("listen without TLS material: %v", err)
+	}
+	full := append(base, "--orchestrator-cert", "c", "--orchestrator-key", "k", "--orchestrator-client-ca", "ca")
+	c, err := parse(append(full, "--orchestrator-crunch-id", "mid-one=Abc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := c.orch.ids(); ids["mid-one"] != "Abc" {
+		t.Errorf("crunch ids %v", ids)
+	}
+	if _, err := parse(append(full, "--orchestrator-crunch-id", "mid-one")); err == nil {
+		t.Error("a crunch id without NAME= was accepted")
+	}
+}

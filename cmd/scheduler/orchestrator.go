@@ -120,4 +120,3 @@ func serveOrchestrator(ctx context.Context, c *config, log hclog.Logger, metrics
 		_ = hs.Shutdown(sctx)
 	}, nil
 }
-
