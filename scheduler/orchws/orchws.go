@@ -317,12 +317,13 @@ func (s *Server) reject(crunch, reason, what string, err error) {
 	s.log.Warn("ignoring a coordinator's message", "crunch", crunch, "reason", what, "error", err)
 }
 
-// trunc bounds what a coordinator's strings put in the log.
+// trunc bounds what a coordinator's strings put in the log (hclog quotes
+// and escapes values itself).
 func trunc(s string) string {
 	if len(s) > 200 {
-		return strconv.Quote(s[:200]) + "..."
+		return strings.ToValidUTF8(s[:200], "") + "..."
 	}
-	return strconv.Quote(s)
+	return s
 }
 
 // feed follows one crunch's membership in Consul and fans it out.
