@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/pki/tlsfiles"
@@ -84,16 +83,9 @@ func serveOrchestrator(ctx context.Context, c *config, log hclog.Logger, metrics
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator authorization: %w", err)
 	}
-	cc := consulapi.DefaultConfig()
-	if c.consulAddr != "" {
-		cc.Address = c.consulAddr
-	}
-	if c.consulToken != "" {
-		cc.Token = c.consulToken
-	}
-	consul, err := consulapi.NewClient(cc)
+	consul, err := c.consulClient()
 	if err != nil {
-		return nil, fmt.Errorf("consul: %w", err)
+		return nil, err
 	}
 	srv, err := orchws.New(orchws.Config{Consul: consul, Authorizer: az, Logger: log, Registerer: metrics.Registry,
 		CrunchMeta: func(crunch string) string { return ids[crunch] }})
