@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
 )
 
 func TestParse(t *testing.T) {
@@ -237,5 +240,59 @@ func TestParseOrchestrator(t *testing.T) {
 	}
 	if _, err := parse(append(full, "--orchestrator-crunch-id", "mid-one")); err == nil {
 		t.Error("a crunch id without NAME= was accepted")
+	}
+}
+
+// --orchestrator-listen serves the WebSocket over TLS beside the status API,
+// and a client without a coordinator certificate is answered 401.
+func TestRunServesOrchestrator(t *testing.T) {
+	dir := t.TempDir()
+	serverCA, clientCA := testpki.NewCA(t, "orchestrator"), testpki.NewCA(t, "coordinators")
+	leaf := serverCA.Issue(t, dir, testpki.Leaf{CommonName: "orchestrator", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	addrs := make([]string, 2)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = ln.Addr().String()
+		ln.Close()
+	}
+	models := filepath.Join(dir, "models.yaml")
+	if err := os.WriteFile(models, []byte("models: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := parse([]string{"--models-file", models, "--listen", addrs[0], "--nomad-addr", "http://127.0.0.1:1", "--plaintext-runners",
+		"--consul-addr", "127.0.0.1:1", "--orchestrator-listen", addrs[1], "--orchestrator-cert", leaf.CertFile,
+		"--orchestrator-key", leaf.KeyFile, "--orchestrator-client-ca", clientCA.WriteCA(t, dir, "clients.pem")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, hclog.NewNullLogger()) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	pool := x509.NewCertPool()
+	pool.AddCert(serverCA.Cert)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 5 * time.Second}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := hc.Get("https://" + addrs[1] + "/demo")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("without a certificate: %s, want 401", resp.Status)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the orchestrator WebSocket never answered: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
