@@ -72,15 +72,7 @@ func TestRunServesStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, c, hclog.NewNullLogger()) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	defer startRun(t, c)()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var st struct {
@@ -268,15 +260,7 @@ func TestRunServesOrchestrator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, c, hclog.NewNullLogger()) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	defer startRun(t, c)()
 	pool := x509.NewCertPool()
 	pool.AddCert(serverCA.Cert)
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 5 * time.Second}
@@ -294,5 +278,20 @@ func TestRunServesOrchestrator(t *testing.T) {
 			t.Fatalf("the orchestrator WebSocket never answered: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startRun runs the scheduler as main does; the returned func stops it and
+// reports run's error.
+func startRun(t *testing.T, c *config) func() {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, hclog.NewNullLogger()) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
 	}
 }
