@@ -98,6 +98,7 @@ type config struct {
 	stopHold                                             time.Duration
 	stopHoldMin                                          int
 	adminToken                                           string
+	orch                                                 orchestratorFlags
 }
 
 func parse(args []string) (*config, error) {
@@ -110,8 +111,8 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.nomad.CACert, "nomad-ca-cert", "", "CA of an HTTPS Nomad API")
 	fs.StringVar(&c.nomad.ClientCert, "nomad-client-cert", "", "client certificate for the Nomad API")
 	fs.StringVar(&c.nomad.ClientKey, "nomad-client-key", "", "client key for the Nomad API")
-	fs.StringVar(&c.consulAddr, "consul-addr", "", "Consul HTTP API for the leader lock (default $CONSUL_HTTP_ADDR)")
-	fs.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN); needs key and session write")
+	fs.StringVar(&c.consulAddr, "consul-addr", "", "Consul HTTP API for the leader lock and the orchestrator WebSocket (default $CONSUL_HTTP_ADDR)")
+	fs.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN); needs key and session write for the lock, service read of the crunches for the orchestrator WebSocket")
 	fs.StringVar(&c.lockKey, "lock-key", "", "Consul KV key of the leader lock; empty: this is the only instance")
 	fs.DurationVar(&c.sessionTTL, "lock-ttl", 15*time.Second, "TTL of the lock's Consul session (failover time after a crash is up to twice this)")
 	host, _ := os.Hostname()
@@ -156,6 +157,7 @@ func parse(args []string) (*config, error) {
 	fs.DurationVar(&c.stopHold, "stop-hold", 10*time.Minute, "make held stops once the passes have wanted them this long (0: only when an operator confirms)")
 	fs.IntVar(&c.stopHoldMin, "stop-hold-min-models", 2, "hold only passes that stop at least this many of a crunch's models")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token of the status API's write endpoint (POST /v1/stop-holds/confirm); empty: it is off. Prefer MODELNODES_SCHEDULER_ADMIN_TOKEN to the flag")
+	c.orch.register(fs)
 	fs.Usage = envflag.Usage(fs, envPrefix, synopsis)
 	if err := envflag.Parse(fs, envPrefix, args); err != nil {
 		return nil, err
@@ -183,6 +185,9 @@ func parse(args []string) (*config, error) {
 	}
 	if c.stopHold < 0 || c.stopHoldMin < 1 {
 		return nil, errors.New("--stop-hold must not be negative and --stop-hold-min-models at least 1")
+	}
+	if err := c.orch.check(); err != nil {
+		return nil, err
 	}
 	switch c.solanaCommitment {
 	case "confirmed", "finalized":
@@ -298,19 +303,19 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		s.Sources = append(s.Sources, &yamlfile.Source{Path: c.modelsFile})
 	}
 	if c.lockKey != "" {
-		cc := consulapi.DefaultConfig()
-		if c.consulAddr != "" {
-			cc.Address = c.consulAddr
-		}
-		if c.consulToken != "" {
-			cc.Token = c.consulToken
-		}
-		client, err := consulapi.NewClient(cc)
+		client, err := c.consulClient()
 		if err != nil {
-			return fmt.Errorf("consul: %w", err)
+			return err
 		}
 		s.Elector = &leader.ConsulLock{Client: client, Key: c.lockKey, Instance: c.instance,
 			SessionTTL: c.sessionTTL, Logger: log.Named("leader")}
+	}
+	if c.orch.listen != "" {
+		stopOrch, err := serveOrchestrator(ctx, c, log.Named("orchestrator"), metrics)
+		if err != nil {
+			return err
+		}
+		defer stopOrch()
 	}
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
@@ -324,4 +329,20 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return err
+}
+
+// consulClient is the Consul API client of --consul-addr and --consul-token.
+func (c *config) consulClient() (*consulapi.Client, error) {
+	cc := consulapi.DefaultConfig()
+	if c.consulAddr != "" {
+		cc.Address = c.consulAddr
+	}
+	if c.consulToken != "" {
+		cc.Token = c.consulToken
+	}
+	client, err := consulapi.NewClient(cc)
+	if err != nil {
+		return nil, fmt.Errorf("consul: %w", err)
+	}
+	return client, nil
 }

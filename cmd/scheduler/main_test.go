@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
+	"github.com/modelnodes/modelnodes/internal/testing/testpki"
 )
 
 func TestParse(t *testing.T) {
@@ -69,15 +72,7 @@ func TestRunServesStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, c, hclog.NewNullLogger()) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	defer startRun(t, c)()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var st struct {
@@ -217,5 +212,86 @@ func TestConfirmStopsCommand(t *testing.T) {
 	err := confirmStops(context.Background(), []string{"--status-addr", srv.URL, "--admin-token", "wrong"}, &out)
 	if err == nil || !strings.Contains(err.Error(), "wrong bearer token") {
 		t.Fatalf("a refused confirmation: %v", err)
+	}
+}
+
+// The orchestrator WebSocket never starts open to anybody: it needs its TLS
+// material and the coordinators' CA, and crunch ids are NAME=ID.
+func TestParseOrchestrator(t *testing.T) {
+	base := []string{"--models-file", "m.yaml", "--plaintext-runners", "--orchestrator-listen", "127.0.0.1:0"}
+	if _, err := parse(base); err == nil || !strings.Contains(err.Error(), "--orchestrator-client-ca") {
+		t.Errorf("listen without TLS material: %v", err)
+	}
+	full := append(base, "--orchestrator-cert", "c", "--orchestrator-key", "k", "--orchestrator-client-ca", "ca")
+	c, err := parse(append(full, "--orchestrator-crunch-id", "mid-one=Abc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := c.orch.ids(); ids["mid-one"] != "Abc" {
+		t.Errorf("crunch ids %v", ids)
+	}
+	if _, err := parse(append(full, "--orchestrator-crunch-id", "mid-one")); err == nil {
+		t.Error("a crunch id without NAME= was accepted")
+	}
+}
+
+// --orchestrator-listen serves the WebSocket over TLS beside the status API,
+// and a client without a coordinator certificate is answered 401.
+func TestRunServesOrchestrator(t *testing.T) {
+	dir := t.TempDir()
+	serverCA, clientCA := testpki.NewCA(t, "orchestrator"), testpki.NewCA(t, "coordinators")
+	leaf := serverCA.Issue(t, dir, testpki.Leaf{CommonName: "orchestrator", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	addrs := make([]string, 2)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = ln.Addr().String()
+		ln.Close()
+	}
+	models := filepath.Join(dir, "models.yaml")
+	if err := os.WriteFile(models, []byte("models: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := parse([]string{"--models-file", models, "--listen", addrs[0], "--nomad-addr", "http://127.0.0.1:1", "--plaintext-runners",
+		"--consul-addr", "127.0.0.1:1", "--orchestrator-listen", addrs[1], "--orchestrator-cert", leaf.CertFile,
+		"--orchestrator-key", leaf.KeyFile, "--orchestrator-client-ca", clientCA.WriteCA(t, dir, "clients.pem")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer startRun(t, c)()
+	pool := x509.NewCertPool()
+	pool.AddCert(serverCA.Cert)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 5 * time.Second}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := hc.Get("https://" + addrs[1] + "/demo")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("without a certificate: %s, want 401", resp.Status)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the orchestrator WebSocket never answered: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startRun runs the scheduler as main does; the returned func stops it and
+// reports run's error.
+func startRun(t *testing.T, c *config) func() {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, hclog.NewNullLogger()) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
 	}
 }

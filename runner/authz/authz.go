@@ -625,8 +625,13 @@ type refusal struct {
 	detail string // log
 }
 
-// check decides on a verified chain; nil admits.
+// check decides on a verified chain under the policy in force; nil admits.
 func (a *Authorizer) check(chains [][]*x509.Certificate) *refusal {
+	return a.checkFor(chains, a.policy.Load())
+}
+
+// checkFor decides on a verified chain under pol; nil admits.
+func (a *Authorizer) checkFor(chains [][]*x509.Certificate, pol *Policy) *refusal {
 	if len(chains) == 0 || len(chains[0]) == 0 {
 		return &refusal{codes.Unauthenticated, "certificate", "no verified client certificate"}
 	}
@@ -652,7 +657,6 @@ func (a *Authorizer) check(chains [][]*x509.Certificate) *refusal {
 			}
 		}
 	}
-	pol := a.policy.Load()
 	if pol.Crunch != "" && !namesCrunch(leaf, pol.Crunch) {
 		return &refusal{codes.PermissionDenied, "crunch", fmt.Sprintf("certificate names crunch %v, not %q (%s)", crunchesOf(leaf), names.Crunch(pol.Crunch), pol.Crunch)}
 	}
@@ -682,6 +686,37 @@ func (a *Authorizer) VerifyConnection(remote net.Addr, cs tls.ConnectionState) e
 	}
 	a.logRefusal("handshake", r, remote)
 	return fmt.Errorf("authz: %s", r.detail)
+}
+
+// ErrUnauthenticated and ErrDenied are what AuthorizeCrunch refuses with
+// (wrapped): no acceptable certificate, or one of another crunch.
+var (
+	ErrUnauthenticated = errors.New("authz: the caller is not authenticated")
+	ErrDenied          = errors.New("authz: the caller is not this crunch's coordinator")
+)
+
+// AuthorizeCrunch decides, as VerifyConnection does, on a client's verified
+// chains (tls.ConnectionState.VerifiedChains), for the coordinator of crunch
+// instead of the policy's crunch; the policy's key hashes, the key switch
+// and the revocation lists apply as for a model's callers. It serves a
+// server that answers several crunches and learns which one from the
+// request (the orchestrator WebSocket). An empty crunch admits nobody. The
+// reason goes to the log; the error wraps ErrUnauthenticated or ErrDenied.
+func (a *Authorizer) AuthorizeCrunch(remote net.Addr, chains [][]*x509.Certificate, crunch string) error {
+	pol := *a.policy.Load()
+	pol.Crunch = crunch
+	r := &refusal{codes.PermissionDenied, "crunch", "no crunch named"}
+	if crunch != "" {
+		r = a.checkFor(chains, &pol)
+	}
+	if r == nil {
+		return nil
+	}
+	a.logRefusal("request", r, remote)
+	if r.code == codes.PermissionDenied {
+		return fmt.Errorf("%w: %s", ErrDenied, r.detail)
+	}
+	return fmt.Errorf("%w: %s", ErrUnauthenticated, r.detail)
 }
 
 // Authorize admits the caller of ctx or returns the gRPC status to refuse it

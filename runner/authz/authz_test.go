@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"maps"
 	"net"
 	"net/http"
@@ -201,6 +202,37 @@ func TestNoCertificateIsRefused(t *testing.T) {
 	}
 	if got, want := refusals(t, reg), map[string]float64{"handshake/certificate": 1, "call/certificate": 2}; !maps.Equal(got, want) {
 		t.Errorf("refusals counted %v, want %v", got, want)
+	}
+}
+
+// A server answering several crunches (the orchestrator WebSocket) asks
+// for the crunch the request names: the crunch's coordinator is admitted,
+// another crunch's is denied, a chain without a certificate is
+// unauthenticated, and no crunch admits nobody, whatever the policy's
+// crunch.
+func TestAuthorizeCrunch(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "model-calls CA")
+	alpha := coordinator(t, ca, dir, "alpha", names.CoordinatorURI("alpha"))
+	auth, err := authz.New(authz.Config{Static: authz.Policy{Crunch: "beta"}, AnyCoordinatorKey: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chains := [][]*x509.Certificate{{alpha.Cert, ca.Cert}}
+	for _, c := range []struct {
+		crunch string
+		chains [][]*x509.Certificate
+		want   error
+	}{
+		{"alpha", chains, nil},
+		{"beta", chains, authz.ErrDenied},
+		{"", chains, authz.ErrDenied},
+		{"alpha", nil, authz.ErrUnauthenticated},
+	} {
+		err := auth.AuthorizeCrunch(nil, c.chains, c.crunch)
+		if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
+			t.Errorf("crunch %q, %d chains: %v, want %v", c.crunch, len(c.chains), err, c.want)
+		}
 	}
 }
 
