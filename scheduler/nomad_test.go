@@ -116,9 +116,31 @@ func describeJobs(m map[string]nomad.JobStub) string {
 }
 
 func purgeAll(t testing.TB, nc *nomad.Client) {
-	list, _ := nc.ListJobs(context.Background(), names.JobPrefix)
+	ctx := context.Background()
+	list, _ := nc.ListJobs(ctx, names.JobPrefix)
+	// Stop first and wait (bounded) for the allocations to finish: once a
+	// job is purged the servers forget its allocations, and a cluster
+	// stopped while they still drain leaves their processes behind.
 	for _, j := range list {
-		_ = nc.Purge(context.Background(), j.ID)
+		_ = nc.Stop(ctx, j.ID)
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		allocs, _, err := nc.Allocations(ctx, names.JobPrefix)
+		if err != nil {
+			break
+		}
+		running := 0
+		for _, a := range allocs {
+			if a.ClientStatus == nomadapi.AllocClientStatusRunning || a.ClientStatus == nomadapi.AllocClientStatusPending {
+				running++
+			}
+		}
+		if running == 0 {
+			break
+		}
+	}
+	for _, j := range list {
+		_ = nc.Purge(ctx, j.ID)
 	}
 }
 
