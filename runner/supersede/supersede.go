@@ -27,6 +27,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/modelnodes/modelnodes/internal/consulwatch"
 	"github.com/modelnodes/modelnodes/names"
 )
 
@@ -78,43 +79,32 @@ func (w *Watch) Run(ctx context.Context) (*Newer, error) {
 	if wait <= 0 {
 		wait = 5 * time.Minute
 	}
-	maxBackoff := w.MaxBackoff
-	if maxBackoff <= 0 {
-		maxBackoff = 30 * time.Second
-	}
-	var index uint64
-	var backoff time.Duration
-	var unseenSince time.Time
-	var warned bool
-	for {
-		qwait := wait
-		if !warned && unseenWarnAfter < qwait {
-			qwait = unseenWarnAfter // look again in time to warn
-		}
-		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: qwait}).WithContext(ctx)
-		entries, meta, err := w.Client.Health().Service(w.Service, "", true, q)
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if err != nil {
-			// No evidence: keep serving and ask again.
-			backoff = min(max(2*backoff, 100*time.Millisecond), maxBackoff)
-			log.Warn("cannot read the model's instances from Consul; serving on", "service", w.Service, "error", err, "retry_in", backoff)
-			index = 0
-			if !sleep(ctx, backoff) {
-				return nil, ctx.Err()
+	var (
+		newer       *Newer
+		unseenSince time.Time
+		warned      bool
+	)
+	h := &consulwatch.Health{Client: w.Client, Service: w.Service, MaxBackoff: w.MaxBackoff,
+		Wait: func() time.Duration {
+			if !warned {
+				return min(wait, unseenWarnAfter) // look again in time to warn
 			}
-			continue
+			return wait
+		},
+		OnError: func(err error, retryIn time.Duration) {
+			// No evidence: keep serving and ask again.
+			log.Warn("cannot read the model's instances from Consul; serving on", "service", w.Service, "error", err, "retry_in", retryIn)
+		}}
+	err := h.Run(ctx, func(entries []*consulapi.ServiceEntry, _ bool) bool {
+		if newer = Supersedes(entries, w.ModelID, w.Self); newer != nil {
+			return false
 		}
-		backoff = 0
-		if n := Supersedes(entries, w.ModelID, w.Self); n != nil {
-			return n, nil
-		}
-		if ownInstance(entries, w.ModelID, w.Self) != nil {
+		switch {
+		case ownInstance(entries, w.ModelID, w.Self) != nil:
 			unseenSince, warned = time.Time{}, false
-		} else if unseenSince.IsZero() {
+		case unseenSince.IsZero():
 			unseenSince = time.Now()
-		} else if !warned && time.Since(unseenSince) > unseenWarnAfter {
+		case !warned && time.Since(unseenSince) > unseenWarnAfter:
 			// Consul filters what a token may not read out of its answers
 			// (an empty list, no error): say so, or the watch would be off
 			// without a word.
@@ -122,20 +112,12 @@ func (w *Watch) Run(ctx context.Context) (*Newer, error) {
 				"service", w.Service, "model", w.ModelID, "self", w.Self, "for", time.Since(unseenSince).Round(time.Second))
 			warned = true
 		}
-		switch {
-		case meta.LastIndex < index:
-			index = 0 // a Consul restore or a new leader: start over
-		default:
-			index = meta.LastIndex
-		}
-		if index <= 1 {
-			// Consul may answer early with index 0 or 1: never spin.
-			index = 0
-			if !sleep(ctx, time.Second) {
-				return nil, ctx.Err()
-			}
-		}
+		return true
+	})
+	if newer != nil {
+		return newer, nil
 	}
+	return nil, err
 }
 
 // Supersedes applies the rule to passing instances of a service: it returns
@@ -184,15 +166,4 @@ func address(e *consulapi.ServiceEntry) string {
 		host = e.Node.Address
 	}
 	return net.JoinHostPort(host, strconv.Itoa(e.Service.Port))
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
+	"github.com/modelnodes/modelnodes/internal/consulwatch"
 	"github.com/modelnodes/modelnodes/names"
 )
 
@@ -55,77 +56,26 @@ func (s *Source) Watch(ctx context.Context, update func([]discovery.Model)) erro
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	wait := s.Wait
-	if wait <= 0 {
-		wait = 5 * time.Minute
-	}
-	maxBackoff := s.MaxBackoff
-	if maxBackoff <= 0 {
-		maxBackoff = 30 * time.Second
-	}
 	if s.Crunch == "" {
 		// Fail closed: without it, anyone's crunch-<name> instance would
 		// be called.
 		return fmt.Errorf("consul: watching %q: the crunch id its instances must carry in meta %q is needed", s.Service, names.MetaCrunch)
 	}
-	var (
-		index    uint64
-		backoff  time.Duration
-		reported bool
-		foreign  = map[string]bool{} // instances already logged as foreign
-	)
-	for {
-		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-		entries, meta, err := s.Client.Health().Service(s.Service, s.Tag, true, q)
-		if ctx.Err() != nil {
-			return ctx.Err()
+	foreign := map[string]bool{} // instances already logged as foreign
+	h := &consulwatch.Health{Client: s.Client, Service: s.Service, Tag: s.Tag, MaxBackoff: s.MaxBackoff,
+		Wait: func() time.Duration { return s.Wait },
+		OnError: func(err error, retryIn time.Duration) {
+			// Fail static: keep the last membership.
+			log.Warn("consul health query failed; keeping the last membership", "service", s.Service, "error", err, "retry_in", retryIn)
+		}}
+	return h.Run(ctx, func(entries []*consulapi.ServiceEntry, changed bool) bool {
+		if changed {
+			ms, dropped := members(s.Crunch, entries)
+			logForeign(log, s.Service, s.Crunch, dropped, foreign)
+			update(ms)
 		}
-		if err != nil {
-			// Fail static: keep the last membership, retry with backoff.
-			backoff = min(max(2*backoff, 100*time.Millisecond), maxBackoff)
-			log.Warn("consul health query failed; keeping the last membership", "service", s.Service, "error", err, "retry_in", backoff)
-			index = 0
-			if !sleep(ctx, backoff) {
-				return ctx.Err()
-			}
-			continue
-		}
-		backoff = 0
-		switch {
-		case meta.LastIndex < index:
-			// The index went backwards (a Consul restore or leader
-			// change): start over rather than block on a future index.
-			index = 0
-		case meta.LastIndex == index && reported:
-			// The wait elapsed without a change.
-			continue
-		default:
-			index = meta.LastIndex
-		}
-		// Consul may answer a blocking query early with index 0 or 1:
-		// never spin on it.
-		if index <= 1 {
-			index = 0
-			if reported && !sleep(ctx, time.Second) {
-				return ctx.Err()
-			}
-		}
-		ms, dropped := members(s.Crunch, entries)
-		logForeign(log, s.Service, s.Crunch, dropped, foreign)
-		update(ms)
-		reported = true
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
 		return true
-	}
+	})
 }
 
 // logForeign warns once about each instance left out for its crunch meta
