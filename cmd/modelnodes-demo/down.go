@@ -102,6 +102,15 @@ func (d *demo) down(ctx context.Context, standalone bool) error {
 		}
 	}
 	allocs = append(append(allocs, allocDirs(d.path("cluster"))...), rememberedAllocs(d.path("allocs"))...)
+	// An allocation whose task the agent had not destroyed yet when it
+	// stopped (deploy/dev/down knows only those whose dirs remain) leaves
+	// its modelbox groups, empty: remove them.
+	for _, g := range leftovers.ModelboxCgroups(allocs) {
+		leftovers.RemoveEmptyTree(g)
+		if _, err := os.Stat(g); err != nil {
+			d.detail("removed %s (its task was not destroyed before Nomad stopped)", g)
+		}
+	}
 	if left := leftovers.ModelboxCgroups(allocs); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("modelbox cgroups left: %s", strings.Join(left, " ")))
 	}

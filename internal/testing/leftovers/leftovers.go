@@ -108,3 +108,19 @@ func glob(allocIDs []string, parents ...string) []string {
 	}
 	return dirs
 }
+
+// RemoveEmptyTree removes the empty directories of a cgroup tree,
+// children first: rmdir removes only cgroups without processes, so one in
+// use is left alone.
+func RemoveEmptyTree(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			RemoveEmptyTree(filepath.Join(dir, e.Name()))
+		}
+	}
+	_ = syscall.Rmdir(dir)
+}

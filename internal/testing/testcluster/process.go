@@ -198,29 +198,15 @@ func removeNomadCgroups(allocIDs []string) {
 	// Each alloc's groups, including the modelbox driver's, when a test's
 	// agent went away before it could destroy its tasks.
 	for _, d := range leftovers.AllocCgroups(allocIDs) {
-		rmdirTree(d)
+		leftovers.RemoveEmptyTree(d)
 	}
 	if otherNomadRunning() {
 		return
 	}
 	parents, _ := filepath.Glob("/sys/fs/cgroup/*/nomad")
 	for _, d := range append(parents, "/sys/fs/cgroup/nomad.slice") {
-		rmdirTree(d)
+		leftovers.RemoveEmptyTree(d)
 	}
-}
-
-// rmdirTree removes the empty directories of a cgroup tree, children first.
-func rmdirTree(dir string) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			rmdirTree(filepath.Join(dir, e.Name()))
-		}
-	}
-	_ = syscall.Rmdir(dir)
 }
 
 func otherNomadRunning() bool {
