@@ -229,7 +229,7 @@ func (r *demoRun) assertClean() {
 			r.t.Errorf("%s: pid %d still runs", f, pid)
 		}
 	}
-	allocs := append(allocDirs(filepath.Join(r.state, "cluster")), rememberedAllocs(filepath.Join(r.state, "allocs"))...)
+	allocs := append(leftovers.AllocIDs(filepath.Join(r.state, "cluster")), rememberedAllocs(filepath.Join(r.state, "allocs"))...)
 	if len(allocs) == 0 {
 		r.t.Error("the demo recorded no allocation: the cgroup check would prove nothing")
 	}

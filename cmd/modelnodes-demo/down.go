@@ -101,7 +101,7 @@ func (d *demo) down(ctx context.Context, standalone bool) error {
 			errs = append(errs, fmt.Errorf("deploy/dev/down: %w", err))
 		}
 	}
-	allocs = append(append(allocs, allocDirs(d.path("cluster"))...), rememberedAllocs(d.path("allocs"))...)
+	allocs = append(append(allocs, leftovers.AllocIDs(d.path("cluster"))...), rememberedAllocs(d.path("allocs"))...)
 	// An allocation whose task the agent had not destroyed yet when it
 	// stopped (deploy/dev/down knows only those whose dirs remain) leaves
 	// its modelbox groups, empty: remove them.
@@ -200,17 +200,4 @@ func rememberAllocs(path string, ids []string) {
 func rememberedAllocs(path string) []string {
 	b, _ := os.ReadFile(path)
 	return strings.Fields(string(b))
-}
-
-// allocDirs returns the allocation ids whose directories Nomad left in the
-// dev cluster's data dir.
-func allocDirs(clusterState string) []string {
-	entries, _ := os.ReadDir(filepath.Join(clusterState, "nomad", "data", "alloc"))
-	var ids []string
-	for _, e := range entries {
-		if e.IsDir() {
-			ids = append(ids, e.Name())
-		}
-	}
-	return ids
 }

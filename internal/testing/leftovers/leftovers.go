@@ -5,9 +5,11 @@
 package leftovers
 
 import (
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -124,3 +126,37 @@ func RemoveEmptyTree(dir string) {
 	}
 	_ = syscall.Rmdir(dir)
 }
+
+// AllocIDs returns the ids of the allocation directories that the Nomad
+// clients under root left (<data_dir>/alloc/<id>, data dirs at most three
+// levels below root): allocations whose cgroups may outlive them when the
+// servers forgot them before their tasks were destroyed.
+func AllocIDs(root string) []string {
+	var ids []string
+	if root == "" {
+		return nil
+	}
+	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if d.Name() != "alloc" {
+			// Data dirs sit a few levels down (nomad/data, clients'
+			// dirs); below that lie environments and models.
+			if rel, _ := filepath.Rel(root, path); strings.Count(rel, string(filepath.Separator)) >= 3 {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		entries, _ := os.ReadDir(path)
+		for _, e := range entries {
+			if e.IsDir() && uuidLike.MatchString(e.Name()) {
+				ids = append(ids, e.Name())
+			}
+		}
+		return filepath.SkipDir
+	})
+	return ids
+}
+
+var uuidLike = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)

@@ -53,3 +53,33 @@ func TestProcessesHoldingAFileOpen(t *testing.T) {
 		t.Errorf("Processes after the kill: %v", got)
 	}
 }
+
+// AllocIDs finds the allocation directories of a demo's single client
+// (nomad/data/alloc) and of a test cluster's several clients, and nothing
+// that only looks like one: a non-uuid entry, a file, or an "alloc" dir
+// deep inside an allocation (a model's own files).
+func TestAllocIDs(t *testing.T) {
+	root := t.TempDir()
+	const a, b, deep = "0f8e1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "1f8e1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "2f8e1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+	for _, d := range []string{
+		"nomad/data/alloc/" + a,
+		"clients/c2/alloc/" + b,
+		"nomad/data/alloc/not-an-alloc",
+		"nomad/data/alloc/" + a + "/model/alloc/" + deep,
+	} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "clients/c2/alloc/"+deep), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := AllocIDs(root)
+	slices.Sort(got)
+	if want := []string{a, b}; !slices.Equal(got, want) {
+		t.Fatalf("AllocIDs = %v, want %v", got, want)
+	}
+	if got := AllocIDs(""); got != nil {
+		t.Fatalf("AllocIDs(\"\") = %v, want nothing", got)
+	}
+}

@@ -277,7 +277,7 @@ func (c *Cluster) Stop() error {
 	}
 	// Allocations the servers already forgot (a purged job's) may still
 	// be stopping on a client that is about to go: their dirs name them.
-	allocIDs = append(allocIDs, allocDirIDs(c.Dir)...)
+	allocIDs = append(allocIDs, leftovers.AllocIDs(c.Dir)...)
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		p := c.procs[i]
 		if !p.stop(stopTimeout()) {

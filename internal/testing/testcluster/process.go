@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -157,38 +155,6 @@ func unmountUnder(dir string) error {
 	}
 	return errors.Join(errs...)
 }
-
-// allocDirIDs returns the allocation ids of the alloc dirs of the Nomad
-// clients under root (<data_dir>/alloc/<id>).
-func allocDirIDs(root string) []string {
-	var ids []string
-	if root == "" {
-		return nil
-	}
-	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return nil
-		}
-		if d.Name() != "alloc" {
-			// Data dirs sit a few levels down (nomad/data, clients'
-			// dirs); below that lie environments and models.
-			if rel, _ := filepath.Rel(root, path); strings.Count(rel, string(filepath.Separator)) >= 3 {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		entries, _ := os.ReadDir(path)
-		for _, e := range entries {
-			if e.IsDir() && uuidLike.MatchString(e.Name()) {
-				ids = append(ids, e.Name())
-			}
-		}
-		return filepath.SkipDir
-	})
-	return ids
-}
-
-var uuidLike = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
 // removeNomadCgroups removes the cgroups Nomad created for the given
 // allocations and, when no other Nomad agent runs on this host, Nomad's
