@@ -79,6 +79,7 @@ type Watcher struct {
 	// running caches runningIDs at runningAt (a version).
 	running   map[string]bool
 	runningAt uint64
+	merge     *merged
 }
 
 // NewWatcher returns a watcher of the named sources; the desired state is
@@ -223,35 +224,80 @@ func (w *Watcher) Changed() <-chan struct{} {
 	return w.changed
 }
 
+// merged is the sources' one merge, made once per change of the desired
+// state: when two sources name the same model (one job id), the first
+// configured source's entry is used and the other's is a cross-source
+// duplicate.
+type merged struct {
+	version uint64
+	// order lists the job ids in the order their entries were read.
+	order []string
+	// used is the entry used per job id, source the source it came from.
+	used   map[string]*jobs.Model
+	source map[string]string
+	// cross are the other sources' duplicate entries, by source.
+	cross map[string][]crossEntry
+}
+
+// crossEntry is an entry left out because a source configured before its
+// own names the same model.
+type crossEntry struct {
+	model *jobs.Model
+	used  string // the source whose entry is used
+	msg   string
+}
+
+// mergeLocked returns the current merge; w.mu is held.
+func (w *Watcher) mergeLocked() *merged {
+	if w.merge != nil && w.merge.version == w.version {
+		return w.merge
+	}
+	mg := &merged{version: w.version, used: map[string]*jobs.Model{}, source: map[string]string{}, cross: map[string][]crossEntry{}}
+	for _, name := range w.order {
+		for i := range w.models[name] {
+			m := &w.models[name][i]
+			id := jobs.JobID(m)
+			if used, dup := mg.source[id]; dup {
+				mg.cross[name] = append(mg.cross[name], crossEntry{model: m, used: used, msg: crossDuplicate(m, name, used)})
+				continue
+			}
+			mg.order = append(mg.order, id)
+			mg.used[id], mg.source[id] = m, name
+		}
+	}
+	w.merge = mg
+	return mg
+}
+
 // Desired returns the merged desired state by job id, and whether every
 // source has delivered a good snapshot (before that, nothing may be
 // stopped: an empty state could just mean "not read yet"). When two
-// sources name the same model, the first configured source wins.
+// sources name the same model, the first configured source wins, and the
+// operator hears of it once.
 func (w *Watcher) Desired() (map[string]*Desired, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ready := true
-	out := map[string]*Desired{}
-	cross := map[string]bool{}
 	for _, name := range w.order {
 		if !w.status[name].Ready {
 			ready = false
 		}
-		for _, m := range w.models[name] {
-			id := jobs.JobID(&m)
-			if prev, dup := out[id]; dup {
-				// Another source names it too: the first configured wins,
-				// and the operator hears of it once.
-				msg := crossDuplicate(&m, name, prev.Source)
-				cross[msg] = true
-				if !w.crossLogged[msg] && w.Logger != nil {
-					w.Logger.Warn("model named by two sources; the first configured source's entry is used",
-						"model", m.ModelID, "crunch", m.Crunch, "used", prev.Source, "ignored", name)
-				}
-				continue
+	}
+	mg := w.mergeLocked()
+	out := make(map[string]*Desired, len(mg.used))
+	for _, id := range mg.order {
+		m, name := *mg.used[id], mg.source[id]
+		out[id] = &Desired{Model: m, JobID: id, Spec: jobs.SpecHash(&m, w.opts), Source: name, Duplicate: w.dups[name][id],
+			Origin: w.origins[name][id]}
+	}
+	cross := map[string]bool{}
+	for _, name := range w.order {
+		for _, c := range mg.cross[name] {
+			cross[c.msg] = true
+			if !w.crossLogged[c.msg] && w.Logger != nil {
+				w.Logger.Warn("model named by two sources; the first configured source's entry is used",
+					"model", c.model.ModelID, "crunch", c.model.Crunch, "used", c.used, "ignored", name)
 			}
-			out[id] = &Desired{Model: m, JobID: id, Spec: jobs.SpecHash(&m, w.opts), Source: name, Duplicate: w.dups[name][id],
-				Origin: w.origins[name][id]}
 		}
 	}
 	w.crossLogged = cross
@@ -272,15 +318,11 @@ func (w *Watcher) runningIDs() map[string]bool {
 		return w.running
 	}
 	ids := map[string]bool{}
-	for _, name := range w.order {
-		for _, m := range w.models[name] {
-			id := jobs.JobID(&m)
-			if _, seen := ids[id]; !seen {
-				ids[id] = m.Running // the first source wins, as in Desired
-			}
+	for id, m := range w.mergeLocked().used {
+		if m.Running {
+			ids[id] = true
 		}
 	}
-	maps.DeleteFunc(ids, func(_ string, running bool) bool { return !running })
 	w.running, w.runningAt = ids, w.version
 	return ids
 }
@@ -289,21 +331,16 @@ func (w *Watcher) runningIDs() map[string]bool {
 func (w *Watcher) Sources() []SourceStatus {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	mg := w.mergeLocked()
 	var out []SourceStatus
-	first := map[string]string{} // job id -> the source whose entry is used
 	for _, name := range w.order {
 		st := *w.status[name]
 		st.Skipped = append([]string(nil), st.Skipped...)
 		st.Undecodable = append([]string(nil), st.Undecodable...)
 		st.Kept = append([]string(nil), st.Kept...)
 		st.Duplicates = append([]string(nil), st.Duplicates...)
-		for _, m := range w.models[name] {
-			id := jobs.JobID(&m)
-			if used, dup := first[id]; dup {
-				st.Duplicates = append(st.Duplicates, crossDuplicate(&m, name, used))
-			} else {
-				first[id] = name
-			}
+		for _, c := range mg.cross[name] {
+			st.Duplicates = append(st.Duplicates, c.msg)
 		}
 		out = append(out, st)
 	}
