@@ -309,6 +309,9 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 			names.MetaSeccompProfile: "${attr." + names.AttrSeccompProfile + "}",
 		},
 		Checks: []nomadapi.ServiceCheck{check},
+		// A canary's instance says so until it is promoted, so that the
+		// version it replaces does not take it for its replacement yet.
+		CanaryTags: []string{names.TagCanary},
 	}}
 	if m.Hotkey != "" {
 		tg.Services[0].Meta[names.MetaHotkey] = m.Hotkey
@@ -327,10 +330,21 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	// node does not have it yet (the driver's build_timeout, 30 minutes by
 	// default; a torch environment takes minutes): the deadlines leave room
 	// for it, as CrunchDAO's jobs do for their large images.
+	//
+	// A new version (a new submission) starts as a canary beside the
+	// running one, which keeps serving: coordinators move to the canary
+	// once it passes its check (the newest passing instance wins), Nomad
+	// promotes it after MinHealthyTime and only then stops the old
+	// allocation. A canary that fails is removed and the job reverted to
+	// the running version (AutoRevert), which was never stopped; the
+	// scheduler does not retry the failed version at once (Reconciler
+	// RolloutRetry). Without the canary, Nomad stops the one allocation
+	// before placing its replacement: a gap coordinators see as failed
+	// calls.
 	tg.Update = &nomadapi.UpdateStrategy{
-		MaxParallel: new(1), HealthCheck: new("checks"), MinHealthyTime: new(10 * time.Second),
+		MaxParallel: new(1), Canary: new(1), AutoPromote: new(true), AutoRevert: new(true),
+		HealthCheck: new("checks"), MinHealthyTime: new(10 * time.Second),
 		HealthyDeadline: new(HealthyDeadline), ProgressDeadline: new(HealthyDeadline + 5*time.Minute),
-		AutoRevert: new(true),
 	}
 	// The "gpu" device request already keeps GPU models off nodes without
 	// one; a node class narrows it further where operators use classes.

@@ -85,6 +85,12 @@ const (
 	EnvironmentReady    = "ready"
 )
 
+// TagCanary tags a model's Consul instance while it is the canary of a new
+// version (a new submission) that Nomad has not promoted yet: the running
+// version keeps serving beside it, and is not superseded by it
+// (runner/supersede), until the promotion retags it (Nomad's canary_tags).
+const TagCanary = "canary"
+
 // Node attributes the modelbox driver reports and jobs are constrained
 // with (docs/driver.md).
 const (

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/modelnodes/modelnodes/names"
 )
 
 // ErrConflict is returned by Register when the job changed (or appeared)
@@ -192,4 +194,28 @@ func (c *Client) PlacementFailure(ctx context.Context, jobID string) (*nomadapi.
 		return m, nil // a model's job has one group
 	}
 	return nil, nil
+}
+
+// FailedRollout returns the spec (the meta names.MetaSpec) of the job's
+// version whose deployment failed last, when its latest deployment failed
+// (its canary never turned healthy, and Nomad reverted the job to the
+// version before: jobs' update block); "" otherwise. Needs only read-job.
+func (c *Client) FailedRollout(ctx context.Context, jobID string) (string, error) {
+	d, _, err := c.api.Jobs().LatestDeployment(jobID, c.q(ctx))
+	if err != nil {
+		return "", fmt.Errorf("latest deployment of %s: %w", jobID, err)
+	}
+	if d == nil || d.Status != nomadapi.DeploymentStatusFailed {
+		return "", nil
+	}
+	versions, _, _, err := c.api.Jobs().Versions(jobID, false, c.q(ctx))
+	if err != nil {
+		return "", fmt.Errorf("versions of %s: %w", jobID, err)
+	}
+	for _, v := range versions {
+		if v.Version != nil && *v.Version == d.JobVersion {
+			return v.Meta[names.MetaSpec], nil
+		}
+	}
+	return "", nil
 }

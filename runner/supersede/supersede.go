@@ -21,6 +21,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
@@ -121,7 +122,9 @@ func (w *Watch) Run(ctx context.Context) (*Newer, error) {
 }
 
 // Supersedes applies the rule to passing instances of a service: it returns
-// the newest instance of model registered after the one at self, if any.
+// the newest instance of model registered after the one at self, if any,
+// leaving out canaries (names.TagCanary): a new version's trial is not a
+// replacement until Nomad promotes it.
 // Without an instance at self (not registered yet, or failing) there is no
 // evidence, whatever else is registered.
 func Supersedes(entries []*consulapi.ServiceEntry, model, self string) *Newer {
@@ -132,6 +135,13 @@ func Supersedes(entries []*consulapi.ServiceEntry, model, self string) *Newer {
 	var newer *Newer
 	for _, e := range entries {
 		if e.Service == nil || e == own || e.Service.Meta[names.MetaModelID] != model || at(e, self) {
+			continue
+		}
+		if slices.Contains(e.Service.Tags, names.TagCanary) {
+			// A new version on trial beside this one (jobs: the update
+			// block's canary): this runner keeps serving until Nomad
+			// promotes it, and is stopped by Nomad then; if it fails,
+			// Nomad reverts to this one.
 			continue
 		}
 		if e.Service.CreateIndex > own.Service.CreateIndex && (newer == nil || e.Service.CreateIndex > newer.CreateIndex) {

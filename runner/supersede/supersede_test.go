@@ -41,6 +41,8 @@ func TestSupersedes(t *testing.T) {
 		{"another model", []*consulapi.ServiceEntry{own, instance("b", "m2", "10.0.0.2", 3000, 20)}, ""},
 		{"own instance not passing", []*consulapi.ServiceEntry{instance("b", "m1", "10.0.0.2", 3000, 20)}, ""},
 		{"the newest of two", []*consulapi.ServiceEntry{own, instance("b", "m1", "10.0.0.2", 3000, 20), instance("c", "m1", "10.0.0.3", 3000, 30)}, "c-m1"},
+		{"a canary (a new version on trial, not promoted)", []*consulapi.ServiceEntry{own, canary(instance("b", "m1", "10.0.0.2", 3000, 20))}, ""},
+		{"a promoted canary beside a canary", []*consulapi.ServiceEntry{own, instance("b", "m1", "10.0.0.2", 3000, 20), canary(instance("c", "m1", "10.0.0.3", 3000, 30))}, "b-m1"},
 		{"re-registered at its own address", []*consulapi.ServiceEntry{own, instance("a2", "m1", "10.0.0.1", 2000, 20)}, ""},
 		{"node address when the service has none", []*consulapi.ServiceEntry{
 			instance("a", "m1", "", 2000, 10), instance("b", "m1", "10.0.0.2", 3000, 20)}, ""},
@@ -99,4 +101,10 @@ func TestWatchWarnsWhenItCannotSeeItself(t *testing.T) {
 	if got := strings.Count(logs.String(), "own instance is not among"); got != 1 {
 		t.Errorf("warned %d times, want once:\n%s", got, logs.String())
 	}
+}
+
+// canary tags an instance as Nomad tags a canary that is not promoted yet.
+func canary(e *consulapi.ServiceEntry) *consulapi.ServiceEntry {
+	e.Service.Tags = append(e.Service.Tags, names.TagCanary)
+	return e
 }

@@ -88,6 +88,9 @@ type ModelState struct {
 	Reason       string    `json:"reason,omitempty"`
 	Allocation   string    `json:"allocation,omitempty"`
 	BackoffUntil time.Time `json:"backoff_until,omitzero"`
+	// Rollout says why the newest version's canary failed while the
+	// previous version kept serving (Nomad reverts the job to it).
+	Rollout string `json:"rollout,omitempty"`
 
 	failures  map[string]time.Time // failed alloc id -> when
 	holdUntil time.Time
@@ -263,7 +266,10 @@ func (o *Observer) add(a *nomadapi.AllocationListStub) {
 		o.states[a.JobID] = st
 	}
 	st.allocs[a.ID] = a
-	if a.ClientStatus == nomadapi.AllocClientStatusFailed {
+	// A canary that fails while the previous version serves is a failed
+	// rollout, which Nomad reverts (jobs: the update block), not a crash
+	// loop: holding the job stopped would stop the version that works.
+	if a.ClientStatus == nomadapi.AllocClientStatusFailed && !(canary(a) && otherRunning(st, a)) {
 		if _, seen := st.failures[a.ID]; !seen {
 			st.failures[a.ID] = time.Unix(0, a.ModifyTime)
 		}
@@ -288,7 +294,22 @@ func (o *Observer) refresh(jobID string) (held bool) {
 			latest = a
 		}
 	}
-	st.State, st.Reason, st.Allocation = StatePending, "", ""
+	st.State, st.Reason, st.Allocation, st.Rollout = StatePending, "", "", ""
+	if latest != nil && canary(latest) && latest.ClientStatus != nomadapi.AllocClientStatusRunning {
+		// The new version's trial ended (failed, or stopped by its failed
+		// deployment): the model is what the previous version is doing.
+		var serving *nomadapi.AllocationListStub
+		for _, a := range st.allocs {
+			if a.ClientStatus == nomadapi.AllocClientStatusRunning && a.DesiredStatus == nomadapi.AllocDesiredStatusRun &&
+				(serving == nil || a.CreateIndex > serving.CreateIndex) {
+				serving = a
+			}
+		}
+		if serving != nil {
+			st.Rollout = "the new version failed its rollout (" + failureReason(latest) + "); the previous version serves"
+			latest = serving
+		}
+	}
 	if latest != nil {
 		st.Allocation = latest.ID
 		switch latest.ClientStatus {
@@ -351,6 +372,21 @@ func (o *Observer) refresh(jobID string) (held bool) {
 		st.BackoffUntil = time.Time{}
 	}
 	return held
+}
+
+// canary says a is the canary of a deployment (a new version on trial).
+func canary(a *nomadapi.AllocationListStub) bool {
+	return a.DeploymentStatus != nil && a.DeploymentStatus.Canary
+}
+
+// otherRunning says another allocation of st's job than a is running.
+func otherRunning(st *ModelState, a *nomadapi.AllocationListStub) bool {
+	for _, b := range st.allocs {
+		if b.ID != a.ID && b.ClientStatus == nomadapi.AllocClientStatusRunning {
+			return true
+		}
+	}
+	return false
 }
 
 func failureReason(a *nomadapi.AllocationListStub) string {

@@ -82,3 +82,44 @@ func TestObserverReportsFailedEnvironment(t *testing.T) {
 		t.Fatalf("after a good build: state %q reason %q", st.State, st.Reason)
 	}
 }
+
+// A new version's canary that fails while the previous version serves is a
+// failed rollout (Nomad reverts the job), not a crash loop: the model is
+// never held stopped for it, and its state is the serving version's, with
+// the rollout's failure beside it. Once a canary was promoted and is the
+// only allocation, its failures count again.
+func TestObserverFailedCanaryIsNoCrashLoop(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	o := &Observer{Backoff: Backoff{Failures: 2, Window: 10 * time.Minute}, now: func() time.Time { return now }, states: map[string]*ModelState{}}
+	healthy := true
+	put := func(a *nomadapi.AllocationListStub) ModelState {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		a.JobID, a.ModifyTime = "model-node-x", now.UnixNano()
+		o.add(a)
+		o.refresh(a.JobID)
+		return *o.states[a.JobID]
+	}
+	put(&nomadapi.AllocationListStub{ID: "old", ClientStatus: "running", DesiredStatus: "run", CreateIndex: 1,
+		DeploymentStatus: &nomadapi.AllocDeploymentStatus{Healthy: &healthy}})
+	crash := map[string]*nomadapi.TaskState{"model": {Events: []*nomadapi.TaskEvent{{Type: "Terminated", DisplayMessage: "Exit Code: 3", Time: now.UnixNano()}}}}
+	var st ModelState
+	for i, id := range []string{"canary1", "canary2", "canary3"} {
+		st = put(&nomadapi.AllocationListStub{ID: id, ClientStatus: "failed", DesiredStatus: "stop", CreateIndex: uint64(2 + i),
+			DeploymentStatus: &nomadapi.AllocDeploymentStatus{Canary: true}, TaskStates: crash})
+	}
+	if held, _ := o.Held(); held["model-node-x"] {
+		t.Fatal("three failed canaries put the serving model on crash-loop hold")
+	}
+	if st.State != StateHealthy || st.Allocation != "old" || !strings.Contains(st.Rollout, "Exit Code: 3") {
+		t.Fatalf("state %q allocation %q rollout %q; want the serving version healthy, and the canary's failure", st.State, st.Allocation, st.Rollout)
+	}
+	// Promoted: the old allocation stopped, the canary alone crashes.
+	put(&nomadapi.AllocationListStub{ID: "old", ClientStatus: "complete", DesiredStatus: "stop", CreateIndex: 1})
+	put(&nomadapi.AllocationListStub{ID: "new", ClientStatus: "failed", DesiredStatus: "run", CreateIndex: 10,
+		DeploymentStatus: &nomadapi.AllocDeploymentStatus{Canary: true}, TaskStates: crash})
+	st = put(&nomadapi.AllocationListStub{ID: "new2", ClientStatus: "failed", DesiredStatus: "run", CreateIndex: 11, TaskStates: crash})
+	if held, _ := o.Held(); !held["model-node-x"] || st.State != StateBackoff || st.Rollout != "" {
+		t.Fatalf("a promoted canary crash-looping alone is not held: %+v", st)
+	}
+}
