@@ -55,10 +55,40 @@ type Reconciler struct {
 	// jobs whose meta carries an Origin (names.MetaAuthorization) are asked
 	// about.
 	Sources []source.Source
-	Logger  hclog.Logger
-	Metrics *Metrics
-	now     func() time.Time
+	// RolloutRetry is how long a version whose rollout failed (its canary
+	// never turned healthy, and Nomad reverted the job to the version that
+	// serves) waits before it is written again (default
+	// DefaultRolloutRetry); a newer version is written at once. Needs a
+	// Nomad that is a RolloutReader.
+	RolloutRetry time.Duration
+	Logger       hclog.Logger
+	Metrics      *Metrics
+	now          func() time.Time
+
+	mu       sync.Mutex
+	rollouts map[string]failedRollout // by job id
 }
+
+// RolloutReader is the part of Nomad that says which version of a job
+// failed its rollout (nomad.Client).
+type RolloutReader interface {
+	// FailedRollout returns the spec of the job's version whose rollout
+	// failed last, if its latest deployment failed; "" otherwise.
+	FailedRollout(ctx context.Context, jobID string) (string, error)
+}
+
+// failedRollout caches a job's failed rollout at the job's modify index
+// (the revert that followed it wrote the job): Nomad is asked once per
+// revert, not once per pass.
+type failedRollout struct {
+	index  uint64
+	spec   string
+	logged bool
+}
+
+// DefaultRolloutRetry is how long a version whose rollout failed waits
+// before it is written again when Reconciler.RolloutRetry is not set.
+const DefaultRolloutRetry = 30 * time.Minute
 
 // DefaultPurgeAfter is how long a stopped job stays before it is purged
 // when Reconciler.PurgeAfter is not set.
@@ -77,13 +107,16 @@ type Result struct {
 	HeldStops int
 	// Kept counts running jobs the desired state lacks that a source kept
 	// running until it reads their authorization again (source.Adopter).
-	Kept   int
-	Errors []error
+	Kept int
+	// FailedRollouts counts running jobs left on their serving version
+	// because the desired version failed its rollout (RolloutRetry).
+	FailedRollouts int
+	Errors         []error
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d kept=%d errors=%d",
-		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, r.Kept, len(r.Errors))
+	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d kept=%d failed_rollouts=%d errors=%d",
+		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, r.Kept, r.FailedRollouts, len(r.Errors))
 }
 
 // add counts other's writes and errors into r.
@@ -98,6 +131,7 @@ func (r *Result) add(other Result) {
 	r.Duplicates += other.Duplicates
 	r.HeldStops += other.HeldStops
 	r.Kept += other.Kept
+	r.FailedRollouts += other.FailedRollouts
 	r.Errors = append(r.Errors, other.Errors...)
 }
 
@@ -133,6 +167,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 		keep = r.adopt(existing, desired)
 	}
 	actions, res := Plan(Want{Models: desired, Complete: complete, Keep: keep}, Actual{Jobs: existing, Held: held, Now: at}, purgeAfter)
+	actions, res.FailedRollouts = r.skipFailedRollouts(ctx, actions, existing, at)
 	actions, res.HeldStops = r.Guard.filter(actions, existing, at)
 	for _, err := range res.Errors {
 		r.log().Error("reconcile", "error", redact.Error(err))
@@ -140,6 +175,66 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	done, err := r.Apply(ctx, actions)
 	res.add(done)
 	return res, err
+}
+
+// skipFailedRollouts drops the updates that would write again, before
+// RolloutRetry, a version whose rollout failed: its canary never turned
+// healthy and Nomad reverted the job to the version that serves; writing
+// it again at every pass would put it back on trial in a loop. It returns
+// the remaining actions and how many it dropped. A Nomad that cannot say
+// (not a RolloutReader, or an error) drops nothing.
+func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, existing []nomad.JobStub, now time.Time) ([]Action, int) {
+	rr, ok := r.Nomad.(RolloutReader)
+	if !ok {
+		return actions, 0
+	}
+	retry := r.RolloutRetry
+	if retry <= 0 {
+		retry = DefaultRolloutRetry
+	}
+	jobs := make(map[string]*nomad.JobStub, len(existing))
+	for i := range existing {
+		jobs[existing[i].ID] = &existing[i]
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.rollouts == nil {
+		r.rollouts = map[string]failedRollout{}
+	}
+	out := actions[:0:0]
+	skipped := 0
+	for _, a := range actions {
+		cur := jobs[a.JobID]
+		if a.Op != OpUpdate || a.WasStopped || cur == nil {
+			out = append(out, a)
+			continue
+		}
+		f, ok := r.rollouts[a.JobID]
+		if !ok || f.index != cur.JobModifyIndex {
+			spec, err := rr.FailedRollout(ctx, a.JobID)
+			if err != nil {
+				r.log().Warn("cannot read the job's last rollout; updating it", "job", a.JobID, "error", redact.Error(err))
+				out = append(out, a)
+				continue
+			}
+			f = failedRollout{index: cur.JobModifyIndex, spec: spec}
+		}
+		// The revert wrote the job at SubmitTime: the retry counts from it.
+		if f.spec == "" || f.spec != a.Desired.Spec || now.Sub(cur.SubmitTime) >= retry {
+			r.rollouts[a.JobID] = f
+			out = append(out, a)
+			continue
+		}
+		if !f.logged {
+			r.log().Warn("this version of the model failed its rollout (Nomad reverted the job); the previous version serves until it is retried",
+				"job", a.JobID, "model", a.Desired.Model.ModelID, "crunch", a.Desired.Model.Crunch,
+				"retry_at", cur.SubmitTime.Add(retry).UTC().Format(time.RFC3339))
+			f.logged = true
+		}
+		r.rollouts[a.JobID] = f
+		skipped++
+	}
+	return out, skipped
 }
 
 // adopt asks the sources that can vouch for jobs they have no entry for

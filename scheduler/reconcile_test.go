@@ -271,3 +271,69 @@ func TestReconcileAsksTheSourceBeforeStopping(t *testing.T) {
 		t.Fatalf("pass after the evidence: %v", res)
 	}
 }
+
+// rolloutNomad is a Nomad whose jobs' latest deployments failed for the
+// versions with the specs in failed (it reverted them).
+type rolloutNomad struct {
+	*fakeNomad
+	failed map[string]string // job id -> spec of the version that failed
+	asked  int
+}
+
+func (n *rolloutNomad) FailedRollout(_ context.Context, id string) (string, error) {
+	n.asked++
+	return n.failed[id], nil
+}
+
+// revert plays Nomad's auto-revert: the job is written back at spec, as a
+// new version submitted at.
+func (n *rolloutNomad) revert(id, spec string, at time.Time) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	j := n.jobs[id]
+	n.failed[id] = j.Meta[names.MetaSpec]
+	n.index++
+	j.Meta[names.MetaSpec], j.JobModifyIndex, j.SubmitTime = spec, n.index, at
+}
+
+// A version whose rollout failed (Nomad reverted the job) is not written
+// again at every pass, which would put its canary back on trial in a loop;
+// it is after RolloutRetry, and a newer version is written at once. Nomad
+// is asked once per revert, not once per pass.
+func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
+	ctx := context.Background()
+	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}}
+	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
+	now := time.Now()
+	r := &Reconciler{Nomad: n, Options: opts, RolloutRetry: 30 * time.Minute, now: func() time.Time { return now }}
+	a := testModel("demo", "a", true)
+	id := jobs.JobID(&a)
+	if res, err := r.Reconcile(ctx, desiredOf(opts, a), nil, true); err != nil || res.Registered != 1 {
+		t.Fatalf("first pass: %v %v", res, err)
+	}
+	served := n.jobs[id].Meta[names.MetaSpec]
+	a.MemoryMB = 1024 // the new submission
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 {
+		t.Fatalf("the new version is not written: %v", res)
+	}
+	n.revert(id, served, now)
+	asked := n.asked
+	for range 3 {
+		res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true)
+		if res.Updated != 0 || res.FailedRollouts != 1 || n.jobs[id].Meta[names.MetaSpec] != served {
+			t.Fatalf("the failed version was written again at once: %v", res)
+		}
+	}
+	if n.asked != asked+1 {
+		t.Fatalf("Nomad was asked %d times about one revert, want once", n.asked-asked)
+	}
+	now = now.Add(31 * time.Minute)
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 {
+		t.Fatalf("the failed version is not retried after RolloutRetry: %v", res)
+	}
+	n.revert(id, served, now)
+	a.MemoryMB = 2048 // a newer submission goes out at once
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 || res.FailedRollouts != 0 {
+		t.Fatalf("a newer version waits for the failed one's retry: %v", res)
+	}
+}

@@ -92,7 +92,7 @@ type config struct {
 	artifactHosts                                        stringList
 	datacenters                                          stringList
 	gpuClass                                             string
-	resync, purgeAfter, sessionTTL                       time.Duration
+	resync, purgeAfter, sessionTTL, rolloutRetry         time.Duration
 	backoff                                              observer.Backoff
 	maxStopShare                                         float64
 	stopHold                                             time.Duration
@@ -149,6 +149,7 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.codeCache, "code-cache-dir", defaultCodeCache(), "where --python-constraints keeps what each code archive's root held (by sha256), so a restart fetches nothing again; empty: in memory only")
 	fs.DurationVar(&c.resync, "resync", 30*time.Second, "longest time between two reconcile passes")
 	fs.DurationVar(&c.purgeAfter, "purge-after", 24*time.Hour, "how long a stopped job stays before it is purged")
+	fs.DurationVar(&c.rolloutRetry, "rollout-retry", scheduler.DefaultRolloutRetry, "how long a new version whose rollout failed (its canary never turned healthy; Nomad reverted the job to the serving version) waits before it is written again; a newer version is written at once")
 	fs.IntVar(&c.backoff.Failures, "crashloop-failures", 3, "failed allocations within --crashloop-window that hold a model stopped")
 	fs.DurationVar(&c.backoff.Window, "crashloop-window", 10*time.Minute, "window counting failures")
 	fs.DurationVar(&c.backoff.Initial, "crashloop-backoff", time.Minute, "first hold; doubles at each new hold")
@@ -185,6 +186,9 @@ func parse(args []string) (*config, error) {
 	}
 	if c.stopHold < 0 || c.stopHoldMin < 1 {
 		return nil, errors.New("--stop-hold must not be negative and --stop-hold-min-models at least 1")
+	}
+	if c.rolloutRetry <= 0 {
+		return nil, errors.New("--rollout-retry must be positive")
 	}
 	if err := c.orch.check(); err != nil {
 		return nil, err
@@ -266,7 +270,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	warnPolicy(c, log)
 	metrics := scheduler.NewMetrics()
 	s := &scheduler.Scheduler{
-		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter,
+		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter, RolloutRetry: c.rolloutRetry,
 			Logger: log.Named("reconcile"), Metrics: metrics},
 		Observer: &observer.Observer{Nomad: nc, Backoff: c.backoff, Logger: log.Named("observer"), Metrics: metrics},
 		Resync:   c.resync, Logger: log, Metrics: metrics, Placements: nc, AdminToken: c.adminToken,
