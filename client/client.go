@@ -218,10 +218,27 @@ func (c *Client) Close() {
 	}
 	c.closed = true
 	for id, m := range c.members {
-		m.retire()
+		m.retireAll()
 		delete(c.members, id)
 	}
 	c.models.Set(0)
+}
+
+// succeed makes m the member of old's model. Without Setup on join m is
+// callable at once and old is retired; with it, the member that is
+// callable now (old, or old's own predecessor while old is still being set
+// up) stays m's predecessor until m is ready. c.mu held.
+func (c *Client) succeed(old, m *member) {
+	if m.ready.Load() {
+		old.retireAll()
+		return
+	}
+	if old.ready.Load() {
+		m.predecessor = old
+		return
+	}
+	m.predecessor, old.predecessor = old.predecessor, nil
+	old.retire()
 }
 
 // update applies a membership: dial new models, retire removed ones, and
@@ -247,14 +264,14 @@ func (c *Client) update(models []discovery.Model) {
 			continue
 		}
 		if old != nil {
-			old.retire()
+			c.succeed(old, m)
 		}
 		c.members[md.ID] = m
 		added++
 	}
 	for id, m := range c.members {
 		if !seen[id] {
-			m.retire()
+			m.retireAll()
 			delete(c.members, id)
 			c.failures.Forget(id)
 			removed++
@@ -370,8 +387,8 @@ func (c *Client) snapshot(only []string) ([]target, []Result) {
 	if only == nil {
 		ts = make([]target, 0, len(c.members))
 		for _, m := range c.members {
-			if m.ready.Load() {
-				ts = append(ts, target{m, m.model})
+			if cm := m.callable(); cm != nil {
+				ts = append(ts, target{cm, cm.model})
 			}
 		}
 	} else {
@@ -384,10 +401,11 @@ func (c *Client) snapshot(only []string) ([]target, []Result) {
 			switch m := c.members[id]; {
 			case m == nil:
 				missing = append(missing, Result{Model: discovery.Model{ID: id}, Status: Unavailable, Code: "NOT_FOUND", Message: "no such model in the membership"})
-			case !m.ready.Load():
+			case m.callable() == nil:
 				missing = append(missing, notReady(m.model))
 			default:
-				ts = append(ts, target{m, m.model})
+				cm := m.callable()
+				ts = append(ts, target{cm, cm.model})
 			}
 		}
 	}

@@ -55,7 +55,15 @@ func (c *Client) setUp(ctx context.Context, m *member) {
 			return
 		}
 		if r.OK() {
+			c.mu.Lock()
 			m.ready.Store(true)
+			if p := m.predecessor; p != nil {
+				// Make before break: the model's former member served
+				// until now.
+				m.predecessor = nil
+				p.retire()
+			}
+			c.mu.Unlock()
 			c.log.Info("model set up; it joins the next fan-out", "model", r.Model.ID, "latency", r.Latency)
 			c.notifyChanged()
 			return

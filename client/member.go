@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
@@ -25,6 +26,11 @@ type member struct {
 	// ready: fan-outs may call it (its Setup on join succeeded, or none
 	// is configured).
 	ready atomic.Bool
+	// predecessor is the member this one replaces (the model moved: a
+	// new version's allocation, another node), which fan-outs keep calling
+	// while this one's Setup on join runs, then retired once it is ready:
+	// make before break. Guarded by Client.mu.
+	predecessor *member
 	// ctx ends when the member is retired (stops its Setup on join).
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -61,6 +67,32 @@ func (m *member) release() {
 	if closeNow {
 		_ = m.cc.Close()
 	}
+}
+
+// callable returns whom fan-outs call for m's model now: m once ready, else
+// its predecessor while that one is ready and its connection not failing;
+// nil when neither. Client.mu held.
+func (m *member) callable() *member {
+	if m.ready.Load() {
+		return m
+	}
+	if p := m.predecessor; p != nil && p.ready.Load() {
+		switch p.cc.GetState() {
+		case connectivity.TransientFailure, connectivity.Shutdown:
+		default:
+			return p
+		}
+	}
+	return nil
+}
+
+// retireAll retires m and its predecessor. Client.mu held.
+func (m *member) retireAll() {
+	if p := m.predecessor; p != nil {
+		m.predecessor = nil
+		p.retire()
+	}
+	m.retire()
 }
 
 // retire closes the connection now if unused, else after the last call.

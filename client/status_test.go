@@ -224,3 +224,56 @@ func TestSetupOnJoin(t *testing.T) {
 		}
 	}
 }
+
+// A model that moves (a new version's allocation, another node) is called
+// where it was until its new member's Setup on join succeeded: make before
+// break. A new address that never gets set up never takes the model away;
+// one that does takes over.
+func TestMovedModelServesUntilItsNewMemberIsSetUp(t *testing.T) {
+	a, b := startRunner(t, nil), startRunner(t, nil)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := lis.Addr().String()
+	lis.Close()
+	ctx := ctxTimeout(t, time.Minute)
+	var src discovery.Manual
+	_ = src.Set([]discovery.Model{{ID: "m", Target: a.addr}})
+	c, err := client.New(client.Config{Plaintext: true, Source: &src, SetupOnJoin: &client.SetupOnJoin{
+		ClassName: "test.Model", MaxBackoff: 200 * time.Millisecond,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.Run(ctx) }()
+	echo := client.Request{Args: client.Positional(commonspb.String("x")), Timeout: 5 * time.Second}
+	// answeredBy waits until a fan-out's one result comes from target.
+	answeredBy := func(target string) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			rs := c.Call(ctx, "echo", echo)
+			if len(rs) == 1 && rs[0].OK() && rs[0].Model.Target == target {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("never answered by %s: %+v", target, rs)
+			}
+		}
+	}
+	answeredBy(a.addr)
+	_ = src.Set([]discovery.Model{{ID: "m", Target: dead}})
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		rs := c.Call(ctx, "echo", echo)
+		if len(rs) != 1 || !rs[0].OK() || rs[0].Model.Target != a.addr {
+			t.Fatalf("while its new address is not set up, the model is not called where it was: %+v", rs)
+		}
+	}
+	_ = src.Set([]discovery.Model{{ID: "m", Target: b.addr}})
+	answeredBy(b.addr)
+	named := echo
+	named.Models = []string{"m"}
+	if rs := c.Call(ctx, "echo", named); len(rs) != 1 || !rs[0].OK() || rs[0].Model.Target != b.addr {
+		t.Fatalf("named, the model is not called at its new address: %+v", rs)
+	}
+}

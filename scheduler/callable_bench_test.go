@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -565,6 +566,13 @@ func onboardCoordinator(b testing.TB, ctx context.Context, cl *testcluster.Clust
 // loopback port and returns its URL and SHA-256.
 func serveExampleModel(b testing.TB) (string, [32]byte) {
 	b.Helper()
+	return serveExampleModelWith(b, nil)
+}
+
+// serveExampleModelWith serves bin/example-model and extra files (another
+// submission of the same model: another digest).
+func serveExampleModelWith(b testing.TB, extra map[string][]byte) (string, [32]byte) {
+	b.Helper()
 	dir, _ := filepath.Abs("../bin")
 	if env := os.Getenv("MODELNODES_BIN"); env != "" {
 		dir = env
@@ -573,7 +581,9 @@ func serveExampleModel(b testing.TB) (string, [32]byte) {
 	if err != nil {
 		b.Skipf("the Go example model is missing (%v): run `make build`", err)
 	}
-	return testcluster.ServeArchive(b, "model", map[string][]byte{"example-model": exe})
+	files := map[string][]byte{"example-model": exe}
+	maps.Copy(files, extra)
+	return testcluster.ServeArchive(b, "model", files)
 }
 
 // servePythonModel serves runner/testdata/pymodel, with a requirements.txt

@@ -6,18 +6,23 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	solana "github.com/gagliardetto/solana-go"
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/client"
@@ -44,19 +49,28 @@ import (
 //
 //  1. the Solana front restarts empty (a new VM, its slot back to 1):
 //     nothing is stopped, the kept authorizations are reported;
+//
 //  2. every account closed (slots advancing): the closings are confirmed,
 //     but stopping 3 of 3 models is held (status, gauge, warning) and ends
 //     when the accounts come back;
+//
 //  3. garbage over a running model's account: the model keeps running on
 //     its last good version, the account is reported undecodable;
+//
 //  4. a second authorization of a running model's id, at a lower address
 //     (the one the rule picks): the running job is not replaced, the
 //     duplicate is reported naming both accounts;
+//
 //  5. the scheduler restarted while the front restarted empty: the new
 //     scheduler reads the running jobs' accounts (from their meta) on its
 //     own, and stops nothing, holds nothing;
 //
-// then 6. two of the three authorizations closed: held until an operator
+//  6. a new submission of model C (another artifact): Nomad runs the new
+//     version as a canary beside the old one, promotes it once healthy and
+//     only then stops the old; the coordinator never misses C, and the new
+//     runner serves with the same key (Vault's per-job key);
+//
+// then 7. two of the three authorizations closed: held until an operator
 // confirms with the admin token, then exactly those two stop, and the
 // third never misses a call.
 func TestFailStaticUnderFanOut(t *testing.T) {
@@ -75,12 +89,13 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 	cr := &onchain.Crunch{Name: crunchName, Bump: 255}
 	copy(cr.Coordinator[:], c.Coord[:])
 	hashBytes(t, authz.SPKIHash(coord.issuer.Certificate().Leaf), &cr.CertHash)
-	auth := func(id string, memMB uint32) []byte {
+	authWith := func(id string, memMB uint32, artifact string, sum [32]byte) []byte {
 		a := c.Auth(id, true, memMB)
 		a.ArtifactURI, a.ArtifactSHA256 = artifact, sum
 		a.Runtime, a.Entry, a.CPUMHz = onchain.RuntimeExecutable, "example-model", callableCPU
 		return a.Encode()
 	}
+	auth := func(id string, memMB uint32) []byte { return authWith(id, memMB, artifact, sum) }
 	ids := []string{"fs-a", "fs-b", "fs-c"}
 	keys := []solana.PublicKey{solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()}
 	plant := func() {
@@ -100,6 +115,12 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 	logger := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
 	opts := *testOptions
 	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
+	// The runners watch Consul for their replacement (runner/supersede),
+	// as production's do: a canary must not count as one (phase 6).
+	opts.RunnerConsulAddr = cl.Consul.Addr
+	// Each runner's key lives in Vault (runner-keys/<job id>), as
+	// production's does: a new version serves with the same (phase 6).
+	opts.RunnerVaultAddr = cl.Vault.Addr
 	const token = "e2e-admin-token"
 	// start starts a scheduler as a fresh process would: its own source,
 	// stop guard and status API.
@@ -290,7 +311,36 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 		sameJobs(t, nc, before, "after the chain came back")
 	}, replant, nil)
 
-	// 6. A and B closed: 2 of 3, held until an operator confirms; then they
+	// 6. A new submission of model C: its artifact changes. The job's new
+	// version starts as a canary beside the serving one (jobs: the update
+	// block), which serves until the canary is promoted: the coordinator
+	// never misses C. The new runner holds the model's key from Vault.
+	phase("new submission rolls out", func(t *testing.T, before map[string]string) {
+		old := passingInstances(t, coord.consul, crunchName, short(2))
+		if len(old) != 1 {
+			t.Fatalf("model C has %d passing instances before its new submission, want 1", len(old))
+		}
+		key := runnerKey(t, old[0])
+		artifact2, sum2 := serveExampleModelWith(t, map[string][]byte{"SUBMISSION": []byte("2\n")})
+		f.SetAccount(t, keys[2], c.Program, authWith(ids[2], callableMemory, artifact2, sum2))
+		var now []string
+		waitFor(t, 2*time.Minute, "the new version serving alone", func() bool {
+			now = passingInstances(t, coord.consul, crunchName, short(2))
+			return len(now) == 1 && now[0] != old[0]
+		})
+		d, _, err := nc.API().Jobs().LatestDeployment(jobIDs[2], nil)
+		if err != nil || d == nil || d.Status != "successful" || d.TaskGroups[jobs.GroupName].DesiredCanaries != 1 {
+			t.Fatalf("model C's rollout: %+v, %v; want a successful deployment with one canary", d, err)
+		}
+		if runnerKey(t, now[0]) != key {
+			t.Error("the new version's runner serves with another key than the old one's")
+		}
+		delete(before, jobIDs[2])
+		sameJobs(t, nc, before, "after model C's new submission")
+		time.Sleep(2 * time.Second) // calls on the new version alone
+	}, nil, nil)
+
+	// 7. A and B closed: 2 of 3, held until an operator confirms; then they
 	// stop (their calls may fail while they go), and C never misses one.
 	phase("two closed, confirmed", func(t *testing.T, before map[string]string) {
 		f.CloseAccount(t, keys[0])
@@ -569,4 +619,34 @@ func TestFeedEmptyListingStopsNothing(t *testing.T) {
 	waitJobs(t, nc, 10*time.Second, "f2 stopped, f1 running", func(m map[string]nomad.JobStub) bool {
 		return m[idOf("f2")].Stop && !m[idOf("f1")].Stop
 	})
+}
+
+// passingInstances returns the addresses of the passing Consul instances of
+// a model (its short id) in a crunch's service.
+func passingInstances(t testing.TB, cc *consulapi.Client, crunch, model string) []string {
+	t.Helper()
+	entries, _, err := cc.Health().Service(names.Service(crunch), "", true, nil)
+	if err != nil {
+		t.Fatalf("consul: %v", err)
+	}
+	var out []string
+	for _, e := range entries {
+		if e.Service.Meta[names.MetaModelID] == model {
+			out = append(out, net.JoinHostPort(e.Service.Address, strconv.Itoa(e.Service.Port)))
+		}
+	}
+	return out
+}
+
+// runnerKey returns the SHA-256 of the public key a runner serves with. The
+// server's certificate comes before the runner judges the client's (none
+// here), so no coordinator certificate is needed to read it.
+func runnerKey(t testing.TB, addr string) [32]byte {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // reads the key only
+	if err != nil {
+		t.Fatalf("TLS to the runner at %s: %v", addr, err)
+	}
+	defer conn.Close()
+	return sha256.Sum256(conn.ConnectionState().PeerCertificates[0].RawSubjectPublicKeyInfo)
 }
