@@ -191,7 +191,7 @@ job "model-node-pdxu2groar3jsn66" {
         # `deploy/vault/setup rotate-intermediate` the previous issuer's
         # certificates stay valid (pki_int/cert/ca_chain would hold only the
         # new one). All unauthenticated in Vault.
-        data          = <<-EOT
+        data = <<-EOT
           {{ with secret "pki/cert/ca" }}{{ .Data.certificate }}{{ end }}
           {{ range secrets "pki_int/issuers" }}{{ with secret (printf "pki_int/issuer/%s/json" .) }}{{ .Data.certificate }}
           {{ end }}{{ end }}
