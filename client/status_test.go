@@ -156,23 +156,11 @@ func TestReconnectsWhenRunnerReturns(t *testing.T) {
 // from the next fan-out on; one whose Setup cannot succeed is left out (and
 // named, it is reported as not ready) instead of failing every call.
 func TestSetupOnJoin(t *testing.T) {
-	a, b := startRunner(t, nil), startRunner(t, nil)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := lis.Addr().String()
-	lis.Close()
+	a, b, dead := startRunner(t, nil), startRunner(t, nil), deadAddr(t)
 	ctx := ctxTimeout(t, time.Minute)
 	var src discovery.Manual
 	_ = src.Set([]discovery.Model{{ID: "a", Target: a.addr}})
-	c, err := client.New(client.Config{Plaintext: true, Source: &src, SetupOnJoin: &client.SetupOnJoin{
-		ClassName: "test.Model", MaxBackoff: 200 * time.Millisecond,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = c.Run(ctx) }()
+	c := runSetupOnJoin(t, ctx, &src)
 	waitReady := func(ids ...string) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
@@ -230,23 +218,11 @@ func TestSetupOnJoin(t *testing.T) {
 // break. A new address that never gets set up never takes the model away;
 // one that does takes over.
 func TestMovedModelServesUntilItsNewMemberIsSetUp(t *testing.T) {
-	a, b := startRunner(t, nil), startRunner(t, nil)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := lis.Addr().String()
-	lis.Close()
+	a, b, dead := startRunner(t, nil), startRunner(t, nil), deadAddr(t)
 	ctx := ctxTimeout(t, time.Minute)
 	var src discovery.Manual
 	_ = src.Set([]discovery.Model{{ID: "m", Target: a.addr}})
-	c, err := client.New(client.Config{Plaintext: true, Source: &src, SetupOnJoin: &client.SetupOnJoin{
-		ClassName: "test.Model", MaxBackoff: 200 * time.Millisecond,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = c.Run(ctx) }()
+	c := runSetupOnJoin(t, ctx, &src)
 	echo := client.Request{Args: client.Positional(commonspb.String("x")), Timeout: 5 * time.Second}
 	// answeredBy waits until a fan-out's one result comes from target.
 	answeredBy := func(target string) {
@@ -276,4 +252,29 @@ func TestMovedModelServesUntilItsNewMemberIsSetUp(t *testing.T) {
 	if rs := c.Call(ctx, "echo", named); len(rs) != 1 || !rs[0].OK() || rs[0].Model.Target != b.addr {
 		t.Fatalf("named, the model is not called at its new address: %+v", rs)
 	}
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	return lis.Addr().String()
+}
+
+// runSetupOnJoin runs a plaintext client of src that sets every joining
+// model up as test.Model, retrying every 200 ms at most.
+func runSetupOnJoin(t *testing.T, ctx context.Context, src discovery.Source) *client.Client {
+	t.Helper()
+	c, err := client.New(client.Config{Plaintext: true, Source: src, SetupOnJoin: &client.SetupOnJoin{
+		ClassName: "test.Model", MaxBackoff: 200 * time.Millisecond,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.Run(ctx) }()
+	return c
 }
