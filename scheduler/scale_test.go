@@ -540,32 +540,6 @@ func newStandIn(b testing.TB, target string) *standIn {
 	return p
 }
 
-// standInJob turns a model job into its stand-in: the task runs Nomad's
-// mock_driver for a day and keeps no logs (logmon would be one process per
-// task); what needs a runner or Vault is left out (see BenchmarkScale).
-func standInJob(job *nomadapi.Job) {
-	for _, tg := range job.TaskGroups {
-		if tg.Update != nil {
-			tg.Update.HealthCheck = new("task_states")
-		}
-		for _, t := range tg.Tasks {
-			t.Driver = "mock_driver"
-			t.Config = map[string]any{"run_for": "24h"}
-			t.Artifacts = nil
-			t.Templates = nil
-			t.Vault = nil
-			var ids []*nomadapi.WorkloadIdentity
-			for _, id := range t.Identities {
-				if id.Name != "vault_default" {
-					ids = append(ids, id)
-				}
-			}
-			t.Identities = ids
-			t.LogConfig = &nomadapi.LogConfig{Disabled: new(true)}
-		}
-	}
-}
-
 // schedProc is one cmd/scheduler process.
 type schedProc struct {
 	name, status string
