@@ -365,10 +365,11 @@ func BenchmarkClientMemory(b *testing.B) {
 // the same servers, in the same run. conc=10000 has every call in flight
 // at once (as BenchmarkFanOut); conc=1024 is the client's default bound.
 // p50-ms/p99-ms are one round's latency (until the last result).
-// Needs 20,000 file descriptors in each process (raised where allowed).
+// The client holds one descriptor per model (the servers are spread over
+// child processes, childFleet).
 func BenchmarkFanOut10k(b *testing.B) {
 	const n = 10000
-	raiseFileLimit(b, 4*n)
+	raiseFileLimit(b, n+1000)
 	addrs, pki := childFleet(b, n)
 	f := &benchFleet{pki: pki}
 	for i, a := range addrs {
@@ -446,9 +447,8 @@ func reportLatency99(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(q(0.99), "p99-ms")
 }
 
-// raiseFileLimit raises this process's open-file limit (soft and hard: the
-// child fleet inherits it) to at least n, skipping the benchmark, with the
-// reason, where that is not allowed.
+// raiseFileLimit raises this process's open-file limit to at least n,
+// skipping the benchmark, with the reason, where that is not allowed.
 func raiseFileLimit(b *testing.B, n uint64) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
@@ -459,7 +459,7 @@ func raiseFileLimit(b *testing.B, n uint64) {
 	}
 	want := syscall.Rlimit{Cur: max(n, lim.Max), Max: max(n, lim.Max)}
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
-		b.Skipf("10,000 connections need %d open files; the limit is %d and cannot be raised here: %v", n, lim.Max, err)
+		b.Skipf("%d connections need %d open files; the limit is %d and cannot be raised here: %v", n-1000, n, lim.Max, err)
 	}
 }
 
@@ -495,10 +495,22 @@ func memNow() (uint64, uint64) {
 // The test binary doubles as a process serving a fleet of bench servers.
 const fleetEnv = "MODELNODES_CLIENT_BENCH_FLEET"
 
-// childFleet starts n servers (10 ms model) in a child process and returns
-// their addresses; the child exits when the benchmark ends.
+// childFleet starts n servers (10 ms model) in child processes and returns
+// their addresses; the children exit when the benchmark ends. Each child
+// serves at most fleetPerChild: a server holds two descriptors (its
+// listener and its connection), and a process here may open 20,000.
 func childFleet(b testing.TB, n int) ([]string, *benchPKI) {
 	pki := newBenchPKI(b)
+	var addrs []string
+	for len(addrs) < n {
+		addrs = append(addrs, childFleetPart(b, pki, min(fleetPerChild, n-len(addrs)))...)
+	}
+	return addrs, pki
+}
+
+const fleetPerChild = 4000
+
+func childFleetPart(b testing.TB, pki *benchPKI, n int) []string {
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
@@ -526,7 +538,7 @@ func childFleet(b testing.TB, n int) ([]string, *benchPKI) {
 	if len(addrs) != n {
 		b.Fatalf("the fleet process reported %d addresses, want %d", len(addrs), n)
 	}
-	return addrs, pki
+	return addrs
 }
 
 // fleetMain serves the fleet until stdin closes.

@@ -294,6 +294,7 @@ func (a *NomadClientAgent) startNomad(ctx context.Context, o ClientOptions, http
 	if err != nil {
 		return fmt.Errorf("read the Nomad server's RPC address: %w", err)
 	}
+	bin := c.Nomad.Bin
 	pluginDir, plugin := c.modelboxPlugin()
 	plugins := rawExecHCL + plugin
 	drivers := []string{"raw_exec"}
@@ -324,6 +325,9 @@ func (a *NomadClientAgent) startNomad(ctx context.Context, o ClientOptions, http
 			return err
 		}
 		cred = &syscall.Credential{Uid: uint32(o.UID), Gid: uint32(o.GID)}
+		if bin, err = c.sharedBinary(c.Nomad.Bin); err != nil {
+			return err
+		}
 	}
 	local := filepath.Join(dir, "local.hcl")
 	if err := writeConfig(local, fmt.Sprintf(`name       = %q
@@ -373,7 +377,7 @@ vault {
 		return fmt.Errorf("nomad client: %w", err)
 	}
 	args := []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
-	a.nomad, err = launchProcessAs(ctx, "nomad", dir, c.Nomad.Bin, args, cred, func(context.Context) bool {
+	a.nomad, err = launchProcessAs(ctx, "nomad", dir, bin, args, cred, func(context.Context) bool {
 		if a.NodeID == "" {
 			stubs, _, err := c.Nomad.Client.Nodes().List(&nomadapi.QueryOptions{Filter: fmt.Sprintf("Name == %q", a.Name)})
 			if err != nil || len(stubs) != 1 {
@@ -550,4 +554,31 @@ func traversable(dir string) error {
 		}
 	}
 	return nil
+}
+
+// sharedBinary is bin where every user may run it: the agents' cache
+// (under root's home) is not, so a user's agent runs a link (or copy) of
+// it in the cluster's dir.
+func (c *Cluster) sharedBinary(bin string) (string, error) {
+	dir := filepath.Join(c.Dir, "bin")
+	dst := filepath.Join(dir, filepath.Base(bin))
+	if _, err := os.Stat(dst); err == nil {
+		return dst, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Link(bin, dst); err != nil {
+		src, err := os.ReadFile(bin)
+		if err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(dst, src, 0o755); err != nil {
+			return "", err
+		}
+	}
+	if err := os.Chmod(dst, 0o755); err != nil {
+		return "", err
+	}
+	return dst, traversable(dst)
 }
