@@ -538,8 +538,8 @@ func chownTree(dir string, uid, gid int) error {
 	})
 }
 
-// traversable lets every user traverse (not list) the dirs above dir, up to
-// the first that already allows it: test temp dirs are 0700.
+// traversable lets every user traverse (not list) the dirs above dir:
+// test temp dirs are 0700.
 func traversable(dir string) error {
 	for d := filepath.Dir(dir); d != "/"; d = filepath.Dir(d) {
 		st, err := os.Stat(d)
@@ -547,7 +547,7 @@ func traversable(dir string) error {
 			return err
 		}
 		if st.Mode().Perm()&0o001 != 0 {
-			return nil
+			continue
 		}
 		if err := os.Chmod(d, st.Mode().Perm()|0o111); err != nil {
 			return err
