@@ -220,22 +220,7 @@ func BenchmarkFanOut(b *testing.B) {
 			var call func() error
 			switch tc.impl {
 			case "raw-grpc":
-				cc, err := grpc.NewClient(f.models[0].Target, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-					RootCAs: f.pki.caPool, ServerName: f.models[0].TLSName(), Certificates: []tls.Certificate{*f.pki.client.Certificate()},
-				})))
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer cc.Close()
-				ds := dspb.NewDynamicSubclassServiceClient(cc)
-				req := &dspb.CallRequest{MethodName: "predict", MethodArguments: []*commonspb.Argument{
-					{Position: 0, Data: commonspb.Double(1.5)}, {Position: 1, Data: commonspb.String("features")}}}
-				call = func() error {
-					cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-					defer cancel()
-					_, err := ds.Call(cctx, req)
-					return err
-				}
+				call = rawCall(b, f)
 			default:
 				var opts []grpc.DialOption
 				if tc.impl == "grpc-defaults" {
@@ -266,6 +251,27 @@ func BenchmarkFanOut(b *testing.B) {
 			b.StopTimer()
 			reportLatency(b, lat, "")
 		})
+	}
+}
+
+// rawCall returns one direct Call to f's first model with the generated
+// client: the fan-out benchmarks' baseline.
+func rawCall(b testing.TB, f *benchFleet) func() error {
+	cc, err := grpc.NewClient(f.models[0].Target, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: f.pki.caPool, ServerName: f.models[0].TLSName(), Certificates: []tls.Certificate{*f.pki.client.Certificate()},
+	})))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cc.Close() })
+	ds := dspb.NewDynamicSubclassServiceClient(cc)
+	req := &dspb.CallRequest{MethodName: "predict", MethodArguments: []*commonspb.Argument{
+		{Position: 0, Data: commonspb.Double(1.5)}, {Position: 1, Data: commonspb.String("features")}}}
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := ds.Call(ctx, req)
+		return err
 	}
 }
 
@@ -376,23 +382,11 @@ func BenchmarkFanOut10k(b *testing.B) {
 		f.models = append(f.models, discovery.Model{ID: fmt.Sprintf("m%05d", i), Target: a})
 	}
 	b.Run("models=1/impl=raw-grpc", func(b *testing.B) {
-		cc, err := grpc.NewClient(f.models[0].Target, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			RootCAs: f.pki.caPool, ServerName: f.models[0].TLSName(), Certificates: []tls.Certificate{*f.pki.client.Certificate()},
-		})))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer cc.Close()
-		ds := dspb.NewDynamicSubclassServiceClient(cc)
-		req := &dspb.CallRequest{MethodName: "predict", MethodArguments: []*commonspb.Argument{
-			{Position: 0, Data: commonspb.Double(1.5)}, {Position: 1, Data: commonspb.String("features")}}}
+		call := rawCall(b, f)
 		lat := make([]time.Duration, 0, b.N)
 		for b.Loop() {
 			t0 := time.Now()
-			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := ds.Call(cctx, req)
-			cancel()
-			if err != nil {
+			if err := call(); err != nil {
 				b.Fatal(err)
 			}
 			lat = append(lat, time.Since(t0))
