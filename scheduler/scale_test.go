@@ -120,7 +120,10 @@ func (s *scaleRun) run() {
 		a := s.cl.AddNomadClientWith(b, testcluster.ClientOptions{
 			UID: 65534, GID: 65534,
 			PluginHCL: "plugin \"mock_driver\" {}\n", Drivers: []string{"mock_driver"},
-			ClientHCL: fmt.Sprintf("  cpu_total_compute = %d\n  memory_total_mb   = %d", perClient*600+10000, perClient*600+10000),
+			// Each job asks 500 MHz, its memory and the default 300 MB of
+			// ephemeral disk: the machine's size, not the host's.
+			ClientHCL: fmt.Sprintf("  cpu_total_compute = %d\n  memory_total_mb   = %d\n  disk_total_mb     = %d\n  disk_free_mb      = %d",
+				perClient*600+10000, perClient*600+10000, perClient*400+10000, perClient*400+10000),
 		})
 		s.clients = append(s.clients, a)
 		if i == 0 {
