@@ -7,7 +7,7 @@
 #   make e2e       the packages holding e2e suites, with the real agents
 #   make soak      faults on Nomad's own timers (a 10.5-minute Vault outage); CI runs it
 #   make bench     benchmarks (see docs/performance.md)
-#   make scale     the system at 10,000 models (docs/scaling.md; ~30 min, up to 9 GiB)
+#   make scale     the system at 10,000 models (docs/scaling.md; 35-60 min, up to 9 GiB)
 #   make lint      gofmt, go vet, staticcheck
 #   make proto     regenerate the Go code from proto/*.proto
 #   make demo      the whole story on one machine, then a clean teardown

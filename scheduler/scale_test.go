@@ -202,7 +202,7 @@ func (s *scaleRun) firstPass() {
 func (s *scaleRun) placed() {
 	b := s.b
 	t0 := time.Now()
-	deadline := t0.Add(30 * time.Minute)
+	deadline := t0.Add(50 * time.Minute)
 	for {
 		running := s.running()
 		s.checkMemory()
@@ -210,7 +210,7 @@ func (s *scaleRun) placed() {
 			break
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d allocations running after 30 minutes", running, s.n)
+			b.Fatalf("%d of %d allocations running after 50 minutes", running, s.n)
 		}
 		s.logf("%d of %d allocations running", running, s.n)
 		time.Sleep(15 * time.Second)
