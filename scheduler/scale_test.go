@@ -59,7 +59,7 @@ import (
 // Figures (one run, -benchtime 1x): the first full pass, a steady pass,
 // a chain change to its job at full size beside a direct register, the
 // servers' memory and Raft size, each simulated machine's agents, and a
-// leader change. Takes about 15 minutes on 2 cores; far too long for make
+// leader change. Takes 35-60 minutes on 2 cores; far too long for make
 // test: scripts/scale runs it (make scale).
 func BenchmarkScale(b *testing.B) {
 	n := envInt(b, "SCALE_MODELS", 10000)
