@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,10 +70,15 @@ type Watcher struct {
 	order   []string
 	status  map[string]*SourceStatus
 	models  map[string][]jobs.Model
-	dups    map[string]map[string]string // per source: job id -> its duplicate's message
+	dups    map[string]map[string]string // per source: model key -> its duplicate's message
 	origins map[string]map[string]source.Origin
-	// crossLogged are the models two sources name, as last warned about.
-	crossLogged map[string]bool
+	// crossLogged are the models two sources name, as last warned about;
+	// contestLogged the contested names (jobs.AssignNames).
+	crossLogged   map[string]bool
+	contestLogged map[string]bool
+	// HashedNames keeps every model named by its key (jobs.Key): model ids
+	// claim no names (jobs.AssignNames). Set before the first Desired.
+	HashedNames bool
 	logged      map[string]map[string]bool // per source: skipped entries already logged and counted
 	version     uint64
 	changed     chan struct{} // closed and replaced on every change
@@ -184,7 +190,7 @@ func (w *Watcher) Report(name string, s source.Snapshot) {
 			log.Warn("duplicate model id; a running job of it is left as it is", "source", name, "error", msg)
 		}
 		seen["duplicate "+msg] = true
-		id := jobs.JobID(&d.Model)
+		id := jobs.Key(&d.Model)
 		if dups[id] == "" {
 			dups[id] = msg
 		}
@@ -226,36 +232,80 @@ func (w *Watcher) Changed() <-chan struct{} {
 // Desired returns the merged desired state by job id, and whether every
 // source has delivered a good snapshot (before that, nothing may be
 // stopped: an empty state could just mean "not read yet"). When two
-// sources name the same model, the first configured source wins.
+// sources name the same model, the first configured source wins. Every
+// model's short id is decided over the whole set (jobs.AssignNames).
 func (w *Watcher) Desired() (map[string]*Desired, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ready := true
-	out := map[string]*Desired{}
-	cross := map[string]bool{}
 	for _, name := range w.order {
 		if !w.status[name].Ready {
 			ready = false
 		}
-		for _, m := range w.models[name] {
-			id := jobs.JobID(&m)
-			if prev, dup := out[id]; dup {
-				// Another source names it too: the first configured wins,
-				// and the operator hears of it once.
-				msg := crossDuplicate(&m, name, prev.Source)
-				cross[msg] = true
-				if !w.crossLogged[msg] && w.Logger != nil {
-					w.Logger.Warn("model named by two sources; the first configured source's entry is used",
-						"model", m.ModelID, "crunch", m.Crunch, "used", prev.Source, "ignored", name)
-				}
-				continue
-			}
-			out[id] = &Desired{Model: m, JobID: id, Spec: jobs.SpecHash(&m, w.opts), Source: name, Duplicate: w.dups[name][id],
-				Origin: w.origins[name][id]}
+	}
+	merged, cross := w.merge()
+	logged := map[string]bool{}
+	for _, c := range cross {
+		logged[c.msg] = true
+		if !w.crossLogged[c.msg] && w.Logger != nil {
+			w.Logger.Warn("model named by two sources; the first configured source's entry is used",
+				"model", c.model.ModelID, "crunch", c.model.Crunch, "used", c.used, "ignored", c.ignored)
 		}
 	}
-	w.crossLogged = cross
+	w.crossLogged = logged
+	out := make(map[string]*Desired, len(merged))
+	for _, d := range merged {
+		d.Spec = jobs.SpecHash(&d.Model, w.opts)
+		out[d.JobID] = d
+	}
 	return out, ready
+}
+
+// crossEntry is an entry of a source left out because a source configured
+// earlier names the same model.
+type crossEntry struct {
+	model         jobs.Model
+	ignored, used string
+	msg           string
+}
+
+// merge returns the sources' models, one per key (the first configured
+// source's entry), in configuration order, named (jobs.AssignNames), with
+// the entries left out; w.mu held. Spec is left to the caller.
+func (w *Watcher) merge() ([]*Desired, []crossEntry) {
+	var out []*Desired
+	var cross []crossEntry
+	first := map[string]string{} // key -> the source whose entry is used
+	for _, name := range w.order {
+		for _, m := range w.models[name] {
+			key := jobs.Key(&m)
+			if used, dup := first[key]; dup {
+				cross = append(cross, crossEntry{model: m, ignored: name, used: used, msg: crossDuplicate(&m, name, used)})
+				continue
+			}
+			first[key] = name
+			out = append(out, &Desired{Model: m, Source: name, Duplicate: w.dups[name][key], Origin: w.origins[name][key]})
+		}
+	}
+	ms := make([]*jobs.Model, len(out))
+	for i, d := range out {
+		ms[i] = &d.Model
+	}
+	contests := jobs.AssignNames(ms, w.HashedNames)
+	logged := map[string]bool{}
+	for _, c := range contests {
+		msg := c.Name + " " + strings.Join(c.Keys, ",")
+		logged[msg] = true
+		if !w.contestLogged[msg] && w.Logger != nil {
+			w.Logger.Warn("models of different crunches claim the same name; none gets it, each is named by its key",
+				"name", c.Name, "keys", strings.Join(c.Keys, ","))
+		}
+	}
+	w.contestLogged = logged
+	for _, d := range out {
+		d.JobID = jobs.JobID(&d.Model)
+	}
+	return out, cross
 }
 
 // crossDuplicate says that source ignored names the same model as used.
@@ -272,15 +322,12 @@ func (w *Watcher) runningIDs() map[string]bool {
 		return w.running
 	}
 	ids := map[string]bool{}
-	for _, name := range w.order {
-		for _, m := range w.models[name] {
-			id := jobs.JobID(&m)
-			if _, seen := ids[id]; !seen {
-				ids[id] = m.Running // the first source wins, as in Desired
-			}
+	merged, _ := w.merge()
+	for _, d := range merged {
+		if d.Model.Running {
+			ids[d.JobID] = true
 		}
 	}
-	maps.DeleteFunc(ids, func(_ string, running bool) bool { return !running })
 	w.running, w.runningAt = ids, w.version
 	return ids
 }
@@ -290,19 +337,16 @@ func (w *Watcher) Sources() []SourceStatus {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []SourceStatus
-	first := map[string]string{} // job id -> the source whose entry is used
+	_, cross := w.merge()
 	for _, name := range w.order {
 		st := *w.status[name]
 		st.Skipped = append([]string(nil), st.Skipped...)
 		st.Undecodable = append([]string(nil), st.Undecodable...)
 		st.Kept = append([]string(nil), st.Kept...)
 		st.Duplicates = append([]string(nil), st.Duplicates...)
-		for _, m := range w.models[name] {
-			id := jobs.JobID(&m)
-			if used, dup := first[id]; dup {
-				st.Duplicates = append(st.Duplicates, crossDuplicate(&m, name, used))
-			} else {
-				first[id] = name
+		for _, c := range cross {
+			if c.ignored == name {
+				st.Duplicates = append(st.Duplicates, c.msg)
 			}
 		}
 		out = append(out, st)
