@@ -26,7 +26,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/modelnodes/modelnodes/driver/pyenv/pyenvtest"
+	"github.com/modelnodes/modelnodes/internal/testing/crunchdao"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
@@ -37,10 +37,6 @@ import (
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
-
-// clientVersion is the model-runner-client release whose ModelCluster the
-// test runs (the newest on PyPI when this was written).
-const clientVersion = "0.14.0"
 
 // announced is what the Python script prints per model it holds.
 type announced struct {
@@ -61,7 +57,7 @@ type announced struct {
 // is answered.
 func TestModelClusterDiscoversPassingModels(t *testing.T) {
 	cl := testcluster.Shared(t, testcluster.Consul|testcluster.Vault)
-	python := modelClusterEnv(t)
+	python := crunchdao.ClientPython(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
@@ -320,29 +316,6 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 	if n := counter(t, reg, "modelnodes_orchestrator_failure_reports_total", "LOW_PERFORMANCE", crunch); n != 0 {
 		t.Errorf("a report of another crunch's model was counted: %v", n)
 	}
-}
-
-// modelClusterEnv returns the Python of a virtual environment with
-// model-runner-client from PyPI, or skips saying why there is none.
-func modelClusterEnv(t *testing.T) string {
-	t.Helper()
-	uv := pyenvtest.UV(t)
-	pyenvtest.PyPIReachable(t, uv)
-	base := pyenvtest.Python(t)
-	env := filepath.Join(t.TempDir(), "venv")
-	run := func(args ...string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, uv, args...)
-		cmd.Env = append(os.Environ(), "UV_PYTHON_DOWNLOADS=never", "VIRTUAL_ENV="+env)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Skipf("cannot install model-runner-client %s from PyPI with uv: %v\n%s", clientVersion, err, out)
-		}
-	}
-	run("venv", "--python", base.Path, env)
-	run("pip", "install", "model-runner-client=="+clientVersion)
-	return filepath.Join(env, "bin", "python")
 }
 
 func writeCert(t *testing.T, dir, name string, c *tls.Certificate) (certFile, keyFile string) {
