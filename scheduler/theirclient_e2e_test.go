@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +44,7 @@ import (
 	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/runner/vaultkey"
 	"github.com/modelnodes/modelnodes/scheduler/orchws"
+	"github.com/modelnodes/modelnodes/scheduler/orchws/orchwstest"
 	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
 	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 )
@@ -131,23 +131,10 @@ func TestCrunchDAOClientOnOurStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	orchCA := testpki.NewCA(t, "orchestrator CA")
-	leaf := orchCA.Issue(t, dir, testpki.Leaf{CommonName: "orchestrator", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	orchCert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
 	clientCAs := x509.NewCertPool()
 	clientCAs.AppendCertsFromPEM(chainPEM)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig: orchws.ServerTLS(func() *tls.Certificate { return &orchCert }, func() *x509.CertPool { return clientCAs })}
-	go func() { _ = hs.ServeTLS(ln, "", "") }()
-	defer hs.Close()
-	orchHost, orchPort, _ := net.SplitHostPort(ln.Addr().String())
+	orchAddr, orchCA := orchwstest.Serve(t, srv, clientCAs)
+	orchHost, orchPort, _ := net.SplitHostPort(orchAddr)
 
 	// The coordinator's files: its Vault certificate and key, and (their
 	// SecureCredentials directory) ca.crt, tls.crt, tls.key.

@@ -34,6 +34,7 @@ import (
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/scheduler/orchws"
+	"github.com/modelnodes/modelnodes/scheduler/orchws/orchwstest"
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
@@ -101,21 +102,8 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	serverCA := testpki.NewCA(t, "orchestrator CA")
-	leaf := serverCA.Issue(t, dir, testpki.Leaf{CommonName: "orchestrator", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	serverCert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv, TLSConfig: orchws.ServerTLS(func() *tls.Certificate { return &serverCert }, func() *x509.CertPool { return clientCAs }),
-		ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = hs.ServeTLS(ln, "", "") }()
-	defer hs.Close()
-	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	orchAddr, serverCA := orchwstest.Serve(t, srv, clientCAs)
+	host, port, _ := net.SplitHostPort(orchAddr)
 
 	// The crunch's models: two passing, one failing its check, one of
 	// another crunch in the same service (a foreign job may register it).
@@ -250,7 +238,7 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 			tc.Certificates = []tls.Certificate{*cert}
 		}
 		d := websocket.Dialer{TLSClientConfig: tc, HandshakeTimeout: 10 * time.Second}
-		conn, resp, err := d.DialContext(ctx, "wss://"+ln.Addr().String()+"/"+path, nil)
+		conn, resp, err := d.DialContext(ctx, "wss://"+orchAddr+"/"+path, nil)
 		if conn != nil {
 			conn.Close()
 		}
@@ -287,7 +275,7 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 
 	// A report of a model the crunch does not have is ignored and counted.
 	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: poolOf(serverCA.Cert), Certificates: []tls.Certificate{*coord.Certificate()}}}
-	conn, _, err := d.DialContext(ctx, "wss://"+ln.Addr().String()+"/"+crunch, nil)
+	conn, _, err := d.DialContext(ctx, "wss://"+orchAddr+"/"+crunch, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
