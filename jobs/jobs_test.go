@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"math/rand/v2"
 	"regexp"
 	"strings"
 	"testing"
@@ -189,5 +190,47 @@ func TestBuildRunnerWatchesConsul(t *testing.T) {
 	}
 	if pt := plain.TaskGroups[0].Tasks[0]; pt.Consul != nil || len(pt.Env) != 0 {
 		t.Errorf("without RunnerConsulAddr: consul %v, env %v", pt.Consul, pt.Env)
+	}
+}
+
+// AssignNames depends on the set of claims only: any order of the same
+// models gives the same names; a name claimed by two keys goes to neither,
+// one claimed twice by the same key (a duplicate entry) stays its own.
+func TestAssignNamesIsOrderFree(t *testing.T) {
+	models := []Model{
+		{Crunch: "a", ModelID: "m1"}, {Crunch: "b", ModelID: "m1"}, {Crunch: "a", ModelID: "m2"},
+		{Crunch: "c", ModelID: "x", Name: "m2"}, {Crunch: "a", ModelID: "m3"}, {Crunch: "a", ModelID: "m3"},
+		{Crunch: "a", ModelID: "M4"},
+	}
+	want := map[string]string{"a/m1": "", "b/m1": "", "a/m2": "", "c/x": "", "a/m3": "m3", "a/M4": ""}
+	for range 50 {
+		ps := make([]*Model, len(models))
+		for i, j := range rand.Perm(len(models)) {
+			m := models[j]
+			ps[i] = &m
+		}
+		contests := AssignNames(ps, false)
+		for _, m := range ps {
+			if got := m.Name; got != want[m.Crunch+"/"+m.ModelID] {
+				t.Fatalf("%s/%s named %q, want %q", m.Crunch, m.ModelID, got, want[m.Crunch+"/"+m.ModelID])
+			}
+		}
+		if len(contests) != 2 || contests[0].Name != "m1" || contests[1].Name != "m2" || len(contests[0].Keys) != 2 {
+			t.Fatalf("contests %+v", contests)
+		}
+	}
+}
+
+// An operator's name may not have the shape of a hashed short id (it could
+// be another model's), except the model's own key.
+func TestValidateRefusesHashShapedNames(t *testing.T) {
+	m := model()
+	m.Name = "abcdefghij234567"
+	if err := m.Validate(); err == nil || !strings.Contains(err.Error(), "shape of a hashed short id") {
+		t.Errorf("hash-shaped name: %v", err)
+	}
+	m.Name = Key(m)
+	if err := m.Validate(); err != nil {
+		t.Errorf("the model's own key as its name: %v", err)
 	}
 }

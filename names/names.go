@@ -195,6 +195,40 @@ func ModelShortID(crunch, modelID string) string {
 	return Base32.EncodeToString(sum[:10])
 }
 
+// MaxModelName is the longest short id a model id or an authorization's
+// name may give: "model-node-" plus it fits Nomad's and DNS's 63
+// characters.
+const MaxModelName = 52
+
+// IsHashedShortID reports whether s has the shape of a ModelShortID: 16
+// characters of Base32's alphabet.
+func IsHashedShortID(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || '2' <= c && c <= '7') {
+			return false
+		}
+	}
+	return true
+}
+
+// ModelName returns the short id a model id gives by itself, so that the
+// runner's certificate is model-node-<model id>.crunchdao.internal, the
+// name CrunchDAO's secure client checks; "" when the id cannot give one:
+// it is not a lowercase DNS label of at most MaxModelName characters, or
+// it has the shape of a hashed short id (IsHashedShortID: a model id must
+// never name another model's hashed job). Whether a model may take the
+// name is decided with every other model's claim (jobs.AssignNames): a
+// model id is not unique across crunches.
+func ModelName(modelID string) string {
+	if !IsLabel(modelID, MaxModelName) || IsHashedShortID(modelID) {
+		return ""
+	}
+	return modelID
+}
+
 // Job is the Nomad job id of the model with this short id: "model-node-<short id>".
 func Job(shortID string) string { return JobPrefix + shortID }
 

@@ -92,6 +92,7 @@ func testModel(crunch, id string, running bool) jobs.Model {
 func desiredOf(opts *jobs.Options, ms ...jobs.Model) map[string]*Desired {
 	out := map[string]*Desired{}
 	for _, m := range ms {
+		m = *jobs.Named(&m)
 		out[jobs.JobID(&m)] = &Desired{Model: m, JobID: jobs.JobID(&m), Spec: jobs.SpecHash(&m, opts), Source: "test"}
 	}
 	return out

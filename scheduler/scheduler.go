@@ -47,6 +47,10 @@ type Scheduler struct {
 	Resync time.Duration
 	// Debounce gathers bursts of changes into one pass (default 20 ms).
 	Debounce time.Duration
+	// HashedNames names every model by its key (jobs.Key), as before
+	// model ids named their own jobs: set it to keep the jobs of a
+	// deployment that predates jobs.AssignNames under their names.
+	HashedNames bool
 	// AdminToken authenticates the status API's write endpoints (POST
 	// /v1/stop-holds/confirm) as a bearer token; empty: they are refused.
 	AdminToken string
@@ -89,6 +93,7 @@ func (s *Scheduler) setup() {
 		names = append(names, src.Name())
 	}
 	s.watcher = NewWatcher(names, s.Reconciler.Options, s.Metrics)
+	s.watcher.HashedNames = s.HashedNames
 	if s.Reconciler.Sources == nil {
 		s.Reconciler.Sources = s.Sources // they vouch for their jobs (source.Adopter)
 	}

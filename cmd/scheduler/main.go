@@ -77,7 +77,7 @@ type config struct {
 	solanaCrunches                                       stringList
 	solanaResync                                         time.Duration
 	feedURL, feedArtifact, feedResources                 string
-	feedModelIDNames                                     bool
+	feedModelIDNames, modelIDNames                       bool
 	feedCrunches                                         stringList
 	feedInterval                                         time.Duration
 	modelsFile, listen, logLevel                         string
@@ -128,7 +128,8 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.feedArtifact, "feed-artifact-url", "", "artifact URL of a feed model; {submission_id}, {resource_id}, {model_id} are replaced")
 	fs.StringVar(&c.feedResources, "feed-resources-url", "", "resources archive URL of a feed model that names a resource id (placeholders as --feed-artifact-url); its digest is the entry's model.resourcesSha256")
 	fs.DurationVar(&c.feedInterval, "feed-interval", 10*time.Second, "feed polling interval")
-	fs.BoolVar(&c.feedModelIDNames, "feed-model-id-names", false, "name feed models' jobs model-node-<model id> (what CrunchDAO's client verifies) instead of a hash, when the id is a DNS label")
+	fs.BoolVar(&c.feedModelIDNames, "feed-model-id-names", false, "deprecated, no effect: every source's models are named by their model ids (--model-id-names)")
+	fs.BoolVar(&c.modelIDNames, "model-id-names", true, "name a model's job and runner certificate model-node-<model id>(.crunchdao.internal, what CrunchDAO's secure client checks) when the id is a lowercase DNS label of at most 52 characters that no model of another crunch claims (docs/names.md); false: every job named by a hash of crunch and model id, as before (a deployment that wants to keep its jobs)")
 	fs.StringVar(&c.modelsFile, "models-file", "", "YAML file of models (development)")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:9464", "status API and /metrics address")
 	fs.StringVar(&c.logLevel, "log-level", "info", "trace, debug, info, warn or error")
@@ -248,6 +249,9 @@ func warnPolicy(c *config, log hclog.Logger) {
 	if c.allowHostModelDirs {
 		log.Warn("DEVELOPMENT: --allow-host-model-dirs: models may run code from directories on the nodes")
 	}
+	if c.feedModelIDNames {
+		log.Warn("--feed-model-id-names is deprecated and has no effect: every source's models are named by their model ids (--model-id-names, on by default)")
+	}
 	if len(c.artifactHosts) == 0 {
 		log.Warn("no --artifact-hosts: every model with an artifact URL is refused; list the hosts submissions are fetched from")
 	} else {
@@ -273,7 +277,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter, RolloutRetry: c.rolloutRetry,
 			Logger: log.Named("reconcile"), Metrics: metrics},
 		Observer: &observer.Observer{Nomad: nc, Backoff: c.backoff, Logger: log.Named("observer"), Metrics: metrics},
-		Resync:   c.resync, Logger: log, Metrics: metrics, Placements: nc, AdminToken: c.adminToken,
+		Resync:   c.resync, Logger: log, Metrics: metrics, Placements: nc, AdminToken: c.adminToken, HashedNames: !c.modelIDNames,
 	}
 	if c.maxStopShare < 1 {
 		s.Reconciler.Guard = &scheduler.StopGuard{MaxShare: c.maxStopShare, Hold: c.stopHold, MinModels: c.stopHoldMin,
@@ -301,7 +305,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	}
 	if c.feedURL != "" {
 		s.Sources = append(s.Sources, &feed.Source{URL: c.feedURL, Crunches: c.feedCrunches,
-			ArtifactURL: c.feedArtifact, ResourcesURL: c.feedResources, Interval: c.feedInterval, ModelIDNames: c.feedModelIDNames})
+			ArtifactURL: c.feedArtifact, ResourcesURL: c.feedResources, Interval: c.feedInterval})
 	}
 	if c.modelsFile != "" {
 		s.Sources = append(s.Sources, &yamlfile.Source{Path: c.modelsFile})
