@@ -15,6 +15,7 @@ import (
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
+	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
@@ -55,9 +56,26 @@ type Reconciler struct {
 	// jobs whose meta carries an Origin (names.MetaAuthorization) are asked
 	// about.
 	Sources []source.Source
-	Logger  hclog.Logger
-	Metrics *Metrics
-	now     func() time.Time
+	// Quarantines, when set, holds the models their coordinators'
+	// reports quarantined (quarantine.Store): they are kept stopped until
+	// their submission changes, which ends the quarantine here.
+	Quarantines QuarantineStore
+	Logger      hclog.Logger
+	Metrics     *Metrics
+	now         func() time.Time
+
+	qmu   sync.Mutex
+	qLast map[string]quarantine.Record // the last good reading of Quarantines
+	qRead bool
+}
+
+// QuarantineStore is where quarantines live (quarantine.Store, in Consul
+// KV).
+type QuarantineStore interface {
+	// List returns every quarantine, by job id.
+	List(ctx context.Context) (map[string]quarantine.Record, error)
+	// Delete ends jobID's quarantine if its record is still at index.
+	Delete(ctx context.Context, jobID string, index uint64) (bool, error)
 }
 
 // DefaultPurgeAfter is how long a stopped job stays before it is purged
@@ -77,13 +95,16 @@ type Result struct {
 	HeldStops int
 	// Kept counts running jobs the desired state lacks that a source kept
 	// running until it reads their authorization again (source.Adopter).
-	Kept   int
+	Kept int
+	// Quarantined counts the desired models held stopped by a quarantine,
+	// Lifted the quarantines this pass ended for a new submission.
+	Quarantined, Lifted int
 	Errors []error
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d kept=%d errors=%d",
-		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, r.Kept, len(r.Errors))
+	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d kept=%d quarantined=%d lifted=%d errors=%d",
+		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, r.Kept, r.Quarantined, r.Lifted, len(r.Errors))
 }
 
 // add counts other's writes and errors into r.
@@ -98,6 +119,8 @@ func (r *Result) add(other Result) {
 	r.Duplicates += other.Duplicates
 	r.HeldStops += other.HeldStops
 	r.Kept += other.Kept
+	r.Quarantined += other.Quarantined
+	r.Lifted += other.Lifted
 	r.Errors = append(r.Errors, other.Errors...)
 }
 
@@ -127,12 +150,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	if err != nil {
 		return Result{}, err
 	}
+	quarantined, lifted, err := r.quarantines(ctx, desired)
+	if err != nil {
+		return Result{}, err
+	}
 	at := now()
 	var keep map[string]string
 	if complete {
 		keep = r.adopt(existing, desired)
 	}
-	actions, res := Plan(Want{Models: desired, Complete: complete, Keep: keep}, Actual{Jobs: existing, Held: held, Now: at}, purgeAfter)
+	actions, res := Plan(Want{Models: desired, Complete: complete, Keep: keep},
+		Actual{Jobs: existing, Held: held, Quarantined: quarantined, Now: at}, purgeAfter)
+	res.Lifted = lifted
 	actions, res.HeldStops = r.Guard.filter(actions, existing, at)
 	for _, err := range res.Errors {
 		r.log().Error("reconcile", "error", redact.Error(err))
@@ -140,6 +169,47 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	done, err := r.Apply(ctx, actions)
 	res.add(done)
 	return res, err
+}
+
+// quarantines reads the quarantines (the last good reading when Consul
+// cannot be read; an error when it never could: no model is started
+// blind) and ends those whose model's submission changed since. It
+// returns the quarantines in force and how many it ended.
+func (r *Reconciler) quarantines(ctx context.Context, desired map[string]*Desired) (map[string]quarantine.Record, int, error) {
+	if r.Quarantines == nil {
+		return nil, 0, nil
+	}
+	recs, err := r.Quarantines.List(ctx)
+	r.qmu.Lock()
+	if err != nil {
+		last, read := r.qLast, r.qRead
+		r.qmu.Unlock()
+		if !read {
+			return nil, 0, fmt.Errorf("quarantines not read yet: %w", err)
+		}
+		r.log().Warn("cannot read the quarantines; keeping the last reading", "error", redact.Error(err))
+		return last, 0, nil
+	}
+	r.qLast, r.qRead = recs, true
+	r.qmu.Unlock()
+	lifted := 0
+	for id, rec := range recs {
+		d := desired[id]
+		if d == nil || rec.Submission == "" || rec.Submission == quarantine.Fingerprint(d.Model) {
+			continue
+		}
+		ok, err := r.Quarantines.Delete(ctx, id, rec.Index)
+		if err != nil || !ok {
+			r.log().Warn("a quarantined model's submission changed, but ending its quarantine failed; retrying next pass", "job", id, "error", err)
+			continue
+		}
+		delete(recs, id)
+		lifted++
+		r.Metrics.quarantineLifted("submission")
+		r.log().Info("quarantine ended: the model's submission changed", "job", id, "crunch", rec.Crunch, "model", rec.ModelID, "code", rec.Code, "since", rec.At)
+	}
+	r.Metrics.quarantinedModels(len(recs))
+	return recs, lifted, nil
 }
 
 // adopt asks the sources that can vouch for jobs they have no entry for
@@ -222,7 +292,7 @@ func (r *Result) count(a Action, err error) {
 		r.Registered++
 	case a.Op == OpUpdate:
 		r.Updated++
-	case a.Op == OpStop:
+	case a.Op == OpStop, a.Op == OpQuarantine && !a.WasStopped:
 		r.Stopped++
 	case a.Op == OpPurge:
 		r.Purged++
@@ -235,6 +305,8 @@ func (r *Reconciler) apply(ctx context.Context, a Action) error {
 	var err error
 	switch a.Op {
 	case OpRegister, OpUpdate:
+		err = r.register(ctx, a)
+	case OpQuarantine:
 		err = r.register(ctx, a)
 	case OpStop:
 		if err = r.Nomad.Stop(ctx, a.JobID); err == nil {
@@ -274,6 +346,14 @@ func (r *Reconciler) register(ctx context.Context, a Action) error {
 		return fmt.Errorf("job %s: %w", a.JobID, err)
 	}
 	job.Meta[names.MetaSpec] = jobs.SpecWithPython(job.Meta[names.MetaSpec], a.Desired.Python) // as Desired.Spec
+	if q := a.Quarantine; q != nil {
+		// Written stopped: Nomad stops its allocations, and the job says
+		// why (the codes are checked, the rest is ours).
+		job.Stop = new(true)
+		job.Meta[names.MetaQuarantineCode] = q.Code
+		job.Meta[names.MetaQuarantineAt] = q.At.UTC().Format(time.RFC3339)
+		job.Meta[names.MetaQuarantineBy] = q.Coordinator
+	}
 	if err := r.Nomad.Register(ctx, job, a.Index); err != nil {
 		if errors.Is(err, nomad.ErrConflict) {
 			log.Warn("job changed under us; the next pass decides again", "job", a.JobID)
@@ -281,9 +361,13 @@ func (r *Reconciler) register(ctx context.Context, a Action) error {
 		return err
 	}
 	r.Metrics.nomadWrite("register")
-	if a.Op == OpRegister {
+	switch {
+	case a.Quarantine != nil:
+		log.Warn("quarantined: written stopped", "job", a.JobID, "crunch", m.Crunch, "model", m.ModelID, "code", a.Quarantine.Code,
+			"coordinator", a.Quarantine.Coordinator, "was_stopped", a.WasStopped)
+	case a.Op == OpRegister:
 		log.Info("registered", "job", a.JobID, "crunch", m.Crunch, "model", m.ModelID)
-	} else {
+	default:
 		log.Info("updated", "job", a.JobID, "crunch", m.Crunch, "model", m.ModelID, "was_stopped", a.WasStopped)
 	}
 	return nil
