@@ -43,23 +43,11 @@ func confirmStops(ctx context.Context, args []string, out io.Writer) error {
 	if *token == "" {
 		return errors.New("no admin token: set MODELNODES_SCHEDULER_ADMIN_TOKEN (or --admin-token)")
 	}
-	body, _ := json.Marshal(scheduler.ConfirmRequest{Crunch: *crunch})
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, http.MethodPost, strings.TrimRight(*addr, "/")+"/v1/stop-holds/confirm", bytes.NewReader(body))
+	b, err := statusRequest(cctx, http.MethodPost, *addr, "/v1/stop-holds/confirm", *token, scheduler.ConfirmRequest{Crunch: *crunch})
 	if err != nil {
 		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+*token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
 	}
 	var res struct {
 		Confirmed []scheduler.StopHold `json:"confirmed"`
@@ -72,4 +60,38 @@ func confirmStops(ctx context.Context, args []string, out io.Writer) error {
 			h.Crunch, h.CrunchName, len(h.Jobs), h.Running, strings.Join(h.Jobs, " "))
 	}
 	return nil
+}
+
+// statusRequest sends a request to a scheduler's status API (the body, when
+// not nil, as JSON; the token, when set, as a bearer token) and returns the
+// answer of a 200, or an error that carries the API's words.
+func statusRequest(ctx context.Context, method, addr, path, token string, body any) ([]byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(addr, "/")+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	return b, nil
 }
