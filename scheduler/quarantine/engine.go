@@ -22,6 +22,14 @@ type Restarter interface {
 	RestartAllocations(ctx context.Context, jobID string) (int, error)
 }
 
+// Holds is where an engine writes quarantines (Store).
+type Holds interface {
+	// Cached returns the quarantines as last read, by job id.
+	Cached() (map[string]Record, bool)
+	// Create writes r unless its job is quarantined already (ErrExists).
+	Create(ctx context.Context, r Record) error
+}
+
 // Report is one failure a coordinator reported, as the orchestrator
 // WebSocket received it after authenticating the coordinator.
 type Report struct {
@@ -50,7 +58,7 @@ const (
 type EngineConfig struct {
 	// Policies are the crunches' policies (nil: DefaultConfig).
 	Policies *Config
-	Store    *Store
+	Store    Holds
 	Nomad    Restarter
 	// Lookup returns the desired model of a job id (the scheduler's
 	// desired state): only a model the desired state gives to the
