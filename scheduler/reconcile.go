@@ -99,7 +99,7 @@ type Result struct {
 	// Quarantined counts the desired models held stopped by a quarantine,
 	// Lifted the quarantines this pass ended for a new submission.
 	Quarantined, Lifted int
-	Errors []error
+	Errors              []error
 }
 
 func (r Result) String() string {

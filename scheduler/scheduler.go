@@ -23,8 +23,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/internal/redact"
-	"github.com/modelnodes/modelnodes/scheduler/inspect"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/scheduler/inspect"
 	"github.com/modelnodes/modelnodes/scheduler/observer"
 	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 	"github.com/modelnodes/modelnodes/scheduler/source"
