@@ -123,7 +123,8 @@ func TestFailureReportsAct(t *testing.T) {
 	store := &quarantine.Store{KV: cl.Consul.Client.KV(), Prefix: prefix, Logger: logger}
 	t.Cleanup(func() { _, _ = cl.Consul.Client.KV().DeleteTree(prefix, nil) })
 	rs := startSchedulerWith(t, func(s *Scheduler) {
-		s.Reconciler.Options, s.Reconciler.Logger, s.Logger, s.AdminToken, s.Quarantine = &opts, logger, logger, token, store
+		s.Reconciler.Options, s.Reconciler.Logger, s.Reconciler.Metrics = &opts, logger, s.Metrics
+		s.Logger, s.AdminToken, s.Quarantine = logger, token, store
 	}, nc, nc, nil, &solanasrc.Source{RPCURL: f.RPC, WSURL: f.WS, Program: program, Resync: 2 * time.Second, Logger: logger})
 	status := httptest.NewServer(rs.s.Handler())
 	defer status.Close()
@@ -206,6 +207,9 @@ func TestFailureReportsAct(t *testing.T) {
 		i := slices.IndexFunc(models, func(m ModelStatus) bool { return m.JobID == jobA })
 		if i < 0 || models[i].Quarantine == nil || models[i].Quarantine.Code != code || models[i].Quarantine.Coordinator != coordKey {
 			t.Errorf("/v1/models does not say why A is held: %+v", models)
+		}
+		if !strings.Contains(metricsText(t, status.URL), "modelnodes_scheduler_quarantined_models 1") {
+			t.Error("quarantined_models is not 1")
 		}
 		return js[jobA]
 	}
