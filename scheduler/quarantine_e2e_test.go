@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"net"
 	"net/http"
@@ -326,20 +325,11 @@ type modelCluster struct {
 
 func startModelCluster(t *testing.T, ctx context.Context, python, addr, crunch, serverCAFile, dir string, cert *tls.Certificate) *modelCluster {
 	t.Helper()
-	certFile, keyFile := filepath.Join(dir, "coord.crt"), filepath.Join(dir, "coord.key")
-	var certPEM []byte
-	for _, der := range cert.Certificate {
-		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testpki.WriteFile(t, certFile, certPEM)
-	testpki.WriteFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}))
+	certFile, keyFile := testpki.WriteKeyPair(t, dir, "coord", cert)
 	host, port, _ := net.SplitHostPort(addr)
 	cmd := exec.CommandContext(ctx, python, "orchws/testdata/cluster.py", host, port, crunch, serverCAFile, certFile, keyFile)
 	mc := &modelCluster{t: t, states: make(chan []string, 64), stderr: &syncbuf.Buffer{}}
+	var err error
 	mc.stdin, err = cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

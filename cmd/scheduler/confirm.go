@@ -45,15 +45,11 @@ func confirmStops(ctx context.Context, args []string, out io.Writer) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	b, err := statusRequest(cctx, http.MethodPost, *addr, "/v1/stop-holds/confirm", *token, scheduler.ConfirmRequest{Crunch: *crunch})
-	if err != nil {
-		return err
-	}
 	var res struct {
 		Confirmed []scheduler.StopHold `json:"confirmed"`
 	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		return fmt.Errorf("answer: %w", err)
+	if err := statusRequest(cctx, http.MethodPost, *addr, "/v1/stop-holds/confirm", *token, scheduler.ConfirmRequest{Crunch: *crunch}, &res); err != nil {
+		return err
 	}
 	for _, h := range res.Confirmed {
 		fmt.Fprintf(out, "confirmed: crunch %s (%s): %d of %d running models will stop: %s\n",
@@ -63,20 +59,21 @@ func confirmStops(ctx context.Context, args []string, out io.Writer) error {
 }
 
 // statusRequest sends a request to a scheduler's status API (the body, when
-// not nil, as JSON; the token, when set, as a bearer token) and returns the
-// answer of a 200, or an error that carries the API's words.
-func statusRequest(ctx context.Context, method, addr, path, token string, body any) ([]byte, error) {
+// not nil, as JSON; the token, when set, as a bearer token) and decodes the
+// JSON answer of a 200 into answer; other answers are an error that carries
+// the API's words.
+func statusRequest(ctx context.Context, method, addr, path, token string, body, answer any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(addr, "/")+path, rd)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -86,12 +83,15 @@ func statusRequest(ctx context.Context, method, addr, path, token string, body a
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
+		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
 	}
-	return b, nil
+	if err := json.Unmarshal(b, answer); err != nil {
+		return fmt.Errorf("answer: %w", err)
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -214,23 +215,19 @@ func parse(args []string) (*config, error) {
 	return &c, nil
 }
 
+// subcommands talk to a running scheduler's status API.
+var subcommands = map[string]func(ctx context.Context, args []string, out io.Writer) error{
+	"confirm-stops": confirmStops,
+	"quarantine":    quarantineCmd,
+}
+
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "quarantine" {
-		if err := quarantineCmd(context.Background(), os.Args[2:], os.Stdout); err != nil {
+	if len(os.Args) > 1 && subcommands[os.Args[1]] != nil {
+		if err := subcommands[os.Args[1]](context.Background(), os.Args[2:], os.Stdout); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				os.Exit(0)
 			}
-			fmt.Fprintln(os.Stderr, "scheduler quarantine:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if len(os.Args) > 1 && os.Args[1] == "confirm-stops" {
-		if err := confirmStops(context.Background(), os.Args[2:], os.Stdout); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				os.Exit(0)
-			}
-			fmt.Fprintln(os.Stderr, "scheduler confirm-stops:", err)
+			fmt.Fprintf(os.Stderr, "scheduler %s: %v\n", os.Args[1], err)
 			os.Exit(1)
 		}
 		return

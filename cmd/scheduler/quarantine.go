@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -46,15 +45,11 @@ func quarantineCmd(ctx context.Context, args []string, out io.Writer) error {
 	defer cancel()
 	switch {
 	case verb == "list" && fs.NArg() == 0:
-		b, err := statusRequest(ctx, http.MethodGet, *addr, "/v1/quarantines", "", nil)
-		if err != nil {
-			return err
-		}
 		var res struct {
 			Quarantines []quarantine.Record `json:"quarantines"`
 		}
-		if err := json.Unmarshal(b, &res); err != nil {
-			return fmt.Errorf("answer: %w", err)
+		if err := statusRequest(ctx, http.MethodGet, *addr, "/v1/quarantines", "", nil, &res); err != nil {
+			return err
 		}
 		for _, r := range res.Quarantines {
 			printRecord(out, "", r)
@@ -64,15 +59,11 @@ func quarantineCmd(ctx context.Context, args []string, out io.Writer) error {
 		if *token == "" {
 			return errors.New("no admin token: set MODELNODES_SCHEDULER_ADMIN_TOKEN (or --admin-token)")
 		}
-		b, err := statusRequest(ctx, http.MethodPost, *addr, "/v1/quarantines/lift", *token, scheduler.LiftRequest{Model: fs.Arg(0)})
-		if err != nil {
-			return err
-		}
 		var res struct {
 			Lifted []quarantine.Record `json:"lifted"`
 		}
-		if err := json.Unmarshal(b, &res); err != nil {
-			return fmt.Errorf("answer: %w", err)
+		if err := statusRequest(ctx, http.MethodPost, *addr, "/v1/quarantines/lift", *token, scheduler.LiftRequest{Model: fs.Arg(0)}, &res); err != nil {
+			return err
 		}
 		for _, r := range res.Lifted {
 			printRecord(out, "lifted: ", r)

@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -152,7 +151,7 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 	register("rogue", 7204, other, consulapi.HealthPassing)
 
 	// Their ModelCluster, as the crunch's coordinator.
-	certFile, keyFile := writeCert(t, dir, "coord", coord.Certificate())
+	certFile, keyFile := testpki.WriteKeyPair(t, dir, "coord", coord.Certificate())
 	serverCAFile := serverCA.WriteCA(t, dir, "server-ca.pem")
 	cmd := exec.CommandContext(ctx, python, "testdata/cluster.py", host, port, crunch, serverCAFile, certFile, keyFile)
 	stdin, err := cmd.StdinPipe()
@@ -325,40 +324,7 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 // modelClusterEnv returns the Python of a virtual environment with
 // model-runner-client from PyPI, or skips saying why there is none.
 func modelClusterEnv(t *testing.T) string {
-	t.Helper()
-	uv := pyenvtest.UV(t)
-	pyenvtest.PyPIReachable(t, uv)
-	base := pyenvtest.Python(t)
-	env := filepath.Join(t.TempDir(), "venv")
-	run := func(args ...string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, uv, args...)
-		cmd.Env = append(os.Environ(), "UV_PYTHON_DOWNLOADS=never", "VIRTUAL_ENV="+env)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Skipf("cannot install model-runner-client %s from PyPI with uv: %v\n%s", clientVersion, err, out)
-		}
-	}
-	run("venv", "--python", base.Path, env)
-	run("pip", "install", "model-runner-client=="+clientVersion)
-	return filepath.Join(env, "bin", "python")
-}
-
-func writeCert(t *testing.T, dir, name string, c *tls.Certificate) (certFile, keyFile string) {
-	t.Helper()
-	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	var certPEM []byte
-	for _, der := range c.Certificate {
-		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testpki.WriteFile(t, certFile, certPEM)
-	testpki.WriteFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}))
-	return certFile, keyFile
+	return pyenvtest.Venv(t, "model-runner-client=="+clientVersion)
 }
 
 func poolOf(c *x509.Certificate) *x509.CertPool {
