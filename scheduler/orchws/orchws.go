@@ -173,7 +173,7 @@ func New(cfg Config) (*Server, error) {
 		}, []string{"crunch", "code"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modelnodes_orchestrator_rejected_messages_total",
-			Help: "Messages from a coordinator that were ignored, by crunch and reason (json, event, too_many, unknown_model).",
+			Help: "Messages from a coordinator that were ignored, by crunch and reason (json, event, too_many, unknown_model, code).",
 		}, []string{"crunch", "reason"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modelnodes_orchestrator_rate_limited_reports_total",

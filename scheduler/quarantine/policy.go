@@ -149,7 +149,7 @@ var codePattern = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
 // ValidCode reports whether code can be a failure code.
 func ValidCode(code string) bool { return codePattern.MatchString(code) }
 
-// Load reads a policy file (HCL, see the package's docs/scheduler.md).
+// Load reads a policy file (HCL, the layout of file; docs/scheduler.md).
 func Load(path string) (*Config, error) {
 	var f file
 	if err := hclsimple.DecodeFile(path, nil, &f); err != nil {
