@@ -72,6 +72,13 @@ const (
 	MetaAuthorization   = "authorization"
 	MetaAuthorizedSlot  = "authorized_slot"
 	MetaAuthorizedChain = "authorized_chain"
+	// MetaQuarantineCode, MetaQuarantineAt and MetaQuarantineBy are on a
+	// job the scheduler holds stopped after its coordinator reported it
+	// (scheduler/quarantine): the failure code, when (RFC 3339) and the
+	// reporting coordinator's key hash. The record itself is in Consul KV.
+	MetaQuarantineCode = "quarantine_code"
+	MetaQuarantineAt   = "quarantine_at"
+	MetaQuarantineBy   = "quarantine_coordinator"
 )
 
 // The modelbox driver's task events about a model's environment carry

@@ -219,3 +219,26 @@ func (c *Client) FailedRollout(ctx context.Context, jobID string) (string, error
 	}
 	return "", nil
 }
+
+// RestartAllocations restarts, in place, the tasks of the job's running
+// allocations (Nomad's allocation restart; the token needs the namespace's
+// alloc-lifecycle capability) and returns how many it restarted. The first
+// failure ends it.
+func (c *Client) RestartAllocations(ctx context.Context, jobID string) (int, error) {
+	allocs, _, err := c.api.Jobs().Allocations(jobID, false, c.q(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("allocations of %s: %w", jobID, err)
+	}
+	n := 0
+	for _, a := range allocs {
+		if a.ClientStatus != nomadapi.AllocClientStatusRunning || a.DesiredStatus != nomadapi.AllocDesiredStatusRun {
+			continue
+		}
+		// Restart takes an allocation but reads only its id.
+		if err := c.api.Allocations().Restart(&nomadapi.Allocation{ID: a.ID, Namespace: a.Namespace}, "", c.q(ctx)); err != nil {
+			return n, fmt.Errorf("restart allocation %s of %s: %w", a.ID, jobID, err)
+		}
+		n++
+	}
+	return n, nil
+}

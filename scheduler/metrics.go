@@ -31,6 +31,8 @@ type Metrics struct {
 	undecodableN  *prometheus.GaugeVec
 	heldStops     prometheus.Gauge
 	stopHolds     prometheus.Counter
+	quarantined   prometheus.Gauge
+	lifted        *prometheus.CounterVec
 }
 
 // NewMetrics registers the scheduler's metrics on a new registry.
@@ -69,10 +71,14 @@ func NewMetrics() *Metrics {
 			Help: "Stops held because a pass would stop more than --max-stop-share of a crunch's models; alert when above 0."}),
 		stopHolds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "stop_holds_total",
 			Help: "Holds of a crunch's stops started (see held_stops)."}),
+		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "quarantined_models",
+			Help: "Models held stopped after their coordinator's failure reports (Consul KV), as the leader's last pass read them."}),
+		lifted: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "quarantines_lifted_total",
+			Help: "Quarantines ended, by why (submission: the model's authorization changed; operator: lifted through the status API)."}, []string{"reason"}),
 	}
 	m.Registry.MustRegister(m.leader, m.desired, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
 		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.writes, m.backoffs, m.refusedTotal,
-		m.undecodableN, m.heldStops, m.stopHolds,
+		m.undecodableN, m.heldStops, m.stopHolds, m.quarantined, m.lifted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -167,4 +173,18 @@ func (m *Metrics) stopsHeld(n int, started int) {
 	}
 	m.heldStops.Set(float64(n))
 	m.stopHolds.Add(float64(started))
+}
+
+func (m *Metrics) quarantinedModels(n int) {
+	if m == nil {
+		return
+	}
+	m.quarantined.Set(float64(n))
+}
+
+func (m *Metrics) quarantineLifted(reason string) {
+	if m == nil {
+		return
+	}
+	m.lifted.WithLabelValues(reason).Inc()
 }

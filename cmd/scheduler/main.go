@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -32,6 +33,7 @@ import (
 	"github.com/modelnodes/modelnodes/scheduler/inspect"
 	"github.com/modelnodes/modelnodes/scheduler/leader"
 	"github.com/modelnodes/modelnodes/scheduler/observer"
+	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 	"github.com/modelnodes/modelnodes/scheduler/source/feed"
 	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
 	"github.com/modelnodes/modelnodes/scheduler/source/yamlfile"
@@ -46,6 +48,9 @@ Usage:
   scheduler confirm-stops [--status-addr URL] [--crunch ID|NAME]
       confirm held stops (see --max-stop-share); the token is --admin-token's
       (MODELNODES_SCHEDULER_ADMIN_TOKEN)
+  scheduler quarantine list|lift [--status-addr URL] [MODEL]
+      list the models quarantined after their coordinator's failure reports,
+      or lift one (its job, short or model id) with the admin token
 
 Sources of desired state (at least one; several are merged, the first named wins on a
 duplicate model):
@@ -58,7 +63,9 @@ A source that cannot be read keeps its last good state: models are never stopped
 a source is down, nor because it lists nothing; a model stops on positive evidence about
 its own authorization, and a pass that would stop more than --max-stop-share of a crunch's
 models is held (GET /v1/status) until it persists for --stop-hold or an operator confirms. Several instances may run; with --lock-key only the holder of that Consul
-lock reconciles. Status: GET /v1/status, GET /v1/models, GET /metrics on --listen.
+lock reconciles. Status: GET /v1/status, GET /v1/models, GET /v1/quarantines, GET /metrics
+on --listen. With --orchestrator-listen, coordinators' failure reports act by
+--failure-policy (restart, quarantine); quarantines live in Consul KV.
 See docs/scheduler.md.
 `
 
@@ -98,6 +105,7 @@ type config struct {
 	stopHold                                             time.Duration
 	stopHoldMin                                          int
 	adminToken                                           string
+	failurePolicy, quarantinePrefix                      string
 	orch                                                 orchestratorFlags
 }
 
@@ -159,6 +167,8 @@ func parse(args []string) (*config, error) {
 	fs.DurationVar(&c.stopHold, "stop-hold", 10*time.Minute, "make held stops once the passes have wanted them this long (0: only when an operator confirms)")
 	fs.IntVar(&c.stopHoldMin, "stop-hold-min-models", 2, "hold only passes that stop at least this many of a crunch's models")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token of the status API's write endpoint (POST /v1/stop-holds/confirm); empty: it is off. Prefer MODELNODES_SCHEDULER_ADMIN_TOKEN to the flag")
+	fs.StringVar(&c.failurePolicy, "failure-policy", "", "HCL file of the crunches' failure-report policies: what a coordinator's report_failure of each code does (count, restart, quarantine), rate limits (docs/scheduler.md); empty: the defaults")
+	fs.StringVar(&c.quarantinePrefix, "quarantine-kv-prefix", quarantine.DefaultPrefix, "Consul KV prefix of the quarantines (one key per job); every instance with --lock-key or --orchestrator-listen reads it, the token needs key write on it")
 	c.orch.register(fs)
 	fs.Usage = envflag.Usage(fs, envPrefix, synopsis)
 	if err := envflag.Parse(fs, envPrefix, args); err != nil {
@@ -194,6 +204,14 @@ func parse(args []string) (*config, error) {
 	if err := c.orch.check(); err != nil {
 		return nil, err
 	}
+	if c.failurePolicy != "" {
+		if _, err := quarantine.Load(c.failurePolicy); err != nil {
+			return nil, err
+		}
+	}
+	if c.quarantinePrefix == "" || !strings.HasSuffix(c.quarantinePrefix, "/") {
+		return nil, fmt.Errorf("--quarantine-kv-prefix %q: want a prefix ending in /", c.quarantinePrefix)
+	}
 	switch c.solanaCommitment {
 	case "confirmed", "finalized":
 	default:
@@ -202,13 +220,19 @@ func parse(args []string) (*config, error) {
 	return &c, nil
 }
 
+// subcommands talk to a running scheduler's status API.
+var subcommands = map[string]func(ctx context.Context, args []string, out io.Writer) error{
+	"confirm-stops": confirmStops,
+	"quarantine":    quarantineCmd,
+}
+
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "confirm-stops" {
-		if err := confirmStops(context.Background(), os.Args[2:], os.Stdout); err != nil {
+	if len(os.Args) > 1 && subcommands[os.Args[1]] != nil {
+		if err := subcommands[os.Args[1]](context.Background(), os.Args[2:], os.Stdout); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				os.Exit(0)
 			}
-			fmt.Fprintln(os.Stderr, "scheduler confirm-stops:", err)
+			fmt.Fprintf(os.Stderr, "scheduler %s: %v\n", os.Args[1], err)
 			os.Exit(1)
 		}
 		return
@@ -310,6 +334,14 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	if c.modelsFile != "" {
 		s.Sources = append(s.Sources, &yamlfile.Source{Path: c.modelsFile})
 	}
+	if c.lockKey != "" || c.orch.listen != "" {
+		// Quarantines live in Consul KV, where every instance reads them.
+		client, err := c.consulClient()
+		if err != nil {
+			return err
+		}
+		s.Quarantine = &quarantine.Store{KV: client.KV(), Prefix: c.quarantinePrefix, Logger: log.Named("quarantine")}
+	}
 	if c.lockKey != "" {
 		client, err := c.consulClient()
 		if err != nil {
@@ -319,7 +351,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 			SessionTTL: c.sessionTTL, Logger: log.Named("leader")}
 	}
 	if c.orch.listen != "" {
-		stopOrch, err := serveOrchestrator(ctx, c, log.Named("orchestrator"), metrics)
+		stopOrch, err := serveOrchestrator(ctx, c, log.Named("orchestrator"), metrics, s, nc)
 		if err != nil {
 			return err
 		}

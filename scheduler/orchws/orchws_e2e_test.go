@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -136,7 +135,7 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 	register("rogue", 7204, other, consulapi.HealthPassing)
 
 	// Their ModelCluster, as the crunch's coordinator.
-	certFile, keyFile := writeCert(t, dir, "coord", coord.Certificate())
+	certFile, keyFile := testpki.WriteKeyPair(t, dir, "coord", coord.Certificate())
 	serverCAFile := serverCA.WriteCA(t, dir, "server-ca.pem")
 	cmd := exec.CommandContext(ctx, python, "testdata/cluster.py", host, port, crunch, serverCAFile, certFile, keyFile)
 	stdin, err := cmd.StdinPipe()
@@ -304,22 +303,6 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 	if n := counter(t, reg, "modelnodes_orchestrator_failure_reports_total", "LOW_PERFORMANCE", crunch); n != 0 {
 		t.Errorf("a report of another crunch's model was counted: %v", n)
 	}
-}
-
-func writeCert(t *testing.T, dir, name string, c *tls.Certificate) (certFile, keyFile string) {
-	t.Helper()
-	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	var certPEM []byte
-	for _, der := range c.Certificate {
-		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testpki.WriteFile(t, certFile, certPEM)
-	testpki.WriteFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}))
-	return certFile, keyFile
 }
 
 func poolOf(c *x509.Certificate) *x509.CertPool {
