@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,8 +126,18 @@ func TestCrunchDAOClientOnOurStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The coordinator's key must be on chain, as the scheduler's desired
+	// state says (cmd/scheduler wires it the same way); the scheduler
+	// running now answers.
+	var current atomic.Pointer[Scheduler]
 	srv, err := orchws.New(orchws.Config{Consul: cl.Consul.Client, Authorizer: az, Wait: time.Minute, Logger: logger,
-		CrunchMeta: func(string) string { return c.Crunch.String() }})
+		CrunchMeta: func(string) string { return c.Crunch.String() },
+		CoordinatorKeys: func(crunch string) []string {
+			if s := current.Load(); s != nil {
+				return s.CoordinatorKeys(crunch)
+			}
+			return nil
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +175,7 @@ func TestCrunchDAOClientOnOurStack(t *testing.T) {
 	// 1. Plaintext.
 	plain := opts
 	plain.Plaintext = true
-	rs := startSchedulerWith(t, func(s *Scheduler) { s.Reconciler.Options, s.Logger = &plain, logger }, nc, nc, nil, source())
+	rs := startSchedulerWith(t, func(s *Scheduler) { s.Reconciler.Options, s.Logger = &plain, logger; current.Store(s) }, nc, nc, nil, source())
 	waitInstances(t, cl, crunchName, 90*time.Second, false, "cd-1", "cd-2")
 	tPlain := time.Now()
 	py := theirs(false)
@@ -183,7 +194,7 @@ func TestCrunchDAOClientOnOurStack(t *testing.T) {
 	rs.stop()
 	secure := opts
 	secure.RunnerVaultAddr = cl.Vault.Addr
-	startSchedulerWith(t, func(s *Scheduler) { s.Reconciler.Options, s.Logger = &secure, logger }, nc, nc, nil, source())
+	startSchedulerWith(t, func(s *Scheduler) { s.Reconciler.Options, s.Logger = &secure, logger; current.Store(s) }, nc, nc, nil, source())
 	tSecure := time.Now()
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(chainPEM)
