@@ -507,7 +507,7 @@ func TestExampleJobRuns(t *testing.T) {
 	}
 	m := jobs.Model{Crunch: "demo", ModelID: "example"}
 	waitJobs(t, nc, 10*time.Second, "the example job registered", func(j map[string]nomad.JobStub) bool {
-		_, ok := j[jobs.JobID(jobs.Named(&m))]
+		_, ok := j[jobs.JobID(&m)] // the file names it by its key
 		return ok
 	})
 }

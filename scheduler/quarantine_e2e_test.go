@@ -102,7 +102,7 @@ func TestFailureReportsAct(t *testing.T) {
 	f.SetAccount(t, keyC, program, auth(otherName, "qc", "sub-1", false))
 	short := func(crunch, id string) string {
 		m := jobs.Model{Crunch: crunch, CrunchID: crunchOf[crunch].String(), ModelID: id}
-		return jobs.ShortID(&m)
+		return jobs.ShortID(jobs.Named(&m))
 	}
 	shortA, shortB := short(mainName, "qa"), short(mainName, "qb")
 	jobA, jobB := names.Job(shortA), names.Job(shortB)
