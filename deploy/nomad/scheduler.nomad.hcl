@@ -24,7 +24,7 @@
 # Settings: every item of the Nomad Variable nomad/jobs/<job id> becomes the
 # scheduler's environment variable MODELNODES_SCHEDULER_<ITEM> (upper case),
 # which sets flag --<item with - for _> (cmd/scheduler: every flag reads one).
-# A change of the variable restarts the tasks one by one. For example:
+# A change of the variable restarts each task within a minute (splay). For example:
 #
 #   {"Items": {
 #     "solana_rpc": "https://rpc.example", "solana_ws": "wss://rpc.example",
@@ -226,6 +226,9 @@ job "modelnodes-scheduler" {
         destination = "${NOMAD_SECRETS_DIR}/settings.env"
         env         = true
         change_mode = "restart"
+        # Each instance restarts at a random moment within a minute of a
+        # settings change, so that the two rarely restart together.
+        splay = "1m"
         # Item keys are flag names with _ for -; values are quoted for the
         # env file (a newline in a value cannot start another variable).
         data = <<-EOT
