@@ -131,6 +131,9 @@ func New(cfg Config) *Server {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer(), metrics: newMetrics(cfg.Registerer)}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(certExpiry{tls: cfg.TLS, now: time.Now})
+	}
 
 	wc := cfg.Worker
 	if wc.Logger == nil {

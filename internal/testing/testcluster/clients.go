@@ -42,6 +42,12 @@ type Options struct {
 	// blocks for more plugins of the repository's bin (a test's device
 	// plugin, internal/testing/testdevice/cmd/nomad-device-testdev).
 	NomadPluginHCL string
+	// ShortAllocDir gives the cluster's own Nomad agent an alloc_dir of a
+	// short path (<temp dir>/nmNNNN/alloc, removed at Stop): a task's API
+	// socket (secrets/api.sock, NOMAD_UNIX_ADDR) must fit in a unix
+	// socket's 108 bytes, which a test's temp dir does not leave. Not a
+	// symlink into Dir: the exec driver refuses a symlinked root.
+	ShortAllocDir bool
 }
 
 // nomadServerHCL is the server block carrying the options, if any.
