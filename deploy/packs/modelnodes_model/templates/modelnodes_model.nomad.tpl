@@ -47,8 +47,12 @@ job "model-node-pdxu2groar3jsn66" {
 
     # The deadlines leave room for the node to build the model's Python
     # environment at its first start (the driver's build_timeout, 30 min).
+    # A new version runs as a canary beside the serving one, which Nomad
+    # stops only once the canary is healthy and promoted (docs/scheduler.md).
     update {
       max_parallel      = 1
+      canary            = 1
+      auto_promote      = true
       health_check      = "checks"
       min_healthy_time  = "10s"
       healthy_deadline  = "35m"
@@ -61,6 +65,8 @@ job "model-node-pdxu2groar3jsn66" {
       provider = "consul"
       name     = "crunch-demo"
       port     = "grpc"
+      # Until promoted: the serving runner does not take it for its replacement.
+      canary_tags = ["canary"]
       meta {
         model_id = "pdxu2groar3jsn66"
         model    = "example"
