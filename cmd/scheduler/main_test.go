@@ -267,6 +267,10 @@ func TestQuarantineCommand(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
+	var help strings.Builder
+	if err := quarantineCmd(context.Background(), []string{"--help"}, &help); err != nil || !strings.Contains(help.String(), "scheduler quarantine lift") {
+		t.Fatalf("--help: %v\n%s", err, help.String())
+	}
 	var out strings.Builder
 	if err := quarantineCmd(context.Background(), []string{"list", "--status-addr", srv.URL}, &out); err != nil {
 		t.Fatal(err)

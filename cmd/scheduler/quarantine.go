@@ -38,6 +38,11 @@ func quarantineCmd(ctx context.Context, args []string, out io.Writer) error {
 		return errors.New("want list or lift")
 	}
 	verb := args[0]
+	if verb == "-h" || verb == "--help" || verb == "-help" || verb == "help" {
+		fs.SetOutput(out)
+		fs.Usage()
+		return nil
+	}
 	if err := envflag.Parse(fs, envPrefix, args[1:]); err != nil {
 		return err
 	}
