@@ -109,6 +109,9 @@ const (
 	PortLabel = "grpc"
 	// HealthPortLabel serves only plaintext gRPC health, for Consul.
 	HealthPortLabel = "health"
+	// MetricsPortLabel serves the runner's Prometheus /metrics, registered
+	// in Consul as names.MetricsService.
+	MetricsPortLabel = "metrics"
 	// TLSBundle holds certificate, chain and key (one pkiCert template: two
 	// would issue two key pairs); ClientCA the root coordinators chain to.
 	TLSBundle = "secrets/tls.pem"
@@ -292,6 +295,7 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		ports = append(ports, nomadapi.Port{Label: HealthPortLabel})
 		check.PortLabel = HealthPortLabel
 	}
+	ports = append(ports, nomadapi.Port{Label: MetricsPortLabel})
 	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: ports}}
 	tg.Services = []*nomadapi.Service{{
 		Name:      names.Service(m.Crunch),
@@ -312,6 +316,18 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		// A canary's instance says so until it is promoted, so that the
 		// version it replaces does not take it for its replacement yet.
 		CanaryTags: []string{names.TagCanary},
+	}, {
+		// The runner's metrics, for Prometheus' Consul discovery
+		// (deploy/monitoring): one service for every model, its meta
+		// saying whose. No check: a scrape says whether it answers.
+		Name:      names.MetricsService,
+		Provider:  "consul",
+		PortLabel: MetricsPortLabel,
+		Tags:      []string{"metrics"},
+		Meta: map[string]string{
+			names.MetaModelID: ShortID(m),
+			names.MetaCrunch:  crunchMeta(m),
+		},
 	}}
 	if m.Hotkey != "" {
 		tg.Services[0].Meta[names.MetaHotkey] = m.Hotkey
@@ -394,6 +410,7 @@ func taskConfig(m *Model, o *Options) *taskconfig.Config {
 		// nothing else, on its own port.
 		cfg.HealthPort = HealthPortLabel
 	}
+	cfg.MetricsPort = MetricsPortLabel
 	return cfg
 }
 

@@ -83,8 +83,14 @@ func TestBuild(t *testing.T) {
 		t.Fatalf("service: %+v", svc)
 	}
 	// mTLS on the model port; Consul checks the plaintext health-only port.
-	if task.Config["health_port"] != "health" || len(job.TaskGroups[0].Networks[0].DynamicPorts) != 2 {
+	if task.Config["health_port"] != "health" || len(job.TaskGroups[0].Networks[0].DynamicPorts) != 3 {
 		t.Fatalf("health port: %v %+v", task.Config["health_port"], job.TaskGroups[0].Networks[0].DynamicPorts)
+	}
+	// The runner's metrics on a port of their own, registered for
+	// Prometheus under the one metrics service, saying whose they are.
+	if ms := job.TaskGroups[0].Services[1]; task.Config["metrics_port"] != "metrics" || ms.Name != names.MetricsService || ms.PortLabel != "metrics" ||
+		ms.Meta[names.MetaModelID] != ShortID(m) || ms.Meta[names.MetaCrunch] != m.CrunchID || len(ms.Checks) != 0 {
+		t.Fatalf("metrics: %v %+v", task.Config["metrics_port"], ms)
 	}
 	az := task.Config["authz"].([]map[string]any)[0]
 	if az["crunch"] != "Mid One" || len(az["cert_hashes"].([]string)) != 1 || az["cert_hashes"].([]string)[0] != m.CertHash {

@@ -92,6 +92,13 @@ const (
 	EnvironmentReady    = "ready"
 )
 
+// MetricsService is the Consul service under which every runner's
+// Prometheus endpoint is registered (its meta names the crunch and the
+// model). It lies inside ServicePrefix, which only the models' namespace
+// may register (deploy/consul/setup), and no crunch's service can take it:
+// a crunch's label never starts with "-".
+const MetricsService = ServicePrefix + "-metrics"
+
 // TagCanary tags a model's Consul instance while it is the canary of a new
 // version (a new submission) that Nomad has not promoted yet: the running
 // version keeps serving beside it, and is not superseded by it

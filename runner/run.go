@@ -217,7 +217,12 @@ func Run(ctx context.Context, o runneropts.Options) error {
 		defer ml.Close()
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		go func() { _ = http.Serve(ml, mux) }()
+		// Reachable from the network when a job gives it a port: a slow
+		// client must not hold connections open.
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+		defer ms.Close()
+		go func() { _ = ms.Serve(ml) }()
 		log.Info("metrics serving", "address", ml.Addr().String())
 	}
 	lis, err := net.Listen("tcp", o.Listen)
