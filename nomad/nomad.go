@@ -81,6 +81,10 @@ type JobStub struct {
 	// job: when it was stopped).
 	SubmitTime time.Time
 	Meta       map[string]string
+	// Allocs counts the job's allocations that are running or starting
+	// (its summary): more than one for a model's job while a new version's
+	// canary runs beside the old one.
+	Allocs int
 }
 
 func (c *Client) q(ctx context.Context) *nomadapi.QueryOptions {
@@ -102,10 +106,16 @@ func (c *Client) ListJobs(ctx context.Context, prefix string) ([]JobStub, error)
 	}
 	out := make([]JobStub, 0, len(stubs))
 	for _, s := range stubs {
-		out = append(out, JobStub{
+		js := JobStub{
 			ID: s.ID, Stop: s.Stop, Status: s.Status, JobModifyIndex: s.JobModifyIndex,
 			SubmitTime: time.Unix(0, s.SubmitTime), Meta: s.Meta,
-		})
+		}
+		if s.JobSummary != nil {
+			for _, g := range s.JobSummary.Summary {
+				js.Allocs += g.Running + g.Starting
+			}
+		}
+		out = append(out, js)
 	}
 	return out, nil
 }

@@ -17,6 +17,7 @@ type Metrics struct {
 
 	leader        prometheus.Gauge
 	desired       prometheus.Gauge
+	rollouts      *prometheus.GaugeVec
 	models        *prometheus.GaugeVec
 	sourceUp      *prometheus.GaugeVec
 	sourceErrors  *prometheus.CounterVec
@@ -42,6 +43,8 @@ func NewMetrics() *Metrics {
 		Registry: prometheus.NewRegistry(),
 		leader:   prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "leader", Help: "1 while this instance holds the reconcile lock."}),
 		desired:  prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "desired_models", Help: "Models the sources want running."}),
+		rollouts: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "rollouts",
+			Help: "Models rolling out a new version (state rolling: a canary beside the serving allocation), waiting for --max-rollouts (deferred), or left on their serving version after a failed rollout (failed), as of the last pass."}, []string{"state"}),
 		models: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "models",
 			Help: "Models by observed state (pending, running, healthy, faulty, failed, backoff, stopped)."}, []string{"state"}),
 		sourceUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "source_up",
@@ -76,7 +79,7 @@ func NewMetrics() *Metrics {
 		lifted: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "quarantines_lifted_total",
 			Help: "Quarantines ended, by why (submission: the model's authorization changed; operator: lifted through the status API)."}, []string{"reason"}),
 	}
-	m.Registry.MustRegister(m.leader, m.desired, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
+	m.Registry.MustRegister(m.leader, m.desired, m.rollouts, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
 		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.writes, m.backoffs, m.refusedTotal,
 		m.undecodableN, m.heldStops, m.stopHolds, m.quarantined, m.lifted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -125,6 +128,11 @@ func (m *Metrics) reconciled(res Result, err error, d time.Duration, desired int
 	m.reconciles.WithLabelValues(outcome).Inc()
 	m.reconcileDur.Observe(d.Seconds())
 	m.desired.Set(float64(desired))
+	if err == nil {
+		m.rollouts.WithLabelValues("rolling").Set(float64(res.Rolling))
+		m.rollouts.WithLabelValues("deferred").Set(float64(res.DeferredRollouts))
+		m.rollouts.WithLabelValues("failed").Set(float64(res.FailedRollouts))
+	}
 }
 
 func (m *Metrics) nomadWrite(op string) {

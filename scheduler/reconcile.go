@@ -62,6 +62,12 @@ type Reconciler struct {
 	// DefaultRolloutRetry); a newer version is written at once. Needs a
 	// Nomad that is a RolloutReader.
 	RolloutRetry time.Duration
+	// MaxRollouts bounds the running models rolling out a new version at
+	// once (a canary beside the serving allocation, each needing room for
+	// one more allocation): the updates beyond it wait for later passes.
+	// 0: no bound. Starting a stopped model, or registering a new one, is
+	// no rollout.
+	MaxRollouts int
 	// Quarantines, when set, holds the models their coordinators'
 	// reports quarantined (quarantine.Store): they are kept stopped until
 	// their submission changes, which ends the quarantine here.
@@ -129,6 +135,10 @@ type Result struct {
 	// FailedRollouts counts running jobs left on their serving version
 	// because the desired version failed its rollout (RolloutRetry).
 	FailedRollouts int
+	// Rolling counts the jobs rolling out a new version (two allocations
+	// running or starting), DeferredRollouts the updates left for a later
+	// pass by MaxRollouts.
+	Rolling, DeferredRollouts int
 	// Quarantined counts the desired models held stopped by a quarantine,
 	// Lifted the quarantines this pass ended for a new submission.
 	Quarantined, Lifted int
@@ -136,8 +146,9 @@ type Result struct {
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d kept=%d failed_rollouts=%d quarantined=%d lifted=%d errors=%d",
-		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, r.Kept, r.FailedRollouts, r.Quarantined, r.Lifted, len(r.Errors))
+	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d kept=%d failed_rollouts=%d rolling=%d deferred_rollouts=%d quarantined=%d lifted=%d errors=%d",
+		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, r.Kept, r.FailedRollouts,
+		r.Rolling, r.DeferredRollouts, r.Quarantined, r.Lifted, len(r.Errors))
 }
 
 // add counts other's writes and errors into r.
@@ -153,6 +164,8 @@ func (r *Result) add(other Result) {
 	r.HeldStops += other.HeldStops
 	r.Kept += other.Kept
 	r.FailedRollouts += other.FailedRollouts
+	r.Rolling += other.Rolling
+	r.DeferredRollouts += other.DeferredRollouts
 	r.Quarantined += other.Quarantined
 	r.Lifted += other.Lifted
 	r.Errors = append(r.Errors, other.Errors...)
@@ -197,6 +210,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 		Actual{Jobs: existing, Held: held, Quarantined: quarantined, Now: at}, purgeAfter)
 	res.Lifted = lifted
 	actions, res.FailedRollouts = r.skipFailedRollouts(ctx, actions, existing, at)
+	actions, res.Rolling, res.DeferredRollouts = limitRollouts(actions, existing, r.MaxRollouts)
 	actions, res.HeldStops = r.Guard.filter(actions, existing, at)
 	for _, err := range res.Errors {
 		r.log().Error("reconcile", "error", redact.Error(err))
@@ -204,6 +218,40 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	done, err := r.Apply(ctx, actions)
 	res.add(done)
 	return res, err
+}
+
+// limitRollouts keeps at most max running models rolling out at once: the
+// jobs already rolling (two allocations running or starting: a canary
+// beside the serving one) count, and the updates of running jobs beyond
+// the rest are dropped for a later pass, in job id order (Plan's). Each
+// rollout needs room for one more allocation until its canary is promoted:
+// a change to every job at once (a job option, an upgrade) would otherwise
+// need a whole fleet's worth. It returns the remaining actions, how many
+// jobs are rolling, and how many updates it deferred.
+func limitRollouts(actions []Action, existing []nomad.JobStub, max int) ([]Action, int, int) {
+	rolling := 0
+	for _, j := range existing {
+		if !j.Stop && j.Allocs > 1 && j.Meta[names.MetaManaged] == "true" {
+			rolling++
+		}
+	}
+	if max <= 0 {
+		return actions, rolling, 0
+	}
+	budget := max - rolling
+	out := actions[:0:0]
+	deferred := 0
+	for _, a := range actions {
+		if a.Op == OpUpdate && !a.WasStopped {
+			if budget <= 0 {
+				deferred++
+				continue
+			}
+			budget--
+		}
+		out = append(out, a)
+	}
+	return out, rolling, deferred
 }
 
 // skipFailedRollouts drops the updates that would write again, before

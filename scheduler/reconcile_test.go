@@ -337,3 +337,55 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 		t.Fatalf("a newer version waits for the failed one's retry: %v", res)
 	}
 }
+
+// At most MaxRollouts running models roll out a new version at once (each
+// canary needs room for one more allocation): the jobs already rolling
+// count, the other updates wait for a later pass, and starting a stopped
+// model or registering a new one is no rollout.
+func TestReconcileBoundsRollouts(t *testing.T) {
+	ctx := context.Background()
+	f := newFakeNomad()
+	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
+	r := &Reconciler{Nomad: f, Options: opts, MaxRollouts: 2}
+	var ms []jobs.Model
+	for _, id := range []string{"a", "b", "c", "d", "e"} {
+		ms = append(ms, testModel("demo", id, true))
+	}
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, ms...), nil, true); res.Registered != 5 {
+		t.Fatalf("five new models are registered at once, no rollout: %v", res)
+	}
+	// Job a is still rolling out an earlier version (two allocations).
+	f.mu.Lock()
+	f.jobs[jobs.JobID(jobs.Named(&ms[0]))].Allocs = 2
+	f.mu.Unlock()
+	for i := range ms {
+		ms[i].MemoryMB = 1024 // a change to every job
+	}
+	res, _ := r.Reconcile(ctx, desiredOf(opts, ms...), nil, true)
+	if res.Updated != 1 || res.Rolling != 1 || res.DeferredRollouts != 4 {
+		t.Fatalf("with one job rolling and a bound of 2: %v; want 1 update, 4 deferred", res)
+	}
+	f.mu.Lock()
+	for _, j := range f.jobs {
+		j.Allocs = 1 // every rollout done
+	}
+	f.mu.Unlock()
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, ms...), nil, true); res.Updated != 2 || res.DeferredRollouts != 2 {
+		t.Fatalf("next pass: %v; want 2 updates, 2 deferred", res)
+	}
+	// A stopped model started again is no rollout.
+	stopped := ms[4]
+	stopped.Running = false
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, ms[0], ms[1], ms[2], ms[3], stopped), nil, true); res.Stopped != 1 {
+		t.Fatalf("stop pass: %v", res)
+	}
+	f.mu.Lock()
+	for _, j := range f.jobs {
+		j.Allocs = 2 // everything rolling
+	}
+	f.mu.Unlock()
+	ms[4].MemoryMB = 2048
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, ms...), nil, true); res.Updated != 1 || f.jobs[jobs.JobID(jobs.Named(&ms[4]))].Stop {
+		t.Fatalf("a stopped model is not started while others roll: %v", res)
+	}
+}

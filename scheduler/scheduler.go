@@ -274,6 +274,11 @@ func (s *Scheduler) lead(ctx context.Context) {
 		} else {
 			backoff = 100 * time.Millisecond
 		}
+		if res.DeferredRollouts > 0 {
+			// Rollouts finish in seconds (a canary turns healthy, is
+			// promoted): look again soon rather than at the next resync.
+			wait = min(wait, 5*time.Second)
+		}
 		for _, next := range []time.Time{nextHoldEnd, s.Reconciler.Guard.NextRelease()} {
 			if !next.IsZero() {
 				wait = min(wait, time.Until(next)+10*time.Millisecond)

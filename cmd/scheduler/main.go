@@ -103,7 +103,7 @@ type config struct {
 	backoff                                              observer.Backoff
 	maxStopShare                                         float64
 	stopHold                                             time.Duration
-	stopHoldMin                                          int
+	stopHoldMin, maxRollouts                             int
 	adminToken                                           string
 	failurePolicy, quarantinePrefix                      string
 	orch                                                 orchestratorFlags
@@ -158,6 +158,7 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.codeCache, "code-cache-dir", defaultCodeCache(), "where --python-constraints keeps what each code archive's root held (by sha256), so a restart fetches nothing again; empty: in memory only")
 	fs.DurationVar(&c.resync, "resync", 30*time.Second, "longest time between two reconcile passes")
 	fs.DurationVar(&c.purgeAfter, "purge-after", 24*time.Hour, "how long a stopped job stays before it is purged")
+	fs.IntVar(&c.maxRollouts, "max-rollouts", 50, "at most this many running models roll out a new version at once (each canary needs room for one more allocation until promoted); the other updates wait for later passes. 0: no bound")
 	fs.DurationVar(&c.rolloutRetry, "rollout-retry", scheduler.DefaultRolloutRetry, "how long a new version whose rollout failed (its canary never turned healthy; Nomad reverted the job to the serving version) waits before it is written again; a newer version is written at once")
 	fs.IntVar(&c.backoff.Failures, "crashloop-failures", 3, "failed allocations within --crashloop-window that hold a model stopped")
 	fs.DurationVar(&c.backoff.Window, "crashloop-window", 10*time.Minute, "window counting failures")
@@ -197,6 +198,9 @@ func parse(args []string) (*config, error) {
 	}
 	if c.stopHold < 0 || c.stopHoldMin < 1 {
 		return nil, errors.New("--stop-hold must not be negative and --stop-hold-min-models at least 1")
+	}
+	if c.maxRollouts < 0 {
+		return nil, errors.New("--max-rollouts must not be negative")
 	}
 	if c.rolloutRetry <= 0 {
 		return nil, errors.New("--rollout-retry must be positive")
@@ -298,7 +302,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	warnPolicy(c, log)
 	metrics := scheduler.NewMetrics()
 	s := &scheduler.Scheduler{
-		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter, RolloutRetry: c.rolloutRetry,
+		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter, RolloutRetry: c.rolloutRetry, MaxRollouts: c.maxRollouts,
 			Logger: log.Named("reconcile"), Metrics: metrics},
 		Observer: &observer.Observer{Nomad: nc, Backoff: c.backoff, Logger: log.Named("observer"), Metrics: metrics},
 		Resync:   c.resync, Logger: log, Metrics: metrics, Placements: nc, AdminToken: c.adminToken, HashedNames: !c.modelIDNames,
