@@ -332,6 +332,12 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	if m.Hotkey != "" {
 		tg.Services[0].Meta[names.MetaHotkey] = m.Hotkey
 	}
+	// The submission a coordinator is served: CrunchDAO's orchestrator
+	// announces it as the model's deployment (scheduler/orchws), so a new
+	// submission's canary is a new deployment to their client.
+	if m.SubmissionID != "" {
+		tg.Services[0].Meta[names.MetaSubmission] = m.SubmissionID
+	}
 	// A crashing model restarts in place a few times, then Nomad reschedules
 	// it with exponential delays; the scheduler's crash-loop backoff sits on
 	// top (docs/scheduler.md).

@@ -16,7 +16,7 @@ func model() *Model {
 		Crunch: "Mid One", CrunchID: "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin",
 		ModelID: "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", Cruncher: "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH",
 		ArtifactURL: "https://models.example/a.tar.gz", ArtifactSHA256: strings.Repeat("ab", 32),
-		Hardware: CPU, Running: true, CertHash: strings.Repeat("cd", 32),
+		Hardware: CPU, Running: true, CertHash: strings.Repeat("cd", 32), SubmissionID: "sub-42",
 	}
 }
 
@@ -79,7 +79,7 @@ func TestBuild(t *testing.T) {
 	svc := job.TaskGroups[0].Services[0]
 	if svc.Provider != "consul" || svc.Name != "crunch-mid-one--fo6pt5hdwpkimptu" || svc.PortLabel != "grpc" ||
 		svc.Checks[0].Type != "grpc" || svc.Checks[0].PortLabel != "health" || svc.Checks[0].GRPCUseTLS ||
-		svc.Meta[names.MetaModelID] != ShortID(m) || svc.Meta[names.MetaCruncher] != m.Cruncher {
+		svc.Meta[names.MetaModelID] != ShortID(m) || svc.Meta[names.MetaCruncher] != m.Cruncher || svc.Meta[names.MetaSubmission] != "sub-42" {
 		t.Fatalf("service: %+v", svc)
 	}
 	// mTLS on the model port; Consul checks the plaintext health-only port.

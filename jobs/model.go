@@ -298,6 +298,7 @@ func SpecHash(m *Model, o *Options) string {
 // (3: vault { env = false }; 4: services named by names.Service, which maps
 // a crunch name that is no DNS label injectively; 5: healthy and progress
 // deadlines that leave room for an environment build; 6: the node's seccomp
-// profile in the service's meta; 7: canary rollouts, and the runner's
-// metrics on a port of their own, registered in Consul).
+// profile in the service's meta; 7: canary rollouts, the runner's metrics
+// on a port of their own, registered in Consul, and the submission in the
+// service's meta).
 const specVersion = 7
