@@ -34,6 +34,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/delegation"
 	"github.com/modelnodes/modelnodes/internal/testing/crunchdao"
+	"github.com/modelnodes/modelnodes/internal/testing/orchwstest"
 	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
@@ -45,7 +46,6 @@ import (
 	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/runner/vaultkey"
 	"github.com/modelnodes/modelnodes/scheduler/orchws"
-	"github.com/modelnodes/modelnodes/scheduler/orchws/orchwstest"
 	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
 	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 )

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modelnodes/modelnodes/internal/testing/crunchdao"
+	"github.com/modelnodes/modelnodes/internal/testing/orchwstest"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
@@ -33,7 +34,6 @@ import (
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/scheduler/orchws"
-	"github.com/modelnodes/modelnodes/scheduler/orchws/orchwstest"
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
