@@ -26,7 +26,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/driver/pyenv/pyenvtest"
+	"github.com/modelnodes/modelnodes/internal/testing/crunchdao"
 	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
@@ -56,7 +56,7 @@ import (
 func TestFailureReportsAct(t *testing.T) {
 	cl := testcluster.Shared(t, testcluster.Nomad)
 	requireModelbox(t, cl.Nomad.Client)
-	python := pyenvtest.Venv(t, "model-runner-client==0.14.0")
+	python := crunchdao.ClientPython(t)
 	nc := nomad.Wrap(cl.Nomad.Client)
 	t.Cleanup(func() { purgeAll(t, nc) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

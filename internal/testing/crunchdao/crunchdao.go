@@ -7,12 +7,8 @@
 package crunchdao
 
 import (
-	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/modelnodes/modelnodes/driver/pyenv/pyenvtest"
 )
@@ -28,7 +24,7 @@ const (
 // none.
 func ClientPython(tb testing.TB) string {
 	tb.Helper()
-	return filepath.Join(venv(tb, "model-runner-client=="+ClientVersion), "bin", "python")
+	return pyenvtest.Venv(tb, "model-runner-client=="+ClientVersion)
 }
 
 // RunnerCommand returns the path of CrunchDAO's model-runner entry point in
@@ -36,29 +32,6 @@ func ClientPython(tb testing.TB) string {
 // the test saying why there is none.
 func RunnerCommand(tb testing.TB) string {
 	tb.Helper()
-	return filepath.Join(venv(tb, "crunch-model-runner=="+RunnerVersion), "bin", "model-runner")
-}
-
-// venv makes a virtual environment under the test's temporary directory
-// from python3 on PATH and installs pkg into it with uv (its cache makes a
-// second install take seconds).
-func venv(tb testing.TB, pkg string) string {
-	tb.Helper()
-	uv := pyenvtest.UV(tb)
-	pyenvtest.PyPIReachable(tb, uv)
-	base := pyenvtest.Python(tb)
-	env := filepath.Join(tb.TempDir(), "venv")
-	run := func(args ...string) {
-		tb.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, uv, args...)
-		cmd.Env = append(os.Environ(), "UV_PYTHON_DOWNLOADS=never", "VIRTUAL_ENV="+env)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			tb.Skipf("cannot install %s from PyPI with uv: %v\n%s", pkg, err, out)
-		}
-	}
-	run("venv", "--python", base.Path, env)
-	run("pip", "install", pkg)
-	return env
+	python := pyenvtest.Venv(tb, "crunch-model-runner=="+RunnerVersion)
+	return filepath.Join(filepath.Dir(python), "model-runner")
 }
