@@ -63,6 +63,7 @@ func serveOurRunner(addr, specFile string, argv []string) error {
 	if err != nil {
 		return err
 	}
+	runner.LimitProcs(1) // as runner.Run does for a Python model
 	srv := runner.New(runner.Config{
 		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 		Worker: worker.Config{Command: append(sandbox.Command(self, specFile), argv...), MaxQueue: 256},
@@ -125,6 +126,12 @@ func startOurRunner(tb testing.TB, host, model string) crunchdao.Runner {
 	cmd := exec.Command(self, cmdOurRunner, addr, specFile, "--", crunchdao.Python, "-B", host, "--model-dir", model)
 	cmd.Stdout, cmd.Stderr = &log, &log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// One more NAME=VALUE for our runner's process alone, to measure a
+	// setting beside the default in the same run (GOMAXPROCS=2: the
+	// runner before runner.LimitProcs).
+	if v := os.Getenv("SIDEBYSIDE_RUNNER_ENV"); v != "" {
+		cmd.Env = append(os.Environ(), v)
+	}
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
