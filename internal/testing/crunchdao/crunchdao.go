@@ -136,9 +136,22 @@ func StartRunner(tb testing.TB, e Envs, codeDir string) Runner {
 	}
 	cmd := exec.Command(e.RunnerBin, "--address", addr, "--code-directory", codeDir, "--log-level", "warning")
 	cmd.Stdout, cmd.Stderr = logf, logf
+	exited := Start(tb, cmd)
+	tb.Cleanup(func() { _ = logf.Close() })
+	if err := WaitServing(addr, exited, time.Minute); err != nil {
+		out, _ := os.ReadFile(logf.Name())
+		tb.Fatalf("CrunchDAO's runner at %s: %v\n%s", addr, err, out)
+	}
+	return Runner{Addr: addr, Pid: cmd.Process.Pid}
+}
+
+// Start starts cmd (killed if the test process dies), stops it when tb ends
+// (SIGTERM, SIGKILL after 10 s) and returns a channel closed when it exits.
+func Start(tb testing.TB, cmd *exec.Cmd) <-chan struct{} {
+	tb.Helper()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start CrunchDAO's runner: %v", err)
+		tb.Fatalf("start %s: %v", cmd.Path, err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
@@ -146,17 +159,12 @@ func StartRunner(tb testing.TB, e Envs, codeDir string) Runner {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
-		case <-time.After(5 * time.Second):
+		case <-time.After(10 * time.Second):
 			_ = cmd.Process.Kill()
 			<-exited
 		}
-		_ = logf.Close()
 	})
-	if err := WaitServing(addr, exited, time.Minute); err != nil {
-		out, _ := os.ReadFile(logf.Name())
-		tb.Fatalf("CrunchDAO's runner at %s: %v\n%s", addr, err, out)
-	}
-	return Runner{Addr: addr, Pid: cmd.Process.Pid}
+	return exited
 }
 
 // WaitServing waits until the gRPC health service at addr answers SERVING

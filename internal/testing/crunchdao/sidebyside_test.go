@@ -125,27 +125,13 @@ func startOurRunner(tb testing.TB, host, model string) crunchdao.Runner {
 	var log bytes.Buffer
 	cmd := exec.Command(self, cmdOurRunner, addr, specFile, "--", crunchdao.Python, "-B", host, "--model-dir", model)
 	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	// One more NAME=VALUE for our runner's process alone, to measure a
 	// setting beside the default in the same run (GOMAXPROCS=2: the
 	// runner before runner.LimitProcs).
 	if v := os.Getenv("SIDEBYSIDE_RUNNER_ENV"); v != "" {
 		cmd.Env = append(os.Environ(), v)
 	}
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	tb.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
+	exited := crunchdao.Start(tb, cmd)
 	if err := crunchdao.WaitServing(addr, exited, time.Minute); err != nil {
 		tb.Fatalf("our runner at %s: %v\n%s", addr, err, log.String())
 	}
@@ -351,27 +337,8 @@ func treeMemory(tb testing.TB, pid int) (rss, pss float64) {
 //     connection, calls/s.
 //   - idle-memory: RSS and PSS of the runner's process tree after the calls
 //     (for ours: runner, the sandbox's first stage and the worker).
-//   - fanout=N: one call fanned out to N models of the kind, by CrunchDAO's
-//     concurrent runner (their ModelCluster fed the init event their
-//     orchestrator sends) and by our client (SIDEBYSIDE_MODELS, default
-//     100; skipped when the machine lacks the memory for N of each).
 func BenchmarkSideBySide(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("our runner's sandbox needs root (namespaces, mounts, setuid)")
-	}
-	envs := crunchdao.Install(b)
-	host, err := pyhost.Install(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	model := pymodel(b)
-	runners := []struct {
-		name  string
-		start func(tb testing.TB) crunchdao.Runner
-	}{
-		{"crunchdao", func(tb testing.TB) crunchdao.Runner { return crunchdao.StartRunner(tb, envs, model) }},
-		{"modelnodes", func(tb testing.TB) crunchdao.Runner { return startOurRunner(tb, host, model) }},
-	}
+	envs, runners := runnerKinds(b)
 	for _, r := range runners {
 		srv := r.start(b)
 		for _, conc := range []int{1, 64} {
@@ -407,15 +374,7 @@ func BenchmarkSideBySide(b *testing.B) {
 // each kind. Apart from BenchmarkSideBySide so that its 2 × N runners start
 // once per -count round, not once per sub-benchmark.
 func BenchmarkSideBySideFanOut(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("our runner's sandbox needs root (namespaces, mounts, setuid)")
-	}
-	envs := crunchdao.Install(b)
-	host, err := pyhost.Install(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	model := pymodel(b)
+	envs, runners := runnerKinds(b)
 	n := 100
 	if v, err := strconv.Atoi(os.Getenv("SIDEBYSIDE_MODELS")); err == nil && v > 0 {
 		n = v
@@ -424,13 +383,6 @@ func BenchmarkSideBySideFanOut(b *testing.B) {
 	// imported), ours about 40 MiB with its worker.
 	if need, avail := float64(n)*190+2048, memAvailableMiB(b); avail < need {
 		b.Skipf("%d runners of each kind need about %.0f MiB; the machine has %.0f MiB available (set SIDEBYSIDE_MODELS lower)", n, need, avail)
-	}
-	runners := []struct {
-		name  string
-		start func(tb testing.TB) crunchdao.Runner
-	}{
-		{"crunchdao", func(tb testing.TB) crunchdao.Runner { return crunchdao.StartRunner(tb, envs, model) }},
-		{"modelnodes", func(tb testing.TB) crunchdao.Runner { return startOurRunner(tb, host, model) }},
 	}
 	for _, r := range runners {
 		fleet := startFleet(b, n, r.start)
@@ -461,6 +413,30 @@ func BenchmarkSideBySideFanOut(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 			b.ReportMetric(float64(lat[len(lat)*9/10].Microseconds())/1000, "p90-ms")
 		})
+	}
+}
+
+// runnerKind is one of the two runners, started by start.
+type runnerKind struct {
+	name  string
+	start func(tb testing.TB) crunchdao.Runner
+}
+
+// runnerKinds returns CrunchDAO's environments and the two runners, both
+// serving the Python echo model: theirs and ours (sandboxed).
+func runnerKinds(b *testing.B) (crunchdao.Envs, []runnerKind) {
+	if os.Geteuid() != 0 {
+		b.Skip("our runner's sandbox needs root (namespaces, mounts, setuid)")
+	}
+	envs := crunchdao.Install(b)
+	host, err := pyhost.Install(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	model := pymodel(b)
+	return envs, []runnerKind{
+		{"crunchdao", func(tb testing.TB) crunchdao.Runner { return crunchdao.StartRunner(tb, envs, model) }},
+		{"modelnodes", func(tb testing.TB) crunchdao.Runner { return startOurRunner(tb, host, model) }},
 	}
 }
 
