@@ -225,13 +225,17 @@ func goClient(tb testing.TB, addrs ...string) *client.Client {
 	}
 }
 
+// warmUps is how many calls each client makes before it measures
+// (testdata/sidebyside.py makes as many, after its Setup).
+const warmUps = 200
+
 // goCalls makes n echo calls from conc goroutines through c and returns the
 // latencies each caller saw and the calls per second.
 func goCalls(tb testing.TB, c *client.Client, n, conc int) ([]time.Duration, float64) {
 	tb.Helper()
 	req := client.Request{Args: client.Positional(echoArg(tb))}
 	ctx := context.Background()
-	for range 200 { // warm-up, as the Python script does
+	for range warmUps { // as the Python script does
 		c.Call(ctx, "echo", req)
 	}
 	lat := make([][]time.Duration, conc)
@@ -277,11 +281,9 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)].Microseconds()), "p99-µs")
 }
 
-// treeMemory returns the resident and proportional memory (MiB) of pid and
-// all its descendants: a runner with its worker (and, for ours, the
-// sandbox's first stage between them).
-func treeMemory(tb testing.TB, pid int) (rss, pss float64) {
-	tb.Helper()
+// tree returns pid and all its descendants: a runner with its worker (and,
+// for ours, the sandbox's first stage between them).
+func tree(pid int) []int {
 	children := map[int][]int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -289,20 +291,52 @@ func treeMemory(tb testing.TB, pid int) (rss, pss float64) {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-		if err != nil {
-			continue
-		}
-		// The fields after the command's closing parenthesis: state ppid …
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if ppid, err := strconv.Atoi(f[1]); err == nil {
-			children[ppid] = append(children[ppid], p)
+		if f := procStat(p); len(f) > 1 {
+			if ppid, err := strconv.Atoi(f[1]); err == nil {
+				children[ppid] = append(children[ppid], p)
+			}
 		}
 	}
-	var kib [2]float64
+	var out []int
 	for queue := []int{pid}; len(queue) > 0; queue = queue[1:] {
-		p := queue[0]
-		queue = append(queue, children[p]...)
+		out = append(out, queue[0])
+		queue = append(queue, children[queue[0]]...)
+	}
+	return out
+}
+
+// procStat returns the fields of /proc/PID/stat after the command's closing
+// parenthesis (state ppid …), or nil.
+func procStat(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+}
+
+// treeCPU returns the CPU time (user + system) the processes of pid's tree
+// have used so far.
+func treeCPU(pid int) time.Duration {
+	var ticks int64
+	for _, p := range tree(pid) {
+		if f := procStat(p); len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			s, _ := strconv.ParseInt(f[12], 10, 64)
+			ticks += u + s
+		}
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on Linux.
+const clockTicks = 100
+
+// treeMemory returns the resident and proportional memory (MiB) of pid's
+// tree.
+func treeMemory(pid int) (rss, pss float64) {
+	var kib [2]float64
+	for _, p := range tree(pid) {
 		f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", p))
 		if err != nil {
 			continue
@@ -326,6 +360,12 @@ func treeMemory(tb testing.TB, pid int) (rss, pss float64) {
 	return kib[0] / 1024, kib[1] / 1024
 }
 
+// reportCPU reports the runner tree's CPU per call since before (calls made
+// since then, warm-ups included).
+func reportCPU(b *testing.B, pid int, before time.Duration, calls int) {
+	b.ReportMetric(float64((treeCPU(pid)-before).Microseconds())/float64(calls), "runner-cpu-µs/call")
+}
+
 // BenchmarkSideBySide: CrunchDAO's runner (crunch-model-runner, the model
 // in its process) beside ours (runner=modelnodes: the runner process and the
 // model's worker in the real sandbox), serving the same Python echo model on
@@ -335,15 +375,20 @@ func treeMemory(tb testing.TB, pid int) (rss, pss float64) {
 //
 //   - conc=1: one caller, latency percentiles; conc=64: 64 callers on one
 //     connection, calls/s.
-//   - idle-memory: RSS and PSS of the runner's process tree after the calls
-//     (for ours: runner, the sandbox's first stage and the worker).
+//   - runner-cpu-µs/call: the CPU (user + system) the runner's process tree
+//     used per call, warm-ups included (for ours: runner, the sandbox's
+//     first stage and the worker).
+//   - idle-memory: RSS and PSS of the runner's process tree after the calls,
+//     and its CPU over 3 s without calls.
 func BenchmarkSideBySide(b *testing.B) {
 	envs, runners := runnerKinds(b)
 	for _, r := range runners {
 		srv := r.start(b)
 		for _, conc := range []int{1, 64} {
 			b.Run(fmt.Sprintf("runner=%s/client=python/conc=%d", r.name, conc), func(b *testing.B) {
+				cpu := treeCPU(srv.Pid)
 				res := runPython(b, envs, "calls", srv.Addr, strconv.Itoa(b.N), strconv.Itoa(conc))
+				reportCPU(b, srv.Pid, cpu, b.N+warmUps+1)
 				b.ReportMetric(res.P50, "p50-µs")
 				b.ReportMetric(res.P99, "p99-µs")
 				b.ReportMetric(res.Rate, "calls/s")
@@ -352,16 +397,22 @@ func BenchmarkSideBySide(b *testing.B) {
 		c := goClient(b, srv.Addr)
 		for _, conc := range []int{1, 64} {
 			b.Run(fmt.Sprintf("runner=%s/client=go/conc=%d", r.name, conc), func(b *testing.B) {
+				cpu := treeCPU(srv.Pid)
 				lat, rate := goCalls(b, c, b.N, conc)
+				reportCPU(b, srv.Pid, cpu, b.N+warmUps)
 				reportLatency(b, lat)
 				b.ReportMetric(rate, "calls/s")
 			})
 		}
 		b.Run(fmt.Sprintf("runner=%s/idle-memory", r.name), func(b *testing.B) {
 			time.Sleep(time.Second)
-			rss, pss := treeMemory(b, srv.Pid)
+			rss, pss := treeMemory(srv.Pid)
 			b.ReportMetric(rss, "RSS-MiB")
 			b.ReportMetric(pss, "PSS-MiB")
+			// CPU while nobody calls: what the processes burn on their own.
+			cpu := treeCPU(srv.Pid)
+			time.Sleep(3 * time.Second)
+			b.ReportMetric(float64((treeCPU(srv.Pid)-cpu).Microseconds())/3/1000, "idle-cpu-ms/s")
 		})
 	}
 }
