@@ -10,15 +10,14 @@ import (
 // the environment sets GOMAXPROCS. It acts on the whole process: call it
 // from a runner's main, not from a library.
 //
-// Such a runner has at most one call on its worker; a second P only
-// lets the Go scheduler spread each call's few goroutines (the connection's
-// reader, the handler, the writer) over two threads, and on a machine with
-// two vCPUs (the runner, its worker and the caller on them) every handoff
-// between threads is a futex wake-up and a sleeping vCPU woken, and the
-// response's HTTP/2 frames leave in two writes instead of one (the writer
-// flushes on its own thread before the handler queued the trailers). With
-// one P the same work runs on one thread in turn: docs/performance.md has
-// the figures.
+// Such a runner has at most one call on its worker; a second P only lets
+// the Go scheduler spread each call's few goroutines (the connection's
+// reader, the handler, the writer) over two threads, where every handoff is
+// a futex wake-up, idle threads spin and steal, and the response's HTTP/2
+// frames may leave in two writes (the writer flushes on its own thread
+// before the handler queued the trailers). With one P the same work runs on
+// one thread in turn: about a fifth less CPU per call, with the same latency
+// and throughput (docs/performance.md, "Side by side").
 func LimitProcs(workerConcurrency int) {
 	if workerConcurrency == 1 && os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)

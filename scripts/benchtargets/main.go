@@ -203,11 +203,11 @@ var figures = []figure{
 	// Issue 18: beside CrunchDAO's own runner, with their client, at one
 	// caller: ours at most theirs, the model in its own sandboxed process.
 	{name: "side by side: their client, echo p50, 1 caller (ours sandboxed)", bench: "SideBySide/runner=modelnodes/client=python/conc=1", unit: "p50-µs",
-		baseline: "SideBySide/runner=crunchdao/client=python/conc=1", baseDesc: "CrunchDAO's runner (the model in its process)", show: µs,
+		baseline: "SideBySide/runner=crunchdao/client=python/conc=1", baseDesc: "CrunchDAO's runner, the model in its process", show: µs,
 		target: &target{atMost: true, limit: 1, relative: true},
 		cause:  overhead("the runner → sandboxed worker hop: one more process to wake on " + fmt.Sprint(cpus) + " vCPUs")},
 	{name: "side by side: their client, echo p99, 1 caller (ours sandboxed)", bench: "SideBySide/runner=modelnodes/client=python/conc=1", unit: "p99-µs",
-		baseline: "SideBySide/runner=crunchdao/client=python/conc=1", baseDesc: "CrunchDAO's runner (the model in its process)", show: µs,
+		baseline: "SideBySide/runner=crunchdao/client=python/conc=1", baseDesc: "CrunchDAO's runner, the model in its process", show: µs,
 		target: &target{atMost: true, limit: 1, relative: true},
 		cause:  overhead("the runner → sandboxed worker hop: one more process to wake on " + fmt.Sprint(cpus) + " vCPUs")},
 	{name: "side by side: their client, 64 callers (ours sandboxed)", bench: "SideBySide/runner=modelnodes/client=python/conc=64", unit: "calls/s",
