@@ -41,9 +41,9 @@ import (
 // stderr.
 //
 // Run acts on the process, as a command's main would: SIGHUP re-reads the
-// TLS, policy and delegation files while it runs, and without GOMEMLIMIT in
-// the environment it sets a soft memory limit derived from the request
-// budget.
+// TLS, policy and delegation files while it runs, without GOMEMLIMIT in the
+// environment it sets a soft memory limit derived from the request budget,
+// and for the python runtime it sets GOMAXPROCS (see LimitProcs).
 func Run(ctx context.Context, o runneropts.Options) error {
 	if err := o.Validate(); err != nil {
 		return err
@@ -156,6 +156,10 @@ func Run(ctx context.Context, o runneropts.Options) error {
 		checkDelegation(log, deleg.Proof(), cfg.TLS)
 	}
 	srv = New(cfg)
+	if o.Runtime == "python" {
+		// The Python host takes one call at a time.
+		LimitProcs(1)
+	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Without a limit the collector lets the heap reach twice what it
 		// found live, and large requests (copied while received, decoded

@@ -343,10 +343,10 @@ class Submission:
             raise Failure(MODEL_FAILED, "The model raised an exception: %s" % exc)
 
     def accepted_kwargs(self, method, method_name, npositional, kwargs):
-        try:
-            params = list(inspect.signature(method).parameters.values())
-        except (TypeError, ValueError):
-            params = None
+        if not kwargs:
+            return {}
+        signature = signature_of(method)
+        params = None if signature is None else list(signature.parameters.values())
         keyword = {}
         for name, (vtype, raw) in kwargs:
             accepted = params is None or any(p.kind == p.VAR_KEYWORD for p in params) or any(
@@ -441,10 +441,37 @@ def decode_positional(args):
     return [decode_variant(t, raw, "argument %d" % pos) for pos, (t, raw) in ordered]
 
 
-def check_binding(method, positional, keyword):
+# Signatures by function: inspect.signature costs about 8 µs a call, as much
+# as a small model's whole answer. A bound method's signature depends only on
+# its function (the instance is not part of it), so it is keyed by that; the
+# cache is bounded, since a model may hand out a new callable on every call.
+_signatures = {}
+_SIGNATURES_MAX = 256
+
+
+def signature_of(method):
+    """inspect.signature(method), cached; None when it has none."""
+    key = getattr(method, "__func__", method)
+    try:
+        return _signatures[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable: not cached
+        key = None
     try:
         signature = inspect.signature(method)
     except (TypeError, ValueError):
+        signature = None
+    if key is not None:
+        if len(_signatures) >= _SIGNATURES_MAX:
+            _signatures.clear()
+        _signatures[key] = signature
+    return signature
+
+
+def check_binding(method, positional, keyword):
+    signature = signature_of(method)
+    if signature is None:
         return
     try:
         signature.bind(*positional, **keyword)
