@@ -56,6 +56,14 @@ type Options struct {
 	// node class (besides requesting the "gpu" device).
 	GPUNodeClass string `json:"gpu_node_class,omitempty"`
 
+	// Disconnect is the disconnect block of every model's job whose crunch
+	// has no entry in CrunchDisconnect (by crunch name or on-chain id).
+	// Only the setting a job gets is folded into its SpecHash (none when
+	// off): changing one crunch's entry rewrites that crunch's jobs only,
+	// and jobs without a block keep the hash they always had.
+	Disconnect       Disconnect            `json:"-"`
+	CrunchDisconnect map[string]Disconnect `json:"-"`
+
 	// The policy below decides which models may run, not the shape of
 	// their jobs: it stays out of SpecHash (json:"-"), so changing it
 	// rewrites no job. See CheckModel.
@@ -341,6 +349,11 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	// RolloutRetry). Without the canary, Nomad stops the one allocation
 	// before placing its replacement: a gap coordinators see as failed
 	// calls.
+	// A node that stops heartbeating may only be cut off: see Disconnect.
+	// Nomad updates a running allocation's disconnect block in place
+	// (scheduler.tasksUpdated ignores it), so turning it on or changing it
+	// restarts no model.
+	tg.Disconnect = opts.DisconnectFor(m).block()
 	tg.Update = &nomadapi.UpdateStrategy{
 		MaxParallel: new(1), Canary: new(1), AutoPromote: new(true), AutoRevert: new(true),
 		HealthCheck: new("checks"), MinHealthyTime: new(10 * time.Second),
