@@ -350,9 +350,11 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	// before placing its replacement: a gap coordinators see as failed
 	// calls.
 	// A node that stops heartbeating may only be cut off: see Disconnect.
-	// Nomad updates a running allocation's disconnect block in place
-	// (scheduler.tasksUpdated ignores it), so turning it on or changing it
-	// restarts no model.
+	// Nomad alone would update the block in place, but it changes the
+	// spec hash in the job's meta, and a meta change replaces allocations
+	// (meta reaches the task's environment): a changed setting rolls the
+	// models out like a new version, each as a canary beside the running
+	// one.
 	tg.Disconnect = opts.DisconnectFor(m).block()
 	tg.Update = &nomadapi.UpdateStrategy{
 		MaxParallel: new(1), Canary: new(1), AutoPromote: new(true), AutoRevert: new(true),
