@@ -252,8 +252,10 @@ func (a *NomadClientAgent) startNomad(ctx context.Context, httpPort, rpcPort, se
 		return fmt.Errorf("read the Nomad server's RPC address: %w", err)
 	}
 	pluginDir, plugin := c.modelboxPlugin()
+	dir := filepath.Join(a.Dir, "nomad")
+	local := filepath.Join(dir, "local.hcl")
 	bind, iface := "127.0.0.1", "lo"
-	bin, args := c.Nomad.Bin, []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + filepath.Join(a.Dir, "nomad", "local.hcl")}
+	bin, args := c.Nomad.Bin, []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
 	if ns := a.netns; ns != nil {
 		bind, iface = ns.NodeAddr, ns.NodeIf
 		bin, args = ns.Command(bin, args...)
@@ -263,8 +265,6 @@ func (a *NomadClientAgent) startNomad(ctx context.Context, httpPort, rpcPort, se
 			}
 		}
 	}
-	dir := filepath.Join(a.Dir, "nomad")
-	local := filepath.Join(dir, "local.hcl")
 	if err := writeConfig(local, fmt.Sprintf(`name       = %q
 data_dir   = %q
 bind_addr  = %q
