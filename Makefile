@@ -5,7 +5,8 @@
 #   make test-v2   the driver's cgroup limits on cgroup v2, in qemu guests (scripts/v2vm)
 #   make unit      the quick loop: unit tests only (no agents, no node, no root)
 #   make e2e       the packages holding e2e suites, with the real agents
-#   make soak      faults on Nomad's own timers (a 10.5-minute Vault outage); CI runs it
+#   make soak      faults on Nomad's own timers (a 10.5-minute Vault outage, a node
+#                  cut off past the jobs' 30 s reschedule delay); CI runs it
 #   make bench     benchmarks (see docs/performance.md)
 #   make lint      gofmt, go vet, staticcheck
 #   make proto     regenerate the Go code from proto/*.proto

@@ -56,6 +56,14 @@ type Options struct {
 	// node class (besides requesting the "gpu" device).
 	GPUNodeClass string `json:"gpu_node_class,omitempty"`
 
+	// Disconnect is the disconnect block of every model's job whose crunch
+	// has no entry in CrunchDisconnect (by crunch name or on-chain id).
+	// Only the setting a job gets is folded into its SpecHash (none when
+	// off): changing one crunch's entry rewrites that crunch's jobs only,
+	// and jobs without a block keep the hash they always had.
+	Disconnect       Disconnect            `json:"-"`
+	CrunchDisconnect map[string]Disconnect `json:"-"`
+
 	// The policy below decides which models may run, not the shape of
 	// their jobs: it stays out of SpecHash (json:"-"), so changing it
 	// rewrites no job. See CheckModel.
@@ -363,6 +371,13 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	// RolloutRetry). Without the canary, Nomad stops the one allocation
 	// before placing its replacement: a gap coordinators see as failed
 	// calls.
+	// A node that stops heartbeating may only be cut off: see Disconnect.
+	// Nomad alone would update the block in place, but it changes the
+	// spec hash in the job's meta, and a meta change replaces allocations
+	// (meta reaches the task's environment): a changed setting rolls the
+	// models out like a new version, each as a canary beside the running
+	// one.
+	tg.Disconnect = opts.DisconnectFor(m).block()
 	tg.Update = &nomadapi.UpdateStrategy{
 		MaxParallel: new(1), Canary: new(1), AutoPromote: new(true), AutoRevert: new(true),
 		HealthCheck: new("checks"), MinHealthyTime: new(10 * time.Second),

@@ -284,11 +284,19 @@ func JobID(m *Model) string { return names.Job(ShortID(m)) }
 // builder's options): the reconciler compares it with the one in a job's
 // meta to decide whether the job must be updated, without reading the job.
 func SpecHash(m *Model, o *Options) string {
+	var d *Disconnect
+	if o != nil {
+		if dc := o.DisconnectFor(m); dc.LostAfter > 0 {
+			d = &dc
+		}
+	}
 	b, _ := json.Marshal(struct {
 		V int
 		M *Model
 		O *Options
-	}{specVersion, m, o})
+		// Only when set: jobs without a disconnect block keep their hash.
+		D *Disconnect `json:",omitempty"`
+	}{specVersion, m, o, d})
 	sum := sha256.Sum256(b)
 	return names.Base32.EncodeToString(sum[:15])
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -99,6 +100,10 @@ type config struct {
 	artifactHosts                                        stringList
 	datacenters                                          stringList
 	gpuClass                                             string
+	disconnectLostAfter                                  time.Duration
+	disconnectReplace                                    bool
+	disconnectCrunches                                   stringList
+	crunchDisconnect                                     map[string]jobs.Disconnect
 	resync, purgeAfter, sessionTTL, rolloutRetry         time.Duration
 	backoff                                              observer.Backoff
 	maxStopShare                                         float64
@@ -144,6 +149,9 @@ func parse(args []string) (*config, error) {
 	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines")
 	fs.Var(&c.datacenters, "datacenters", "datacenters of the jobs, comma separated (default *)")
 	fs.StringVar(&c.gpuClass, "gpu-node-class", "", "also constrain GPU models to this node class")
+	fs.DurationVar(&c.disconnectLostAfter, "disconnect-lost-after", 0, "how long Nomad keeps the models of a node that stopped heartbeating (cut off, maybe alive) as unknown before it takes them for lost: the jobs' disconnect { lost_after }; a node back within it keeps its models, nothing restarts. 0: no disconnect block (lost at node down, replaced at once). Changing it rolls every model it applies to onto a new allocation, as a canary beside the running one (no gap, but room for both is needed): change it per crunch")
+	fs.BoolVar(&c.disconnectReplace, "disconnect-replace", true, "with --disconnect-lost-after: place a replacement meanwhile, after the reschedule delay (30 s); the original stops when its node is back (reconcile keep_replacement). false: no replacement before lost_after has passed (a model whose machine is really gone is down that long)")
+	fs.Var(&c.disconnectCrunches, "disconnect-crunch", "per-crunch disconnect settings, comma separated: CRUNCH=LOST_AFTER[:replace|:no-replace] (CRUNCH a name or on-chain id; LOST_AFTER 0 turns the block off for that crunch; without a suffix, --disconnect-replace), e.g. mid-one=10m:no-replace,big=0")
 	fs.BoolVar(&c.plaintext, "plaintext-runners", false, "runners without TLS or Vault (tests only; CrunchDAO's secure client refuses them)")
 	fs.StringVar(&c.runnerVaultAddr, "runner-vault-addr", "", "Vault address runners reach: each runner then keeps one key per model in Vault (runner-keys/<job>) and signs its own certificates, so crunchers' wallet delegations (the job variable's \"delegation\" item) hold across renewals; empty: a template issues a new key with each certificate")
 	fs.StringVar(&c.runnerConsulAddr, "runner-consul-addr", "", "the node's Consul agent as runners reach it (e.g. https://127.0.0.1:8501): each runner then stops answering once Nomad has placed its model elsewhere (a newer passing instance in Consul), so a model never answers from an allocation Nomad replaced while its runner lived on; empty: runners do not watch")
@@ -204,6 +212,13 @@ func parse(args []string) (*config, error) {
 	}
 	if c.rolloutRetry <= 0 {
 		return nil, errors.New("--rollout-retry must be positive")
+	}
+	if err := (jobs.Disconnect{LostAfter: c.disconnectLostAfter}).Check(); err != nil {
+		return nil, fmt.Errorf("--disconnect-lost-after: %w", err)
+	}
+	var err error
+	if c.crunchDisconnect, err = jobs.ParseCrunchDisconnect(c.disconnectCrunches, c.disconnectReplace); err != nil {
+		return nil, fmt.Errorf("--disconnect-crunch %w", err)
 	}
 	if err := c.orch.check(); err != nil {
 		return nil, err
@@ -298,8 +313,17 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		RunnerConsulAddr: c.runnerConsulAddr, RunnerConsulCACert: c.runnerConsulCA,
 		ArtifactHosts: c.artifactHosts, AllowHTTPArtifacts: c.allowHTTPArtifacts,
 		AllowHostModelDirs: c.allowHostModelDirs,
+		Disconnect:         c.disconnect(), CrunchDisconnect: c.crunchDisconnect,
 	}
 	warnPolicy(c, log)
+	if d := c.disconnect(); d.LostAfter > 0 || len(c.crunchDisconnect) > 0 {
+		var per []string
+		for crunch, d := range c.crunchDisconnect {
+			per = append(per, crunch+"="+d.String())
+		}
+		slices.Sort(per)
+		log.Info("disconnect blocks", "default", d.String(), "crunches", strings.Join(per, ","))
+	}
 	metrics := scheduler.NewMetrics()
 	s := &scheduler.Scheduler{
 		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter, RolloutRetry: c.rolloutRetry, MaxRollouts: c.maxRollouts,
@@ -373,6 +397,14 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return err
+}
+
+// disconnect is the disconnect setting of crunches without their own.
+func (c *config) disconnect() jobs.Disconnect {
+	if c.disconnectLostAfter <= 0 {
+		return jobs.Disconnect{}
+	}
+	return jobs.Disconnect{LostAfter: c.disconnectLostAfter, Replace: c.disconnectReplace}
 }
 
 // consulClient is the Consul API client of --consul-addr and --consul-token.

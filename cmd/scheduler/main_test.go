@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
+	"github.com/modelnodes/modelnodes/jobs"
 )
 
 func TestParse(t *testing.T) {
@@ -49,6 +51,29 @@ func TestParse(t *testing.T) {
 		len(c.artifactHosts) != 2 || !c.allowHTTPArtifacts || c.crlURL == "" || c.allowHostModelDirs {
 		t.Fatalf("environment fallback: %v %+v", err, c)
 	}
+	if c.disconnect() != (jobs.Disconnect{}) || len(c.crunchDisconnect) != 0 {
+		t.Fatalf("disconnect blocks by default: %+v %v", c.disconnect(), c.crunchDisconnect)
+	}
+	t.Setenv("MODELNODES_SCHEDULER_DISCONNECT_LOST_AFTER", "5m")
+	t.Setenv("MODELNODES_SCHEDULER_DISCONNECT_CRUNCH", "mid-one=1h:no-replace,big=0")
+	c, err = parse([]string{"--disconnect-replace=false", "--disconnect-crunch", "flaky=90s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.disconnect() != (jobs.Disconnect{LostAfter: 5 * time.Minute}) {
+		t.Errorf("default disconnect %+v, want 5m without replacement", c.disconnect())
+	}
+	// The command line wins over the environment, as for every flag.
+	if want := map[string]jobs.Disconnect{"flaky": {LostAfter: 90 * time.Second}}; !maps.Equal(c.crunchDisconnect, want) {
+		t.Errorf("per crunch %v, want %v", c.crunchDisconnect, want)
+	}
+	for _, bad := range [][]string{{"--disconnect-lost-after", "-1m"}, {"--disconnect-crunch", "mid-one"}, {"--disconnect-crunch", "x=1m:sometimes"}} {
+		if _, err := parse(bad); err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(bad[0], "--")) {
+			t.Errorf("%q: %v, want an error naming the flag", bad, err)
+		}
+	}
+	t.Setenv("MODELNODES_SCHEDULER_DISCONNECT_LOST_AFTER", "0")
+	t.Setenv("MODELNODES_SCHEDULER_DISCONNECT_CRUNCH", "")
 	if _, err := parse([]string{"--help"}); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("--help: %v", err)
 	}

@@ -122,6 +122,7 @@ type NomadClientAgent struct {
 	cluster       *Cluster
 	nomad, consul *process
 	ports         []int
+	netns         *NetNS // where the Nomad agent runs; nil: the host
 
 	mu     sync.Mutex
 	killed bool
@@ -134,15 +135,30 @@ type NomadClientAgent struct {
 // ends, the machine is taken away with Kill if the test did not do it.
 func (c *Cluster) AddNomadClient(t testing.TB) *NomadClientAgent {
 	t.Helper()
+	return c.addClient(t, nil)
+}
+
+// AddNomadClientIn is AddNomadClient with the machine's Nomad agent, and
+// so its models, in the network namespace ns: it advertises ns.NodeAddr
+// (network_interface ns.NodeIf), and reaches the Nomad servers, Vault and
+// its Consul agent (which runs on the host, where Consul's gossip stays)
+// through ns's relays. ns.Cut cuts it off from all of them.
+func (c *Cluster) AddNomadClientIn(t testing.TB, ns *NetNS) *NomadClientAgent {
+	t.Helper()
+	return c.addClient(t, ns)
+}
+
+func (c *Cluster) addClient(t testing.TB, ns *NetNS) *NomadClientAgent {
+	t.Helper()
 	if c.Nomad == nil {
 		t.Fatal("testcluster: AddNomadClient needs a cluster started with Nomad")
 	}
 	t0 := time.Now()
-	a, err := c.addNomadClient()
+	a, err := c.addNomadClient(ns)
 	for attempt := 2; attempt <= portAttempts && errors.Is(err, errPortTaken); attempt++ {
 		t.Logf("testcluster: %v; retrying with new ports", err)
 		_, _ = a.Kill()
-		a, err = c.addNomadClient()
+		a, err = c.addNomadClient(ns)
 	}
 	if a != nil {
 		t.Cleanup(func() {
@@ -165,12 +181,12 @@ func (c *Cluster) AddNomadClient(t testing.TB) *NomadClientAgent {
 	return a
 }
 
-func (c *Cluster) addNomadClient() (*NomadClientAgent, error) {
+func (c *Cluster) addNomadClient(ns *NetNS) (*NomadClientAgent, error) {
 	dir, err := os.MkdirTemp(c.Dir, "client-")
 	if err != nil {
 		return nil, err
 	}
-	a := &NomadClientAgent{Name: filepath.Base(dir), Dir: dir, DataDir: filepath.Join(dir, "nomad", "data"), cluster: c}
+	a := &NomadClientAgent{Name: filepath.Base(dir), Dir: dir, DataDir: filepath.Join(dir, "nomad", "data"), cluster: c, netns: ns}
 	ports, err := freePorts(6)
 	if err != nil {
 		return a, err
@@ -244,9 +260,20 @@ func (a *NomadClientAgent) startNomad(ctx context.Context, httpPort, rpcPort, se
 	pluginDir, plugin := c.modelboxPlugin()
 	dir := filepath.Join(a.Dir, "nomad")
 	local := filepath.Join(dir, "local.hcl")
+	bind, iface := "127.0.0.1", "lo"
+	bin, args := c.Nomad.Bin, []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
+	if ns := a.netns; ns != nil {
+		bind, iface = ns.NodeAddr, ns.NodeIf
+		bin, args = ns.Command(bin, args...)
+		for _, addr := range []string{server, a.ConsulAddr, fmt.Sprintf("127.0.0.1:%d", a.ports[1]), strings.TrimPrefix(c.Vault.Addr, "http://")} {
+			if err := ns.Forward(addr); err != nil {
+				return fmt.Errorf("reach %s from network namespace %s: %w", addr, ns.Name, err)
+			}
+		}
+	}
 	if err := writeConfig(local, fmt.Sprintf(`name       = %q
 data_dir   = %q
-bind_addr  = "127.0.0.1"
+bind_addr  = %q
 plugin_dir = %q
 ports {
   http = %d
@@ -254,14 +281,14 @@ ports {
   serf = %d
 }
 advertise {
-  http = "127.0.0.1"
-  rpc  = "127.0.0.1"
-  serf = "127.0.0.1"
+  http = %q
+  rpc  = %q
+  serf = %q
 }
 client {
   enabled           = true
   servers           = [%q]
-  network_interface = "lo"
+  network_interface = %q
   # This machine's Consul agent, for jobs that reach it from their tasks
   # (CONSUL_HTTP_ADDR = "${meta.consul_http_addr}"): on a real node it is
   # the same address everywhere, here each machine has its own port.
@@ -277,11 +304,11 @@ consul {
 vault {
   address = %q
 }
-%s`, a.Name, a.DataDir, pluginDir, httpPort, rpcPort, serfPort, server, a.ConsulAddr,
+%s`, a.Name, a.DataDir, bind, pluginDir, httpPort, rpcPort, serfPort, bind, bind, bind, server, iface, a.ConsulAddr,
 		a.ConsulAddr, a.ports[1], c.Consul.Token, c.Vault.Addr, rawExecHCL+plugin)); err != nil {
 		return err
 	}
-	a.Addr = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	a.Addr = fmt.Sprintf("http://%s:%d", bind, httpPort)
 	if a.Client, err = nomadapi.NewClient(&nomadapi.Config{Address: a.Addr}); err != nil {
 		return fmt.Errorf("nomad client: %w", err)
 	}
@@ -289,8 +316,7 @@ vault {
 	if plugin != "" {
 		drivers = append(drivers, "modelbox")
 	}
-	args := []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
-	a.nomad, err = launchProcess(ctx, "nomad", dir, c.Nomad.Bin, args, func(context.Context) bool {
+	a.nomad, err = launchProcess(ctx, "nomad", dir, bin, args, func(context.Context) bool {
 		if a.NodeID == "" {
 			stubs, _, err := c.Nomad.Client.Nodes().List(&nomadapi.QueryOptions{Filter: fmt.Sprintf("Name == %q", a.Name)})
 			if err != nil || len(stubs) != 1 {
