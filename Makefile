@@ -5,7 +5,8 @@
 #   make test-v2   the driver's cgroup limits on cgroup v2, in qemu guests (scripts/v2vm)
 #   make unit      the quick loop: unit tests only (no agents, no node, no root)
 #   make e2e       the packages holding e2e suites, with the real agents
-#   make soak      faults on Nomad's own timers (a 10.5-minute Vault outage); CI runs it
+#   make soak      faults on Nomad's own timers (a 10.5-minute Vault outage, a node
+#                  cut off past the jobs' 30 s reschedule delay); CI runs it
 #   make bench     benchmarks (see docs/performance.md)
 #   make scale     the system at 10,000 models (docs/scaling.md; 35-60 min, up to 9 GiB)
 #   make lint      gofmt, go vet, staticcheck
@@ -18,6 +19,12 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 GOTEST_FLAGS ?= -count=1 -timeout 40m
+# Test binaries run at once by make test and make e2e. The e2e packages spend
+# their time waiting on the agents' timers (a warm make test uses a fifth of
+# its wall time in CPU on two cores), so four at a time finish sooner than
+# GOMAXPROCS's two without starving each other; each package starts agents
+# of its own on ports of its own.
+GOTEST_PARALLEL ?= 4
 BENCH ?= .
 BENCH_COUNT ?= 6
 
@@ -48,7 +55,7 @@ with_agents = eval "$$(deploy/hashistack/install | sed 's/^\([a-z]*\)=/export \U
 test: hashistack uv build
 	$(GO) vet ./...
 	@$(with_agents); \
-	  $(GO) test -tags e2e $(GOTEST_FLAGS) ./...
+	  $(GO) test -tags e2e $(GOTEST_FLAGS) -p $(GOTEST_PARALLEL) ./...
 	@$(MAKE) --no-print-directory test-v2
 
 # The driver on cgroup v2. This host class boots cgroup v1 and its hierarchies
@@ -84,7 +91,7 @@ unit: build
 # whole: its unit tests run beside its e2e suites.
 e2e: hashistack uv build
 	@$(with_agents); \
-	  $(GO) test -tags e2e $(GOTEST_FLAGS) $$(scripts/e2e-packages)
+	  $(GO) test -tags e2e $(GOTEST_FLAGS) -p $(GOTEST_PARALLEL) $$(scripts/e2e-packages)
 
 # Soak tests (TestSoak*): the faults make test runs with shortened timers,
 # on Nomad's own (a Vault outage longer than Nomad's default template

@@ -143,6 +143,7 @@ var configSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 //	  }
 //	  delegation  = "local/delegation.json"   # the cruncher's wallet delegation
 //	  health_port = "health"                  # a port label for a health-only endpoint (Consul checks)
+//	  metrics_port = "metrics"                # a port label for the runner's Prometheus /metrics
 //	}
 var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 	"model_dir": hclspec.NewAttr("model_dir", "string", true),
@@ -172,6 +173,7 @@ var taskConfigSpec = hclspec.NewObject(map[string]*hclspec.Spec{
 	})),
 	"delegation":   hclspec.NewAttr("delegation", "string", false),
 	"health_port":  hclspec.NewAttr("health_port", "string", false),
+	"metrics_port": hclspec.NewAttr("metrics_port", "string", false),
 	"plaintext":    hclspec.NewAttr("plaintext", "bool", false),
 	"call_timeout": hclspec.NewAttr("call_timeout", "string", false),
 	"max_queue":    hclspec.NewAttr("max_queue", "number", false),

@@ -483,6 +483,13 @@ func runnerOptions(cfg *drivers.TaskConfig, tc *TaskConfig, plugin *Config, list
 		}
 		o.HealthListen = health
 	}
+	if tc.MetricsPort != "" {
+		metrics, err := listenAddress(cfg, tc.MetricsPort)
+		if err != nil {
+			return o, err
+		}
+		o.MetricsListen = metrics
+	}
 	if tc.CallTimeout != "" {
 		o.CallTimeout, _ = time.ParseDuration(tc.CallTimeout) // validated
 	}

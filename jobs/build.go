@@ -56,6 +56,14 @@ type Options struct {
 	// node class (besides requesting the "gpu" device).
 	GPUNodeClass string `json:"gpu_node_class,omitempty"`
 
+	// Disconnect is the disconnect block of every model's job whose crunch
+	// has no entry in CrunchDisconnect (by crunch name or on-chain id).
+	// Only the setting a job gets is folded into its SpecHash (none when
+	// off): changing one crunch's entry rewrites that crunch's jobs only,
+	// and jobs without a block keep the hash they always had.
+	Disconnect       Disconnect            `json:"-"`
+	CrunchDisconnect map[string]Disconnect `json:"-"`
+
 	// The policy below decides which models may run, not the shape of
 	// their jobs: it stays out of SpecHash (json:"-"), so changing it
 	// rewrites no job. See CheckModel.
@@ -109,6 +117,9 @@ const (
 	PortLabel = "grpc"
 	// HealthPortLabel serves only plaintext gRPC health, for Consul.
 	HealthPortLabel = "health"
+	// MetricsPortLabel serves the runner's Prometheus /metrics, registered
+	// in Consul as names.MetricsService.
+	MetricsPortLabel = "metrics"
 	// TLSBundle holds certificate, chain and key (one pkiCert template: two
 	// would issue two key pairs); ClientCA the root coordinators chain to.
 	TLSBundle = "secrets/tls.pem"
@@ -292,6 +303,7 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		ports = append(ports, nomadapi.Port{Label: HealthPortLabel})
 		check.PortLabel = HealthPortLabel
 	}
+	ports = append(ports, nomadapi.Port{Label: MetricsPortLabel})
 	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: ports}}
 	tg.Services = []*nomadapi.Service{{
 		Name:      names.Service(m.Crunch),
@@ -312,9 +324,27 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 		// A canary's instance says so until it is promoted, so that the
 		// version it replaces does not take it for its replacement yet.
 		CanaryTags: []string{names.TagCanary},
+	}, {
+		// The runner's metrics, for Prometheus' Consul discovery
+		// (deploy/monitoring): one service for every model, its meta
+		// saying whose. No check: a scrape says whether it answers.
+		Name:      names.MetricsService,
+		Provider:  "consul",
+		PortLabel: MetricsPortLabel,
+		Tags:      []string{"metrics"},
+		Meta: map[string]string{
+			names.MetaModelID: ShortID(m),
+			names.MetaCrunch:  crunchMeta(m),
+		},
 	}}
 	if m.Hotkey != "" {
 		tg.Services[0].Meta[names.MetaHotkey] = m.Hotkey
+	}
+	// The submission a coordinator is served: CrunchDAO's orchestrator
+	// announces it as the model's deployment (scheduler/orchws), so a new
+	// submission's canary is a new deployment to their client.
+	if m.SubmissionID != "" {
+		tg.Services[0].Meta[names.MetaSubmission] = m.SubmissionID
 	}
 	// A crashing model restarts in place a few times, then Nomad reschedules
 	// it with exponential delays; the scheduler's crash-loop backoff sits on
@@ -341,6 +371,13 @@ func Build(m *Model, opts *Options) (*nomadapi.Job, error) {
 	// RolloutRetry). Without the canary, Nomad stops the one allocation
 	// before placing its replacement: a gap coordinators see as failed
 	// calls.
+	// A node that stops heartbeating may only be cut off: see Disconnect.
+	// Nomad alone would update the block in place, but it changes the
+	// spec hash in the job's meta, and a meta change replaces allocations
+	// (meta reaches the task's environment): a changed setting rolls the
+	// models out like a new version, each as a canary beside the running
+	// one.
+	tg.Disconnect = opts.DisconnectFor(m).block()
 	tg.Update = &nomadapi.UpdateStrategy{
 		MaxParallel: new(1), Canary: new(1), AutoPromote: new(true), AutoRevert: new(true),
 		HealthCheck: new("checks"), MinHealthyTime: new(10 * time.Second),
@@ -394,6 +431,7 @@ func taskConfig(m *Model, o *Options) *taskconfig.Config {
 		// nothing else, on its own port.
 		cfg.HealthPort = HealthPortLabel
 	}
+	cfg.MetricsPort = MetricsPortLabel
 	return cfg
 }
 

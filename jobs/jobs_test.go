@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"math/rand/v2"
 	"regexp"
 	"strings"
 	"testing"
@@ -15,7 +16,7 @@ func model() *Model {
 		Crunch: "Mid One", CrunchID: "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin",
 		ModelID: "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", Cruncher: "HN7cABqLq46Es1jh92dQQisAq662SmxELLLsHHe4YWrH",
 		ArtifactURL: "https://models.example/a.tar.gz", ArtifactSHA256: strings.Repeat("ab", 32),
-		Hardware: CPU, Running: true, CertHash: strings.Repeat("cd", 32),
+		Hardware: CPU, Running: true, CertHash: strings.Repeat("cd", 32), SubmissionID: "sub-42",
 	}
 }
 
@@ -78,12 +79,18 @@ func TestBuild(t *testing.T) {
 	svc := job.TaskGroups[0].Services[0]
 	if svc.Provider != "consul" || svc.Name != "crunch-mid-one--fo6pt5hdwpkimptu" || svc.PortLabel != "grpc" ||
 		svc.Checks[0].Type != "grpc" || svc.Checks[0].PortLabel != "health" || svc.Checks[0].GRPCUseTLS ||
-		svc.Meta[names.MetaModelID] != ShortID(m) || svc.Meta[names.MetaCruncher] != m.Cruncher {
+		svc.Meta[names.MetaModelID] != ShortID(m) || svc.Meta[names.MetaCruncher] != m.Cruncher || svc.Meta[names.MetaSubmission] != "sub-42" {
 		t.Fatalf("service: %+v", svc)
 	}
 	// mTLS on the model port; Consul checks the plaintext health-only port.
-	if task.Config["health_port"] != "health" || len(job.TaskGroups[0].Networks[0].DynamicPorts) != 2 {
+	if task.Config["health_port"] != "health" || len(job.TaskGroups[0].Networks[0].DynamicPorts) != 3 {
 		t.Fatalf("health port: %v %+v", task.Config["health_port"], job.TaskGroups[0].Networks[0].DynamicPorts)
+	}
+	// The runner's metrics on a port of their own, registered for
+	// Prometheus under the one metrics service, saying whose they are.
+	if ms := job.TaskGroups[0].Services[1]; task.Config["metrics_port"] != "metrics" || ms.Name != names.MetricsService || ms.PortLabel != "metrics" ||
+		ms.Meta[names.MetaModelID] != ShortID(m) || ms.Meta[names.MetaCrunch] != m.CrunchID || len(ms.Checks) != 0 {
+		t.Fatalf("metrics: %v %+v", task.Config["metrics_port"], ms)
 	}
 	az := task.Config["authz"].([]map[string]any)[0]
 	if az["crunch"] != "Mid One" || len(az["cert_hashes"].([]string)) != 1 || az["cert_hashes"].([]string)[0] != m.CertHash {
@@ -189,5 +196,47 @@ func TestBuildRunnerWatchesConsul(t *testing.T) {
 	}
 	if pt := plain.TaskGroups[0].Tasks[0]; pt.Consul != nil || len(pt.Env) != 0 {
 		t.Errorf("without RunnerConsulAddr: consul %v, env %v", pt.Consul, pt.Env)
+	}
+}
+
+// AssignNames depends on the set of claims only: any order of the same
+// models gives the same names; a name claimed by two keys goes to neither,
+// one claimed twice by the same key (a duplicate entry) stays its own.
+func TestAssignNamesIsOrderFree(t *testing.T) {
+	models := []Model{
+		{Crunch: "a", ModelID: "m1"}, {Crunch: "b", ModelID: "m1"}, {Crunch: "a", ModelID: "m2"},
+		{Crunch: "c", ModelID: "x", Name: "m2"}, {Crunch: "a", ModelID: "m3"}, {Crunch: "a", ModelID: "m3"},
+		{Crunch: "a", ModelID: "M4"},
+	}
+	want := map[string]string{"a/m1": "", "b/m1": "", "a/m2": "", "c/x": "", "a/m3": "m3", "a/M4": ""}
+	for range 50 {
+		ps := make([]*Model, len(models))
+		for i, j := range rand.Perm(len(models)) {
+			m := models[j]
+			ps[i] = &m
+		}
+		contests := AssignNames(ps, false)
+		for _, m := range ps {
+			if got := m.Name; got != want[m.Crunch+"/"+m.ModelID] {
+				t.Fatalf("%s/%s named %q, want %q", m.Crunch, m.ModelID, got, want[m.Crunch+"/"+m.ModelID])
+			}
+		}
+		if len(contests) != 2 || contests[0].Name != "m1" || contests[1].Name != "m2" || len(contests[0].Keys) != 2 {
+			t.Fatalf("contests %+v", contests)
+		}
+	}
+}
+
+// An operator's name may not have the shape of a hashed short id (it could
+// be another model's), except the model's own key.
+func TestValidateRefusesHashShapedNames(t *testing.T) {
+	m := model()
+	m.Name = "abcdefghij234567"
+	if err := m.Validate(); err == nil || !strings.Contains(err.Error(), "shape of a hashed short id") {
+		t.Errorf("hash-shaped name: %v", err)
+	}
+	m.Name = Key(m)
+	if err := m.Validate(); err != nil {
+		t.Errorf("the model's own key as its name: %v", err)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/modelnodes/modelnodes/names"
@@ -74,10 +76,13 @@ type Model struct {
 	CertHash          string `json:"cert_hash,omitempty" yaml:"cert_hash,omitempty"`
 	CertHashSecondary string `json:"cert_hash_secondary,omitempty" yaml:"cert_hash_secondary,omitempty"`
 
-	// Name, when set, is used instead of the hash as the short id (job
-	// model-node-<Name>, certificate model-node-<Name>.crunchdao.internal):
-	// CrunchDAO's client expects its own model id there. It must be a
-	// lowercase RFC 1123 label of at most 52 characters.
+	// Name, when set, is the short id (job model-node-<Name>, certificate
+	// model-node-<Name>.crunchdao.internal) instead of the hash. The
+	// scheduler sets it to the model id (AssignNames) when no other model
+	// claims the same name: CrunchDAO's client expects its model id there.
+	// An operator's YAML may claim another name. It must be a lowercase
+	// RFC 1123 label of at most 52 characters without the shape of a
+	// hashed short id.
 	Name string `json:"name,omitempty" yaml:"name,omitempty"`
 
 	// Running is the desired state: false means the model must be stopped.
@@ -111,8 +116,10 @@ func (m *Model) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("runtime %s is neither python nor executable", quote(m.Runtime)))
 	}
-	if m.Name != "" && !names.IsLabel(m.Name, 52) {
-		errs = append(errs, fmt.Errorf("name %s is not a lowercase DNS label of at most 52 characters", quote(m.Name)))
+	if m.Name != "" && !names.IsLabel(m.Name, names.MaxModelName) {
+		errs = append(errs, fmt.Errorf("name %s is not a lowercase DNS label of at most %d characters", quote(m.Name), names.MaxModelName))
+	} else if m.Name != "" && names.IsHashedShortID(m.Name) && m.Name != Key(m) {
+		errs = append(errs, fmt.Errorf("name %s has the shape of a hashed short id (16 characters of a-z and 2-7): it could name another model's job", quote(m.Name)))
 	}
 	switch {
 	case m.ArtifactURL == "" && m.ModelDir == "":
@@ -172,15 +179,23 @@ func isHex(s string, n int) bool {
 	return true
 }
 
-// ShortID is the model's DNS-safe id: Name when set, else
-// names.ModelShortID of its crunch (the on-chain id, or the name) and model
-// id. 80 bits keep collisions out of reach for any realistic number of
-// models; the same model always gets the same id, whichever scheduler
-// instance computes it.
+// ShortID is the model's DNS-safe id: Name when set (AssignNames sets it
+// to the model id when that is the model's alone), else Key.
 func ShortID(m *Model) string {
 	if m.Name != "" {
 		return m.Name
 	}
+	return Key(m)
+}
+
+// Key identifies the model whatever its name: names.ModelShortID of its
+// crunch (the on-chain id, or the name) and model id. Entries with the
+// same key are the same model (source.Dedupe); entries of two crunches
+// never share one. 80 bits keep collisions out of reach for any realistic
+// number of models; the same model always gets the same key, whichever
+// scheduler instance computes it. It is the short id of a model that has
+// no name of its own.
+func Key(m *Model) string {
 	crunch := m.CrunchID
 	if crunch == "" {
 		crunch = m.Crunch
@@ -188,7 +203,80 @@ func ShortID(m *Model) string {
 	return names.ModelShortID(crunch, m.ModelID)
 }
 
-// JobID is the Nomad job id of m: "model-node-<ShortID>" (27 characters).
+// Claim is the name m asks for: its Name when an operator's YAML set one,
+// else names.ModelName of its model id ("" when neither gives one).
+func Claim(m *Model) string {
+	if m.Name != "" {
+		return m.Name
+	}
+	return names.ModelName(m.ModelID)
+}
+
+// Contest is a name that more than one model claims.
+type Contest struct {
+	Name string
+	// Keys are the claimants' keys (Key), sorted; each got its key as
+	// its short id.
+	Keys []string
+}
+
+// AssignNames decides every model's short id from all the models the
+// scheduler runs, whatever their source or crunch: a model's claim (Claim)
+// becomes its Name when no model of another key claims the same name; a
+// contested name goes to none of its claimants, each of which is named by
+// its key (Name ""), and is returned. Model ids come from crunchers and
+// are not unique across crunches: a rule that gave the name to one
+// claimant (the first, the oldest) would let an authorization of another
+// crunch take a model's job, its service instance and its certificate
+// name. The rule depends on the set only, not on its order, so every
+// scheduler instance computes the same names. Models of the same key must
+// have been merged first (source.Dedupe). With hashed set, model ids claim
+// nothing (only names set by an operator do).
+func AssignNames(ms []*Model, hashed bool) []Contest {
+	claims := map[string][]string{} // name -> claimants' keys
+	want := make([]string, len(ms))
+	for i, m := range ms {
+		c := m.Name
+		if c == "" && !hashed {
+			c = names.ModelName(m.ModelID)
+		}
+		want[i] = c
+		if c == "" {
+			continue
+		}
+		k := Key(m)
+		if !slices.Contains(claims[c], k) {
+			claims[c] = append(claims[c], k)
+		}
+	}
+	var out []Contest
+	for i, m := range ms {
+		if c := want[i]; c != "" && len(claims[c]) > 1 {
+			m.Name = ""
+			continue
+		}
+		m.Name = want[i]
+	}
+	for _, c := range slices.Sorted(maps.Keys(claims)) {
+		if keys := claims[c]; len(keys) > 1 {
+			slices.Sort(keys)
+			out = append(out, Contest{Name: c, Keys: keys})
+		}
+	}
+	return out
+}
+
+// Named returns a copy of m with the name it gets when no model of another
+// key claims the same one (AssignNames of m alone): what the scheduler
+// names it unless its name is contested.
+func Named(m *Model) *Model {
+	c := *m
+	AssignNames([]*Model{&c}, false)
+	return &c
+}
+
+// JobID is the Nomad job id of m: "model-node-<ShortID>" (at most 63
+// characters).
 // It is also the runner's certificate name (names.RunnerCommonName).
 func JobID(m *Model) string { return names.Job(ShortID(m)) }
 
@@ -196,11 +284,19 @@ func JobID(m *Model) string { return names.Job(ShortID(m)) }
 // builder's options): the reconciler compares it with the one in a job's
 // meta to decide whether the job must be updated, without reading the job.
 func SpecHash(m *Model, o *Options) string {
+	var d *Disconnect
+	if o != nil {
+		if dc := o.DisconnectFor(m); dc.LostAfter > 0 {
+			d = &dc
+		}
+	}
 	b, _ := json.Marshal(struct {
 		V int
 		M *Model
 		O *Options
-	}{specVersion, m, o})
+		// Only when set: jobs without a disconnect block keep their hash.
+		D *Disconnect `json:",omitempty"`
+	}{specVersion, m, o, d})
 	sum := sha256.Sum256(b)
 	return names.Base32.EncodeToString(sum[:15])
 }
@@ -210,5 +306,7 @@ func SpecHash(m *Model, o *Options) string {
 // (3: vault { env = false }; 4: services named by names.Service, which maps
 // a crunch name that is no DNS label injectively; 5: healthy and progress
 // deadlines that leave room for an environment build; 6: the node's seccomp
-// profile in the service's meta).
-const specVersion = 6
+// profile in the service's meta; 7: canary rollouts, the runner's metrics
+// on a port of their own, registered in Consul, and the submission in the
+// service's meta).
+const specVersion = 7

@@ -72,6 +72,13 @@ const (
 	MetaAuthorization   = "authorization"
 	MetaAuthorizedSlot  = "authorized_slot"
 	MetaAuthorizedChain = "authorized_chain"
+	// MetaQuarantineCode, MetaQuarantineAt and MetaQuarantineBy are on a
+	// job the scheduler holds stopped after its coordinator reported it
+	// (scheduler/quarantine): the failure code, when (RFC 3339) and the
+	// reporting coordinator's key hash. The record itself is in Consul KV.
+	MetaQuarantineCode = "quarantine_code"
+	MetaQuarantineAt   = "quarantine_at"
+	MetaQuarantineBy   = "quarantine_coordinator"
 )
 
 // The modelbox driver's task events about a model's environment carry
@@ -84,6 +91,13 @@ const (
 	EnvironmentFailed   = "failed"
 	EnvironmentReady    = "ready"
 )
+
+// MetricsService is the Consul service under which every runner's
+// Prometheus endpoint is registered (its meta names the crunch and the
+// model). It lies inside ServicePrefix, which only the models' namespace
+// may register (deploy/consul/setup), and no crunch's service can take it:
+// a crunch's label never starts with "-".
+const MetricsService = ServicePrefix + "-metrics"
 
 // TagCanary tags a model's Consul instance while it is the canary of a new
 // version (a new submission) that Nomad has not promoted yet: the running
@@ -193,6 +207,40 @@ func CoordinatorAppRole(crunch string) string { return CoordinatorAppRolePrefix 
 func ModelShortID(crunch, modelID string) string {
 	sum := sha256.Sum256([]byte(crunch + "\x00" + modelID))
 	return Base32.EncodeToString(sum[:10])
+}
+
+// MaxModelName is the longest short id a model id or an authorization's
+// name may give: "model-node-" plus it fits Nomad's and DNS's 63
+// characters.
+const MaxModelName = 52
+
+// IsHashedShortID reports whether s has the shape of a ModelShortID: 16
+// characters of Base32's alphabet.
+func IsHashedShortID(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || '2' <= c && c <= '7') {
+			return false
+		}
+	}
+	return true
+}
+
+// ModelName returns the short id a model id gives by itself, so that the
+// runner's certificate is model-node-<model id>.crunchdao.internal, the
+// name CrunchDAO's secure client checks; "" when the id cannot give one:
+// it is not a lowercase DNS label of at most MaxModelName characters, or
+// it has the shape of a hashed short id (IsHashedShortID: a model id must
+// never name another model's hashed job). Whether a model may take the
+// name is decided with every other model's claim (jobs.AssignNames): a
+// model id is not unique across crunches.
+func ModelName(modelID string) string {
+	if !IsLabel(modelID, MaxModelName) || IsHashedShortID(modelID) {
+		return ""
+	}
+	return modelID
 }
 
 // Job is the Nomad job id of the model with this short id: "model-node-<short id>".

@@ -3,6 +3,7 @@ package names
 import (
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -120,4 +121,32 @@ func ExampleCrunch() {
 	// alpha
 	// my-crunch-v2--eocje7s2rsjigyf5
 	// crunch-my-crunch-v2--eocje7s2rsjigyf5
+}
+
+// A model id names its job only when it is a lowercase DNS label that fits
+// and cannot be mistaken for a hashed short id.
+func TestModelName(t *testing.T) {
+	for id, want := range map[string]string{
+		"1234":                  "1234",
+		"py-tracker":            "py-tracker",
+		strings.Repeat("a", 52): strings.Repeat("a", 52),
+		strings.Repeat("a", 53): "",
+		"Py-Tracker":            "",
+		"model_1":               "",
+		"-x":                    "",
+		"":                      "",
+		"abcdefghij234567":      "", // the shape of ModelShortID
+		ModelShortID("c", "m"):  "",
+		"abcdefghij234568":      "abcdefghij234568", // 8 is not base32
+		"abcdefghij23456":       "abcdefghij23456",
+	} {
+		if got := ModelName(id); got != want {
+			t.Errorf("ModelName(%q) = %q, want %q", id, got, want)
+		}
+	}
+	for range 1000 {
+		if s := ModelShortID(strconv.Itoa(rand.Int()), "m"); !IsHashedShortID(s) {
+			t.Fatalf("%s is not recognized as a hashed short id", s)
+		}
+	}
 }

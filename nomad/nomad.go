@@ -81,6 +81,10 @@ type JobStub struct {
 	// job: when it was stopped).
 	SubmitTime time.Time
 	Meta       map[string]string
+	// Allocs counts the job's allocations that are running or starting
+	// (its summary): more than one for a model's job while a new version's
+	// canary runs beside the old one.
+	Allocs int
 }
 
 func (c *Client) q(ctx context.Context) *nomadapi.QueryOptions {
@@ -102,10 +106,16 @@ func (c *Client) ListJobs(ctx context.Context, prefix string) ([]JobStub, error)
 	}
 	out := make([]JobStub, 0, len(stubs))
 	for _, s := range stubs {
-		out = append(out, JobStub{
+		js := JobStub{
 			ID: s.ID, Stop: s.Stop, Status: s.Status, JobModifyIndex: s.JobModifyIndex,
 			SubmitTime: time.Unix(0, s.SubmitTime), Meta: s.Meta,
-		})
+		}
+		if s.JobSummary != nil {
+			for _, g := range s.JobSummary.Summary {
+				js.Allocs += g.Running + g.Starting
+			}
+		}
+		out = append(out, js)
 	}
 	return out, nil
 }
@@ -218,4 +228,27 @@ func (c *Client) FailedRollout(ctx context.Context, jobID string) (string, error
 		}
 	}
 	return "", nil
+}
+
+// RestartAllocations restarts, in place, the tasks of the job's running
+// allocations (Nomad's allocation restart; the token needs the namespace's
+// alloc-lifecycle capability) and returns how many it restarted. The first
+// failure ends it.
+func (c *Client) RestartAllocations(ctx context.Context, jobID string) (int, error) {
+	allocs, _, err := c.api.Jobs().Allocations(jobID, false, c.q(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("allocations of %s: %w", jobID, err)
+	}
+	n := 0
+	for _, a := range allocs {
+		if a.ClientStatus != nomadapi.AllocClientStatusRunning || a.DesiredStatus != nomadapi.AllocDesiredStatusRun {
+			continue
+		}
+		// Restart takes an allocation but reads only its id.
+		if err := c.api.Allocations().Restart(&nomadapi.Allocation{ID: a.ID, Namespace: a.Namespace}, "", c.q(ctx)); err != nil {
+			return n, fmt.Errorf("restart allocation %s of %s: %w", a.ID, jobID, err)
+		}
+		n++
+	}
+	return n, nil
 }

@@ -2,10 +2,13 @@ package runner
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 )
 
 // metrics are the runner's Prometheus series, registered on the registry the
@@ -95,4 +98,39 @@ func (m *metrics) held(waited time.Duration, err error) {
 	}
 	m.restartHolds.WithLabelValues(result).Inc()
 	m.restartHoldWait.Observe(waited.Seconds())
+}
+
+// descCertExpiry is the certificate's remaining life, computed at scrape time
+// so that it is right however long ago the certificate was loaded.
+var descCertExpiry = prometheus.NewDesc("modelnodes_runner_certificate_expiry_seconds",
+	"Seconds until the certificate the runner serves expires (negative: expired). Absent when the runner serves plaintext.",
+	nil, nil)
+
+// certExpiry exports descCertExpiry for the certificate in use, whether it
+// was read from files or signed by Vault for the runner's own key.
+type certExpiry struct {
+	tls *tlsfiles.Reloader
+	now func() time.Time
+}
+
+// Describe implements prometheus.Collector.
+func (c certExpiry) Describe(ch chan<- *prometheus.Desc) { ch <- descCertExpiry }
+
+// Collect implements prometheus.Collector.
+func (c certExpiry) Collect(ch chan<- prometheus.Metric) {
+	if c.tls == nil {
+		return
+	}
+	cert := c.tls.Certificate()
+	if cert == nil || len(cert.Certificate) == 0 {
+		return
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		var err error
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, leaf.NotAfter.Sub(c.now()).Seconds())
 }

@@ -58,11 +58,11 @@ func wantCode(t *testing.T, what string, st *commonspb.Status, code string, msgP
 func TestPythonSetupStatuses(t *testing.T) {
 	h := start(t, pythonWorker(t, "pymodel")).ready()
 	wantCode(t, "Call before Setup", h.call("echo", nil).GetStatus(), "FAILED_PRECONDITION", "Setup")
-	wantCode(t, "empty className", h.setup("", nil), "INVALID_ARGUMENT", "className")
+	wantCode(t, "empty className", h.setup("", nil), "INVALID_ARGUMENT", "class_name")
 	wantCode(t, "className without module", h.setup("Tracker", nil), "SETUP_FAILED", "module")
-	wantCode(t, "base missing from module", h.setup("crunch_base.Nope", nil), "SETUP_FAILED", "no class Nope")
+	wantCode(t, "base missing from module", h.setup("crunch_base.Nope", nil), "SETUP_FAILED", "Class 'Nope' not found")
 	wantCode(t, "base module not importable", h.setup("no_such_module.Base", nil), "BAD_IMPLEMENTATION", "no_such_module")
-	wantCode(t, "no subclass", h.setup("crunch_base.Unused", nil), "BAD_IMPLEMENTATION", "no subclass")
+	wantCode(t, "no subclass", h.setup("crunch_base.Unused", nil), "BAD_IMPLEMENTATION", "No Inherited class")
 	if !pythonHas("pyarrow") {
 		wantCode(t, "PARQUET constructor argument without pyarrow", h.setup("crunch_base.Tracker", nil, kw("offset", commonspb.Parquet([]byte("PAR1")))),
 			"BAD_IMPLEMENTATION", "PARQUET arguments need pyarrow")
@@ -147,7 +147,7 @@ func TestPythonCallVariantsAndArguments(t *testing.T) {
 	wantCode(t, "missing positional", h.call("add", args(commonspb.Int(1))).GetStatus(), "INVALID_ARGUMENT", "b")
 	wantCode(t, "unknown method", h.call("nope", nil).GetStatus(), "BAD_IMPLEMENTATION", "nope")
 	wantCode(t, "empty method", h.call("", nil).GetStatus(), "INVALID_ARGUMENT", "methodName")
-	wantCode(t, "raising method", h.call("fail", nil).GetStatus(), "MODEL_FAILED", "ValueError: the model is unhappy")
+	wantCode(t, "raising method", h.call("fail", nil).GetStatus(), "MODEL_FAILED", "The model raised an exception: the model is unhappy")
 	wantCode(t, "unencodable result", h.call("unencodable", nil).GetStatus(), "MODEL_FAILED", "object")
 	// A result that cannot be encoded is the model's failure, whatever
 	// breaks: CrunchDAO's client reads INVALID_ARGUMENT as the coordinator's

@@ -41,9 +41,9 @@ import (
 // stderr.
 //
 // Run acts on the process, as a command's main would: SIGHUP re-reads the
-// TLS, policy and delegation files while it runs, and without GOMEMLIMIT in
-// the environment it sets a soft memory limit derived from the request
-// budget.
+// TLS, policy and delegation files while it runs, without GOMEMLIMIT in the
+// environment it sets a soft memory limit derived from the request budget,
+// and for the python runtime it sets GOMAXPROCS (see LimitProcs).
 func Run(ctx context.Context, o runneropts.Options) error {
 	if err := o.Validate(); err != nil {
 		return err
@@ -156,6 +156,10 @@ func Run(ctx context.Context, o runneropts.Options) error {
 		checkDelegation(log, deleg.Proof(), cfg.TLS)
 	}
 	srv = New(cfg)
+	if o.Runtime == "python" {
+		// The Python host takes one call at a time.
+		LimitProcs(1)
+	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Without a limit the collector lets the heap reach twice what it
 		// found live, and large requests (copied while received, decoded
@@ -217,7 +221,12 @@ func Run(ctx context.Context, o runneropts.Options) error {
 		defer ml.Close()
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		go func() { _ = http.Serve(ml, mux) }()
+		// Reachable from the network when a job gives it a port: a slow
+		// client must not hold connections open.
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+		defer ms.Close()
+		go func() { _ = ms.Serve(ml) }()
 		log.Info("metrics serving", "address", ml.Addr().String())
 	}
 	lis, err := net.Listen("tcp", o.Listen)

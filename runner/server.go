@@ -131,6 +131,9 @@ func New(cfg Config) *Server {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer(), metrics: newMetrics(cfg.Registerer)}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(certExpiry{tls: cfg.TLS, now: time.Now})
+	}
 
 	wc := cfg.Worker
 	if wc.Logger == nil {
@@ -158,6 +161,10 @@ func New(cfg Config) *Server {
 		grpc.MaxSendMsgSize(1<<31-1),
 		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
 		experimental.BufferPool(largeBuffersUnpooled{mem.DefaultBufferPool()}),
+		// Calls run on a few long-lived goroutines (grpc-go starts one
+		// per call when all are busy) rather than a new goroutine each,
+		// whose stack grows again on every call.
+		grpc.NumStreamWorkers(streamWorkers),
 	)
 	var interceptors []grpc.UnaryServerInterceptor
 	if cfg.Authorizer != nil {
@@ -186,6 +193,11 @@ func New(cfg Config) *Server {
 	reflection.Register(s.grpc)
 	return s
 }
+
+// streamWorkers is how many goroutines keep serving calls (see
+// grpc.NumStreamWorkers): one model answers one call at a time unless it
+// says otherwise, so a few cover the common case.
+const streamWorkers = 4
 
 // HTTP/2 flow-control windows of a runner. Static windows turn off grpc-go's
 // bandwidth-delay probing, whose pings cost a coordinator one more write per

@@ -37,11 +37,15 @@ func (d *dynamicSubclass) Setup(ctx context.Context, in *dspb.SetupRequest) (*ds
 	if err != nil {
 		return nil, err
 	}
+	st := resultStatus(res)
 	if res.Code == frame.CodeSuccess && res.Message == "" {
-		// A new instance: rebuild it if the worker is ever restarted.
+		// A new instance: rebuild it if the worker is ever restarted. A
+		// replayed Setup finds it, so the coordinator's own Setup after a
+		// restart is answered MsgInstanceExists, as without one.
 		d.s.sup.Remember(stateDynamicSubclass, req)
+		st.Message = frame.MsgInstanceCreated
 	}
-	return &dspb.SetupResponse{Status: resultStatus(res)}, nil
+	return &dspb.SetupResponse{Status: st}, nil
 }
 
 func (d *dynamicSubclass) Call(ctx context.Context, in *dspb.CallRequest) (*dspb.CallResponse, error) {
@@ -145,7 +149,12 @@ func (t *trainInfer) run(ctx context.Context, name string, req *frame.Request) (
 	if err != nil {
 		return nil, err
 	}
-	if res.Code != frame.CodeSuccess {
+	switch {
+	case res.Code == frame.CodeFailedPrecondition:
+		// Their runner's exact words (frame.MsgInferNotSetUp); the gRPC
+		// code says the rest.
+		return nil, status.Error(codes.FailedPrecondition, res.Message)
+	case res.Code != frame.CodeSuccess:
 		return nil, status.Error(statusCode(res.Code), res.Code+": "+res.Message)
 	}
 	return res, nil

@@ -72,7 +72,7 @@ func BenchmarkReconcile10k(b *testing.B) {
 			ArtifactURL: fmt.Sprintf("https://models.example/%05d.tar.gz", i), ArtifactSHA256: strings.Repeat("ab", 32),
 			Hardware: jobs.CPU, Running: true}
 		models = append(models, m)
-		job, err := jobs.Build(&m, opts)
+		job, err := jobs.Build(jobs.Named(&m), opts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -167,7 +167,7 @@ func BenchmarkChainToJob(b *testing.B) {
 					}
 					m := jobs.Model{Crunch: "mid-one", CrunchID: c.Crunch.String(), ModelID: "bench", Hardware: jobs.CPU,
 						ArtifactURL: "http://127.0.0.1:1/bench.tar.gz", ArtifactSHA256: strings.Repeat("ab", 32), MemoryMB: int(mem), Running: true}
-					job, _ := jobs.Build(&m, testOptions)
+					job, _ := jobs.Build(jobs.Named(&m), testOptions)
 					if err := nc.Register(context.Background(), job, list[0].JobModifyIndex); err != nil {
 						b.Fatal(err)
 					}

@@ -187,7 +187,7 @@ func benchAuthorizationToCallable(b *testing.B, runs []callableRun) {
 						f.SetAccount(b, keys[i], c.Program, auth(run.model, ms[i].ModelID, true).Encode())
 						continue
 					}
-					job, err := jobs.Build(&ms[i], &opts)
+					job, err := jobs.Build(jobs.Named(&ms[i]), &opts)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -208,7 +208,7 @@ func benchAuthorizationToCallable(b *testing.B, runs []callableRun) {
 					}
 					waitJobs(b, nc, time.Minute, "the scheduler stopped the round's jobs", func(js map[string]nomad.JobStub) bool {
 						for i := range ms {
-							if !js[jobs.JobID(&ms[i])].Stop {
+							if !js[jobs.JobID(jobs.Named(&ms[i]))].Stop {
 								return false
 							}
 						}
@@ -245,7 +245,7 @@ func (tr *tracker) expect(ms []jobs.Model) []*milestones {
 	tr.byID, tr.fails, tr.left, tr.done = map[string]*milestones{}, map[string]string{}, len(ms), make(chan struct{})
 	out := make([]*milestones, len(ms))
 	for i := range ms {
-		out[i] = &milestones{id: jobs.ShortID(&ms[i])}
+		out[i] = &milestones{id: jobs.ShortID(jobs.Named(&ms[i]))}
 		tr.byID[out[i].id] = out[i]
 	}
 	return out
@@ -491,7 +491,7 @@ func checkSameJobs(b *testing.B, nc *nomad.Client, opts *jobs.Options, ms []jobs
 		spec[j.ID] = j.Meta[names.MetaSpec]
 	}
 	for i := range ms {
-		if got, want := spec[jobs.JobID(&ms[i])], jobs.SpecHash(&ms[i], opts); got != want {
+		if got, want := spec[jobs.JobID(jobs.Named(&ms[i]))], jobs.SpecHash(jobs.Named(&ms[i]), opts); got != want {
 			b.Fatalf("the scheduler's job for %s has spec %q, the baseline's model %q: the benchmark's model() no longer matches the solana source's",
 				ms[i].ModelID, got, want)
 		}
@@ -508,7 +508,7 @@ func clearRound(b *testing.B, cl *testcluster.Cluster, nc *nomad.Client, ms []jo
 	b.Helper()
 	ids := map[string]bool{}
 	for i := range ms {
-		id := jobs.JobID(&ms[i])
+		id := jobs.JobID(jobs.Named(&ms[i]))
 		ids[id] = true
 		if err := nc.Purge(context.Background(), id); err != nil {
 			b.Fatalf("purge %s: %v", id, err)

@@ -108,7 +108,7 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 	jobIDs := make([]string, len(ids))
 	for i, id := range ids {
 		m := jobs.Model{Crunch: crunchName, CrunchID: c.Crunch.String(), ModelID: id}
-		jobIDs[i] = jobs.JobID(&m)
+		jobIDs[i] = jobs.JobID(jobs.Named(&m))
 	}
 
 	var logs syncbuf.Buffer
@@ -560,7 +560,7 @@ func TestStatusSaysWhyAModelIsNotPlaced(t *testing.T) {
 	}, nc, nc, nil, &yamlfile.Source{Path: modelsFile(t, m)})
 	srv := httptest.NewServer(s.s.Handler())
 	defer srv.Close()
-	id := jobs.JobID(&m)
+	id := jobs.JobID(jobs.Named(&m))
 	var got ModelStatus
 	waitFor(t, 60*time.Second, "a reason for the pending model", func() bool {
 		var models []ModelStatus
@@ -606,7 +606,7 @@ func TestFeedEmptyListingStopsNothing(t *testing.T) {
 	startScheduler(t, nc, nil, nil, src)
 	idOf := func(id string) string {
 		m := jobs.Model{Crunch: "feedcrunch", CrunchID: "FeedCrunch1111", ModelID: id}
-		return jobs.JobID(&m)
+		return jobs.JobID(jobs.Named(&m))
 	}
 	waitJobs(t, nc, 20*time.Second, "both feed models registered", func(m map[string]nomad.JobStub) bool {
 		return len(m) == 2 && !m[idOf("f1")].Stop && !m[idOf("f2")].Stop

@@ -56,7 +56,11 @@ func (f *fakeNomad) Register(_ context.Context, job *nomadapi.Job, modifyIndex u
 	for k, v := range job.Meta {
 		meta[k] = v
 	}
-	f.jobs[*job.ID] = &nomad.JobStub{ID: *job.ID, Status: "running", JobModifyIndex: f.index, SubmitTime: time.Now(), Meta: meta}
+	st := &nomad.JobStub{ID: *job.ID, Status: "running", JobModifyIndex: f.index, SubmitTime: time.Now(), Meta: meta}
+	if job.Stop != nil && *job.Stop {
+		st.Stop, st.Status = true, "dead"
+	}
+	f.jobs[*job.ID] = st
 	return nil
 }
 
@@ -92,6 +96,7 @@ func testModel(crunch, id string, running bool) jobs.Model {
 func desiredOf(opts *jobs.Options, ms ...jobs.Model) map[string]*Desired {
 	out := map[string]*Desired{}
 	for _, m := range ms {
+		m = *jobs.Named(&m)
 		out[jobs.JobID(&m)] = &Desired{Model: m, JobID: jobs.JobID(&m), Spec: jobs.SpecHash(&m, opts), Source: "test"}
 	}
 	return out

@@ -17,6 +17,7 @@ type Metrics struct {
 
 	leader        prometheus.Gauge
 	desired       prometheus.Gauge
+	rollouts      *prometheus.GaugeVec
 	models        *prometheus.GaugeVec
 	sourceUp      *prometheus.GaugeVec
 	sourceErrors  *prometheus.CounterVec
@@ -31,6 +32,8 @@ type Metrics struct {
 	undecodableN  *prometheus.GaugeVec
 	heldStops     prometheus.Gauge
 	stopHolds     prometheus.Counter
+	quarantined   prometheus.Gauge
+	lifted        *prometheus.CounterVec
 }
 
 // NewMetrics registers the scheduler's metrics on a new registry.
@@ -40,6 +43,8 @@ func NewMetrics() *Metrics {
 		Registry: prometheus.NewRegistry(),
 		leader:   prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "leader", Help: "1 while this instance holds the reconcile lock."}),
 		desired:  prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "desired_models", Help: "Models the sources want running."}),
+		rollouts: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "rollouts",
+			Help: "Models rolling out a new version (state rolling: a canary beside the serving allocation), waiting for --max-rollouts (deferred), or left on their serving version after a failed rollout (failed), as of the last pass."}, []string{"state"}),
 		models: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "models",
 			Help: "Models by observed state (pending, running, healthy, faulty, failed, backoff, stopped)."}, []string{"state"}),
 		sourceUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "source_up",
@@ -69,10 +74,14 @@ func NewMetrics() *Metrics {
 			Help: "Stops held because a pass would stop more than --max-stop-share of a crunch's models; alert when above 0."}),
 		stopHolds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "stop_holds_total",
 			Help: "Holds of a crunch's stops started (see held_stops)."}),
+		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "quarantined_models",
+			Help: "Models held stopped after their coordinator's failure reports (Consul KV), as the leader's last pass read them."}),
+		lifted: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "quarantines_lifted_total",
+			Help: "Quarantines ended, by why (submission: the model's authorization changed; operator: lifted through the status API)."}, []string{"reason"}),
 	}
-	m.Registry.MustRegister(m.leader, m.desired, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
+	m.Registry.MustRegister(m.leader, m.desired, m.rollouts, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
 		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.writes, m.backoffs, m.refusedTotal,
-		m.undecodableN, m.heldStops, m.stopHolds,
+		m.undecodableN, m.heldStops, m.stopHolds, m.quarantined, m.lifted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -119,6 +128,11 @@ func (m *Metrics) reconciled(res Result, err error, d time.Duration, desired int
 	m.reconciles.WithLabelValues(outcome).Inc()
 	m.reconcileDur.Observe(d.Seconds())
 	m.desired.Set(float64(desired))
+	if err == nil {
+		m.rollouts.WithLabelValues("rolling").Set(float64(res.Rolling))
+		m.rollouts.WithLabelValues("deferred").Set(float64(res.DeferredRollouts))
+		m.rollouts.WithLabelValues("failed").Set(float64(res.FailedRollouts))
+	}
 }
 
 func (m *Metrics) nomadWrite(op string) {
@@ -167,4 +181,18 @@ func (m *Metrics) stopsHeld(n int, started int) {
 	}
 	m.heldStops.Set(float64(n))
 	m.stopHolds.Add(float64(started))
+}
+
+func (m *Metrics) quarantinedModels(n int) {
+	if m == nil {
+		return
+	}
+	m.quarantined.Set(float64(n))
+}
+
+func (m *Metrics) quarantineLifted(reason string) {
+	if m == nil {
+		return
+	}
+	m.lifted.WithLabelValues(reason).Inc()
 }

@@ -146,7 +146,7 @@ func purgeAll(t testing.TB, nc *nomad.Client) {
 
 func jobOf(c *solanatest.Chain, modelID string) string {
 	m := jobs.Model{Crunch: "mid-one", CrunchID: c.Crunch.String(), ModelID: modelID}
-	return jobs.JobID(&m)
+	return jobs.JobID(jobs.Named(&m))
 }
 
 // The chain drives Nomad: authorizations appear, change and disappear on a
@@ -451,7 +451,7 @@ func TestStatusReportsFailedModel(t *testing.T) {
 	requireModelbox(t, cl.Nomad.Client)
 	m := fileModel("broken") // artifact at 127.0.0.1:1: connection refused
 	s := startScheduler(t, nc, nc, nil, &yamlfile.Source{Path: modelsFile(t, m)})
-	id := jobs.JobID(&m)
+	id := jobs.JobID(jobs.Named(&m))
 	srv := httptest.NewServer(s.s.Handler())
 	defer srv.Close()
 	deadline := time.Now().Add(90 * time.Second)
@@ -507,7 +507,7 @@ func TestExampleJobRuns(t *testing.T) {
 	}
 	m := jobs.Model{Crunch: "demo", ModelID: "example"}
 	waitJobs(t, nc, 10*time.Second, "the example job registered", func(j map[string]nomad.JobStub) bool {
-		_, ok := j[jobs.JobID(&m)]
+		_, ok := j[jobs.JobID(&m)] // the file names it by its key
 		return ok
 	})
 }
@@ -521,7 +521,7 @@ func TestNomadCheckAndSet(t *testing.T) {
 	t.Cleanup(func() { purgeAll(t, nc) })
 	ctx := context.Background()
 	m := fileModel("cas")
-	job, err := jobs.Build(&m, testOptions)
+	job, err := jobs.Build(jobs.Named(&m), testOptions)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,13 +531,13 @@ func TestNomadCheckAndSet(t *testing.T) {
 	if err := nc.Register(ctx, job, 0); !errors.Is(err, nomad.ErrConflict) {
 		t.Fatalf("second create: %v, want ErrConflict", err)
 	}
-	list, err := nc.ListJobs(ctx, jobs.JobID(&m))
-	if err != nil || len(list) != 1 || list[0].Meta[names.MetaSpec] != jobs.SpecHash(&m, testOptions) {
+	list, err := nc.ListJobs(ctx, jobs.JobID(jobs.Named(&m)))
+	if err != nil || len(list) != 1 || list[0].Meta[names.MetaSpec] != jobs.SpecHash(jobs.Named(&m), testOptions) {
 		t.Fatalf("list with meta: %v %+v", err, list)
 	}
 	idx := list[0].JobModifyIndex
 	m.MemoryMB = 300
-	job, _ = jobs.Build(&m, testOptions)
+	job, _ = jobs.Build(jobs.Named(&m), testOptions)
 	if err := nc.Register(ctx, job, idx); err != nil {
 		t.Fatalf("update at the current index: %v", err)
 	}
@@ -555,7 +555,7 @@ func TestJobStoppedByHandIsRestored(t *testing.T) {
 	t.Cleanup(func() { purgeAll(t, nc) })
 	m := fileModel("handstop")
 	startSchedulerWith(t, func(s *Scheduler) { s.Resync = time.Hour }, nc, nc, nil, &yamlfile.Source{Path: modelsFile(t, m)})
-	id := jobs.JobID(&m)
+	id := jobs.JobID(jobs.Named(&m))
 	waitJobs(t, nc, 20*time.Second, "registered", func(j map[string]nomad.JobStub) bool { _, ok := j[id]; return ok })
 	time.Sleep(500 * time.Millisecond) // let the passes that followed the registration settle
 	if err := nc.Stop(context.Background(), id); err != nil {
@@ -591,7 +591,7 @@ func TestScheduledModelTurnsHealthy(t *testing.T) {
 	s := startSchedulerWith(t, func(s *Scheduler) { s.Reconciler.Options = &opts }, nc, nc, nil, &yamlfile.Source{Path: modelsFile(t, m)})
 	srv := httptest.NewServer(s.s.Handler())
 	defer srv.Close()
-	id := jobs.JobID(&m)
+	id := jobs.JobID(jobs.Named(&m))
 	deadline := time.Now().Add(120 * time.Second)
 	var last []ModelStatus
 	for {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
+	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 )
 
 // Op is what an Action does to a job.
@@ -24,6 +25,10 @@ const (
 	OpUpdate Op = "update"
 	// OpStop deregisters the job without purging it.
 	OpStop Op = "stop"
+	// OpQuarantine writes a quarantined model's job stopped, with the
+	// quarantine in its meta (names.MetaQuarantine*), at its listed modify
+	// index: a running job stops, a stopped one gets the reason.
+	OpQuarantine Op = "quarantine"
 	// OpPurge removes a job stopped for longer than the purge delay.
 	OpPurge Op = "purge"
 )
@@ -32,7 +37,10 @@ const (
 // (the observer's decision, which the StopGuard never holds).
 const ReasonCrashLoop = "crash-loop backoff"
 
-var opOrder = map[Op]int{OpRegister: 0, OpUpdate: 1, OpStop: 2, OpPurge: 3}
+// ReasonQuarantine starts the Reason of a quarantine's stop.
+const ReasonQuarantine = "quarantined"
+
+var opOrder = map[Op]int{OpRegister: 0, OpUpdate: 1, OpStop: 2, OpQuarantine: 2, OpPurge: 3}
 
 // Action is one write to Nomad that a plan decides.
 type Action struct {
@@ -51,6 +59,8 @@ type Action struct {
 	Reason string
 	// StoppedFor is how long a purged job had been stopped.
 	StoppedFor time.Duration
+	// Quarantine is the hold an OpQuarantine records.
+	Quarantine *quarantine.Record
 }
 
 // Want is the desired side of a pass, as the Watcher merges it.
@@ -75,6 +85,10 @@ type Actual struct {
 	// Held are the job ids on crash-loop hold (observer.Observer.Held):
 	// they are kept stopped, and not purged while the hold lasts.
 	Held map[string]bool
+	// Quarantined are the models quarantined after their coordinator's
+	// reports, by job id (quarantine.Store): kept stopped whatever the
+	// sources say, and not purged.
+	Quarantined map[string]quarantine.Record
 	// Now is when Jobs were read; it dates stopped jobs for purging.
 	Now time.Time
 }
@@ -95,6 +109,9 @@ type Actual struct {
 //	running, waiting (Wait)   anything                            none
 //	stopped, absent, or held  running                             stop (only when Complete)
 //	stopped, absent, or held  stopped for purgeAfter (not held)   purge (only when Complete)
+//	running, quarantined      running, or stopped without the     quarantine (written stopped, the
+//	                          quarantine in its meta              reason in its meta)
+//	absent, quarantined       running                             stop (only when Complete)
 func Plan(want Want, actual Actual, purgeAfter time.Duration) ([]Action, Result) {
 	var res Result
 	var actions []Action
@@ -111,6 +128,15 @@ func Plan(want Want, actual Actual, purgeAfter time.Duration) ([]Action, Result)
 			res.Errors = append(res.Errors, fmt.Errorf("job %s exists but was not created by the scheduler; leaving it alone (model %s of %s)",
 				id, d.Model.ModelID, d.Model.Crunch))
 			continue
+		}
+		if _, q := actual.Quarantined[id]; q && d.Model.Running {
+			res.Quarantined++
+			if cur != nil && (!cur.Stop || !quarantineRecorded(cur, actual.Quarantined[id])) {
+				rec := actual.Quarantined[id]
+				actions = append(actions, Action{Op: OpQuarantine, JobID: id, Desired: d, Index: cur.JobModifyIndex,
+					WasStopped: cur.Stop, Reason: ReasonQuarantine + " (" + rec.Code + ")", Quarantine: &rec})
+			}
+			continue // and neither stopped nor purged below
 		}
 		if d.Wait != "" && d.Model.Running && !held[id] {
 			res.Waiting++
@@ -143,16 +169,19 @@ func Plan(want Want, actual Actual, purgeAfter time.Duration) ([]Action, Result)
 				continue
 			}
 			d := want.Models[id]
-			if d != nil && d.Model.Running && !held[id] {
-				continue
+			rec, quarantined := actual.Quarantined[id]
+			if d != nil && d.Model.Running && (!held[id] || quarantined) {
+				continue // running, or quarantined above
 			}
-			if _, keep := want.Keep[id]; keep && d == nil && !cur.Stop {
+			if _, keep := want.Keep[id]; keep && d == nil && !cur.Stop && !quarantined {
 				res.Kept++
 				continue
 			}
 			if !cur.Stop {
 				why := "no longer authorized"
-				if d != nil && held[id] {
+				if quarantined {
+					why = ReasonQuarantine + " (" + rec.Code + ")"
+				} else if d != nil && held[id] {
 					why = ReasonCrashLoop
 				} else if d != nil {
 					why = "desired state STOPPED"
@@ -160,11 +189,16 @@ func Plan(want Want, actual Actual, purgeAfter time.Duration) ([]Action, Result)
 				actions = append(actions, Action{Op: OpStop, JobID: id, Reason: why})
 				continue
 			}
-			if stopped := actual.Now.Sub(cur.SubmitTime); !held[id] && stopped >= purgeAfter {
+			if stopped := actual.Now.Sub(cur.SubmitTime); !held[id] && !quarantined && stopped >= purgeAfter {
 				actions = append(actions, Action{Op: OpPurge, JobID: id, StoppedFor: stopped})
 			}
 		}
 	}
 	sort.SliceStable(actions, func(i, j int) bool { return opOrder[actions[i].Op] < opOrder[actions[j].Op] })
 	return actions, res
+}
+
+// quarantineRecorded reports whether job's meta already records rec.
+func quarantineRecorded(job *nomad.JobStub, rec quarantine.Record) bool {
+	return job.Meta[names.MetaQuarantineAt] == rec.At.UTC().Format(time.RFC3339) && job.Meta[names.MetaQuarantineCode] == rec.Code
 }

@@ -49,8 +49,8 @@ func TestPlan(t *testing.T) {
 	const purgeAfter = time.Hour
 	stop := func(m jobs.Model) jobs.Model { m.Running = false; return m }
 	a, b, c := testModel("demo", "a", true), testModel("demo", "b", true), testModel("demo", "c", true)
-	da, db, dc := desiredOf(testOptions, a)[jobs.JobID(&a)], desiredOf(testOptions, b)[jobs.JobID(&b)], desiredOf(testOptions, c)[jobs.JobID(&c)]
-	stoppedA := desiredOf(testOptions, stop(a))[jobs.JobID(&a)]
+	da, db, dc := desiredOf(testOptions, a)[jobs.JobID(jobs.Named(&a))], desiredOf(testOptions, b)[jobs.JobID(jobs.Named(&b))], desiredOf(testOptions, c)[jobs.JobID(jobs.Named(&c))]
+	stoppedA := desiredOf(testOptions, stop(a))[jobs.JobID(jobs.Named(&a))]
 	idA, idB, idC := da.JobID, db.JobID, dc.JobID
 	foreign := func(d *Desired, meta map[string]string) nomad.JobStub {
 		return nomad.JobStub{ID: d.JobID, JobModifyIndex: 7, Meta: meta}
@@ -180,7 +180,7 @@ func TestPlanIsDeterministic(t *testing.T) {
 	var listed []nomad.JobStub
 	for i := range 200 {
 		m := testModel("demo", fmt.Sprintf("m%03d", i), i%5 != 0)
-		d := desiredOf(testOptions, m)[jobs.JobID(&m)]
+		d := desiredOf(testOptions, m)[jobs.JobID(jobs.Named(&m))]
 		if i%3 != 0 {
 			desired[d.JobID] = d
 		}
@@ -217,7 +217,7 @@ func TestPlanFromWatcher(t *testing.T) {
 		d, complete := w.Desired()
 		var listed []nomad.JobStub
 		for _, m := range []jobs.Model{good, other} {
-			listed = append(listed, ours(desiredOf(testOptions, m)[jobs.JobID(&m)], "", false, now))
+			listed = append(listed, ours(desiredOf(testOptions, m)[jobs.JobID(jobs.Named(&m))], "", false, now))
 		}
 		return Plan(Want{Models: d, Complete: complete}, Actual{Jobs: listed, Now: now}, time.Hour)
 	}
@@ -233,7 +233,7 @@ func TestPlanFromWatcher(t *testing.T) {
 	hostile.ArtifactURL = "https://evil.example/m.tar.gz"
 	w.Report("chain", source.Snapshot{Models: []jobs.Model{hostile, other}})
 	actions, res := plan()
-	if got, want := describe(actions), []string{"stop " + jobs.JobID(&good) + " (no longer authorized)"}; !slices.Equal(got, want) || res.Unchanged != 1 {
+	if got, want := describe(actions), []string{"stop " + jobs.JobID(jobs.Named(&good)) + " (no longer authorized)"}; !slices.Equal(got, want) || res.Unchanged != 1 {
 		t.Fatalf("refused entry: %q %v, want %q", got, res, want)
 	}
 }
@@ -244,7 +244,7 @@ func TestPlanLeavesWaitingModelsAlone(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	a, b := testModel("demo", "a", true), testModel("demo", "b", true)
 	want := desiredOf(testOptions, a, b)
-	da, db := want[jobs.JobID(&a)], want[jobs.JobID(&b)]
+	da, db := want[jobs.JobID(jobs.Named(&a))], want[jobs.JobID(jobs.Named(&b))]
 	da.Wait, db.Wait = "reading the submission's code archive", "reading the submission's code archive"
 	actions, res := Plan(Want{Models: want, Complete: true},
 		Actual{Jobs: []nomad.JobStub{ours(db, "an older spec", false, time.Time{})}, Now: now}, time.Hour)

@@ -83,7 +83,7 @@ func TestE2EPythonConstraint(t *testing.T) {
 	api := cl.Nomad.Client
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		allocs, _, err := api.Jobs().Allocations(jobs.JobID(&fits), false, nil)
+		allocs, _, err := api.Jobs().Allocations(jobs.JobID(jobs.Named(&fits)), false, nil)
 		if err == nil && len(allocs) > 0 {
 			break
 		}
@@ -92,7 +92,7 @@ func TestE2EPythonConstraint(t *testing.T) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	job, _, err := api.Jobs().Info(jobs.JobID(&fits), nil)
+	job, _, err := api.Jobs().Info(jobs.JobID(jobs.Named(&fits)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestE2EPythonConstraint(t *testing.T) {
 	}
 
 	// The other is registered, blocked by the constraint, and reported.
-	futureID := jobs.JobID(&future)
+	futureID := jobs.JobID(jobs.Named(&future))
 	var last []ModelStatus
 	for deadline = time.Now().Add(60 * time.Second); ; time.Sleep(250 * time.Millisecond) {
 		if time.Now().After(deadline) {

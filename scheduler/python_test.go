@@ -111,10 +111,10 @@ func TestSchedulerConstrainsToThePythonTheCodeAsksFor(t *testing.T) {
 		Reconciler: &Reconciler{Nomad: fake, Options: testOptions},
 		Inspector:  &inspect.Inspector{Options: testOptions, TempDir: t.TempDir()},
 		Observer:   &observer.Observer{Nomad: noAllocations{}},
-		Placements: fakePlacements{jobs.JobID(&m399): {NodesEvaluated: 2, NodesFiltered: 2,
+		Placements: fakePlacements{jobs.JobID(jobs.Named(&m399)): {NodesEvaluated: 2, NodesFiltered: 2,
 			ConstraintFiltered: map[string]int{"${attr.driver.modelbox.python.versions} regexp (...)": 1}, ClassFiltered: map[string]int{"v1:123": 1}},
 			// Nomad's answer for a job it could place: the status says nothing more.
-			jobs.JobID(&m313): nil},
+			jobs.JobID(jobs.Named(&m313)): nil},
 		Debounce: time.Millisecond,
 		Resync:   100 * time.Millisecond,
 		OnReconcile: func(r Result, _ error) {
@@ -147,10 +147,10 @@ func TestSchedulerConstrainsToThePythonTheCodeAsksFor(t *testing.T) {
 		}
 	}
 	fake.mu.Lock()
-	j313 := fake.jobs[jobs.JobID(&m313)]
-	j399 := fake.jobs[jobs.JobID(&m399)]
-	jplain := fake.jobs[jobs.JobID(&plain)]
-	jpypy := fake.jobs[jobs.JobID(&pypy)]
+	j313 := fake.jobs[jobs.JobID(jobs.Named(&m313))]
+	j399 := fake.jobs[jobs.JobID(jobs.Named(&m399))]
+	jplain := fake.jobs[jobs.JobID(jobs.Named(&plain))]
+	jpypy := fake.jobs[jobs.JobID(jobs.Named(&pypy))]
 	fake.mu.Unlock()
 	if jpypy != nil {
 		t.Errorf("the refused submission got a job")
@@ -158,10 +158,10 @@ func TestSchedulerConstrainsToThePythonTheCodeAsksFor(t *testing.T) {
 	if got := j313.Meta[names.MetaPython]; got != "3.13 (.python-version)" {
 		t.Errorf("job meta python = %q", got)
 	}
-	if j313.Meta[names.MetaSpec] == jobs.SpecHash(&m313, testOptions) {
+	if j313.Meta[names.MetaSpec] == jobs.SpecHash(jobs.Named(&m313), testOptions) {
 		t.Errorf("the spec does not cover the python constraint")
 	}
-	if _, ok := jplain.Meta[names.MetaPython]; ok || jplain.Meta[names.MetaSpec] != jobs.SpecHash(&plain, testOptions) {
+	if _, ok := jplain.Meta[names.MetaPython]; ok || jplain.Meta[names.MetaSpec] != jobs.SpecHash(jobs.Named(&plain), testOptions) {
 		t.Errorf("a submission without a request got another job than before: %v", jplain.Meta)
 	}
 	if j399 == nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
+	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
@@ -61,12 +62,35 @@ type Reconciler struct {
 	// DefaultRolloutRetry); a newer version is written at once. Needs a
 	// Nomad that is a RolloutReader.
 	RolloutRetry time.Duration
-	Logger       hclog.Logger
-	Metrics      *Metrics
-	now          func() time.Time
+	// MaxRollouts bounds the running models rolling out a new version at
+	// once (a canary beside the serving allocation, each needing room for
+	// one more allocation): the updates beyond it wait for later passes.
+	// 0: no bound. Starting a stopped model, or registering a new one, is
+	// no rollout.
+	MaxRollouts int
+	// Quarantines, when set, holds the models their coordinators'
+	// reports quarantined (quarantine.Store): they are kept stopped until
+	// their submission changes, which ends the quarantine here.
+	Quarantines QuarantineStore
+	Logger      hclog.Logger
+	Metrics     *Metrics
+	now         func() time.Time
 
 	mu       sync.Mutex
 	rollouts map[string]failedRollout // by job id
+
+	qmu   sync.Mutex
+	qLast map[string]quarantine.Record // the last good reading of Quarantines
+	qRead bool
+}
+
+// QuarantineStore is where quarantines live (quarantine.Store, in Consul
+// KV).
+type QuarantineStore interface {
+	// List returns every quarantine, by job id.
+	List(ctx context.Context) (map[string]quarantine.Record, error)
+	// Delete ends jobID's quarantine if its record is still at index.
+	Delete(ctx context.Context, jobID string, index uint64) (bool, error)
 }
 
 // RolloutReader is the part of Nomad that says which version of a job
@@ -111,12 +135,20 @@ type Result struct {
 	// FailedRollouts counts running jobs left on their serving version
 	// because the desired version failed its rollout (RolloutRetry).
 	FailedRollouts int
-	Errors         []error
+	// Rolling counts the jobs rolling out a new version (two allocations
+	// running or starting), DeferredRollouts the updates left for a later
+	// pass by MaxRollouts.
+	Rolling, DeferredRollouts int
+	// Quarantined counts the desired models held stopped by a quarantine,
+	// Lifted the quarantines this pass ended for a new submission.
+	Quarantined, Lifted int
+	Errors              []error
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d kept=%d failed_rollouts=%d errors=%d",
-		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, r.Kept, r.FailedRollouts, len(r.Errors))
+	return fmt.Sprintf("registered=%d updated=%d stopped=%d purged=%d unchanged=%d held=%d waiting=%d duplicates=%d held_stops=%d kept=%d failed_rollouts=%d rolling=%d deferred_rollouts=%d quarantined=%d lifted=%d errors=%d",
+		r.Registered, r.Updated, r.Stopped, r.Purged, r.Unchanged, r.Held, r.Waiting, r.Duplicates, r.HeldStops, r.Kept, r.FailedRollouts,
+		r.Rolling, r.DeferredRollouts, r.Quarantined, r.Lifted, len(r.Errors))
 }
 
 // add counts other's writes and errors into r.
@@ -132,6 +164,10 @@ func (r *Result) add(other Result) {
 	r.HeldStops += other.HeldStops
 	r.Kept += other.Kept
 	r.FailedRollouts += other.FailedRollouts
+	r.Rolling += other.Rolling
+	r.DeferredRollouts += other.DeferredRollouts
+	r.Quarantined += other.Quarantined
+	r.Lifted += other.Lifted
 	r.Errors = append(r.Errors, other.Errors...)
 }
 
@@ -161,13 +197,20 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	if err != nil {
 		return Result{}, err
 	}
+	quarantined, lifted, err := r.quarantines(ctx, desired)
+	if err != nil {
+		return Result{}, err
+	}
 	at := now()
 	var keep map[string]string
 	if complete {
 		keep = r.adopt(existing, desired)
 	}
-	actions, res := Plan(Want{Models: desired, Complete: complete, Keep: keep}, Actual{Jobs: existing, Held: held, Now: at}, purgeAfter)
+	actions, res := Plan(Want{Models: desired, Complete: complete, Keep: keep},
+		Actual{Jobs: existing, Held: held, Quarantined: quarantined, Now: at}, purgeAfter)
+	res.Lifted = lifted
 	actions, res.FailedRollouts = r.skipFailedRollouts(ctx, actions, existing, at)
+	actions, res.Rolling, res.DeferredRollouts = limitRollouts(actions, existing, r.MaxRollouts)
 	actions, res.HeldStops = r.Guard.filter(actions, existing, at)
 	for _, err := range res.Errors {
 		r.log().Error("reconcile", "error", redact.Error(err))
@@ -175,6 +218,40 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	done, err := r.Apply(ctx, actions)
 	res.add(done)
 	return res, err
+}
+
+// limitRollouts keeps at most max running models rolling out at once: the
+// jobs already rolling (two allocations running or starting: a canary
+// beside the serving one) count, and the updates of running jobs beyond
+// the rest are dropped for a later pass, in job id order (Plan's). Each
+// rollout needs room for one more allocation until its canary is promoted:
+// a change to every job at once (a job option, an upgrade) would otherwise
+// need a whole fleet's worth. It returns the remaining actions, how many
+// jobs are rolling, and how many updates it deferred.
+func limitRollouts(actions []Action, existing []nomad.JobStub, max int) ([]Action, int, int) {
+	rolling := 0
+	for _, j := range existing {
+		if !j.Stop && j.Allocs > 1 && j.Meta[names.MetaManaged] == "true" {
+			rolling++
+		}
+	}
+	if max <= 0 {
+		return actions, rolling, 0
+	}
+	budget := max - rolling
+	out := actions[:0:0]
+	deferred := 0
+	for _, a := range actions {
+		if a.Op == OpUpdate && !a.WasStopped {
+			if budget <= 0 {
+				deferred++
+				continue
+			}
+			budget--
+		}
+		out = append(out, a)
+	}
+	return out, rolling, deferred
 }
 
 // skipFailedRollouts drops the updates that would write again, before
@@ -235,6 +312,77 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 		skipped++
 	}
 	return out, skipped
+}
+
+// quarantines reads the quarantines (the last good reading when Consul
+// cannot be read; an error when it never could: no model is started
+// blind) and ends those whose model's submission changed since. It
+// returns the quarantines in force and how many it ended.
+func (r *Reconciler) quarantines(ctx context.Context, desired map[string]*Desired) (map[string]quarantine.Record, int, error) {
+	if r.Quarantines == nil {
+		return nil, 0, nil
+	}
+	recs, err := r.Quarantines.List(ctx)
+	r.qmu.Lock()
+	if err != nil {
+		last, read := r.qLast, r.qRead
+		r.qmu.Unlock()
+		if !read {
+			return nil, 0, fmt.Errorf("quarantines not read yet: %w", err)
+		}
+		r.log().Warn("cannot read the quarantines; keeping the last reading", "error", redact.Error(err))
+		return last, 0, nil
+	}
+	r.qLast, r.qRead = recs, true
+	r.qmu.Unlock()
+	recs = byCurrentJob(recs, desired)
+	lifted := 0
+	for id, rec := range recs {
+		d := desired[id]
+		if d == nil || rec.Submission == "" || rec.Submission == quarantine.Fingerprint(d.Model) {
+			continue
+		}
+		ok, err := r.Quarantines.Delete(ctx, rec.JobID, rec.Index)
+		if err != nil || !ok {
+			r.log().Warn("a quarantined model's submission changed, but ending its quarantine failed; retrying next pass", "job", id, "error", err)
+			continue
+		}
+		delete(recs, id)
+		lifted++
+		r.Metrics.quarantineLifted("submission")
+		r.log().Info("quarantine ended: the model's submission changed", "job", id, "crunch", rec.Crunch, "model", rec.ModelID, "code", rec.Code, "since", rec.At)
+	}
+	r.Metrics.quarantinedModels(len(recs))
+	return recs, lifted, nil
+}
+
+// byCurrentJob keys the quarantines by the job id their model has now: a
+// record names the job id the model had when it was quarantined, and its
+// key (jobs.Key) the model itself, whose job may have been renamed since
+// (a model id another crunch contests, or no longer does): renaming must
+// not release it. Records of models the desired state lacks stay under
+// their own job id.
+func byCurrentJob(recs map[string]quarantine.Record, desired map[string]*Desired) map[string]quarantine.Record {
+	byKey := make(map[string]string, len(recs)) // model key -> record's job id
+	for id, rec := range recs {
+		if rec.Key != "" {
+			byKey[rec.Key] = id
+		}
+	}
+	out := make(map[string]quarantine.Record, len(recs))
+	moved := map[string]bool{}
+	for jobID, d := range desired {
+		if id, ok := byKey[jobs.Key(&d.Model)]; ok {
+			out[jobID] = recs[id]
+			moved[id] = true
+		}
+	}
+	for id, rec := range recs {
+		if _, taken := out[id]; !taken && !moved[id] {
+			out[id] = rec
+		}
+	}
+	return out
 }
 
 // adopt asks the sources that can vouch for jobs they have no entry for
@@ -317,7 +465,7 @@ func (r *Result) count(a Action, err error) {
 		r.Registered++
 	case a.Op == OpUpdate:
 		r.Updated++
-	case a.Op == OpStop:
+	case a.Op == OpStop, a.Op == OpQuarantine && !a.WasStopped:
 		r.Stopped++
 	case a.Op == OpPurge:
 		r.Purged++
@@ -330,6 +478,8 @@ func (r *Reconciler) apply(ctx context.Context, a Action) error {
 	var err error
 	switch a.Op {
 	case OpRegister, OpUpdate:
+		err = r.register(ctx, a)
+	case OpQuarantine:
 		err = r.register(ctx, a)
 	case OpStop:
 		if err = r.Nomad.Stop(ctx, a.JobID); err == nil {
@@ -369,6 +519,14 @@ func (r *Reconciler) register(ctx context.Context, a Action) error {
 		return fmt.Errorf("job %s: %w", a.JobID, err)
 	}
 	job.Meta[names.MetaSpec] = jobs.SpecWithPython(job.Meta[names.MetaSpec], a.Desired.Python) // as Desired.Spec
+	if q := a.Quarantine; q != nil {
+		// Written stopped: Nomad stops its allocations, and the job says
+		// why (the codes are checked, the rest is ours).
+		job.Stop = new(true)
+		job.Meta[names.MetaQuarantineCode] = q.Code
+		job.Meta[names.MetaQuarantineAt] = q.At.UTC().Format(time.RFC3339)
+		job.Meta[names.MetaQuarantineBy] = q.Coordinator
+	}
 	if err := r.Nomad.Register(ctx, job, a.Index); err != nil {
 		if errors.Is(err, nomad.ErrConflict) {
 			log.Warn("job changed under us; the next pass decides again", "job", a.JobID)
@@ -376,9 +534,13 @@ func (r *Reconciler) register(ctx context.Context, a Action) error {
 		return err
 	}
 	r.Metrics.nomadWrite("register")
-	if a.Op == OpRegister {
+	switch {
+	case a.Quarantine != nil:
+		log.Warn("quarantined: written stopped", "job", a.JobID, "crunch", m.Crunch, "model", m.ModelID, "code", a.Quarantine.Code,
+			"coordinator", a.Quarantine.Coordinator, "was_stopped", a.WasStopped)
+	case a.Op == OpRegister:
 		log.Info("registered", "job", a.JobID, "crunch", m.Crunch, "model", m.ModelID)
-	} else {
+	default:
 		log.Info("updated", "job", a.JobID, "crunch", m.Crunch, "model", m.ModelID, "was_stopped", a.WasStopped)
 	}
 	return nil

@@ -48,7 +48,7 @@ func TestReconcileLifecycle(t *testing.T) {
 	// Back to running: the stopped job is registered again.
 	b.Running = true
 	res, _ = r.Reconcile(ctx, desiredOf(opts, b), nil, true)
-	if res.Updated != 1 || f.jobs[jobs.JobID(&b)].Stop {
+	if res.Updated != 1 || f.jobs[jobs.JobID(jobs.Named(&b))].Stop {
 		t.Fatalf("restart pass: %v", res)
 	}
 	// After the grace period the stopped job is purged.
@@ -71,7 +71,7 @@ func TestReconcileIncompleteStopsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, _ := r.Reconcile(ctx, map[string]*Desired{}, nil, false)
-	if res.Stopped != 0 || f.jobs[jobs.JobID(&a)].Stop {
+	if res.Stopped != 0 || f.jobs[jobs.JobID(jobs.Named(&a))].Stop {
 		t.Fatalf("stopped a model before all sources were read: %v", res)
 	}
 }
@@ -81,7 +81,7 @@ func TestReconcileLeavesForeignJobsAlone(t *testing.T) {
 	f := newFakeNomad()
 	opts := testOptions
 	a := testModel("demo", "a", true)
-	f.jobs[jobs.JobID(&a)] = &nomad.JobStub{ID: jobs.JobID(&a), JobModifyIndex: 7, Meta: map[string]string{}}
+	f.jobs[jobs.JobID(jobs.Named(&a))] = &nomad.JobStub{ID: jobs.JobID(jobs.Named(&a)), JobModifyIndex: 7, Meta: map[string]string{}}
 	f.jobs["model-node-byhand"] = &nomad.JobStub{ID: "model-node-byhand", JobModifyIndex: 8}
 	r := &Reconciler{Nomad: f, Options: opts}
 	res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true)
@@ -114,7 +114,7 @@ type racingNomad struct{ *fakeNomad }
 func (r *racingNomad) ListJobs(ctx context.Context, prefix string) ([]nomad.JobStub, error) {
 	out, err := r.fakeNomad.ListJobs(ctx, prefix)
 	a := testModel("demo", "a", true)
-	j, _ := jobs.Build(&a, testOptions)
+	j, _ := jobs.Build(jobs.Named(&a), testOptions)
 	_ = r.fakeNomad.Register(ctx, j, 0)
 	return out, err
 }
@@ -126,7 +126,7 @@ func TestReconcileHeldModelIsStopped(t *testing.T) {
 	a := testModel("demo", "a", true)
 	r := &Reconciler{Nomad: f, Options: opts}
 	_, _ = r.Reconcile(ctx, desiredOf(opts, a), nil, true)
-	id := jobs.JobID(&a)
+	id := jobs.JobID(jobs.Named(&a))
 	res, _ := r.Reconcile(ctx, desiredOf(opts, a), map[string]bool{id: true}, true)
 	if res.Stopped != 1 || res.Held != 1 || !f.jobs[id].Stop {
 		t.Fatalf("held model not stopped: %v", res)
@@ -166,10 +166,10 @@ func TestApplyWritesStandAlone(t *testing.T) {
 	refused := testModel("demo", "refused", true)
 	refused.ModelDir = "" // neither a model dir nor an artifact: jobs.Build refuses it
 	for _, m := range []jobs.Model{c, gone} {
-		j, _ := jobs.Build(&m, testOptions)
+		j, _ := jobs.Build(jobs.Named(&m), testOptions)
 		_ = f.Register(ctx, j, 0)
 	}
-	r := &Reconciler{Nomad: &failingNomad{fakeNomad: f, id: jobs.JobID(&b)}, Options: testOptions, Concurrency: 1}
+	r := &Reconciler{Nomad: &failingNomad{fakeNomad: f, id: jobs.JobID(jobs.Named(&b))}, Options: testOptions, Concurrency: 1}
 	desired := desiredOf(testOptions, a, b, refused)
 	actions, planned := Plan(Want{Models: desired, Complete: true}, Actual{Jobs: mustList(t, f), Now: time.Now()}, time.Hour)
 	if len(actions) != 5 || len(planned.Errors) != 0 {
@@ -184,7 +184,7 @@ func TestApplyWritesStandAlone(t *testing.T) {
 	if !strings.Contains(joined, "500 internal error") || !strings.Contains(joined, `model "refused"`) {
 		t.Fatalf("errors do not name the failed writes: %s", joined)
 	}
-	if f.jobs[jobs.JobID(&a)] == nil || !f.jobs[jobs.JobID(&c)].Stop || !f.jobs[jobs.JobID(&gone)].Stop {
+	if f.jobs[jobs.JobID(jobs.Named(&a))] == nil || !f.jobs[jobs.JobID(jobs.Named(&c))].Stop || !f.jobs[jobs.JobID(jobs.Named(&gone))].Stop {
 		t.Fatalf("the writes after a failed one were not made: %v", f.jobs)
 	}
 
@@ -238,7 +238,7 @@ func TestReconcileAsksTheSourceBeforeStopping(t *testing.T) {
 	r := &Reconciler{Nomad: f, Options: opts, PurgeAfter: time.Hour, Sources: []source.Source{src}}
 	a, b := testModel("demo", "a", true), testModel("demo", "b", true)
 	want := desiredOf(opts, a, b)
-	ida, idb := jobs.JobID(&a), jobs.JobID(&b)
+	ida, idb := jobs.JobID(jobs.Named(&a)), jobs.JobID(jobs.Named(&b))
 	want[ida].Origin = source.Origin{Entry: "AccountA", Slot: 1234, Chain: "genesis-1"}
 	if res, err := r.Reconcile(ctx, want, nil, true); err != nil || res.Registered != 2 {
 		t.Fatalf("first pass: %v %v", res, err)
@@ -307,7 +307,7 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	now := time.Now()
 	r := &Reconciler{Nomad: n, Options: opts, RolloutRetry: 30 * time.Minute, now: func() time.Time { return now }}
 	a := testModel("demo", "a", true)
-	id := jobs.JobID(&a)
+	id := jobs.JobID(jobs.Named(&a))
 	if res, err := r.Reconcile(ctx, desiredOf(opts, a), nil, true); err != nil || res.Registered != 1 {
 		t.Fatalf("first pass: %v %v", res, err)
 	}
@@ -335,5 +335,57 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	a.MemoryMB = 2048 // a newer submission goes out at once
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 || res.FailedRollouts != 0 {
 		t.Fatalf("a newer version waits for the failed one's retry: %v", res)
+	}
+}
+
+// At most MaxRollouts running models roll out a new version at once (each
+// canary needs room for one more allocation): the jobs already rolling
+// count, the other updates wait for a later pass, and starting a stopped
+// model or registering a new one is no rollout.
+func TestReconcileBoundsRollouts(t *testing.T) {
+	ctx := context.Background()
+	f := newFakeNomad()
+	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
+	r := &Reconciler{Nomad: f, Options: opts, MaxRollouts: 2}
+	var ms []jobs.Model
+	for _, id := range []string{"a", "b", "c", "d", "e"} {
+		ms = append(ms, testModel("demo", id, true))
+	}
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, ms...), nil, true); res.Registered != 5 {
+		t.Fatalf("five new models are registered at once, no rollout: %v", res)
+	}
+	// Job a is still rolling out an earlier version (two allocations).
+	f.mu.Lock()
+	f.jobs[jobs.JobID(jobs.Named(&ms[0]))].Allocs = 2
+	f.mu.Unlock()
+	for i := range ms {
+		ms[i].MemoryMB = 1024 // a change to every job
+	}
+	res, _ := r.Reconcile(ctx, desiredOf(opts, ms...), nil, true)
+	if res.Updated != 1 || res.Rolling != 1 || res.DeferredRollouts != 4 {
+		t.Fatalf("with one job rolling and a bound of 2: %v; want 1 update, 4 deferred", res)
+	}
+	f.mu.Lock()
+	for _, j := range f.jobs {
+		j.Allocs = 1 // every rollout done
+	}
+	f.mu.Unlock()
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, ms...), nil, true); res.Updated != 2 || res.DeferredRollouts != 2 {
+		t.Fatalf("next pass: %v; want 2 updates, 2 deferred", res)
+	}
+	// A stopped model started again is no rollout.
+	stopped := ms[4]
+	stopped.Running = false
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, ms[0], ms[1], ms[2], ms[3], stopped), nil, true); res.Stopped != 1 {
+		t.Fatalf("stop pass: %v", res)
+	}
+	f.mu.Lock()
+	for _, j := range f.jobs {
+		j.Allocs = 2 // everything rolling
+	}
+	f.mu.Unlock()
+	ms[4].MemoryMB = 2048
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, ms...), nil, true); res.Updated != 1 || f.jobs[jobs.JobID(jobs.Named(&ms[4]))].Stop {
+		t.Fatalf("a stopped model is not started while others roll: %v", res)
 	}
 }

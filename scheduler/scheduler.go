@@ -15,14 +15,18 @@ package scheduler
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/modelnodes/modelnodes/internal/redact"
+	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/scheduler/inspect"
 	"github.com/modelnodes/modelnodes/scheduler/observer"
+	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
@@ -47,8 +51,18 @@ type Scheduler struct {
 	Resync time.Duration
 	// Debounce gathers bursts of changes into one pass (default 20 ms).
 	Debounce time.Duration
+	// HashedNames names every model by its key (jobs.Key), as before
+	// model ids named their own jobs: set it to keep the jobs of a
+	// deployment that predates jobs.AssignNames under their names.
+	HashedNames bool
+	// Quarantine, when set, keeps the models their coordinators' failure
+	// reports quarantined (package quarantine, Consul KV): the reconciler
+	// holds them stopped, the status API lists and lifts them, and a
+	// change written by any instance starts a pass.
+	Quarantine *quarantine.Store
 	// AdminToken authenticates the status API's write endpoints (POST
-	// /v1/stop-holds/confirm) as a bearer token; empty: they are refused.
+	// /v1/stop-holds/confirm, /v1/quarantines/lift) as a bearer token;
+	// empty: they are refused.
 	AdminToken string
 	Logger     hclog.Logger
 	Metrics    *Metrics
@@ -89,6 +103,10 @@ func (s *Scheduler) setup() {
 		names = append(names, src.Name())
 	}
 	s.watcher = NewWatcher(names, s.Reconciler.Options, s.Metrics)
+	s.watcher.HashedNames = s.HashedNames
+	if s.Quarantine != nil && s.Reconciler.Quarantines == nil {
+		s.Reconciler.Quarantines = s.Quarantine
+	}
 	if s.Reconciler.Sources == nil {
 		s.Reconciler.Sources = s.Sources // they vouch for their jobs (source.Adopter)
 	}
@@ -161,6 +179,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	if s.Placements != nil && s.Observer != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.watchPlacements(ctx) }()
+	}
+	if s.Quarantine != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Quarantine.Watch(ctx, s.Kick) }()
 	}
 	if s.stateMetrics != nil {
 		wg.Add(1)
@@ -252,6 +274,11 @@ func (s *Scheduler) lead(ctx context.Context) {
 		} else {
 			backoff = 100 * time.Millisecond
 		}
+		if res.DeferredRollouts > 0 {
+			// Rollouts finish in seconds (a canary turns healthy, is
+			// promoted): look again soon rather than at the next resync.
+			wait = min(wait, 5*time.Second)
+		}
 		for _, next := range []time.Time{nextHoldEnd, s.Reconciler.Guard.NextRelease()} {
 			if !next.IsZero() {
 				wait = min(wait, time.Until(next)+10*time.Millisecond)
@@ -308,4 +335,36 @@ type AlwaysLead struct{}
 func (AlwaysLead) Lead(ctx context.Context) (context.Context, func(), error) {
 	c, cancel := context.WithCancel(ctx)
 	return c, cancel, nil
+}
+
+// DesiredModel returns the model the desired state has for a job id (valid
+// once Run started).
+func (s *Scheduler) DesiredModel(jobID string) (jobs.Model, bool) {
+	s.init()
+	desired, _ := s.watcher.Desired()
+	if d := desired[jobID]; d != nil {
+		return d.Model, true
+	}
+	return jobs.Model{}, false
+}
+
+// CoordinatorKeys returns the key hashes the desired state gives the
+// coordinator of crunch (its name): every on-chain primary and secondary
+// hash its models carry, sorted; none when the crunch has no model or no
+// hash.
+func (s *Scheduler) CoordinatorKeys(crunch string) []string {
+	s.init()
+	desired, _ := s.watcher.Desired()
+	set := map[string]bool{}
+	for _, d := range desired {
+		if d.Model.Crunch != crunch {
+			continue
+		}
+		for _, h := range []string{d.Model.CertHash, d.Model.CertHashSecondary} {
+			if h != "" {
+				set[h] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
 }

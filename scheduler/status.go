@@ -5,13 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/scheduler/observer"
+	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 )
 
 // ModelStatus is one model in the status API.
@@ -27,6 +32,9 @@ type ModelStatus struct {
 	// Duplicate names the two entries (accounts) that claim this model,
 	// when two do.
 	Duplicate string `json:"duplicate,omitempty"`
+	// Quarantine says why the model is held stopped after its
+	// coordinator's reports, while it is.
+	Quarantine *quarantine.Record `json:"quarantine,omitempty"`
 	observer.ModelState
 }
 
@@ -39,8 +47,9 @@ func placementNote(ms *ModelStatus, blocked string) {
 }
 
 // Handler serves the status API: GET /v1/status, GET /v1/models,
-// GET /metrics (Prometheus), GET /healthz, and the write endpoint POST
-// /v1/stop-holds/confirm (bearer AdminToken).
+// GET /v1/quarantines, GET /metrics (Prometheus), GET /healthz, and the
+// write endpoints POST /v1/stop-holds/confirm and POST
+// /v1/quarantines/lift (bearer AdminToken).
 func (s *Scheduler) Handler() http.Handler {
 	s.init()
 	mux := http.NewServeMux()
@@ -54,9 +63,15 @@ func (s *Scheduler) Handler() http.Handler {
 		}
 		s.mu.Unlock()
 		body["stop_holds"] = s.Reconciler.Guard.Holds()
+		if s.Quarantine != nil {
+			recs, _ := s.Quarantine.Cached()
+			body["quarantined_models"] = len(recs)
+		}
 		writeJSON(w, body)
 	})
 	mux.HandleFunc("POST /v1/stop-holds/confirm", s.confirmStops)
+	mux.HandleFunc("GET /v1/quarantines", s.listQuarantines)
+	mux.HandleFunc("POST /v1/quarantines/lift", s.liftQuarantine)
 	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, s.Models())
 	})
@@ -74,6 +89,10 @@ func (s *Scheduler) Models() []ModelStatus {
 		observed = s.Observer.States()
 	}
 	notes, blocked := s.pythonNotes(), s.placementNotes()
+	var held map[string]quarantine.Record
+	if s.Quarantine != nil {
+		held, _ = s.Quarantine.Cached()
+	}
 	seen := map[string]bool{}
 	var out []ModelStatus
 	for _, st := range observed {
@@ -102,6 +121,11 @@ func (s *Scheduler) Models() []ModelStatus {
 			placementNote(&ms, blocked[id])
 		}
 		out = append(out, ms)
+	}
+	for i := range out {
+		if rec, ok := held[out[i].JobID]; ok {
+			out[i].Quarantine = &rec
+		}
 	}
 	sortStatuses(out)
 	return out
@@ -145,6 +169,80 @@ func (s *Scheduler) confirmStops(w http.ResponseWriter, r *http.Request) {
 	}
 	s.Kick()
 	writeJSON(w, map[string]any{"confirmed": held})
+}
+
+// LiftRequest is the body of POST /v1/quarantines/lift.
+type LiftRequest struct {
+	// Model names the quarantined model: its job id, its short id (as
+	// CrunchDAO's coordinators see it) or its full model id.
+	Model string `json:"model"`
+}
+
+// listQuarantines serves GET /v1/quarantines: every quarantine, read from
+// Consul KV now.
+func (s *Scheduler) listQuarantines(w http.ResponseWriter, r *http.Request) {
+	if s.Quarantine == nil {
+		http.Error(w, "quarantines are off: this scheduler has no Consul (see --failure-policy)", http.StatusNotFound)
+		return
+	}
+	recs, err := s.Quarantine.List(r.Context())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	list := make([]quarantine.Record, 0, len(recs))
+	for _, id := range slices.Sorted(maps.Keys(recs)) {
+		list = append(list, recs[id])
+	}
+	writeJSON(w, map[string]any{"quarantines": list})
+}
+
+// liftQuarantine serves POST /v1/quarantines/lift: an operator ends a
+// model's quarantine, and the leader's next pass starts the model again.
+// Any instance can answer it (the record is in Consul KV).
+func (s *Scheduler) liftQuarantine(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(w, r) {
+		return
+	}
+	if s.Quarantine == nil {
+		http.Error(w, "quarantines are off: this scheduler has no Consul (see --failure-policy)", http.StatusNotFound)
+		return
+	}
+	var req LiftRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.Model == "" {
+		http.Error(w, `body: want {"model": "<job id, short id or model id>"}`, http.StatusBadRequest)
+		return
+	}
+	recs, err := s.Quarantine.List(r.Context())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	var lifted []quarantine.Record
+	for _, id := range slices.Sorted(maps.Keys(recs)) {
+		rec := recs[id]
+		if req.Model != id && req.Model != rec.ModelID && names.Job(req.Model) != id {
+			continue
+		}
+		ok, err := s.Quarantine.Delete(r.Context(), id, rec.Index)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		if !ok {
+			http.Error(w, "the quarantine of "+id+" changed meanwhile; list it again", http.StatusConflict)
+			return
+		}
+		s.Metrics.quarantineLifted("operator")
+		s.Logger.Warn("quarantine lifted by an operator", "job", id, "crunch", rec.Crunch, "model", rec.ModelID, "code", rec.Code, "since", rec.At)
+		lifted = append(lifted, rec)
+	}
+	if len(lifted) == 0 {
+		http.Error(w, "no quarantine of model "+strconv.Quote(req.Model), http.StatusNotFound)
+		return
+	}
+	s.Kick()
+	writeJSON(w, map[string]any{"lifted": lifted})
 }
 
 // authorized checks a write request's bearer token against AdminToken,

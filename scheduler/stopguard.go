@@ -92,7 +92,7 @@ func (g *StopGuard) filter(actions []Action, jobs []nomad.JobStub, now time.Time
 	}
 	stops := map[string][]string{}
 	for _, a := range actions {
-		if a.Op == OpStop && a.Reason != ReasonCrashLoop {
+		if guarded(a) {
 			c := crunchOf[a.JobID]
 			stops[c] = append(stops[c], a.JobID)
 		}
@@ -149,12 +149,20 @@ func (g *StopGuard) filter(actions []Action, jobs []nomad.JobStub, now time.Time
 	}
 	out := make([]Action, 0, len(actions)-len(held))
 	for _, a := range actions {
-		if a.Op == OpStop && held[a.JobID] {
+		if guarded(a) && held[a.JobID] {
 			continue
 		}
 		out = append(out, a)
 	}
 	return out, len(held)
+}
+
+// guarded reports whether the guard weighs a: the stops of running jobs,
+// a quarantine's included (a coordinator that reports every model of its
+// crunch more likely lost its network than every model its mind), but not
+// crash-loop stops.
+func guarded(a Action) bool {
+	return a.Op == OpStop && a.Reason != ReasonCrashLoop || a.Op == OpQuarantine && !a.WasStopped
 }
 
 func untilText(t time.Time) string {

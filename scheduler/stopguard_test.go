@@ -81,7 +81,7 @@ func TestStopGuardHoldsMassStops(t *testing.T) {
 	r.Reconcile(ctx, desiredOf(testOptions, all...), nil, true)
 	held := map[string]bool{}
 	for _, m := range all {
-		held[jobs.JobID(&m)] = true
+		held[jobs.JobID(jobs.Named(&m))] = true
 	}
 	if res, _ := r.Reconcile(ctx, desiredOf(testOptions, all...), held, true); res.Stopped != 4 || res.HeldStops != 0 {
 		t.Fatalf("crash-loop stops held: %v", res)
@@ -206,7 +206,7 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 // absent) job gets the chosen entry's.
 func TestPlanNeverReplacesARunningJobForADuplicate(t *testing.T) {
 	a := testModel("demo", "a", true)
-	d := desiredOf(testOptions, a)[jobs.JobID(&a)]
+	d := desiredOf(testOptions, a)[jobs.JobID(jobs.Named(&a))]
 	dup := *d
 	dup.Spec, dup.Duplicate = "other-spec", "account X names model \"a\" of crunch \"demo\", as account Y does: account Y is used"
 	want := Want{Models: map[string]*Desired{d.JobID: &dup}, Complete: true}

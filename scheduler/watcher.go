@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,17 +70,21 @@ type Watcher struct {
 	order   []string
 	status  map[string]*SourceStatus
 	models  map[string][]jobs.Model
-	dups    map[string]map[string]string // per source: job id -> its duplicate's message
+	dups    map[string]map[string]string // per source: model key -> its duplicate's message
 	origins map[string]map[string]source.Origin
-	// crossLogged are the models two sources name, as last warned about.
-	crossLogged map[string]bool
+	// crossLogged are the models two sources name, as last warned about;
+	// contestLogged the contested names (jobs.AssignNames).
+	crossLogged   map[string]bool
+	contestLogged map[string]bool
+	// HashedNames keeps every model named by its key (jobs.Key): model ids
+	// claim no names (jobs.AssignNames). Set before the first Desired.
+	HashedNames bool
 	logged      map[string]map[string]bool // per source: skipped entries already logged and counted
 	version     uint64
 	changed     chan struct{} // closed and replaced on every change
 	// running caches runningIDs at runningAt (a version).
 	running   map[string]bool
 	runningAt uint64
-	merge     *merged
 }
 
 // NewWatcher returns a watcher of the named sources; the desired state is
@@ -185,7 +190,7 @@ func (w *Watcher) Report(name string, s source.Snapshot) {
 			log.Warn("duplicate model id; a running job of it is left as it is", "source", name, "error", msg)
 		}
 		seen["duplicate "+msg] = true
-		id := jobs.JobID(&d.Model)
+		id := jobs.Key(&d.Model)
 		if dups[id] == "" {
 			dups[id] = msg
 		}
@@ -224,56 +229,11 @@ func (w *Watcher) Changed() <-chan struct{} {
 	return w.changed
 }
 
-// merged is the sources' one merge, made once per change of the desired
-// state: when two sources name the same model (one job id), the first
-// configured source's entry is used and the other's is a cross-source
-// duplicate.
-type merged struct {
-	version uint64
-	// order lists the job ids in the order their entries were read.
-	order []string
-	// used is the entry used per job id, source the source it came from.
-	used   map[string]*jobs.Model
-	source map[string]string
-	// cross are the other sources' duplicate entries, by source.
-	cross map[string][]crossEntry
-}
-
-// crossEntry is an entry left out because a source configured before its
-// own names the same model.
-type crossEntry struct {
-	model *jobs.Model
-	used  string // the source whose entry is used
-	msg   string
-}
-
-// mergeLocked returns the current merge; w.mu is held.
-func (w *Watcher) mergeLocked() *merged {
-	if w.merge != nil && w.merge.version == w.version {
-		return w.merge
-	}
-	mg := &merged{version: w.version, used: map[string]*jobs.Model{}, source: map[string]string{}, cross: map[string][]crossEntry{}}
-	for _, name := range w.order {
-		for i := range w.models[name] {
-			m := &w.models[name][i]
-			id := jobs.JobID(m)
-			if used, dup := mg.source[id]; dup {
-				mg.cross[name] = append(mg.cross[name], crossEntry{model: m, used: used, msg: crossDuplicate(m, name, used)})
-				continue
-			}
-			mg.order = append(mg.order, id)
-			mg.used[id], mg.source[id] = m, name
-		}
-	}
-	w.merge = mg
-	return mg
-}
-
 // Desired returns the merged desired state by job id, and whether every
 // source has delivered a good snapshot (before that, nothing may be
 // stopped: an empty state could just mean "not read yet"). When two
-// sources name the same model, the first configured source wins, and the
-// operator hears of it once.
+// sources name the same model, the first configured source wins. Every
+// model's short id is decided over the whole set (jobs.AssignNames).
 func (w *Watcher) Desired() (map[string]*Desired, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -283,25 +243,69 @@ func (w *Watcher) Desired() (map[string]*Desired, bool) {
 			ready = false
 		}
 	}
-	mg := w.mergeLocked()
-	out := make(map[string]*Desired, len(mg.used))
-	for _, id := range mg.order {
-		m, name := *mg.used[id], mg.source[id]
-		out[id] = &Desired{Model: m, JobID: id, Spec: jobs.SpecHash(&m, w.opts), Source: name, Duplicate: w.dups[name][id],
-			Origin: w.origins[name][id]}
-	}
-	cross := map[string]bool{}
-	for _, name := range w.order {
-		for _, c := range mg.cross[name] {
-			cross[c.msg] = true
-			if !w.crossLogged[c.msg] && w.Logger != nil {
-				w.Logger.Warn("model named by two sources; the first configured source's entry is used",
-					"model", c.model.ModelID, "crunch", c.model.Crunch, "used", c.used, "ignored", name)
-			}
+	merged, cross := w.merge()
+	logged := map[string]bool{}
+	for _, c := range cross {
+		logged[c.msg] = true
+		if !w.crossLogged[c.msg] && w.Logger != nil {
+			w.Logger.Warn("model named by two sources; the first configured source's entry is used",
+				"model", c.model.ModelID, "crunch", c.model.Crunch, "used", c.used, "ignored", c.ignored)
 		}
 	}
-	w.crossLogged = cross
+	w.crossLogged = logged
+	out := make(map[string]*Desired, len(merged))
+	for _, d := range merged {
+		d.Spec = jobs.SpecHash(&d.Model, w.opts)
+		out[d.JobID] = d
+	}
 	return out, ready
+}
+
+// crossEntry is an entry of a source left out because a source configured
+// earlier names the same model.
+type crossEntry struct {
+	model         jobs.Model
+	ignored, used string
+	msg           string
+}
+
+// merge returns the sources' models, one per key (the first configured
+// source's entry), in configuration order, named (jobs.AssignNames), with
+// the entries left out; w.mu held. Spec is left to the caller.
+func (w *Watcher) merge() ([]*Desired, []crossEntry) {
+	var out []*Desired
+	var cross []crossEntry
+	first := map[string]string{} // key -> the source whose entry is used
+	for _, name := range w.order {
+		for _, m := range w.models[name] {
+			key := jobs.Key(&m)
+			if used, dup := first[key]; dup {
+				cross = append(cross, crossEntry{model: m, ignored: name, used: used, msg: crossDuplicate(&m, name, used)})
+				continue
+			}
+			first[key] = name
+			out = append(out, &Desired{Model: m, Source: name, Duplicate: w.dups[name][key], Origin: w.origins[name][key]})
+		}
+	}
+	ms := make([]*jobs.Model, len(out))
+	for i, d := range out {
+		ms[i] = &d.Model
+	}
+	contests := jobs.AssignNames(ms, w.HashedNames)
+	logged := map[string]bool{}
+	for _, c := range contests {
+		msg := c.Name + " " + strings.Join(c.Keys, ",")
+		logged[msg] = true
+		if !w.contestLogged[msg] && w.Logger != nil {
+			w.Logger.Warn("models of different crunches claim the same name; none gets it, each is named by its key",
+				"name", c.Name, "keys", strings.Join(c.Keys, ","))
+		}
+	}
+	w.contestLogged = logged
+	for _, d := range out {
+		d.JobID = jobs.JobID(&d.Model)
+	}
+	return out, cross
 }
 
 // crossDuplicate says that source ignored names the same model as used.
@@ -318,9 +322,10 @@ func (w *Watcher) runningIDs() map[string]bool {
 		return w.running
 	}
 	ids := map[string]bool{}
-	for id, m := range w.mergeLocked().used {
-		if m.Running {
-			ids[id] = true
+	merged, _ := w.merge()
+	for _, d := range merged {
+		if d.Model.Running {
+			ids[d.JobID] = true
 		}
 	}
 	w.running, w.runningAt = ids, w.version
@@ -331,16 +336,18 @@ func (w *Watcher) runningIDs() map[string]bool {
 func (w *Watcher) Sources() []SourceStatus {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	mg := w.mergeLocked()
 	var out []SourceStatus
+	_, cross := w.merge()
 	for _, name := range w.order {
 		st := *w.status[name]
 		st.Skipped = append([]string(nil), st.Skipped...)
 		st.Undecodable = append([]string(nil), st.Undecodable...)
 		st.Kept = append([]string(nil), st.Kept...)
 		st.Duplicates = append([]string(nil), st.Duplicates...)
-		for _, c := range mg.cross[name] {
-			st.Duplicates = append(st.Duplicates, c.msg)
+		for _, c := range cross {
+			if c.ignored == name {
+				st.Duplicates = append(st.Duplicates, c.msg)
+			}
 		}
 		out = append(out, st)
 	}

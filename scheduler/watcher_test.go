@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
+	"sort"
 	"strings"
 	"testing"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
@@ -25,7 +27,7 @@ func TestWatcherKeepsLastGoodState(t *testing.T) {
 	w.Report("file", source.Snapshot{})
 	w.Report("chain", source.Snapshot{Err: errors.New("rpc down")})
 	d, ready := w.Desired()
-	if !ready || len(d) != 1 || d[jobs.JobID(&a)] == nil {
+	if !ready || len(d) != 1 || d[jobs.JobID(jobs.Named(&a))] == nil {
 		t.Fatalf("desired state after a failed read: %v ready=%v", d, ready)
 	}
 	st := w.Sources()[0]
@@ -59,7 +61,7 @@ func TestWatcherRefusesByPolicy(t *testing.T) {
 		w.Report("feed", source.Snapshot{Models: []jobs.Model{good, elsewhere, plain, hostDir}})
 	}
 	d, _ := w.Desired()
-	if len(d) != 1 || d[jobs.JobID(&good)] == nil {
+	if len(d) != 1 || d[jobs.JobID(jobs.Named(&good))] == nil {
 		t.Fatalf("desired: %v", d)
 	}
 	st := w.Sources()[0]
@@ -132,7 +134,7 @@ func TestWatcherReportsUndecodableKeptAndDuplicates(t *testing.T) {
 		t.Fatalf("duplicate not logged naming both entries: %q", line)
 	}
 	d, _ := w.Desired()
-	if got := d[jobs.JobID(&a)].Duplicate; !strings.Contains(got, "account Z") {
+	if got := d[jobs.JobID(jobs.Named(&a))].Duplicate; !strings.Contains(got, "account Z") {
 		t.Fatalf("the desired model does not carry its duplicate: %q", got)
 	}
 	if g := gauge(t, m, "modelnodes_scheduler_undecodable_accounts"); g != 1 {
@@ -154,7 +156,7 @@ func TestWatcherReportsDuplicatesAcrossSources(t *testing.T) {
 	w.Report("yaml", source.Snapshot{Models: []jobs.Model{bigger, b}})
 	for range 3 {
 		d, _ := w.Desired()
-		if got := d[jobs.JobID(&a)]; got.Source != "chain" || got.Model.MemoryMB != a.MemoryMB {
+		if got := d[jobs.JobID(jobs.Named(&a))]; got.Source != "chain" || got.Model.MemoryMB != a.MemoryMB {
 			t.Fatalf("model a comes from %s with %d MB, want the chain's entry", got.Source, got.Model.MemoryMB)
 		}
 	}
@@ -165,4 +167,113 @@ func TestWatcherReportsDuplicatesAcrossSources(t *testing.T) {
 	if len(st[0].Duplicates) != 0 || len(st[1].Duplicates) != 1 || !strings.Contains(st[1].Duplicates[0], `source yaml names it too; the entry of chain`) {
 		t.Fatalf("status duplicates: chain %v, yaml %v", st[0].Duplicates, st[1].Duplicates)
 	}
+}
+
+// Every source's models are named by their model ids when those are DNS
+// labels (the job, the Consul instance and the runner's certificate
+// model-node-<model id>.crunchdao.internal, what CrunchDAO's client
+// checks), by their key otherwise; --model-id-names=false keeps keys.
+func TestWatcherNamesModelsByTheirIDs(t *testing.T) {
+	chain := testModel("demo", "1234", true)
+	chain.CrunchID = "CrunchAccount1111111111111111111111111111111"
+	feed := testModel("feedcrunch", "py-tracker", true)
+	yaml := testModel("demo", "Not_A_Label", true)
+	hashShaped := testModel("demo", "abcdefghij234567", true)
+	for _, hashed := range []bool{false, true} {
+		w := NewWatcher([]string{"chain", "feed", "yaml"}, testOptions, nil)
+		w.HashedNames = hashed
+		w.Report("chain", source.Snapshot{Models: []jobs.Model{chain}})
+		w.Report("feed", source.Snapshot{Models: []jobs.Model{feed}})
+		w.Report("yaml", source.Snapshot{Models: []jobs.Model{yaml, hashShaped}})
+		d, _ := w.Desired()
+		want := map[string]string{
+			"model-node-1234":       "1234",
+			"model-node-py-tracker": "py-tracker",
+			jobs.JobID(&yaml):       "Not_A_Label",
+			jobs.JobID(&hashShaped): "abcdefghij234567",
+		}
+		if hashed {
+			want = map[string]string{jobs.JobID(&chain): "1234", jobs.JobID(&feed): "py-tracker", jobs.JobID(&yaml): "Not_A_Label",
+				jobs.JobID(&hashShaped): "abcdefghij234567"}
+		}
+		if len(d) != len(want) {
+			t.Fatalf("hashed=%v: desired %v, want %v", hashed, keysOf(d), want)
+		}
+		for id, modelID := range want {
+			got := d[id]
+			if got == nil || got.Model.ModelID != modelID {
+				t.Errorf("hashed=%v: job %s: %+v, want model %s (desired %v)", hashed, id, got, modelID, keysOf(d))
+				continue
+			}
+			// The job the builder writes carries the same name.
+			if job, err := jobs.Build(&got.Model, testOptions); err != nil || *job.ID != id || got.Spec != jobs.SpecHash(&got.Model, testOptions) {
+				t.Errorf("hashed=%v: job %s built as %v (%v)", hashed, id, job, err)
+			}
+		}
+		if running := w.runningIDs(); len(running) != len(want) {
+			t.Errorf("hashed=%v: running ids %v", hashed, running)
+		}
+	}
+}
+
+// The attack: a model id is whatever a crunch's authorization says, so an
+// authorization of another crunch (here the chain's crunch B, and the YAML
+// file) can name the model id of crunch A's model, or a model id shaped as
+// another model's hashed name. Neither may take the victim's job (its
+// service instance and its runner's certificate name): a name claimed by
+// two crunches goes to none of them, in whatever order they appear, and
+// comes back to the victim once the other claim is gone.
+func TestWatcherContestedNameGoesToNoOne(t *testing.T) {
+	victim := testModel("crunch-a", "m1", true)
+	victim.CrunchID = "CrunchA111111111111111111111111111111111111"
+	attacker := testModel("crunch-b", "m1", true)
+	attacker.CrunchID = "CrunchB111111111111111111111111111111111111"
+	attacker.ModelDir = "/srv/models/attacker"
+	hashedVictim := testModel("crunch-a", "Victim_2", true)
+	hashedVictim.CrunchID = victim.CrunchID
+	shaped := testModel("crunch-b", jobs.Key(&hashedVictim), true) // the victim's hashed short id as a model id
+	shaped.CrunchID = attacker.CrunchID
+	operator := testModel("yaml-crunch", "x", true)
+	operator.Name = "m1"
+
+	for _, order := range [][]string{{"chain", "yaml"}, {"yaml", "chain"}} {
+		w := NewWatcher(order, testOptions, nil)
+		var logs syncbuf.Buffer
+		w.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs})
+		w.Report("chain", source.Snapshot{Models: []jobs.Model{attacker, victim, hashedVictim, shaped}})
+		w.Report("yaml", source.Snapshot{Models: []jobs.Model{operator}})
+		d, _ := w.Desired()
+		if len(d) != 5 {
+			t.Fatalf("order %v: %d jobs for 5 models of different crunches: %v", order, len(d), keysOf(d))
+		}
+		for id, des := range d {
+			if id == "model-node-m1" {
+				t.Errorf("order %v: the contested name went to %s's model", order, des.Model.Crunch)
+			}
+			if id != jobs.JobID(&des.Model) || id != names.Job(jobs.Key(&des.Model)) {
+				t.Errorf("order %v: a claimant of a contested or hash-shaped name is named %s, want its key %s", order, id, jobs.Key(&des.Model))
+			}
+		}
+		if got := d[jobs.JobID(&hashedVictim)]; got == nil || got.Model.Crunch != "crunch-a" {
+			t.Errorf("order %v: the victim's hashed job belongs to %+v", order, got)
+		}
+		if n := strings.Count(logs.String(), "claim the same name"); n != 1 || !strings.Contains(logs.String(), "name=m1") {
+			t.Errorf("order %v: contest warned %d times:\n%s", order, n, logs.String())
+		}
+		// The other claims end: the victim gets its name back.
+		w.Report("chain", source.Snapshot{Models: []jobs.Model{victim}})
+		w.Report("yaml", source.Snapshot{})
+		if d, _ := w.Desired(); len(d) != 1 || d["model-node-m1"] == nil || d["model-node-m1"].Model.Crunch != "crunch-a" {
+			t.Errorf("order %v: the victim alone: %v", order, keysOf(d))
+		}
+	}
+}
+
+func keysOf(d map[string]*Desired) []string {
+	var out []string
+	for id := range d {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
 }

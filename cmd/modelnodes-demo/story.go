@@ -388,7 +388,7 @@ func (d *demo) plant(ctx context.Context, chain *devchain.Front, coord *coordina
 		auth := solana.NewWallet().PublicKey()
 		m.Auth = auth.String()
 		jm := jobs.Model{Crunch: crunchName, CrunchID: crunch.String(), ModelID: m.ID}
-		m.ShortID, m.JobID = jobs.ShortID(&jm), jobs.JobID(&jm)
+		m.ShortID, m.JobID = jobs.ShortID(jobs.Named(&jm)), jobs.JobID(jobs.Named(&jm))
 		a := &onchain.ModelAuthorization{ModelID: m.ID, SubmissionID: "sub-" + m.ID, ArtifactSHA256: m.Art.sha256,
 			ArtifactURI: d.artifactURL(m.Art), Entry: m.Entry, CPUMHz: 200, MemoryMB: uint32(cmp.Or(m.MemoryMB, 256)),
 			DesiredState: onchain.DesiredRunning, Bump: 253}

@@ -103,7 +103,8 @@ func dispatch(args []string, stdout io.Writer) error {
 	case "model":
 		crunch := fs.String("crunch", "", "the crunch's name (when it has no on-chain id)")
 		crunchID := fs.String("crunch-id", "", "the crunch's on-chain id")
-		short := fs.String("name", "", "the short id the authorization chose")
+		short := fs.String("name", "", "the short id the operator's YAML chose")
+		hashed := fs.Bool("hashed", false, "as the scheduler with --model-id-names=false: the model id names nothing")
 		modelID, err := operand(fs, args[1:], "MODEL_ID")
 		if err != nil {
 			return err
@@ -117,9 +118,15 @@ func dispatch(args []string, stdout io.Writer) error {
 				return err
 			}
 		}
-		if m.Name != "" && !names.IsLabel(m.Name, 52) {
-			return fmt.Errorf("name %q is not a lowercase DNS label of at most 52 characters", m.Name)
+		if m.Name != "" && !names.IsLabel(m.Name, names.MaxModelName) {
+			return fmt.Errorf("name %q is not a lowercase DNS label of at most %d characters", m.Name, names.MaxModelName)
 		}
+		if m.Name != "" && names.IsHashedShortID(m.Name) && m.Name != jobs.Key(m) {
+			return fmt.Errorf("name %q has the shape of a hashed short id: it could name another model's job", m.Name)
+		}
+		// The name the scheduler gives when no model of another crunch
+		// claims the same one (jobs.AssignNames).
+		jobs.AssignNames([]*jobs.Model{m}, *hashed)
 		job := jobs.JobID(m)
 		fields = []field{{"short_id", jobs.ShortID(m)}, {"job", job}, {"runner_cn", names.RunnerCommonName(job)}}
 	case "contract":

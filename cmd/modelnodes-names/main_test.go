@@ -36,11 +36,21 @@ func TestCrunchNames(t *testing.T) {
 }
 
 func TestModelNames(t *testing.T) {
+	// A model id that is a DNS label names its job and certificate, as
+	// CrunchDAO's client expects.
 	code, out, errs := runCLI("model", "--crunch-id", "CrunchId111", "model-1")
-	short := names.ModelShortID("CrunchId111", "model-1")
-	want := "short_id=" + short + "\njob=model-node-" + short + "\nrunner_cn=model-node-" + short + ".crunchdao.internal\n"
+	want := "short_id=model-1\njob=model-node-model-1\nrunner_cn=model-node-model-1.crunchdao.internal\n"
 	if code != 0 || out != want {
 		t.Errorf("model: exit %d\n%s%s\nwant\n%s", code, out, errs, want)
+	}
+	// Any other id (and any with --hashed) is named by its key.
+	for _, args := range [][]string{{"Model_1"}, {"abcdefghij234567"}, {"--hashed", "model-1"}} {
+		id := args[len(args)-1]
+		short := names.ModelShortID("CrunchId111", id)
+		want := "short_id=" + short + "\njob=model-node-" + short + "\nrunner_cn=model-node-" + short + ".crunchdao.internal\n"
+		if code, out, errs := runCLI(append([]string{"model", "--crunch-id", "CrunchId111"}, args...)...); code != 0 || out != want {
+			t.Errorf("model %v: exit %d\n%s%s\nwant\n%s", args, code, out, errs, want)
+		}
 	}
 	if code, out, _ := runCLI("model", "--crunch", "c", "--name", "py-tracker", "--field", "job", "x"); code != 0 || out != "model-node-py-tracker\n" {
 		t.Errorf("model --name: exit %d %q", code, out)

@@ -43,15 +43,44 @@ func confirmStops(ctx context.Context, args []string, out io.Writer) error {
 	if *token == "" {
 		return errors.New("no admin token: set MODELNODES_SCHEDULER_ADMIN_TOKEN (or --admin-token)")
 	}
-	body, _ := json.Marshal(scheduler.ConfirmRequest{Crunch: *crunch})
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, http.MethodPost, strings.TrimRight(*addr, "/")+"/v1/stop-holds/confirm", bytes.NewReader(body))
+	var res struct {
+		Confirmed []scheduler.StopHold `json:"confirmed"`
+	}
+	if err := statusRequest(cctx, http.MethodPost, *addr, "/v1/stop-holds/confirm", *token, scheduler.ConfirmRequest{Crunch: *crunch}, &res); err != nil {
+		return err
+	}
+	for _, h := range res.Confirmed {
+		fmt.Fprintf(out, "confirmed: crunch %s (%s): %d of %d running models will stop: %s\n",
+			h.Crunch, h.CrunchName, len(h.Jobs), h.Running, strings.Join(h.Jobs, " "))
+	}
+	return nil
+}
+
+// statusRequest sends a request to a scheduler's status API (the body, when
+// not nil, as JSON; the token, when set, as a bearer token) and decodes the
+// JSON answer of a 200 into answer; other answers are an error that carries
+// the API's words.
+func statusRequest(ctx context.Context, method, addr, path, token string, body, answer any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(addr, "/")+path, rd)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+*token)
-	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
@@ -61,15 +90,8 @@ func confirmStops(ctx context.Context, args []string, out io.Writer) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
 	}
-	var res struct {
-		Confirmed []scheduler.StopHold `json:"confirmed"`
-	}
-	if err := json.Unmarshal(b, &res); err != nil {
+	if err := json.Unmarshal(b, answer); err != nil {
 		return fmt.Errorf("answer: %w", err)
-	}
-	for _, h := range res.Confirmed {
-		fmt.Fprintf(out, "confirmed: crunch %s (%s): %d of %d running models will stop: %s\n",
-			h.Crunch, h.CrunchName, len(h.Jobs), h.Running, strings.Join(h.Jobs, " "))
 	}
 	return nil
 }

@@ -11,11 +11,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -32,6 +34,7 @@ import (
 	"github.com/modelnodes/modelnodes/scheduler/inspect"
 	"github.com/modelnodes/modelnodes/scheduler/leader"
 	"github.com/modelnodes/modelnodes/scheduler/observer"
+	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 	"github.com/modelnodes/modelnodes/scheduler/source/feed"
 	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
 	"github.com/modelnodes/modelnodes/scheduler/source/yamlfile"
@@ -46,6 +49,9 @@ Usage:
   scheduler confirm-stops [--status-addr URL] [--crunch ID|NAME]
       confirm held stops (see --max-stop-share); the token is --admin-token's
       (MODELNODES_SCHEDULER_ADMIN_TOKEN)
+  scheduler quarantine list|lift [--status-addr URL] [MODEL]
+      list the models quarantined after their coordinator's failure reports,
+      or lift one (its job, short or model id) with the admin token
 
 Sources of desired state (at least one; several are merged, the first named wins on a
 duplicate model):
@@ -58,7 +64,9 @@ A source that cannot be read keeps its last good state: models are never stopped
 a source is down, nor because it lists nothing; a model stops on positive evidence about
 its own authorization, and a pass that would stop more than --max-stop-share of a crunch's
 models is held (GET /v1/status) until it persists for --stop-hold or an operator confirms. Several instances may run; with --lock-key only the holder of that Consul
-lock reconciles. Status: GET /v1/status, GET /v1/models, GET /metrics on --listen.
+lock reconciles. Status: GET /v1/status, GET /v1/models, GET /v1/quarantines, GET /metrics
+on --listen. With --orchestrator-listen, coordinators' failure reports act by
+--failure-policy (restart, quarantine); quarantines live in Consul KV.
 See docs/scheduler.md.
 `
 
@@ -77,7 +85,7 @@ type config struct {
 	solanaCrunches                                       stringList
 	solanaResync                                         time.Duration
 	feedURL, feedArtifact, feedResources                 string
-	feedModelIDNames                                     bool
+	feedModelIDNames, modelIDNames                       bool
 	feedCrunches                                         stringList
 	feedInterval                                         time.Duration
 	modelsFile, listen, logLevel                         string
@@ -92,12 +100,17 @@ type config struct {
 	artifactHosts                                        stringList
 	datacenters                                          stringList
 	gpuClass                                             string
+	disconnectLostAfter                                  time.Duration
+	disconnectReplace                                    bool
+	disconnectCrunches                                   stringList
+	crunchDisconnect                                     map[string]jobs.Disconnect
 	resync, purgeAfter, sessionTTL, rolloutRetry         time.Duration
 	backoff                                              observer.Backoff
 	maxStopShare                                         float64
 	stopHold                                             time.Duration
-	stopHoldMin                                          int
+	stopHoldMin, maxRollouts                             int
 	adminToken                                           string
+	failurePolicy, quarantinePrefix                      string
 	orch                                                 orchestratorFlags
 }
 
@@ -128,13 +141,17 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.feedArtifact, "feed-artifact-url", "", "artifact URL of a feed model; {submission_id}, {resource_id}, {model_id} are replaced")
 	fs.StringVar(&c.feedResources, "feed-resources-url", "", "resources archive URL of a feed model that names a resource id (placeholders as --feed-artifact-url); its digest is the entry's model.resourcesSha256")
 	fs.DurationVar(&c.feedInterval, "feed-interval", 10*time.Second, "feed polling interval")
-	fs.BoolVar(&c.feedModelIDNames, "feed-model-id-names", false, "name feed models' jobs model-node-<model id> (what CrunchDAO's client verifies) instead of a hash, when the id is a DNS label")
+	fs.BoolVar(&c.feedModelIDNames, "feed-model-id-names", false, "deprecated, no effect: every source's models are named by their model ids (--model-id-names)")
+	fs.BoolVar(&c.modelIDNames, "model-id-names", true, "name a model's job and runner certificate model-node-<model id>(.crunchdao.internal, what CrunchDAO's secure client checks) when the id is a lowercase DNS label of at most 52 characters that no model of another crunch claims (docs/names.md); false: every job named by a hash of crunch and model id, as before (a deployment that wants to keep its jobs)")
 	fs.StringVar(&c.modelsFile, "models-file", "", "YAML file of models (development)")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:9464", "status API and /metrics address")
 	fs.StringVar(&c.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines")
 	fs.Var(&c.datacenters, "datacenters", "datacenters of the jobs, comma separated (default *)")
 	fs.StringVar(&c.gpuClass, "gpu-node-class", "", "also constrain GPU models to this node class")
+	fs.DurationVar(&c.disconnectLostAfter, "disconnect-lost-after", 0, "how long Nomad keeps the models of a node that stopped heartbeating (cut off, maybe alive) as unknown before it takes them for lost: the jobs' disconnect { lost_after }; a node back within it keeps its models, nothing restarts. 0: no disconnect block (lost at node down, replaced at once). Changing it rolls every model it applies to onto a new allocation, as a canary beside the running one (no gap, but room for both is needed): change it per crunch")
+	fs.BoolVar(&c.disconnectReplace, "disconnect-replace", true, "with --disconnect-lost-after: place a replacement meanwhile, after the reschedule delay (30 s); the original stops when its node is back (reconcile keep_replacement). false: no replacement before lost_after has passed (a model whose machine is really gone is down that long)")
+	fs.Var(&c.disconnectCrunches, "disconnect-crunch", "per-crunch disconnect settings, comma separated: CRUNCH=LOST_AFTER[:replace|:no-replace] (CRUNCH a name or on-chain id; LOST_AFTER 0 turns the block off for that crunch; without a suffix, --disconnect-replace), e.g. mid-one=10m:no-replace,big=0")
 	fs.BoolVar(&c.plaintext, "plaintext-runners", false, "runners without TLS or Vault (tests only; CrunchDAO's secure client refuses them)")
 	fs.StringVar(&c.runnerVaultAddr, "runner-vault-addr", "", "Vault address runners reach: each runner then keeps one key per model in Vault (runner-keys/<job>) and signs its own certificates, so crunchers' wallet delegations (the job variable's \"delegation\" item) hold across renewals; empty: a template issues a new key with each certificate")
 	fs.StringVar(&c.runnerConsulAddr, "runner-consul-addr", "", "the node's Consul agent as runners reach it (e.g. https://127.0.0.1:8501): each runner then stops answering once Nomad has placed its model elsewhere (a newer passing instance in Consul), so a model never answers from an allocation Nomad replaced while its runner lived on; empty: runners do not watch")
@@ -149,6 +166,7 @@ func parse(args []string) (*config, error) {
 	fs.StringVar(&c.codeCache, "code-cache-dir", defaultCodeCache(), "where --python-constraints keeps what each code archive's root held (by sha256), so a restart fetches nothing again; empty: in memory only")
 	fs.DurationVar(&c.resync, "resync", 30*time.Second, "longest time between two reconcile passes")
 	fs.DurationVar(&c.purgeAfter, "purge-after", 24*time.Hour, "how long a stopped job stays before it is purged")
+	fs.IntVar(&c.maxRollouts, "max-rollouts", 50, "at most this many running models roll out a new version at once (each canary needs room for one more allocation until promoted); the other updates wait for later passes. 0: no bound")
 	fs.DurationVar(&c.rolloutRetry, "rollout-retry", scheduler.DefaultRolloutRetry, "how long a new version whose rollout failed (its canary never turned healthy; Nomad reverted the job to the serving version) waits before it is written again; a newer version is written at once")
 	fs.IntVar(&c.backoff.Failures, "crashloop-failures", 3, "failed allocations within --crashloop-window that hold a model stopped")
 	fs.DurationVar(&c.backoff.Window, "crashloop-window", 10*time.Minute, "window counting failures")
@@ -158,6 +176,8 @@ func parse(args []string) (*config, error) {
 	fs.DurationVar(&c.stopHold, "stop-hold", 10*time.Minute, "make held stops once the passes have wanted them this long (0: only when an operator confirms)")
 	fs.IntVar(&c.stopHoldMin, "stop-hold-min-models", 2, "hold only passes that stop at least this many of a crunch's models")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token of the status API's write endpoint (POST /v1/stop-holds/confirm); empty: it is off. Prefer MODELNODES_SCHEDULER_ADMIN_TOKEN to the flag")
+	fs.StringVar(&c.failurePolicy, "failure-policy", "", "HCL file of the crunches' failure-report policies: what a coordinator's report_failure of each code does (count, restart, quarantine), rate limits (docs/scheduler.md); empty: the defaults")
+	fs.StringVar(&c.quarantinePrefix, "quarantine-kv-prefix", quarantine.DefaultPrefix, "Consul KV prefix of the quarantines (one key per job); every instance with --lock-key or --orchestrator-listen reads it, the token needs key write on it")
 	c.orch.register(fs)
 	fs.Usage = envflag.Usage(fs, envPrefix, synopsis)
 	if err := envflag.Parse(fs, envPrefix, args); err != nil {
@@ -187,11 +207,29 @@ func parse(args []string) (*config, error) {
 	if c.stopHold < 0 || c.stopHoldMin < 1 {
 		return nil, errors.New("--stop-hold must not be negative and --stop-hold-min-models at least 1")
 	}
+	if c.maxRollouts < 0 {
+		return nil, errors.New("--max-rollouts must not be negative")
+	}
 	if c.rolloutRetry <= 0 {
 		return nil, errors.New("--rollout-retry must be positive")
 	}
+	if err := (jobs.Disconnect{LostAfter: c.disconnectLostAfter}).Check(); err != nil {
+		return nil, fmt.Errorf("--disconnect-lost-after: %w", err)
+	}
+	var err error
+	if c.crunchDisconnect, err = jobs.ParseCrunchDisconnect(c.disconnectCrunches, c.disconnectReplace); err != nil {
+		return nil, fmt.Errorf("--disconnect-crunch %w", err)
+	}
 	if err := c.orch.check(); err != nil {
 		return nil, err
+	}
+	if c.failurePolicy != "" {
+		if _, err := quarantine.Load(c.failurePolicy); err != nil {
+			return nil, err
+		}
+	}
+	if c.quarantinePrefix == "" || !strings.HasSuffix(c.quarantinePrefix, "/") {
+		return nil, fmt.Errorf("--quarantine-kv-prefix %q: want a prefix ending in /", c.quarantinePrefix)
 	}
 	switch c.solanaCommitment {
 	case "confirmed", "finalized":
@@ -201,13 +239,19 @@ func parse(args []string) (*config, error) {
 	return &c, nil
 }
 
+// subcommands talk to a running scheduler's status API.
+var subcommands = map[string]func(ctx context.Context, args []string, out io.Writer) error{
+	"confirm-stops": confirmStops,
+	"quarantine":    quarantineCmd,
+}
+
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "confirm-stops" {
-		if err := confirmStops(context.Background(), os.Args[2:], os.Stdout); err != nil {
+	if len(os.Args) > 1 && subcommands[os.Args[1]] != nil {
+		if err := subcommands[os.Args[1]](context.Background(), os.Args[2:], os.Stdout); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				os.Exit(0)
 			}
-			fmt.Fprintln(os.Stderr, "scheduler confirm-stops:", err)
+			fmt.Fprintf(os.Stderr, "scheduler %s: %v\n", os.Args[1], err)
 			os.Exit(1)
 		}
 		return
@@ -248,6 +292,9 @@ func warnPolicy(c *config, log hclog.Logger) {
 	if c.allowHostModelDirs {
 		log.Warn("DEVELOPMENT: --allow-host-model-dirs: models may run code from directories on the nodes")
 	}
+	if c.feedModelIDNames {
+		log.Warn("--feed-model-id-names is deprecated and has no effect: every source's models are named by their model ids (--model-id-names, on by default)")
+	}
 	if len(c.artifactHosts) == 0 {
 		log.Warn("no --artifact-hosts: every model with an artifact URL is refused; list the hosts submissions are fetched from")
 	} else {
@@ -266,14 +313,23 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 		RunnerConsulAddr: c.runnerConsulAddr, RunnerConsulCACert: c.runnerConsulCA,
 		ArtifactHosts: c.artifactHosts, AllowHTTPArtifacts: c.allowHTTPArtifacts,
 		AllowHostModelDirs: c.allowHostModelDirs,
+		Disconnect:         c.disconnect(), CrunchDisconnect: c.crunchDisconnect,
 	}
 	warnPolicy(c, log)
+	if d := c.disconnect(); d.LostAfter > 0 || len(c.crunchDisconnect) > 0 {
+		var per []string
+		for crunch, d := range c.crunchDisconnect {
+			per = append(per, crunch+"="+d.String())
+		}
+		slices.Sort(per)
+		log.Info("disconnect blocks", "default", d.String(), "crunches", strings.Join(per, ","))
+	}
 	metrics := scheduler.NewMetrics()
 	s := &scheduler.Scheduler{
-		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter, RolloutRetry: c.rolloutRetry,
+		Reconciler: &scheduler.Reconciler{Nomad: nc, Options: opts, PurgeAfter: c.purgeAfter, RolloutRetry: c.rolloutRetry, MaxRollouts: c.maxRollouts,
 			Logger: log.Named("reconcile"), Metrics: metrics},
 		Observer: &observer.Observer{Nomad: nc, Backoff: c.backoff, Logger: log.Named("observer"), Metrics: metrics},
-		Resync:   c.resync, Logger: log, Metrics: metrics, Placements: nc, AdminToken: c.adminToken,
+		Resync:   c.resync, Logger: log, Metrics: metrics, Placements: nc, AdminToken: c.adminToken, HashedNames: !c.modelIDNames,
 	}
 	if c.maxStopShare < 1 {
 		s.Reconciler.Guard = &scheduler.StopGuard{MaxShare: c.maxStopShare, Hold: c.stopHold, MinModels: c.stopHoldMin,
@@ -301,10 +357,18 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	}
 	if c.feedURL != "" {
 		s.Sources = append(s.Sources, &feed.Source{URL: c.feedURL, Crunches: c.feedCrunches,
-			ArtifactURL: c.feedArtifact, ResourcesURL: c.feedResources, Interval: c.feedInterval, ModelIDNames: c.feedModelIDNames})
+			ArtifactURL: c.feedArtifact, ResourcesURL: c.feedResources, Interval: c.feedInterval})
 	}
 	if c.modelsFile != "" {
 		s.Sources = append(s.Sources, &yamlfile.Source{Path: c.modelsFile})
+	}
+	if c.lockKey != "" || c.orch.listen != "" {
+		// Quarantines live in Consul KV, where every instance reads them.
+		client, err := c.consulClient()
+		if err != nil {
+			return err
+		}
+		s.Quarantine = &quarantine.Store{KV: client.KV(), Prefix: c.quarantinePrefix, Logger: log.Named("quarantine")}
 	}
 	if c.lockKey != "" {
 		client, err := c.consulClient()
@@ -315,7 +379,7 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 			SessionTTL: c.sessionTTL, Logger: log.Named("leader")}
 	}
 	if c.orch.listen != "" {
-		stopOrch, err := serveOrchestrator(ctx, c, log.Named("orchestrator"), metrics)
+		stopOrch, err := serveOrchestrator(ctx, c, log.Named("orchestrator"), metrics, s, nc)
 		if err != nil {
 			return err
 		}
@@ -333,6 +397,14 @@ func run(ctx context.Context, c *config, log hclog.Logger) error {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return err
+}
+
+// disconnect is the disconnect setting of crunches without their own.
+func (c *config) disconnect() jobs.Disconnect {
+	if c.disconnectLostAfter <= 0 {
+		return jobs.Disconnect{}
+	}
+	return jobs.Disconnect{LostAfter: c.disconnectLostAfter, Replace: c.disconnectReplace}
 }
 
 // consulClient is the Consul API client of --consul-addr and --consul-token.

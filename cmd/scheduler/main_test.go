@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
+	"github.com/modelnodes/modelnodes/jobs"
 )
 
 func TestParse(t *testing.T) {
@@ -49,6 +51,29 @@ func TestParse(t *testing.T) {
 		len(c.artifactHosts) != 2 || !c.allowHTTPArtifacts || c.crlURL == "" || c.allowHostModelDirs {
 		t.Fatalf("environment fallback: %v %+v", err, c)
 	}
+	if c.disconnect() != (jobs.Disconnect{}) || len(c.crunchDisconnect) != 0 {
+		t.Fatalf("disconnect blocks by default: %+v %v", c.disconnect(), c.crunchDisconnect)
+	}
+	t.Setenv("MODELNODES_SCHEDULER_DISCONNECT_LOST_AFTER", "5m")
+	t.Setenv("MODELNODES_SCHEDULER_DISCONNECT_CRUNCH", "mid-one=1h:no-replace,big=0")
+	c, err = parse([]string{"--disconnect-replace=false", "--disconnect-crunch", "flaky=90s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.disconnect() != (jobs.Disconnect{LostAfter: 5 * time.Minute}) {
+		t.Errorf("default disconnect %+v, want 5m without replacement", c.disconnect())
+	}
+	// The command line wins over the environment, as for every flag.
+	if want := map[string]jobs.Disconnect{"flaky": {LostAfter: 90 * time.Second}}; !maps.Equal(c.crunchDisconnect, want) {
+		t.Errorf("per crunch %v, want %v", c.crunchDisconnect, want)
+	}
+	for _, bad := range [][]string{{"--disconnect-lost-after", "-1m"}, {"--disconnect-crunch", "mid-one"}, {"--disconnect-crunch", "x=1m:sometimes"}} {
+		if _, err := parse(bad); err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(bad[0], "--")) {
+			t.Errorf("%q: %v, want an error naming the flag", bad, err)
+		}
+	}
+	t.Setenv("MODELNODES_SCHEDULER_DISCONNECT_LOST_AFTER", "0")
+	t.Setenv("MODELNODES_SCHEDULER_DISCONNECT_CRUNCH", "")
 	if _, err := parse([]string{"--help"}); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("--help: %v", err)
 	}
@@ -212,6 +237,89 @@ func TestConfirmStopsCommand(t *testing.T) {
 	err := confirmStops(context.Background(), []string{"--status-addr", srv.URL, "--admin-token", "wrong"}, &out)
 	if err == nil || !strings.Contains(err.Error(), "wrong bearer token") {
 		t.Fatalf("a refused confirmation: %v", err)
+	}
+}
+
+// The failure policy is checked at start: a mistake stops the scheduler
+// naming the file; the environment names it too. The quarantine prefix is a
+// KV folder.
+func TestParseFailurePolicy(t *testing.T) {
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good.hcl"), filepath.Join(dir, "bad.hcl")
+	if err := os.WriteFile(good, []byte(`crunch "mid-one" { codes = { LOW_PERFORMANCE = "count" } }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte(`default { codes = { LOW_PERFORMANCE = "delete" } }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"--models-file", "m.yaml", "--plaintext-runners"}
+	if c, err := parse(base); err != nil || c.failurePolicy != "" || c.quarantinePrefix != "modelnodes/quarantine/" {
+		t.Fatalf("defaults: %v %+v", err, c)
+	}
+	if _, err := parse(append(base, "--failure-policy", bad)); err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), `"delete"`) {
+		t.Errorf("a bad policy: %v", err)
+	}
+	if _, err := parse(append(base, "--quarantine-kv-prefix", "modelnodes/quarantine")); err == nil {
+		t.Error("a prefix without a trailing / was accepted")
+	}
+	t.Setenv("MODELNODES_SCHEDULER_FAILURE_POLICY", good)
+	if c, err := parse(base); err != nil || c.failurePolicy != good {
+		t.Errorf("environment: %v %+v", err, c)
+	}
+}
+
+// quarantine list prints the records; lift posts the model with the token
+// and prints what was lifted; a refusal is an error with the API's words.
+func TestQuarantineCommand(t *testing.T) {
+	var gotAuth, gotBody string
+	rec := `{"job_id":"model-node-abc","crunch":"mid-one","model_id":"ModelAbc","code":"BAD_IMPLEMENTATION","reason":"no predict",` +
+		`"reports":1,"coordinator":"` + strings.Repeat("ab", 32) + `","at":"2026-04-01T12:00:00Z","submission":"x"}`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/quarantines":
+			_, _ = w.Write([]byte(`{"quarantines":[` + rec + `]}`))
+		case r.Method == http.MethodPost && r.URL.Path == "/v1/quarantines/lift":
+			gotAuth = r.Header.Get("Authorization")
+			b, _ := io.ReadAll(r.Body)
+			gotBody = string(b)
+			if gotAuth != "Bearer tok" {
+				http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
+				return
+			}
+			_, _ = w.Write([]byte(`{"lifted":[` + rec + `]}`))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	var help strings.Builder
+	if err := quarantineCmd(context.Background(), []string{"--help"}, &help); err != nil || !strings.Contains(help.String(), "scheduler quarantine lift") {
+		t.Fatalf("--help: %v\n%s", err, help.String())
+	}
+	var out strings.Builder
+	if err := quarantineCmd(context.Background(), []string{"list", "--status-addr", srv.URL}, &out); err != nil {
+		t.Fatal(err)
+	}
+	want := "model-node-abc crunch mid-one model ModelAbc: BAD_IMPLEMENTATION since 2026-04-01T12:00:00Z (1 reports, coordinator key abababababababab...): \"no predict\"\n"
+	if out.String() != want {
+		t.Fatalf("list printed %q, want %q", out.String(), want)
+	}
+	out.Reset()
+	t.Setenv("MODELNODES_SCHEDULER_ADMIN_TOKEN", "tok")
+	if err := quarantineCmd(context.Background(), []string{"lift", "--status-addr", srv.URL, "abc"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if gotBody != `{"model":"abc"}` || out.String() != "lifted: "+want {
+		t.Fatalf("lift: body %q, printed %q", gotBody, out.String())
+	}
+	err := quarantineCmd(context.Background(), []string{"lift", "--status-addr", srv.URL, "--admin-token", "wrong", "abc"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "wrong bearer token") {
+		t.Errorf("a refused lift: %v", err)
+	}
+	for _, args := range [][]string{nil, {"drop"}, {"lift"}, {"list", "extra"}} {
+		if err := quarantineCmd(context.Background(), args, io.Discard); err == nil {
+			t.Errorf("%q accepted", args)
+		}
 	}
 }
 

@@ -13,10 +13,12 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/modelnodes/modelnodes/nomad"
 	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/scheduler"
 	"github.com/modelnodes/modelnodes/scheduler/orchws"
+	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 )
 
 // orchestratorFlags configure the WebSocket CrunchDAO's coordinators find
@@ -57,9 +59,10 @@ func (o *orchestratorFlags) ids() (map[string]string, error) {
 	return m, nil
 }
 
-// serveOrchestrator starts the orchestrator WebSocket; the returned func
+// serveOrchestrator starts the orchestrator WebSocket, whose coordinators'
+// failure reports act on s's models by --failure-policy; the returned func
 // stops it.
-func serveOrchestrator(ctx context.Context, c *config, log hclog.Logger, metrics *scheduler.Metrics) (func(), error) {
+func serveOrchestrator(ctx context.Context, c *config, log hclog.Logger, metrics *scheduler.Metrics, s *scheduler.Scheduler, nc *nomad.Client) (func(), error) {
 	ids, err := c.orch.ids()
 	if err != nil {
 		return nil, err
@@ -72,10 +75,10 @@ func serveOrchestrator(ctx context.Context, c *config, log hclog.Logger, metrics
 	if err != nil {
 		return nil, fmt.Errorf("orchestrator TLS: %w", err)
 	}
-	// The runners' check, less the on-chain key hash: the scheduler does
-	// not hand the crunches' hashes to it yet (the runners still check
-	// them at every call).
-	acfg := authz.Config{CAFile: c.orch.clientCA, AnyCoordinatorKey: true, Logger: log, Registerer: metrics.Registry}
+	// The runners' check: a certificate naming the crunch, not revoked,
+	// whose key is one of the crunch's on-chain hashes (from the desired
+	// state, CoordinatorKeys below); no hash on chain admits nobody.
+	acfg := authz.Config{CAFile: c.orch.clientCA, Logger: log, Registerer: metrics.Registry}
 	if c.crlURL != "" {
 		acfg.CRLURLs = []string{c.crlURL}
 	}
@@ -87,8 +90,24 @@ func serveOrchestrator(ctx context.Context, c *config, log hclog.Logger, metrics
 	if err != nil {
 		return nil, err
 	}
+	policies := quarantine.DefaultConfig()
+	if c.failurePolicy != "" {
+		if policies, err = quarantine.Load(c.failurePolicy); err != nil {
+			return nil, err
+		}
+	}
+	engine, err := quarantine.NewEngine(quarantine.EngineConfig{Policies: policies, Store: s.Quarantine, Nomad: nc,
+		Lookup: s.DesiredModel, OnQuarantine: s.Kick, Logger: log.Named("reports"), Registerer: metrics.Registry})
+	if err != nil {
+		return nil, err
+	}
 	srv, err := orchws.New(orchws.Config{Consul: consul, Authorizer: az, Logger: log, Registerer: metrics.Registry,
-		CrunchMeta: func(crunch string) string { return ids[crunch] }})
+		CrunchMeta:      func(crunch string) string { return ids[crunch] },
+		CoordinatorKeys: s.CoordinatorKeys, Reporter: engine,
+		ReportLimit: func(crunch string) (float64, int) {
+			p := policies.For(crunch)
+			return p.ReportRate, p.ReportBurst
+		}})
 	if err != nil {
 		return nil, err
 	}

@@ -41,7 +41,7 @@ job "model-node-pdxu2groar3jsn66" {
 
   meta {
     modelnodes_managed = "true"
-    modelnodes_spec    = "2jehndc5i3uinftdcyrfoajr"
+    modelnodes_spec    = "shwyxfcxyo2u2cns4ckpzebf"
     model_id           = "pdxu2groar3jsn66"
     model              = "example"
     crunch             = "demo"
@@ -57,6 +57,8 @@ job "model-node-pdxu2groar3jsn66" {
       # Plaintext gRPC health only, for Consul: the model port requires a
       # client certificate, which Consul's check does not have.
       port "health" {}
+      # The runner's Prometheus /metrics.
+      port "metrics" {}
     }
 
     # Restart in place a few times, then Nomad reschedules with exponential
@@ -115,6 +117,20 @@ job "model-node-pdxu2groar3jsn66" {
       }
     }
 
+    # The runner's metrics, for Prometheus' Consul discovery: one service for
+    # every model ("crunch--metrics": no crunch's service can be named so),
+    # its meta saying whose.
+    service {
+      provider = "consul"
+      name     = "crunch--metrics"
+      port     = "metrics"
+      tags     = ["metrics"]
+      meta {
+        model_id = "pdxu2groar3jsn66"
+        crunch   = "demo"
+      }
+    }
+
     task "model" {
       driver       = "modelbox"
       kill_timeout = "10s"
@@ -135,7 +151,8 @@ job "model-node-pdxu2groar3jsn66" {
           crunch  = "demo"
           crl_url = var.crl_url
         }
-        health_port = "health"
+        health_port  = "health"
+        metrics_port = "metrics"
       }
 
       artifact {

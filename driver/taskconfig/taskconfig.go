@@ -38,6 +38,9 @@ type Config struct {
 	// HealthPort is a port label for a health-only endpoint, without TLS,
 	// for Consul checks.
 	HealthPort string `codec:"health_port"`
+	// MetricsPort is a port label for the runner's Prometheus /metrics
+	// (plaintext, nothing else served there).
+	MetricsPort string `codec:"metrics_port"`
 	// Plaintext serves without TLS (development only).
 	Plaintext bool `codec:"plaintext"`
 	// CallTimeout caps a call (a Go duration; the runner's default when

@@ -704,10 +704,32 @@ var (
 // reason goes to the log; the error wraps ErrUnauthenticated or ErrDenied.
 func (a *Authorizer) AuthorizeCrunch(remote net.Addr, chains [][]*x509.Certificate, crunch string) error {
 	pol := *a.policy.Load()
+	return a.authorizeCrunch(remote, chains, crunch, &pol)
+}
+
+// AuthorizeCrunchKeys is AuthorizeCrunch with the crunch's on-chain key
+// hashes (primary, secondary; lowercase hex SHA-256 of the coordinator's
+// SubjectPublicKeyInfo) in place of the policy's: a server that answers
+// several crunches learns each crunch's hashes from its own desired state,
+// as each runner learns its model's from its job. Hashes that are not
+// SHA-256 in hex, and CrunchDAO's all-zero "none", are dropped; with none
+// left nobody is admitted (unless Config.AnyCoordinatorKey).
+func (a *Authorizer) AuthorizeCrunchKeys(remote net.Addr, chains [][]*x509.Certificate, crunch string, hashes []string) error {
+	pol := Policy{}
+	for _, h := range hashes {
+		one := Policy{CoordinatorCertHashes: []string{h}}
+		if one.normalize() == nil {
+			pol.CoordinatorCertHashes = append(pol.CoordinatorCertHashes, one.CoordinatorCertHashes...)
+		}
+	}
+	return a.authorizeCrunch(remote, chains, crunch, &pol)
+}
+
+func (a *Authorizer) authorizeCrunch(remote net.Addr, chains [][]*x509.Certificate, crunch string, pol *Policy) error {
 	pol.Crunch = crunch
 	r := &refusal{codes.PermissionDenied, "crunch", "no crunch named"}
 	if crunch != "" {
-		r = a.checkFor(chains, &pol)
+		r = a.checkFor(chains, pol)
 	}
 	if r == nil {
 		return nil

@@ -236,6 +236,40 @@ func TestAuthorizeCrunch(t *testing.T) {
 	}
 }
 
+// The orchestrator WebSocket's check: a certificate naming the crunch is
+// admitted only with a key whose hash is one of the crunch's (primary or
+// secondary); another key, no hash, or only CrunchDAO's all-zero "none"
+// admits nobody, whatever the policy says.
+func TestAuthorizeCrunchKeys(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "model-calls CA")
+	alpha := coordinator(t, ca, dir, "alpha", names.CoordinatorURI("alpha"))
+	thief := coordinator(t, ca, dir, "thief", names.CoordinatorURI("alpha"))
+	auth, err := authz.New(authz.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := strings.Repeat("0", 64)
+	h := authz.SPKIHash(alpha.Cert)
+	for _, c := range []struct {
+		what   string
+		cert   *testpki.Issued
+		hashes []string
+		want   error
+	}{
+		{"the primary", alpha, []string{h}, nil},
+		{"the secondary, in upper case", alpha, []string{zero, strings.ToUpper(h)}, nil},
+		{"a key not on chain", thief, []string{h}, authz.ErrUnauthenticated},
+		{"no hash", alpha, nil, authz.ErrUnauthenticated},
+		{"only none", alpha, []string{zero, "not hex"}, authz.ErrUnauthenticated},
+	} {
+		err := auth.AuthorizeCrunchKeys(nil, [][]*x509.Certificate{{c.cert.Cert, ca.Cert}}, "alpha", c.hashes)
+		if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.what, err, c.want)
+		}
+	}
+}
+
 // Vault keeps one revocation list per issuer. With the issuers list as the
 // source, each certificate is checked against its own issuer's list: a
 // revocation by one issuer does not reach another's certificates, and an

@@ -71,6 +71,36 @@ const (
 	CodeUnknown            = "UNKNOWN"
 )
 
+// Status messages with a fixed text: CrunchDAO's runner's exact words
+// (crunch-model-runner 0.4.2, model_runner/servicers/), so a coordinator
+// that logs or matches them sees no difference. Workers send them; the
+// Python host (runner/pyhost/host.py) spells the same texts, pinned by
+// runner's TestStatusMessagesAreCrunchDAOs. A new instance is the one
+// exception: a worker answers a Setup that built one with an empty message
+// (the runner then remembers the Setup for replay) and the runner answers
+// the coordinator MsgInstanceCreated.
+const (
+	MsgInstanceCreated  = "Instance created successfully"
+	MsgInstanceExists   = "Instance already exists"
+	MsgEmptyClassName   = "class_name cannot be empty"
+	MsgNotSetUp         = "Setup has not been called yet"
+	MsgEmptyMethodName  = "methodName cannot be empty"
+	MsgNoInstanceToRest = "No instance exists to reset"
+	MsgInstanceRest     = "Instance successfully reset"
+	// MsgModelRaised starts the message of MODEL_FAILED: the model's
+	// exception follows.
+	MsgModelRaised = "The model raised an exception: "
+	// MsgInferNotSetUp is the gRPC status message of an Infer before
+	// TrainInfer's Setup (FAILED_PRECONDITION).
+	MsgInferNotSetUp = "Call Setup first"
+)
+
+// MsgMethodNotFound is the BAD_IMPLEMENTATION message of a Call of a
+// method the model's class lacks.
+func MsgMethodNotFound(method, class string) string {
+	return `Method "` + method + `" not found in class "` + class + `"`
+}
+
 // headerLen is kind plus id.
 const headerLen = 5
 

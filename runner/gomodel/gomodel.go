@@ -14,9 +14,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
@@ -164,7 +166,7 @@ func (s *server) handle(req *frame.Request) (res *frame.Result) {
 	res = &frame.Result{ID: req.ID, Code: frame.CodeSuccess}
 	defer func() {
 		if p := recover(); p != nil {
-			res = &frame.Result{ID: req.ID, Code: frame.CodeModelFailed, Message: fmt.Sprintf("panic: %v", p)}
+			res = &frame.Result{ID: req.ID, Code: frame.CodeModelFailed, Message: fmt.Sprintf("%spanic: %v", frame.MsgModelRaised, p)}
 		}
 	}()
 	var err error
@@ -175,6 +177,10 @@ func (s *server) handle(req *frame.Request) (res *frame.Result) {
 		res.Value, err = s.call(req)
 	case frame.KindRest:
 		s.imu.Lock()
+		res.Message = frame.MsgInstanceRest
+		if s.inst == nil {
+			res.Message = frame.MsgNoInstanceToRest
+		}
 		s.inst = nil
 		s.imu.Unlock()
 	case frame.KindInferSetup, frame.KindInferReset:
@@ -193,24 +199,26 @@ func (s *server) handle(req *frame.Request) (res *frame.Result) {
 	if err != nil {
 		var se *Error
 		if !errors.As(err, &se) {
-			se = &Error{Code: frame.CodeModelFailed, Message: err.Error()}
+			se = &Error{Code: frame.CodeModelFailed, Message: frame.MsgModelRaised + err.Error()}
 		}
 		return &frame.Result{ID: req.ID, Code: se.Code, Message: se.Message}
 	}
 	return res
 }
 
+// setup and call check in the order of CrunchDAO's runner and answer its
+// fixed messages (frame.Msg*).
 func (s *server) setup(req *frame.Request) (string, error) {
-	if req.Name == "" {
-		return "", Errorf(frame.CodeInvalidArgument, "className is empty")
-	}
-	if s.m.New == nil {
-		return "", Errorf(frame.CodeBadImplementation, "the model implements no DynamicSubclass")
-	}
 	s.imu.Lock()
 	defer s.imu.Unlock()
 	if s.inst != nil {
-		return "Instance already exists", nil
+		return frame.MsgInstanceExists, nil
+	}
+	if strings.TrimSpace(req.Name) == "" {
+		return "", Errorf(frame.CodeInvalidArgument, frame.MsgEmptyClassName)
+	}
+	if s.m.New == nil {
+		return "", Errorf(frame.CodeBadImplementation, "the model implements no DynamicSubclass")
 	}
 	args, err := toArgs(req)
 	if err != nil {
@@ -229,13 +237,13 @@ func (s *server) setup(req *frame.Request) (string, error) {
 }
 
 func (s *server) call(req *frame.Request) (*commonspb.Variant, error) {
-	if req.Name == "" {
-		return nil, Errorf(frame.CodeInvalidArgument, "methodName is empty")
-	}
 	s.imu.RLock()
 	defer s.imu.RUnlock()
 	if s.inst == nil {
-		return nil, Errorf(frame.CodeFailedPrecondition, "Setup has not been called")
+		return nil, Errorf(frame.CodeFailedPrecondition, frame.MsgNotSetUp)
+	}
+	if req.Name == "" {
+		return nil, Errorf(frame.CodeInvalidArgument, frame.MsgEmptyMethodName)
 	}
 	args, err := toArgs(req)
 	if err != nil {
@@ -243,9 +251,22 @@ func (s *server) call(req *frame.Request) (*commonspb.Variant, error) {
 	}
 	v, err := s.inst.Call(req.Name, args)
 	if errors.Is(err, ErrNoMethod) {
-		return nil, Errorf(frame.CodeBadImplementation, "the model has no method %q", req.Name)
+		return nil, &Error{Code: frame.CodeBadImplementation, Message: frame.MsgMethodNotFound(req.Name, typeName(s.inst))}
 	}
 	return v, err
+}
+
+// typeName is the name of v's type without its package or pointers: the
+// "class" MsgMethodNotFound names.
+func typeName(v any) string {
+	t := reflect.TypeOf(v)
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t.Name() == "" {
+		return fmt.Sprintf("%T", v)
+	}
+	return t.Name()
 }
 
 // toArgs orders positional arguments by position and checks every variant.

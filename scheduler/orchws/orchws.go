@@ -17,15 +17,20 @@
 // drop it.
 //
 // Their orchestrator authenticates nobody. This server only answers over
-// TLS, and only a client certificate of the crunch's coordinator (the
-// runners' check, runner/authz) gets that crunch's models; anybody else is
+// TLS, and only a client certificate of the crunch's coordinator gets that
+// crunch's models: the runners' check (runner/authz), its key's hash
+// included, which must be one of the crunch's on-chain hashes as the
+// scheduler's desired state has them (CoordinatorKeys); anybody else is
 // answered 401 or 403 before the upgrade. Their client hard-codes ws:// and
 // passes neither a TLS context nor headers to websockets.connect, so it
 // cannot present a certificate unchanged: docs/coordinator.md says how a
 // coordinator reaches this server.
 //
-// The coordinator's "report_failure" events are validated, logged and
-// counted; acting on them (quarantine) is not done here yet.
+// The coordinator's "report_failure" events are validated, rate-limited
+// per crunch and coordinator key (a token bucket: a flood is dropped and
+// counted, never turned into writes), logged, counted, and handed to a
+// Reporter (package quarantine) that acts on them by the crunch's policy.
+// Only models this server announced to the crunch can be reported.
 package orchws
 
 import (
@@ -47,11 +52,13 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/runner/authz"
+	"github.com/modelnodes/modelnodes/scheduler/quarantine"
 )
 
 // States a model is announced in (their client also knows RECOVERING,
@@ -77,9 +84,22 @@ const (
 type Config struct {
 	// Consul reads the crunches' services (health API).
 	Consul *consulapi.Client
-	// Authorizer admits a crunch's coordinator (AuthorizeCrunch): its
+	// Authorizer admits a crunch's coordinator (AuthorizeCrunchKeys): its
 	// revocation lists and key switch apply.
 	Authorizer *authz.Authorizer
+	// CoordinatorKeys returns the on-chain hashes of the crunch's
+	// coordinator keys (the scheduler's desired state): a certificate
+	// naming the crunch is admitted only with one of those keys, and
+	// nobody when there is none. Nil leaves the decision to the
+	// Authorizer's own policy (AuthorizeCrunch).
+	CoordinatorKeys func(crunch string) []string
+	// Reporter acts on the failures a crunch's coordinator reports; nil:
+	// they are only logged and counted.
+	Reporter Reporter
+	// ReportLimit returns the reports per second and the burst one
+	// coordinator of crunch may send (default 1 and 20); the rest are
+	// dropped and counted.
+	ReportLimit func(crunch string) (perSecond float64, burst int)
 	// CrunchMeta maps the crunch in the URL to what its instances carry in
 	// names.MetaCrunch (the on-chain id when the crunch has one); the
 	// crunch itself when nil or when it returns "".
@@ -102,11 +122,29 @@ type Server struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 
-	mu    sync.Mutex
-	feeds map[string]*feed // by crunch
+	mu       sync.Mutex
+	feeds    map[string]*feed    // by crunch
+	limiters map[string]*limiter // by crunch and coordinator key
 
 	reports  *prometheus.CounterVec
 	rejected *prometheus.CounterVec
+	limited  *prometheus.CounterVec
+}
+
+// Reporter acts on a coordinator's failure reports (quarantine.Engine).
+type Reporter interface {
+	// Report acts on one report of a model this server announced to the
+	// crunch, and returns what it did.
+	Report(ctx context.Context, r quarantine.Report) string
+}
+
+// limiter is one coordinator's token bucket, and when its drops were last
+// logged.
+type limiter struct {
+	*rate.Limiter
+	mu      sync.Mutex
+	dropped int
+	logged  time.Time
 }
 
 // New returns a server; Close stops its Consul watches.
@@ -122,7 +160,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, feeds: map[string]*feed{},
+		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, feeds: map[string]*feed{}, limiters: map[string]*limiter{},
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
 			// Coordinators are programs, not browsers: a request that
@@ -135,11 +173,15 @@ func New(cfg Config) (*Server, error) {
 		}, []string{"crunch", "code"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modelnodes_orchestrator_rejected_messages_total",
-			Help: "Messages from a coordinator that were ignored, by crunch and reason (json, event, too_many, unknown_model).",
+			Help: "Messages from a coordinator that were ignored, by crunch and reason (json, event, too_many, unknown_model, code).",
 		}, []string{"crunch", "reason"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modelnodes_orchestrator_rate_limited_reports_total",
+			Help: "Failure reports (and other messages) dropped because the crunch's coordinator sent more than its policy's report_rate and report_burst allow.",
+		}, []string{"crunch"}),
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.reports, s.rejected} {
+		for _, c := range []prometheus.Collector{s.reports, s.rejected, s.limited} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				cancel()
 				return nil, fmt.Errorf("orchws metrics: %w", err)
@@ -186,7 +228,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "a client certificate of the crunch's coordinator is required", http.StatusUnauthorized)
 		return
 	}
-	if err := s.cfg.Authorizer.AuthorizeCrunch(remote, r.TLS.VerifiedChains, crunch); err != nil {
+	var err error
+	if s.cfg.CoordinatorKeys != nil {
+		err = s.cfg.Authorizer.AuthorizeCrunchKeys(remote, r.TLS.VerifiedChains, crunch, s.cfg.CoordinatorKeys(crunch))
+	} else {
+		err = s.cfg.Authorizer.AuthorizeCrunch(remote, r.TLS.VerifiedChains, crunch)
+	}
+	if err != nil {
 		// The authorizer logged why; the caller learns only that it was refused.
 		if errors.Is(err, authz.ErrDenied) {
 			http.Error(w, "forbidden", http.StatusForbidden)
@@ -204,8 +252,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader answered the client
 	}
-	s.serve(crunch, f, conn)
+	s.serve(peerOf{crunch: crunch, key: authz.SPKIHash(r.TLS.VerifiedChains[0][0]), addr: r.RemoteAddr}, f, conn)
 }
+
+// peerOf is an admitted coordinator: its crunch, its key's hash, its
+// address.
+type peerOf struct{ crunch, key, addr string }
 
 func addr(s string) net.Addr {
 	a, err := net.ResolveTCPAddr("tcp", s)
@@ -217,7 +269,7 @@ func addr(s string) net.Addr {
 
 // serve writes the init event and the updates, and reads reports, until
 // the connection ends.
-func (s *Server) serve(crunch string, f *feed, conn *websocket.Conn) {
+func (s *Server) serve(p peerOf, f *feed, conn *websocket.Conn) {
 	defer conn.Close()
 	sub := &subscriber{ch: make(chan []byte, sendQueue)}
 	initMsg := f.subscribe(sub)
@@ -225,7 +277,7 @@ func (s *Server) serve(crunch string, f *feed, conn *websocket.Conn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.read(crunch, f, conn)
+		s.read(p, f, conn)
 	}()
 	send := func(msg []byte) bool {
 		_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -262,12 +314,19 @@ type report struct {
 }
 
 // read handles what the coordinator sends until the connection fails.
-func (s *Server) read(crunch string, f *feed, conn *websocket.Conn) {
+func (s *Server) read(p peerOf, f *feed, conn *websocket.Conn) {
+	crunch := p.crunch
+	lim := s.limiter(p)
 	conn.SetReadLimit(maxMessage)
 	for {
 		_, msg, err := conn.ReadMessage()
 		if err != nil {
 			return
+		}
+		// Every message costs a token before it is read; each failure
+		// past the first of a report costs one more.
+		if !s.allow(p, lim, 1) {
+			continue
 		}
 		var ev struct {
 			Event string          `json:"event"`
@@ -290,6 +349,9 @@ func (s *Server) read(crunch string, f *feed, conn *websocket.Conn) {
 			s.reject(crunch, "too_many", "report_failure lists too many failures", errors.New(strconv.Itoa(len(reports))))
 			continue
 		}
+		if len(reports) > 1 && !s.allow(p, lim, len(reports)-1) {
+			continue
+		}
 		for _, rep := range reports {
 			if !f.known(rep.ModelID) {
 				// Only the crunch's own models (announced on this server)
@@ -306,10 +368,55 @@ func (s *Server) read(crunch string, f *feed, conn *websocket.Conn) {
 				reason = trunc(*rep.FailureReason)
 			}
 			s.reports.WithLabelValues(crunch, code).Inc()
+			if !quarantine.ValidCode(rep.FailureCode) {
+				s.reject(crunch, "code", "report_failure carries a malformed failure code", errors.New(trunc(rep.FailureCode)))
+				continue
+			}
+			outcome := "counted"
+			if s.cfg.Reporter != nil {
+				outcome = s.cfg.Reporter.Report(s.ctx, quarantine.Report{Crunch: crunch, Coordinator: p.key, Peer: p.addr,
+					ModelID: rep.ModelID, Code: rep.FailureCode, Reason: reason})
+			}
 			s.log.Warn("coordinator reported a model failed", "crunch", crunch, "model_id", rep.ModelID,
-				"failure_code", trunc(rep.FailureCode), "failure_reason", reason, "ip", trunc(rep.IP))
+				"failure_code", rep.FailureCode, "failure_reason", reason, "ip", trunc(rep.IP), "coordinator", p.key, "outcome", outcome)
 		}
 	}
+}
+
+// limiter returns the token bucket of p's crunch and key, shared by all
+// its connections.
+func (s *Server) limiter(p peerOf) *limiter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := p.crunch + "\x00" + p.key
+	if l := s.limiters[k]; l != nil {
+		return l
+	}
+	perSecond, burst := 1.0, 20
+	if s.cfg.ReportLimit != nil {
+		perSecond, burst = s.cfg.ReportLimit(p.crunch)
+	}
+	l := &limiter{Limiter: rate.NewLimiter(rate.Limit(perSecond), max(burst, 1))}
+	s.limiters[k] = l
+	return l
+}
+
+// allow takes n tokens of p's bucket, or counts the drop (logged at most
+// every 10 s per coordinator, so that a flood does not flood the log).
+func (s *Server) allow(p peerOf, l *limiter, n int) bool {
+	if l.AllowN(time.Now(), n) {
+		return true
+	}
+	s.limited.WithLabelValues(p.crunch).Add(float64(n))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.dropped += n
+	if time.Since(l.logged) >= 10*time.Second {
+		s.log.Warn("a coordinator sends more reports than its policy allows; dropping them", "crunch", p.crunch,
+			"coordinator", p.key, "peer", p.addr, "dropped", l.dropped)
+		l.logged, l.dropped = time.Now(), 0
+	}
+	return false
 }
 
 func (s *Server) reject(crunch, reason, what string, err error) {

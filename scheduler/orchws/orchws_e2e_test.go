@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -26,7 +25,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/modelnodes/modelnodes/driver/pyenv/pyenvtest"
+	"github.com/modelnodes/modelnodes/internal/testing/crunchdao"
+	"github.com/modelnodes/modelnodes/internal/testing/orchwstest"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
@@ -37,10 +37,6 @@ import (
 )
 
 func TestMain(m *testing.M) { os.Exit(testcluster.Main(m)) }
-
-// clientVersion is the model-runner-client release whose ModelCluster the
-// test runs (the newest on PyPI when this was written).
-const clientVersion = "0.14.0"
 
 // announced is what the Python script prints per model it holds.
 type announced struct {
@@ -61,7 +57,7 @@ type announced struct {
 // is answered.
 func TestModelClusterDiscoversPassingModels(t *testing.T) {
 	cl := testcluster.Shared(t, testcluster.Consul|testcluster.Vault)
-	python := modelClusterEnv(t)
+	python := crunchdao.ClientPython(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
@@ -105,21 +101,8 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	serverCA := testpki.NewCA(t, "orchestrator CA")
-	leaf := serverCA.Issue(t, dir, testpki.Leaf{CommonName: "orchestrator", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	serverCert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv, TLSConfig: orchws.ServerTLS(func() *tls.Certificate { return &serverCert }, func() *x509.CertPool { return clientCAs }),
-		ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = hs.ServeTLS(ln, "", "") }()
-	defer hs.Close()
-	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	orchAddr, serverCA := orchwstest.Serve(t, srv, clientCAs)
+	host, port, _ := net.SplitHostPort(orchAddr)
 
 	// The crunch's models: two passing, one failing its check, one of
 	// another crunch in the same service (a foreign job may register it).
@@ -152,7 +135,7 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 	register("rogue", 7204, other, consulapi.HealthPassing)
 
 	// Their ModelCluster, as the crunch's coordinator.
-	certFile, keyFile := writeCert(t, dir, "coord", coord.Certificate())
+	certFile, keyFile := testpki.WriteKeyPair(t, dir, "coord", coord.Certificate())
 	serverCAFile := serverCA.WriteCA(t, dir, "server-ca.pem")
 	cmd := exec.CommandContext(ctx, python, "testdata/cluster.py", host, port, crunch, serverCAFile, certFile, keyFile)
 	stdin, err := cmd.StdinPipe()
@@ -254,7 +237,7 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 			tc.Certificates = []tls.Certificate{*cert}
 		}
 		d := websocket.Dialer{TLSClientConfig: tc, HandshakeTimeout: 10 * time.Second}
-		conn, resp, err := d.DialContext(ctx, "wss://"+ln.Addr().String()+"/"+path, nil)
+		conn, resp, err := d.DialContext(ctx, "wss://"+orchAddr+"/"+path, nil)
 		if conn != nil {
 			conn.Close()
 		}
@@ -291,7 +274,7 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 
 	// A report of a model the crunch does not have is ignored and counted.
 	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: poolOf(serverCA.Cert), Certificates: []tls.Certificate{*coord.Certificate()}}}
-	conn, _, err := d.DialContext(ctx, "wss://"+ln.Addr().String()+"/"+crunch, nil)
+	conn, _, err := d.DialContext(ctx, "wss://"+orchAddr+"/"+crunch, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,45 +303,6 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 	if n := counter(t, reg, "modelnodes_orchestrator_failure_reports_total", "LOW_PERFORMANCE", crunch); n != 0 {
 		t.Errorf("a report of another crunch's model was counted: %v", n)
 	}
-}
-
-// modelClusterEnv returns the Python of a virtual environment with
-// model-runner-client from PyPI, or skips saying why there is none.
-func modelClusterEnv(t *testing.T) string {
-	t.Helper()
-	uv := pyenvtest.UV(t)
-	pyenvtest.PyPIReachable(t, uv)
-	base := pyenvtest.Python(t)
-	env := filepath.Join(t.TempDir(), "venv")
-	run := func(args ...string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, uv, args...)
-		cmd.Env = append(os.Environ(), "UV_PYTHON_DOWNLOADS=never", "VIRTUAL_ENV="+env)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Skipf("cannot install model-runner-client %s from PyPI with uv: %v\n%s", clientVersion, err, out)
-		}
-	}
-	run("venv", "--python", base.Path, env)
-	run("pip", "install", "model-runner-client=="+clientVersion)
-	return filepath.Join(env, "bin", "python")
-}
-
-func writeCert(t *testing.T, dir, name string, c *tls.Certificate) (certFile, keyFile string) {
-	t.Helper()
-	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	var certPEM []byte
-	for _, der := range c.Certificate {
-		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testpki.WriteFile(t, certFile, certPEM)
-	testpki.WriteFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}))
-	return certFile, keyFile
 }
 
 func poolOf(c *x509.Certificate) *x509.CertPool {

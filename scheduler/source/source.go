@@ -44,7 +44,7 @@ type Snapshot struct {
 	// Duplicates lists the entries left out because an earlier one names
 	// the same model (Dedupe).
 	Duplicates []Duplicate
-	// Origins says, by job id (jobs.JobID), which entry authorized each
+	// Origins says, by model key (jobs.Key), which entry authorized each
 	// model and when: the scheduler writes it into the job's meta, so that
 	// a later scheduler (restarted, or a new leader) that does not find the
 	// entry can tell the source what to look for (Adopter). Optional.
@@ -80,7 +80,7 @@ type Adoptee struct {
 }
 
 // Duplicate is an entry that names the same model (the same crunch and
-// model id, so the same job) as the entry used instead.
+// model id, so the same key and job) as the entry used instead.
 type Duplicate struct {
 	// Model is the left-out entry's model.
 	Model jobs.Model
@@ -92,16 +92,17 @@ func (d Duplicate) Error() string {
 	return fmt.Sprintf("%s names model %q of crunch %q, as %s does: %s is used", d.Entry, d.Model.ModelID, d.Model.Crunch, d.Used, d.Used)
 }
 
-// Dedupe keeps one model per job id (jobs.JobID): models[i] comes from the
+// Dedupe keeps one model per key (jobs.Key: the same crunch and model id)
+// whatever names the entries claim: models[i] comes from the
 // entry entries[i], and the order of the input decides, so a source passes
 // its entries in a stable order (the chain by account address, a list in
 // its own order). Of the entries naming one model, the first that wants it
 // running is used, else the first; the others are returned as
 // Duplicates, in input order. Models keeps the input order.
 func Dedupe(models []jobs.Model, entries []string) ([]jobs.Model, []Duplicate) {
-	chosen := map[string]int{} // job id -> index in models
+	chosen := map[string]int{} // key -> index in models
 	for i := range models {
-		id := jobs.JobID(&models[i])
+		id := jobs.Key(&models[i])
 		j, seen := chosen[id]
 		if !seen || (models[i].Running && !models[j].Running) {
 			chosen[id] = i
@@ -110,7 +111,7 @@ func Dedupe(models []jobs.Model, entries []string) ([]jobs.Model, []Duplicate) {
 	var out []jobs.Model
 	var dups []Duplicate
 	for i := range models {
-		j := chosen[jobs.JobID(&models[i])]
+		j := chosen[jobs.Key(&models[i])]
 		if j == i {
 			out = append(out, models[i])
 			continue

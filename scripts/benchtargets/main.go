@@ -200,6 +200,22 @@ var figures = []figure{
 		baseline: "ClientMemory/models=1000/impl=grpc-defaults", baseDesc: "grpc-go's default dial options", show: kib,
 		target: &target{atMost: true, limit: 64},
 		cause:  overhead("per-connection buffers (HTTP/2 windows, TLS state, goroutines)")},
+	// Issue 18: beside CrunchDAO's own runner, with their client, at one
+	// caller: ours at most theirs, the model in its own sandboxed process.
+	{name: "side by side: their client, echo p50, 1 caller (ours sandboxed)", bench: "SideBySide/runner=modelnodes/client=python/conc=1", unit: "p50-µs",
+		baseline: "SideBySide/runner=crunchdao/client=python/conc=1", baseDesc: "CrunchDAO's runner, the model in its process", show: µs,
+		target: &target{atMost: true, limit: 1, relative: true},
+		cause:  overhead("the runner → sandboxed worker hop: one more process to wake on " + fmt.Sprint(cpus) + " vCPUs")},
+	{name: "side by side: their client, echo p99, 1 caller (ours sandboxed)", bench: "SideBySide/runner=modelnodes/client=python/conc=1", unit: "p99-µs",
+		baseline: "SideBySide/runner=crunchdao/client=python/conc=1", baseDesc: "CrunchDAO's runner, the model in its process", show: µs,
+		target: &target{atMost: true, limit: 1, relative: true},
+		cause:  overhead("the runner → sandboxed worker hop: one more process to wake on " + fmt.Sprint(cpus) + " vCPUs")},
+	{name: "side by side: their client, 64 callers (ours sandboxed)", bench: "SideBySide/runner=modelnodes/client=python/conc=64", unit: "calls/s",
+		baseline: "SideBySide/runner=crunchdao/client=python/conc=64", baseDesc: "CrunchDAO's runner", show: perS,
+		note: ratioNote("SideBySide/runner=modelnodes/client=python/conc=64", "SideBySide/runner=crunchdao/client=python/conc=64", "calls/s", "CrunchDAO's throughput")},
+	{name: "side by side: idle memory per model (ours: runner + sandbox + worker)", bench: "SideBySide/runner=modelnodes/idle-memory", unit: "RSS-MiB",
+		baseline: "SideBySide/runner=crunchdao/idle-memory", baseDesc: "CrunchDAO's runner process", show: mib,
+		note: ratioNote("SideBySide/runner=crunchdao/idle-memory", "SideBySide/runner=modelnodes/idle-memory", "RSS-MiB", "smaller than CrunchDAO's")},
 }
 
 // callableNote says where the time goes from authorization to callable.

@@ -15,6 +15,7 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -22,6 +23,7 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/internal/consulwatch"
@@ -48,6 +50,56 @@ type Source struct {
 	MaxBackoff time.Duration
 	// Logger receives query failures.
 	Logger hclog.Logger
+	// Registerer, if set, receives modelnodes_client_discovery_up and
+	// modelnodes_client_discovery_errors_total, labelled by service (several
+	// Sources may share one registry).
+	Registerer prometheus.Registerer
+}
+
+// discoveryMetrics are a Source's series; the vectors are shared by every
+// Source registered on the same registry.
+type discoveryMetrics struct {
+	up     *prometheus.GaugeVec
+	errors *prometheus.CounterVec
+}
+
+func newDiscoveryMetrics(reg prometheus.Registerer) (*discoveryMetrics, error) {
+	m := &discoveryMetrics{
+		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "modelnodes_client_discovery_up",
+			Help: "1 when the last Consul health query for the crunch's service succeeded, 0 while queries fail (the last membership stays in force).",
+		}, []string{"service"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modelnodes_client_discovery_errors_total",
+			Help: "Failed Consul health queries for the crunch's service.",
+		}, []string{"service"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	var err error
+	if m.up, err = register(reg, m.up); err != nil {
+		return nil, err
+	}
+	if m.errors, err = register(reg, m.errors); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// register registers c, or returns the collector already registered under
+// its name by another Source.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, fmt.Errorf("consul: discovery metrics: %w", err)
+	}
+	return c, nil
 }
 
 // Watch implements discovery.Source.
@@ -61,14 +113,21 @@ func (s *Source) Watch(ctx context.Context, update func([]discovery.Model)) erro
 		// be called.
 		return fmt.Errorf("consul: watching %q: the crunch id its instances must carry in meta %q is needed", s.Service, names.MetaCrunch)
 	}
+	m, err := newDiscoveryMetrics(s.Registerer)
+	if err != nil {
+		return err
+	}
 	foreign := map[string]bool{} // instances already logged as foreign
 	h := &consulwatch.Health{Client: s.Client, Service: s.Service, Tag: s.Tag, MaxBackoff: s.MaxBackoff,
 		Wait: func() time.Duration { return s.Wait },
 		OnError: func(err error, retryIn time.Duration) {
 			// Fail static: keep the last membership.
 			log.Warn("consul health query failed; keeping the last membership", "service", s.Service, "error", err, "retry_in", retryIn)
+			m.up.WithLabelValues(s.Service).Set(0)
+			m.errors.WithLabelValues(s.Service).Inc()
 		}}
 	return h.Run(ctx, func(entries []*consulapi.ServiceEntry, changed bool) bool {
+		m.up.WithLabelValues(s.Service).Set(1)
 		if changed {
 			ms, dropped := members(s.Crunch, entries)
 			logForeign(log, s.Service, s.Crunch, dropped, foreign)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modelnodes/modelnodes/client/discovery"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
@@ -27,7 +28,8 @@ func TestUnreachableConsulKeepsMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := &consul.Source{Client: cl, Service: "crunch-x", Crunch: "x", MaxBackoff: 50 * time.Millisecond}
+	reg := prometheus.NewRegistry()
+	src := &consul.Source{Client: cl, Service: "crunch-x", Crunch: "x", MaxBackoff: 50 * time.Millisecond, Registerer: reg}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	n := 0
@@ -37,6 +39,28 @@ func TestUnreachableConsulKeepsMembership(t *testing.T) {
 	}
 	if err != context.DeadlineExceeded {
 		t.Errorf("Watch returned %v, want the context's error", err)
+	}
+	// What the alert on a client's failing discovery reads
+	// (deploy/monitoring): down, with errors counted.
+	got := map[string]float64{}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			got[f.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	if up, ok := got["modelnodes_client_discovery_up"]; !ok || up != 0 || got["modelnodes_client_discovery_errors_total"] < 1 {
+		t.Errorf("discovery metrics: %v, want up 0 and errors counted", got)
+	}
+	// A second Source on the same registry (another crunch) shares them.
+	src2 := &consul.Source{Client: cl, Service: "crunch-y", Crunch: "y", MaxBackoff: 50 * time.Millisecond, Registerer: reg}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	if err := src2.Watch(ctx2, func([]discovery.Model) {}); err != context.DeadlineExceeded {
+		t.Errorf("a second Source on the registry: %v", err)
 	}
 }
 

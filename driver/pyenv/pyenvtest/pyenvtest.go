@@ -110,3 +110,27 @@ func PyPIReachable(tb testing.TB, uv string) {
 		tb.Skipf("PyPI is not reachable with uv: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 }
+
+// Venv returns the python of a new virtual environment (under the test's
+// temporary dir, on Python's interpreter) holding packages from PyPI, or
+// skips the test saying why there is none.
+func Venv(tb testing.TB, packages ...string) string {
+	tb.Helper()
+	uv := UV(tb)
+	PyPIReachable(tb, uv)
+	base := Python(tb)
+	env := filepath.Join(tb.TempDir(), "venv")
+	run := func(args ...string) {
+		tb.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, uv, args...)
+		cmd.Env = append(os.Environ(), "UV_PYTHON_DOWNLOADS=never", "VIRTUAL_ENV="+env)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			tb.Skipf("cannot install %v from PyPI with uv: %v\n%s", packages, err, out)
+		}
+	}
+	run("venv", "--python", base.Path, env)
+	run(append([]string{"pip", "install"}, packages...)...)
+	return filepath.Join(env, "bin", "python")
+}

@@ -196,6 +196,14 @@ func (c *Cluster) startNomad(ctx context.Context, bin string) error {
 	if c.opts.NomadACL {
 		acl = "acl {\n  enabled = true\n}\n"
 	}
+	if c.opts.ShortAllocDir {
+		short, err := os.MkdirTemp("", "nm")
+		if err != nil {
+			return fmt.Errorf("short alloc dir: %w", err)
+		}
+		c.extraDirs = append(c.extraDirs, short)
+		acl += fmt.Sprintf("client {\n  alloc_dir = %q\n}\n", filepath.Join(short, "alloc"))
+	}
 	if err := writeConfig(local, fmt.Sprintf(`data_dir   = %q
 bind_addr  = "127.0.0.1"
 plugin_dir = %q

@@ -47,6 +47,12 @@ type Options struct {
 	// snapshots live in memory): their Raft is on disk under their data
 	// dirs, so its size and the servers' memory can be measured.
 	DiskRaft bool
+	// ShortAllocDir gives the cluster's own Nomad agent an alloc_dir of a
+	// short path (<temp dir>/nmNNNN/alloc, removed at Stop): a task's API
+	// socket (secrets/api.sock, NOMAD_UNIX_ADDR) must fit in a unix
+	// socket's 108 bytes, which a test's temp dir does not leave. Not a
+	// symlink into Dir: the exec driver refuses a symlinked root.
+	ShortAllocDir bool
 }
 
 // ClientOptions adjust one Nomad client added with AddNomadClientWith;
@@ -169,6 +175,7 @@ type NomadClientAgent struct {
 	cluster       *Cluster
 	nomad, consul *process
 	ports         []int
+	netns         *NetNS // where the Nomad agent runs; nil: the host
 
 	mu     sync.Mutex
 	killed bool
@@ -181,21 +188,36 @@ type NomadClientAgent struct {
 // ends, the machine is taken away with Kill if the test did not do it.
 func (c *Cluster) AddNomadClient(t testing.TB) *NomadClientAgent {
 	t.Helper()
-	return c.AddNomadClientWith(t, ClientOptions{})
+	return c.addClient(t, nil, ClientOptions{})
 }
 
 // AddNomadClientWith is AddNomadClient with the client configured by o.
 func (c *Cluster) AddNomadClientWith(t testing.TB, o ClientOptions) *NomadClientAgent {
 	t.Helper()
+	return c.addClient(t, nil, o)
+}
+
+// AddNomadClientIn is AddNomadClient with the machine's Nomad agent, and
+// so its models, in the network namespace ns: it advertises ns.NodeAddr
+// (network_interface ns.NodeIf), and reaches the Nomad servers, Vault and
+// its Consul agent (which runs on the host, where Consul's gossip stays)
+// through ns's relays. ns.Cut cuts it off from all of them.
+func (c *Cluster) AddNomadClientIn(t testing.TB, ns *NetNS) *NomadClientAgent {
+	t.Helper()
+	return c.addClient(t, ns, ClientOptions{})
+}
+
+func (c *Cluster) addClient(t testing.TB, ns *NetNS, o ClientOptions) *NomadClientAgent {
+	t.Helper()
 	if c.Nomad == nil {
 		t.Fatal("testcluster: AddNomadClient needs a cluster started with Nomad")
 	}
 	t0 := time.Now()
-	a, err := c.addNomadClient(o)
+	a, err := c.addNomadClient(ns, o)
 	for attempt := 2; attempt <= portAttempts && errors.Is(err, errPortTaken); attempt++ {
 		t.Logf("testcluster: %v; retrying with new ports", err)
 		_, _ = a.Kill()
-		a, err = c.addNomadClient(o)
+		a, err = c.addNomadClient(ns, o)
 	}
 	if a != nil {
 		t.Cleanup(func() {
@@ -218,12 +240,12 @@ func (c *Cluster) AddNomadClientWith(t testing.TB, o ClientOptions) *NomadClient
 	return a
 }
 
-func (c *Cluster) addNomadClient(o ClientOptions) (*NomadClientAgent, error) {
+func (c *Cluster) addNomadClient(ns *NetNS, o ClientOptions) (*NomadClientAgent, error) {
 	dir, err := os.MkdirTemp(c.Dir, "client-")
 	if err != nil {
 		return nil, err
 	}
-	a := &NomadClientAgent{Name: filepath.Base(dir), Dir: dir, DataDir: filepath.Join(dir, "nomad", "data"), cluster: c}
+	a := &NomadClientAgent{Name: filepath.Base(dir), Dir: dir, DataDir: filepath.Join(dir, "nomad", "data"), cluster: c, netns: ns}
 	ports, err := freePorts(6)
 	if err != nil {
 		return a, err
@@ -330,9 +352,20 @@ func (a *NomadClientAgent) startNomad(ctx context.Context, o ClientOptions, http
 		}
 	}
 	local := filepath.Join(dir, "local.hcl")
+	bind, iface := "127.0.0.1", "lo"
+	args := []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
+	if ns := a.netns; ns != nil {
+		bind, iface = ns.NodeAddr, ns.NodeIf
+		bin, args = ns.Command(bin, args...)
+		for _, addr := range []string{server, a.ConsulAddr, fmt.Sprintf("127.0.0.1:%d", a.ports[1]), strings.TrimPrefix(c.Vault.Addr, "http://")} {
+			if err := ns.Forward(addr); err != nil {
+				return fmt.Errorf("reach %s from network namespace %s: %w", addr, ns.Name, err)
+			}
+		}
+	}
 	if err := writeConfig(local, fmt.Sprintf(`name       = %q
 data_dir   = %q
-bind_addr  = "127.0.0.1"
+bind_addr  = %q
 plugin_dir = %q
 ports {
   http = %d
@@ -340,14 +373,14 @@ ports {
   serf = %d
 }
 advertise {
-  http = "127.0.0.1"
-  rpc  = "127.0.0.1"
-  serf = "127.0.0.1"
+  http = %q
+  rpc  = %q
+  serf = %q
 }
 client {
   enabled           = true
   servers           = [%q]
-  network_interface = "lo"
+  network_interface = %q
 %s  # This machine's Consul agent, for jobs that reach it from their tasks
   # (CONSUL_HTTP_ADDR = "${meta.consul_http_addr}"): on a real node it is
   # the same address everywhere, here each machine has its own port.
@@ -363,7 +396,7 @@ consul {
 vault {
   address = %q
 }
-%s`, a.Name, a.DataDir, pluginDir, httpPort, rpcPort, serfPort, server, clientExtra, a.ConsulAddr,
+%s`, a.Name, a.DataDir, bind, pluginDir, httpPort, rpcPort, serfPort, bind, bind, bind, server, iface, clientExtra, a.ConsulAddr,
 		a.ConsulAddr, a.ports[1], c.Consul.Token, c.Vault.Addr, plugins)); err != nil {
 		return err
 	}
@@ -372,11 +405,10 @@ vault {
 			return err
 		}
 	}
-	a.Addr = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	a.Addr = fmt.Sprintf("http://%s:%d", bind, httpPort)
 	if a.Client, err = nomadapi.NewClient(&nomadapi.Config{Address: a.Addr}); err != nil {
 		return fmt.Errorf("nomad client: %w", err)
 	}
-	args := []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
 	a.nomad, err = launchProcessAs(ctx, "nomad", dir, bin, args, cred, func(context.Context) bool {
 		if a.NodeID == "" {
 			stubs, _, err := c.Nomad.Client.Nodes().List(&nomadapi.QueryOptions{Filter: fmt.Sprintf("Name == %q", a.Name)})

@@ -74,6 +74,9 @@ type Cluster struct {
 	root   string
 	procs  []*process // in start order
 	ports  []int
+	// extraDirs hold agents' state outside Dir (Options.ShortAllocDir):
+	// Stop cleans them like Dir, then removes them.
+	extraDirs []string
 }
 
 // readyTimeout bounds the agents' start and setup, stopTimeout an agent's
@@ -278,6 +281,9 @@ func (c *Cluster) Stop() error {
 	// Allocations the servers already forgot (a purged job's) may still
 	// be stopping on a client that is about to go: their dirs name them.
 	allocIDs = append(allocIDs, leftovers.AllocIDs(c.Dir)...)
+	for _, d := range c.extraDirs {
+		allocIDs = append(allocIDs, leftovers.AllocIDs(d)...)
+	}
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		p := c.procs[i]
 		if !p.stop(stopTimeout()) {
@@ -286,14 +292,22 @@ func (c *Cluster) Stop() error {
 	}
 	c.procs = nil
 	if c.agents&Nomad != 0 && c.Dir != "" {
-		if pids := leftovers.Kill(leftovers.Processes(filepath.Join(c.Dir, "nomad"))); len(pids) > 0 {
-			errs = append(errs, fmt.Errorf("killed task processes Nomad left running: %v", pids))
+		for _, d := range append([]string{filepath.Join(c.Dir, "nomad")}, c.extraDirs...) {
+			if pids := leftovers.Kill(leftovers.Processes(d)); len(pids) > 0 {
+				errs = append(errs, fmt.Errorf("killed task processes Nomad left running: %v", pids))
+			}
 		}
-		if err := unmountUnder(c.Dir); err != nil {
-			errs = append(errs, err)
+		for _, d := range append([]string{c.Dir}, c.extraDirs...) {
+			if err := unmountUnder(d); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		removeNomadCgroups(allocIDs)
 	}
+	for _, d := range c.extraDirs {
+		_ = os.RemoveAll(d)
+	}
+	c.extraDirs = nil
 	if busy := leftovers.Listening(c.ports); len(busy) > 0 {
 		errs = append(errs, fmt.Errorf("ports still listening after stop: %v", busy))
 	}

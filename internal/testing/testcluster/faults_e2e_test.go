@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/modelnodes/modelnodes/client/credentials"
 	"github.com/modelnodes/modelnodes/driver/launcher"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
@@ -36,14 +37,34 @@ type goFleet struct {
 	crunch string
 	jobIDs map[string]string // model id -> job id
 
-	url, digest, certHash string // the submission and the coordinator's key hash
+	url, digest, certHash string               // the submission and the coordinator's key hash
+	tls                   credentials.Material // the coordinator's (key hashing to certHash)
 	opts                  []func(*jobs.Options)
+	edit                  func(*nomadapi.Job) // if set, applied to each job before it is registered
 }
 
 // register registers the next model's job (go-<n>) and adds it to the
 // fan-out; it returns the model id.
 func (f *goFleet) register() (string, error) {
-	m := jobs.Model{Crunch: f.crunch, ModelID: fmt.Sprintf("go-%d", len(f.modelIDs())), ArtifactURL: f.url, ArtifactSHA256: f.digest,
+	job, id, err := f.job(len(f.modelIDs()))
+	if err != nil {
+		return "", err
+	}
+	if f.edit != nil {
+		f.edit(job)
+	}
+	if _, _, err := f.c.Nomad.Client.Jobs().Register(job, nil); err != nil {
+		return "", err
+	}
+	f.jobIDs[id] = *job.ID
+	f.addModel(id)
+	return id, nil
+}
+
+// job builds the job of the fleet's model go-<n> with the fleet's options
+// as they are now, and returns it with the model's id.
+func (f *goFleet) job(n int) (*nomadapi.Job, string, error) {
+	m := jobs.Model{Crunch: f.crunch, ModelID: fmt.Sprintf("go-%d", n), ArtifactURL: f.url, ArtifactSHA256: f.digest,
 		Runtime: "executable", Entry: "example-model", Hardware: jobs.CPU, CPU: 100, MemoryMB: 128,
 		Running: true, CertHash: f.certHash}
 	// As the demo's scheduler builds them (make demo): runner keys in
@@ -55,16 +76,7 @@ func (f *goFleet) register() (string, error) {
 		opt(o)
 	}
 	job, err := jobs.Build(&m, o)
-	if err != nil {
-		return "", err
-	}
-	if _, _, err := f.c.Nomad.Client.Jobs().Register(job, nil); err != nil {
-		return "", err
-	}
-	id := jobs.ShortID(&m)
-	f.jobIDs[id] = *job.ID
-	f.addModel(id)
-	return id, nil
+	return job, jobs.ShortID(&m), err
 }
 
 // artifactServer serves bin/example-model packed as a submission (.tar.gz)
@@ -100,7 +112,7 @@ func newGoFleet(t testing.TB, c *Cluster, crunch string, n int, opts ...func(*jo
 		t.Fatal(err)
 	}
 	f := &goFleet{c: c, crunch: crunch, jobIDs: map[string]string{},
-		url: url, digest: digest, certHash: authz.SPKIHash(iss.Certificate().Leaf), opts: opts}
+		url: url, digest: digest, certHash: authz.SPKIHash(iss.Certificate().Leaf), tls: iss, opts: opts}
 	nc := c.Nomad.Client
 	for range n {
 		if _, err := f.register(); err != nil {

@@ -18,9 +18,10 @@ import (
 // on an ACL-enabled Nomad: the scheduler's token does everything the
 // scheduler does (through the scheduler's own Nomad adapter: list, register,
 // allocations, the event stream, stop, purge) and nothing else; the
-// delegations token writes model jobs' variables and nothing else.
+// delegations token writes model jobs' variables and nothing else. Then,
+// on the same cluster, the scheduler runs as a Nomad job (testSchedulerJob).
 func TestNomadPolicies(t *testing.T) {
-	c := StartWith(t, Nomad, Options{NomadACL: true})
+	c := StartWith(t, Nomad, Options{NomadACL: true, ShortAllocDir: true})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	if c.Nomad.Token == "" {
@@ -133,4 +134,6 @@ func TestNomadPolicies(t *testing.T) {
 	if _, _, err := deleg.Jobs().List(nil); err != nil {
 		t.Errorf("delegations token listing jobs (to find a model's job id): %v", err)
 	}
+
+	t.Run("SchedulerJob", func(t *testing.T) { testSchedulerJob(t, c) })
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -231,6 +232,25 @@ func WriteFile(t testing.TB, path string, data []byte) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// WriteKeyPair writes c's chain and key (PKCS #8) as PEM files dir/name.crt
+// and dir/name.key (e.g. a Vault-issued certificate for a Python client)
+// and returns their paths.
+func WriteKeyPair(t testing.TB, dir, name string, c *tls.Certificate) (certFile, keyFile string) {
+	t.Helper()
+	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	var certPEM []byte
+	for _, der := range c.Certificate {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	WriteFile(t, certFile, certPEM)
+	WriteFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}))
+	return certFile, keyFile
 }
 
 func ecKey(t testing.TB) *ecdsa.PrivateKey {

@@ -18,7 +18,6 @@ import (
 
 	"github.com/modelnodes/modelnodes/internal/redact"
 	"github.com/modelnodes/modelnodes/jobs"
-	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/scheduler/source"
 )
 
@@ -35,10 +34,6 @@ type Source struct {
 	// is the entry's model.resourcesSha256 (required, as for the artifact).
 	ResourcesURL string
 	Interval     time.Duration // default 10 s, as their orchestrator
-	// ModelIDNames names jobs model-node-<model id> instead of a hash when
-	// the id is a lowercase DNS label (CrunchDAO's client verifies the
-	// runner's certificate as model-node-<model id>.crunchdao.internal).
-	ModelIDNames bool
 	Client       *http.Client
 
 	// last holds, per crunch asked for, the models of the last reading
@@ -182,9 +177,6 @@ func (f *Source) convert(entries []Entry) source.Snapshot {
 		}
 		if m.Hardware == "" {
 			m.Hardware = jobs.CPU
-		}
-		if f.ModelIDNames && names.IsLabel(m.ModelID, 52) {
-			m.Name = m.ModelID
 		}
 		fill := strings.NewReplacer("{submission_id}", e.Model.SubmissionID,
 			"{resource_id}", e.Model.ResourceID, "{model_id}", e.Model.ID).Replace

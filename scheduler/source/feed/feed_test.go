@@ -6,8 +6,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-
-	"github.com/modelnodes/modelnodes/jobs"
 )
 
 const feedBody = `[
@@ -58,33 +56,6 @@ func TestFeed(t *testing.T) {
 	srv.Close()
 	if snap := f.read(context.Background()); snap.Err == nil {
 		t.Fatal("an unreachable feed must be an error, not an empty state")
-	}
-}
-
-// With ModelIDNames, a feed model whose id is a DNS label gets the job
-// (and certificate) name CrunchDAO's client expects.
-func TestFeedModelIDNames(t *testing.T) {
-	f := &Source{ModelIDNames: true, ArtifactURL: "http://127.0.0.1:1/{model_id}"}
-	var e1, e2 Entry
-	e1.CrunchName, e1.Model.ID, e1.Model.HardwareType, e1.DesiredState = "c", "1234", "CPU", "START"
-	e2.CrunchName, e2.Model.ID, e2.Model.HardwareType, e2.DesiredState = "c", "Not_A_Label", "CPU", "START"
-	e1.Model.ArtifactSHA256, e2.Model.ArtifactSHA256 = strings.Repeat("ab", 32), strings.Repeat("ab", 32)
-	snap := f.convert([]Entry{e1, e2})
-	if len(snap.Models) != 2 {
-		t.Fatalf("%+v", snap)
-	}
-	for _, m := range snap.Models {
-		id := jobs.JobID(&m)
-		switch m.ModelID {
-		case "1234":
-			if id != "model-node-1234" {
-				t.Errorf("job id %s, want model-node-1234", id)
-			}
-		default:
-			if !strings.HasPrefix(id, "model-node-") || strings.Contains(id, "Not") || len(id) != 27 {
-				t.Errorf("a model id that is no DNS label must fall back to the hash: %s", id)
-			}
-		}
 	}
 }
 

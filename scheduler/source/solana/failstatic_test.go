@@ -229,7 +229,7 @@ func TestAdoptedJobsNeedEvidence(t *testing.T) {
 		t.Fatalf("job d read alive: kept %v, running %v", keep, rs.running(t, "model-d"))
 	}
 	s := rs.snapshot()
-	if o := s.Origins[jobs.JobID(&s.Models[0])]; o.Entry != d.String() || o.Slot != 101 || o.Chain != "chain-1" {
+	if o := s.Origins[jobs.Key(&s.Models[0])]; o.Entry != d.String() || o.Slot != 101 || o.Chain != "chain-1" {
 		t.Fatalf("the snapshot's origin of model-d is %+v", o)
 	}
 	if len(s.Kept) != 2 {

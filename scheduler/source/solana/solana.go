@@ -703,7 +703,7 @@ func (s *Source) snapshot() source.Snapshot {
 	}
 	for i := range models {
 		if !leftOut[entries[i]] {
-			snap.Origins[jobs.JobID(&models[i])] = origins[i]
+			snap.Origins[jobs.Key(&models[i])] = origins[i]
 		}
 	}
 	snap.Kept = append(snap.Kept, s.adoptedKept()...)
