@@ -8,7 +8,7 @@
 #   make soak      faults on Nomad's own timers (a 10.5-minute Vault outage, a node
 #                  cut off past the jobs' 30 s reschedule delay); CI runs it
 #   make bench     benchmarks (see docs/performance.md)
-#   make scale     the system at 10,000 models (docs/scaling.md; 35-60 min, up to 9 GiB)
+#   make scale     the system at 10,000 models (docs/scaling.md; 45-60 min, up to 11 GiB)
 #   make lint      gofmt, go vet, staticcheck
 #   make proto     regenerate the Go code from proto/*.proto
 #   make demo      the whole story on one machine, then a clean teardown

@@ -59,11 +59,11 @@ import (
 // Figures (one run, -benchtime 1x): the first full pass, a steady pass,
 // a chain change to its job at full size beside a direct register, the
 // servers' memory and Raft size, each simulated machine's agents, and a
-// leader change. Takes 35-60 minutes on 2 cores; far too long for make
+// leader change. Takes 45-60 minutes on 2 cores; far too long for make
 // test: scripts/scale runs it (make scale).
 func BenchmarkScale(b *testing.B) {
 	n := envInt(b, "SCALE_MODELS", 10000)
-	k := envInt(b, "SCALE_CLIENTS", 8)
+	k := envInt(b, "SCALE_CLIENTS", 16)
 	sched := filepath.Join(os.Getenv("MODELNODES_BIN"), "scheduler")
 	if _, err := os.Stat(sched); err != nil {
 		b.Skipf("the scheduler binary is needed (make build; MODELNODES_BIN=$PWD/bin): %v", err)
@@ -207,13 +207,14 @@ func (s *scaleRun) placed() {
 	for {
 		running := s.running()
 		s.checkMemory()
+		if path := os.Getenv("SCALE_PROFILE"); path != "" && !profiled && running >= s.n/2 {
+			profiled = true
+			s.profileNomadServer(path, running)
+		}
 		if running >= s.n {
 			break
 		}
-		if path := os.Getenv("SCALE_PROFILE"); path != "" && !profiled && running >= s.n/2 {
-			profiled = true
-			go s.profileNomadServer(path, running)
-		}
+
 		if time.Now().After(deadline) {
 			b.Fatalf("%d of %d allocations running after 50 minutes", running, s.n)
 		}
@@ -475,7 +476,7 @@ func (s *scaleRun) leader() *schedProc {
 // memoryBudget bounds what the agents of this run may hold (the host is
 // shared): past it the run stops rather than starve the others.
 // SCALE_MEMORY_MIB overrides it.
-const memoryBudgetMiB = 9000
+const memoryBudgetMiB = 12500
 
 func (s *scaleRun) checkMemory() {
 	total := 0.0

@@ -88,7 +88,10 @@ func (o Options) nomadDiskRaftHCL() string {
 	if !o.DiskRaft {
 		return ""
 	}
-	return `client {
+	return `# -dev's pprof endpoints (/v1/agent/pprof), on loopback: BenchmarkScale
+# profiles the server with them.
+enable_debug = true
+client {
   enabled           = true
   network_interface = "lo"
 }
