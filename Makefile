@@ -8,6 +8,7 @@
 #   make soak      faults on Nomad's own timers (a 10.5-minute Vault outage, a node
 #                  cut off past the jobs' 30 s reschedule delay); CI runs it
 #   make bench     benchmarks (see docs/performance.md)
+#   make scale     the system at 10,000 models (docs/scaling.md; 45-60 min, up to 11 GiB)
 #   make lint      gofmt, go vet, staticcheck
 #   make proto     regenerate the Go code from proto/*.proto
 #   make demo      the whole story on one machine, then a clean teardown
@@ -29,7 +30,7 @@ BENCH_COUNT ?= 6
 
 export GOTOOLCHAIN := local
 
-.PHONY: all build test test-v2 unit e2e soak bench lint proto hashistack uv demo demo-down dev dev-down clean tools
+.PHONY: all build test test-v2 unit e2e soak bench scale lint proto hashistack uv demo demo-down dev dev-down clean tools
 
 all: build
 
@@ -109,6 +110,11 @@ uv:
 
 bench: build
 	MODELNODES_BIN=$(BIN) scripts/bench
+
+# 10,000 models: the scheduler, Nomad and Consul servers on simulated
+# machines, the coordinator client's fan-out and discovery (scripts/scale).
+scale: build
+	MODELNODES_BIN=$(BIN) scripts/scale
 
 # go vet twice: the e2e build holds every test file, and the default build
 # (make unit's) fails when an untagged test uses a helper only e2e files define.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -124,7 +125,7 @@ acl {
     agent              = %q
   }
 }
-`, filepath.Join(dir, "data"), httpPort, dns, grpc, serfLAN, serfWAN, server, token, token)); err != nil {
+%s`, filepath.Join(dir, "data"), httpPort, dns, grpc, serfLAN, serfWAN, server, token, token, c.opts.consulServerHCL())); err != nil {
 		return err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", httpPort)
@@ -138,6 +139,9 @@ acl {
 	}
 	args := []string{"agent", "-dev",
 		"-config-file=" + filepath.Join(c.root, "deploy", "dev", "consul.hcl"), "-config-file=" + local}
+	if c.opts.DiskRaft {
+		args = slices.Delete(args, 1, 2)
+	}
 	return c.launch(ctx, "consul", bin, args, func(context.Context) bool {
 		leader, err := client.Status().Leader()
 		return err == nil && leader != ""
@@ -217,7 +221,7 @@ vault {
   address = %q
 }
 %s%s%s`, dataDir, pluginDir, ports[0], ports[1], ports[2],
-		c.Consul.Addr, c.Consul.GRPCAddr, c.Consul.Token, c.Vault.Addr, rawExecHCL+plugin+c.opts.NomadPluginHCL, c.opts.nomadServerHCL(), acl)); err != nil {
+		c.Consul.Addr, c.Consul.GRPCAddr, c.Consul.Token, c.Vault.Addr, rawExecHCL+plugin+c.opts.NomadPluginHCL, c.opts.nomadServerHCL(), acl+c.opts.nomadDiskRaftHCL())); err != nil {
 		return err
 	}
 	addr := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
@@ -228,6 +232,9 @@ vault {
 	c.Nomad = &NomadAgent{Addr: addr, Bin: bin, Client: client, DataDir: dataDir}
 	args := []string{"agent", "-dev",
 		"-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
+	if c.opts.DiskRaft {
+		args = slices.Delete(args, 1, 2)
+	}
 	return c.launch(ctx, "nomad", bin, args, func(context.Context) bool {
 		if c.opts.NomadACL && c.Nomad.Token == "" {
 			// Once the server has a leader: the one bootstrap it allows.

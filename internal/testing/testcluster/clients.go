@@ -42,6 +42,11 @@ type Options struct {
 	// blocks for more plugins of the repository's bin (a test's device
 	// plugin, internal/testing/testdevice/cmd/nomad-device-testdev).
 	NomadPluginHCL string
+	// DiskRaft runs the Consul and Nomad servers as production runs them
+	// (server with bootstrap_expect = 1, not -dev, whose Raft log and
+	// snapshots live in memory): their Raft is on disk under their data
+	// dirs, so its size and the servers' memory can be measured.
+	DiskRaft bool
 	// ShortAllocDir gives the cluster's own Nomad agent an alloc_dir of a
 	// short path (<temp dir>/nmNNNN/alloc, removed at Stop): a task's API
 	// socket (secrets/api.sock, NOMAD_UNIX_ADDR) must fit in a unix
@@ -50,9 +55,60 @@ type Options struct {
 	ShortAllocDir bool
 }
 
+// ClientOptions adjust one Nomad client added with AddNomadClientWith;
+// the zero value is what AddNomadClient does.
+type ClientOptions struct {
+	// UID, when not 0, runs the Nomad client agent as that user (and GID):
+	// as root, Nomad mounts a tmpfs for every task's secrets dir and
+	// manages its cgroups, which a host running thousands of stand-in
+	// tasks (Nomad's mock_driver) does not need. Its Consul agent stays
+	// the test's user.
+	UID, GID int
+	// PluginHCL, when set, replaces the client's plugin blocks (raw_exec
+	// and the modelbox driver) and Drivers the drivers it must report
+	// healthy before it counts as ready.
+	PluginHCL string
+	Drivers   []string
+	// ClientHCL is added inside the client block (e.g. the machine's
+	// size: cpu_total_compute, memory_total_mb).
+	ClientHCL string
+}
+
+// consulServerHCL makes the Consul agent a server without -dev (DiskRaft).
+func (o Options) consulServerHCL() string {
+	if !o.DiskRaft {
+		return ""
+	}
+	return "server           = true\nbootstrap_expect = 1\nperformance {\n  raft_multiplier = 1\n}\n"
+}
+
+// nomadDiskRaftHCL makes the Nomad agent a server and client without -dev
+// (DiskRaft): what -dev sets implicitly, said explicitly.
+func (o Options) nomadDiskRaftHCL() string {
+	if !o.DiskRaft {
+		return ""
+	}
+	return `# -dev's pprof endpoints (/v1/agent/pprof), on loopback: BenchmarkScale
+# profiles the server with them.
+enable_debug = true
+client {
+  enabled           = true
+  network_interface = "lo"
+}
+advertise {
+  http = "127.0.0.1"
+  rpc  = "127.0.0.1"
+  serf = "127.0.0.1"
+}
+`
+}
+
 // nomadServerHCL is the server block carrying the options, if any.
 func (o Options) nomadServerHCL() string {
 	var lines []string
+	if o.DiskRaft {
+		lines = append(lines, "  enabled          = true", "  bootstrap_expect = 1")
+	}
 	if o.MinHeartbeatTTL > 0 {
 		lines = append(lines, fmt.Sprintf("  min_heartbeat_ttl = %q", o.MinHeartbeatTTL))
 	}
@@ -135,7 +191,13 @@ type NomadClientAgent struct {
 // ends, the machine is taken away with Kill if the test did not do it.
 func (c *Cluster) AddNomadClient(t testing.TB) *NomadClientAgent {
 	t.Helper()
-	return c.addClient(t, nil)
+	return c.addClient(t, nil, ClientOptions{})
+}
+
+// AddNomadClientWith is AddNomadClient with the client configured by o.
+func (c *Cluster) AddNomadClientWith(t testing.TB, o ClientOptions) *NomadClientAgent {
+	t.Helper()
+	return c.addClient(t, nil, o)
 }
 
 // AddNomadClientIn is AddNomadClient with the machine's Nomad agent, and
@@ -145,20 +207,20 @@ func (c *Cluster) AddNomadClient(t testing.TB) *NomadClientAgent {
 // through ns's relays. ns.Cut cuts it off from all of them.
 func (c *Cluster) AddNomadClientIn(t testing.TB, ns *NetNS) *NomadClientAgent {
 	t.Helper()
-	return c.addClient(t, ns)
+	return c.addClient(t, ns, ClientOptions{})
 }
 
-func (c *Cluster) addClient(t testing.TB, ns *NetNS) *NomadClientAgent {
+func (c *Cluster) addClient(t testing.TB, ns *NetNS, o ClientOptions) *NomadClientAgent {
 	t.Helper()
 	if c.Nomad == nil {
 		t.Fatal("testcluster: AddNomadClient needs a cluster started with Nomad")
 	}
 	t0 := time.Now()
-	a, err := c.addNomadClient(ns)
+	a, err := c.addNomadClient(ns, o)
 	for attempt := 2; attempt <= portAttempts && errors.Is(err, errPortTaken); attempt++ {
 		t.Logf("testcluster: %v; retrying with new ports", err)
 		_, _ = a.Kill()
-		a, err = c.addNomadClient(ns)
+		a, err = c.addNomadClient(ns, o)
 	}
 	if a != nil {
 		t.Cleanup(func() {
@@ -181,7 +243,7 @@ func (c *Cluster) addClient(t testing.TB, ns *NetNS) *NomadClientAgent {
 	return a
 }
 
-func (c *Cluster) addNomadClient(ns *NetNS) (*NomadClientAgent, error) {
+func (c *Cluster) addNomadClient(ns *NetNS, o ClientOptions) (*NomadClientAgent, error) {
 	dir, err := os.MkdirTemp(c.Dir, "client-")
 	if err != nil {
 		return nil, err
@@ -197,7 +259,7 @@ func (c *Cluster) addNomadClient(ns *NetNS) (*NomadClientAgent, error) {
 	if err := a.startConsul(ctx, ports[0], ports[1], ports[2]); err != nil {
 		return a, err
 	}
-	return a, a.startNomad(ctx, ports[3], ports[4], ports[5])
+	return a, a.startNomad(ctx, o, ports[3], ports[4], ports[5])
 }
 
 // startConsul starts the machine's Consul client agent and waits until it
@@ -251,17 +313,50 @@ acl {
 
 // startNomad starts the machine's Nomad client agent and waits until the
 // server reports its node ready with its drivers healthy.
-func (a *NomadClientAgent) startNomad(ctx context.Context, httpPort, rpcPort, serfPort int) error {
+func (a *NomadClientAgent) startNomad(ctx context.Context, o ClientOptions, httpPort, rpcPort, serfPort int) error {
 	c := a.cluster
 	server, err := c.Nomad.Client.Status().Leader()
 	if err != nil {
 		return fmt.Errorf("read the Nomad server's RPC address: %w", err)
 	}
+	bin := c.Nomad.Bin
 	pluginDir, plugin := c.modelboxPlugin()
+	plugins := rawExecHCL + plugin
+	drivers := []string{"raw_exec"}
+	if plugin != "" {
+		drivers = append(drivers, "modelbox")
+	}
 	dir := filepath.Join(a.Dir, "nomad")
+	if o.PluginHCL != "" {
+		// Only the named (builtin) plugins: nothing of bin/ to launch.
+		plugins, drivers, pluginDir = o.PluginHCL, o.Drivers, filepath.Join(dir, "plugins")
+	}
+	var cred *syscall.Credential
+	clientExtra := o.ClientHCL
+	if clientExtra != "" && !strings.HasSuffix(clientExtra, "\n") {
+		clientExtra += "\n"
+	}
+	if o.UID != 0 {
+		// Its dirs its own (alloc mounts too: by default a sibling of
+		// the data dir), and the path to them traversable.
+		clientExtra += fmt.Sprintf("  alloc_mounts_dir  = %q\n", filepath.Join(a.DataDir, "alloc_mounts"))
+		if err := os.MkdirAll(a.DataDir, 0o755); err != nil {
+			return err
+		}
+		if err := chownTree(dir, o.UID, o.GID); err != nil {
+			return err
+		}
+		if err := traversable(dir); err != nil {
+			return err
+		}
+		cred = &syscall.Credential{Uid: uint32(o.UID), Gid: uint32(o.GID)}
+		if bin, err = c.sharedBinary(c.Nomad.Bin); err != nil {
+			return err
+		}
+	}
 	local := filepath.Join(dir, "local.hcl")
 	bind, iface := "127.0.0.1", "lo"
-	bin, args := c.Nomad.Bin, []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
+	args := []string{"agent", "-config=" + filepath.Join(c.root, "deploy", "dev", "nomad.hcl"), "-config=" + local}
 	if ns := a.netns; ns != nil {
 		bind, iface = ns.NodeAddr, ns.NodeIf
 		bin, args = ns.Command(bin, args...)
@@ -289,7 +384,7 @@ client {
   enabled           = true
   servers           = [%q]
   network_interface = %q
-  # This machine's Consul agent, for jobs that reach it from their tasks
+%s  # This machine's Consul agent, for jobs that reach it from their tasks
   # (CONSUL_HTTP_ADDR = "${meta.consul_http_addr}"): on a real node it is
   # the same address everywhere, here each machine has its own port.
   meta {
@@ -304,19 +399,20 @@ consul {
 vault {
   address = %q
 }
-%s`, a.Name, a.DataDir, bind, pluginDir, httpPort, rpcPort, serfPort, bind, bind, bind, server, iface, a.ConsulAddr,
-		a.ConsulAddr, a.ports[1], c.Consul.Token, c.Vault.Addr, rawExecHCL+plugin)); err != nil {
+%s`, a.Name, a.DataDir, bind, pluginDir, httpPort, rpcPort, serfPort, bind, bind, bind, server, iface, clientExtra, a.ConsulAddr,
+		a.ConsulAddr, a.ports[1], c.Consul.Token, c.Vault.Addr, plugins)); err != nil {
 		return err
+	}
+	if cred != nil {
+		if err := os.Chown(local, o.UID, o.GID); err != nil {
+			return err
+		}
 	}
 	a.Addr = fmt.Sprintf("http://%s:%d", bind, httpPort)
 	if a.Client, err = nomadapi.NewClient(&nomadapi.Config{Address: a.Addr}); err != nil {
 		return fmt.Errorf("nomad client: %w", err)
 	}
-	drivers := []string{"raw_exec"}
-	if plugin != "" {
-		drivers = append(drivers, "modelbox")
-	}
-	a.nomad, err = launchProcess(ctx, "nomad", dir, bin, args, func(context.Context) bool {
+	a.nomad, err = launchProcessAs(ctx, "nomad", dir, bin, args, cred, func(context.Context) bool {
 		if a.NodeID == "" {
 			stubs, _, err := c.Nomad.Client.Nodes().List(&nomadapi.QueryOptions{Filter: fmt.Sprintf("Name == %q", a.Name)})
 			if err != nil || len(stubs) != 1 {
@@ -333,10 +429,15 @@ vault {
 // failing early (with the tail of its log) when it exits. The process is
 // returned even on failure, so that it can be killed.
 func launchProcess(ctx context.Context, name, dir, bin string, args []string, ready func(context.Context) bool) (*process, error) {
+	return launchProcessAs(ctx, name, dir, bin, args, nil, ready)
+}
+
+// launchProcessAs is launchProcess as the user of cred (nil: the test's).
+func launchProcessAs(ctx context.Context, name, dir, bin string, args []string, cred *syscall.Credential, ready func(context.Context) bool) (*process, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	p, err := startProcess(name, dir, bin, args, baseEnv())
+	p, err := startProcess(name, dir, bin, args, baseEnv(), cred)
 	if err != nil {
 		return nil, err
 	}
@@ -460,4 +561,59 @@ func killCgroupProcesses(allocIDs []string) []int {
 		})
 	}
 	return killed
+}
+
+// chownTree gives dir and everything under it to uid:gid.
+func chownTree(dir string, uid, gid int) error {
+	return filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	})
+}
+
+// traversable lets every user traverse (not list) the dirs above dir:
+// test temp dirs are 0700.
+func traversable(dir string) error {
+	for d := filepath.Dir(dir); d != "/"; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm()&0o001 != 0 {
+			continue
+		}
+		if err := os.Chmod(d, st.Mode().Perm()|0o111); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sharedBinary is bin where every user may run it: the agents' cache
+// (under root's home) is not, so a user's agent runs a link (or copy) of
+// it in the cluster's dir.
+func (c *Cluster) sharedBinary(bin string) (string, error) {
+	dir := filepath.Join(c.Dir, "bin")
+	dst := filepath.Join(dir, filepath.Base(bin))
+	if _, err := os.Stat(dst); err == nil {
+		return dst, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Link(bin, dst); err != nil {
+		src, err := os.ReadFile(bin)
+		if err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(dst, src, 0o755); err != nil {
+			return "", err
+		}
+	}
+	if err := os.Chmod(dst, 0o755); err != nil {
+		return "", err
+	}
+	return dst, traversable(dst)
 }

@@ -30,7 +30,8 @@ type process struct {
 // startProcess starts bin with args, logging to dir/name.log. Pdeathsig makes
 // the kernel kill the agent if the test binary dies (a panic or -timeout),
 // so a crashed test cannot leave agents behind.
-func startProcess(name, dir, bin string, args, env []string) (*process, error) {
+// A non-nil cred runs it as that user.
+func startProcess(name, dir, bin string, args, env []string, cred *syscall.Credential) (*process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -42,7 +43,7 @@ func startProcess(name, dir, bin string, args, env []string) (*process, error) {
 	cmd.Env = env
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
