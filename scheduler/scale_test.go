@@ -32,6 +32,7 @@ import (
 	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 )
 
@@ -389,14 +390,15 @@ func (s *scaleRun) sizes() {
 		cn += n
 		cc += c
 	}
-	services := s.consulInstances()
-	s.logf("Nomad server %.0f MiB RSS, Raft %.1f MiB on disk; Consul server %.0f MiB RSS, data %.1f MiB, %d service instances; per machine: Nomad client %.0f MiB, Consul agent %.0f MiB (mean of %d)",
-		nomadRSS, raft, consulRSS, consulData, services, cn/float64(s.k), cc/float64(s.k), s.k)
+	services, metrics := s.consulInstances()
+	s.logf("Nomad server %.0f MiB RSS, Raft %.1f MiB on disk; Consul server %.0f MiB RSS, data %.1f MiB, %d model and %d metrics service instances; per machine: Nomad client %.0f MiB, Consul agent %.0f MiB (mean of %d)",
+		nomadRSS, raft, consulRSS, consulData, services, metrics, cn/float64(s.k), cc/float64(s.k), s.k)
 	b.ReportMetric(nomadRSS, "nomad-server-MiB")
 	b.ReportMetric(raft, "nomad-raft-MiB")
 	b.ReportMetric(consulRSS, "consul-server-MiB")
 	b.ReportMetric(consulData, "consul-data-MiB")
 	b.ReportMetric(float64(services), "consul-instances")
+	b.ReportMetric(float64(metrics), "consul-metrics-instances")
 	b.ReportMetric(cn/float64(s.k), "client-nomad-MiB")
 	b.ReportMetric(cc/float64(s.k), "client-consul-MiB")
 	for i, p := range s.insts {
@@ -407,15 +409,23 @@ func (s *scaleRun) sizes() {
 	b.ReportMetric(float64(stand), "standin-job-json-bytes")
 }
 
-// consulInstances counts the crunch's service instances in Consul's
-// catalog (every check critical: nothing listens on a stand-in's port).
-func (s *scaleRun) consulInstances() int {
-	entries, _, err := s.cl.Consul.Client.Catalog().Service("crunch-mid-one", "", nil)
-	if err != nil {
-		s.b.Logf("consul catalog: %v", err)
-		return 0
+// consulInstances counts the crunch's model instances (every check
+// critical: nothing listens on a stand-in's port) and the runners' metrics
+// instances in Consul's catalog: one of each per model.
+func (s *scaleRun) consulInstances() (models, metrics int) {
+	for i, name := range []string{names.Service("mid-one"), names.MetricsService} {
+		entries, _, err := s.cl.Consul.Client.Catalog().Service(name, "", nil)
+		if err != nil {
+			s.b.Logf("consul catalog: %v", err)
+			continue
+		}
+		if i == 0 {
+			models = len(entries)
+		} else {
+			metrics = len(entries)
+		}
 	}
-	return len(entries)
+	return models, metrics
 }
 
 // leaderChange kills the leading scheduler and times the standby's
