@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"fmt"
+	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -10,6 +11,11 @@ import (
 	"github.com/modelnodes/modelnodes/runner/runneropts"
 	"github.com/modelnodes/modelnodes/runner/supersede"
 )
+
+// supersedeGrace is how long a superseded runner keeps answering after it
+// saw its replacement pass in Consul: long enough for coordinators that saw
+// the replacement in the same answer to set it up and move to it.
+const supersedeGrace = 2 * time.Second
 
 // watchSuperseded starts the supersession watch when o names the runner's
 // Consul instance (--consul-service): it returns the context to serve with,
@@ -34,7 +40,17 @@ func watchSuperseded(ctx context.Context, o *runneropts.Options, self string, lo
 		if err != nil {
 			return
 		}
-		log.Error("this model runs elsewhere now (Nomad replaced this runner's allocation): stopping to answer", "newer", newer.String())
+		log.Error("this model runs elsewhere now (Nomad replaced this runner's allocation): stopping to answer", "newer", newer.String(), "in", supersedeGrace)
+		// Coordinators learn of the replacement from the same Consul
+		// answer and move to it once their Setup on join there succeeded
+		// (make before break, milliseconds): answering a little longer
+		// keeps their calls in between from failing on this runner.
+		t := time.NewTimer(supersedeGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-serveCtx.Done():
+		}
 		stop()
 	}()
 	log.Info("watching Consul for a newer instance of this model", "service", o.ConsulService, "model", o.ConsulModelID, "self", self)

@@ -436,9 +436,10 @@ func TestSoakVaultOutage(t *testing.T) {
 
 // supersedeBound is how long after its replacement passes its check in
 // Consul a replaced runner that lives on may still answer: one Consul
-// blocking query's answer (the runner watches the crunch's service) and the
-// runner's graceful stop, with room for a loaded machine.
-const supersedeBound = 5 * time.Second
+// blocking query's answer (the runner watches the crunch's service), the
+// runner's 2 s grace for coordinators to move (runner.supersedeGrace) and
+// its graceful stop, with room for a loaded machine.
+const supersedeBound = 6 * time.Second
 
 // A model runs on a machine whose Nomad agent dies alone: its runner (in a
 // session of its own) goes on serving and the machine's Consul agent goes on
