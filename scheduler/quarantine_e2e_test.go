@@ -133,12 +133,7 @@ func TestFailureReportsAct(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain, err := cl.Vault.CAChainPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(dir, "vault-ca.pem")
-	testpki.WriteFile(t, caFile, chain)
+	caFile, chain := cl.Vault.WriteCAChain(t, ctx, dir)
 	az, err := authz.New(authz.Config{CAFile: caFile, CRLURLs: []string{opts.CRLURL}, Logger: logger})
 	if err != nil {
 		t.Fatal(err)

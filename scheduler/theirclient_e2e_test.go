@@ -109,12 +109,7 @@ func TestCrunchDAOClientOnOurStack(t *testing.T) {
 	authorize("cd-2")
 
 	// The orchestrator WebSocket, as --orchestrator-listen serves it.
-	chainPEM, err := cl.Vault.CAChainPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vaultCA := filepath.Join(dir, "vault-ca.pem")
-	testpki.WriteFile(t, vaultCA, chainPEM)
+	vaultCA, chainPEM := cl.Vault.WriteCAChain(t, ctx, dir)
 	var logs syncbuf.Buffer
 	logger := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
 	t.Cleanup(func() {
