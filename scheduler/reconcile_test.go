@@ -298,16 +298,23 @@ func (n *rolloutNomad) revert(id, spec string, at time.Time) {
 	j.Meta[names.MetaSpec], j.JobModifyIndex, j.SubmitTime = spec, n.index, at
 }
 
+// rolloutReconciler is a reconciler of a rolloutNomad, at the time *now,
+// that retries a failed rollout after 30 minutes.
+func rolloutReconciler(now *time.Time) (*rolloutNomad, *Reconciler) {
+	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}}
+	return n, &Reconciler{Nomad: n, Options: &jobs.Options{Plaintext: true, AllowHostModelDirs: true},
+		RolloutRetry: 30 * time.Minute, now: func() time.Time { return *now }}
+}
+
 // A version whose rollout failed (Nomad reverted the job) is not written
 // again at every pass, which would put its canary back on trial in a loop;
 // it is after RolloutRetry, and a newer version is written at once. Nomad
 // is asked once per revert, not once per pass.
 func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	ctx := context.Background()
-	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}}
-	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
 	now := time.Now()
-	r := &Reconciler{Nomad: n, Options: opts, RolloutRetry: 30 * time.Minute, now: func() time.Time { return now }}
+	n, r := rolloutReconciler(&now)
+	opts := r.Options
 	a := testModel("demo", "a", true)
 	id := jobs.JobID(jobs.Named(&a))
 	if res, err := r.Reconcile(ctx, desiredOf(opts, a), nil, true); err != nil || res.Registered != 1 {
@@ -346,10 +353,9 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 // and going the memory stays the size of the rollouts failing now.
 func TestReconcileForgetsRolloutsNoLongerFailing(t *testing.T) {
 	ctx := context.Background()
-	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}}
-	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
 	now := time.Now()
-	r := &Reconciler{Nomad: n, Options: opts, RolloutRetry: 30 * time.Minute, now: func() time.Time { return now }}
+	n, r := rolloutReconciler(&now)
+	opts := r.Options
 	a, b := testModel("demo", "a", true), testModel("demo", "b", true)
 	ida, idb := jobs.JobID(jobs.Named(&a)), jobs.JobID(jobs.Named(&b))
 	if res, err := r.Reconcile(ctx, desiredOf(opts, a, b), nil, true); err != nil || res.Registered != 2 {
