@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -41,14 +40,7 @@ func TestVaultCoordinatorsAndRevocation(t *testing.T) {
 	dir := t.TempDir()
 
 	// Callers chain to Vault's intermediate, which also signs the CRL.
-	chain, err := cl.Vault.CAChainPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(dir, "ca-chain.pem")
-	if err := os.WriteFile(caFile, chain, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile, _ := cl.Vault.WriteCAChain(t, ctx, dir)
 	alpha := mustCoordinator(t, ctx, cl, "alpha")
 	beta := mustCoordinator(t, ctx, cl, "beta")
 	connect, auth := startVaultAuthorizedRunner(t, dir, caFile, cl.Vault.Addr+"/v1/pki_int/crl/pem", alpha, alpha.Leaf)
@@ -314,12 +306,7 @@ func TestVaultRevocationReachesRunnersThroughTheDeltaCRL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	chain, err := cl.Vault.CAChainPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(dir, "ca.pem")
-	testpki.WriteFile(t, caFile, chain)
+	caFile, chain := cl.Vault.WriteCAChain(t, ctx, dir)
 	alpha := mustCoordinator(t, ctx, cl, "alpha")
 	leaf := leafOf(t, alpha)
 	auth, err := authz.New(authz.Config{

@@ -27,18 +27,15 @@ import (
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
-	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
 	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
-	"github.com/modelnodes/modelnodes/runner/authz"
 	"github.com/modelnodes/modelnodes/scheduler/observer"
 	"github.com/modelnodes/modelnodes/scheduler/source/feed"
 	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
-	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 	"github.com/modelnodes/modelnodes/scheduler/source/yamlfile"
 )
 
@@ -82,24 +79,17 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 	t.Cleanup(cancel)
 
 	const crunchName = "failstatic"
-	coord := onboardCoordinator(t, ctx, cl, crunchName)
-	artifact, sum := serveExampleModel(t)
-	f := solanatest.StartFront(t)
-	c := solanatest.NewChain(t, f)
-	cr := &onchain.Crunch{Name: crunchName, Bump: 255}
-	copy(cr.Coordinator[:], c.Coord[:])
-	hashBytes(t, authz.SPKIHash(coord.issuer.Certificate().Leaf), &cr.CertHash)
-	authWith := func(id string, memMB uint32, artifact string, sum [32]byte) []byte {
-		a := c.Auth(id, true, memMB)
-		a.ArtifactURI, a.ArtifactSHA256 = artifact, sum
-		a.Runtime, a.Entry, a.CPUMHz = onchain.RuntimeExecutable, "example-model", callableCPU
+	c := newExampleCrunch(t, ctx, cl, crunchName)
+	f, coord := c.Front, c.coord
+	auth := func(id string, memMB uint32) []byte {
+		a := c.auth(id)
+		a.MemoryMB = memMB
 		return a.Encode()
 	}
-	auth := func(id string, memMB uint32) []byte { return authWith(id, memMB, artifact, sum) }
 	ids := []string{"fs-a", "fs-b", "fs-c"}
 	keys := []solana.PublicKey{solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey(), solana.NewWallet().PublicKey()}
 	plant := func() {
-		f.SetAccount(t, c.Crunch, c.Program, cr.Encode())
+		c.plantCrunch(t)
 		for i, k := range keys {
 			f.SetAccount(t, k, c.Program, auth(ids[i], callableMemory))
 		}
@@ -187,11 +177,6 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 			}
 		})
 	}
-	replant := func() {
-		c = solanatest.NewChainWith(t, f, c.Program, c.Crunch, c.Coord)
-		plant()
-	}
-
 	// 1. The front restarts empty: its listings are empty and its slots
 	// older than those that authorized the models.
 	phase("front restarted empty", func(t *testing.T, before map[string]string) {
@@ -205,10 +190,10 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 			t.Errorf("the kept authorizations are not reported: %v", st.Sources[0].Kept)
 		}
 		sameJobs(t, nc, before, "after the front restarted empty")
-		replant()
+		plant()
 		waitStatus(t, srv.URL, "the chain back", func(st statusBody) bool { return len(st.Sources[0].Kept) == 0 && st.Sources[0].Models == len(ids) })
 		sameJobs(t, nc, before, "after the chain came back")
-	}, replant, nil)
+	}, plant, nil)
 
 	// 2. Every account closed, at advancing slots: positive evidence, read
 	// twice; but 3 of 3 models is more than the allowed share: held.
@@ -306,10 +291,10 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 		if grepLine(logs.String(), "reading the authorization of a running job on its own") == "" {
 			t.Error("the restarted scheduler does not log that it reads the running jobs' authorizations on their own")
 		}
-		replant()
+		plant()
 		waitStatus(t, srv.URL, "the chain back", func(st statusBody) bool { return len(st.Sources[0].Kept) == 0 && st.Sources[0].Models == len(ids) })
 		sameJobs(t, nc, before, "after the chain came back")
-	}, replant, nil)
+	}, plant, nil)
 
 	// 6. A new submission of model C: its artifact changes. The job's new
 	// version starts as a canary beside the serving one (jobs: the update
@@ -322,7 +307,9 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 		}
 		key := runnerKey(t, old[0])
 		artifact2, sum2 := serveExampleModelWith(t, map[string][]byte{"SUBMISSION": []byte("2\n")})
-		f.SetAccount(t, keys[2], c.Program, authWith(ids[2], callableMemory, artifact2, sum2))
+		a := c.auth(ids[2])
+		a.ArtifactURI, a.ArtifactSHA256 = artifact2, sum2
+		f.SetAccount(t, keys[2], c.Program, a.Encode())
 		var now []string
 		waitFor(t, 2*time.Minute, "the new version serving alone", func() bool {
 			now = passingInstances(t, coord.consul, crunchName, short(2))

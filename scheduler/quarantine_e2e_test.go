@@ -27,7 +27,6 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/internal/testing/crunchdao"
-	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
@@ -67,32 +66,28 @@ func TestFailureReportsAct(t *testing.T) {
 	// model (its coordinator's key is on chain through it).
 	suffix := strconv.FormatInt(time.Now().UnixNano()%1_000_000_000, 36)
 	mainName, otherName := "q-main-"+suffix, "q-other-"+suffix
-	coord := onboardCoordinator(t, ctx, cl, mainName)
+	c := newExampleCrunch(t, ctx, cl, mainName)
+	f, program, coord := c.Front, c.Program, c.coord
 	thief, err := cl.CoordinatorIssuer(ctx, mainName) // Vault's, naming q-main, its own key
 	if err != nil {
 		t.Fatal(err)
 	}
+	// q-other, in the same program: its coordinator's key on chain.
 	stranger, err := cl.CoordinatorIssuer(ctx, otherName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	artifact, sum := serveExampleModel(t)
-	f := solanatest.StartFront(t)
-	program := solana.NewWallet().PublicKey()
-	crunchOf := map[string]solana.PublicKey{mainName: solana.NewWallet().PublicKey(), otherName: solana.NewWallet().PublicKey()}
-	for name, key := range map[string]*tls.Certificate{mainName: coord.issuer.Certificate(), otherName: stranger.Certificate()} {
-		cr := &onchain.Crunch{Name: name, Bump: 255}
-		hashBytes(t, authz.SPKIHash(key.Leaf), &cr.CertHash)
-		f.SetAccount(t, crunchOf[name], program, cr.Encode())
-	}
+	crunchOf := map[string]solana.PublicKey{mainName: c.Crunch, otherName: solana.NewWallet().PublicKey()}
+	other := &onchain.Crunch{Name: otherName, Bump: 255}
+	hashBytes(t, authz.SPKIHash(stranger.Certificate().Leaf), &other.CertHash)
+	f.SetAccount(t, crunchOf[otherName], program, other.Encode())
 	auth := func(crunch, id, submission string, running bool) []byte {
-		a := &onchain.ModelAuthorization{ModelID: id, SubmissionID: submission, ArtifactURI: artifact, ArtifactSHA256: sum,
-			Runtime: onchain.RuntimeExecutable, Entry: "example-model", CPUMHz: callableCPU, MemoryMB: callableMemory, Bump: 1}
+		a := c.auth(id)
+		a.SubmissionID = submission
 		ck := crunchOf[crunch]
 		copy(a.Crunch[:], ck[:])
-		a.Cruncher[0], a.Hotkey[0] = 1, 2
-		if running {
-			a.DesiredState = onchain.DesiredRunning
+		if !running {
+			a.DesiredState = onchain.DesiredStopped
 		}
 		return a.Encode()
 	}
@@ -133,12 +128,7 @@ func TestFailureReportsAct(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain, err := cl.Vault.CAChainPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(dir, "vault-ca.pem")
-	testpki.WriteFile(t, caFile, chain)
+	caFile, chain := cl.Vault.WriteCAChain(t, ctx, dir)
 	az, err := authz.New(authz.Config{CAFile: caFile, CRLURLs: []string{opts.CRLURL}, Logger: logger})
 	if err != nil {
 		t.Fatal(err)

@@ -76,8 +76,12 @@ type Reconciler struct {
 	Metrics     *Metrics
 	now         func() time.Time
 
-	mu       sync.Mutex
-	rollouts map[string]failedRollout // by job id
+	mu sync.Mutex
+	// rollouts holds, by job id, what Nomad said of the rollouts of the
+	// jobs the last pass would have updated: a job no longer updated
+	// (revoked, purged, or its new version out) has no entry, so the map
+	// stays the size of one pass's updates over weeks of churn.
+	rollouts map[string]failedRollout
 
 	qmu   sync.Mutex
 	qLast map[string]quarantine.Record // the last good reading of Quarantines
@@ -275,9 +279,11 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.rollouts == nil {
-		r.rollouts = map[string]failedRollout{}
-	}
+	// Only this pass's updates are kept: an entry of a job that is no
+	// longer desired, or whose desired version is the one it runs, would
+	// never be read again.
+	prev := r.rollouts
+	r.rollouts = map[string]failedRollout{}
 	out := actions[:0:0]
 	skipped := 0
 	for _, a := range actions {
@@ -286,7 +292,7 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 			out = append(out, a)
 			continue
 		}
-		f, ok := r.rollouts[a.JobID]
+		f, ok := prev[a.JobID]
 		if !ok || f.index != cur.JobModifyIndex {
 			spec, err := rr.FailedRollout(ctx, a.JobID)
 			if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -296,16 +298,23 @@ func (n *rolloutNomad) revert(id, spec string, at time.Time) {
 	j.Meta[names.MetaSpec], j.JobModifyIndex, j.SubmitTime = spec, n.index, at
 }
 
+// rolloutReconciler is a reconciler of a rolloutNomad, at the time *now,
+// that retries a failed rollout after 30 minutes.
+func rolloutReconciler(now *time.Time) (*rolloutNomad, *Reconciler) {
+	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}}
+	return n, &Reconciler{Nomad: n, Options: &jobs.Options{Plaintext: true, AllowHostModelDirs: true},
+		RolloutRetry: 30 * time.Minute, now: func() time.Time { return *now }}
+}
+
 // A version whose rollout failed (Nomad reverted the job) is not written
 // again at every pass, which would put its canary back on trial in a loop;
 // it is after RolloutRetry, and a newer version is written at once. Nomad
 // is asked once per revert, not once per pass.
 func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	ctx := context.Background()
-	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}}
-	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
 	now := time.Now()
-	r := &Reconciler{Nomad: n, Options: opts, RolloutRetry: 30 * time.Minute, now: func() time.Time { return now }}
+	n, r := rolloutReconciler(&now)
+	opts := r.Options
 	a := testModel("demo", "a", true)
 	id := jobs.JobID(jobs.Named(&a))
 	if res, err := r.Reconcile(ctx, desiredOf(opts, a), nil, true); err != nil || res.Registered != 1 {
@@ -335,6 +344,59 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	a.MemoryMB = 2048 // a newer submission goes out at once
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 || res.FailedRollouts != 0 {
 		t.Fatalf("a newer version waits for the failed one's retry: %v", res)
+	}
+}
+
+// What the reconciler remembers of failed rollouts is forgotten once a job
+// is no longer updated: a revoked model's entry goes with its stop, and a
+// version whose retry succeeded leaves none; over weeks of models coming
+// and going the memory stays the size of the rollouts failing now.
+func TestReconcileForgetsRolloutsNoLongerFailing(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	n, r := rolloutReconciler(&now)
+	opts := r.Options
+	a, b := testModel("demo", "a", true), testModel("demo", "b", true)
+	ida, idb := jobs.JobID(jobs.Named(&a)), jobs.JobID(jobs.Named(&b))
+	if res, err := r.Reconcile(ctx, desiredOf(opts, a, b), nil, true); err != nil || res.Registered != 2 {
+		t.Fatalf("first pass: %v %v", res, err)
+	}
+	served := n.jobs[ida].Meta[names.MetaSpec]
+	servedB := n.jobs[idb].Meta[names.MetaSpec]
+	a.MemoryMB, b.MemoryMB = 1024, 1024 // new submissions, whose rollouts fail
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, a, b), nil, true); res.Updated != 2 {
+		t.Fatalf("the new versions are not written: %v", res)
+	}
+	n.revert(ida, served, now)
+	n.revert(idb, servedB, now)
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, a, b), nil, true); res.FailedRollouts != 2 {
+		t.Fatalf("both failed rollouts are not held: %v", res)
+	}
+	remembered := func() []string {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return slices.Sorted(maps.Keys(r.rollouts))
+	}
+	if got := remembered(); len(got) != 2 {
+		t.Fatalf("remembered rollouts %v, want both jobs", got)
+	}
+	// a is revoked: it is stopped, and forgotten.
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, b), nil, true); res.Stopped != 1 || res.FailedRollouts != 1 {
+		t.Fatalf("revoking a: %v", res)
+	}
+	if got := remembered(); !slices.Equal(got, []string{idb}) {
+		t.Fatalf("after a's revocation, remembered rollouts %v, want only %s", got, idb)
+	}
+	// b's retry succeeds (Nomad keeps the new version): nothing is left.
+	now = now.Add(31 * time.Minute)
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, b), nil, true); res.Updated != 1 {
+		t.Fatalf("b is not retried after RolloutRetry: %v", res)
+	}
+	if res, _ := r.Reconcile(ctx, desiredOf(opts, b), nil, true); res.Unchanged != 1 || res.FailedRollouts != 0 {
+		t.Fatalf("pass after b's successful rollout: %v", res)
+	}
+	if got := remembered(); len(got) != 0 {
+		t.Fatalf("after b's successful rollout, remembered rollouts %v, want none", got)
 	}
 }
 

@@ -15,8 +15,6 @@ package scheduler
 
 import (
 	"context"
-	"maps"
-	"slices"
 	"sync"
 	"time"
 
@@ -351,20 +349,11 @@ func (s *Scheduler) DesiredModel(jobID string) (jobs.Model, bool) {
 // CoordinatorKeys returns the key hashes the desired state gives the
 // coordinator of crunch (its name): every on-chain primary and secondary
 // hash its models carry, sorted; none when the crunch has no model or no
-// hash.
+// hash. The sets are computed once per change of the desired state, not
+// per call (the orchestrator WebSocket asks at every connection); a key
+// added or removed on chain is seen by the next call after the watcher has
+// the new snapshot.
 func (s *Scheduler) CoordinatorKeys(crunch string) []string {
 	s.init()
-	desired, _ := s.watcher.Desired()
-	set := map[string]bool{}
-	for _, d := range desired {
-		if d.Model.Crunch != crunch {
-			continue
-		}
-		for _, h := range []string{d.Model.CertHash, d.Model.CertHashSecondary} {
-			if h != "" {
-				set[h] = true
-			}
-		}
-	}
-	return slices.Sorted(maps.Keys(set))
+	return s.watcher.coordinatorKeys(crunch)
 }

@@ -35,7 +35,6 @@ import (
 	"github.com/modelnodes/modelnodes/delegation"
 	"github.com/modelnodes/modelnodes/internal/testing/crunchdao"
 	"github.com/modelnodes/modelnodes/internal/testing/orchwstest"
-	"github.com/modelnodes/modelnodes/internal/testing/solanatest"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/internal/testing/testpki"
@@ -47,7 +46,6 @@ import (
 	"github.com/modelnodes/modelnodes/runner/vaultkey"
 	"github.com/modelnodes/modelnodes/scheduler/orchws"
 	solanasrc "github.com/modelnodes/modelnodes/scheduler/source/solana"
-	"github.com/modelnodes/modelnodes/scheduler/source/solana/onchain"
 )
 
 // CrunchDAO's coordinator client from PyPI (model-runner-client, unchanged
@@ -78,14 +76,8 @@ func TestCrunchDAOClientOnOurStack(t *testing.T) {
 	t0 := time.Now()
 
 	const crunchName = "theirclient"
-	coord := onboardCoordinator(t, ctx, cl, crunchName)
-	artifact, sum := serveExampleModel(t)
-	f := solanatest.StartFront(t)
-	c := solanatest.NewChain(t, f)
-	cr := &onchain.Crunch{Name: crunchName, Bump: 255}
-	copy(cr.Coordinator[:], c.Coord[:])
-	hashBytes(t, authz.SPKIHash(coord.issuer.Certificate().Leaf), &cr.CertHash)
-	f.SetAccount(t, c.Crunch, c.Program, cr.Encode())
+	c := newExampleCrunch(t, ctx, cl, crunchName)
+	f, coord := c.Front, c.coord
 	// Each model's cruncher has a wallet (it signs the delegation) and a
 	// hotkey, both on chain.
 	type cruncher struct {
@@ -98,9 +90,7 @@ func TestCrunchDAOClientOnOurStack(t *testing.T) {
 		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 		k := &cruncher{wallet: priv, hotkey: solana.NewWallet().PublicKey(), acct: solana.NewWallet().PublicKey()}
 		crunchers[id] = k
-		a := c.Auth(id, true, callableMemory)
-		a.ArtifactURI, a.ArtifactSHA256 = artifact, sum
-		a.Runtime, a.Entry, a.CPUMHz = onchain.RuntimeExecutable, "example-model", callableCPU
+		a := c.auth(id)
 		copy(a.Cruncher[:], pub)
 		copy(a.Hotkey[:], k.hotkey[:])
 		f.SetAccount(t, k.acct, c.Program, a.Encode())
@@ -109,12 +99,7 @@ func TestCrunchDAOClientOnOurStack(t *testing.T) {
 	authorize("cd-2")
 
 	// The orchestrator WebSocket, as --orchestrator-listen serves it.
-	chainPEM, err := cl.Vault.CAChainPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vaultCA := filepath.Join(dir, "vault-ca.pem")
-	testpki.WriteFile(t, vaultCA, chainPEM)
+	vaultCA, chainPEM := cl.Vault.WriteCAChain(t, ctx, dir)
 	var logs syncbuf.Buffer
 	logger := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
 	t.Cleanup(func() {

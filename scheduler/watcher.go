@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -85,6 +86,11 @@ type Watcher struct {
 	// running caches runningIDs at runningAt (a version).
 	running   map[string]bool
 	runningAt uint64
+	// keys caches coordinatorKeys at keysAt (a version): the orchestrator
+	// WebSocket asks at every connection, and a pass over every model
+	// (10,000 at scale) per connection is wasted between changes.
+	keys   map[string][]string
+	keysAt uint64
 }
 
 // NewWatcher returns a watcher of the named sources; the desired state is
@@ -330,6 +336,36 @@ func (w *Watcher) runningIDs() map[string]bool {
 	}
 	w.running, w.runningAt = ids, w.version
 	return ids
+}
+
+// coordinatorKeys returns the key hashes the desired state gives the
+// coordinator of crunch (its name): every primary and secondary hash its
+// models carry, running or not, sorted; computed for every crunch once per
+// change of the desired state. The caller may keep and change the slice.
+func (w *Watcher) coordinatorKeys(crunch string) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.keys == nil || w.keysAt != w.version {
+		sets := map[string]map[string]bool{}
+		merged, _ := w.merge()
+		for _, d := range merged {
+			for _, h := range []string{d.Model.CertHash, d.Model.CertHashSecondary} {
+				if h == "" {
+					continue
+				}
+				if sets[d.Model.Crunch] == nil {
+					sets[d.Model.Crunch] = map[string]bool{}
+				}
+				sets[d.Model.Crunch][h] = true
+			}
+		}
+		w.keys = make(map[string][]string, len(sets))
+		for c, set := range sets {
+			w.keys[c] = slices.Sorted(maps.Keys(set))
+		}
+		w.keysAt = w.version
+	}
+	return slices.Clone(w.keys[crunch])
 }
 
 // Sources returns each source's status, in configuration order.

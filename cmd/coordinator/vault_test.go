@@ -33,12 +33,7 @@ func TestVaultKeyFileKeepsTheOnChainHash(t *testing.T) {
 	}
 	// The runner: coordinators chain to Vault's intermediate; who may call
 	// is a policy file, as a job's on-chain hashes would be.
-	chain, err := cl.Vault.CAChainPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCA := filepath.Join(dir, "coordinators-ca.pem")
-	testpki.WriteFile(t, clientCA, chain)
+	clientCA, _ := cl.Vault.WriteCAChain(t, ctx, dir)
 	policy := filepath.Join(dir, "authz.json")
 	// (All zeros would mean "no hash recorded": admit the crunch's any key.)
 	testpki.WriteFile(t, policy, []byte(`{"crunch": "alpha", "coordinator_cert_hashes": ["`+strings.Repeat("ab", 32)+`"]}`))

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -76,12 +75,7 @@ func TestModelClusterDiscoversPassingModels(t *testing.T) {
 
 	// The server: TLS from a CA of its own, coordinators checked against
 	// Vault's model-call PKI and its revocation lists, as runners do.
-	chain, err := cl.Vault.CAChainPEM(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(dir, "vault-ca.pem")
-	testpki.WriteFile(t, caFile, chain)
+	caFile, chain := cl.Vault.WriteCAChain(t, ctx, dir)
 	clientCAs := x509.NewCertPool()
 	clientCAs.AppendCertsFromPEM(chain)
 	var logs syncbuf.Buffer

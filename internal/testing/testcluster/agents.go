@@ -310,6 +310,24 @@ func (v *VaultAgent) CAChainPEM(ctx context.Context) ([]byte, error) {
 	return v.getPEM(ctx, "pki_int/ca_chain", "CA chain")
 }
 
+// WriteCAChain writes CAChainPEM to dir/vault-ca-chain.pem and returns the
+// file and the PEM it holds: the CA file runners, the orchestrator
+// WebSocket and a test's own servers verify coordinators' Vault
+// certificates (and Vault's revocation lists) against. It fails t when
+// Vault cannot be read.
+func (v *VaultAgent) WriteCAChain(t testing.TB, ctx context.Context, dir string) (file string, chain []byte) {
+	t.Helper()
+	chain, err := v.CAChainPEM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file = filepath.Join(dir, "vault-ca-chain.pem")
+	if err := os.WriteFile(file, chain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file, chain
+}
+
 func (v *VaultAgent) getPEM(ctx context.Context, path, what string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.Addr+"/v1/"+path, nil)
 	if err != nil {
