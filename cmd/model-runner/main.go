@@ -73,6 +73,13 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	// The runner's stdout and stderr are pipes to Nomad's log collector
+	// (logmon), which dies with its agent. Go kills a process that writes
+	// to such a broken pipe on fd 1 or 2 with SIGPIPE: a runner that lives
+	// on through an agent's death (its own session) would die at its first
+	// log line, e.g. the one saying it was superseded, and lose the grace
+	// it serves meanwhile. Ignored, the write fails and the runner goes on.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return runner.Run(ctx, o)

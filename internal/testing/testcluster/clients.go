@@ -546,6 +546,17 @@ func (p *process) kill() {
 // returns their pids.
 func killCgroupProcesses(allocIDs []string) []int {
 	var killed []int
+	for _, pid := range cgroupProcesses(allocIDs) {
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			killed = append(killed, pid)
+		}
+	}
+	return killed
+}
+
+// cgroupProcesses lists the processes in the allocations' cgroups.
+func cgroupProcesses(allocIDs []string) []int {
+	var pids []int
 	for _, d := range leftovers.AllocCgroups(allocIDs) {
 		_ = filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
 			if err != nil || e.IsDir() || e.Name() != "cgroup.procs" {
@@ -553,14 +564,34 @@ func killCgroupProcesses(allocIDs []string) []int {
 			}
 			b, _ := os.ReadFile(p)
 			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil && syscall.Kill(pid, syscall.SIGKILL) == nil {
-					killed = append(killed, pid)
+				if pid, err := strconv.Atoi(f); err == nil {
+					pids = append(pids, pid)
 				}
 			}
 			return nil
 		})
 	}
-	return killed
+	return pids
+}
+
+// AllocProcesses lists the programs (the base name of each process's
+// argv[0]: the driver's launcher runs the runner from a descriptor, so its
+// comm is a number) running in the allocation's cgroups, once each: on a
+// machine whose agent is dead, Nomad cannot say what still runs.
+func AllocProcesses(allocID string) []string {
+	seen := map[int]bool{}
+	var names []string
+	for _, pid := range cgroupProcesses([]string{allocID}) {
+		if seen[pid] {
+			continue // one process is in several v1 hierarchies
+		}
+		seen[pid] = true
+		if argv, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+			arg0, _, _ := strings.Cut(string(argv), "\x00")
+			names = append(names, filepath.Base(arg0))
+		}
+	}
+	return names
 }
 
 // chownTree gives dir and everything under it to uid:gid.

@@ -480,6 +480,9 @@ func TestReplacedRunnerStopsAnswering(t *testing.T) {
 	f.mu.Unlock()
 	t.Logf("model %s runs on %s at %s; killing that machine's Nomad agent alone", model, victim.Name, oldTarget)
 
+	if procs := AllocProcesses(before.id); !slices.Contains(procs, "model-runner") {
+		t.Fatalf("no runner found in allocation %.8s's cgroups (%q)", before.id, procs)
+	}
 	t0 := time.Now()
 	victim.KillNomad()
 	var down, placed, passing, stopped time.Duration
@@ -519,6 +522,15 @@ func TestReplacedRunnerStopsAnswering(t *testing.T) {
 	}
 	if stopped-passing > supersedeBound {
 		t.Errorf("the old runner answered %.1fs after its replacement passed, want at most %s", (stopped - passing).Seconds(), supersedeBound)
+	}
+	// It answers through its grace (runner.supersedeGrace, 2 s: the
+	// coordinators move meanwhile) and lives on after, answering nothing,
+	// until its agent is back: a runner that exited would be restarted.
+	if stopped-passing < time.Second {
+		t.Errorf("the old runner stopped answering %.1fs after its replacement passed: it must serve through its 2 s grace", (stopped - passing).Seconds())
+	}
+	if procs := AllocProcesses(before.id); !slices.Contains(procs, "model-runner") {
+		t.Errorf("the old runner's process is gone from allocation %.8s (%q left): a superseded runner must live on, answering nothing", before.id, procs)
 	}
 	ok := f.waitAllOK(t, time.Now(), time.Minute)
 	if ok.targets[model] == oldTarget {
