@@ -96,8 +96,8 @@ type QuarantineStore interface {
 // RolloutReader is the part of Nomad that says which version of a job
 // failed its rollout (nomad.Client).
 type RolloutReader interface {
-	// FailedRollout returns the spec of the job's version whose rollout
-	// failed last, if its latest deployment failed; "" otherwise.
+	// FailedRollout returns the spec of the version whose rollout failed,
+	// if the job's current version is Nomad's revert from it; "" otherwise.
 	FailedRollout(ctx context.Context, jobID string) (string, error)
 }
 
