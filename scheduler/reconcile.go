@@ -97,8 +97,9 @@ type QuarantineStore interface {
 // failed its rollout (nomad.Client).
 type RolloutReader interface {
 	// FailedRollout returns the spec of the version whose rollout failed,
-	// if the job's current version is Nomad's revert from it; "" otherwise.
-	FailedRollout(ctx context.Context, jobID string) (string, error)
+	// and when it failed (Nomad reverted the job then), if the job's
+	// current version is Nomad's revert from it; "" otherwise.
+	FailedRollout(ctx context.Context, jobID string) (spec string, failedAt time.Time, err error)
 }
 
 // failedRollout caches a job's failed rollout at the job's modify index
@@ -107,6 +108,7 @@ type RolloutReader interface {
 type failedRollout struct {
 	index  uint64
 	spec   string
+	at     time.Time // when the rollout failed: the retry counts from it
 	logged bool
 }
 
@@ -288,16 +290,18 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 		}
 		f, ok := r.rollouts[a.JobID]
 		if !ok || f.index != cur.JobModifyIndex {
-			spec, err := rr.FailedRollout(ctx, a.JobID)
+			spec, at, err := rr.FailedRollout(ctx, a.JobID)
 			if err != nil {
 				r.log().Warn("cannot read the job's last rollout; updating it", "job", a.JobID, "error", redact.Error(err))
 				out = append(out, a)
 				continue
 			}
-			f = failedRollout{index: cur.JobModifyIndex, spec: spec}
+			if at.IsZero() {
+				at = now // a Nomad that does not say: from when it was seen
+			}
+			f = failedRollout{index: cur.JobModifyIndex, spec: spec, at: at}
 		}
-		// The revert wrote the job at SubmitTime: the retry counts from it.
-		if f.spec == "" || f.spec != a.Desired.Spec || now.Sub(cur.SubmitTime) >= retry {
+		if f.spec == "" || f.spec != a.Desired.Spec || now.Sub(f.at) >= retry {
 			r.rollouts[a.JobID] = f
 			out = append(out, a)
 			continue
@@ -305,7 +309,7 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 		if !f.logged {
 			r.log().Warn("this version of the model failed its rollout (Nomad reverted the job); the previous version serves until it is retried",
 				"job", a.JobID, "model", a.Desired.Model.ModelID, "crunch", a.Desired.Model.Crunch,
-				"retry_at", cur.SubmitTime.Add(retry).UTC().Format(time.RFC3339))
+				"retry_at", f.at.Add(retry).UTC().Format(time.RFC3339))
 			f.logged = true
 		}
 		r.rollouts[a.JobID] = f

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -276,33 +277,36 @@ func TestReconcileAsksTheSourceBeforeStopping(t *testing.T) {
 // versions with the specs in failed (it reverted them).
 type rolloutNomad struct {
 	*fakeNomad
-	failed map[string]string // job id -> spec of the version that failed
-	asked  int
+	failed   map[string]string    // job id -> spec of the version that failed
+	failedAt map[string]time.Time // job id -> when its deployment failed
+	asked    int
 }
 
-func (n *rolloutNomad) FailedRollout(_ context.Context, id string) (string, error) {
+func (n *rolloutNomad) FailedRollout(_ context.Context, id string) (string, time.Time, error) {
 	n.asked++
-	return n.failed[id], nil
+	return n.failed[id], n.failedAt[id], nil
 }
 
-// revert plays Nomad's auto-revert: the job is written back at spec, as a
-// new version submitted at.
-func (n *rolloutNomad) revert(id, spec string, at time.Time) {
+// revert plays Nomad's auto-revert at at: the job is written back as the
+// served version, a new version that keeps the served one's SubmitTime
+// (as Nomad's deployment watcher does).
+func (n *rolloutNomad) revert(id string, served nomad.JobStub, at time.Time) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	j := n.jobs[id]
-	n.failed[id] = j.Meta[names.MetaSpec]
+	n.failed[id], n.failedAt[id] = j.Meta[names.MetaSpec], at
 	n.index++
-	j.Meta[names.MetaSpec], j.JobModifyIndex, j.SubmitTime = spec, n.index, at
+	j.Meta[names.MetaSpec], j.JobModifyIndex, j.SubmitTime = served.Meta[names.MetaSpec], n.index, served.SubmitTime
 }
 
 // A version whose rollout failed (Nomad reverted the job) is not written
 // again at every pass, which would put its canary back on trial in a loop;
-// it is after RolloutRetry, and a newer version is written at once. Nomad
-// is asked once per revert, not once per pass.
+// it is after RolloutRetry from the revert (not from when the served
+// version was submitted, hours before), and a newer version is written at
+// once. Nomad is asked once per revert, not once per pass.
 func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	ctx := context.Background()
-	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}}
+	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}, failedAt: map[string]time.Time{}}
 	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
 	now := time.Now()
 	r := &Reconciler{Nomad: n, Options: opts, RolloutRetry: 30 * time.Minute, now: func() time.Time { return now }}
@@ -311,8 +315,10 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	if res, err := r.Reconcile(ctx, desiredOf(opts, a), nil, true); err != nil || res.Registered != 1 {
 		t.Fatalf("first pass: %v %v", res, err)
 	}
-	served := n.jobs[id].Meta[names.MetaSpec]
-	a.MemoryMB = 1024 // the new submission
+	served := *n.jobs[id]
+	served.Meta = maps.Clone(served.Meta)
+	now = now.Add(2 * time.Hour) // the served version has run for a while
+	a.MemoryMB = 1024            // the new submission
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 {
 		t.Fatalf("the new version is not written: %v", res)
 	}
@@ -320,7 +326,7 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	asked := n.asked
 	for range 3 {
 		res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true)
-		if res.Updated != 0 || res.FailedRollouts != 1 || n.jobs[id].Meta[names.MetaSpec] != served {
+		if res.Updated != 0 || res.FailedRollouts != 1 || n.jobs[id].Meta[names.MetaSpec] != served.Meta[names.MetaSpec] {
 			t.Fatalf("the failed version was written again at once: %v", res)
 		}
 	}
