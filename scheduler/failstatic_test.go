@@ -374,6 +374,19 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 	// auto_revert writes the last stable version back.
 	phase("failed canary changes nothing", func(t *testing.T, _ map[string]string) {
 		api := nc.API()
+		defer func() {
+			if !t.Failed() {
+				return
+			}
+			allocs, _, _ := api.Jobs().Allocations(jobIDs[0], true, nil)
+			for _, a := range allocs {
+				t.Logf("model A's allocation %s: version %d, create index %d, %s/%s, deployment status %+v",
+					a.ID, a.JobVersion, a.CreateIndex, a.ClientStatus, a.DesiredStatus, a.DeploymentStatus)
+			}
+			var models []ModelStatus
+			getJSON(t, srv.URL+"/v1/models", &models)
+			t.Logf("/v1/models: %+v", models)
+		}()
 		old := passingInstances(t, coord.consul, crunchName, short(0))
 		serving := servingAllocs(t, nc, jobIDs[0])
 		if len(old) != 1 || len(serving) != 1 {
@@ -406,6 +419,7 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 			t.Fatalf("the canary's deployment: %+v, %v", d, err)
 		}
 		t.Logf("the canary failed; its deployment: %s (%s)", d.Status, d.StatusDescription)
+		failed := time.Now()
 		if _, _, err := api.Deployments().Fail(d.ID, nil); err != nil {
 			t.Fatalf("failing the deployment: %v", err)
 		}
@@ -450,6 +464,14 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 		sameJobs(t, nc, indexes, "over three passes after the revert")
 		if now := nomadWrites(t, srv.URL); now != writes {
 			t.Errorf("the scheduler wrote to Nomad after the revert: %v -> %v", writes, now)
+		}
+		// Counted from the revert, not from when the serving version was
+		// submitted (Nomad's revert keeps its SubmitTime).
+		line := grepLine(logs.String(), "failed its rollout")
+		_, retry, _ := strings.Cut(line, "retry_at=")
+		if at, err := time.Parse(time.RFC3339, strings.TrimSpace(retry)); err != nil ||
+			at.Before(failed.Add(DefaultRolloutRetry).Truncate(time.Second)) || at.After(time.Now().Add(DefaultRolloutRetry)) {
+			t.Errorf("the failed version's retry: %q (%v); want %s after the revert at %s", line, err, DefaultRolloutRetry, failed.UTC().Format(time.RFC3339))
 		}
 
 		// Model A, as a coordinator and Nomad see it: the same allocation,
