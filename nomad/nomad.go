@@ -207,18 +207,17 @@ func (c *Client) PlacementFailure(ctx context.Context, jobID string) (*nomadapi.
 }
 
 // FailedRollout returns the spec (the meta names.MetaSpec) of the version
-// Nomad reverted the job from, and when its deployment failed: when the
-// job's current version follows a version whose deployment failed (its
-// canary never turned healthy, and Nomad's auto-revert wrote the last
-// stable version back as a new version: jobs' update block); "" otherwise.
-// Not the latest deployment's status: the revert is a deployment of its
-// own (Nomad moves the serving allocation to the new version in place),
-// which succeeds. Not the current version's SubmitTime either: the revert
-// keeps the reverted-to version's. Needs only read-job.
-func (c *Client) FailedRollout(ctx context.Context, jobID string) (spec string, failedAt time.Time, err error) {
+// Nomad reverted the job from: when the job's current version follows a
+// version whose deployment failed (its canary never turned healthy, and
+// Nomad's auto-revert wrote the last stable version back as a new version:
+// jobs' update block); "" otherwise. Not the latest deployment's status:
+// the revert is a deployment of its own (Nomad moves the serving
+// allocation to the new version in place), which succeeds. Needs only
+// read-job.
+func (c *Client) FailedRollout(ctx context.Context, jobID string) (string, error) {
 	versions, _, _, err := c.api.Jobs().Versions(jobID, false, c.q(ctx))
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("versions of %s: %w", jobID, err)
+		return "", fmt.Errorf("versions of %s: %w", jobID, err)
 	}
 	var cur *nomadapi.Job
 	for _, v := range versions {
@@ -227,7 +226,7 @@ func (c *Client) FailedRollout(ctx context.Context, jobID string) (spec string, 
 		}
 	}
 	if cur == nil || *cur.Version == 0 {
-		return "", time.Time{}, nil
+		return "", nil
 	}
 	var prev *nomadapi.Job
 	for _, v := range versions {
@@ -236,11 +235,11 @@ func (c *Client) FailedRollout(ctx context.Context, jobID string) (spec string, 
 		}
 	}
 	if prev == nil {
-		return "", time.Time{}, nil // Nomad no longer keeps it
+		return "", nil // Nomad no longer keeps it
 	}
 	deployments, _, err := c.api.Jobs().Deployments(jobID, false, c.q(ctx))
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("deployments of %s: %w", jobID, err)
+		return "", fmt.Errorf("deployments of %s: %w", jobID, err)
 	}
 	var last *nomadapi.Deployment
 	for _, d := range deployments {
@@ -249,10 +248,9 @@ func (c *Client) FailedRollout(ctx context.Context, jobID string) (spec string, 
 		}
 	}
 	if last == nil || last.Status != nomadapi.DeploymentStatusFailed {
-		return "", time.Time{}, nil
+		return "", nil
 	}
-	// Its last change was its failure, which wrote the revert.
-	return prev.Meta[names.MetaSpec], time.Unix(0, last.ModifyTime), nil
+	return prev.Meta[names.MetaSpec], nil
 }
 
 // RestartAllocations restarts, in place, the tasks of the job's running

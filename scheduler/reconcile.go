@@ -97,18 +97,22 @@ type QuarantineStore interface {
 // failed its rollout (nomad.Client).
 type RolloutReader interface {
 	// FailedRollout returns the spec of the version whose rollout failed,
-	// and when it failed (Nomad reverted the job then), if the job's
-	// current version is Nomad's revert from it; "" otherwise.
-	FailedRollout(ctx context.Context, jobID string) (spec string, failedAt time.Time, err error)
+	// if the job's current version is Nomad's revert from it; "" otherwise.
+	FailedRollout(ctx context.Context, jobID string) (string, error)
 }
 
 // failedRollout caches a job's failed rollout at the job's modify index
 // (the revert that followed it wrote the job): Nomad is asked once per
 // revert, not once per pass.
 type failedRollout struct {
-	index  uint64
-	spec   string
-	at     time.Time // when the rollout failed: the retry counts from it
+	index uint64
+	spec  string
+	// at is when this scheduler first saw the revert: the retry counts
+	// from it. Nomad records no time for a revert: it keeps the served
+	// version's SubmitTime, and the deployment it failed has no
+	// ModifyTime. A new leader starts the count again, so a failover
+	// delays a retry rather than hastening it.
+	at     time.Time
 	logged bool
 }
 
@@ -290,16 +294,13 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 		}
 		f, ok := r.rollouts[a.JobID]
 		if !ok || f.index != cur.JobModifyIndex {
-			spec, at, err := rr.FailedRollout(ctx, a.JobID)
+			spec, err := rr.FailedRollout(ctx, a.JobID)
 			if err != nil {
 				r.log().Warn("cannot read the job's last rollout; updating it", "job", a.JobID, "error", redact.Error(err))
 				out = append(out, a)
 				continue
 			}
-			if at.IsZero() {
-				at = now // a Nomad that does not say: from when it was seen
-			}
-			f = failedRollout{index: cur.JobModifyIndex, spec: spec, at: at}
+			f = failedRollout{index: cur.JobModifyIndex, spec: spec, at: now}
 		}
 		if f.spec == "" || f.spec != a.Desired.Spec || now.Sub(f.at) >= retry {
 			r.rollouts[a.JobID] = f

@@ -277,24 +277,23 @@ func TestReconcileAsksTheSourceBeforeStopping(t *testing.T) {
 // versions with the specs in failed (it reverted them).
 type rolloutNomad struct {
 	*fakeNomad
-	failed   map[string]string    // job id -> spec of the version that failed
-	failedAt map[string]time.Time // job id -> when its deployment failed
-	asked    int
+	failed map[string]string // job id -> spec of the version that failed
+	asked  int
 }
 
-func (n *rolloutNomad) FailedRollout(_ context.Context, id string) (string, time.Time, error) {
+func (n *rolloutNomad) FailedRollout(_ context.Context, id string) (string, error) {
 	n.asked++
-	return n.failed[id], n.failedAt[id], nil
+	return n.failed[id], nil
 }
 
-// revert plays Nomad's auto-revert at at: the job is written back as the
-// served version, a new version that keeps the served one's SubmitTime
-// (as Nomad's deployment watcher does).
-func (n *rolloutNomad) revert(id string, served nomad.JobStub, at time.Time) {
+// revert plays Nomad's auto-revert: the job is written back as the served
+// version, a new version that keeps the served one's SubmitTime (as
+// Nomad's deployment watcher does).
+func (n *rolloutNomad) revert(id string, served nomad.JobStub) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	j := n.jobs[id]
-	n.failed[id], n.failedAt[id] = j.Meta[names.MetaSpec], at
+	n.failed[id] = j.Meta[names.MetaSpec]
 	n.index++
 	j.Meta[names.MetaSpec], j.JobModifyIndex, j.SubmitTime = served.Meta[names.MetaSpec], n.index, served.SubmitTime
 }
@@ -302,11 +301,12 @@ func (n *rolloutNomad) revert(id string, served nomad.JobStub, at time.Time) {
 // A version whose rollout failed (Nomad reverted the job) is not written
 // again at every pass, which would put its canary back on trial in a loop;
 // it is after RolloutRetry from the revert (not from when the served
-// version was submitted, hours before), and a newer version is written at
-// once. Nomad is asked once per revert, not once per pass.
+// version was submitted, hours before: the revert keeps its SubmitTime),
+// and a newer version is written at once. Nomad is asked once per revert,
+// not once per pass.
 func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	ctx := context.Background()
-	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}, failedAt: map[string]time.Time{}}
+	n := &rolloutNomad{fakeNomad: newFakeNomad(), failed: map[string]string{}}
 	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
 	now := time.Now()
 	r := &Reconciler{Nomad: n, Options: opts, RolloutRetry: 30 * time.Minute, now: func() time.Time { return now }}
@@ -322,7 +322,7 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 {
 		t.Fatalf("the new version is not written: %v", res)
 	}
-	n.revert(id, served, now)
+	n.revert(id, served)
 	asked := n.asked
 	for range 3 {
 		res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true)
@@ -337,7 +337,7 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 {
 		t.Fatalf("the failed version is not retried after RolloutRetry: %v", res)
 	}
-	n.revert(id, served, now)
+	n.revert(id, served)
 	a.MemoryMB = 2048 // a newer submission goes out at once
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 || res.FailedRollouts != 0 {
 		t.Fatalf("a newer version waits for the failed one's retry: %v", res)
