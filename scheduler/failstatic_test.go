@@ -175,7 +175,9 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 			t.Fatalf("the models do not all answer: %v", loop.lastFails())
 		}
 		// jobs.Build asks Vault for 24 h certificates (jobs.Options.CertTTL).
+		t0 := time.Now()
 		checkRunnerMetrics(t, cl.Consul.Client, c.Crunch.String(), []string{short(0), short(1), short(2)}, 24*time.Hour)
+		t.Logf("scraped and evaluated in %s", time.Since(t0).Round(time.Millisecond))
 	})
 
 	// phase runs one fault as a subtest: once every model answers, it
@@ -393,10 +395,17 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 			t.Fatalf("model A has %d passing instances and %d running allocations before its new submission, want 1 and 1", len(old), len(serving))
 		}
 		key := runnerKey(t, old[0])
-		good, _, err := api.Jobs().Info(jobIDs[0], nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		// A model that has served a while: its version is stable (its
+		// deployment succeeded), the one Nomad reverts to.
+		var good *nomadapi.Job
+		waitFor(t, time.Minute, "model A's version stable", func() bool {
+			j, _, err := api.Jobs().Info(jobIDs[0], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			good = j
+			return j.Stable != nil && *j.Stable
+		})
 		broken, sum3 := serveExampleModelWith(t, map[string][]byte{"SUBMISSION": []byte("3\n")})
 		sum3[0] ^= 0xff
 		f.SetAccount(t, keys[0], c.Program, authWith(ids[0], callableMemory, broken, sum3))
