@@ -206,28 +206,51 @@ func (c *Client) PlacementFailure(ctx context.Context, jobID string) (*nomadapi.
 	return nil, nil
 }
 
-// FailedRollout returns the spec (the meta names.MetaSpec) of the job's
-// version whose deployment failed last, when its latest deployment failed
-// (its canary never turned healthy, and Nomad reverted the job to the
-// version before: jobs' update block); "" otherwise. Needs only read-job.
+// FailedRollout returns the spec (the meta names.MetaSpec) of the version
+// Nomad reverted the job from: when the job's current version follows a
+// version whose deployment failed (its canary never turned healthy, and
+// Nomad's auto-revert wrote the last stable version back as a new version:
+// jobs' update block); "" otherwise. Not the latest deployment's status:
+// the revert is a deployment of its own (Nomad moves the serving
+// allocation to the new version in place), which succeeds. Needs only
+// read-job.
 func (c *Client) FailedRollout(ctx context.Context, jobID string) (string, error) {
-	d, _, err := c.api.Jobs().LatestDeployment(jobID, c.q(ctx))
-	if err != nil {
-		return "", fmt.Errorf("latest deployment of %s: %w", jobID, err)
-	}
-	if d == nil || d.Status != nomadapi.DeploymentStatusFailed {
-		return "", nil
-	}
 	versions, _, _, err := c.api.Jobs().Versions(jobID, false, c.q(ctx))
 	if err != nil {
 		return "", fmt.Errorf("versions of %s: %w", jobID, err)
 	}
+	var cur *nomadapi.Job
 	for _, v := range versions {
-		if v.Version != nil && *v.Version == d.JobVersion {
-			return v.Meta[names.MetaSpec], nil
+		if v.Version != nil && (cur == nil || *v.Version > *cur.Version) {
+			cur = v
 		}
 	}
-	return "", nil
+	if cur == nil || *cur.Version == 0 {
+		return "", nil
+	}
+	var prev *nomadapi.Job
+	for _, v := range versions {
+		if v.Version != nil && *v.Version == *cur.Version-1 {
+			prev = v
+		}
+	}
+	if prev == nil {
+		return "", nil // Nomad no longer keeps it
+	}
+	deployments, _, err := c.api.Jobs().Deployments(jobID, false, c.q(ctx))
+	if err != nil {
+		return "", fmt.Errorf("deployments of %s: %w", jobID, err)
+	}
+	var last *nomadapi.Deployment
+	for _, d := range deployments {
+		if d.JobVersion == *prev.Version && (last == nil || d.CreateIndex > last.CreateIndex) {
+			last = d
+		}
+	}
+	if last == nil || last.Status != nomadapi.DeploymentStatusFailed {
+		return "", nil
+	}
+	return prev.Meta[names.MetaSpec], nil
 }
 
 // RestartAllocations restarts, in place, the tasks of the job's running

@@ -24,6 +24,7 @@ import (
 	solana "github.com/gagliardetto/solana-go"
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/client"
 	"github.com/modelnodes/modelnodes/client/discovery/consul"
@@ -67,9 +68,18 @@ import (
 //     only then stops the old; the coordinator never misses C, and the new
 //     runner serves with the same key (Vault's per-job key);
 //
-// then 7. two of the three authorizations closed: held until an operator
+//  7. a new submission of model A that fails (its artifact is not the one
+//     the chain names: Nomad's fetch refuses it): its canary fails, Nomad
+//     reverts the job, and the coordinator never misses A, which keeps its
+//     allocation and key; the scheduler reports the failed rollout, holds
+//     nothing, and does not write the failed version again;
+//
+// then 8. two of the three authorizations closed: held until an operator
 // confirms with the admin token, then exactly those two stop, and the
 // third never misses a call.
+//
+// Before the faults, the runners' metrics are scraped as Prometheus does,
+// through Consul (checkRunnerMetrics).
 func TestFailStaticUnderFanOut(t *testing.T) {
 	cl := testcluster.Shared(t, testcluster.Nomad)
 	requireModelbox(t, cl.Nomad.Client)
@@ -84,6 +94,11 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 	auth := func(id string, memMB uint32) []byte {
 		a := c.auth(id)
 		a.MemoryMB = memMB
+		return a.Encode()
+	}
+	authWith := func(id string, memMB uint32, artifact string, sum [32]byte) []byte {
+		a := c.auth(id)
+		a.MemoryMB, a.ArtifactURI, a.ArtifactSHA256 = memMB, artifact, sum
 		return a.Encode()
 	}
 	ids := []string{"fs-a", "fs-b", "fs-c"}
@@ -120,6 +135,11 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 			s.Reconciler.Options, s.Reconciler.Guard, s.Reconciler.Logger = &opts, guard, logger
 			s.Logger, s.AdminToken = logger, token
 			guard.Metrics = s.Metrics
+			// One counted failure holds a model stopped (production's 3:
+			// a failing canary is placed again until its deployment fails,
+			// 40 min, so it fails more often than that): were phase 7's
+			// failed canary counted as a crash, model A would stop.
+			s.Observer.Backoff.Failures = 1
 		}, nc, nc, nil, &solanasrc.Source{RPCURL: f.RPC, WSURL: f.WS, Program: c.Program, Resync: 2 * time.Second, Logger: logger})
 		srv := httptest.NewServer(rs.s.Handler())
 		t.Cleanup(srv.Close)
@@ -143,6 +163,17 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 	loop.run(ctx)
 	defer loop.stop()
 	short := func(i int) string { return strings.TrimPrefix(jobIDs[i], names.JobPrefix) }
+
+	// The runners' metrics, as Prometheus scrapes them through Consul.
+	t.Run("runner metrics through Consul", func(t *testing.T) {
+		if !loop.waitAll(len(ids), callableTimeout) {
+			t.Fatalf("the models do not all answer: %v", loop.lastFails())
+		}
+		// jobs.Build asks Vault for 24 h certificates (jobs.Options.CertTTL).
+		t0 := time.Now()
+		checkRunnerMetrics(t, cl.Consul.Client, c.Crunch.String(), []string{short(0), short(1), short(2)}, 24*time.Hour)
+		t.Logf("scraped and evaluated in %s", time.Since(t0).Round(time.Millisecond))
+	})
 
 	// phase runs one fault as a subtest: once every model answers, it
 	// records what the coordinator sees while body runs (restore puts the
@@ -327,7 +358,139 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 		time.Sleep(2 * time.Second) // calls on the new version alone
 	}, nil, nil)
 
-	// 7. A and B closed: 2 of 3, held until an operator confirms; then they
+	// 7. A new submission of model A that fails: the chain names another
+	// digest than its artifact's (a broken upload), so Nomad's fetch
+	// refuses it and the canary's task fails. A deployment of jobs.Build's
+	// (progress-based, reschedules unlimited) fails only at its progress
+	// deadline, 40 min, placing the canary again meanwhile (nomad
+	// deploymentwatcher: shouldFailEarly); the test fails it through
+	// Nomad's API once the canary failed, which takes the same path:
+	// auto_revert writes the last stable version back.
+	phase("failed canary changes nothing", func(t *testing.T, _ map[string]string) {
+		api := nc.API()
+		defer func() {
+			if !t.Failed() {
+				return
+			}
+			allocs, _, _ := api.Jobs().Allocations(jobIDs[0], true, nil)
+			for _, a := range allocs {
+				t.Logf("model A's allocation %s: version %d, create index %d, %s/%s, deployment status %+v",
+					a.ID, a.JobVersion, a.CreateIndex, a.ClientStatus, a.DesiredStatus, a.DeploymentStatus)
+			}
+			var models []ModelStatus
+			getJSON(t, srv.URL+"/v1/models", &models)
+			t.Logf("/v1/models: %+v", models)
+		}()
+		old := passingInstances(t, coord.consul, crunchName, short(0))
+		serving := servingAllocs(t, nc, jobIDs[0])
+		if len(old) != 1 || len(serving) != 1 {
+			t.Fatalf("model A has %d passing instances and %d running allocations before its new submission, want 1 and 1", len(old), len(serving))
+		}
+		key := runnerKey(t, old[0])
+		// A model that has served a while: its version is stable (its
+		// deployment succeeded), the one Nomad reverts to.
+		var good *nomadapi.Job
+		waitFor(t, time.Minute, "model A's version stable", func() bool {
+			j, _, err := api.Jobs().Info(jobIDs[0], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			good = j
+			return j.Stable != nil && *j.Stable
+		})
+		broken, sum3 := serveExampleModelWith(t, map[string][]byte{"SUBMISSION": []byte("3\n")})
+		sum3[0] ^= 0xff
+		f.SetAccount(t, keys[0], c.Program, authWith(ids[0], callableMemory, broken, sum3))
+
+		var canary *nomadapi.AllocationListStub
+		waitFor(t, 2*time.Minute, "model A's canary failing", func() bool {
+			allocs, _, err := api.Jobs().Allocations(jobIDs[0], true, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range allocs {
+				if a.DeploymentStatus != nil && a.DeploymentStatus.Canary && a.ClientStatus == nomadapi.AllocClientStatusFailed {
+					canary = a
+				}
+			}
+			return canary != nil
+		})
+		d, _, err := api.Jobs().LatestDeployment(jobIDs[0], nil)
+		if err != nil || d == nil || d.JobVersion != canary.JobVersion {
+			t.Fatalf("the canary's deployment: %+v, %v", d, err)
+		}
+		t.Logf("the canary failed; its deployment: %s (%s)", d.Status, d.StatusDescription)
+		failed := time.Now()
+		if _, _, err := api.Deployments().Fail(d.ID, nil); err != nil {
+			t.Fatalf("failing the deployment: %v", err)
+		}
+		waitFor(t, 30*time.Second, "Nomad reverting model A's job", func() bool {
+			j, _, err := api.Jobs().Info(jobIDs[0], nil)
+			return err == nil && *j.Version > canary.JobVersion && j.Meta[names.MetaSpec] == good.Meta[names.MetaSpec]
+		})
+		if d, _, err = api.Deployments().Info(d.ID, nil); err != nil || d.Status != nomadapi.DeploymentStatusFailed ||
+			!strings.Contains(d.StatusDescription, fmt.Sprintf("rolling back to job version %d", *good.Version)) {
+			t.Errorf("the canary's deployment: %+v, %v; want failed, rolling back to version %d", d, err, *good.Version)
+		}
+
+		// The scheduler: the serving allocation's state, the rollout's
+		// failure, no crash-loop hold, no quarantine.
+		var ms ModelStatus
+		waitFor(t, 30*time.Second, "the failed rollout reported", func() bool {
+			ms = modelStatus(t, srv.URL, jobIDs[0])
+			return ms.Rollout != ""
+		})
+		if ms.Allocation != serving[0] || (ms.State != observer.StateRunning && ms.State != observer.StateHealthy) ||
+			!ms.BackoffUntil.IsZero() || ms.Quarantine != nil || !strings.Contains(ms.Rollout, nomadapi.TaskArtifactDownloadFailed) {
+			t.Errorf("model A: %+v; want its serving allocation %s running, the artifact's failure as the rollout's, no hold", ms, serving[0])
+		}
+		waitFor(t, 30*time.Second, "the failed rollout counted", func() bool {
+			return strings.Contains(metricsText(t, srv.URL), `modelnodes_scheduler_rollouts{state="failed"} 1`)
+		})
+		// Nor is the failed version written again before --rollout-retry.
+		indexes, writes := jobIndexes(t, nc), nomadWrites(t, srv.URL)
+		for range len(rs.passes) {
+			<-rs.passes
+		}
+		for range 3 {
+			select {
+			case r := <-rs.passes:
+				if r.Updated != 0 || r.FailedRollouts != 1 {
+					t.Errorf("a pass after the revert: %v; want no update, one failed rollout", r)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("no scheduler pass within 15 s")
+			}
+		}
+		sameJobs(t, nc, indexes, "over three passes after the revert")
+		if now := nomadWrites(t, srv.URL); now != writes {
+			t.Errorf("the scheduler wrote to Nomad after the revert: %v -> %v", writes, now)
+		}
+		// Counted from the revert, not from when the serving version was
+		// submitted (Nomad's revert keeps its SubmitTime).
+		line := grepLine(logs.String(), "failed its rollout")
+		_, retry, _ := strings.Cut(line, "retry_at=")
+		if at, err := time.Parse(time.RFC3339, strings.TrimSpace(retry)); err != nil ||
+			at.Before(failed.Add(DefaultRolloutRetry).Truncate(time.Second)) || at.After(time.Now().Add(DefaultRolloutRetry)) {
+			t.Errorf("the failed version's retry: %q (%v); want %s after the revert at %s", line, err, DefaultRolloutRetry, failed.UTC().Format(time.RFC3339))
+		}
+
+		// Model A, as a coordinator and Nomad see it: the same allocation,
+		// at the same address, with the same key; the canary gone.
+		if now := servingAllocs(t, nc, jobIDs[0]); !slices.Equal(now, serving) {
+			t.Errorf("model A's running allocations: %v -> %v", serving, now)
+		}
+		if now := passingInstances(t, coord.consul, crunchName, short(0)); !slices.Equal(now, old) {
+			t.Errorf("model A's passing instances: %v -> %v", old, now)
+		} else if runnerKey(t, now[0]) != key {
+			t.Error("model A's runner serves with another key after the failed rollout")
+		}
+		if ms := modelStatus(t, srv.URL, jobIDs[0]); ms.State == observer.StateBackoff || ms.Allocation != serving[0] {
+			t.Errorf("model A after the passes: %+v", ms)
+		}
+	}, func() { f.SetAccount(t, keys[0], c.Program, auth(ids[0], callableMemory)) }, nil)
+
+	// 8. A and B closed: 2 of 3, held until an operator confirms; then they
 	// stop (their calls may fail while they go), and C never misses one.
 	phase("two closed, confirmed", func(t *testing.T, before map[string]string) {
 		f.CloseAccount(t, keys[0])
@@ -530,6 +693,51 @@ func grepLine(s, sub string) string {
 		}
 	}
 	return last
+}
+
+// servingAllocs returns the ids of a job's allocations running and meant
+// to run.
+func servingAllocs(t testing.TB, nc *nomad.Client, jobID string) []string {
+	t.Helper()
+	allocs, _, err := nc.API().Jobs().Allocations(jobID, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, a := range allocs {
+		if a.ClientStatus == nomadapi.AllocClientStatusRunning && a.DesiredStatus == nomadapi.AllocDesiredStatusRun {
+			out = append(out, a.ID)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// modelStatus returns a job's entry in the scheduler's GET /v1/models.
+func modelStatus(t testing.TB, base, jobID string) ModelStatus {
+	t.Helper()
+	var models []ModelStatus
+	getJSON(t, base+"/v1/models", &models)
+	for _, m := range models {
+		if m.JobID == jobID {
+			return m
+		}
+	}
+	t.Fatalf("job %s is not in /v1/models", jobID)
+	return ModelStatus{}
+}
+
+// nomadWrites returns the scheduler's modelnodes_scheduler_nomad_writes_total
+// lines.
+func nomadWrites(t testing.TB, base string) string {
+	t.Helper()
+	var lines []string
+	for _, l := range strings.Split(metricsText(t, base), "\n") {
+		if strings.HasPrefix(l, "modelnodes_scheduler_nomad_writes_total") {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "; ")
 }
 
 // A model Nomad cannot place (more memory than any node has) is not left

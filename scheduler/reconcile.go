@@ -100,8 +100,8 @@ type QuarantineStore interface {
 // RolloutReader is the part of Nomad that says which version of a job
 // failed its rollout (nomad.Client).
 type RolloutReader interface {
-	// FailedRollout returns the spec of the job's version whose rollout
-	// failed last, if its latest deployment failed; "" otherwise.
+	// FailedRollout returns the spec of the version whose rollout failed,
+	// if the job's current version is Nomad's revert from it; "" otherwise.
 	FailedRollout(ctx context.Context, jobID string) (string, error)
 }
 
@@ -109,8 +109,14 @@ type RolloutReader interface {
 // (the revert that followed it wrote the job): Nomad is asked once per
 // revert, not once per pass.
 type failedRollout struct {
-	index  uint64
-	spec   string
+	index uint64
+	spec  string
+	// at is when this scheduler first saw the revert: the retry counts
+	// from it. Nomad records no time for a revert: it keeps the served
+	// version's SubmitTime, and the deployment it failed has no
+	// ModifyTime. A new leader starts the count again, so a failover
+	// delays a retry rather than hastening it.
+	at     time.Time
 	logged bool
 }
 
@@ -300,10 +306,9 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 				out = append(out, a)
 				continue
 			}
-			f = failedRollout{index: cur.JobModifyIndex, spec: spec}
+			f = failedRollout{index: cur.JobModifyIndex, spec: spec, at: now}
 		}
-		// The revert wrote the job at SubmitTime: the retry counts from it.
-		if f.spec == "" || f.spec != a.Desired.Spec || now.Sub(cur.SubmitTime) >= retry {
+		if f.spec == "" || f.spec != a.Desired.Spec || now.Sub(f.at) >= retry {
 			r.rollouts[a.JobID] = f
 			out = append(out, a)
 			continue
@@ -311,7 +316,7 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 		if !f.logged {
 			r.log().Warn("this version of the model failed its rollout (Nomad reverted the job); the previous version serves until it is retried",
 				"job", a.JobID, "model", a.Desired.Model.ModelID, "crunch", a.Desired.Model.Crunch,
-				"retry_at", cur.SubmitTime.Add(retry).UTC().Format(time.RFC3339))
+				"retry_at", f.at.Add(retry).UTC().Format(time.RFC3339))
 			f.logged = true
 		}
 		r.rollouts[a.JobID] = f

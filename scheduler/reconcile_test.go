@@ -287,15 +287,16 @@ func (n *rolloutNomad) FailedRollout(_ context.Context, id string) (string, erro
 	return n.failed[id], nil
 }
 
-// revert plays Nomad's auto-revert: the job is written back at spec, as a
-// new version submitted at.
-func (n *rolloutNomad) revert(id, spec string, at time.Time) {
+// revert plays Nomad's auto-revert: the job is written back as the served
+// version, a new version that keeps the served one's SubmitTime (as
+// Nomad's deployment watcher does).
+func (n *rolloutNomad) revert(id string, served nomad.JobStub) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	j := n.jobs[id]
 	n.failed[id] = j.Meta[names.MetaSpec]
 	n.index++
-	j.Meta[names.MetaSpec], j.JobModifyIndex, j.SubmitTime = spec, n.index, at
+	j.Meta[names.MetaSpec], j.JobModifyIndex, j.SubmitTime = served.Meta[names.MetaSpec], n.index, served.SubmitTime
 }
 
 // rolloutReconciler is a reconciler of a rolloutNomad, at the time *now,
@@ -308,8 +309,10 @@ func rolloutReconciler(now *time.Time) (*rolloutNomad, *Reconciler) {
 
 // A version whose rollout failed (Nomad reverted the job) is not written
 // again at every pass, which would put its canary back on trial in a loop;
-// it is after RolloutRetry, and a newer version is written at once. Nomad
-// is asked once per revert, not once per pass.
+// it is after RolloutRetry from the revert (not from when the served
+// version was submitted, hours before: the revert keeps its SubmitTime),
+// and a newer version is written at once. Nomad is asked once per revert,
+// not once per pass.
 func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
@@ -320,16 +323,18 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	if res, err := r.Reconcile(ctx, desiredOf(opts, a), nil, true); err != nil || res.Registered != 1 {
 		t.Fatalf("first pass: %v %v", res, err)
 	}
-	served := n.jobs[id].Meta[names.MetaSpec]
-	a.MemoryMB = 1024 // the new submission
+	served := *n.jobs[id]
+	served.Meta = maps.Clone(served.Meta)
+	now = now.Add(2 * time.Hour) // the served version has run for a while
+	a.MemoryMB = 1024            // the new submission
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 {
 		t.Fatalf("the new version is not written: %v", res)
 	}
-	n.revert(id, served, now)
+	n.revert(id, served)
 	asked := n.asked
 	for range 3 {
 		res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true)
-		if res.Updated != 0 || res.FailedRollouts != 1 || n.jobs[id].Meta[names.MetaSpec] != served {
+		if res.Updated != 0 || res.FailedRollouts != 1 || n.jobs[id].Meta[names.MetaSpec] != served.Meta[names.MetaSpec] {
 			t.Fatalf("the failed version was written again at once: %v", res)
 		}
 	}
@@ -340,7 +345,7 @@ func TestReconcileDoesNotRetryAFailedRolloutAtOnce(t *testing.T) {
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 {
 		t.Fatalf("the failed version is not retried after RolloutRetry: %v", res)
 	}
-	n.revert(id, served, now)
+	n.revert(id, served)
 	a.MemoryMB = 2048 // a newer submission goes out at once
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a), nil, true); res.Updated != 1 || res.FailedRollouts != 0 {
 		t.Fatalf("a newer version waits for the failed one's retry: %v", res)
@@ -361,14 +366,14 @@ func TestReconcileForgetsRolloutsNoLongerFailing(t *testing.T) {
 	if res, err := r.Reconcile(ctx, desiredOf(opts, a, b), nil, true); err != nil || res.Registered != 2 {
 		t.Fatalf("first pass: %v %v", res, err)
 	}
-	served := n.jobs[ida].Meta[names.MetaSpec]
-	servedB := n.jobs[idb].Meta[names.MetaSpec]
+	served, servedB := *n.jobs[ida], *n.jobs[idb]
+	served.Meta, servedB.Meta = maps.Clone(served.Meta), maps.Clone(servedB.Meta)
 	a.MemoryMB, b.MemoryMB = 1024, 1024 // new submissions, whose rollouts fail
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a, b), nil, true); res.Updated != 2 {
 		t.Fatalf("the new versions are not written: %v", res)
 	}
-	n.revert(ida, served, now)
-	n.revert(idb, servedB, now)
+	n.revert(ida, served)
+	n.revert(idb, servedB)
 	if res, _ := r.Reconcile(ctx, desiredOf(opts, a, b), nil, true); res.FailedRollouts != 2 {
 		t.Fatalf("both failed rollouts are not held: %v", res)
 	}

@@ -473,7 +473,7 @@ func (o *Observer) States() []ModelState {
 	out := make([]ModelState, 0, len(o.states))
 	now := o.clock()
 	for _, st := range o.states {
-		c := ModelState{JobID: st.JobID, State: st.State, Reason: st.Reason, Allocation: st.Allocation}
+		c := ModelState{JobID: st.JobID, State: st.State, Reason: st.Reason, Allocation: st.Allocation, Rollout: st.Rollout}
 		if now.Before(st.holdUntil) {
 			c.BackoffUntil = st.holdUntil
 		}

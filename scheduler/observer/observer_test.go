@@ -111,7 +111,7 @@ func TestObserverFailedCanaryIsNoCrashLoop(t *testing.T) {
 	if held, _ := o.Held(); held["model-node-x"] {
 		t.Fatal("three failed canaries put the serving model on crash-loop hold")
 	}
-	if st.State != StateHealthy || st.Allocation != "old" || !strings.Contains(st.Rollout, "Exit Code: 3") {
+	if st := o.States()[0]; st.State != StateHealthy || st.Allocation != "old" || !strings.Contains(st.Rollout, "Exit Code: 3") {
 		t.Fatalf("state %q allocation %q rollout %q; want the serving version healthy, and the canary's failure", st.State, st.Allocation, st.Rollout)
 	}
 	// Promoted: the old allocation stopped, the canary alone crashes.
