@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/nomad/plugins/base"
@@ -112,7 +113,15 @@ esac
 			if err == nil || !strings.Contains(err.Error(), "a package index refused the node's login") || !strings.Contains(err.Error(), c.line[len(c.line)-40:]) {
 				t.Fatalf("StartTask: %v, want a failed start quoting uv", err)
 			}
-			if stage := lastEnvironmentStage(events.of(r.task.ID)); stage != driver.EnvironmentStageRefused {
+			// The events travel through the driver's event channel: the
+			// last may arrive after StartTask returned.
+			stage := ""
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				if stage = lastEnvironmentStage(events.of(r.task.ID)); stage == driver.EnvironmentStageRefused || time.Now().After(deadline) {
+					break
+				}
+			}
+			if stage != driver.EnvironmentStageRefused {
 				t.Errorf("the last environment event's stage is %q, want %q: the scheduler would report the model's environment failed", stage, driver.EnvironmentStageRefused)
 			}
 		})
