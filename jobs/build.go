@@ -478,3 +478,24 @@ func resources(m *Model) (cpu, mem, gpus int) {
 	}
 	return cpu, mem, gpus
 }
+
+// CheckLoaded makes the model's Consul check read the runner's
+// names.HealthLoaded status instead of its overall health, for a version
+// that replaces a serving one: its canary then turns healthy only once its
+// model loaded, and a new submission that cannot load (an import error)
+// fails its rollout while the serving version goes on (docs/scheduler.md).
+// A first version keeps the overall health, under which a model that fails
+// to load is callable and answers BAD_IMPLEMENTATION, so that coordinators
+// see the failure and report it. The check's service is no part of the
+// spec hash: either way the job is the same model's.
+func CheckLoaded(job *nomadapi.Job) {
+	for _, tg := range job.TaskGroups {
+		for _, svc := range tg.Services {
+			for i := range svc.Checks {
+				if svc.Checks[i].Type == "grpc" {
+					svc.Checks[i].GRPCService = names.HealthLoaded
+				}
+			}
+		}
+	}
+}

@@ -105,6 +105,14 @@ const MetricsService = ServicePrefix + "-metrics"
 // (runner/supersede), until the promotion retags it (Nomad's canary_tags).
 const TagCanary = "canary"
 
+// HealthLoaded is the gRPC health service a runner reports SERVING while
+// its worker is up and its model loaded, NOT_SERVING when the model failed
+// to load (an import error, an environment that cannot be built): the
+// overall health ("") stays SERVING then, so that coordinators can call
+// the model and see BAD_IMPLEMENTATION. A new version's check reads it, so
+// that a canary that cannot load never turns healthy (jobs.CheckLoaded).
+const HealthLoaded = "modelnodes.Loaded"
+
 // Node attributes the modelbox driver reports and jobs are constrained
 // with (docs/driver.md).
 const (

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/modelnodes/modelnodes/names"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	tipb "github.com/modelnodes/modelnodes/proto/train_infer"
@@ -57,6 +58,7 @@ func wantCode(t *testing.T, what string, st *commonspb.Status, code string, msgP
 
 func TestPythonSetupStatuses(t *testing.T) {
 	h := start(t, pythonWorker(t, "pymodel")).ready()
+	h.waitHealth(names.HealthLoaded, healthpb.HealthCheckResponse_SERVING) // its model loaded
 	wantCode(t, "Call before Setup", h.call("echo", nil).GetStatus(), "FAILED_PRECONDITION", "Setup")
 	wantCode(t, "empty className", h.setup("", nil), "INVALID_ARGUMENT", "class_name")
 	wantCode(t, "className without module", h.setup("Tracker", nil), "SETUP_FAILED", "module")
@@ -246,6 +248,10 @@ func TestPythonBrokenSubmission(t *testing.T) {
 	h := start(t, pythonWorker(t, "pybroken")).ready()
 	// The runner takes calls, but the model did not load: its services say so.
 	h.waitHealth(runner.ServiceDynamicSubclass, healthpb.HealthCheckResponse_NOT_SERVING)
+	// Overall SERVING (coordinators call it and see BAD_IMPLEMENTATION),
+	// "loaded" NOT_SERVING: a new version's canary never turns healthy.
+	h.waitHealth("", healthpb.HealthCheckResponse_SERVING)
+	h.waitHealth(names.HealthLoaded, healthpb.HealthCheckResponse_NOT_SERVING)
 	wantCode(t, "Setup of a submission that fails to import", h.setup("crunch_base.Tracker", nil),
 		"BAD_IMPLEMENTATION", "a_module_that_does_not_exist")
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/modelnodes/modelnodes/names"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
 	tipb "github.com/modelnodes/modelnodes/proto/train_infer"
 	"github.com/modelnodes/modelnodes/runner"
@@ -195,6 +196,8 @@ func TestRunAnswersBadImplementationWhenTheModelCannotRun(t *testing.T) {
 	o.Listen = freeAddr(t)
 	h, stop := run(t, o)
 	h.waitHealth(runner.ServiceDynamicSubclass, healthpb.HealthCheckResponse_NOT_SERVING)
+	h.waitHealth("", healthpb.HealthCheckResponse_SERVING)
+	h.waitHealth(names.HealthLoaded, healthpb.HealthCheckResponse_NOT_SERVING)
 
 	res, err := h.ds.Setup(ctxTimeout(t, 10*time.Second), &dspb.SetupRequest{ClassName: "Model"})
 	if err != nil {

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/modelnodes/modelnodes/delegation"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/pki/tlsfiles"
 	commonspb "github.com/modelnodes/modelnodes/proto/commons"
 	dspb "github.com/modelnodes/modelnodes/proto/dynamic_subclass"
@@ -308,6 +309,7 @@ func (s *Server) workerState(h *frame.Hello) {
 			has[svc] = true
 		}
 	}
+	s.health.SetServingStatus(names.HealthLoaded, servingStatus(up && h.LoadError == ""))
 	s.health.SetServingStatus(ServiceDynamicSubclass, servingStatus(has["dynamic_subclass"]))
 	s.health.SetServingStatus(ServiceTrainInfer, servingStatus(has["train_infer"]))
 	s.health.SetServingStatus(ServiceTrainInferStream, servingStatus(has["train_infer_stream"]))

@@ -19,10 +19,12 @@ type fakeNomad struct {
 	jobs  map[string]*nomad.JobStub
 	calls map[string]int
 	fail  error // every call fails with it when set
+	// written is the last job registered under each id.
+	written map[string]*nomadapi.Job
 }
 
 func newFakeNomad() *fakeNomad {
-	return &fakeNomad{jobs: map[string]*nomad.JobStub{}, calls: map[string]int{}}
+	return &fakeNomad{jobs: map[string]*nomad.JobStub{}, calls: map[string]int{}, written: map[string]*nomadapi.Job{}}
 }
 
 func (f *fakeNomad) ListJobs(_ context.Context, prefix string) ([]nomad.JobStub, error) {
@@ -61,6 +63,7 @@ func (f *fakeNomad) Register(_ context.Context, job *nomadapi.Job, modifyIndex u
 		st.Stop, st.Status = true, "dead"
 	}
 	f.jobs[*job.ID] = st
+	f.written[*job.ID] = job
 	return nil
 }
 

@@ -529,6 +529,11 @@ func (r *Reconciler) register(ctx context.Context, a Action) error {
 	if err := jobs.ConstrainPython(job, a.Desired.Python); err != nil {
 		return fmt.Errorf("job %s: %w", a.JobID, err)
 	}
+	if a.Op == OpUpdate && !a.WasStopped && a.Quarantine == nil {
+		// It replaces a serving version through a canary, which must not
+		// turn healthy unless its model loads.
+		jobs.CheckLoaded(job)
+	}
 	job.Meta[names.MetaSpec] = jobs.SpecWithPython(job.Meta[names.MetaSpec], a.Desired.Python) // as Desired.Spec
 	if q := a.Quarantine; q != nil {
 		// Written stopped: Nomad stops its allocations, and the job says

@@ -456,3 +456,47 @@ func TestReconcileBoundsRollouts(t *testing.T) {
 		t.Fatalf("a stopped model is not started while others roll: %v", res)
 	}
 }
+
+// A version that replaces a serving one (its canary beside it) is checked
+// on the runner's "loaded" health, so that a submission that cannot load
+// never turns healthy and the serving version goes on; a first version,
+// and a model started again after a stop, keep the overall health, under
+// which a model that fails to load answers BAD_IMPLEMENTATION.
+func TestAnUpdateChecksThatItsModelLoaded(t *testing.T) {
+	ctx := context.Background()
+	n := newFakeNomad()
+	opts := &jobs.Options{Plaintext: true, AllowHostModelDirs: true}
+	r := &Reconciler{Nomad: n, Options: opts}
+	a := testModel("demo", "a", true)
+	id := jobs.JobID(jobs.Named(&a))
+	checked := func() string {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return n.written[id].TaskGroups[0].Services[0].Checks[0].GRPCService
+	}
+	pass := func(m jobs.Model) Result {
+		res, err := r.Reconcile(ctx, desiredOf(opts, m), nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if res := pass(a); res.Registered != 1 || checked() != "" {
+		t.Fatalf("first version: %v, check service %q, want the overall health", res, checked())
+	}
+	a.MemoryMB = 1024 // a new submission
+	if res := pass(a); res.Updated != 1 || checked() != names.HealthLoaded {
+		t.Fatalf("new version: %v, check service %q, want %q", res, checked(), names.HealthLoaded)
+	}
+	if res := pass(a); res.Unchanged != 1 {
+		t.Fatalf("the check's service is no part of the spec: %v", res)
+	}
+	a.Running = false
+	if res := pass(a); res.Stopped != 1 {
+		t.Fatalf("stop: %v", res)
+	}
+	a.Running = true
+	if res := pass(a); res.Updated != 1 || checked() != "" {
+		t.Fatalf("started again: %v, check service %q, want the overall health", res, checked())
+	}
+}
