@@ -63,6 +63,12 @@ type Action struct {
 	Quarantine *quarantine.Record
 }
 
+// replacesServing says the action writes a new version of a running job:
+// Nomad rolls it out as a canary beside the serving version (jobs' update
+// block), which needs room for one more allocation, may fail its rollout,
+// and must not turn healthy unless its model loads.
+func (a Action) replacesServing() bool { return a.Op == OpUpdate && !a.WasStopped }
+
 // Want is the desired side of a pass, as the Watcher merges it.
 type Want struct {
 	// Models are the desired models by job id.

@@ -252,7 +252,7 @@ func limitRollouts(actions []Action, existing []nomad.JobStub, max int) ([]Actio
 	out := actions[:0:0]
 	deferred := 0
 	for _, a := range actions {
-		if a.Op == OpUpdate && !a.WasStopped {
+		if a.replacesServing() {
 			if budget <= 0 {
 				deferred++
 				continue
@@ -294,7 +294,7 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 	skipped := 0
 	for _, a := range actions {
 		cur := jobs[a.JobID]
-		if a.Op != OpUpdate || a.WasStopped || cur == nil {
+		if !a.replacesServing() || cur == nil {
 			out = append(out, a)
 			continue
 		}
@@ -529,7 +529,7 @@ func (r *Reconciler) register(ctx context.Context, a Action) error {
 	if err := jobs.ConstrainPython(job, a.Desired.Python); err != nil {
 		return fmt.Errorf("job %s: %w", a.JobID, err)
 	}
-	if a.Op == OpUpdate && !a.WasStopped && a.Quarantine == nil {
+	if a.replacesServing() {
 		// It replaces a serving version through a canary, which must not
 		// turn healthy unless its model loads.
 		jobs.CheckLoaded(job)
