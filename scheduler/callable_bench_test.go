@@ -588,7 +588,18 @@ func serveExampleModelWith(b testing.TB, extra map[string][]byte) (string, [32]b
 
 // servePythonModel serves runner/testdata/pymodel, with a requirements.txt
 // holding requirements unless it is empty, as a .tar.gz artifact.
-func servePythonModel(b *testing.B, requirements string) (string, [32]byte) {
+func servePythonModel(b testing.TB, requirements string) (string, [32]byte) {
+	b.Helper()
+	var extra map[string][]byte
+	if requirements != "" {
+		extra = map[string][]byte{"requirements.txt": []byte(requirements)}
+	}
+	return servePythonModelWith(b, extra)
+}
+
+// servePythonModelWith serves runner/testdata/pymodel with extra files
+// added, or replacing its own (another submission of the same model).
+func servePythonModelWith(b testing.TB, extra map[string][]byte) (string, [32]byte) {
 	b.Helper()
 	files := map[string][]byte{}
 	for _, name := range []string{"main.py", "crunch_base.py"} {
@@ -598,9 +609,7 @@ func servePythonModel(b *testing.B, requirements string) (string, [32]byte) {
 		}
 		files[name] = data
 	}
-	if requirements != "" {
-		files["requirements.txt"] = []byte(requirements)
-	}
+	maps.Copy(files, extra)
 	return testcluster.ServeArchive(b, "model", files)
 }
 

@@ -88,8 +88,9 @@ type ModelState struct {
 	Reason       string    `json:"reason,omitempty"`
 	Allocation   string    `json:"allocation,omitempty"`
 	BackoffUntil time.Time `json:"backoff_until,omitzero"`
-	// Rollout says why the newest version's canary failed while the
-	// previous version kept serving (Nomad reverts the job to it).
+	// Rollout says how the newest version's canary stands while the
+	// previous version serves: on trial, unhealthy, or failed (Nomad then
+	// reverts the job to the previous version).
 	Rollout string `json:"rollout,omitempty"`
 
 	failures  map[string]time.Time // failed alloc id -> when
@@ -295,19 +296,23 @@ func (o *Observer) refresh(jobID string) (held bool) {
 		}
 	}
 	st.State, st.Reason, st.Allocation, st.Rollout = StatePending, "", "", ""
-	if latest != nil && canary(latest) && latest.ClientStatus != nomadapi.AllocClientStatusRunning {
-		// The new version's trial ended (failed, or stopped by its failed
-		// deployment): the model is what the previous version is doing.
+	if latest != nil && canary(latest) {
+		// While a new version's canary is on trial, or after its trial
+		// ended (failed, or stopped by its failed deployment), the model is
+		// what the previous version is doing, and the rollout is said
+		// beside it.
 		var serving *nomadapi.AllocationListStub
 		for _, a := range st.allocs {
-			if a.ClientStatus == nomadapi.AllocClientStatusRunning && a.DesiredStatus == nomadapi.AllocDesiredStatusRun &&
+			if a.ID != latest.ID && a.ClientStatus == nomadapi.AllocClientStatusRunning && a.DesiredStatus == nomadapi.AllocDesiredStatusRun &&
 				(serving == nil || a.CreateIndex > serving.CreateIndex) {
 				serving = a
 			}
 		}
 		if serving != nil {
-			st.Rollout = "the new version failed its rollout (" + failureReason(latest) + "); the previous version serves"
-			latest = serving
+			if r := rollout(latest); r != "" {
+				st.Rollout = r + "; the previous version serves"
+				latest = serving
+			}
 		}
 	}
 	if latest != nil {
@@ -389,39 +394,109 @@ func otherRunning(st *ModelState, a *nomadapi.AllocationListStub) bool {
 	return false
 }
 
+// rollout says how a new version's canary stands, when the previous
+// version still serves: "" once the canary is healthy (Nomad promotes it).
+func rollout(c *nomadapi.AllocationListStub) string {
+	healthy := c.DeploymentStatus.Healthy
+	switch {
+	case c.ClientStatus != nomadapi.AllocClientStatusRunning:
+		if cause := failureCause(c); cause != nil {
+			return "the new version failed its rollout (" + describe(cause) + ")"
+		}
+		if healthy == nil || !*healthy {
+			// Stopped by its failed deployment (Nomad's progress deadline,
+			// or an operator's `nomad deployment fail`) before its checks
+			// passed.
+			return "the new version failed its rollout (its canary " + shortAlloc(c.ID) + " never turned healthy)"
+		}
+		return "the new version failed its rollout (" + failureReason(c) + ")"
+	case healthy == nil:
+		return "the new version is rolling out (its canary " + shortAlloc(c.ID) + " is running, not yet healthy)"
+	case !*healthy:
+		why := "its checks did not pass by the healthy deadline"
+		if cause := failureCause(c); cause != nil {
+			why = describe(cause)
+		}
+		return "the new version is failing its rollout (its canary " + shortAlloc(c.ID) + " is unhealthy: " + why + ")"
+	}
+	return ""
+}
+
+func shortAlloc(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+func describe(e *nomadapi.TaskEvent) string { return e.Type + ": " + e.DisplayMessage }
+
+// failureReason is why an allocation failed: its cause when its events
+// name one, else its last event.
 func failureReason(a *nomadapi.AllocationListStub) string {
-	// The cause (an artifact that cannot be fetched, a driver error) is
-	// more useful than the consequences logged after it (unhealthy, killed,
-	// not restarting).
-	var cause, fails, last *nomadapi.TaskEvent
-	later := func(a, b *nomadapi.TaskEvent) bool { return a == nil || b.Time > a.Time }
+	if cause := failureCause(a); cause != nil {
+		return describe(cause)
+	}
+	var last *nomadapi.TaskEvent
 	for _, ts := range a.TaskStates {
 		for _, e := range ts.Events {
+			if e.DisplayMessage != "" && (last == nil || e.Time > last.Time) {
+				last = e
+			}
+		}
+	}
+	if last != nil {
+		return describe(last)
+	}
+	return a.ClientDescription
+}
+
+// allocUnhealthy is the type of the task event Nomad's client emits when
+// an allocation turns unhealthy (client/allochealth: "Task not running by
+// deadline", "Services not healthy by deadline").
+const allocUnhealthy = "Alloc Unhealthy"
+
+// failureCause is the event that says why an allocation failed, nil when
+// none does. The cause (an artifact that cannot be fetched, a driver error,
+// the task exiting on its own) is more useful than the consequences logged
+// after it (unhealthy, not restarting); a task Nomad killed exited because
+// it was killed, which is no cause.
+func failureCause(a *nomadapi.AllocationListStub) *nomadapi.TaskEvent {
+	var cause, unhealthy, fails *nomadapi.TaskEvent
+	later := func(a, b *nomadapi.TaskEvent) bool { return a == nil || b.Time > a.Time }
+	for _, ts := range a.TaskStates {
+		// Events come in order: a Terminated after a Killing, with no
+		// start between them, is the kill's.
+		killed := false
+		for _, e := range ts.Events {
+			switch e.Type {
+			case nomadapi.TaskKilling:
+				killed = true
+			case nomadapi.TaskStarted, nomadapi.TaskRestarting:
+				killed = false
+			}
 			if e.DisplayMessage == "" {
 				continue
 			}
-			if later(last, e) {
-				last = e
-			}
-			if (e.DownloadError != "" || e.DriverError != "" || e.SetupError != "" || e.ValidationError != "" ||
-				e.Type == nomadapi.TaskTerminated) && later(cause, e) {
+			exited := e.Type == nomadapi.TaskTerminated && !killed
+			if (e.DownloadError != "" || e.DriverError != "" || e.SetupError != "" || e.ValidationError != "" || exited) && later(cause, e) {
 				cause = e
+			}
+			if e.Type == allocUnhealthy && later(unhealthy, e) {
+				unhealthy = e
 			}
 			if e.FailsTask && later(fails, e) {
 				fails = e
 			}
 		}
 	}
-	if cause == nil {
-		cause = fails
+	switch {
+	case cause != nil:
+		return cause
+	case unhealthy != nil:
+		return unhealthy
 	}
-	if cause != nil {
-		return cause.Type + ": " + cause.DisplayMessage
-	}
-	if last != nil {
-		return last.Type + ": " + last.DisplayMessage
-	}
-	return a.ClientDescription
+	return fails
 }
 
 // environmentFailure is why the allocation's model cannot serve when the

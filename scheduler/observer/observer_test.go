@@ -123,3 +123,65 @@ func TestObserverFailedCanaryIsNoCrashLoop(t *testing.T) {
 		t.Fatalf("a promoted canary crash-looping alone is not held: %+v", st)
 	}
 }
+
+// While a new version's canary is on trial the model is the serving
+// version, with the rollout said beside it: running and not yet healthy,
+// unhealthy (Nomad's health event), stopped before it turned healthy (its
+// deployment failed: the kill's exit code is no cause), and once healthy
+// the canary is the model.
+func TestObserverSaysHowARolloutStands(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	o := &Observer{now: func() time.Time { return now }, states: map[string]*ModelState{}}
+	yes, no := true, false
+	put := func(a *nomadapi.AllocationListStub) ModelState {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		a.JobID, a.ModifyTime = "model-node-x", now.UnixNano()
+		o.add(a)
+		o.refresh(a.JobID)
+		return *o.states[a.JobID]
+	}
+	at := func(s int) int64 { return now.Add(time.Duration(s) * time.Second).UnixNano() }
+	started := &nomadapi.TaskEvent{Type: nomadapi.TaskStarted, DisplayMessage: "Task started by client", Time: at(1)}
+	put(&nomadapi.AllocationListStub{ID: "0ld00000-aaaa", ClientStatus: "running", DesiredStatus: "run", CreateIndex: 1,
+		DeploymentStatus: &nomadapi.AllocDeploymentStatus{Healthy: &yes}})
+	canary := func(status string, healthy *bool, evs ...*nomadapi.TaskEvent) *nomadapi.AllocationListStub {
+		return &nomadapi.AllocationListStub{ID: "c4nary00-bbbb", ClientStatus: status, DesiredStatus: "run", CreateIndex: 2,
+			DeploymentStatus: &nomadapi.AllocDeploymentStatus{Canary: true, Healthy: healthy},
+			TaskStates:       map[string]*nomadapi.TaskState{"model": {Events: evs}}}
+	}
+	for _, c := range []struct {
+		name   string
+		canary *nomadapi.AllocationListStub
+		alloc  string
+		state  string
+		want   string
+	}{
+		{"on trial", canary("running", nil, started), "0ld00000-aaaa", StateHealthy,
+			"the new version is rolling out (its canary c4nary00 is running, not yet healthy); the previous version serves"},
+		{"unhealthy", canary("running", &no, started, &nomadapi.TaskEvent{Type: "Alloc Unhealthy", DisplayMessage: "Services not healthy by deadline", Time: at(2)}),
+			"0ld00000-aaaa", StateHealthy,
+			"the new version is failing its rollout (its canary c4nary00 is unhealthy: Alloc Unhealthy: Services not healthy by deadline); the previous version serves"},
+		{"stopped by its failed deployment", canary("complete", nil, started,
+			&nomadapi.TaskEvent{Type: nomadapi.TaskKilling, DisplayMessage: "Sent interrupt. Waiting 10s before force killing", Time: at(3)},
+			&nomadapi.TaskEvent{Type: nomadapi.TaskTerminated, DisplayMessage: "Exit Code: 0", Time: at(4)},
+			&nomadapi.TaskEvent{Type: nomadapi.TaskKilled, DisplayMessage: "Task successfully killed", Time: at(5)}),
+			"0ld00000-aaaa", StateHealthy,
+			"the new version failed its rollout (its canary c4nary00 never turned healthy); the previous version serves"},
+		{"exited after a restart", canary("failed", nil, started,
+			&nomadapi.TaskEvent{Type: nomadapi.TaskKilling, DisplayMessage: "Sent interrupt", Time: at(3)},
+			&nomadapi.TaskEvent{Type: nomadapi.TaskTerminated, DisplayMessage: "Exit Code: 0", Time: at(4)},
+			&nomadapi.TaskEvent{Type: nomadapi.TaskRestarting, DisplayMessage: "Task restarting in 5s", Time: at(5)},
+			&nomadapi.TaskEvent{Type: nomadapi.TaskStarted, DisplayMessage: "Task started by client", Time: at(10)},
+			&nomadapi.TaskEvent{Type: nomadapi.TaskTerminated, DisplayMessage: "Exit Code: 3", Time: at(11)},
+			&nomadapi.TaskEvent{Type: nomadapi.TaskNotRestarting, DisplayMessage: "Exceeded allowed attempts", FailsTask: true, Time: at(12)}),
+			"0ld00000-aaaa", StateHealthy,
+			"the new version failed its rollout (Terminated: Exit Code: 3); the previous version serves"},
+		{"healthy", canary("running", &yes, started), "c4nary00-bbbb", StateHealthy, ""},
+	} {
+		st := put(c.canary)
+		if st.Allocation != c.alloc || st.State != c.state || st.Rollout != c.want {
+			t.Errorf("%s: allocation %q state %q rollout %q; want %q %q %q", c.name, st.Allocation, st.State, st.Rollout, c.alloc, c.state, c.want)
+		}
+	}
+}
