@@ -3,12 +3,14 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/jobs"
+	"github.com/modelnodes/modelnodes/names"
 	"github.com/modelnodes/modelnodes/nomad"
 )
 
@@ -30,14 +32,21 @@ func newFakeNomad() *fakeNomad {
 func (f *fakeNomad) ListJobs(_ context.Context, prefix string) ([]nomad.JobStub, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls["list"]++
+	// "list" counts the listings of every job (a full pass's), "list-some"
+	// the others (a pass over some models).
+	if prefix == names.JobPrefix {
+		f.calls["list"]++
+	} else {
+		f.calls["list-some"]++
+	}
 	if f.fail != nil {
 		return nil, f.fail
 	}
 	var out []nomad.JobStub
 	for _, j := range f.jobs {
-		c := *j
-		out = append(out, c)
+		if strings.HasPrefix(j.ID, prefix) {
+			out = append(out, *j)
+		}
 	}
 	return out, nil
 }

@@ -26,6 +26,8 @@ type Metrics struct {
 	sourceLastOK  *prometheus.GaugeVec
 	reconciles    *prometheus.CounterVec
 	reconcileDur  prometheus.Histogram
+	modelPasses   *prometheus.CounterVec
+	modelPassDur  prometheus.Histogram
 	writes        *prometheus.CounterVec
 	backoffs      prometheus.Counter
 	refusedTotal  *prometheus.CounterVec
@@ -61,6 +63,10 @@ func NewMetrics() *Metrics {
 			Help: "Reconcile passes by outcome (ok, partial, error)."}, []string{"outcome"}),
 		reconcileDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "reconcile_duration_seconds",
 			Help: "Duration of one reconcile pass.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}),
+		modelPasses: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "model_passes_total",
+			Help: "Passes over the models a source just changed (their jobs alone, no full listing), by outcome (ok, partial, error)."}, []string{"outcome"}),
+		modelPassDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "model_pass_duration_seconds",
+			Help: "Duration of one pass over the changed models.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "nomad_writes_total",
 			Help: "Job writes to Nomad by operation (register, stop, purge)."}, []string{"op"}),
 		backoffs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "crashloop_backoffs_total",
@@ -80,7 +86,7 @@ func NewMetrics() *Metrics {
 			Help: "Quarantines ended, by why (submission: the model's authorization changed; operator: lifted through the status API)."}, []string{"reason"}),
 	}
 	m.Registry.MustRegister(m.leader, m.desired, m.rollouts, m.models, m.sourceUp, m.sourceErrors, m.sourceModels,
-		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.writes, m.backoffs, m.refusedTotal,
+		m.sourceSkipped, m.sourceLastOK, m.reconciles, m.reconcileDur, m.modelPasses, m.modelPassDur, m.writes, m.backoffs, m.refusedTotal,
 		m.undecodableN, m.heldStops, m.stopHolds, m.quarantined, m.lifted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -115,17 +121,22 @@ func (m *Metrics) sourceOK(s string, models, skipped int, at time.Time) {
 	m.sourceLastOK.WithLabelValues(s).Set(float64(at.Unix()))
 }
 
+// outcome is a pass's outcome label: ok, partial (some writes failed) or
+// error.
+func outcome(res Result, err error) string {
+	if err != nil {
+		return "error"
+	} else if len(res.Errors) > 0 {
+		return "partial"
+	}
+	return "ok"
+}
+
 func (m *Metrics) reconciled(res Result, err error, d time.Duration, desired int) {
 	if m == nil {
 		return
 	}
-	outcome := "ok"
-	if err != nil {
-		outcome = "error"
-	} else if len(res.Errors) > 0 {
-		outcome = "partial"
-	}
-	m.reconciles.WithLabelValues(outcome).Inc()
+	m.reconciles.WithLabelValues(outcome(res, err)).Inc()
 	m.reconcileDur.Observe(d.Seconds())
 	m.desired.Set(float64(desired))
 	if err == nil {
@@ -133,6 +144,14 @@ func (m *Metrics) reconciled(res Result, err error, d time.Duration, desired int
 		m.rollouts.WithLabelValues("deferred").Set(float64(res.DeferredRollouts))
 		m.rollouts.WithLabelValues("failed").Set(float64(res.FailedRollouts))
 	}
+}
+
+func (m *Metrics) modelPass(res Result, err error, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.modelPasses.WithLabelValues(outcome(res, err)).Inc()
+	m.modelPassDur.Observe(d.Seconds())
 }
 
 func (m *Metrics) nomadWrite(op string) {

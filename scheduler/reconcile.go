@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"sync"
 	"time"
@@ -82,6 +83,10 @@ type Reconciler struct {
 	// (revoked, purged, or its new version out) has no entry, so the map
 	// stays the size of one pass's updates over weeks of churn.
 	rollouts map[string]failedRollout
+	// rolling counts the jobs rolling out a new version as the last full
+	// pass listed them, plus the rollouts passes over some models
+	// (ReconcileModels) started since: their bound (MaxRollouts).
+	rolling int
 
 	qmu   sync.Mutex
 	qLast map[string]quarantine.Record // the last good reading of Quarantines
@@ -219,34 +224,120 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	actions, res := Plan(Want{Models: desired, Complete: complete, Keep: keep},
 		Actual{Jobs: existing, Held: held, Quarantined: quarantined, Now: at}, purgeAfter)
 	res.Lifted = lifted
-	actions, res.FailedRollouts = r.skipFailedRollouts(ctx, actions, existing, at)
-	actions, res.Rolling, res.DeferredRollouts = limitRollouts(actions, existing, r.MaxRollouts)
+	actions, res.FailedRollouts = r.skipFailedRollouts(ctx, actions, existing, at, false)
+	res.Rolling = countRolling(existing)
+	actions, res.DeferredRollouts = limitRollouts(actions, res.Rolling, r.MaxRollouts)
 	actions, res.HeldStops = r.Guard.filter(actions, existing, at)
 	for _, err := range res.Errors {
 		r.log().Error("reconcile", "error", redact.Error(err))
 	}
+	r.mu.Lock()
+	r.rolling = res.Rolling + rollouts(actions)
+	r.mu.Unlock()
 	done, err := r.Apply(ctx, actions)
 	res.add(done)
 	return res, err
 }
 
-// limitRollouts keeps at most max running models rolling out at once: the
-// jobs already rolling (two allocations running or starting: a canary
-// beside the serving one) count, and the updates of running jobs beyond
-// the rest are dropped for a later pass, in job id order (Plan's). Each
-// rollout needs room for one more allocation until its canary is promoted:
-// a change to every job at once (a job option, an upgrade) would otherwise
-// need a whole fleet's worth. It returns the remaining actions, how many
-// jobs are rolling, and how many updates it deferred.
-func limitRollouts(actions []Action, existing []nomad.JobStub, max int) ([]Action, int, int) {
+// ReconcileModels runs a pass over some of the desired models only (those
+// a source just changed), for a change to reach Nomad without a full pass,
+// whose listing of every job costs seconds at 10,000 models: it lists
+// each of their jobs alone (by id prefix) and makes only their
+// registrations and updates, under the full pass's rules (Plan, crash-loop
+// holds, the quarantines as last read, failed rollouts, MaxRollouts).
+// Stops, purges and quarantines are left to the full pass (Reconcile): it
+// alone sees every job, which the stop guard's share of a crunch and the
+// adoption of running jobs need. Before the quarantines were first read it
+// writes nothing, as the full pass does. ids absent from desired are
+// skipped.
+func (r *Reconciler) ReconcileModels(ctx context.Context, desired map[string]*Desired, ids []string, held map[string]bool) (Result, error) {
+	now := time.Now
+	if r.now != nil {
+		now = r.now
+	}
+	quarantined := map[string]quarantine.Record{}
+	if r.Quarantines != nil {
+		r.qmu.Lock()
+		last, read := r.qLast, r.qRead
+		r.qmu.Unlock()
+		if !read {
+			return Result{}, nil
+		}
+		quarantined = byCurrentJob(last, desired)
+	}
+	want := make(map[string]*Desired, len(ids))
+	var existing []nomad.JobStub
+	for _, id := range ids {
+		d := desired[id]
+		if d == nil {
+			continue
+		}
+		want[id] = d
+		list, err := r.Nomad.ListJobs(ctx, id)
+		if err != nil {
+			return Result{}, err
+		}
+		for _, j := range list {
+			if j.ID == id { // the prefix lists longer ids too
+				existing = append(existing, j)
+			}
+		}
+	}
+	at := now()
+	actions, res := Plan(Want{Models: want}, Actual{Jobs: existing, Held: held, Quarantined: quarantined, Now: at}, 0)
+	writes := actions[:0:0]
+	for _, a := range actions {
+		if a.Op == OpRegister || a.Op == OpUpdate {
+			writes = append(writes, a)
+		}
+	}
+	writes, res.FailedRollouts = r.skipFailedRollouts(ctx, writes, existing, at, true)
+	r.mu.Lock()
+	res.Rolling = r.rolling
+	writes, res.DeferredRollouts = limitRollouts(writes, r.rolling, r.MaxRollouts)
+	r.rolling += rollouts(writes)
+	r.mu.Unlock()
+	for _, err := range res.Errors {
+		r.log().Error("reconcile", "error", redact.Error(err))
+	}
+	done, err := r.Apply(ctx, writes)
+	res.add(done)
+	return res, err
+}
+
+// countRolling counts the jobs rolling out a new version: two allocations
+// running or starting, a canary beside the serving one.
+func countRolling(existing []nomad.JobStub) int {
 	rolling := 0
 	for _, j := range existing {
 		if !j.Stop && j.Allocs > 1 && j.Meta[names.MetaManaged] == "true" {
 			rolling++
 		}
 	}
+	return rolling
+}
+
+// rollouts counts the actions that start a rollout.
+func rollouts(actions []Action) int {
+	n := 0
+	for _, a := range actions {
+		if a.replacesServing() {
+			n++
+		}
+	}
+	return n
+}
+
+// limitRollouts keeps at most max running models rolling out at once:
+// rolling jobs are already, and the updates of running jobs beyond the
+// rest are dropped for a later pass, in job id order (Plan's). Each
+// rollout needs room for one more allocation until its canary is promoted:
+// a change to every job at once (a job option, an upgrade) would otherwise
+// need a whole fleet's worth. It returns the remaining actions and how
+// many updates it deferred.
+func limitRollouts(actions []Action, rolling, max int) ([]Action, int) {
 	if max <= 0 {
-		return actions, rolling, 0
+		return actions, 0
 	}
 	budget := max - rolling
 	out := actions[:0:0]
@@ -261,7 +352,7 @@ func limitRollouts(actions []Action, existing []nomad.JobStub, max int) ([]Actio
 		}
 		out = append(out, a)
 	}
-	return out, rolling, deferred
+	return out, deferred
 }
 
 // skipFailedRollouts drops the updates that would write again, before
@@ -269,8 +360,9 @@ func limitRollouts(actions []Action, existing []nomad.JobStub, max int) ([]Actio
 // healthy and Nomad reverted the job to the version that serves; writing
 // it again at every pass would put it back on trial in a loop. It returns
 // the remaining actions and how many it dropped. A Nomad that cannot say
-// (not a RolloutReader, or an error) drops nothing.
-func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, existing []nomad.JobStub, now time.Time) ([]Action, int) {
+// (not a RolloutReader, or an error) drops nothing. A partial pass (some
+// models only) keeps what it knows of the others.
+func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, existing []nomad.JobStub, now time.Time, partial bool) ([]Action, int) {
 	rr, ok := r.Nomad.(RolloutReader)
 	if !ok {
 		return actions, 0
@@ -289,7 +381,14 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 	// longer desired, or whose desired version is the one it runs, would
 	// never be read again.
 	prev := r.rollouts
-	r.rollouts = map[string]failedRollout{}
+	if partial {
+		prev = maps.Clone(prev)
+	} else {
+		r.rollouts = map[string]failedRollout{}
+	}
+	if r.rollouts == nil {
+		r.rollouts = map[string]failedRollout{}
+	}
 	out := actions[:0:0]
 	skipped := 0
 	for _, a := range actions {

@@ -15,6 +15,7 @@ package scheduler
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -64,7 +65,8 @@ type Scheduler struct {
 	AdminToken string
 	Logger     hclog.Logger
 	Metrics    *Metrics
-	// OnReconcile, if set, is called after each pass (tests, benchmarks).
+	// OnReconcile, if set, is called after each full pass (tests,
+	// benchmarks); not after a pass over changed models.
 	OnReconcile func(Result, error)
 
 	once    sync.Once
@@ -237,6 +239,12 @@ func (s *Scheduler) lead(ctx context.Context) {
 	}
 	backoff := 100 * time.Millisecond
 	s.Reconciler.Guard.Reset()
+	var (
+		last         map[string]*Desired // the desired state of the last pass
+		lastComplete bool
+		woken        bool      // by a change of the desired state
+		nextFull     time.Time // when the next full pass is due
+	)
 	for {
 		changed := s.watcher.Changed()
 		desired, complete := s.watcher.Desired()
@@ -246,48 +254,64 @@ func (s *Scheduler) lead(ctx context.Context) {
 			held, nextHoldEnd = s.Observer.Held()
 		}
 		s.readPythons(ctx, desired)
-		t0 := time.Now()
-		res, err := s.Reconciler.Reconcile(ctx, desired, held, complete)
-		if ctx.Err() != nil {
-			return
+		full := true
+		if woken && last != nil && complete == lastComplete {
+			if ids, ok := changedModels(last, desired); ok {
+				full = !s.reconcileModels(ctx, desired, ids, held)
+				if ctx.Err() != nil {
+					return
+				}
+			}
 		}
-		d := time.Since(t0)
-		s.Metrics.reconciled(res, err, d, len(desired))
-		if res.Registered+res.Updated > 0 {
-			s.jobsWritten()
+		last, lastComplete = desired, complete
+		if full {
+			t0 := time.Now()
+			res, err := s.Reconciler.Reconcile(ctx, desired, held, complete)
+			if ctx.Err() != nil {
+				return
+			}
+			d := time.Since(t0)
+			s.Metrics.reconciled(res, err, d, len(desired))
+			if res.Registered+res.Updated > 0 {
+				s.jobsWritten()
+			}
+			s.record(res, err, d)
+			if err != nil {
+				s.Logger.Error("reconcile failed; retrying", "error", redact.Error(err), "in", backoff)
+			} else if res.Registered+res.Updated+res.Stopped+res.Purged > 0 || len(res.Errors) > 0 {
+				s.Logger.Info("reconciled", "result", res.String(), "took", d.Round(time.Millisecond), "complete", complete)
+			}
+			if s.OnReconcile != nil {
+				s.OnReconcile(res, err)
+			}
+			wait := resync
+			if err != nil || len(res.Errors) > 0 {
+				wait = backoff
+				backoff = min(backoff*2, 10*time.Second)
+			} else {
+				backoff = 100 * time.Millisecond
+			}
+			if res.DeferredRollouts > 0 {
+				// Rollouts finish in seconds (a canary turns healthy, is
+				// promoted): look again soon rather than at the next resync.
+				wait = min(wait, 5*time.Second)
+			}
+			nextFull = time.Now().Add(wait)
 		}
-		s.record(res, err, d)
-		if err != nil {
-			s.Logger.Error("reconcile failed; retrying", "error", redact.Error(err), "in", backoff)
-		} else if res.Registered+res.Updated+res.Stopped+res.Purged > 0 || len(res.Errors) > 0 {
-			s.Logger.Info("reconciled", "result", res.String(), "took", d.Round(time.Millisecond), "complete", complete)
-		}
-		if s.OnReconcile != nil {
-			s.OnReconcile(res, err)
-		}
-		wait := resync
-		if err != nil || len(res.Errors) > 0 {
-			wait = backoff
-			backoff = min(backoff*2, 10*time.Second)
-		} else {
-			backoff = 100 * time.Millisecond
-		}
-		if res.DeferredRollouts > 0 {
-			// Rollouts finish in seconds (a canary turns healthy, is
-			// promoted): look again soon rather than at the next resync.
-			wait = min(wait, 5*time.Second)
-		}
+		wait := time.Until(nextFull)
 		for _, next := range []time.Time{nextHoldEnd, s.Reconciler.Guard.NextRelease()} {
 			if !next.IsZero() {
 				wait = min(wait, time.Until(next)+10*time.Millisecond)
 			}
 		}
 		timer := time.NewTimer(wait)
+		woken = false
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return
 		case <-changed:
+			woken = true
 		case <-s.kick:
 		case <-timer.C:
 		}
@@ -299,6 +323,60 @@ func (s *Scheduler) lead(ctx context.Context) {
 		case <-time.After(debounce):
 		}
 	}
+}
+
+// maxModelPass bounds the models a pass over the changed models takes:
+// more at once (a source's first reading, a crunch's mass change) is a
+// full pass's work.
+const maxModelPass = 256
+
+// changedModels returns the job ids of the models whose desired job
+// changed between two desired states (added, another spec, a duplicate or
+// a wait that came or went), and whether a pass over them alone does all
+// the change asks for: only models desired running, none gone, and not
+// too many (maxModelPass). A change that stops a model is the full pass's
+// (the stop guard weighs it against the crunch's other models).
+func changedModels(last, now map[string]*Desired) ([]string, bool) {
+	var ids []string
+	for id, d := range now {
+		p := last[id]
+		if p != nil && p.Spec == d.Spec && p.Model.Running == d.Model.Running && p.Wait == d.Wait && p.Duplicate == d.Duplicate {
+			continue
+		}
+		if !d.Model.Running || len(ids) == maxModelPass {
+			return nil, false
+		}
+		ids = append(ids, id)
+	}
+	for id := range last {
+		if now[id] == nil {
+			return nil, false
+		}
+	}
+	slices.Sort(ids)
+	return ids, len(ids) > 0
+}
+
+// reconcileModels runs a pass over the models ids (Reconciler.
+// ReconcileModels), and reports whether it did all they need: when it did
+// not (an error, a write that failed, a quarantine, a rollout deferred),
+// the full pass runs at once.
+func (s *Scheduler) reconcileModels(ctx context.Context, desired map[string]*Desired, ids []string, held map[string]bool) bool {
+	t0 := time.Now()
+	res, err := s.Reconciler.ReconcileModels(ctx, desired, ids, held)
+	d := time.Since(t0)
+	s.Metrics.modelPass(res, err, d)
+	if res.Registered+res.Updated > 0 {
+		s.jobsWritten()
+	}
+	switch {
+	case err != nil:
+		s.Logger.Warn("the pass over the changed models failed; running a full pass", "models", len(ids), "error", redact.Error(err))
+		return false
+	case res.Registered+res.Updated > 0 || len(res.Errors) > 0:
+		s.Logger.Info("reconciled the changed models", "models", len(ids), "result", res.String(), "took", d.Round(time.Millisecond))
+	}
+	return len(res.Errors) == 0 && res.Quarantined == 0 && res.DeferredRollouts == 0
 }
 
 func (s *Scheduler) record(res Result, err error, d time.Duration) {
