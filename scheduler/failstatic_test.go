@@ -27,7 +27,6 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/modelnodes/modelnodes/client"
-	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
@@ -118,21 +117,16 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 
 	var logs syncbuf.Buffer
 	logger := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
-	opts := *testOptions
-	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
-	// The runners watch Consul for their replacement (runner/supersede),
-	// as production's do: a canary must not count as one (phase 6).
-	opts.RunnerConsulAddr = cl.Consul.Addr
-	// Each runner's key lives in Vault (runner-keys/<job id>), as
-	// production's does: a new version serves with the same (phase 6).
-	opts.RunnerVaultAddr = cl.Vault.Addr
+	// The runners watch Consul for their replacement and keep their key
+	// in Vault, as production's do (phase 6).
+	opts := rolloutOptions(cl)
 	const token = "e2e-admin-token"
 	// start starts a scheduler as a fresh process would: its own source,
 	// stop guard and status API.
 	start := func() (*runningScheduler, *httptest.Server) {
 		guard := &StopGuard{MaxShare: 0.5, Hold: time.Hour, Logger: logger}
 		rs := startSchedulerWith(t, func(s *Scheduler) {
-			s.Reconciler.Options, s.Reconciler.Guard, s.Reconciler.Logger = &opts, guard, logger
+			s.Reconciler.Options, s.Reconciler.Guard, s.Reconciler.Logger = opts, guard, logger
 			s.Logger, s.AdminToken = logger, token
 			guard.Metrics = s.Metrics
 			// One counted failure holds a model stopped (production's 3:
@@ -153,15 +147,7 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 	})
 
 	// The coordinator, and every model answering it.
-	cc, err := client.New(client.Config{Source: &consul.Source{Client: coord.consul, Service: names.Service(crunchName), Crunch: c.Crunch.String()},
-		TLS: coord.issuer, SetupOnJoin: &client.SetupOnJoin{ClassName: callableClass, Timeout: 10 * time.Second}, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = cc.Run(ctx) }()
-	loop := &fanOut{cc: cc}
-	loop.run(ctx)
-	defer loop.stop()
+	cc, loop := c.startFanOut(t, ctx, callableClass)
 	short := func(i int) string { return strings.TrimPrefix(jobIDs[i], names.JobPrefix) }
 
 	// The runners' metrics, as Prometheus scrapes them through Consul.
@@ -389,15 +375,7 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 		key := runnerKey(t, old[0])
 		// A model that has served a while: its version is stable (its
 		// deployment succeeded), the one Nomad reverts to.
-		var good *nomadapi.Job
-		waitFor(t, time.Minute, "model A's version stable", func() bool {
-			j, _, err := api.Jobs().Info(jobIDs[0], nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			good = j
-			return j.Stable != nil && *j.Stable
-		})
+		good := stableJob(t, api, jobIDs[0])
 		broken, sum3 := serveExampleModelWith(t, map[string][]byte{"SUBMISSION": []byte("3\n")})
 		sum3[0] ^= 0xff
 		f.SetAccount(t, keys[0], c.Program, authWith(ids[0], callableMemory, broken, sum3))
@@ -415,30 +393,14 @@ func TestFailStaticUnderFanOut(t *testing.T) {
 			}
 			return canary != nil
 		})
-		d, _, err := api.Jobs().LatestDeployment(jobIDs[0], nil)
-		if err != nil || d == nil || d.JobVersion != canary.JobVersion {
-			t.Fatalf("the canary's deployment: %+v, %v", d, err)
-		}
-		t.Logf("the canary failed; its deployment: %s (%s)", d.Status, d.StatusDescription)
-		failed := time.Now()
-		if _, _, err := api.Deployments().Fail(d.ID, nil); err != nil {
-			t.Fatalf("failing the deployment: %v", err)
-		}
-		waitFor(t, 30*time.Second, "Nomad reverting model A's job", func() bool {
-			j, _, err := api.Jobs().Info(jobIDs[0], nil)
-			return err == nil && *j.Version > canary.JobVersion && j.Meta[names.MetaSpec] == good.Meta[names.MetaSpec]
-		})
-		if d, _, err = api.Deployments().Info(d.ID, nil); err != nil || d.Status != nomadapi.DeploymentStatusFailed ||
-			!strings.Contains(d.StatusDescription, fmt.Sprintf("rolling back to job version %d", *good.Version)) {
-			t.Errorf("the canary's deployment: %+v, %v; want failed, rolling back to version %d", d, err, *good.Version)
-		}
+		failed := failRollout(t, api, jobIDs[0], canary, good)
 
 		// The scheduler: the serving allocation's state, the rollout's
 		// failure, no crash-loop hold, no quarantine.
 		var ms ModelStatus
 		waitFor(t, 30*time.Second, "the failed rollout reported", func() bool {
 			ms = modelStatus(t, srv.URL, jobIDs[0])
-			return ms.Rollout != ""
+			return strings.HasPrefix(ms.Rollout, "the new version failed")
 		})
 		if ms.Allocation != serving[0] || (ms.State != observer.StateRunning && ms.State != observer.StateHealthy) ||
 			!ms.BackoffUntil.IsZero() || ms.Quarantine != nil || !strings.Contains(ms.Rollout, nomadapi.TaskArtifactDownloadFailed) {

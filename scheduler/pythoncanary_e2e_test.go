@@ -4,7 +4,6 @@ package scheduler
 
 import (
 	"context"
-	"fmt"
 	"net/http/httptest"
 	"os"
 	"slices"
@@ -17,8 +16,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/modelnodes/modelnodes/client"
-	"github.com/modelnodes/modelnodes/client/discovery/consul"
 	"github.com/modelnodes/modelnodes/internal/testing/syncbuf"
 	"github.com/modelnodes/modelnodes/internal/testing/testcluster"
 	"github.com/modelnodes/modelnodes/jobs"
@@ -75,12 +72,8 @@ func TestPythonCanaryThatCannotLoadChangesNothing(t *testing.T) {
 
 	var logs syncbuf.Buffer
 	logger := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
-	opts := *testOptions
-	opts.CRLURL = cl.Vault.Addr + "/v1/pki_int/issuers"
-	opts.RunnerConsulAddr = cl.Consul.Addr // the runners watch for their replacement
-	opts.RunnerVaultAddr = cl.Vault.Addr   // and keep their key in Vault
 	rs := startSchedulerWith(t, func(s *Scheduler) {
-		s.Reconciler.Options, s.Reconciler.Logger, s.Logger = &opts, logger, logger
+		s.Reconciler.Options, s.Reconciler.Logger, s.Logger = rolloutOptions(cl), logger, logger
 	}, nc, nc, nil, &solanasrc.Source{RPCURL: c.Front.RPC, WSURL: c.Front.WS, Program: c.Program, Resync: 2 * time.Second, Logger: logger})
 	status := httptest.NewServer(rs.s.Handler())
 	t.Cleanup(status.Close)
@@ -95,33 +88,14 @@ func TestPythonCanaryThatCannotLoadChangesNothing(t *testing.T) {
 		}
 	})
 
-	cc, err := client.New(client.Config{
-		Source: &consul.Source{Client: c.coord.consul, Service: names.Service(crunchName), Crunch: c.Crunch.String()},
-		TLS:    c.coord.issuer, Timeout: 5 * time.Second,
-		SetupOnJoin: &client.SetupOnJoin{ClassName: "crunch_base.Tracker", Timeout: 10 * time.Second},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = cc.Run(ctx) }()
-	loop := &fanOut{cc: cc}
-	loop.run(ctx)
-	defer loop.stop()
+	_, loop := c.startFanOut(t, ctx, "crunch_base.Tracker")
 	if !loop.waitAll(len(ids), callableTimeout) {
 		t.Fatalf("the Python models do not both answer: %v", loop.lastFails())
 	}
 
 	// Model A has served a while: its version is stable (its deployment
 	// succeeded), the one Nomad reverts to.
-	var good *nomadapi.Job
-	waitFor(t, time.Minute, "model A's version stable", func() bool {
-		j, _, err := api.Jobs().Info(jobIDs[0], nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		good = j
-		return j.Stable != nil && *j.Stable
-	})
+	good := stableJob(t, api, jobIDs[0])
 	old := passingInstances(t, c.coord.consul, crunchName, shortA)
 	serving := servingAllocs(t, nc, jobIDs[0])
 	if len(old) != 1 || len(serving) != 1 {
@@ -185,17 +159,7 @@ func TestPythonCanaryThatCannotLoadChangesNothing(t *testing.T) {
 	// Nomad fails the deployment at its progress deadline (40 min); the
 	// test does it through the API, which takes the same path: auto_revert
 	// writes the stable version back.
-	if _, _, err := api.Deployments().Fail(d.ID, nil); err != nil {
-		t.Fatalf("failing the deployment: %v", err)
-	}
-	waitFor(t, 30*time.Second, "Nomad reverting model A's job", func() bool {
-		j, _, err := api.Jobs().Info(jobIDs[0], nil)
-		return err == nil && *j.Version > canary.JobVersion && j.Meta[names.MetaSpec] == good.Meta[names.MetaSpec]
-	})
-	if d, _, err = api.Deployments().Info(d.ID, nil); err != nil || d.Status != nomadapi.DeploymentStatusFailed ||
-		!strings.Contains(d.StatusDescription, fmt.Sprintf("rolling back to job version %d", *good.Version)) {
-		t.Errorf("the canary's deployment: %+v, %v; want failed, rolling back to version %d", d, err, *good.Version)
-	}
+	failRollout(t, api, jobIDs[0], canary, good)
 	waitFor(t, 30*time.Second, "the canary stopped", func() bool {
 		a, _, err := api.Allocations().Info(canary.ID, nil)
 		return err == nil && a.ClientStatus != nomadapi.AllocClientStatusRunning
@@ -203,7 +167,7 @@ func TestPythonCanaryThatCannotLoadChangesNothing(t *testing.T) {
 	var ms ModelStatus
 	waitFor(t, 30*time.Second, "the failed rollout reported", func() bool {
 		ms = modelStatus(t, srv, jobIDs[0])
-		return ms.Rollout != ""
+		return strings.HasPrefix(ms.Rollout, "the new version failed")
 	})
 	t.Logf("the scheduler reports model A: state=%s allocation=%s rollout=%q", ms.State, ms.Allocation, ms.Rollout)
 	// (Nomad's revert updates the serving allocation in place to the new

@@ -399,6 +399,8 @@ func otherRunning(st *ModelState, a *nomadapi.AllocationListStub) bool {
 func rollout(c *nomadapi.AllocationListStub) string {
 	healthy := c.DeploymentStatus.Healthy
 	switch {
+	case c.ClientStatus == nomadapi.AllocClientStatusPending:
+		return "the new version is rolling out (its canary " + shortAlloc(c.ID) + " is starting)"
 	case c.ClientStatus != nomadapi.AllocClientStatusRunning:
 		if cause := failureCause(c); cause != nil {
 			return "the new version failed its rollout (" + describe(cause) + ")"

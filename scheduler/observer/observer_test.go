@@ -157,6 +157,8 @@ func TestObserverSaysHowARolloutStands(t *testing.T) {
 		state  string
 		want   string
 	}{
+		{"starting", canary("pending", nil), "0ld00000-aaaa", StateHealthy,
+			"the new version is rolling out (its canary c4nary00 is starting); the previous version serves"},
 		{"on trial", canary("running", nil, started), "0ld00000-aaaa", StateHealthy,
 			"the new version is rolling out (its canary c4nary00 is running, not yet healthy); the previous version serves"},
 		{"unhealthy", canary("running", &no, started, &nomadapi.TaskEvent{Type: "Alloc Unhealthy", DisplayMessage: "Services not healthy by deadline", Time: at(2)}),
