@@ -146,12 +146,7 @@ func TestAChangeReachesNomadWithoutAFullPass(t *testing.T) {
 	ms := []jobs.Model{testModel("demo", "a", true), testModel("demo", "b", true)}
 	want := make(chan []jobs.Model, 1)
 	want <- slices.Clone(ms)
-	s := &Scheduler{Sources: []source.Source{&chanSource{ch: want}}, Reconciler: &Reconciler{Nomad: f, Options: testOptions},
-		Resync: time.Hour, Metrics: NewMetrics()}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	s := runOnFake(t, f, want, time.Hour)
 	waitFor(t, 5*time.Second, "registered", func() bool { return f.count("register") == 2 })
 	full := f.count("list")
 
@@ -181,12 +176,7 @@ func TestChangesDoNotPutOffTheFullPass(t *testing.T) {
 	ms := []jobs.Model{testModel("demo", "a", true)}
 	want := make(chan []jobs.Model, 1)
 	want <- slices.Clone(ms)
-	s := &Scheduler{Sources: []source.Source{&chanSource{ch: want}}, Reconciler: &Reconciler{Nomad: f, Options: testOptions},
-		Resync: 300 * time.Millisecond, Metrics: NewMetrics()}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runOnFake(t, f, want, 300*time.Millisecond)
 	waitFor(t, 5*time.Second, "registered", func() bool { return f.count("register") == 1 })
 	full := f.count("list")
 	for i := range 20 { // a change every 100 ms for 2 s
@@ -200,6 +190,18 @@ func TestChangesDoNotPutOffTheFullPass(t *testing.T) {
 	if f.count("list-some") < 10 {
 		t.Errorf("%d passes over the changed model for 20 changes", f.count("list-some"))
 	}
+}
+
+// runOnFake runs a scheduler on f, its one source reporting the models
+// sent on want, until the test ends.
+func runOnFake(t *testing.T, f *fakeNomad, want chan []jobs.Model, resync time.Duration) *Scheduler {
+	s := &Scheduler{Sources: []source.Source{&chanSource{ch: want}}, Reconciler: &Reconciler{Nomad: f, Options: testOptions},
+		Resync: resync, Metrics: NewMetrics()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return s
 }
 
 // metricsOf returns the scheduler's /metrics page.

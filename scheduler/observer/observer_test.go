@@ -92,14 +92,7 @@ func TestObserverFailedCanaryIsNoCrashLoop(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	o := &Observer{Backoff: Backoff{Failures: 2, Window: 10 * time.Minute}, now: func() time.Time { return now }, states: map[string]*ModelState{}}
 	healthy := true
-	put := func(a *nomadapi.AllocationListStub) ModelState {
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		a.JobID, a.ModifyTime = "model-node-x", now.UnixNano()
-		o.add(a)
-		o.refresh(a.JobID)
-		return *o.states[a.JobID]
-	}
+	put := func(a *nomadapi.AllocationListStub) ModelState { return o.put(a, now) }
 	put(&nomadapi.AllocationListStub{ID: "old", ClientStatus: "running", DesiredStatus: "run", CreateIndex: 1,
 		DeploymentStatus: &nomadapi.AllocDeploymentStatus{Healthy: &healthy}})
 	crash := map[string]*nomadapi.TaskState{"model": {Events: []*nomadapi.TaskEvent{{Type: "Terminated", DisplayMessage: "Exit Code: 3", Time: now.UnixNano()}}}}
@@ -133,14 +126,7 @@ func TestObserverSaysHowARolloutStands(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	o := &Observer{now: func() time.Time { return now }, states: map[string]*ModelState{}}
 	yes, no := true, false
-	put := func(a *nomadapi.AllocationListStub) ModelState {
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		a.JobID, a.ModifyTime = "model-node-x", now.UnixNano()
-		o.add(a)
-		o.refresh(a.JobID)
-		return *o.states[a.JobID]
-	}
+	put := func(a *nomadapi.AllocationListStub) ModelState { return o.put(a, now) }
 	at := func(s int) int64 { return now.Add(time.Duration(s) * time.Second).UnixNano() }
 	started := &nomadapi.TaskEvent{Type: nomadapi.TaskStarted, DisplayMessage: "Task started by client", Time: at(1)}
 	put(&nomadapi.AllocationListStub{ID: "0ld00000-aaaa", ClientStatus: "running", DesiredStatus: "run", CreateIndex: 1,
@@ -186,4 +172,15 @@ func TestObserverSaysHowARolloutStands(t *testing.T) {
 			t.Errorf("%s: allocation %q state %q rollout %q; want %q %q %q", c.name, st.Allocation, st.State, st.Rollout, c.alloc, c.state, c.want)
 		}
 	}
+}
+
+// put adds an allocation of job model-node-x, as modified at now, and
+// returns the job's state.
+func (o *Observer) put(a *nomadapi.AllocationListStub, now time.Time) ModelState {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	a.JobID, a.ModifyTime = "model-node-x", now.UnixNano()
+	o.add(a)
+	o.refresh(a.JobID)
+	return *o.states[a.JobID]
 }
