@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strconv"
 	"sync"
 	"time"
@@ -200,10 +199,6 @@ func (r *Reconciler) log() hclog.Logger {
 // simply not have been read yet. An error is the listing's or ctx's; the
 // writes' own errors are in the result.
 func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired, held map[string]bool, complete bool) (Result, error) {
-	now := time.Now
-	if r.now != nil {
-		now = r.now
-	}
 	purgeAfter := r.PurgeAfter
 	if purgeAfter <= 0 {
 		purgeAfter = DefaultPurgeAfter
@@ -216,7 +211,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 	if err != nil {
 		return Result{}, err
 	}
-	at := now()
+	at := r.clock()
 	var keep map[string]string
 	if complete {
 		keep = r.adopt(existing, desired)
@@ -251,10 +246,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, desired map[string]*Desired,
 // writes nothing, as the full pass does. ids absent from desired are
 // skipped.
 func (r *Reconciler) ReconcileModels(ctx context.Context, desired map[string]*Desired, ids []string, held map[string]bool) (Result, error) {
-	now := time.Now
-	if r.now != nil {
-		now = r.now
-	}
 	quarantined := map[string]quarantine.Record{}
 	if r.Quarantines != nil {
 		r.qmu.Lock()
@@ -283,7 +274,7 @@ func (r *Reconciler) ReconcileModels(ctx context.Context, desired map[string]*De
 			}
 		}
 	}
-	at := now()
+	at := r.clock()
 	actions, res := Plan(Want{Models: want}, Actual{Jobs: existing, Held: held, Quarantined: quarantined, Now: at}, 0)
 	writes := actions[:0:0]
 	for _, a := range actions {
@@ -303,6 +294,14 @@ func (r *Reconciler) ReconcileModels(ctx context.Context, desired map[string]*De
 	done, err := r.Apply(ctx, writes)
 	res.add(done)
 	return res, err
+}
+
+// clock is the time now (r.now in tests).
+func (r *Reconciler) clock() time.Time {
+	if r.now != nil {
+		return r.now()
+	}
+	return time.Now()
 }
 
 // countRolling counts the jobs rolling out a new version: two allocations
@@ -381,12 +380,7 @@ func (r *Reconciler) skipFailedRollouts(ctx context.Context, actions []Action, e
 	// longer desired, or whose desired version is the one it runs, would
 	// never be read again.
 	prev := r.rollouts
-	if partial {
-		prev = maps.Clone(prev)
-	} else {
-		r.rollouts = map[string]failedRollout{}
-	}
-	if r.rollouts == nil {
+	if !partial || r.rollouts == nil {
 		r.rollouts = map[string]failedRollout{}
 	}
 	out := actions[:0:0]

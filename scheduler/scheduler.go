@@ -265,36 +265,9 @@ func (s *Scheduler) lead(ctx context.Context) {
 		}
 		last, lastComplete = desired, complete
 		if full {
-			t0 := time.Now()
-			res, err := s.Reconciler.Reconcile(ctx, desired, held, complete)
-			if ctx.Err() != nil {
+			wait, stop := s.fullPass(ctx, desired, held, complete, resync, &backoff)
+			if stop {
 				return
-			}
-			d := time.Since(t0)
-			s.Metrics.reconciled(res, err, d, len(desired))
-			if res.Registered+res.Updated > 0 {
-				s.jobsWritten()
-			}
-			s.record(res, err, d)
-			if err != nil {
-				s.Logger.Error("reconcile failed; retrying", "error", redact.Error(err), "in", backoff)
-			} else if res.Registered+res.Updated+res.Stopped+res.Purged > 0 || len(res.Errors) > 0 {
-				s.Logger.Info("reconciled", "result", res.String(), "took", d.Round(time.Millisecond), "complete", complete)
-			}
-			if s.OnReconcile != nil {
-				s.OnReconcile(res, err)
-			}
-			wait := resync
-			if err != nil || len(res.Errors) > 0 {
-				wait = backoff
-				backoff = min(backoff*2, 10*time.Second)
-			} else {
-				backoff = 100 * time.Millisecond
-			}
-			if res.DeferredRollouts > 0 {
-				// Rollouts finish in seconds (a canary turns healthy, is
-				// promoted): look again soon rather than at the next resync.
-				wait = min(wait, 5*time.Second)
 			}
 			nextFull = time.Now().Add(wait)
 		}
@@ -323,6 +296,44 @@ func (s *Scheduler) lead(ctx context.Context) {
 		case <-time.After(debounce):
 		}
 	}
+}
+
+// fullPass runs a pass over every model (Reconciler.Reconcile), records
+// and logs it, and returns how long until the next one is due (resync, or
+// the backoff after a failure, which it doubles), and whether ctx ended.
+func (s *Scheduler) fullPass(ctx context.Context, desired map[string]*Desired, held map[string]bool, complete bool, resync time.Duration, backoff *time.Duration) (time.Duration, bool) {
+	t0 := time.Now()
+	res, err := s.Reconciler.Reconcile(ctx, desired, held, complete)
+	if ctx.Err() != nil {
+		return 0, true
+	}
+	d := time.Since(t0)
+	s.Metrics.reconciled(res, err, d, len(desired))
+	if res.Registered+res.Updated > 0 {
+		s.jobsWritten()
+	}
+	s.record(res, err, d)
+	if err != nil {
+		s.Logger.Error("reconcile failed; retrying", "error", redact.Error(err), "in", *backoff)
+	} else if res.Registered+res.Updated+res.Stopped+res.Purged > 0 || len(res.Errors) > 0 {
+		s.Logger.Info("reconciled", "result", res.String(), "took", d.Round(time.Millisecond), "complete", complete)
+	}
+	if s.OnReconcile != nil {
+		s.OnReconcile(res, err)
+	}
+	wait := resync
+	if err != nil || len(res.Errors) > 0 {
+		wait = *backoff
+		*backoff = min(*backoff*2, 10*time.Second)
+	} else {
+		*backoff = 100 * time.Millisecond
+	}
+	if res.DeferredRollouts > 0 {
+		// Rollouts finish in seconds (a canary turns healthy, is
+		// promoted): look again soon rather than at the next resync.
+		wait = min(wait, 5*time.Second)
+	}
+	return wait, false
 }
 
 // maxModelPass bounds the models a pass over the changed models takes:
